@@ -1,0 +1,1 @@
+"""The runtime every cellar job shares: settings, Kubernetes access, status, storage, database, logging."""

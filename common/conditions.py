@@ -1,0 +1,74 @@
+"""Pure functions over `metav1.Condition` lists with apimachinery `meta.SetStatusCondition` semantics."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+Condition = dict[str, Any]
+
+# metav1.Condition limits: the API server rejects longer messages.
+MAX_MESSAGE_LENGTH = 32768
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with second precision, the form metav1.Time serialises to."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> Condition | None:
+    for condition in conditions:
+        if condition.get("type") == condition_type:
+            return dict(condition)
+    return None
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    condition_type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """Return a new list with `condition_type` upserted.
+
+    `lastTransitionTime` moves only when `status` changes; reason, message and observedGeneration
+    are always overwritten; conditions of other types are kept untouched and in order.
+    """
+    if not reason or not reason[0].isupper() or not reason.isalnum():
+        raise ValueError(f"condition reason must be CamelCase letters and digits, got {reason!r}")
+    if len(message) > MAX_MESSAGE_LENGTH:
+        message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
+    result = [copy.deepcopy(dict(c)) for c in conditions]
+    new: Condition = {
+        "type": condition_type,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": format_time(now),
+    }
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    for index, existing in enumerate(result):
+        if existing.get("type") != condition_type:
+            continue
+        if existing.get("status") == status and existing.get("lastTransitionTime"):
+            new["lastTransitionTime"] = existing["lastTransitionTime"]
+        result[index] = new
+        return result
+    result.append(new)
+    return result
+
+
+def remove_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> list[Condition]:
+    return [dict(c) for c in conditions if c.get("type") != condition_type]
+
+
+def is_condition_true(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> bool:
+    found = find_condition(conditions, condition_type)
+    return found is not None and found.get("status") == "True"

@@ -1,0 +1,330 @@
+"""A job's settings: the custom resource's spec, the Secrets it names, and the environment.
+
+Everything is parsed and validated here, before any database, bucket or object is touched. The CRD
+schema already rejects most bad specs at `kubectl apply`; these checks repeat what a job depends on
+(a resource written before a CRD upgrade, a Secret edited later) and cover what a schema cannot see,
+such as a Secret without the key a field names. Errors name the field path and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from common.errors import InvalidSpec, UsageError
+from common.kube import Kube, in_cluster_namespace
+
+_DURATION_PART = re.compile(r"([0-9]+)(s|m|h|d|w)")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def parse_duration(text: str, field: str) -> timedelta:
+    """Parse `26h`, `7d`, `1h30m` (units s, m, h, d, w) into a timedelta."""
+    if not isinstance(text, str) or not text or _DURATION_PART.sub("", text) != "":
+        raise InvalidSpec(f"{field}: {text!r} is not a duration; write it like 30s, 15m, 26h, 7d or 1h30m")
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+class SpecReader:
+    """Typed access to a spec mapping that reports the full field path on every error."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise InvalidSpec(f"{path}: must be an object")
+        self.data = data
+        self.path = path
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def child(self, key: str, *, required: bool = False) -> SpecReader:
+        if required and not self.has(key):
+            raise InvalidSpec(f"{self.path}.{key}: required")
+        return SpecReader(self.data.get(key), f"{self.path}.{key}")
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False,
+               choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None) -> str:
+        value = self.data.get(key, default)
+        where = f"{self.path}.{key}"
+        if value is None:
+            if required:
+                raise InvalidSpec(f"{where}: required")
+            return ""
+        if not isinstance(value, str):
+            raise InvalidSpec(f"{where}: must be a string, got {type(value).__name__}")
+        if choices is not None and value not in choices:
+            raise InvalidSpec(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        if pattern is not None and not pattern.match(value):
+            raise InvalidSpec(f"{where}: {value!r} does not match {pattern.pattern}")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) if self.has(key) else None
+
+    def integer(self, key: str, default: int | None = None, *, minimum: int | None = None,
+                maximum: int | None = None) -> int | None:
+        value = self.data.get(key, default)
+        where = f"{self.path}.{key}"
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidSpec(f"{where}: must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise InvalidSpec(f"{where}: {value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise InvalidSpec(f"{where}: {value} is above the maximum {maximum}")
+        return value
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise InvalidSpec(f"{self.path}.{key}: must be true or false, got {value!r}")
+        return value
+
+    def duration(self, key: str, default: str | None = None) -> timedelta | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        return parse_duration(value, f"{self.path}.{key}")
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise InvalidSpec(f"{self.path}.{key}: must be a list of non-empty strings")
+        return tuple(value)
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+    field: str
+
+    @classmethod
+    def parse(cls, reader: SpecReader) -> SecretKeyRef:
+        return cls(reader.string("name", required=True, pattern=_NAME), reader.string("key", required=True),
+                   reader.path)
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """The spec's database block, before its Secret is read."""
+
+    secret_name: str
+    host: str | None
+    port: int | None
+    dbname: str | None
+    ssl_mode: str
+    connect_timeout: int
+    field: str
+
+    @classmethod
+    def parse(cls, reader: SpecReader) -> DatabaseSpec:
+        secret = reader.child("secretRef", required=True)
+        return cls(
+            secret_name=secret.string("name", required=True, pattern=_NAME),
+            host=reader.optional_string("host"),
+            port=reader.integer("port", minimum=1, maximum=65535),
+            dbname=reader.optional_string("dbname"),
+            ssl_mode=reader.string("sslMode", "prefer", choices=SSL_MODES),
+            connect_timeout=reader.integer("connectTimeoutSeconds", 10, minimum=1, maximum=300) or 10,
+            field=reader.path,
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Everything needed to connect; `password` never leaves this process except to libpq."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    ssl_mode: str
+    ssl_root_cert: str | None
+    connect_timeout: int
+
+    def describe(self) -> str:
+        """Where we connect, for messages (no password)."""
+        return f"database {self.dbname!r} on {self.host}:{self.port} as {self.user!r}"
+
+
+def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseSettings:
+    """Combine the spec's overrides with the Secret's keys (CloudNativePG layout, or a `uri`)."""
+    from_uri: dict[str, str] = {}
+    if secret.get("uri"):
+        parts = urlsplit(secret["uri"])
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise InvalidSpec(f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with '
+                              "postgresql://")
+        from_uri = {k: v for k, v in {
+            "host": parts.hostname or "", "port": str(parts.port or ""), "dbname": unquote(parts.path.lstrip("/")),
+            "username": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+        }.items() if v}
+
+    def pick(*keys: str) -> str | None:
+        for key in keys:
+            if secret.get(key):
+                return secret[key]
+            if from_uri.get(key):
+                return from_uri[key]
+        return None
+
+    host = spec.host or pick("host")
+    user = pick("username", "user")
+    password = pick("password")
+    dbname = spec.dbname or pick("dbname", "database")
+    missing = [name for name, value in
+               (("host", host), ("username", user), ("password", password), ("dbname", dbname)) if not value]
+    if missing:
+        raise InvalidSpec(
+            f'{spec.field}: Secret "{spec.secret_name}" lacks {", ".join(missing)} (give them as Secret keys '
+            f"host/port/dbname/username/password or as a uri key; host and dbname may also be set in the spec)"
+        )
+    port_text = str(spec.port) if spec.port else (pick("port") or "5432")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidSpec(f'{spec.field}: Secret "{spec.secret_name}" key port is not a TCP port number')
+    assert host and user and password and dbname  # checked above; narrows the types for mypy
+    return DatabaseSettings(host=host, port=int(port_text), dbname=dbname, user=user, password=password,
+                            ssl_mode=spec.ssl_mode, ssl_root_cert=secret.get("sslrootcert") or None,
+                            connect_timeout=spec.connect_timeout)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    force_path_style: bool
+    endpoint_ca: SecretKeyRef | None
+    insecure_skip_tls_verify: bool
+    access_key_id: SecretKeyRef | None
+    secret_access_key: SecretKeyRef | None
+    session_token: SecretKeyRef | None
+    inherit_from_iam_role: bool
+    sse_algorithm: str | None
+    sse_kms_key_id: str | None
+    storage_class: str | None
+    checksum_when_required: bool
+    max_parts: int
+    part_size: int
+
+    @classmethod
+    def parse(cls, reader: SpecReader) -> StorageSpec:
+        credentials = reader.child("credentials", required=True)
+        inherit = credentials.boolean("inheritFromIAMRole")
+        keys = {name: SecretKeyRef.parse(credentials.child(name)) if credentials.has(name) else None
+                for name in ("accessKeyId", "secretAccessKey", "sessionToken")}
+        if not inherit and (keys["accessKeyId"] is None or keys["secretAccessKey"] is None):
+            raise InvalidSpec(f"{credentials.path}: set both accessKeyId and secretAccessKey (Secret key "
+                              "references), or inheritFromIAMRole: true")
+        sse = reader.child("serverSideEncryption")
+        algorithm = sse.string("algorithm", choices=("AES256", "aws:kms")) if reader.has(
+            "serverSideEncryption") else None
+        kms_key = sse.optional_string("kmsKeyId")
+        if kms_key and algorithm != "aws:kms":
+            raise InvalidSpec(f"{sse.path}.kmsKeyId: only allowed with algorithm aws:kms")
+        endpoint = reader.optional_string("endpoint")
+        if endpoint and not re.match(r"^https?://[^\s/]+", endpoint):
+            raise InvalidSpec(f"{reader.path}.endpoint: {endpoint!r} must be an http:// or https:// URL")
+        endpoint_ca = SecretKeyRef.parse(reader.child("endpointCA")) if reader.has("endpointCA") else None
+        skip_verify = reader.boolean("insecureSkipTLSVerify")
+        if endpoint_ca and skip_verify:
+            raise InvalidSpec(f"{reader.path}: endpointCA and insecureSkipTLSVerify exclude each other")
+        prefix = reader.string("prefix", "")
+        if prefix.startswith("/"):
+            raise InvalidSpec(f"{reader.path}.prefix: must not start with '/'")
+        return cls(
+            bucket=reader.string("bucket", required=True, pattern=_BUCKET),
+            prefix=prefix.strip("/"),
+            endpoint=endpoint,
+            region=reader.string("region", "us-east-1"),
+            force_path_style=reader.boolean("forcePathStyle"),
+            endpoint_ca=endpoint_ca,
+            insecure_skip_tls_verify=skip_verify,
+            access_key_id=keys["accessKeyId"],
+            secret_access_key=keys["secretAccessKey"],
+            session_token=keys["sessionToken"],
+            inherit_from_iam_role=inherit,
+            sse_algorithm=algorithm,
+            sse_kms_key_id=kms_key,
+            storage_class=reader.optional_string("storageClass"),
+            checksum_when_required=reader.string("requestChecksum", "WhenSupported",
+                                                 choices=("WhenSupported", "WhenRequired")) == "WhenRequired",
+            max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
+            part_size=(reader.integer("partSizeMiB", 16, minimum=5, maximum=5120) or 16) * 1024 * 1024,
+        )
+
+    def secret_refs(self) -> list[SecretKeyRef]:
+        return [r for r in (self.access_key_id, self.secret_access_key, self.session_token, self.endpoint_ca)
+                if r is not None]
+
+
+@dataclass(frozen=True)
+class StorageCredentials:
+    access_key_id: str | None
+    secret_access_key: str | None
+    session_token: str | None
+    ca_bundle_pem: str | None
+
+
+def resolve_storage_credentials(kube: Kube, namespace: str, spec: StorageSpec) -> StorageCredentials:
+    def read(ref: SecretKeyRef | None) -> str | None:
+        if ref is None:
+            return None
+        return kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field)
+
+    return StorageCredentials(read(spec.access_key_id), read(spec.secret_access_key), read(spec.session_token),
+                              read(spec.endpoint_ca))
+
+
+def resolve_database_settings(kube: Kube, namespace: str, spec: DatabaseSpec) -> DatabaseSettings:
+    secret = kube.read_secret(namespace, spec.secret_name, field=f"{spec.field}.secretRef")
+    return resolve_database(spec, secret)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Which resource a run is for and how to reach the API server."""
+
+    name: str
+    namespace: str
+    kubeconfig: str | None
+    dry_run: bool
+
+
+def add_invocation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="name of the custom resource (env CELLAR_RESOURCE_NAME)")
+    parser.add_argument("--namespace", help="its namespace (env CELLAR_NAMESPACE; in a cluster, the Pod's)")
+    parser.add_argument("--kubeconfig", help="kubeconfig to use instead of the in-cluster service account")
+    parser.add_argument("--dry-run", action="store_true", help="check everything, write nothing")
+
+
+def resolve_invocation(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Invocation:
+    """Resource name and namespace from flags, then env, then (namespace) the service-account mount."""
+    env = os.environ if environ is None else environ
+    name = args.name or env.get("CELLAR_RESOURCE_NAME")
+    namespace = args.namespace or env.get("CELLAR_NAMESPACE") or env.get("POD_NAMESPACE") or in_cluster_namespace()
+    if not name:
+        raise UsageError("which resource? pass --name or set CELLAR_RESOURCE_NAME")
+    if not namespace:
+        raise UsageError("which namespace? pass --namespace or set CELLAR_NAMESPACE (in a cluster it is read "
+                         "from the service account)")
+    for what, value in (("name", name), ("namespace", namespace)):
+        if not _NAME.match(value) or len(value) > 253:
+            raise UsageError(f"--{what} {value!r} is not a valid Kubernetes name")
+    return Invocation(name=name, namespace=namespace, kubeconfig=args.kubeconfig, dry_run=bool(args.dry_run))

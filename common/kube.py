@@ -1,0 +1,394 @@
+"""Kubernetes access for cellar's jobs.
+
+`KubeTransport` is the one thin seam over the official client: it makes single API calls and turns
+the client's exceptions into `KubeApiError`. Everything above it (`Kube`) holds the policy: retries
+with backoff and jitter on 429/5xx/connection errors and never on 400/403/404/422, optimistic
+concurrency for status writes, human messages for 403 and 404, best-effort Events. Unit tests fake
+`KubeTransport` and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import tenacity
+
+from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError, UsageError
+from common.redact import redact, register_secret
+
+log = logging.getLogger(__name__)
+
+GROUP = "cellar.dev"
+VERSION = "v1alpha1"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    kind: str
+    plural: str
+    group: str = GROUP
+    version: str = VERSION
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    @property
+    def resource(self) -> str:
+        """The name RBAC and error messages use, for example `databasebackups.cellar.dev`."""
+        return f"{self.plural}.{self.group}"
+
+
+DATABASE_BACKUP = ResourceKind("DatabaseBackup", "databasebackups")
+DATABASE_RESTORE = ResourceKind("DatabaseRestore", "databaserestores")
+TABLE_ARCHIVE = ResourceKind("TableArchive", "tablearchives")
+SECRET = ResourceKind("Secret", "secrets", group="", version="v1")
+EVENT = ResourceKind("Event", "events", group="events.k8s.io", version="v1")
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    kind: ResourceKind
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f'{self.kind.kind} "{self.name}" in namespace "{self.namespace}"'
+
+
+class KubeApiError(Exception):
+    """One failed API call: `status` is the HTTP status, 0 when the server was not reached."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class KubeTransport(Protocol):
+    """The seam: single calls, no retries, no policy."""
+
+    def get_custom_object(self, kind: ResourceKind, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def merge_patch_status(
+        self, kind: ResourceKind, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, str]: ...
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None: ...
+
+
+class ClientTransport:
+    """`KubeTransport` over the official kubernetes client."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client  # noqa: PLC0415 (import cost paid only where a cluster is used)
+
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._events = client.EventsV1Api(api_client)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+        try:
+            return fn(*args, _request_timeout=(10, 60), **kwargs)
+        except ApiException as exc:
+            raise KubeApiError(int(exc.status or 0), _api_message(exc)) from exc
+        except (HTTPError, OSError) as exc:
+            raise KubeApiError(0, f"cannot reach the Kubernetes API server: {exc}") from exc
+
+    def get_custom_object(self, kind: ResourceKind, namespace: str, name: str) -> dict[str, Any]:
+        result = self._call(
+            self._custom.get_namespaced_custom_object, kind.group, kind.version, namespace, kind.plural, name
+        )
+        return cast(dict[str, Any], result)
+
+    def merge_patch_status(
+        self, kind: ResourceKind, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        result = self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            kind.group,
+            kind.version,
+            namespace,
+            kind.plural,
+            name,
+            dict(body),
+            _content_type="application/merge-patch+json",
+        )
+        return cast(dict[str, Any], result)
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        secret = self._call(self._core.read_namespaced_secret, name, namespace)
+        data: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            data[key] = base64.b64decode(value).decode("utf-8")
+        for key, value in (secret.string_data or {}).items():
+            data[key] = value
+        return data
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self._call(self._events.create_namespaced_event, namespace, dict(body))
+
+
+def _api_message(exc: Any) -> str:
+    import json  # noqa: PLC0415
+
+    try:
+        payload = json.loads(exc.body)
+        return str(payload.get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason or exc)
+
+
+def connect(kubeconfig: str | None = None) -> ClientTransport:
+    """Load Kubernetes credentials and return a transport.
+
+    Order: an explicit `--kubeconfig` (a person asked for it), then the in-cluster service account,
+    then `$KUBECONFIG`, then `~/.kube/config`. `config.load_config()` is not used: it prefers the
+    kubeconfig over the service account and prints to stdout.
+    """
+    from kubernetes import client, config  # noqa: PLC0415
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+
+    configuration = client.Configuration()
+    if kubeconfig:
+        _load_kubeconfig(config, configuration, kubeconfig, "--kubeconfig")
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException:
+            candidate = os.environ.get("KUBECONFIG")
+            source = "$KUBECONFIG"
+            if not candidate:
+                candidate, source = str(Path.home() / ".kube" / "config"), "~/.kube/config"
+                if not Path(candidate).exists():
+                    raise UsageError(
+                        "no Kubernetes credentials: not running in a cluster (KUBERNETES_SERVICE_HOST is "
+                        "unset), no --kubeconfig given, $KUBECONFIG unset and ~/.kube/config missing"
+                    ) from None
+            _load_kubeconfig(config, configuration, candidate.split(os.pathsep)[0], source)
+    return ClientTransport(client.ApiClient(configuration))
+
+
+def _load_kubeconfig(config: Any, configuration: Any, path: str, source: str) -> None:
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+
+    if not Path(path).is_file():
+        raise UsageError(f"kubeconfig {path} (from {source}) does not exist or is not a file")
+    try:
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    except (ConfigException, OSError, ValueError) as exc:
+        raise UsageError(f"cannot load kubeconfig {path} (from {source}): {exc}") from exc
+
+
+def in_cluster_namespace() -> str | None:
+    """The Pod's namespace from the service-account mount, when running in a cluster."""
+    try:
+        return (SERVICE_ACCOUNT_DIR / "namespace").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+# Status codes worth another try: throttling, server-side trouble, and "not reached at all" (0).
+RETRYABLE_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    initial_wait: float = 0.5
+    max_wait: float = 8.0
+
+
+class Kube:
+    """The policy over `KubeTransport`: retries, concurrency-safe status writes, clear errors."""
+
+    def __init__(
+        self,
+        transport: KubeTransport,
+        *,
+        retry: RetryPolicy | None = None,
+        controller: str = "cellar.dev/job",
+        instance: str | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.retry = retry or RetryPolicy()
+        self.controller = controller
+        # The Pod name (downward API HOSTNAME) identifies which run posted an Event.
+        self.instance = (instance or os.environ.get("POD_NAME") or socket.gethostname())[:128]
+        self._sleep = sleep
+
+    def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, KubeApiError) and e.status in RETRYABLE_STATUSES
+            ),
+            stop=tenacity.stop_after_attempt(self.retry.attempts),
+            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait),
+            before_sleep=lambda state: log.warning(
+                "retrying Kubernetes call",
+                extra={"call": what, "attempt": state.attempt_number, "error": str(state.outcome.exception())
+                       if state.outcome else ""},
+            ),
+            reraise=True,
+            **({"sleep": self._sleep} if self._sleep else {}),
+        )
+        return retrying(fn)
+
+    def _translate(self, exc: KubeApiError, verb: str, ref: ResourceRef, *, subresource: str = "") -> Exception:
+        target = f"{ref.kind.resource}{'/' + subresource if subresource else ''}"
+        if exc.status == 403:
+            return Forbidden(
+                f'permission denied: cannot {verb} {target} "{ref.name}" in namespace "{ref.namespace}". '
+                f"Grant the job's ServiceAccount '{verb}' on '{target}' in its Role "
+                f"(cronjobs/ ships one). Server said: {exc.message}"
+            )
+        if exc.status == 404:
+            return NotFound(f"{ref.kind.kind} \"{ref.name}\" was not found in namespace \"{ref.namespace}\"")
+        if exc.status in (400, 422):
+            return PermanentError(f"the API server rejected {verb} {target} \"{ref.name}\": {exc.message}")
+        if exc.status in RETRYABLE_STATUSES or exc.status == 409:
+            return RetryableError(
+                f'{verb} {target} "{ref.name}" in namespace "{ref.namespace}" still failing after '
+                f"{self.retry.attempts} attempts: {exc.message}",
+                reason="KubernetesUnavailable",
+            )
+        return PermanentError(f"{verb} {target} \"{ref.name}\" failed: {exc.message}")
+
+    def get(self, ref: ResourceRef) -> dict[str, Any]:
+        """Read a custom resource."""
+        try:
+            return cast(
+                dict[str, Any],
+                self._retrying(lambda: self.transport.get_custom_object(ref.kind, ref.namespace, ref.name),
+                               f"get {ref}"),
+            )
+        except KubeApiError as exc:
+            raise self._translate(exc, "get", ref) from exc
+
+    def read_secret_key(self, namespace: str, name: str, key: str, *, field: str) -> str:
+        """One value of a Secret; registered for redaction before it is returned.
+
+        `field` is the spec path that named the Secret, so a missing key says what to fix.
+        """
+        data = self.read_secret(namespace, name, field=field)
+        if key not in data:
+            present = ", ".join(sorted(data)) or "none"
+            raise InvalidSpec(f'{field}: Secret "{name}" has no key "{key}" (keys present: {present})')
+        return data[key]
+
+    def read_secret(self, namespace: str, name: str, *, field: str) -> dict[str, str]:
+        """All values of a Secret, each registered for redaction."""
+        ref = ResourceRef(SECRET, namespace, name)
+        try:
+            data = self._retrying(lambda: self.transport.get_secret_data(namespace, name), f"get secret {name}")
+        except KubeApiError as exc:
+            if exc.status == 404:
+                raise InvalidSpec(f'{field}: Secret "{name}" was not found in namespace "{namespace}"') from exc
+            raise self._translate(exc, "get", ref) from exc
+        for value in data.values():
+            register_secret(value)
+        return cast(dict[str, str], data)
+
+    def update_status(
+        self,
+        ref: ResourceRef,
+        mutate: Callable[[dict[str, Any]], Mapping[str, Any] | None],
+        *,
+        max_conflicts: int = 20,
+    ) -> dict[str, Any]:
+        """Apply `mutate` to the freshly read resource and write the status it returns.
+
+        `mutate(resource)` returns the status fields to merge (None: nothing to write). The write is
+        a merge patch carrying the resourceVersion that was read, so a concurrent writer makes it
+        fail with 409; then the resource is read again and `mutate` recomputed, and no update is lost.
+        Lists such as `conditions` must be returned whole (a merge patch replaces lists): compute
+        them from the resource passed in, so conditions other writers set survive.
+        """
+        for _ in range(max_conflicts):
+            resource = self.get(ref)
+            status_patch = mutate(resource)
+            if status_patch is None:
+                return resource
+            body = {
+                "metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
+                "status": _redact_strings(dict(status_patch)),
+            }
+            try:
+                return cast(
+                    dict[str, Any],
+                    self._retrying(
+                        lambda: self.transport.merge_patch_status(ref.kind, ref.namespace, ref.name, body),
+                        f"patch status of {ref}",
+                    ),
+                )
+            except KubeApiError as exc:
+                if exc.status == 409:
+                    log.debug("status write conflicted; re-reading", extra={"resource_version": body})
+                    continue
+                raise self._translate(exc, "patch", ref, subresource="status") from exc
+        raise RetryableError(
+            f"status of {ref} kept changing under us: {max_conflicts} conflicting writes in a row",
+            reason="StatusConflict",
+        )
+
+    def post_event(
+        self,
+        regarding: Mapping[str, Any],
+        *,
+        reason: str,
+        action: str,
+        note: str,
+        warning: bool = False,
+    ) -> None:
+        """Post an events.k8s.io/v1 Event about `regarding`; a failure is logged, never raised."""
+        metadata = regarding.get("metadata", {})
+        namespace = metadata.get("namespace", "")
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata.get('name', 'cellar')}.", "namespace": namespace},
+            "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "action": action,
+            "reason": reason,
+            "note": redact(note)[:1024],
+            "type": "Warning" if warning else "Normal",
+            "reportingController": self.controller,
+            "reportingInstance": self.instance,
+            "regarding": {
+                "apiVersion": regarding.get("apiVersion"),
+                "kind": regarding.get("kind"),
+                "name": metadata.get("name"),
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+        }
+        try:
+            self._retrying(lambda: self.transport.create_event(namespace, body), "create event")
+        except Exception as exc:  # noqa: BLE001 (an Event is best-effort by contract)
+            log.warning("could not post Event", extra={"event_reason": reason, "error": redact(str(exc))})
+
+
+def _redact_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    return value

@@ -1,0 +1,58 @@
+"""Progress of long work: done, rate and ETA in the logs, and (at most every 30 s) in status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from common.conditions import format_time
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_SECONDS = 30.0
+LOG_INTERVAL_SECONDS = 10.0
+
+
+class ProgressReporter:
+    """Call `update(done)` as often as you like; it decides when to log and when to write status."""
+
+    def __init__(self, unit: str, total: int, publish: Callable[[dict[str, Any]], None] | None,
+                 *, clock: Callable[[], float] = time.monotonic,
+                 status_interval: float = STATUS_INTERVAL_SECONDS,
+                 log_interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self.unit = unit
+        self.total = max(0, total)
+        self.publish = publish
+        self.clock = clock
+        self.status_interval = status_interval
+        self.log_interval = log_interval
+        self.started = clock()
+        self.done = 0
+        self._last_status = self.started
+        self._last_log = self.started
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = max(1e-6, self.clock() - self.started)
+        rate = self.done / elapsed
+        figures: dict[str, Any] = {"done": self.done, "total": self.total, "unit": self.unit,
+                                   "ratePerSecond": round(rate, 1),
+                                   "updateTime": format_time(datetime.now(UTC))}
+        if self.total > self.done and rate > 0:
+            figures["eta"] = format_time(datetime.now(UTC) + timedelta(seconds=(self.total - self.done) / rate))
+        return figures
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = self.clock()
+        if now - self._last_log >= self.log_interval:
+            self._last_log = now
+            log.info("progress", extra={"progress": self.snapshot()})
+        if self.publish is not None and now - self._last_status >= self.status_interval:
+            self._last_status = now
+            try:
+                self.publish(self.snapshot())
+            except Exception as exc:  # noqa: BLE001 (progress is informative; the work goes on)
+                log.warning("could not write progress to status", extra={"error": str(exc)})

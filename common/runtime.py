@@ -1,0 +1,249 @@
+"""`main(argv) -> int` scaffolding shared by every job.
+
+`run_job` is the story of every run: parse the command line, load credentials, read the custom
+resource, hand over to the job, and turn whatever happened into one exit code (`exit_code_for` is
+the only place that does). SIGTERM becomes an `Interrupted` exception so that the job's context
+managers abort uploads and roll back; the job's `record_failure` then writes `Interrupted` to status
+within the grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from common.conditions import ConditionStatus, set_condition
+from common.config import Invocation, add_invocation_arguments, resolve_invocation
+from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
+from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
+from common.logs import bind_resource, configure_logging
+from common.redact import redact
+
+log = logging.getLogger("cellar")
+
+TERMINATION_LOG = Path(os.environ.get("CELLAR_TERMINATION_LOG", "/dev/termination-log"))
+TERMINATION_LOG_LIMIT = 4096
+
+
+def exit_code_for(error: BaseException | None) -> int:
+    """The one mapping from what happened to an exit code (0 ok, 1 retryable, 2 usage, 3 permanent)."""
+    if error is None:
+        return EXIT_OK
+    if isinstance(error, CellarError):
+        return error.exit_code
+    return EXIT_RETRYABLE
+
+
+class Interrupts:
+    """SIGTERM handling: raise `Interrupted` at once, or (inside `deferred()`) at the next check.
+
+    Only the first SIGTERM raises; cleanup that follows it is not interrupted again.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._deferring = 0
+        self._raised = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.requested.is_set()
+        self.requested.set()
+        log.warning("received SIGTERM; stopping", extra={"signal": signum})
+        if first and not self._deferring:
+            self._raised = True
+            raise Interrupted("interrupted by SIGTERM (deadline, eviction or node drain); work in flight was "
+                              "rolled back and the next run starts over")
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within this block SIGTERM only sets a flag; call `check()` at safe points."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    def check(self) -> None:
+        if self.requested.is_set() and not self._raised:
+            self._raised = True
+            raise Interrupted("interrupted by SIGTERM (deadline, eviction or node drain); stopped at a safe point")
+
+
+@dataclass
+class RunContext:
+    """What a job's run needs: who it is for, how to talk to the cluster, and how to report."""
+
+    job: str
+    run_id: str
+    invocation: Invocation
+    kube: Kube
+    ref: ResourceRef
+    resource: dict[str, Any]
+    interrupts: Interrupts
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec = self.resource.get("spec")
+        return spec if isinstance(spec, Mapping) else {}
+
+    @property
+    def generation(self) -> int | None:
+        value = self.resource.get("metadata", {}).get("generation")
+        return int(value) if value is not None else None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.invocation.dry_run
+
+    def update_status(
+        self,
+        conditions: Sequence[tuple[str, ConditionStatus, str, str]] = (),
+        fields: Mapping[str, Any] | None = None,
+        compute: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Upsert `conditions` (type, status, reason, message) and merge `fields` into status.
+
+        `compute(current_status)` may return more fields derived from what is there now (totals).
+        Safe under concurrent writers (see `Kube.update_status`). In a dry run nothing is written.
+        """
+        if self.dry_run:
+            log.info("dry run: status not written", extra={"conditions": [c[:3] for c in conditions]})
+            return self.resource
+        now = datetime.now(UTC)
+
+        def mutate(resource: dict[str, Any]) -> dict[str, Any]:
+            status = resource.get("status") or {}
+            current = list(status.get("conditions") or [])
+            generation = resource.get("metadata", {}).get("generation")
+            for condition_type, condition_status, reason, message in conditions:
+                current = set_condition(current, condition_type, condition_status, reason, message,
+                                        generation, now)
+            patch: dict[str, Any] = {"conditions": current, "observedGeneration": generation}
+            patch.update(fields or {})
+            if compute is not None:
+                patch.update(compute(status))
+            return patch
+
+        self.resource = self.kube.update_status(self.ref, mutate)
+        return self.resource
+
+    def event(self, reason: str, note: str, *, action: str, warning: bool = False) -> None:
+        if self.dry_run:
+            return
+        self.kube.post_event(self.resource, reason=reason, action=action, note=note, warning=warning)
+
+
+class Job(Protocol):
+    """What a job supplies to `run_job`."""
+
+    name: str
+    kind: ResourceKind
+    description: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        """Do the work; return a one-line summary for the termination log."""
+        ...
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        """Write the failure to status and post an Event (called by `run_job`)."""
+        ...
+
+
+def write_termination_log(message: str) -> None:
+    """A short cause where `kubectl describe pod` shows it; best-effort."""
+    if not TERMINATION_LOG.parent.exists():
+        return
+    try:
+        data = redact(message).encode("utf-8")[:TERMINATION_LOG_LIMIT]
+        with TERMINATION_LOG.open("wb") as out:
+            out.write(data)
+    except OSError:
+        pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print and sys.exit(2) itself
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser(job: Job, prog: str) -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog=prog, description=job.description)
+    add_invocation_arguments(parser)
+    parser.add_argument("--log-level", default=os.environ.get("CELLAR_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"], help="log verbosity")
+    job.add_arguments(parser)
+    return parser
+
+
+def run_job(
+    job: Job,
+    argv: Sequence[str] | None,
+    *,
+    prog: str | None = None,
+    transport_factory: Callable[[str | None], KubeTransport] = connect,
+) -> int:
+    """Run one job to completion and return its exit code."""
+    run_id = os.environ.get("CELLAR_RUN_ID") or uuid.uuid4().hex[:12]
+    configure_logging(job.name, run_id)
+    parser = build_parser(job, prog or f"cellar-{job.name}")
+    interrupts = Interrupts()
+    ctx: RunContext | None = None
+    started = time.monotonic()
+    try:
+        try:
+            args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+        except SystemExit as exc:  # --help and --version exit 0 through argparse
+            return int(exc.code or 0)
+        logging.getLogger().setLevel(args.log_level.upper())
+        interrupts.install()
+        invocation = resolve_invocation(args)
+        bind_resource(invocation.namespace, invocation.name)
+        ref = ResourceRef(job.kind, invocation.namespace, invocation.name)
+        kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
+        resource = kube.get(ref)
+        ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
+        log.info("run started", extra={"generation": ctx.generation, "dry_run": invocation.dry_run})
+        summary = job.run(ctx, args)
+        log.info("run finished", extra={"summary": summary, "seconds": round(time.monotonic() - started, 3)})
+        write_termination_log(summary)
+        return EXIT_OK
+    except CellarError as error:
+        return _fail(job, ctx, error, started)
+    except Exception as error:  # noqa: BLE001 (the one place every other failure becomes an exit code)
+        log.exception("unexpected failure")
+        wrapped = CellarError(f"unexpected {type(error).__name__}: {redact(str(error))}", reason="InternalError")
+        return _fail(job, ctx, wrapped, started)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:
+    code = exit_code_for(error)
+    log.error("run failed", extra={"reason": error.reason, "error": redact(str(error)), "exit_code": code,
+                                   "seconds": round(time.monotonic() - started, 3)})
+    if ctx is not None and code != EXIT_USAGE:
+        try:
+            job.record_failure(ctx, error)
+        except Exception as status_error:  # noqa: BLE001 (keep the original failure as the outcome)
+            log.error("could not record the failure in status", extra={"error": redact(str(status_error))})
+    write_termination_log(f"{error.reason}: {error}")
+    return code

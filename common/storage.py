@@ -1,0 +1,316 @@
+"""S3-compatible object storage: a client from the resource's settings and a streaming writer.
+
+`StreamingUpload` takes a stream of unknown length and uploads it as one multipart upload with
+bounded memory. The part size grows with the part count, so a multi-terabyte stream still fits in
+`max_parts` parts (10,000 on AWS). It hashes what it writes with SHA-256 and aborts the multipart
+upload on any failure, so a partial object never becomes visible. A stream smaller than one part is
+sent with a single PutObject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.config import StorageCredentials, StorageSpec
+from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentError, RetryableError
+from common.redact import redact
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+log = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+# The part size doubles every max_parts / GROWTH_STEPS parts: with 16 MiB parts and 10,000 parts that
+# covers about 16 TiB, well past S3's 5 TiB object limit, while the first 16 GiB use 16 MiB parts.
+GROWTH_STEPS = 10
+
+
+def build_client(spec: StorageSpec, credentials: StorageCredentials) -> S3Client:
+    """A boto3 S3 client for AWS, MinIO, Ceph RGW or IBM COS, configured from the spec."""
+    checksum_mode = "when_required" if spec.checksum_when_required else "when_supported"
+    config = Config(
+        region_name=spec.region,
+        s3={"addressing_style": "path" if spec.force_path_style else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        request_checksum_calculation=checksum_mode,
+        response_checksum_validation=checksum_mode,
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=16,
+    )
+    verify: bool | str | None = None
+    if spec.insecure_skip_tls_verify:
+        verify = False
+    elif credentials.ca_bundle_pem:
+        with tempfile.NamedTemporaryFile("w", prefix="cellar-s3-ca-", suffix=".pem", delete=False) as ca:
+            ca.write(credentials.ca_bundle_pem)
+        verify = ca.name
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=spec.endpoint,
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        aws_session_token=credentials.session_token,
+        config=config,
+        verify=verify,
+    )
+
+
+def translate_storage_error(exc: Exception, action: str, bucket: str, key: str = "") -> CellarError:
+    """A storage failure as a cellar error whose message says what to fix."""
+    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        detail = redact(str(exc.response.get("Error", {}).get("Message", "") or code))
+        if code in ("NoSuchBucket",) or (status == 404 and not key):
+            return PermanentError(f"{action} {where}: the bucket does not exist; create it or fix "
+                                  "spec.storage.bucket", reason="BucketNotFound")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled") \
+                or status == 403:
+            return Forbidden(f"{action} {where}: access denied ({code}: {detail}); check the access keys "
+                             "in the storage Secret and the bucket policy", reason="StorageAccessDenied")
+        if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
+            return RetryableError(f"{action} {where}: the store is failing ({code}: {detail})",
+                                  reason="UploadFailed")
+        return PermanentError(f"{action} {where}: {code}: {detail}", reason="UploadFailed")
+    if isinstance(exc, BotoCoreError):
+        return ConnectionFailed(f"{action} {where}: cannot reach the object store: {redact(str(exc))}",
+                                reason="StorageUnavailable")
+    return RetryableError(f"{action} {where}: {redact(str(exc))}", reason="UploadFailed")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    size: int
+    sha256: str
+    parts: int
+
+
+class ObjectStore:
+    """A bucket and prefix, with the operations jobs need."""
+
+    def __init__(self, client: S3Client, spec: StorageSpec) -> None:
+        self.client = client
+        self.spec = spec
+        self.bucket = spec.bucket
+
+    def key(self, *parts: str) -> str:
+        """A key under the resource's prefix."""
+        return "/".join(p.strip("/") for p in (self.spec.prefix, *parts) if p)
+
+    def write_arguments(self) -> dict[str, str]:
+        """Encryption and storage class for every object written."""
+        arguments: dict[str, str] = {}
+        if self.spec.sse_algorithm:
+            arguments["ServerSideEncryption"] = self.spec.sse_algorithm
+        if self.spec.sse_kms_key_id:
+            arguments["SSEKMSKeyId"] = self.spec.sse_kms_key_id
+        if self.spec.storage_class:
+            arguments["StorageClass"] = self.spec.storage_class
+        return arguments
+
+    def check_access(self) -> None:
+        """Fail early, with a clear message, when the bucket is missing or the keys are wrong."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot access", self.bucket) from None
+
+    def open_upload(self, key: str, *, content_type: str = "application/octet-stream",
+                    concurrency: int = 2) -> StreamingUpload:
+        return StreamingUpload(self.client, self.bucket, key, part_size=self.spec.part_size,
+                               max_parts=self.spec.max_parts, extra_arguments=self.write_arguments(),
+                               content_type=content_type, checksums=not self.spec.checksum_when_required,
+                               concurrency=concurrency)
+
+    def put_bytes(self, key: str, body: bytes, *, content_type: str = "application/json") -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
+                                   **self.write_arguments())  # type: ignore[arg-type]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot write", self.bucket, key) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot read", self.bucket, key) from None
+
+    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])  # type: ignore[misc]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot list", self.bucket, prefix) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
+
+
+def part_size_for(part_number: int, base_size: int, max_parts: int) -> int:
+    """Size of part `part_number` (1-based): `base_size`, doubled every max_parts/GROWTH_STEPS parts."""
+    step = max(1, max_parts // GROWTH_STEPS)
+    return min(MAX_PART_SIZE, max(MIN_PART_SIZE, base_size) << ((part_number - 1) // step))
+
+
+class StreamingUpload:
+    """Upload a stream of unknown length; use as a context manager so that failures abort.
+
+    Memory: the part being filled plus up to `concurrency` parts in flight.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, key: str, *, part_size: int, max_parts: int,
+                 extra_arguments: dict[str, str] | None = None, content_type: str = "application/octet-stream",
+                 checksums: bool = True, concurrency: int = 2) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.base_part_size = part_size
+        self.max_parts = max_parts
+        self.extra_arguments = dict(extra_arguments or {})
+        self.content_type = content_type
+        self.checksums = checksums
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="s3-part")
+        self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
+        self._finished = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._size
+
+    def __enter__(self) -> StreamingUpload:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self._finished:
+            self.abort()
+
+    def _current_part_size(self) -> int:
+        return part_size_for(len(self._parts) + 1, self.base_part_size, self.max_parts)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._finished:
+            raise RuntimeError("write after the upload was completed or aborted")
+        self._hash.update(data)
+        self._size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= self._current_part_size():
+            size = self._current_part_size()
+            part = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self._send_part(part)
+
+    def _start(self) -> str:
+        if self._upload_id is None:
+            arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "ContentType": self.content_type,
+                                         **self.extra_arguments}
+            if self.checksums:
+                arguments["ChecksumAlgorithm"] = "CRC32"
+            try:
+                self._upload_id = self.client.create_multipart_upload(**arguments)["UploadId"]
+            except (ClientError, BotoCoreError) as exc:
+                raise translate_storage_error(exc, "cannot start the upload of", self.bucket, self.key) from None
+        return self._upload_id
+
+    def _send_part(self, body: bytes) -> None:
+        upload_id = self._start()
+        number = len(self._parts) + 1
+        if number > self.max_parts:
+            raise PermanentError(f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
+                                 "spec.storage.partSizeMiB or maxParts", reason="UploadFailed")
+        self._raise_failed_parts()
+        self._in_flight.acquire()
+        future = self._pool.submit(self._upload_part, upload_id, number, body)
+        future.add_done_callback(lambda _: self._in_flight.release())
+        self._parts.append(future)
+
+    def _upload_part(self, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": upload_id,
+                                     "PartNumber": number, "Body": body}
+        if self.checksums:
+            arguments["ChecksumAlgorithm"] = "CRC32"
+        response = self.client.upload_part(**arguments)
+        part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
+        if self.checksums and response.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return part
+
+    def _raise_failed_parts(self) -> None:
+        for future in self._parts:
+            if future.done() and future.exception() is not None:
+                error = future.exception()
+                assert isinstance(error, Exception)
+                raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
+
+    def complete(self) -> UploadResult:
+        """Send what is buffered and make the object visible; only now does it exist."""
+        if self._finished:
+            raise RuntimeError("the upload was already completed or aborted")
+        try:
+            if self._upload_id is None:
+                # Smaller than one part: one PutObject, no multipart upload to leave behind.
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer),
+                                       ContentType=self.content_type, **self.extra_arguments)  # type: ignore[arg-type]
+                parts = 1
+            else:
+                if self._buffer:
+                    self._send_part(bytes(self._buffer))
+                    self._buffer.clear()
+                completed = [future.result() for future in self._parts]
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                    MultipartUpload={"Parts": completed},  # type: ignore[typeddict-item]
+                )
+                parts = len(completed)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot complete the upload of", self.bucket, self.key) from None
+        self._finished = True
+        self._pool.shutdown(wait=True)
+        return UploadResult(key=self.key, size=self._size, sha256=self._hash.hexdigest(), parts=parts)
+
+    def abort(self) -> None:
+        """Abort the multipart upload so no partial object ever becomes visible. Never raises."""
+        self._finished = True
+        for future in self._parts:
+            future.cancel()
+        # A part still being sent could land after the abort and keep the upload alive: wait first.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buffer.clear()
+        if self._upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+            log.info("aborted multipart upload", extra={"key": self.key, "bytes_discarded": self._size})
+        except Exception as exc:  # noqa: BLE001 (abort is cleanup on an error path; report, don't mask)
+            log.error("could not abort multipart upload; a bucket lifecycle rule "
+                      "(AbortIncompleteMultipartUpload) will remove it",
+                      extra={"key": self.key, "error": redact(str(exc))})

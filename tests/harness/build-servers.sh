@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds the real servers the integration tests and the demo run against (kube-apiserver,
+# kube-controller-manager, etcd, MinIO) from source through the Go module proxy, because this
+# machine reaches no release downloads. Binaries are cached outside the clone, keyed by version,
+# so only the first run pays for the build.
+#
+# Usage: tests/harness/build-servers.sh [component ...]   (default: all)
+# Prints the cache directory of each built binary as NAME=PATH lines on the last lines of stdout.
+set -euo pipefail
+
+KUBE_VERSION="${CELLAR_KUBE_VERSION:-v1.34.4}"
+ETCD_VERSION="${CELLAR_ETCD_VERSION:-v3.6.16}"
+# MinIO's upstream repository is no longer maintained: pin one commit (pseudo-version).
+MINIO_VERSION="${CELLAR_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
+CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
+
+log() { printf '[build-servers] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "Go is not installed: install Go 1.24 or newer (https://go.dev/doc/install) or 'apt-get install golang-go', then rerun."
+
+# go build -v prints one line per package it compiles; turn that into a progress line every 25.
+progress() {
+  local what=$1 n=0 start=$SECONDS
+  while IFS= read -r line; do
+    n=$((n + 1))
+    # Package paths are progress; compiler diagnostics (file.go:line:...) and go's own messages are not.
+    case "$line" in *.go:[0-9]*|"# "*|go:\ *) printf '%s\n' "$line" >&2 ;; esac
+    if (( n % 25 == 0 )); then log "$what: $n packages compiled ($((SECONDS - start)) s)"; fi
+  done
+  log "$what: $n packages compiled in $((SECONDS - start)) s"
+}
+
+build_kube() {
+  local name=$1 out="$CACHE/bin/kubernetes-$KUBE_VERSION/$1"
+  if [[ -x "$out" ]]; then log "$name $KUBE_VERSION: cached at $out"; echo "$name=$out"; return; fi
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local staging="v0.${KUBE_VERSION#v1.}"
+  local mod="$CACHE/src/kubernetes-$KUBE_VERSION"
+  mkdir -p "$mod" "$(dirname "$out")"
+  if [[ ! -f "$mod/.ready" ]]; then
+    log "$name $KUBE_VERSION: preparing a scratch module (k8s.io/kubernetes replaces its staging modules with local paths)"
+    local gomod
+    gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$KUBE_VERSION through the Go module proxy (check GOPROXY)"
+    rm -f "$mod/go.mod" "$mod/go.sum"
+    (cd "$mod" && go mod init cellar.dev/kube-build >/dev/null 2>&1)
+    grep -E '^godebug ' "$gomod" >> "$mod/go.mod" || true
+    local replaces=()
+    while read -r m; do replaces+=("-replace=$m=$m@$staging"); done < <(
+      sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$gomod")
+    (( ${#replaces[@]} > 0 )) || die "found no staging replace lines in $gomod"
+    (cd "$mod" && go mod edit "${replaces[@]}")
+    log "$name $KUBE_VERSION: resolving modules (go get; downloads a few hundred MB the first time)"
+    (cd "$mod" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+        "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
+        "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" 2>&1 | tail -n 3 >&2)
+    touch "$mod/.ready"
+  fi
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  log "$name $KUBE_VERSION: compiling (several minutes on two cores the first time)"
+  (cd "$mod" && go build -v -trimpath -ldflags "$ld" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name" 2>&1) | progress "$name"
+  [[ -x "$out.tmp" ]] || die "building $name $KUBE_VERSION failed (see the compiler output above)"
+  mv "$out.tmp" "$out"
+  echo "$name=$out"
+}
+
+build_etcd() {
+  local out="$CACHE/bin/etcd-$ETCD_VERSION/etcd"
+  if [[ -x "$out" ]]; then log "etcd $ETCD_VERSION: cached at $out"; echo "etcd=$out"; return; fi
+  local mod="$CACHE/src/etcd-$ETCD_VERSION"
+  mkdir -p "$mod" "$(dirname "$out")"
+  if [[ ! -f "$mod/.ready" ]]; then
+    rm -f "$mod/go.mod" "$mod/go.sum"
+    (cd "$mod" && go mod init cellar.dev/etcd-build >/dev/null 2>&1)
+    log "etcd $ETCD_VERSION: resolving modules"
+    (cd "$mod" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" 2>&1 | tail -n 3 >&2)
+    touch "$mod/.ready"
+  fi
+  log "etcd $ETCD_VERSION: compiling"
+  (cd "$mod" && go build -v -trimpath -ldflags "-s -w" -o "$out.tmp" go.etcd.io/etcd/server/v3 2>&1) | progress etcd
+  [[ -x "$out.tmp" ]] || die "building etcd $ETCD_VERSION failed (see the compiler output above)"
+  mv "$out.tmp" "$out"
+  echo "etcd=$out"
+}
+
+build_minio() {
+  local out="$CACHE/bin/minio-$MINIO_VERSION/minio"
+  if [[ -x "$out" ]]; then log "minio $MINIO_VERSION: cached at $out"; echo "minio=$out"; return; fi
+  mkdir -p "$(dirname "$out")"
+  local gobin; gobin=$(mktemp -d)
+  log "minio $MINIO_VERSION: compiling with go install (several minutes the first time)"
+  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION" 2>&1) | progress minio
+  [[ -x "$gobin/minio" ]] || die "building minio $MINIO_VERSION failed (see the compiler output above)"
+  mv "$gobin/minio" "$out"; rmdir "$gobin"
+  echo "minio=$out"
+}
+
+components=("$@")
+(( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kubectl)
+for c in "${components[@]}"; do
+  case "$c" in
+    etcd) build_etcd ;;
+    minio) build_minio ;;
+    kube-apiserver|kube-controller-manager|kubectl) build_kube "$c" ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl)" ;;
+  esac
+done

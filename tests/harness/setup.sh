@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need on a fresh machine, idempotently:
+#   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench
+#   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO), cached outside the clone
+#   - the Python environment in .venv (pip's cache lives outside the clone)
+# Prints where everything is; fails with a message naming what is missing and how to fix it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+need_apt=()
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" || ! -x "$pg_bin/pg_ctl" ]]; then need_apt+=(postgresql); fi
+command -v pg_dump >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+if (( ${#need_apt[@]} > 0 )); then
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing Debian packages: ${need_apt[*]}. Install them: sudo apt-get install -y ${need_apt[*]}"
+  fi
+  log "installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+fi
+# A just-installed Debian PostgreSQL starts a cluster of its own; the tests start their own servers.
+if [[ " ${need_apt[*]} " == *" postgresql "* ]] && command -v pg_ctlcluster >/dev/null 2>&1; then
+  for cluster in /etc/postgresql/*/main; do
+    [[ -d "$cluster" ]] || continue
+    v=$(basename "$(dirname "$cluster")"); pg_ctlcluster "$v" main stop >/dev/null 2>&1 || true
+  done
+fi
+
+# Go 1.24+ is needed by Kubernetes 1.34; an older go fetches a newer toolchain through the module proxy.
+go_version=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]]; then
+  export GOTOOLCHAIN=go1.25.5
+  log "go $go_version is older than 1.24: using toolchain $GOTOOLCHAIN from the Go module proxy"
+fi
+
+bash tests/harness/build-servers.sh etcd minio kube-apiserver kubectl >/dev/null
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11 or newer is needed; $("$PYTHON" --version 2>&1) found. Set PYTHON=/path/to/python3.11"
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.cellar-installed
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  log "installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -e '.[dev]' >&2
+  touch "$stamp"
+fi
+log "ready: PostgreSQL in ${pg_bin:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}, servers in ${CELLAR_CACHE:-$HOME/.cache/cellar}/bin, Python in .venv"
