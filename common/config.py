@@ -54,8 +54,15 @@ class SpecReader:
             raise InvalidSpec(f"{self.path}.{key}: required")
         return SpecReader(self.data.get(key), f"{self.path}.{key}")
 
-    def string(self, key: str, default: str | None = None, *, required: bool = False,
-               choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None) -> str:
+    def string(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        choices: tuple[str, ...] | None = None,
+        pattern: re.Pattern[str] | None = None,
+    ) -> str:
         value = self.data.get(key, default)
         where = f"{self.path}.{key}"
         if value is None:
@@ -73,8 +80,9 @@ class SpecReader:
     def optional_string(self, key: str) -> str | None:
         return self.string(key) if self.has(key) else None
 
-    def integer(self, key: str, default: int | None = None, *, minimum: int | None = None,
-                maximum: int | None = None) -> int | None:
+    def integer(
+        self, key: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
         value = self.data.get(key, default)
         where = f"{self.path}.{key}"
         if value is None:
@@ -114,8 +122,9 @@ class SecretKeyRef:
 
     @classmethod
     def parse(cls, reader: SpecReader) -> SecretKeyRef:
-        return cls(reader.string("name", required=True, pattern=_NAME), reader.string("key", required=True),
-                   reader.path)
+        return cls(
+            reader.string("name", required=True, pattern=_NAME), reader.string("key", required=True), reader.path
+        )
 
 
 @dataclass(frozen=True)
@@ -168,12 +177,20 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
     if secret.get("uri"):
         parts = urlsplit(secret["uri"])
         if parts.scheme not in ("postgres", "postgresql"):
-            raise InvalidSpec(f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with '
-                              "postgresql://")
-        from_uri = {k: v for k, v in {
-            "host": parts.hostname or "", "port": str(parts.port or ""), "dbname": unquote(parts.path.lstrip("/")),
-            "username": unquote(parts.username or ""), "password": unquote(parts.password or ""),
-        }.items() if v}
+            raise InvalidSpec(
+                f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with postgresql://'
+            )
+        from_uri = {
+            k: v
+            for k, v in {
+                "host": parts.hostname or "",
+                "port": str(parts.port or ""),
+                "dbname": unquote(parts.path.lstrip("/")),
+                "username": unquote(parts.username or ""),
+                "password": unquote(parts.password or ""),
+            }.items()
+            if v
+        }
 
     def pick(*keys: str) -> str | None:
         for key in keys:
@@ -187,20 +204,29 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
     user = pick("username", "user")
     password = pick("password")
     dbname = spec.dbname or pick("dbname", "database")
-    missing = [name for name, value in
-               (("host", host), ("username", user), ("password", password), ("dbname", dbname)) if not value]
-    if missing:
-        raise InvalidSpec(
-            f'{spec.field}: Secret "{spec.secret_name}" lacks {", ".join(missing)} (give them as Secret keys '
-            f"host/port/dbname/username/password or as a uri key; host and dbname may also be set in the spec)"
-        )
     port_text = str(spec.port) if spec.port else (pick("port") or "5432")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InvalidSpec(f'{spec.field}: Secret "{spec.secret_name}" key port is not a TCP port number')
-    assert host and user and password and dbname  # checked above; narrows the types for mypy
-    return DatabaseSettings(host=host, port=int(port_text), dbname=dbname, user=user, password=password,
-                            ssl_mode=spec.ssl_mode, ssl_root_cert=secret.get("sslrootcert") or None,
-                            connect_timeout=spec.connect_timeout)
+    if host and user and password and dbname:
+        return DatabaseSettings(
+            host=host,
+            port=int(port_text),
+            dbname=dbname,
+            user=user,
+            password=password,
+            ssl_mode=spec.ssl_mode,
+            ssl_root_cert=secret.get("sslrootcert") or None,
+            connect_timeout=spec.connect_timeout,
+        )
+    missing = [
+        name
+        for name, value in (("host", host), ("username", user), ("password", password), ("dbname", dbname))
+        if not value
+    ]
+    raise InvalidSpec(
+        f'{spec.field}: Secret "{spec.secret_name}" lacks {", ".join(missing)} (give them as Secret keys '
+        f"host/port/dbname/username/password or as a uri key; host and dbname may also be set in the spec)"
+    )
 
 
 @dataclass(frozen=True)
@@ -227,14 +253,19 @@ class StorageSpec:
     def parse(cls, reader: SpecReader) -> StorageSpec:
         credentials = reader.child("credentials", required=True)
         inherit = credentials.boolean("inheritFromIAMRole")
-        keys = {name: SecretKeyRef.parse(credentials.child(name)) if credentials.has(name) else None
-                for name in ("accessKeyId", "secretAccessKey", "sessionToken")}
+        keys = {
+            name: SecretKeyRef.parse(credentials.child(name)) if credentials.has(name) else None
+            for name in ("accessKeyId", "secretAccessKey", "sessionToken")
+        }
         if not inherit and (keys["accessKeyId"] is None or keys["secretAccessKey"] is None):
-            raise InvalidSpec(f"{credentials.path}: set both accessKeyId and secretAccessKey (Secret key "
-                              "references), or inheritFromIAMRole: true")
+            raise InvalidSpec(
+                f"{credentials.path}: set both accessKeyId and secretAccessKey (Secret key "
+                "references), or inheritFromIAMRole: true"
+            )
         sse = reader.child("serverSideEncryption")
-        algorithm = sse.string("algorithm", choices=("AES256", "aws:kms")) if reader.has(
-            "serverSideEncryption") else None
+        algorithm = (
+            sse.string("algorithm", choices=("AES256", "aws:kms")) if reader.has("serverSideEncryption") else None
+        )
         kms_key = sse.optional_string("kmsKeyId")
         if kms_key and algorithm != "aws:kms":
             raise InvalidSpec(f"{sse.path}.kmsKeyId: only allowed with algorithm aws:kms")
@@ -263,15 +294,20 @@ class StorageSpec:
             sse_algorithm=algorithm,
             sse_kms_key_id=kms_key,
             storage_class=reader.optional_string("storageClass"),
-            checksum_when_required=reader.string("requestChecksum", "WhenSupported",
-                                                 choices=("WhenSupported", "WhenRequired")) == "WhenRequired",
+            checksum_when_required=reader.string(
+                "requestChecksum", "WhenSupported", choices=("WhenSupported", "WhenRequired")
+            )
+            == "WhenRequired",
             max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
             part_size=(reader.integer("partSizeMiB", 16, minimum=5, maximum=5120) or 16) * 1024 * 1024,
         )
 
     def secret_refs(self) -> list[SecretKeyRef]:
-        return [r for r in (self.access_key_id, self.secret_access_key, self.session_token, self.endpoint_ca)
-                if r is not None]
+        return [
+            r
+            for r in (self.access_key_id, self.secret_access_key, self.session_token, self.endpoint_ca)
+            if r is not None
+        ]
 
 
 @dataclass(frozen=True)
@@ -288,8 +324,9 @@ def resolve_storage_credentials(kube: Kube, namespace: str, spec: StorageSpec) -
             return None
         return kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field)
 
-    return StorageCredentials(read(spec.access_key_id), read(spec.secret_access_key), read(spec.session_token),
-                              read(spec.endpoint_ca))
+    return StorageCredentials(
+        read(spec.access_key_id), read(spec.secret_access_key), read(spec.session_token), read(spec.endpoint_ca)
+    )
 
 
 def resolve_database_settings(kube: Kube, namespace: str, spec: DatabaseSpec) -> DatabaseSettings:
@@ -322,8 +359,10 @@ def resolve_invocation(args: argparse.Namespace, environ: Mapping[str, str] | No
     if not name:
         raise UsageError("which resource? pass --name or set CELLAR_RESOURCE_NAME")
     if not namespace:
-        raise UsageError("which namespace? pass --namespace or set CELLAR_NAMESPACE (in a cluster it is read "
-                         "from the service account)")
+        raise UsageError(
+            "which namespace? pass --namespace or set CELLAR_NAMESPACE (in a cluster it is read "
+            "from the service account)"
+        )
     for what, value in (("name", name), ("namespace", namespace)):
         if not _NAME.match(value) or len(value) > 253:
             raise UsageError(f"--{what} {value!r} is not a valid Kubernetes name")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from common.config import DatabaseSettings
 from common.errors import ConnectionFailed, PermanentError
@@ -36,9 +37,17 @@ def libpq_params(settings: DatabaseSettings, *, application_name: str) -> dict[s
 
 def libpq_environment(settings: DatabaseSettings, *, application_name: str) -> dict[str, str]:
     """The same settings as PG* environment variables, so a password never appears on a command line."""
-    names = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
-             "password": "PGPASSWORD", "sslmode": "PGSSLMODE", "connect_timeout": "PGCONNECT_TIMEOUT",
-             "application_name": "PGAPPNAME", "sslrootcert": "PGSSLROOTCERT"}
+    names = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "dbname": "PGDATABASE",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "sslmode": "PGSSLMODE",
+        "connect_timeout": "PGCONNECT_TIMEOUT",
+        "application_name": "PGAPPNAME",
+        "sslrootcert": "PGSSLROOTCERT",
+    }
     return {names[k]: v for k, v in libpq_params(settings, application_name=application_name).items()}
 
 
@@ -65,11 +74,12 @@ def connect(
 ) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection; wrong credentials and unreachable hosts raise errors that say so."""
     params = libpq_params(settings, application_name=application_name)
-    params["options"] = (f"-c statement_timeout={_milliseconds(statement_timeout)} "
-                         f"-c lock_timeout={_milliseconds(lock_timeout)}")
+    params["options"] = (
+        f"-c statement_timeout={_milliseconds(statement_timeout)} -c lock_timeout={_milliseconds(lock_timeout)}"
+    )
     params.update(extra or {})
     try:
-        return psycopg.connect(autocommit=autocommit, **params)
+        return psycopg.connect(make_conninfo(**params), autocommit=autocommit)
     except psycopg.Error as exc:
         raise translate_connect_error(exc, settings) from None
 
@@ -82,12 +92,16 @@ def translate_connect_error(exc: psycopg.Error, settings: DatabaseSettings) -> E
     if sqlstate in ("28P01", "28000") or "password authentication failed" in text:
         return PermanentError(
             f"cannot log in to {where}: the server rejected the credentials. Check the username and password "
-            f"in the database Secret. Server said: {detail}", reason="AuthenticationFailed")
+            f"in the database Secret. Server said: {detail}",
+            reason="AuthenticationFailed",
+        )
     if sqlstate == "3D000" or ("database" in text and "does not exist" in text):
-        return PermanentError(f"cannot connect to {where}: the database does not exist. Server said: {detail}",
-                              reason="DatabaseNotFound")
+        return PermanentError(
+            f"cannot connect to {where}: the database does not exist. Server said: {detail}", reason="DatabaseNotFound"
+        )
     if sqlstate in _PERMANENT_SQLSTATES:
         return PermanentError(f"cannot connect to {where}: {detail}", reason="ConnectionFailed")
     return ConnectionFailed(
         f"cannot reach {where}: {detail}. Check the host and port, that the server is running, and any "
-        f"NetworkPolicy between this Pod and the database")
+        f"NetworkPolicy between this Pod and the database"
+    )

@@ -40,12 +40,12 @@ class ResourceKind:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
     @property
     def resource(self) -> str:
         """The name RBAC and error messages use, for example `databasebackups.cellar.dev`."""
-        return f"{self.plural}.{self.group}"
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 DATABASE_BACKUP = ResourceKind("DatabaseBackup", "databasebackups")
@@ -92,15 +92,15 @@ class ClientTransport:
     """`KubeTransport` over the official kubernetes client."""
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes import client  # noqa: PLC0415 (import cost paid only where a cluster is used)
+        from kubernetes import client
 
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._events = client.EventsV1Api(api_client)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-        from urllib3.exceptions import HTTPError  # noqa: PLC0415
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             return fn(*args, _request_timeout=(10, 60), **kwargs)
@@ -144,7 +144,7 @@ class ClientTransport:
 
 
 def _api_message(exc: Any) -> str:
-    import json  # noqa: PLC0415
+    import json
 
     try:
         payload = json.loads(exc.body)
@@ -160,15 +160,15 @@ def connect(kubeconfig: str | None = None) -> ClientTransport:
     then `$KUBECONFIG`, then `~/.kube/config`. `config.load_config()` is not used: it prefers the
     kubeconfig over the service account and prints to stdout.
     """
-    from kubernetes import client, config  # noqa: PLC0415
-    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
 
     configuration = client.Configuration()
     if kubeconfig:
         _load_kubeconfig(config, configuration, kubeconfig, "--kubeconfig")
     else:
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException:
             candidate = os.environ.get("KUBECONFIG")
             source = "$KUBECONFIG"
@@ -184,7 +184,7 @@ def connect(kubeconfig: str | None = None) -> ClientTransport:
 
 
 def _load_kubeconfig(config: Any, configuration: Any, path: str, source: str) -> None:
-    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+    from kubernetes.config.config_exception import ConfigException
 
     if not Path(path).is_file():
         raise UsageError(f"kubeconfig {path} (from {source}) does not exist or is not a file")
@@ -234,18 +234,19 @@ class Kube:
 
     def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(
-                lambda e: isinstance(e, KubeApiError) and e.status in RETRYABLE_STATUSES
-            ),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, KubeApiError) and e.status in RETRYABLE_STATUSES),
             stop=tenacity.stop_after_attempt(self.retry.attempts),
-            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.retry.initial_wait, max=self.retry.max_wait),
             before_sleep=lambda state: log.warning(
                 "retrying Kubernetes call",
-                extra={"call": what, "attempt": state.attempt_number, "error": str(state.outcome.exception())
-                       if state.outcome else ""},
+                extra={
+                    "call": what,
+                    "attempt": state.attempt_number,
+                    "error": str(state.outcome.exception()) if state.outcome else "",
+                },
             ),
             reraise=True,
-            **({"sleep": self._sleep} if self._sleep else {}),
+            sleep=self._sleep or tenacity.nap.sleep,
         )
         return retrying(fn)
 
@@ -258,24 +259,25 @@ class Kube:
                 f"(cronjobs/ ships one). Server said: {exc.message}"
             )
         if exc.status == 404:
-            return NotFound(f"{ref.kind.kind} \"{ref.name}\" was not found in namespace \"{ref.namespace}\"")
+            return NotFound(f'{ref.kind.kind} "{ref.name}" was not found in namespace "{ref.namespace}"')
         if exc.status in (400, 422):
-            return PermanentError(f"the API server rejected {verb} {target} \"{ref.name}\": {exc.message}")
+            return PermanentError(f'the API server rejected {verb} {target} "{ref.name}": {exc.message}')
         if exc.status in RETRYABLE_STATUSES or exc.status == 409:
             return RetryableError(
                 f'{verb} {target} "{ref.name}" in namespace "{ref.namespace}" still failing after '
                 f"{self.retry.attempts} attempts: {exc.message}",
                 reason="KubernetesUnavailable",
             )
-        return PermanentError(f"{verb} {target} \"{ref.name}\" failed: {exc.message}")
+        return PermanentError(f'{verb} {target} "{ref.name}" failed: {exc.message}')
 
     def get(self, ref: ResourceRef) -> dict[str, Any]:
         """Read a custom resource."""
         try:
             return cast(
                 dict[str, Any],
-                self._retrying(lambda: self.transport.get_custom_object(ref.kind, ref.namespace, ref.name),
-                               f"get {ref}"),
+                self._retrying(
+                    lambda: self.transport.get_custom_object(ref.kind, ref.namespace, ref.name), f"get {ref}"
+                ),
             )
         except KubeApiError as exc:
             raise self._translate(exc, "get", ref) from exc
@@ -324,26 +326,29 @@ class Kube:
             status_patch = mutate(resource)
             if status_patch is None:
                 return resource
-            body = {
+            body: dict[str, Any] = {
                 "metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
                 "status": _redact_strings(dict(status_patch)),
             }
             try:
-                return cast(
-                    dict[str, Any],
-                    self._retrying(
-                        lambda: self.transport.merge_patch_status(ref.kind, ref.namespace, ref.name, body),
-                        f"patch status of {ref}",
-                    ),
-                )
+                return self._patch_status(ref, body)
             except KubeApiError as exc:
                 if exc.status == 409:
-                    log.debug("status write conflicted; re-reading", extra={"resource_version": body})
+                    log.debug("status write conflicted; re-reading", extra={"resource": str(ref)})
                     continue
                 raise self._translate(exc, "patch", ref, subresource="status") from exc
         raise RetryableError(
             f"status of {ref} kept changing under us: {max_conflicts} conflicting writes in a row",
             reason="StatusConflict",
+        )
+
+    def _patch_status(self, ref: ResourceRef, body: dict[str, Any]) -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self._retrying(
+                lambda: self.transport.merge_patch_status(ref.kind, ref.namespace, ref.name, body),
+                f"patch status of {ref}",
+            ),
         )
 
     def post_event(
@@ -361,7 +366,7 @@ class Kube:
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{metadata.get('name', 'cellar')}.", "namespace": namespace},
+            "metadata": {"generateName": f"{metadata.get('name', 'cellar')}-", "namespace": namespace},
             "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": action,
             "reason": reason,

@@ -32,7 +32,20 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+        # Redact each value, not the JSON text, so masking can never break a line's JSON.
+        return json.dumps(_redact_values(entry), default=str, ensure_ascii=False)
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(v) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact(str(value))
 
 
 def configure_logging(job: str, run_id: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:

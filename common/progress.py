@@ -19,10 +19,16 @@ LOG_INTERVAL_SECONDS = 10.0
 class ProgressReporter:
     """Call `update(done)` as often as you like; it decides when to log and when to write status."""
 
-    def __init__(self, unit: str, total: int, publish: Callable[[dict[str, Any]], None] | None,
-                 *, clock: Callable[[], float] = time.monotonic,
-                 status_interval: float = STATUS_INTERVAL_SECONDS,
-                 log_interval: float = LOG_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        unit: str,
+        total: int,
+        publish: Callable[[dict[str, Any]], None] | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        status_interval: float = STATUS_INTERVAL_SECONDS,
+        log_interval: float = LOG_INTERVAL_SECONDS,
+    ) -> None:
         self.unit = unit
         self.total = max(0, total)
         self.publish = publish
@@ -37,9 +43,13 @@ class ProgressReporter:
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(1e-6, self.clock() - self.started)
         rate = self.done / elapsed
-        figures: dict[str, Any] = {"done": self.done, "total": self.total, "unit": self.unit,
-                                   "ratePerSecond": round(rate, 1),
-                                   "updateTime": format_time(datetime.now(UTC))}
+        figures: dict[str, Any] = {
+            "done": self.done,
+            "total": self.total,
+            "unit": self.unit,
+            "ratePerSecond": round(rate, 1),
+            "updateTime": format_time(datetime.now(UTC)),
+        }
         if self.total > self.done and rate > 0:
             figures["eta"] = format_time(datetime.now(UTC) + timedelta(seconds=(self.total - self.done) / rate))
         return figures

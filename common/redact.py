@@ -22,14 +22,14 @@ _pattern: re.Pattern[str] | None = None
 # the value itself was never registered (a password typed into a DSN by hand).
 _INLINE = re.compile(
     r"(?i)(password|passwd|secret[_-]?access[_-]?key|session[_-]?token|aws_secret_access_key)"
-    r"(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
+    r"(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s'\",;&}]+)"
 )
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]+):([^@/\s]+)@")
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret value so that `redact` masks it wherever it appears."""
-    global _pattern
+    global _pattern  # noqa: PLW0603 (one process-wide registry, rebuilt under the lock)
     if not value or len(value) < _MIN_LENGTH:
         return
     with _lock:
@@ -52,7 +52,7 @@ def redact(text: str) -> str:
 
 def forget_all_secrets() -> None:
     """Clear the registry (tests only: a job process registers for its whole life)."""
-    global _pattern
+    global _pattern  # noqa: PLW0603
     with _lock:
         _secrets.clear()
         _pattern = None

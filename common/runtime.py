@@ -67,8 +67,10 @@ class Interrupts:
         log.warning("received SIGTERM; stopping", extra={"signal": signum})
         if first and not self._deferring:
             self._raised = True
-            raise Interrupted("interrupted by SIGTERM (deadline, eviction or node drain); work in flight was "
-                              "rolled back and the next run starts over")
+            raise Interrupted(
+                "interrupted by SIGTERM (deadline, eviction or node drain); work in flight was "
+                "rolled back and the next run starts over"
+            )
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -133,8 +135,7 @@ class RunContext:
             current = list(status.get("conditions") or [])
             generation = resource.get("metadata", {}).get("generation")
             for condition_type, condition_status, reason, message in conditions:
-                current = set_condition(current, condition_type, condition_status, reason, message,
-                                        generation, now)
+                current = set_condition(current, condition_type, condition_status, reason, message, generation, now)
             patch: dict[str, Any] = {"conditions": current, "observedGeneration": generation}
             patch.update(fields or {})
             if compute is not None:
@@ -188,8 +189,12 @@ class _ArgumentParser(argparse.ArgumentParser):
 def build_parser(job: Job, prog: str) -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=prog, description=job.description)
     add_invocation_arguments(parser)
-    parser.add_argument("--log-level", default=os.environ.get("CELLAR_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"], help="log verbosity")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CELLAR_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
     job.add_arguments(parser)
     return parser
 
@@ -228,7 +233,7 @@ def run_job(
         return EXIT_OK
     except CellarError as error:
         return _fail(job, ctx, error, started)
-    except Exception as error:  # noqa: BLE001 (the one place every other failure becomes an exit code)
+    except Exception as error:
         log.exception("unexpected failure")
         wrapped = CellarError(f"unexpected {type(error).__name__}: {redact(str(error))}", reason="InternalError")
         return _fail(job, ctx, wrapped, started)
@@ -238,8 +243,15 @@ def run_job(
 
 def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:
     code = exit_code_for(error)
-    log.error("run failed", extra={"reason": error.reason, "error": redact(str(error)), "exit_code": code,
-                                   "seconds": round(time.monotonic() - started, 3)})
+    log.error(
+        "run failed",
+        extra={
+            "reason": error.reason,
+            "error": redact(str(error)),
+            "exit_code": code,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+    )
     if ctx is not None and code != EXIT_USAGE:
         try:
             job.record_failure(ctx, error)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -43,7 +43,9 @@ GROWTH_STEPS = 10
 
 def build_client(spec: StorageSpec, credentials: StorageCredentials) -> S3Client:
     """A boto3 S3 client for AWS, MinIO, Ceph RGW or IBM COS, configured from the spec."""
-    checksum_mode = "when_required" if spec.checksum_when_required else "when_supported"
+    checksum_mode: Literal["when_supported", "when_required"] = (
+        "when_required" if spec.checksum_when_required else "when_supported"
+    )
     config = Config(
         region_name=spec.region,
         s3={"addressing_style": "path" if spec.force_path_style else "auto"},
@@ -81,19 +83,26 @@ def translate_storage_error(exc: Exception, action: str, bucket: str, key: str =
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         detail = redact(str(exc.response.get("Error", {}).get("Message", "") or code))
         if code in ("NoSuchBucket",) or (status == 404 and not key):
-            return PermanentError(f"{action} {where}: the bucket does not exist; create it or fix "
-                                  "spec.storage.bucket", reason="BucketNotFound")
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled") \
-                or status == 403:
-            return Forbidden(f"{action} {where}: access denied ({code}: {detail}); check the access keys "
-                             "in the storage Secret and the bucket policy", reason="StorageAccessDenied")
+            return PermanentError(
+                f"{action} {where}: the bucket does not exist; create it or fix spec.storage.bucket",
+                reason="BucketNotFound",
+            )
+        if (
+            code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
+            or status == 403
+        ):
+            return Forbidden(
+                f"{action} {where}: access denied ({code}: {detail}); check the access keys "
+                "in the storage Secret and the bucket policy",
+                reason="StorageAccessDenied",
+            )
         if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
-            return RetryableError(f"{action} {where}: the store is failing ({code}: {detail})",
-                                  reason="UploadFailed")
+            return RetryableError(f"{action} {where}: the store is failing ({code}: {detail})", reason="UploadFailed")
         return PermanentError(f"{action} {where}: {code}: {detail}", reason="UploadFailed")
     if isinstance(exc, BotoCoreError):
-        return ConnectionFailed(f"{action} {where}: cannot reach the object store: {redact(str(exc))}",
-                                reason="StorageUnavailable")
+        return ConnectionFailed(
+            f"{action} {where}: cannot reach the object store: {redact(str(exc))}", reason="StorageUnavailable"
+        )
     return RetryableError(f"{action} {where}: {redact(str(exc))}", reason="UploadFailed")
 
 
@@ -117,9 +126,9 @@ class ObjectStore:
         """A key under the resource's prefix."""
         return "/".join(p.strip("/") for p in (self.spec.prefix, *parts) if p)
 
-    def write_arguments(self) -> dict[str, str]:
+    def write_arguments(self) -> dict[str, Any]:
         """Encryption and storage class for every object written."""
-        arguments: dict[str, str] = {}
+        arguments: dict[str, Any] = {}
         if self.spec.sse_algorithm:
             arguments["ServerSideEncryption"] = self.spec.sse_algorithm
         if self.spec.sse_kms_key_id:
@@ -135,17 +144,26 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot access", self.bucket) from None
 
-    def open_upload(self, key: str, *, content_type: str = "application/octet-stream",
-                    concurrency: int = 2) -> StreamingUpload:
-        return StreamingUpload(self.client, self.bucket, key, part_size=self.spec.part_size,
-                               max_parts=self.spec.max_parts, extra_arguments=self.write_arguments(),
-                               content_type=content_type, checksums=not self.spec.checksum_when_required,
-                               concurrency=concurrency)
+    def open_upload(
+        self, key: str, *, content_type: str = "application/octet-stream", concurrency: int = 2
+    ) -> StreamingUpload:
+        return StreamingUpload(
+            self.client,
+            self.bucket,
+            key,
+            part_size=self.spec.part_size,
+            max_parts=self.spec.max_parts,
+            extra_arguments=self.write_arguments(),
+            content_type=content_type,
+            checksums=not self.spec.checksum_when_required,
+            concurrency=concurrency,
+        )
 
     def put_bytes(self, key: str, body: bytes, *, content_type: str = "application/json") -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
-                                   **self.write_arguments())  # type: ignore[arg-type]
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **self.write_arguments()
+            )
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot write", self.bucket, key) from None
 
@@ -182,9 +200,19 @@ class StreamingUpload:
     Memory: the part being filled plus up to `concurrency` parts in flight.
     """
 
-    def __init__(self, client: S3Client, bucket: str, key: str, *, part_size: int, max_parts: int,
-                 extra_arguments: dict[str, str] | None = None, content_type: str = "application/octet-stream",
-                 checksums: bool = True, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int,
+        max_parts: int,
+        extra_arguments: dict[str, Any] | None = None,
+        content_type: str = "application/octet-stream",
+        checksums: bool = True,
+        concurrency: int = 2,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
@@ -209,8 +237,9 @@ class StreamingUpload:
     def __enter__(self) -> StreamingUpload:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if not self._finished:
             self.abort()
 
@@ -231,8 +260,12 @@ class StreamingUpload:
 
     def _start(self) -> str:
         if self._upload_id is None:
-            arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "ContentType": self.content_type,
-                                         **self.extra_arguments}
+            arguments: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self.key,
+                "ContentType": self.content_type,
+                **self.extra_arguments,
+            }
             if self.checksums:
                 arguments["ChecksumAlgorithm"] = "CRC32"
             try:
@@ -245,8 +278,11 @@ class StreamingUpload:
         upload_id = self._start()
         number = len(self._parts) + 1
         if number > self.max_parts:
-            raise PermanentError(f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
-                                 "spec.storage.partSizeMiB or maxParts", reason="UploadFailed")
+            raise PermanentError(
+                f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
+                "spec.storage.partSizeMiB or maxParts",
+                reason="UploadFailed",
+            )
         self._raise_failed_parts()
         self._in_flight.acquire()
         future = self._pool.submit(self._upload_part, upload_id, number, body)
@@ -254,8 +290,13 @@ class StreamingUpload:
         self._parts.append(future)
 
     def _upload_part(self, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": upload_id,
-                                     "PartNumber": number, "Body": body}
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
         if self.checksums:
             arguments["ChecksumAlgorithm"] = "CRC32"
         response = self.client.upload_part(**arguments)
@@ -268,8 +309,8 @@ class StreamingUpload:
         for future in self._parts:
             if future.done() and future.exception() is not None:
                 error = future.exception()
-                assert isinstance(error, Exception)
-                raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
+                if isinstance(error, Exception):
+                    raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
 
     def complete(self) -> UploadResult:
         """Send what is buffered and make the object visible; only now does it exist."""
@@ -278,8 +319,13 @@ class StreamingUpload:
         try:
             if self._upload_id is None:
                 # Smaller than one part: one PutObject, no multipart upload to leave behind.
-                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer),
-                                       ContentType=self.content_type, **self.extra_arguments)  # type: ignore[arg-type]
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=bytes(self._buffer),
+                    ContentType=self.content_type,
+                    **self.extra_arguments,
+                )
                 parts = 1
             else:
                 if self._buffer:
@@ -287,7 +333,9 @@ class StreamingUpload:
                     self._buffer.clear()
                 completed = [future.result() for future in self._parts]
                 self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
                     MultipartUpload={"Parts": completed},  # type: ignore[typeddict-item]
                 )
                 parts = len(completed)
@@ -311,6 +359,8 @@ class StreamingUpload:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
             log.info("aborted multipart upload", extra={"key": self.key, "bytes_discarded": self._size})
         except Exception as exc:  # noqa: BLE001 (abort is cleanup on an error path; report, don't mask)
-            log.error("could not abort multipart upload; a bucket lifecycle rule "
-                      "(AbortIncompleteMultipartUpload) will remove it",
-                      extra={"key": self.key, "error": redact(str(exc))})
+            log.error(
+                "could not abort multipart upload; a bucket lifecycle rule "
+                "(AbortIncompleteMultipartUpload) will remove it",
+                extra={"key": self.key, "error": redact(str(exc))},
+            )

@@ -32,8 +32,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "harness" / "build-servers.sh"
 S3_ACCESS_KEY = "cellar-test-access"
-S3_SECRET_KEY = "cellar-test-secret-0123456789"  # noqa: S105 (a throwaway server's key)
-PG_SUPERUSER_PASSWORD = "cellar-test-superuser-pw"  # noqa: S105
+S3_SECRET_KEY = "cellar-test-secret-0123456789"
+PG_SUPERUSER_PASSWORD = "cellar-test-superuser-pw"
 
 
 class StackError(RuntimeError):
@@ -55,8 +55,9 @@ def built_binaries() -> dict[str, Path]:
     try:
         result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     except subprocess.CalledProcessError as exc:
-        raise StackError(f"building the test servers failed (exit {exc.returncode}); run {BUILD_SCRIPT} to "
-                         "see why") from exc
+        raise StackError(
+            f"building the test servers failed (exit {exc.returncode}); run {BUILD_SCRIPT} to see why"
+        ) from exc
     paths = {}
     for line in result.stdout.splitlines():
         name, _, path = line.partition("=")
@@ -66,14 +67,18 @@ def built_binaries() -> dict[str, Path]:
 
 
 def postgres_bin() -> Path:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     if not candidates:
         found = shutil.which("initdb")
         if found:
             return Path(found).resolve().parent
-        raise StackError("PostgreSQL server binaries (initdb, pg_ctl) not found: run tests/harness/setup.sh or "
-                         "apt-get install postgresql")
+        raise StackError(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: run tests/harness/setup.sh or "
+            "apt-get install postgresql"
+        )
     return candidates[-1].parent
 
 
@@ -117,41 +122,64 @@ def _wait(what: str, check: Any, process: Process | None, timeout: float = 90.0)
 
 def _make_certificates(directory: Path) -> dict[str, Path]:
     """A CA, a serving certificate for 127.0.0.1, an admin client certificate and SA keys."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     def key() -> rsa.RSAPrivateKey:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     def write_key(path: Path, private: rsa.RSAPrivateKey) -> Path:
-        path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        path.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return path
 
     now = dt.datetime.now(dt.UTC)
     ca_key = key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cellar-test-ca")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .sign(ca_key, hashes.SHA256()))
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def issue(common_name: str, organization: str | None, server: bool) -> tuple[x509.Certificate, Any]:
         leaf_key = key()
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         if organization:
             attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-        builder = (x509.CertificateBuilder().subject_name(x509.Name(attributes)).issuer_name(ca_name)
-                   .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attributes))
+            .issuer_name(ca_name)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
         usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         return builder.sign(ca_key, hashes.SHA256()), leaf_key
@@ -169,8 +197,9 @@ def _make_certificates(directory: Path) -> dict[str, Path]:
     sa_key = key()
     paths["sa.key"] = write_key(directory / "sa.key", sa_key)
     paths["sa.pub"] = directory / "sa.pub"
-    paths["sa.pub"].write_bytes(sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    paths["sa.pub"].write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return paths
 
 
@@ -213,16 +242,16 @@ class LocalStack:
             process.stop()
         self.processes.clear()
         if self._pg_started:
-            self._as_postgres([str(self.pg_bin / "pg_ctl"), "stop", "-D", str(self.pg_data), "-m", "immediate"],
-                              check=False)
+            self._as_postgres(
+                [str(self.pg_bin / "pg_ctl"), "stop", "-D", str(self.pg_data), "-m", "immediate"], check=False
+            )
             self._pg_started = False
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         log_path = self.root / f"{name}.log"
         with log_path.open("wb") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         process = Process(name, popen, log_path)
         self.processes.append(process)
         return process
@@ -238,13 +267,31 @@ class LocalStack:
         etcd_dir = self.root / "etcd"
         client_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{client_port}"
-        etcd = self._spawn("etcd", [
-            str(self._binary("etcd")), "--name", "cellar", "--data-dir", str(etcd_dir),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"cellar=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3), "--log-level", "warn"])
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self._binary("etcd")),
+                "--name",
+                "cellar",
+                "--data-dir",
+                str(etcd_dir),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"cellar=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes",
+                str(2 * 1024**3),
+                "--log-level",
+                "warn",
+            ],
+        )
         _wait("etcd", lambda: urllib.request.urlopen(f"{etcd_url}/health", timeout=2).status == 200, etcd)
 
         certs_dir = self.root / "pki"
@@ -252,19 +299,28 @@ class LocalStack:
         self.certificates = _make_certificates(certs_dir)
         port = free_port()
         self.kube_url = f"https://127.0.0.1:{port}"
-        apiserver = self._spawn("kube-apiserver", [
-            str(self._binary("kube-apiserver")),
-            f"--etcd-servers={etcd_url}", f"--cert-dir={certs_dir}", f"--secure-port={port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
-            f"--tls-cert-file={self.certificates['serving.crt']}",
-            f"--tls-private-key-file={self.certificates['serving.key']}",
-            f"--client-ca-file={self.certificates['ca.crt']}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={self.certificates['sa.pub']}",
-            f"--service-account-signing-key-file={self.certificates['sa.key']}",
-            "--allow-privileged=true", "--v=1"])
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self._binary("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                f"--cert-dir={certs_dir}",
+                f"--secure-port={port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=RBAC",
+                "--disable-admission-plugins=ServiceAccount",
+                f"--tls-cert-file={self.certificates['serving.crt']}",
+                f"--tls-private-key-file={self.certificates['serving.key']}",
+                f"--client-ca-file={self.certificates['ca.crt']}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self.certificates['sa.pub']}",
+                f"--service-account-signing-key-file={self.certificates['sa.key']}",
+                "--allow-privileged=true",
+                "--v=1",
+            ],
+        )
         context = ssl.create_default_context(cafile=str(self.certificates["ca.crt"]))
         context.load_cert_chain(str(self.certificates["admin.crt"]), str(self.certificates["admin.key"]))
 
@@ -276,20 +332,35 @@ class LocalStack:
         with urllib.request.urlopen(f"{self.kube_url}/version", context=context, timeout=3) as response:
             self.kube_version = yaml.safe_load(response.read())["gitVersion"]
         self.kubeconfig = self.root / "admin.kubeconfig"
-        self.kubeconfig.write_text(self.kubeconfig_for(user="cellar-admin", credentials={
-            "client-certificate": str(self.certificates["admin.crt"]),
-            "client-key": str(self.certificates["admin.key"])}))
+        self.kubeconfig.write_text(
+            self.kubeconfig_for(
+                user="cellar-admin",
+                credentials={
+                    "client-certificate": str(self.certificates["admin.crt"]),
+                    "client-key": str(self.certificates["admin.key"]),
+                },
+            )
+        )
         log(f"kube-apiserver {self.kube_version} ready at {self.kube_url}")
 
     def kubeconfig_for(self, *, user: str, credentials: dict[str, str], namespace: str = "default") -> str:
-        return yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "cellar",
-            "clusters": [{"name": "cellar", "cluster": {"server": self.kube_url,
-                                                        "certificate-authority": str(self.certificates["ca.crt"])}}],
-            "users": [{"name": user, "user": credentials}],
-            "contexts": [{"name": "cellar", "context": {"cluster": "cellar", "user": user,
-                                                        "namespace": namespace}}],
-        })
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "cellar",
+                "clusters": [
+                    {
+                        "name": "cellar",
+                        "cluster": {"server": self.kube_url, "certificate-authority": str(self.certificates["ca.crt"])},
+                    }
+                ],
+                "users": [{"name": user, "user": credentials}],
+                "contexts": [
+                    {"name": "cellar", "context": {"cluster": "cellar", "user": user, "namespace": namespace}}
+                ],
+            }
+        )
 
     # ---- PostgreSQL ----------------------------------------------------------------------------------
     def _as_postgres(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -314,17 +385,46 @@ class LocalStack:
         password_file.write_text(PG_SUPERUSER_PASSWORD + "\n")
         if os.geteuid() == 0:
             os.chown(password_file, entry.pw_uid, entry.pw_gid)
-        result = self._as_postgres([str(self.pg_bin / "initdb"), "-D", str(self.pg_data), "-U", "postgres",
-                                    "--auth-local=trust", "--auth-host=scram-sha-256",
-                                    f"--pwfile={password_file}", "-E", "UTF8", "--no-sync"], check=False)
+        result = self._as_postgres(
+            [
+                str(self.pg_bin / "initdb"),
+                "-D",
+                str(self.pg_data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={password_file}",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise StackError(f"initdb failed: {result.stderr.strip()}")
         self.pg_port = free_port()
-        options = (f"-p {self.pg_port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-                   "-c shared_buffers=256MB")
-        result = self._as_postgres([str(self.pg_bin / "pg_ctl"), "start", "-D", str(self.pg_data), "-w",
-                                    "-t", "60", "-l", str(base / "postgres.log"), "-o", options], check=False)
+        options = (
+            f"-p {self.pg_port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            "-c shared_buffers=256MB"
+        )
+        result = self._as_postgres(
+            [
+                str(self.pg_bin / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.pg_data),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(base / "postgres.log"),
+                "-o",
+                options,
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             log_text = (base / "postgres.log").read_text(errors="replace") if (base / "postgres.log").exists() else ""
             raise StackError(f"PostgreSQL did not start: {result.stderr.strip()}\n{log_text[-2000:]}")
@@ -333,8 +433,7 @@ class LocalStack:
         self.pg_version = version.stdout.strip()
         log(f"{self.pg_version} ready on 127.0.0.1:{self.pg_port}")
 
-    def pg_dsn(self, dbname: str = "postgres", user: str = "postgres",
-               password: str = PG_SUPERUSER_PASSWORD) -> str:
+    def pg_dsn(self, dbname: str = "postgres", user: str = "postgres", password: str = PG_SUPERUSER_PASSWORD) -> str:
         return f"host=127.0.0.1 port={self.pg_port} dbname={dbname} user={user} password={password}"
 
     # ---- S3 (MinIO) ----------------------------------------------------------------------------------
@@ -342,12 +441,29 @@ class LocalStack:
         port, console = free_port(), free_port()
         data = self.root / "minio"
         data.mkdir()
-        env = {**os.environ, "MINIO_ROOT_USER": S3_ACCESS_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET_KEY,
-               "MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "MINIO_CI_CD": "1"}
+        env = {
+            **os.environ,
+            "MINIO_ROOT_USER": S3_ACCESS_KEY,
+            "MINIO_ROOT_PASSWORD": S3_SECRET_KEY,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "MINIO_CI_CD": "1",
+        }
         self.s3_endpoint = f"http://127.0.0.1:{port}"
-        minio = self._spawn("minio", [str(self._binary("minio")), "server", "--quiet", "--address",
-                                      f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}",
-                                      str(data)], env=env)
+        minio = self._spawn(
+            "minio",
+            [
+                str(self._binary("minio")),
+                "server",
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console}",
+                str(data),
+            ],
+            env=env,
+        )
 
         def live() -> bool:
             try:

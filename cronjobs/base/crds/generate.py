@@ -40,8 +40,13 @@ def duration(description: str, **extra: Any) -> Schema:
     return string(f"{description} {DURATION_HELP}", pattern=DURATION_PATTERN, maxLength=32, **extra)
 
 
-def obj(description: str, properties: dict[str, Schema], required: list[str] | None = None,
-        rules: list[dict[str, str]] | None = None, **extra: Any) -> Schema:
+def obj(
+    description: str,
+    properties: dict[str, Schema],
+    required: list[str] | None = None,
+    rules: list[dict[str, str]] | None = None,
+    **extra: Any,
+) -> Schema:
     schema: Schema = {"type": "object", "description": description, "properties": properties, **extra}
     if required:
         schema["required"] = required
@@ -54,8 +59,9 @@ def secret_key_selector(description: str) -> Schema:
     return obj(
         description,
         {
-            "name": string("Name of the Secret, in the resource's own namespace.", pattern=DNS_SUBDOMAIN,
-                           maxLength=253),
+            "name": string(
+                "Name of the Secret, in the resource's own namespace.", pattern=DNS_SUBDOMAIN, maxLength=253
+            ),
             "key": string("Key within the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253),
         },
         required=["name", "key"],
@@ -72,12 +78,14 @@ def database_connection() -> Schema:
         {
             "secretRef": obj(
                 "The Secret with the connection settings and credentials.",
-                {"name": string("Name of the Secret, in the resource's own namespace.", pattern=DNS_SUBDOMAIN,
-                                maxLength=253)},
+                {
+                    "name": string(
+                        "Name of the Secret, in the resource's own namespace.", pattern=DNS_SUBDOMAIN, maxLength=253
+                    )
+                },
                 required=["name"],
             ),
-            "host": string("Host name or IP address; overrides the Secret's host key.", maxLength=253,
-                           minLength=1),
+            "host": string("Host name or IP address; overrides the Secret's host key.", maxLength=253, minLength=1),
             "port": integer("TCP port; overrides the Secret's port key. Default 5432.", minimum=1, maximum=65535),
             "dbname": string("Database name; overrides the Secret's dbname key.", minLength=1, maxLength=63),
             "sslMode": string(
@@ -86,8 +94,7 @@ def database_connection() -> Schema:
                 enum=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
                 default="prefer",
             ),
-            "connectTimeoutSeconds": integer("Seconds to wait for a connection.", minimum=1, maximum=300,
-                                             default=10),
+            "connectTimeoutSeconds": integer("Seconds to wait for a connection.", minimum=1, maximum=300, default=10),
         },
         required=["secretRef"],
     )
@@ -95,28 +102,41 @@ def database_connection() -> Schema:
 
 def object_storage() -> Schema:
     return obj(
-        "Where objects are written: any S3-compatible store (AWS S3, MinIO, Ceph RGW, IBM Cloud Object "
-        "Storage).",
+        "Where objects are written: any S3-compatible store (AWS S3, MinIO, Ceph RGW, IBM Cloud Object Storage).",
         {
-            "bucket": string("Bucket name. It must exist: cellar never creates buckets.",
-                             pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+            "bucket": string(
+                "Bucket name. It must exist: cellar never creates buckets.",
+                pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+            ),
             "prefix": string(
                 "Key prefix under which everything is written, without a leading slash (for example "
                 "prod/orders). Default: no prefix.",
-                pattern=r"^$|^[^/].*$", maxLength=512, default=""),
+                pattern=r"^$|^[^/].*$",
+                maxLength=512,
+                default="",
+            ),
             "endpoint": string(
                 "Endpoint URL for stores other than AWS S3 (https://minio.example:9000, "
                 "https://s3.us-south.cloud-object-storage.appdomain.cloud). Default: AWS S3 for the region.",
-                pattern=r"^https?://[^\s/]+(/.*)?$", maxLength=2048),
-            "region": string("Region. Default us-east-1, which MinIO and Ceph accept.", default="us-east-1",
-                             pattern=r"^[a-z0-9-]+$", maxLength=64),
+                pattern=r"^https?://[^\s/]+(/.*)?$",
+                maxLength=2048,
+            ),
+            "region": string(
+                "Region. Default us-east-1, which MinIO and Ceph accept.",
+                default="us-east-1",
+                pattern=r"^[a-z0-9-]+$",
+                maxLength=64,
+            ),
             "forcePathStyle": boolean(
-                "Address buckets as endpoint/bucket instead of bucket.endpoint. MinIO and Ceph usually need "
-                "true.", False),
+                "Address buckets as endpoint/bucket instead of bucket.endpoint. MinIO and Ceph usually need true.",
+                False,
+            ),
             "endpointCA": secret_key_selector(
-                "A Secret key holding the PEM CA bundle that signed the endpoint's certificate (private CA)."),
+                "A Secret key holding the PEM CA bundle that signed the endpoint's certificate (private CA)."
+            ),
             "insecureSkipTLSVerify": boolean(
-                "Do not verify the endpoint's TLS certificate. For tests only; prefer endpointCA.", False),
+                "Do not verify the endpoint's TLS certificate. For tests only; prefer endpointCA.", False
+            ),
             "credentials": obj(
                 "Access keys by Secret reference, or inheritFromIAMRole to use the environment's own "
                 "identity (IRSA, EKS Pod Identity, instance profile).",
@@ -125,42 +145,65 @@ def object_storage() -> Schema:
                     "secretAccessKey": secret_key_selector("The Secret key holding the secret access key."),
                     "sessionToken": secret_key_selector("The Secret key holding a session token (optional)."),
                     "inheritFromIAMRole": boolean(
-                        "Use boto3's default credential chain instead of keys from Secrets.", False),
+                        "Use boto3's default credential chain instead of keys from Secrets.", False
+                    ),
                 },
-                rules=[{
-                    "rule": "self.inheritFromIAMRole == true ? (!has(self.accessKeyId) && "
-                            "!has(self.secretAccessKey)) : (has(self.accessKeyId) && has(self.secretAccessKey))",
-                    "message": "set either inheritFromIAMRole: true, or both accessKeyId and secretAccessKey",
-                }],
+                rules=[
+                    {
+                        "rule": "self.inheritFromIAMRole == true ? (!has(self.accessKeyId) && "
+                        "!has(self.secretAccessKey)) : (has(self.accessKeyId) && has(self.secretAccessKey))",
+                        "message": "set either inheritFromIAMRole: true, or both accessKeyId and secretAccessKey",
+                    }
+                ],
             ),
             "serverSideEncryption": obj(
                 "Server-side encryption of every object written.",
                 {
                     "algorithm": string("AES256 (SSE-S3) or aws:kms (SSE-KMS).", enum=["AES256", "aws:kms"]),
-                    "kmsKeyId": string("KMS key id or ARN; only with aws:kms (default: the account's key).",
-                                       minLength=1, maxLength=2048),
+                    "kmsKeyId": string(
+                        "KMS key id or ARN; only with aws:kms (default: the account's key).",
+                        minLength=1,
+                        maxLength=2048,
+                    ),
                 },
                 required=["algorithm"],
-                rules=[{"rule": "!has(self.kmsKeyId) || self.algorithm == 'aws:kms'",
-                        "message": "kmsKeyId is only allowed with algorithm aws:kms"}],
+                rules=[
+                    {
+                        "rule": "!has(self.kmsKeyId) || self.algorithm == 'aws:kms'",
+                        "message": "kmsKeyId is only allowed with algorithm aws:kms",
+                    }
+                ],
             ),
-            "storageClass": string("Storage class of written objects (STANDARD, STANDARD_IA, ...). Default: the "
-                                   "bucket's.", pattern=r"^[A-Za-z0-9_-]+$", maxLength=64),
+            "storageClass": string(
+                "Storage class of written objects (STANDARD, STANDARD_IA, ...). Default: the bucket's.",
+                pattern=r"^[A-Za-z0-9_-]+$",
+                maxLength=64,
+            ),
             "requestChecksum": string(
                 "WhenSupported sends a CRC checksum with every upload (boto3's default since 1.36); "
                 "WhenRequired sends one only where the API requires it, for stores that reject the newer "
                 "checksum headers (older Ceph, some IBM COS and MinIO releases).",
-                enum=["WhenSupported", "WhenRequired"], default="WhenSupported"),
+                enum=["WhenSupported", "WhenRequired"],
+                default="WhenSupported",
+            ),
             "maxParts": integer(
                 "Most parts one multipart upload may have: 10000 on AWS; lower it for stores with a smaller "
                 "limit. The part size grows as a stream grows so that it never runs out of parts.",
-                minimum=1, maximum=10000, default=10000),
-            "partSizeMiB": integer("Starting part size in MiB (at least 5, the S3 minimum).", minimum=5,
-                                   maximum=5120, default=16),
+                minimum=1,
+                maximum=10000,
+                default=10000,
+            ),
+            "partSizeMiB": integer(
+                "Starting part size in MiB (at least 5, the S3 minimum).", minimum=5, maximum=5120, default=16
+            ),
         },
         required=["bucket", "credentials"],
-        rules=[{"rule": "!(has(self.endpointCA) && self.insecureSkipTLSVerify)",
-                "message": "endpointCA and insecureSkipTLSVerify exclude each other"}],
+        rules=[
+            {
+                "rule": "!(has(self.endpointCA) && self.insecureSkipTLSVerify)",
+                "message": "endpointCA and insecureSkipTLSVerify exclude each other",
+            }
+        ],
     )
 
 
@@ -173,15 +216,23 @@ def condition_list() -> Schema:
         "items": obj(
             "One condition (metav1.Condition).",
             {
-                "type": string("Condition type in CamelCase.", maxLength=316,
-                               pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                                       r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"),
+                "type": string(
+                    "Condition type in CamelCase.",
+                    maxLength=316,
+                    pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+                ),
                 "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
-                "observedGeneration": integer("The .metadata.generation the condition was set for.", minimum=0,
-                                              format="int64"),
+                "observedGeneration": integer(
+                    "The .metadata.generation the condition was set for.", minimum=0, format="int64"
+                ),
                 "lastTransitionTime": string("When status last changed.", format="date-time"),
-                "reason": string("Machine-readable CamelCase reason.", maxLength=1024, minLength=1,
-                                 pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+                "reason": string(
+                    "Machine-readable CamelCase reason.",
+                    maxLength=1024,
+                    minLength=1,
+                    pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                ),
                 "message": string("Human-readable details.", maxLength=32768),
             },
             required=["type", "status", "lastTransitionTime", "reason", "message"],
@@ -215,8 +266,15 @@ def run_record(description: str, extra: dict[str, Schema]) -> Schema:
     return obj(description, {**base, **extra})
 
 
-def crd(kind: str, plural: str, short_names: list[str], description: str, spec: Schema, status: Schema,
-        columns: list[dict[str, Any]]) -> dict[str, Any]:
+def crd(
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    spec: Schema,
+    status: Schema,
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -224,26 +282,36 @@ def crd(kind: str, plural: str, short_names: list[str], description: str, spec: 
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
-                      "shortNames": short_names, "categories": ["cellar"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": obj(
-                    description,
-                    {
-                        "apiVersion": string("APIVersion of this representation of the object."),
-                        "kind": string("Kind of this object."),
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["cellar"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": obj(
+                            description,
+                            {
+                                "apiVersion": string("APIVersion of this representation of the object."),
+                                "kind": string("Kind of this object."),
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                            required=["spec"],
+                        )
                     },
-                    required=["spec"],
-                )},
-            }],
+                }
+            ],
         },
     }
 
@@ -253,8 +321,7 @@ def ready_column() -> dict[str, Any]:
 
 
 def reason_column(condition: str) -> dict[str, Any]:
-    return {"name": "Reason", "type": "string",
-            "jsonPath": f'.status.conditions[?(@.type=="{condition}")].reason'}
+    return {"name": "Reason", "type": "string", "jsonPath": f'.status.conditions[?(@.type=="{condition}")].reason'}
 
 
 def age_column() -> dict[str, Any]:
@@ -270,17 +337,28 @@ def database_backup() -> dict[str, Any]:
             "compression": obj(
                 "How the dump is compressed on its way to storage.",
                 {
-                    "algorithm": string("zstd (default: fast, several cores), gzip (compatible) or none.",
-                                        enum=["zstd", "gzip", "none"], default="zstd"),
-                    "level": integer("Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
-                                     minimum=1, maximum=19),
-                    "workers": integer("zstd worker threads; 0 uses every available core.", minimum=0,
-                                       maximum=64, default=0),
+                    "algorithm": string(
+                        "zstd (default: fast, several cores), gzip (compatible) or none.",
+                        enum=["zstd", "gzip", "none"],
+                        default="zstd",
+                    ),
+                    "level": integer(
+                        "Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6).", minimum=1, maximum=19
+                    ),
+                    "workers": integer(
+                        "zstd worker threads; 0 uses every available core.", minimum=0, maximum=64, default=0
+                    ),
                 },
-                rules=[{"rule": "!has(self.level) || self.algorithm != 'gzip' || self.level <= 9",
-                        "message": "gzip levels are 1 to 9"},
-                       {"rule": "!has(self.level) || self.algorithm != 'none'",
-                        "message": "level has no meaning with algorithm none"}],
+                rules=[
+                    {
+                        "rule": "!has(self.level) || self.algorithm != 'gzip' || self.level <= 9",
+                        "message": "gzip levels are 1 to 9",
+                    },
+                    {
+                        "rule": "!has(self.level) || self.algorithm != 'none'",
+                        "message": "level has no meaning with algorithm none",
+                    },
+                ],
                 default={},
             ),
             "retention": obj(
@@ -289,15 +367,19 @@ def database_backup() -> dict[str, Any]:
                 {
                     "keepLast": integer("Keep the newest N backups.", minimum=1, maximum=100000),
                     "maxAge": duration("Keep backups younger than this."),
-                    "keepDaily": integer("Keep the newest backup of each of the last N days (UTC).", minimum=0,
-                                         maximum=100000),
-                    "keepWeekly": integer("Keep the newest backup of each of the last N ISO weeks.", minimum=0,
-                                          maximum=100000),
-                    "keepMonthly": integer("Keep the newest backup of each of the last N months.", minimum=0,
-                                           maximum=100000),
+                    "keepDaily": integer(
+                        "Keep the newest backup of each of the last N days (UTC).", minimum=0, maximum=100000
+                    ),
+                    "keepWeekly": integer(
+                        "Keep the newest backup of each of the last N ISO weeks.", minimum=0, maximum=100000
+                    ),
+                    "keepMonthly": integer(
+                        "Keep the newest backup of each of the last N months.", minimum=0, maximum=100000
+                    ),
                     "incompleteAfter": duration(
                         "Objects without a manifest (a crashed run's leftovers) older than this are deleted.",
-                        default="24h"),
+                        default="24h",
+                    ),
                     "dryRun": boolean("List what retention would delete without deleting it.", False),
                 },
                 default={},
@@ -307,26 +389,38 @@ def database_backup() -> dict[str, Any]:
                 "the manifest. Needs CREATEDB for the connecting role.",
                 {
                     "enabled": boolean("Verify every backup after it is written.", False),
-                    "scratchDatabasePrefix": string("Prefix of the scratch database's name; it is dropped after.",
-                                                    pattern=r"^[a-z_][a-z0-9_]{0,30}$", default="cellar_verify_"),
+                    "scratchDatabasePrefix": string(
+                        "Prefix of the scratch database's name; it is dropped after.",
+                        pattern=r"^[a-z_][a-z0-9_]{0,30}$",
+                        default="cellar_verify_",
+                    ),
                 },
                 default={},
             ),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
-                "when the CronJob never ran. Default 26h (a daily schedule plus slack).", default="26h"),
+                "when the CronJob never ran. Default 26h (a daily schedule plus slack).",
+                default="26h",
+            ),
             "dump": obj(
                 "What pg_dump includes.",
                 {
-                    "schemas": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 63},
-                                "description": "Only these schemas (pg_dump --schema). Default: all."},
-                    "excludeSchemas": {"type": "array",
-                                       "items": {"type": "string", "minLength": 1, "maxLength": 63},
-                                       "description": "Leave these schemas out (--exclude-schema)."},
-                    "excludeTableData": {"type": "array",
-                                         "items": {"type": "string", "minLength": 1, "maxLength": 130},
-                                         "description": "Dump these tables' definitions without their rows "
-                                                        "(--exclude-table-data), schema.table patterns."},
+                    "schemas": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
+                        "description": "Only these schemas (pg_dump --schema). Default: all.",
+                    },
+                    "excludeSchemas": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
+                        "description": "Leave these schemas out (--exclude-schema).",
+                    },
+                    "excludeTableData": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 130},
+                        "description": "Dump these tables' definitions without their rows "
+                        "(--exclude-table-data), schema.table patterns.",
+                    },
                     "noOwner": boolean("Leave ownership out (--no-owner): restore as any role.", False),
                     "noPrivileges": boolean("Leave GRANTs out (--no-privileges).", False),
                 },
@@ -357,24 +451,35 @@ def database_backup() -> dict[str, Any]:
             ),
             "lastVerification": obj(
                 "The last restore test.",
-                {"time": string("When it finished.", format="date-time"), "key": string("The backup tested."),
-                 "result": string("Passed or Failed."), "message": string("What it found.")},
+                {
+                    "time": string("When it finished.", format="date-time"),
+                    "key": string("The backup tested."),
+                    "result": string("Passed or Failed."),
+                    "message": string("What it found."),
+                },
             ),
             "backupsKept": integer("Complete backups in storage after retention."),
             "progress": progress(),
         },
     )
     columns = [
-        ready_column(), reason_column("Ready"),
+        ready_column(),
+        reason_column("Ready"),
         {"name": "Last Success", "type": "date", "jsonPath": ".status.lastSuccessfulBackup.completionTime"},
         {"name": "Size", "type": "string", "jsonPath": ".status.lastSuccessfulBackup.size"},
         {"name": "Verified", "type": "boolean", "jsonPath": ".status.lastSuccessfulBackup.verified"},
         {"name": "Kept", "type": "integer", "jsonPath": ".status.backupsKept", "priority": 1},
         age_column(),
     ]
-    return crd("DatabaseBackup", "databasebackups", ["dbbackup", "dbb"],
-               "A PostgreSQL database backed up by cellar's backup job to S3-compatible storage.",
-               spec, status, columns)
+    return crd(
+        "DatabaseBackup",
+        "databasebackups",
+        ["dbbackup", "dbb"],
+        "A PostgreSQL database backed up by cellar's backup job to S3-compatible storage.",
+        spec,
+        status,
+        columns,
+    )
 
 
 def database_restore() -> dict[str, Any]:
@@ -385,22 +490,31 @@ def database_restore() -> dict[str, Any]:
             "backup": obj(
                 "The backup to restore.",
                 {
-                    "name": string("Name of the DatabaseBackup (same namespace) whose storage holds the backup.",
-                                   pattern=DNS_SUBDOMAIN, maxLength=253),
-                    "key": string("Object key of the dump. Default: the newest complete backup.", minLength=1,
-                                  maxLength=1024),
+                    "name": string(
+                        "Name of the DatabaseBackup (same namespace) whose storage holds the backup.",
+                        pattern=DNS_SUBDOMAIN,
+                        maxLength=253,
+                    ),
+                    "key": string(
+                        "Object key of the dump. Default: the newest complete backup.", minLength=1, maxLength=1024
+                    ),
                 },
                 required=["name"],
             ),
             "target": database_connection(),
             "createDatabase": boolean("Create the target database first (it must not exist).", False),
-            "clean": boolean("Drop the objects the dump contains before recreating them "
-                             "(pg_restore --clean --if-exists).", False),
+            "clean": boolean(
+                "Drop the objects the dump contains before recreating them (pg_restore --clean --if-exists).", False
+            ),
             "noOwner": boolean("Do not restore ownership (pg_restore --no-owner).", False),
         },
         required=["backup", "target"],
-        rules=[{"rule": "!(self.createDatabase && self.clean)",
-                "message": "clean has nothing to drop in a database that createDatabase just made; set one"}],
+        rules=[
+            {
+                "rule": "!(self.createDatabase && self.clean)",
+                "message": "clean has nothing to drop in a database that createDatabase just made; set one",
+            }
+        ],
     )
     status = obj(
         "What the restore observed.",
@@ -415,15 +529,21 @@ def database_restore() -> dict[str, Any]:
         },
     )
     columns = [
-        {"name": "Succeeded", "type": "string",
-         "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status'},
+        {"name": "Succeeded", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status'},
         reason_column("Succeeded"),
         {"name": "Backup", "type": "string", "jsonPath": ".spec.backup.name"},
         {"name": "Completed", "type": "date", "jsonPath": ".status.completionTime"},
         age_column(),
     ]
-    return crd("DatabaseRestore", "databaserestores", ["dbrestore", "dbr"],
-               "A one-shot restore of a cellar backup into a PostgreSQL database.", spec, status, columns)
+    return crd(
+        "DatabaseRestore",
+        "databaserestores",
+        ["dbrestore", "dbr"],
+        "A one-shot restore of a cellar backup into a PostgreSQL database.",
+        spec,
+        status,
+        columns,
+    )
 
 
 def table_archive() -> dict[str, Any]:
@@ -434,45 +554,62 @@ def table_archive() -> dict[str, Any]:
         {
             "database": database_connection(),
             "storage": object_storage(),
-            "table": obj("The table to archive.",
-                         {"schema": {**ident, "description": "Schema. Default public.", "default": "public"},
-                          "name": {**ident, "description": "Table name (quoted as given: case matters)."}},
-                         required=["name"]),
-            "primaryKey": {"type": "array", "items": ident, "maxItems": 32,
-                           "description": "Primary-key columns. Default: discovered from the table."},
-            "timestampColumn": {**ident, "description": "The column whose age decides (timestamp, timestamptz "
-                                                       "or date)."},
+            "table": obj(
+                "The table to archive.",
+                {
+                    "schema": {**ident, "description": "Schema. Default public.", "default": "public"},
+                    "name": {**ident, "description": "Table name (quoted as given: case matters)."},
+                },
+                required=["name"],
+            ),
+            "primaryKey": {
+                "type": "array",
+                "items": ident,
+                "maxItems": 32,
+                "description": "Primary-key columns. Default: discovered from the table.",
+            },
+            "timestampColumn": {
+                **ident,
+                "description": "The column whose age decides (timestamp, timestamptz or date).",
+            },
             "olderThan": duration("Rows whose timestampColumn is older than now minus this are archived."),
             "filter": string(
                 "TRUSTED SQL: a boolean expression ANDed to the age test, inserted into the query as written. "
                 "Whoever can edit this resource can run SQL as the job's database role: restrict who may "
-                "write TableArchives accordingly.", maxLength=4096),
+                "write TableArchives accordingly.",
+                maxLength=4096,
+            ),
             "batch": obj(
                 "How much one transaction moves. Small batches keep transactions short (VACUUM, locks).",
                 {
                     "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=10000),
-                    "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096,
-                                           default=128),
-                    "pause": duration("Pause between batches, to spare the primary and its replicas.",
-                                      default="0s"),
+                    "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
+                    "pause": duration("Pause between batches, to spare the primary and its replicas.", default="0s"),
                 },
                 default={},
             ),
-            "maxRunTime": duration("A run stops after the batch in flight once it has run this long.",
-                                   default="1h"),
+            "maxRunTime": duration("A run stops after the batch in flight once it has run this long.", default="1h"),
             "lockTimeout": duration("SET LOCAL lock_timeout for each batch.", default="5s"),
             "statementTimeout": duration("SET LOCAL statement_timeout for each batch.", default="60s"),
-            "format": string("Parquet (zstd, queryable in place) or CSVGzip.", enum=["Parquet", "CSVGzip"],
-                             default="Parquet"),
-            "partitioning": string("Hive-style key layout by the row's timestamp: Daily (dt=YYYY-MM-DD), "
-                                   "Monthly (dt=YYYY-MM) or None.", enum=["Daily", "Monthly", "None"],
-                                   default="Daily"),
-            "mode": string("Move deletes archived rows; Copy keeps them (and archives each row once).",
-                           enum=["Move", "Copy"], default="Move"),
+            "format": string(
+                "Parquet (zstd, queryable in place) or CSVGzip.", enum=["Parquet", "CSVGzip"], default="Parquet"
+            ),
+            "partitioning": string(
+                "Hive-style key layout by the row's timestamp: Daily (dt=YYYY-MM-DD), Monthly (dt=YYYY-MM) or None.",
+                enum=["Daily", "Monthly", "None"],
+                default="Daily",
+            ),
+            "mode": string(
+                "Move deletes archived rows; Copy keeps them (and archives each row once).",
+                enum=["Move", "Copy"],
+                default="Move",
+            ),
             "dryRun": boolean("Count what would move and show the plan; change nothing.", False),
             "allowCascade": boolean(
                 "Archive even when other tables reference this one with ON DELETE CASCADE (their rows would "
-                "be deleted without being archived).", False),
+                "be deleted without being archived).",
+                False,
+            ),
         },
         required=["database", "storage", "table", "timestampColumn", "olderThan"],
     )
@@ -483,30 +620,43 @@ def table_archive() -> dict[str, Any]:
             "conditions": condition_list(),
             "cutoff": string("Rows older than this were due in the last run.", format="date-time"),
             "oldestRowTime": string("The oldest timestampColumn value still in the table.", format="date-time"),
-            "lastRun": run_record("The last run.", {
-                "rows": integer("Rows archived.", format="int64"),
-                "bytes": integer("Bytes written.", format="int64"),
-                "batches": integer("Batches committed.", format="int64"),
-            }),
-            "totals": obj("Everything archived so far.", {
-                "rows": integer("Rows archived.", format="int64"),
-                "bytes": integer("Bytes written.", format="int64"),
-                "batches": integer("Batches committed.", format="int64"),
-            }),
+            "lastRun": run_record(
+                "The last run.",
+                {
+                    "rows": integer("Rows archived.", format="int64"),
+                    "bytes": integer("Bytes written.", format="int64"),
+                    "batches": integer("Batches committed.", format="int64"),
+                },
+            ),
+            "totals": obj(
+                "Everything archived so far.",
+                {
+                    "rows": integer("Rows archived.", format="int64"),
+                    "bytes": integer("Bytes written.", format="int64"),
+                    "batches": integer("Batches committed.", format="int64"),
+                },
+            ),
             "progress": progress(),
         },
     )
     columns = [
-        ready_column(), reason_column("Ready"),
+        ready_column(),
+        reason_column("Ready"),
         {"name": "Table", "type": "string", "jsonPath": ".spec.table.name"},
         {"name": "Last Rows", "type": "integer", "jsonPath": ".status.lastRun.rows"},
         {"name": "Total Rows", "type": "integer", "jsonPath": ".status.totals.rows"},
         {"name": "Oldest Row", "type": "date", "jsonPath": ".status.oldestRowTime"},
         age_column(),
     ]
-    return crd("TableArchive", "tablearchives", ["tarchive"],
-               "A table whose old rows cellar's archive job moves to Parquet in S3-compatible storage.",
-               spec, status, columns)
+    return crd(
+        "TableArchive",
+        "tablearchives",
+        ["tarchive"],
+        "A table whose old rows cellar's archive job moves to Parquet in S3-compatible storage.",
+        spec,
+        status,
+        columns,
+    )
 
 
 DEFINITIONS = {

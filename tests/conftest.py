@@ -1,0 +1,228 @@
+"""Fixtures over the real servers: kube-apiserver + etcd, PostgreSQL, MinIO.
+
+The stack starts once per test session, only when a test that needs it runs. Every test gets its own
+namespace, database and bucket, so tests never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+import yaml
+
+from common.redact import forget_all_secrets
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_DIR = REPO / "cronjobs" / "base" / "crds"
+RBAC_DIR = REPO / "cronjobs" / "base" / "rbac"
+SAMPLES_DIR = REPO / "cronjobs" / "samples"
+_STACK: LocalStack | None = None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _STACK is not None:
+        terminalreporter.write_line(
+            f"real servers used: kube-apiserver {_STACK.kube_version} (etcd), {_STACK.pg_version}, "
+            f"MinIO at {_STACK.s3_endpoint}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redaction_registry() -> Iterator[None]:
+    yield
+    forget_all_secrets()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    global _STACK
+    _STACK = LocalStack().start()
+    try:
+        yield _STACK
+    finally:
+        _STACK.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_api(stack: LocalStack) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(stack.kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@pytest.fixture(scope="session")
+def crds(admin_api: Any) -> list[str]:
+    """Install the CRDs from cronjobs/ and wait until the server reports them Established."""
+    from kubernetes import client
+
+    api = client.ApiextensionsV1Api(admin_api)
+    names = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        api.create_custom_resource_definition(body)
+        names.append(body["metadata"]["name"])
+    deadline = time.monotonic() + 60
+    for name in names:
+        while True:
+            crd = api.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conditions.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established: {conditions}")
+            time.sleep(0.2)
+    return names
+
+
+@pytest.fixture
+def namespace(admin_api: Any, crds: list[str]) -> str:
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def apply_manifests(admin_api: Any, path: Path, namespace: str) -> list[dict[str, Any]]:
+    """Create every document of a YAML file in `namespace`, whatever its kind (discovery decides)."""
+    from kubernetes.dynamic import DynamicClient
+
+    dynamic = DynamicClient(admin_api)
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for document in documents:
+        document.setdefault("metadata", {})["namespace"] = namespace
+        api = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        api.create(body=document, namespace=namespace)
+    return documents
+
+
+@pytest.fixture
+def job_kubeconfig(stack: LocalStack, admin_api: Any, namespace: str, tmp_path: Path) -> Callable[[str], Path]:
+    """Factory: apply cronjobs/base/rbac/<job>.yaml and return a kubeconfig holding a token minted for
+    that job's ServiceAccount through the TokenRequest API, so the job runs with its real permissions."""
+    from kubernetes import client
+
+    def make(job: str) -> Path:
+        apply_manifests(admin_api, RBAC_DIR / f"{job}.yaml", namespace)
+        account = f"cellar-{job}"
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        )
+        token = (
+            client.CoreV1Api(admin_api)
+            .create_namespaced_service_account_token(account, namespace, request)
+            .status.token
+        )
+        path = tmp_path / f"{job}.kubeconfig"
+        path.write_text(
+            stack.kubeconfig_for(
+                user=f"system:serviceaccount:{namespace}:{account}", credentials={"token": token}, namespace=namespace
+            )
+        )
+        return path
+
+    return make
+
+
+@pytest.fixture
+def create_secret(admin_api: Any, namespace: str) -> Callable[[str, dict[str, str]], None]:
+    from kubernetes import client
+
+    def make(name: str, data: dict[str, str]) -> None:
+        client.CoreV1Api(admin_api).create_namespaced_secret(
+            namespace,
+            {"metadata": {"name": name}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}},
+        )
+
+    return make
+
+
+@pytest.fixture
+def create_resource(admin_api: Any, namespace: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    """Create a cellar custom resource from a spec; returns what the server stored (defaults applied)."""
+    from kubernetes import client
+
+    plurals = {
+        "DatabaseBackup": "databasebackups",
+        "DatabaseRestore": "databaserestores",
+        "TableArchive": "tablearchives",
+    }
+
+    def make(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "cellar.dev/v1alpha1", "kind": kind, **body}
+        return dict(
+            client.CustomObjectsApi(admin_api).create_namespaced_custom_object(
+                "cellar.dev", "v1alpha1", namespace, plurals[kind], body
+            )
+        )
+
+    return make
+
+
+@pytest.fixture
+def database(stack: LocalStack) -> Iterator[dict[str, Any]]:
+    """A fresh database, and a login role that owns it; the settings a Secret would carry."""
+    name = f"db_{uuid.uuid4().hex[:10]}"
+    role = f"u_{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' CREATEDB")
+        conn.execute(f"CREATE DATABASE {name} OWNER {role}")
+    yield {"host": "127.0.0.1", "port": str(stack.pg_port), "dbname": name, "username": role, "password": password}
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def s3_admin(stack: LocalStack) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def bucket(s3_admin: Any) -> str:
+    name = f"cellar-{uuid.uuid4().hex[:12]}"
+    s3_admin.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def storage_spec(stack: LocalStack, bucket: str) -> dict[str, Any]:
+    """A spec.storage block for the test bucket; the keys live in the Secret `cellar-object-storage`."""
+    return {
+        "bucket": bucket,
+        "prefix": "test",
+        "endpoint": stack.s3_endpoint,
+        "forcePathStyle": True,
+        "credentials": {
+            "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
+            "secretAccessKey": {"name": "cellar-object-storage", "key": "AWS_SECRET_ACCESS_KEY"},
+        },
+    }
+
+
+@pytest.fixture
+def storage_secret(create_secret: Callable[[str, dict[str, str]], None]) -> None:
+    create_secret("cellar-object-storage", {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})

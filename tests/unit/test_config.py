@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from common.config import (
+    DatabaseSpec,
+    SpecReader,
+    StorageSpec,
+    add_invocation_arguments,
+    parse_duration,
+    resolve_database,
+    resolve_invocation,
+)
+from common.errors import InvalidSpec, UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("15m", timedelta(minutes=15)),
+        ("26h", timedelta(hours=26)),
+        ("400d", timedelta(days=400)),
+        ("2w", timedelta(weeks=2)),
+        ("1h30m", timedelta(minutes=90)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text, "spec.x") == expected
+
+
+@pytest.mark.parametrize("text", ["", "1y", "h", "1.5h", "10", "-1d", "1d "])
+def test_bad_durations_name_the_field(text: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"^spec\.retention\.maxAge: .* is not a duration; write it like"):
+        parse_duration(text, "spec.retention.maxAge")
+
+
+def _database_spec(**overrides: Any) -> DatabaseSpec:
+    return DatabaseSpec.parse(SpecReader({"secretRef": {"name": "db"}, **overrides}, "spec.database"))
+
+
+def test_database_from_cloudnativepg_style_secret() -> None:
+    settings = resolve_database(
+        _database_spec(),
+        {"host": "pg-rw", "port": "5433", "dbname": "app", "username": "app", "password": "pw", "user": "x"},
+    )
+    assert (settings.host, settings.port, settings.dbname, settings.user, settings.password) == (
+        "pg-rw",
+        5433,
+        "app",
+        "app",
+        "pw",
+    )
+    assert settings.ssl_mode == "prefer"
+    assert "pw" not in settings.describe()
+
+
+def test_database_from_uri_and_spec_overrides() -> None:
+    settings = resolve_database(
+        _database_spec(dbname="other", sslMode="require"), {"uri": "postgresql://app:p%40ss@pg-rw:5432/app"}
+    )
+    assert (settings.host, settings.dbname, settings.user, settings.password, settings.ssl_mode) == (
+        "pg-rw",
+        "other",
+        "app",
+        "p@ss",
+        "require",
+    )
+
+
+def test_zalando_style_secret_needs_host_from_the_spec() -> None:
+    with pytest.raises(InvalidSpec, match='Secret "db" lacks host, dbname'):
+        resolve_database(_database_spec(), {"username": "u", "password": "p"})
+    settings = resolve_database(_database_spec(host="acid-main", dbname="app"), {"username": "u", "password": "p"})
+    assert settings.port == 5432
+
+
+def test_database_spec_errors() -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.database\.secretRef: required"):
+        DatabaseSpec.parse(SpecReader({}, "spec.database"))
+    with pytest.raises(InvalidSpec, match=r"spec\.database\.sslMode: 'maybe' is not one of disable"):
+        _database_spec(sslMode="maybe")
+    with pytest.raises(InvalidSpec, match="key port is not a TCP port number"):
+        resolve_database(
+            _database_spec(), {"host": "h", "dbname": "d", "username": "u", "password": "p", "port": "http"}
+        )
+
+
+STORAGE = {
+    "bucket": "backups",
+    "credentials": {"accessKeyId": {"name": "s", "key": "id"}, "secretAccessKey": {"name": "s", "key": "key"}},
+}
+
+
+def test_storage_defaults() -> None:
+    spec = StorageSpec.parse(SpecReader(STORAGE, "spec.storage"))
+    assert (spec.region, spec.prefix, spec.max_parts, spec.part_size, spec.checksum_when_required) == (
+        "us-east-1",
+        "",
+        10000,
+        16 * 1024 * 1024,
+        False,
+    )
+    assert [r.name for r in spec.secret_refs()] == ["s", "s"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bucket": "Bad_Bucket"}, r"spec\.storage\.bucket: 'Bad_Bucket' does not match"),
+        ({"credentials": {}}, r"spec\.storage\.credentials: set both accessKeyId and secretAccessKey"),
+        ({"serverSideEncryption": {"algorithm": "AES256", "kmsKeyId": "k"}}, "only allowed with algorithm aws:kms"),
+        ({"endpoint": "minio:9000"}, "must be an http:// or https:// URL"),
+        ({"endpointCA": {"name": "ca", "key": "ca.crt"}, "insecureSkipTLSVerify": True}, "exclude each other"),
+        ({"maxParts": 0}, r"spec\.storage\.maxParts: 0 is below the minimum 1"),
+        ({"partSizeMiB": 2}, r"spec\.storage\.partSizeMiB: 2 is below the minimum 5"),
+        ({"forcePathStyle": "yes"}, r"spec\.storage\.forcePathStyle: must be true or false"),
+    ],
+)
+def test_storage_errors_name_the_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        StorageSpec.parse(SpecReader({**STORAGE, **change}, "spec.storage"))
+
+
+def test_iam_role_needs_no_keys() -> None:
+    spec = StorageSpec.parse(SpecReader({"bucket": "b-1", "credentials": {"inheritFromIAMRole": True}}, "s"))
+    assert spec.inherit_from_iam_role
+    assert spec.secret_refs() == []
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_invocation_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_invocation_from_flags_then_env() -> None:
+    assert resolve_invocation(_args("--name", "a", "--namespace", "n"), {}).name == "a"
+    invocation = resolve_invocation(_args(), {"CELLAR_RESOURCE_NAME": "b", "CELLAR_NAMESPACE": "m"})
+    assert (invocation.name, invocation.namespace, invocation.dry_run) == ("b", "m", False)
+    assert resolve_invocation(_args("--name", "x"), {"POD_NAMESPACE": "from-downward-api"}).namespace == (
+        "from-downward-api"
+    )
+
+
+def test_invocation_errors_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="pass --name or set CELLAR_RESOURCE_NAME"):
+        resolve_invocation(_args("--namespace", "n"), {})
+    with pytest.raises(UsageError, match="is not a valid Kubernetes name"):
+        resolve_invocation(_args("--name", "Bad_Name", "--namespace", "n"), {})

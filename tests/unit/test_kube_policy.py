@@ -1,0 +1,160 @@
+"""`Kube`'s policy over a fake `KubeTransport` (the one seam unit tests may fake)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from common.errors import Forbidden, NotFound, PermanentError, RetryableError
+from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceKind, ResourceRef, RetryPolicy
+
+REF = ResourceRef(DATABASE_BACKUP, "prod", "orders")
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {
+            "orders": {
+                "apiVersion": "cellar.dev/v1alpha1",
+                "kind": "DatabaseBackup",
+                "metadata": {
+                    "name": "orders",
+                    "namespace": "prod",
+                    "resourceVersion": "1",
+                    "generation": 1,
+                    "uid": "u1",
+                },
+                "status": {},
+            }
+        }
+        self.get_failures: list[KubeApiError] = []
+        self.patch_failures: list[KubeApiError] = []
+        self.calls: list[str] = []
+        self.events: list[Mapping[str, Any]] = []
+        self.secrets: dict[str, dict[str, str]] = {}
+
+    def get_custom_object(self, kind: ResourceKind, namespace: str, name: str) -> dict[str, Any]:
+        self.calls.append("get")
+        if self.get_failures:
+            raise self.get_failures.pop(0)
+        if name not in self.objects:
+            raise KubeApiError(404, "not found")
+        return copy.deepcopy(self.objects[name])
+
+    def merge_patch_status(
+        self, kind: ResourceKind, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append("patch")
+        if self.patch_failures:
+            raise self.patch_failures.pop(0)
+        current = self.objects[name]
+        if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            raise KubeApiError(409, "conflict")
+        current["status"] = {**current["status"], **body["status"]}
+        current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        return dict(current)
+
+    def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        if name not in self.secrets:
+            raise KubeApiError(404, "not found")
+        return self.secrets[name]
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        if self.patch_failures:
+            raise self.patch_failures.pop(0)
+        self.events.append(body)
+
+
+def _kube(transport: FakeTransport) -> Kube:
+    return Kube(transport, retry=RetryPolicy(attempts=4), sleep=lambda _: None, instance="pod-1")
+
+
+@pytest.mark.parametrize("status", [0, 429, 500, 503, 504])
+def test_transient_errors_are_retried(status: int) -> None:
+    transport = FakeTransport()
+    transport.get_failures = [KubeApiError(status, "busy"), KubeApiError(status, "busy")]
+    assert _kube(transport).get(REF)["metadata"]["name"] == "orders"
+    assert transport.calls == ["get", "get", "get"]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, PermanentError), (403, Forbidden), (404, NotFound), (422, PermanentError)]
+)
+def test_client_errors_are_never_retried(status: int, error: type[Exception]) -> None:
+    transport = FakeTransport()
+    transport.get_failures = [KubeApiError(status, "no")]
+    with pytest.raises(error):
+        _kube(transport).get(REF)
+    assert transport.calls == ["get"]
+
+
+def test_retries_give_up_with_a_retryable_error() -> None:
+    transport = FakeTransport()
+    transport.get_failures = [KubeApiError(503, "down")] * 10
+    with pytest.raises(RetryableError, match="still failing after 4 attempts"):
+        _kube(transport).get(REF)
+    assert transport.calls == ["get"] * 4
+
+
+def test_forbidden_names_verb_and_resource() -> None:
+    transport = FakeTransport()
+    transport.patch_failures = [KubeApiError(403, 'User "x" cannot patch resource')]
+    with pytest.raises(Forbidden) as raised:
+        _kube(transport).update_status(REF, lambda r: {"a": 1})
+    assert str(raised.value).startswith(
+        'permission denied: cannot patch databasebackups.cellar.dev/status "orders" in namespace "prod"'
+    )
+
+
+def test_conflict_rereads_and_recomputes() -> None:
+    transport = FakeTransport()
+    seen: list[str] = []
+
+    def mutate(resource: dict[str, Any]) -> dict[str, Any]:
+        seen.append(resource["metadata"]["resourceVersion"])
+        if len(seen) == 1:  # someone else writes between our read and our patch
+            transport.objects["orders"]["metadata"]["resourceVersion"] = "7"
+            transport.objects["orders"]["status"] = {"backupsKept": 5}
+        return {"backupsKept": int(resource.get("status", {}).get("backupsKept", 0)) + 1}
+
+    result = _kube(transport).update_status(REF, mutate)
+    assert seen == ["1", "7"]
+    assert result["status"]["backupsKept"] == 6
+
+
+def test_status_strings_are_redacted() -> None:
+    from common.redact import register_secret
+
+    register_secret("the-db-password")
+    transport = FakeTransport()
+    _kube(transport).update_status(REF, lambda r: {"message": "failed with the-db-password inside"})
+    assert "the-db-password" not in str(transport.objects["orders"]["status"])
+
+
+def test_events_are_best_effort_and_well_formed() -> None:
+    transport = FakeTransport()
+    kube = _kube(transport)
+    resource = transport.objects["orders"]
+    kube.post_event(resource, reason="Completed", action="Backup", note="x" * 2000)
+    event = transport.events[0]
+    assert event["regarding"]["uid"] == "u1"
+    assert event["metadata"]["generateName"] == "orders-"
+    assert len(event["note"]) == 1024
+    assert event["reportingInstance"] == "pod-1"
+    assert event["eventTime"].endswith("Z")
+    transport.patch_failures = [KubeApiError(403, "no events for you")]
+    kube.post_event(resource, reason="Completed", action="Backup", note="n")  # does not raise
+
+
+def test_missing_secret_key_lists_present_keys() -> None:
+    transport = FakeTransport()
+    transport.secrets["s"] = {"username": "u", "password": "p-secret"}
+    with pytest.raises(
+        Exception,
+        match=r'spec\.storage: Secret "s" has no key "AWS_ACCESS_KEY_ID" '
+        r"\(keys present: password, username\)",
+    ):
+        _kube(transport).read_secret_key("prod", "s", "AWS_ACCESS_KEY_ID", field="spec.storage")

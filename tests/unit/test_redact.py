@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from common.logs import bind_resource, configure_logging
+from common.redact import MASK, redact, register_secret
+
+
+def test_registered_secrets_are_masked_anywhere() -> None:
+    register_secret("hunter2-long")
+    assert redact("connect failed for password hunter2-long at host") == f"connect failed for password {MASK} at host"
+
+
+def test_longer_secret_masked_whole() -> None:
+    register_secret("abcd")
+    register_secret("abcdefgh")
+    assert redact("x abcdefgh y") == f"x {MASK} y"
+
+
+def test_inline_credentials_are_masked_even_if_unregistered() -> None:
+    assert redact("password=letmein host=db") == f"password={MASK} host=db"
+    assert redact("postgresql://app:letmein@db:5432/app") == f"postgresql://app:{MASK}@db:5432/app"
+    assert "AKIA" not in redact("aws_secret_access_key: AKIAXXXXSECRET")
+
+
+def test_short_values_are_not_searched() -> None:
+    register_secret("db")
+    assert redact("db is fine") == "db is fine"
+
+
+def test_log_lines_are_json_with_run_id_and_resource_and_no_secret() -> None:
+    stream = io.StringIO()
+    configure_logging("backup", "run123", stream=stream)
+    bind_resource("prod", "orders")
+    register_secret("super-secret-value")
+    logging.getLogger("cellar").info("connecting", extra={"dsn": "user=a password=super-secret-value"})
+    record = json.loads(stream.getvalue().strip())
+    assert record["run_id"] == "run123"
+    assert record["resource"] == "prod/orders"
+    assert record["job"] == "backup"
+    assert record["msg"] == "connecting"
+    assert "super-secret-value" not in stream.getvalue()
