@@ -23,7 +23,7 @@ class ProgressReporter:
         self,
         unit: str,
         total: int,
-        publish: Callable[[dict[str, Any]], None] | None,
+        publish: Callable[[dict[str, Any]], object] | None,
         *,
         clock: Callable[[], float] = time.monotonic,
         status_interval: float = STATUS_INTERVAL_SECONDS,

@@ -1,0 +1,184 @@
+"""What is in storage: backups (a manifest plus the object it describes) and leftovers.
+
+Layout under the resource's prefix:
+  data/<backup-id>.pgdump[.zst|.gz]   the dump, written first
+  manifests/<backup-id>.json           written last; its existence is what makes a backup exist
+A backup id starts with the UTC start time (20261122T023000Z-<run id>), so keys sort by age.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from common.errors import PermanentError
+from common.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DATA_DIR = "data"
+MANIFEST_DIR = "manifests"
+
+
+def backup_id(started: datetime, run_id: str) -> str:
+    return f"{started.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{run_id}"
+
+
+@dataclass(frozen=True)
+class TableCount:
+    schema: str
+    name: str
+    rows: int
+
+
+@dataclass
+class Manifest:
+    """Everything a restore or an audit needs to know about one backup."""
+
+    backup_id: str
+    data_key: str
+    database: str
+    server_version: str
+    pg_dump_version: str
+    start_time: str
+    end_time: str
+    bytes_raw: int
+    bytes_stored: int
+    sha256: str
+    compression: str
+    compression_level: int
+    tables: list[TableCount]
+    generation: int | None
+    resource: str
+    run_id: str
+    standby: bool = False
+    counts_in_dump_snapshot: bool = True
+    format_version: int = FORMAT_VERSION
+    manifest_key: str = field(default="", compare=False)
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {
+            "formatVersion": self.format_version,
+            "backupId": self.backup_id,
+            "dataKey": self.data_key,
+            "database": self.database,
+            "serverVersion": self.server_version,
+            "pgDumpVersion": self.pg_dump_version,
+            "startTime": self.start_time,
+            "endTime": self.end_time,
+            "bytesRaw": self.bytes_raw,
+            "bytesStored": self.bytes_stored,
+            "sha256": self.sha256,
+            "compression": {"algorithm": self.compression, "level": self.compression_level},
+            "tables": [{"schema": t.schema, "name": t.name, "rows": t.rows} for t in self.tables],
+            "countsInDumpSnapshot": self.counts_in_dump_snapshot,
+            "standby": self.standby,
+            "generation": self.generation,
+            "resource": self.resource,
+            "runId": self.run_id,
+        }
+        return json.dumps(body, indent=2, sort_keys=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes, key: str) -> Manifest:
+        try:
+            body = json.loads(raw)
+            if int(body["formatVersion"]) > FORMAT_VERSION:
+                raise PermanentError(
+                    f"manifest {key} has format version {body['formatVersion']}; this cellar reads up to "
+                    f"{FORMAT_VERSION}: upgrade cellar",
+                    reason="UnsupportedManifest",
+                )
+            return cls(
+                backup_id=body["backupId"],
+                data_key=body["dataKey"],
+                database=body["database"],
+                server_version=body["serverVersion"],
+                pg_dump_version=body["pgDumpVersion"],
+                start_time=body["startTime"],
+                end_time=body["endTime"],
+                bytes_raw=int(body["bytesRaw"]),
+                bytes_stored=int(body["bytesStored"]),
+                sha256=body["sha256"],
+                compression=body["compression"]["algorithm"],
+                compression_level=int(body["compression"]["level"]),
+                tables=[TableCount(t["schema"], t["name"], int(t["rows"])) for t in body["tables"]],
+                generation=body.get("generation"),
+                resource=body.get("resource", ""),
+                run_id=body["runId"],
+                standby=bool(body.get("standby", False)),
+                counts_in_dump_snapshot=bool(body.get("countsInDumpSnapshot", True)),
+                format_version=int(body["formatVersion"]),
+                manifest_key=key,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError(
+                f"manifest {key} is not a valid cellar manifest: {exc}", reason="InvalidManifest"
+            ) from exc
+
+    @property
+    def completed_at(self) -> datetime:
+        return datetime.fromisoformat(self.end_time.replace("Z", "+00:00"))
+
+
+@dataclass
+class Inventory:
+    """Complete backups, newest first, and objects that belong to no complete backup."""
+
+    backups: list[Manifest]
+    orphan_data: list[dict[str, Any]]
+    broken_manifests: list[dict[str, Any]]
+
+
+def take_inventory(store: ObjectStore) -> Inventory:
+    """List storage and sort it into complete backups and leftovers.
+
+    A manifest counts only when the object it names exists with the size it records; a data object
+    no complete manifest names is a leftover of a crashed run (or of a half-done deletion).
+    """
+    data = {o["Key"]: o for o in store.list_objects(store.key(DATA_DIR) + "/")}
+    manifests = list(store.list_objects(store.key(MANIFEST_DIR) + "/"))
+    backups: list[Manifest] = []
+    broken: list[dict[str, Any]] = []
+    for listed in manifests:
+        try:
+            manifest = Manifest.from_json(store.get_bytes(listed["Key"]), listed["Key"])
+        except PermanentError as exc:
+            log.warning("ignoring unreadable manifest", extra={"key": listed["Key"], "error": str(exc)})
+            broken.append(listed)
+            continue
+        stored = data.get(manifest.data_key)
+        if stored is None or int(stored["Size"]) != manifest.bytes_stored:
+            log.warning(
+                "manifest does not match its object", extra={"key": listed["Key"], "data_key": manifest.data_key}
+            )
+            broken.append(listed)
+            continue
+        backups.append(manifest)
+    named = {b.data_key for b in backups}
+    orphans = [o for key, o in data.items() if key not in named]
+    backups.sort(key=lambda m: (m.end_time, m.backup_id), reverse=True)
+    return Inventory(backups=backups, orphan_data=orphans, broken_manifests=broken)
+
+
+def find_backup(store: ObjectStore, key: str | None) -> Manifest:
+    """The backup whose data key (or backup id) is `key`, or the newest complete one."""
+    inventory = take_inventory(store)
+    if not inventory.backups:
+        raise PermanentError(
+            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/", reason="BackupNotFound"
+        )
+    if key is None:
+        return inventory.backups[0]
+    for manifest in inventory.backups:
+        if key in (manifest.data_key, manifest.backup_id, manifest.manifest_key):
+            return manifest
+    raise PermanentError(
+        f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "
+        "spec.backup.key must name the data object, the backup id or the manifest",
+        reason="BackupNotFound",
+    )

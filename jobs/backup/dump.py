@@ -1,0 +1,209 @@
+"""One consistent dump, streamed from pg_dump through compression into a multipart upload.
+
+Consistency: our own REPEATABLE READ transaction exports a snapshot that pg_dump imports
+(`--snapshot`), and the row count of every table is taken in that same snapshot while pg_dump runs,
+so the manifest's counts describe exactly the rows in the dump. Nothing touches local disk.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from common.config import DatabaseSettings
+from common.db import connect, libpq_environment
+from common.errors import CellarError, PermanentError
+from common.storage import ObjectStore, UploadResult
+from jobs.backup.catalog import TableCount
+from jobs.backup.compression import compressor_for
+from jobs.backup.pgtools import StderrTail, stop_process, tool_path
+from jobs.backup.settings import Compression, DumpOptions
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+
+
+class DumpFailed(CellarError):
+    """pg_dump exited non-zero; nothing was published."""
+
+    exit_code = 1
+    reason = "DumpFailed"
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version_num: int
+    version: str
+    standby: bool
+    database_size: int
+
+
+def server_facts(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
+    row = conn.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version'), "
+        "pg_is_in_recovery(), pg_database_size(current_database())"
+    ).fetchone()
+    assert row is not None  # a SELECT without FROM always returns one row
+    return ServerFacts(int(str(row[0])), str(row[1]), bool(row[2]), int(str(row[3])))
+
+
+_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def _included(schema: str, table: str, options: DumpOptions) -> bool:
+    if options.schemas and not any(fnmatch.fnmatchcase(schema, p) for p in options.schemas):
+        return False
+    return not any(fnmatch.fnmatchcase(schema, p) for p in options.exclude_schemas)
+
+
+def count_rows(conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> list[TableCount]:
+    """Rows of every table the dump contains, in the connection's current snapshot."""
+    counts = []
+    for schema, table in conn.execute(_TABLES).fetchall():
+        schema_name, table_name = str(schema), str(table)
+        if not _included(schema_name, table_name, options):
+            continue
+        qualified = f"{schema_name}.{table_name}"
+        if any(
+            fnmatch.fnmatchcase(qualified, p) or fnmatch.fnmatchcase(table_name, p) for p in options.exclude_table_data
+        ):
+            counts.append(TableCount(schema_name, table_name, 0))  # definition only: no rows in the dump
+            continue
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
+        row = conn.execute(query).fetchone()
+        counts.append(TableCount(schema_name, table_name, int(str(row[0])) if row else 0))
+    return counts
+
+
+def export_snapshot(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """Open a REPEATABLE READ transaction and export its snapshot for pg_dump (None if refused)."""
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        return str(row[0]) if row else None
+    except psycopg.Error as exc:  # a standby may refuse; counts are then taken beside the dump
+        log.warning(
+            "cannot export a snapshot; row counts are taken in a separate snapshot", extra={"error": str(exc).strip()}
+        )
+        conn.rollback()
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return None
+
+
+def pump(descriptor: int, sink: Callable[[bytes], None], on_progress: Callable[[int], None]) -> int:
+    """Copy a pipe into `sink` in 1 MiB reads until EOF; report the byte count about once a second."""
+    total = 0
+    last_report = time.monotonic()
+    while chunk := os.read(descriptor, CHUNK):
+        total += len(chunk)
+        sink(chunk)
+        if time.monotonic() - last_report > 1:
+            last_report = time.monotonic()
+            on_progress(total)
+    return total
+
+
+class RowCounter:
+    """Counts rows on the snapshot's connection in a thread, beside pg_dump."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> None:
+        self.conn = conn
+        self.counts: list[TableCount] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._count, args=(options,), name="row-counts", daemon=True)
+        self._thread.start()
+
+    def _count(self, options: DumpOptions) -> None:
+        try:
+            self.counts = count_rows(self.conn, options)
+        except BaseException as exc:  # noqa: BLE001 (reported after pg_dump's own outcome)
+            self.error = exc
+
+    def result(self) -> list[TableCount]:
+        self._thread.join()
+        if self.error is not None:
+            raise PermanentError(f"counting rows in the dump's snapshot failed: {self.error}", reason="DumpFailed")
+        return self.counts
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # the dump failed: stop counting rather than wait for a long count(*)
+            self.conn.cancel_safe()
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class DumpResult:
+    upload: UploadResult
+    bytes_raw: int
+    tables: list[TableCount]
+    counts_in_dump_snapshot: bool
+
+
+def dump_to_storage(
+    database: DatabaseSettings,
+    store: ObjectStore,
+    key: str,
+    compression: Compression,
+    options: DumpOptions,
+    *,
+    application_name: str,
+    on_progress: Callable[[int], None],
+) -> DumpResult:
+    """Dump, compress, upload; the object becomes visible only after pg_dump exited 0."""
+    snapshot_conn = connect(database, application_name=application_name)
+    try:
+        snapshot = export_snapshot(snapshot_conn)
+        argv = [
+            tool_path("pg_dump"),
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            "--lock-wait-timeout=300000",
+            *options.pg_dump_arguments(),
+        ]
+        if snapshot:
+            argv.append(f"--snapshot={snapshot}")
+        env = {**os.environ, **libpq_environment(database, application_name=f"{application_name}-pg_dump")}
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        stderr = StderrTail(process.stderr)
+        counter = RowCounter(snapshot_conn, options)
+        try:
+            with store.open_upload(key) as upload:
+                compressor = compressor_for(compression)
+                raw = pump(process.stdout.fileno(), lambda chunk: upload.write(compressor.compress(chunk)), on_progress)
+                code = process.wait()
+                if code != 0:
+                    raise DumpFailed(f"pg_dump exited with code {code}: {stderr.error_lines()}")
+                upload.write(compressor.flush())
+                tables = counter.result()
+                result = upload.complete()
+        finally:
+            stop_process(process)
+            counter.stop()
+        on_progress(raw)
+        return DumpResult(result, raw, tables, snapshot is not None)
+    finally:
+        try:
+            snapshot_conn.rollback()
+        finally:
+            snapshot_conn.close()

@@ -1,0 +1,316 @@
+"""The backup run, top to bottom: settings, preflight, dump, publish, verify, retention, status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from common.conditions import format_time
+from common.config import (
+    DatabaseSettings,
+    resolve_database_settings,
+    resolve_storage_credentials,
+)
+from common.db import connect
+from common.errors import CellarError
+from common.kube import DATABASE_BACKUP
+from common.progress import ProgressReporter
+from common.runtime import RunContext
+from common.storage import ObjectStore, build_client
+from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, Inventory, Manifest, backup_id, find_backup, take_inventory
+from jobs.backup.dump import dump_to_storage, server_facts
+from jobs.backup.pgtools import check_pg_dump_supports
+from jobs.backup.retention import backups_to_keep
+from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
+from jobs.backup.status import Condition, backup_fields, human_size, ready_condition
+from jobs.backup.verify import QUARANTINE_DIR, RowCountMismatch, quarantine, verify_backup
+
+log = logging.getLogger(__name__)
+APPLICATION = "cellar-backup"
+
+
+def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
+    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+    return ObjectStore(build_client(settings.storage, credentials), settings.storage)
+
+
+def preflight(ctx: RunContext, settings: BackupSettings) -> tuple[DatabaseSettings, ObjectStore, Any, Any]:
+    """Everything checked before anything is written: Secrets, bucket, database, pg_dump's version."""
+    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    store = open_storage(ctx, settings)
+    store.check_access()
+    with connect(database, application_name=APPLICATION) as conn:
+        facts = server_facts(conn)
+    dump_version = check_pg_dump_supports(facts.version_num, facts.version)
+    log.info(
+        "preflight passed",
+        extra={
+            "server_version": facts.version,
+            "pg_dump": dump_version.text,
+            "database_bytes": facts.database_size,
+            "standby": facts.standby,
+            "bucket": store.bucket,
+        },
+    )
+    return database, store, facts, dump_version
+
+
+def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> tuple[Inventory, list[str]]:
+    """Delete what the policy lets go, and leftovers older than its safety window. Returns what was
+    (or, in a dry run, would be) deleted. A manifest goes before its object, so a crash in between
+    leaves an orphan object (cleaned later), never a manifest without its data."""
+    inventory = take_inventory(store)
+    keep = backups_to_keep(inventory.backups, policy, now)
+    doomed: list[tuple[str, ...]] = [(m.manifest_key, m.data_key) for m in inventory.backups if m.backup_id not in keep]
+    cutoff = now - policy.incomplete_after
+    doomed += [(o["Key"],) for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
+    deleted = [key for keys in doomed for key in keys]
+    if policy.dry_run:
+        log.info("retention dry run: would delete", extra={"keys": deleted})
+    else:
+        for key in deleted:
+            store.delete(key)
+        if deleted:
+            log.info("retention deleted", extra={"keys": deleted})
+        abort_stale_uploads(store, cutoff)
+    inventory.backups = [m for m in inventory.backups if m.backup_id in keep or policy.dry_run]
+    return inventory, deleted
+
+
+def abort_stale_uploads(store: ObjectStore, cutoff: datetime) -> None:
+    """Multipart uploads a killed run left open (SIGKILL gives no chance to abort) are aborted here."""
+    response = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.key(DATA_DIR) + "/")
+    for upload in response.get("Uploads", []):
+        if upload["Initiated"] < cutoff:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            log.info("aborted a stale multipart upload", extra={"key": upload["Key"]})
+
+
+class BackupJob:
+    name = "backup"
+    kind = DATABASE_BACKUP
+    description = "Back up one PostgreSQL database to S3-compatible storage, as its DatabaseBackup says."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--skip-retention", action="store_true", help="write a backup, delete nothing")
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        settings = parse_backup_spec(ctx.spec)
+        database, store, facts, dump_version = preflight(ctx, settings)
+        if ctx.dry_run:
+            inventory, would_delete = apply_retention(store, _as_dry_run(settings.retention), datetime.now(UTC))
+            return (
+                f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
+                f"and {dump_version.text} all usable; {len(inventory.backups)} complete backups; retention "
+                f"would delete {len(would_delete)} objects"
+            )
+
+        started = datetime.now(UTC)
+        clock = time.monotonic()
+        identifier = backup_id(started, ctx.run_id)
+        data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}")
+        run_fields = {"runId": ctx.run_id, "startTime": format_time(started), "key": data_key}
+        ctx.update_status(
+            [("Progressing", "True", "Running", f"dumping {database.describe()} to {data_key}")],
+            fields={"lastRun": run_fields},
+        )
+        ctx.event("Started", f"backup {identifier} of {database.describe()} started", action="Backup")
+
+        progress = ProgressReporter(
+            "bytes", facts.database_size, lambda figures: ctx.update_status(fields={"progress": figures})
+        )
+        dumped = dump_to_storage(
+            database,
+            store,
+            data_key,
+            settings.compression,
+            settings.dump,
+            application_name=APPLICATION,
+            on_progress=progress.update,
+        )
+        ended = datetime.now(UTC)
+        manifest = Manifest(
+            backup_id=identifier,
+            data_key=data_key,
+            database=database.dbname,
+            server_version=facts.version,
+            pg_dump_version=dump_version.text,
+            start_time=format_time(started),
+            end_time=format_time(ended),
+            bytes_raw=dumped.bytes_raw,
+            bytes_stored=dumped.upload.size,
+            sha256=dumped.upload.sha256,
+            compression=settings.compression.algorithm,
+            compression_level=settings.compression.level,
+            tables=dumped.tables,
+            generation=ctx.generation,
+            resource=f"{ctx.ref.namespace}/{ctx.ref.name}",
+            run_id=ctx.run_id,
+            standby=facts.standby,
+            counts_in_dump_snapshot=dumped.counts_in_dump_snapshot,
+            manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
+        )
+        store.put_bytes(manifest.manifest_key, manifest.to_json())  # the backup exists from here on
+        duration = time.monotonic() - clock
+        log.info(
+            "backup published",
+            extra={
+                "key": data_key,
+                "bytes_raw": dumped.bytes_raw,
+                "bytes_stored": dumped.upload.size,
+                "sha256": dumped.upload.sha256,
+                "seconds": round(duration, 3),
+                "tables": len(dumped.tables),
+            },
+        )
+
+        conditions: list[Condition] = []
+        verified = False
+        if settings.verify:
+            self._verify(ctx, store, manifest, database, settings)
+            verified = True
+            conditions.append(
+                (
+                    "Verified",
+                    "True",
+                    "RestoreTestPassed",
+                    f"backup {identifier} restored and every table's row count matched",
+                )
+            )
+        kept = (
+            (take_inventory(store), [])
+            if args.skip_retention
+            else apply_retention(store, settings.retention, datetime.now(UTC))
+        )
+        inventory, deleted = kept
+        message = (
+            f"backup {identifier}: {human_size(manifest.bytes_stored)} stored "
+            f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}) in {duration:.1f}s; "
+            f"{len(deleted)} old objects deleted"
+        )
+        fields = {
+            **backup_fields(manifest, duration, verified, settings.stale_after),
+            "lastRun": {
+                **run_fields,
+                "completionTime": format_time(datetime.now(UTC)),
+                "durationSeconds": round(duration, 3),
+                "reason": "Completed",
+                "message": message,
+            },
+            "backupsKept": len(inventory.backups),
+            "progress": None,
+        }
+        if verified:
+            fields["lastVerification"] = {
+                "time": format_time(datetime.now(UTC)),
+                "key": data_key,
+                "result": "Passed",
+                "message": "row counts matched",
+            }
+        ctx.update_status(
+            [
+                ("Progressing", "False", "Completed", message),
+                ("BackupSucceeded", "True", "Completed", message),
+                ready_condition(manifest, settings.stale_after, datetime.now(UTC)),
+                *conditions,
+            ],
+            fields=fields,
+        )
+        ctx.event("Completed", message, action="Backup")
+        return message
+
+    def _verify(
+        self,
+        ctx: RunContext,
+        store: ObjectStore,
+        manifest: Manifest,
+        database: DatabaseSettings,
+        settings: BackupSettings,
+    ) -> None:
+        scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
+        try:
+            result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION)
+        except CellarError as error:
+            if error.reason in ("ChecksumMismatch", RowCountMismatch.reason):
+                quarantine(store, manifest, str(error))
+                error.message += f" (its manifest was moved to {QUARANTINE_DIR}/; the backup no longer counts)"
+            ctx.update_status(
+                [("Verified", "False", error.reason, str(error))],
+                fields={
+                    "lastVerification": {
+                        "time": format_time(datetime.now(UTC)),
+                        "key": manifest.data_key,
+                        "result": "Failed",
+                        "message": str(error),
+                    }
+                },
+            )
+            raise
+        log.info("restore test passed", extra={"tables": result.tables, "rows": result.rows})
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        now = datetime.now(UTC)
+        last_run = dict((ctx.resource.get("status") or {}).get("lastRun") or {})
+        last_run.update(
+            {"runId": ctx.run_id, "completionTime": format_time(now), "reason": error.reason, "message": str(error)}
+        )
+        last_run.setdefault("startTime", format_time(ctx.started))
+        ctx.update_status(
+            [
+                ("Progressing", "False", error.reason, str(error)),
+                ("BackupSucceeded", "False", error.reason, str(error)),
+                ready_condition(None, timedelta(0), now, (error.reason, str(error))),
+            ],
+            fields={"lastRun": last_run, "progress": None},
+        )
+        ctx.event(error.reason, str(error), action="Backup", warning=True)
+
+
+class VerifyJob:
+    """A restore test of an existing backup (the newest by default): schedule it to test restores."""
+
+    name = "verify"
+    kind = DATABASE_BACKUP
+    description = "Restore a backup into a scratch database and compare every table's row count."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--key", help="the backup to test (data key or backup id); default: the newest")
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        settings = parse_backup_spec(ctx.spec)
+        database, store, _, _ = preflight(ctx, settings)
+        manifest = find_backup(store, args.key)
+        if ctx.dry_run:
+            return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
+        BackupJob()._verify(ctx, store, manifest, database, settings)
+        message = f"backup {manifest.backup_id} restored and every table's row count matched"
+        fields: dict[str, Any] = {
+            "lastVerification": {
+                "time": format_time(datetime.now(UTC)),
+                "key": manifest.data_key,
+                "result": "Passed",
+                "message": message,
+            }
+        }
+        last = dict((ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {})
+        if last.get("key") == manifest.data_key:
+            fields["lastSuccessfulBackup"] = {**last, "verified": True}
+        ctx.update_status([("Verified", "True", "RestoreTestPassed", message)], fields=fields)
+        ctx.event("RestoreTestPassed", message, action="Verify")
+        return message
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        conditions: list[Condition] = [("Verified", "False", error.reason, str(error))]
+        if error.reason in ("ChecksumMismatch", RowCountMismatch.reason):
+            conditions.append(("Ready", "False", error.reason, str(error)))
+        ctx.update_status(conditions)
+        ctx.event(error.reason, str(error), action="Verify", warning=True)
+
+
+def _as_dry_run(policy: RetentionPolicy) -> RetentionPolicy:
+    from dataclasses import replace
+
+    return replace(policy, dry_run=True)

@@ -1,0 +1,48 @@
+"""Which backups a retention policy keeps: a pure function, so a whole calendar can be tested.
+
+Semantics follow restic/K8up (`keep-last`, `keep-daily`, ...): a backup kept by any rule stays;
+daily/weekly/monthly keep the newest backup of each of the last N periods that have a backup. The
+newest complete backup is always kept, whatever the policy says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from jobs.backup.catalog import Manifest
+from jobs.backup.settings import RetentionPolicy
+
+
+def _newest_per_period(backups: Sequence[Manifest], count: int, period: Callable[[datetime], object]) -> set[str]:
+    kept: set[str] = set()
+    seen: list[object] = []
+    for manifest in backups:  # newest first
+        bucket = period(manifest.completed_at)
+        if bucket in seen:
+            continue
+        if len(seen) >= count:
+            break
+        seen.append(bucket)
+        kept.add(manifest.backup_id)
+    return kept
+
+
+def backups_to_keep(backups: Sequence[Manifest], policy: RetentionPolicy, now: datetime) -> set[str]:
+    """Ids of the backups `policy` keeps; `backups` must be complete ones, newest first."""
+    if not backups:
+        return set()
+    if not policy.deletes_anything:
+        return {b.backup_id for b in backups}
+    keep = {backups[0].backup_id}
+    if policy.keep_last:
+        keep |= {b.backup_id for b in backups[: policy.keep_last]}
+    if policy.max_age is not None:
+        keep |= {b.backup_id for b in backups if now - b.completed_at < policy.max_age}
+    if policy.keep_daily:
+        keep |= _newest_per_period(backups, policy.keep_daily, lambda t: t.date())
+    if policy.keep_weekly:
+        keep |= _newest_per_period(backups, policy.keep_weekly, lambda t: t.isocalendar()[:2])
+    if policy.keep_monthly:
+        keep |= _newest_per_period(backups, policy.keep_monthly, lambda t: (t.year, t.month))
+    return keep

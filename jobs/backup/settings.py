@@ -1,0 +1,146 @@
+"""The backup job's settings, parsed and validated from a DatabaseBackup or DatabaseRestore spec."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from common.config import DatabaseSpec, SpecReader, StorageSpec
+from common.errors import InvalidSpec
+
+COMPRESSIONS = ("zstd", "gzip", "none")
+DEFAULT_LEVELS = {"zstd": 3, "gzip": 6, "none": 0}
+_SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+
+
+@dataclass(frozen=True)
+class Compression:
+    algorithm: str
+    level: int
+    workers: int
+
+    @property
+    def extension(self) -> str:
+        return {"zstd": ".zst", "gzip": ".gz", "none": ""}[self.algorithm]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    keep_last: int | None = None
+    max_age: timedelta | None = None
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    incomplete_after: timedelta = timedelta(hours=24)
+    dry_run: bool = False
+
+    @property
+    def deletes_anything(self) -> bool:
+        """With no rule set nothing is deleted (an empty policy is not 'keep nothing')."""
+        return bool(self.keep_last or self.max_age or self.keep_daily or self.keep_weekly or self.keep_monthly)
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    schemas: tuple[str, ...] = ()
+    exclude_schemas: tuple[str, ...] = ()
+    exclude_table_data: tuple[str, ...] = ()
+    no_owner: bool = False
+    no_privileges: bool = False
+
+    def pg_dump_arguments(self) -> list[str]:
+        arguments = [f"--schema={s}" for s in self.schemas]
+        arguments += [f"--exclude-schema={s}" for s in self.exclude_schemas]
+        arguments += [f"--exclude-table-data={t}" for t in self.exclude_table_data]
+        if self.no_owner:
+            arguments.append("--no-owner")
+        if self.no_privileges:
+            arguments.append("--no-privileges")
+        return arguments
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    database: DatabaseSpec
+    storage: StorageSpec
+    compression: Compression
+    retention: RetentionPolicy
+    verify: bool
+    scratch_prefix: str
+    stale_after: timedelta
+    dump: DumpOptions
+
+
+def parse_compression(reader: SpecReader) -> Compression:
+    algorithm = reader.string("algorithm", "zstd", choices=COMPRESSIONS)
+    level = reader.integer("level", minimum=1, maximum=19)
+    if level is not None and algorithm == "gzip" and level > 9:
+        raise InvalidSpec(f"{reader.path}.level: gzip levels are 1 to 9, got {level}")
+    if level is not None and algorithm == "none":
+        raise InvalidSpec(f"{reader.path}.level: has no meaning with algorithm none; remove it")
+    workers = reader.integer("workers", 0, minimum=0, maximum=64) or 0
+    return Compression(algorithm, level or DEFAULT_LEVELS[algorithm], workers)
+
+
+def parse_retention(reader: SpecReader) -> RetentionPolicy:
+    return RetentionPolicy(
+        keep_last=reader.integer("keepLast", minimum=1),
+        max_age=reader.duration("maxAge"),
+        keep_daily=reader.integer("keepDaily", 0, minimum=0) or 0,
+        keep_weekly=reader.integer("keepWeekly", 0, minimum=0) or 0,
+        keep_monthly=reader.integer("keepMonthly", 0, minimum=0) or 0,
+        incomplete_after=reader.duration("incompleteAfter", "24h") or timedelta(hours=24),
+        dry_run=reader.boolean("dryRun"),
+    )
+
+
+def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
+    """Validate a DatabaseBackup spec; every error names its field."""
+    reader = SpecReader(spec, "spec")
+    verify = reader.child("verify")
+    dump = reader.child("dump")
+    return BackupSettings(
+        database=DatabaseSpec.parse(reader.child("database", required=True)),
+        storage=StorageSpec.parse(reader.child("storage", required=True)),
+        compression=parse_compression(reader.child("compression")),
+        retention=parse_retention(reader.child("retention")),
+        verify=verify.boolean("enabled"),
+        scratch_prefix=verify.string("scratchDatabasePrefix", "cellar_verify_", pattern=_SCRATCH_PREFIX),
+        stale_after=reader.duration("staleAfter", "26h") or timedelta(hours=26),
+        dump=DumpOptions(
+            schemas=dump.string_list("schemas"),
+            exclude_schemas=dump.string_list("excludeSchemas"),
+            exclude_table_data=dump.string_list("excludeTableData"),
+            no_owner=dump.boolean("noOwner"),
+            no_privileges=dump.boolean("noPrivileges"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    backup_name: str
+    backup_key: str | None
+    target: DatabaseSpec
+    create_database: bool
+    clean: bool
+    no_owner: bool
+
+
+def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
+    reader = SpecReader(spec, "spec")
+    backup = reader.child("backup", required=True)
+    settings = RestoreSettings(
+        backup_name=backup.string("name", required=True),
+        backup_key=backup.optional_string("key"),
+        target=DatabaseSpec.parse(reader.child("target", required=True)),
+        create_database=reader.boolean("createDatabase"),
+        clean=reader.boolean("clean"),
+        no_owner=reader.boolean("noOwner"),
+    )
+    if settings.create_database and settings.clean:
+        raise InvalidSpec("spec: clean has nothing to drop in a database that createDatabase just made; set one")
+    return settings

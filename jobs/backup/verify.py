@@ -1,0 +1,69 @@
+"""Restore tests: restore a backup into a scratch database and compare every table's row count."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from psycopg import sql
+
+from common.config import DatabaseSettings
+from common.db import connect
+from common.errors import PermanentError
+from common.storage import ObjectStore
+from jobs.backup.catalog import MANIFEST_DIR, Manifest
+from jobs.backup.restore import restore_from_storage
+
+log = logging.getLogger(__name__)
+QUARANTINE_DIR = "rejected"
+
+
+class RowCountMismatch(PermanentError):
+    reason = "RowCountMismatch"
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    tables: int
+    rows: int
+
+
+def verify_backup(
+    store: ObjectStore, manifest: Manifest, source: DatabaseSettings, scratch_name: str, *, application_name: str
+) -> VerificationResult:
+    """Restore `manifest` into a new database `scratch_name` on the source's server, count, drop it."""
+    with connect(source, application_name=application_name, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name)))
+    try:
+        scratch = replace(source, dbname=scratch_name)
+        restore_from_storage(
+            store, manifest, scratch, options=["--no-owner", "--no-privileges"], application_name=application_name
+        )
+        mismatches = []
+        with connect(scratch, application_name=application_name) as conn:
+            for table in manifest.tables:
+                query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(table.schema), sql.Identifier(table.name)
+                )
+                row = conn.execute(query).fetchone()
+                restored = int(str(row[0])) if row else 0
+                if restored != table.rows:
+                    mismatches.append(f"{table.schema}.{table.name}: {restored} restored, {table.rows} in manifest")
+        if mismatches:
+            shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
+            raise RowCountMismatch(f"backup {manifest.backup_id} restored with different row counts: {shown}")
+        return VerificationResult(len(manifest.tables), sum(t.rows for t in manifest.tables))
+    finally:
+        with connect(source, application_name=application_name, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch_name)))
+
+
+def quarantine(store: ObjectStore, manifest: Manifest, why: str) -> str:
+    """Move a manifest out of manifests/ so the backup no longer counts as complete; keep it for audit."""
+    target = manifest.manifest_key.replace(f"/{MANIFEST_DIR}/", f"/{QUARANTINE_DIR}/", 1)
+    if target == manifest.manifest_key:
+        target = store.key(QUARANTINE_DIR, manifest.manifest_key.rsplit("/", 1)[-1])
+    store.put_bytes(target, manifest.to_json())
+    store.delete(manifest.manifest_key)
+    log.warning("backup quarantined", extra={"manifest": manifest.manifest_key, "moved_to": target, "why": why})
+    return target
