@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from common.errors import InvalidSpec, UsageError
 from common.kube import Kube, in_cluster_namespace
+from common.redact import register_secret
 
 _DURATION_PART = re.compile(r"([0-9]+)(s|m|h|d|w)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -172,7 +173,13 @@ class DatabaseSettings:
 
 
 def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseSettings:
-    """Combine the spec's overrides with the Secret's keys (CloudNativePG layout, or a `uri`)."""
+    """Combine the spec's overrides with the Secret's keys (CloudNativePG layout, or a `uri`).
+
+    The password (and a uri, which holds it) is registered for redaction; host, port, database and
+    user stay readable in messages, since people need them to fix a connection.
+    """
+    for sensitive in ("password", "uri", "pgpass", "jdbc-uri"):
+        register_secret(secret.get(sensitive))
     from_uri: dict[str, str] = {}
     if secret.get("uri"):
         parts = urlsplit(secret["uri"])
@@ -180,6 +187,7 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
             raise InvalidSpec(
                 f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with postgresql://'
             )
+        register_secret(unquote(parts.password or ""))
         from_uri = {
             k: v
             for k, v in {
@@ -319,13 +327,16 @@ class StorageCredentials:
 
 
 def resolve_storage_credentials(kube: Kube, namespace: str, spec: StorageSpec) -> StorageCredentials:
-    def read(ref: SecretKeyRef | None) -> str | None:
+    def read(ref: SecretKeyRef | None, *, sensitive: bool = True) -> str | None:
         if ref is None:
             return None
-        return kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field)
+        return kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field, sensitive=sensitive)
 
     return StorageCredentials(
-        read(spec.access_key_id), read(spec.secret_access_key), read(spec.session_token), read(spec.endpoint_ca)
+        read(spec.access_key_id),
+        read(spec.secret_access_key),
+        read(spec.session_token),
+        read(spec.endpoint_ca, sensitive=False),  # a CA certificate is public
     )
 
 

@@ -282,8 +282,8 @@ class Kube:
         except KubeApiError as exc:
             raise self._translate(exc, "get", ref) from exc
 
-    def read_secret_key(self, namespace: str, name: str, key: str, *, field: str) -> str:
-        """One value of a Secret; registered for redaction before it is returned.
+    def read_secret_key(self, namespace: str, name: str, key: str, *, field: str, sensitive: bool = True) -> str:
+        """One value of a Secret, registered for redaction when `sensitive` (a password, not a host name).
 
         `field` is the spec path that named the Secret, so a missing key says what to fix.
         """
@@ -291,10 +291,12 @@ class Kube:
         if key not in data:
             present = ", ".join(sorted(data)) or "none"
             raise InvalidSpec(f'{field}: Secret "{name}" has no key "{key}" (keys present: {present})')
+        if sensitive:
+            register_secret(data[key])
         return data[key]
 
     def read_secret(self, namespace: str, name: str, *, field: str) -> dict[str, str]:
-        """All values of a Secret, each registered for redaction."""
+        """All values of a Secret. The caller registers the sensitive ones with `register_secret`."""
         ref = ResourceRef(SECRET, namespace, name)
         try:
             data = self._retrying(lambda: self.transport.get_secret_data(namespace, name), f"get secret {name}")
@@ -302,8 +304,6 @@ class Kube:
             if exc.status == 404:
                 raise InvalidSpec(f'{field}: Secret "{name}" was not found in namespace "{namespace}"') from exc
             raise self._translate(exc, "get", ref) from exc
-        for value in data.values():
-            register_secret(value)
         return cast(dict[str, str], data)
 
     def update_status(
