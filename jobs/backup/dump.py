@@ -22,6 +22,7 @@ from psycopg import sql
 from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.errors import CellarError, PermanentError
+from common.failpoints import failpoint
 from common.storage import ObjectStore, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for
@@ -88,7 +89,8 @@ def count_rows(conn: psycopg.Connection[tuple[object, ...]], options: DumpOption
             counts.append(TableCount(schema_name, table_name, 0))  # definition only: no rows in the dump
             continue
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
-        row = conn.execute(query).fetchone()
+        with conn.transaction():  # a savepoint: a failing count must not abort the snapshot's transaction
+            row = conn.execute(query).fetchone()
         counts.append(TableCount(schema_name, table_name, int(str(row[0])) if row else 0))
     return counts
 
@@ -122,14 +124,21 @@ def pump(descriptor: int, sink: Callable[[bytes], None], on_progress: Callable[[
 
 
 class RowCounter:
-    """Counts rows on the snapshot's connection in a thread, beside pg_dump."""
+    """Counts rows on the snapshot's connection in a thread, beside pg_dump.
+
+    `start()` is called once pg_dump has sent its first bytes: it has imported the snapshot by then,
+    so nothing our transaction does can spoil that import.
+    """
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> None:
         self.conn = conn
         self.counts: list[TableCount] = []
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._count, args=(options,), name="row-counts", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
 
     def _count(self, options: DumpOptions) -> None:
         try:
@@ -138,12 +147,15 @@ class RowCounter:
             self.error = exc
 
     def result(self) -> list[TableCount]:
+        self.start()  # an empty dump never streamed a byte
         self._thread.join()
         if self.error is not None:
             raise PermanentError(f"counting rows in the dump's snapshot failed: {self.error}", reason="DumpFailed")
         return self.counts
 
     def stop(self) -> None:
+        if self._thread.ident is None:
+            return
         if self._thread.is_alive():  # the dump failed: stop counting rather than wait for a long count(*)
             self.conn.cancel_safe()
         self._thread.join(timeout=30)
@@ -190,7 +202,13 @@ def dump_to_storage(
         try:
             with store.open_upload(key) as upload:
                 compressor = compressor_for(compression)
-                raw = pump(process.stdout.fileno(), lambda chunk: upload.write(compressor.compress(chunk)), on_progress)
+
+                def sink(chunk: bytes) -> None:
+                    counter.start()
+                    upload.write(compressor.compress(chunk))
+                    failpoint("backup.dump-streaming")
+
+                raw = pump(process.stdout.fileno(), sink, on_progress)
                 code = process.wait()
                 if code != 0:
                     raise DumpFailed(f"pg_dump exited with code {code}: {stderr.error_lines()}")

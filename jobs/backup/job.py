@@ -16,6 +16,7 @@ from common.config import (
 )
 from common.db import connect
 from common.errors import CellarError
+from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
 from common.progress import ProgressReporter
 from common.runtime import RunContext
@@ -73,6 +74,7 @@ def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) 
     else:
         for key in deleted:
             store.delete(key)
+            failpoint("backup.retention")
         if deleted:
             log.info("retention deleted", extra={"keys": deleted})
         abort_stale_uploads(store, cutoff)
@@ -153,6 +155,7 @@ class BackupJob:
             counts_in_dump_snapshot=dumped.counts_in_dump_snapshot,
             manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
         )
+        failpoint("backup.before-manifest")
         store.put_bytes(manifest.manifest_key, manifest.to_json())  # the backup exists from here on
         duration = time.monotonic() - clock
         log.info(

@@ -43,7 +43,8 @@ SELECT (g % 30000)::smallint, g::bigint * 1000000007, (g::numeric / 7) ^ 3, roun
 FROM generate_series(1, 500) g;
 INSERT INTO public.everything (small) VALUES (NULL);  -- a row of NULLs
 INSERT INTO public.everything (num, r, d) VALUES ('NaN', 'Infinity', '-Infinity');
-INSERT INTO sales.orders SELECT g, g, timestamptz '2026-01-01' + g * interval '1 second', NULL FROM generate_series(1, 300) g;
+INSERT INTO sales.orders
+  SELECT g, g, timestamptz '2026-01-01' + g * interval '1 second', NULL FROM generate_series(1, 300) g;
 INSERT INTO "Mixed Case"."Weird ""Name""" VALUES ('a', '{"x": 1}'), ('b', 'null'), ('c', NULL);
 '''
 

@@ -22,7 +22,10 @@ def test_longer_secret_masked_whole() -> None:
 def test_inline_credentials_are_masked_even_if_unregistered() -> None:
     assert redact("password=letmein host=db") == f"password={MASK} host=db"
     assert redact("postgresql://app:letmein@db:5432/app") == f"postgresql://app:{MASK}@db:5432/app"
-    assert "AKIA" not in redact("aws_secret_access_key: AKIAXXXXSECRET")
+    assert "AKIA" not in redact("aws_secret_access_key=AKIAXXXXSECRET")
+    # A field path that merely names a secret is not one.
+    assert redact("spec.storage.credentials.secretAccessKey: Secret x") == (
+        "spec.storage.credentials.secretAccessKey: Secret x")
 
 
 def test_short_values_are_not_searched() -> None:

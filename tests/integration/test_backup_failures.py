@@ -1,0 +1,261 @@
+"""The backup job when things go wrong: kills at every stage, a failing pg_dump, SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO
+from tests.harness.stack import LocalStack
+from tests.integration.backup_helpers import conditions, get_status, run_backup_job, setup_backup
+
+
+def _fill(database: dict[str, Any], rows: int = 200_000) -> None:
+    dsn = (
+        f"host={database['host']} port={database['port']} dbname={database['dbname']} "
+        f"user={database['username']} password={database['password']}"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (id int PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO filler SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 8) "
+            "FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM filler), "
+            f"(SELECT coalesce(max(id), 0) + {rows} FROM filler)) g"
+        )
+
+
+def _start_job(kubeconfig: Path, namespace: str, failpoint: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CELLAR_FAILPOINTS": failpoint, "CELLAR_TERMINATION_LOG": "/nonexistent/x"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.backup",
+            *args,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            namespace,
+            "--name",
+            "orders",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run_until_failpoint(kubeconfig: Path, namespace: str, failpoint: str) -> subprocess.Popen[str]:
+    job = _start_job(kubeconfig, namespace, failpoint)
+    assert job.stdout is not None
+    for line in job.stdout:
+        if line.strip() == f"FAILPOINT {failpoint}":
+            return job
+    job.wait()
+    raise AssertionError(f"job exited {job.returncode} before {failpoint}: {job.stderr.read() if job.stderr else ''}")
+
+
+def _published_backups(s3_admin: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    """Every manifest in storage, checked against its object: a backup must be complete or absent."""
+    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix="test/manifests/").get("Contents", [])
+    backups = {}
+    for item in listing:
+        manifest = json.loads(s3_admin.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        data = s3_admin.get_object(Bucket=bucket, Key=manifest["dataKey"])["Body"].read()
+        assert len(data) == manifest["bytesStored"], item["Key"]
+        assert hashlib.sha256(data).hexdigest() == manifest["sha256"], item["Key"]
+        backups[manifest["backupId"]] = manifest
+    return backups
+
+
+def _keys(s3_admin: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3_admin.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+@pytest.fixture
+def backup_setup(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> Path:
+    _fill(database)
+    setup_backup(
+        stack,
+        database,
+        storage_spec,
+        create_secret,
+        create_resource,
+        compression={"algorithm": "none"},
+        storage={**storage_spec, "partSizeMiB": 5},
+        retention={"keepLast": 1, "incompleteAfter": "1s"},
+    )
+    return job_kubeconfig("backup")
+
+
+def test_kills_at_every_stage_never_publish_a_broken_backup_nor_delete_a_good_one(
+    backup_setup: Path,
+    namespace: str,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+) -> None:
+    kubeconfig = backup_setup
+    assert run_backup_job(kubeconfig, namespace) == 0
+    good = _published_backups(s3_admin, bucket)
+    assert len(good) == 1
+
+    for point in ("backup.dump-streaming", "backup.before-manifest", "backup.retention"):
+        job = _run_until_failpoint(kubeconfig, namespace, point)
+        if point == "backup.dump-streaming":
+            # The upload is in progress: an unfinished multipart upload exists, no new object.
+            assert len(s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) <= 1
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        after = _published_backups(s3_admin, bucket)
+        print(f"killed at {point}: complete backups {sorted(after)}; objects {_keys(s3_admin, bucket)}")
+        if point == "backup.retention":
+            # The new backup was published before retention; the kill fell between deleting the old
+            # manifest and its data: the newest good backup is intact.
+            newest = max(after)
+            assert newest not in good
+            good = {newest: after[newest]}
+        assert set(good) <= set(after), f"a good backup vanished after a kill at {point}"
+
+    # The next run succeeds, and its cleanup removes every leftover of the killed runs.
+    assert run_backup_job(kubeconfig, namespace) == 0
+    final = _published_backups(s3_admin, bucket)
+    assert len(final) == 1
+    (manifest,) = final.values()
+    assert _keys(s3_admin, bucket) == sorted([manifest["dataKey"], f"test/manifests/{manifest['backupId']}.json"])
+    assert not s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]["status"] == "True"
+
+
+def test_sigterm_during_the_dump_aborts_the_upload_and_records_interrupted(
+    backup_setup: Path,
+    namespace: str,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+) -> None:
+    job = _run_until_failpoint(backup_setup, namespace, "backup.dump-streaming")
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 143, err
+    assert _keys(s3_admin, bucket) == []
+    assert not s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    assert conditions(status)["BackupSucceeded"]["reason"] == "Interrupted"
+    assert conditions(status)["Ready"]["status"] == "False"
+    assert status["lastRun"]["reason"] == "Interrupted"
+
+
+def test_failing_pg_dump_publishes_nothing_and_reports_its_message(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    _fill(database, rows=50_000)
+    # A table the backup role may not read: pg_dump fails with "permission denied".
+    with psycopg.connect(stack.pg_dsn(database["dbname"]), autocommit=True) as conn:
+        conn.execute("CREATE TABLE zz_secret_payroll (id int, salary numeric)")
+        conn.execute("REVOKE ALL ON zz_secret_payroll FROM PUBLIC")
+    setup_backup(stack, database, storage_spec, create_secret, create_resource)
+    assert run_backup_job(job_kubeconfig("backup"), namespace) == 1
+
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    found = conditions(status)
+    assert found["BackupSucceeded"]["reason"] == "DumpFailed"
+    assert "permission denied for table zz_secret_payroll" in found["BackupSucceeded"]["message"]
+    assert found["Ready"]["status"] == "False"
+    assert "lastSuccessfulBackup" not in status
+    assert _keys(s3_admin, bucket) == []
+    assert not s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_dry_run_checks_everything_and_writes_nothing(
+    backup_setup: Path,
+    namespace: str,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_backup_job(backup_setup, namespace, "--dry-run") == 0
+    assert _keys(s3_admin, bucket) == []
+    assert get_status(admin_api, namespace, "databasebackups", "orders") == {}
+    assert "dry run: resource, Secrets" in capsys.readouterr().out
+
+
+def test_wrong_database_password_is_a_permanent_failure_in_status(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_backup(stack, {**database, "password": "wrong-password-123"}, storage_spec, create_secret, create_resource)
+    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    found = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))
+    assert found["Ready"]["reason"] == "AuthenticationFailed"
+    assert "wrong-password-123" not in json.dumps(found)
+    assert "wrong-password-123" not in capsys.readouterr().out
+
+
+def test_invalid_spec_is_recorded_and_exits_3(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    # The schema accepts this Secret reference; the Secret itself lacks the key the spec names.
+    spec = {
+        **storage_spec,
+        "credentials": {
+            **storage_spec["credentials"],
+            "secretAccessKey": {"name": "cellar-object-storage", "key": "nope"},
+        },
+    }
+    setup_backup(stack, database, spec, create_secret, create_resource)
+    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    ready = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]
+    assert ready["reason"] == "InvalidSpec"
+    assert ready["message"] == (
+        'spec.storage.credentials.secretAccessKey: Secret "cellar-object-storage" has no key '
+        '"nope" (keys present: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)'
+    )
