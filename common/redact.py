@@ -18,8 +18,8 @@ _MIN_LENGTH = 4
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
-# key=value (libpq DSN, env, query string) and URL userinfo forms of credentials that may appear in driver messages even when
-# the value itself was never registered (a password typed into a DSN by hand).
+# key=value (libpq DSN, env, query string) and URL userinfo forms of credentials that may appear in
+# driver messages even when the value itself was never registered (a password typed into a DSN by hand).
 _INLINE = re.compile(
     r"(?i)(password|passwd|secret[_-]?access[_-]?key|session[_-]?token|aws_secret_access_key)"
     r"(\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s'\",;&}]+)"

@@ -7,7 +7,6 @@ namespace, database and bucket, so tests never see each other's objects.
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,15 +15,20 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
-import yaml
 
 from common.redact import forget_all_secrets
+from tests.harness.cluster import (
+    REPO,
+    SAMPLES_DIR,
+    admin_client,
+    apply_manifests,
+    install_crds,
+    service_account_kubeconfig,
+)
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
-REPO = Path(__file__).resolve().parents[1]
-CRD_DIR = REPO / "cronjobs" / "base" / "crds"
-RBAC_DIR = REPO / "cronjobs" / "base" / "rbac"
-SAMPLES_DIR = REPO / "cronjobs" / "samples"
+__all__ = ["REPO", "SAMPLES_DIR", "apply_manifests"]
+
 _STACK: LocalStack | None = None
 
 
@@ -60,35 +64,13 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def admin_api(stack: LocalStack) -> Any:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(stack.kubeconfig), client_configuration=configuration)
-    return client.ApiClient(configuration)
+    return admin_client(stack.kubeconfig)
 
 
 @pytest.fixture(scope="session")
 def crds(admin_api: Any) -> list[str]:
-    """Install the CRDs from cronjobs/ and wait until the server reports them Established."""
-    from kubernetes import client
-
-    api = client.ApiextensionsV1Api(admin_api)
-    names = []
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        api.create_custom_resource_definition(body)
-        names.append(body["metadata"]["name"])
-    deadline = time.monotonic() + 60
-    for name in names:
-        while True:
-            crd = api.read_custom_resource_definition(name)
-            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conditions.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {name} not Established: {conditions}")
-            time.sleep(0.2)
-    return names
+    """cellar's CRDs from cronjobs/, installed and Established."""
+    return install_crds(admin_api)
 
 
 @pytest.fixture
@@ -100,43 +82,13 @@ def namespace(admin_api: Any, crds: list[str]) -> str:
     return name
 
 
-def apply_manifests(admin_api: Any, path: Path, namespace: str) -> list[dict[str, Any]]:
-    """Create every document of a YAML file in `namespace`, whatever its kind (discovery decides)."""
-    from kubernetes.dynamic import DynamicClient
-
-    dynamic = DynamicClient(admin_api)
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for document in documents:
-        document.setdefault("metadata", {})["namespace"] = namespace
-        api = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
-        api.create(body=document, namespace=namespace)
-    return documents
-
-
 @pytest.fixture
 def job_kubeconfig(stack: LocalStack, admin_api: Any, namespace: str, tmp_path: Path) -> Callable[[str], Path]:
     """Factory: apply cronjobs/base/rbac/<job>.yaml and return a kubeconfig holding a token minted for
     that job's ServiceAccount through the TokenRequest API, so the job runs with its real permissions."""
-    from kubernetes import client
 
     def make(job: str) -> Path:
-        apply_manifests(admin_api, RBAC_DIR / f"{job}.yaml", namespace)
-        account = f"cellar-{job}"
-        request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-        )
-        token = (
-            client.CoreV1Api(admin_api)
-            .create_namespaced_service_account_token(account, namespace, request)
-            .status.token
-        )
-        path = tmp_path / f"{job}.kubeconfig"
-        path.write_text(
-            stack.kubeconfig_for(
-                user=f"system:serviceaccount:{namespace}:{account}", credentials={"token": token}, namespace=namespace
-            )
-        )
-        return path
+        return service_account_kubeconfig(admin_api, stack, namespace, job, tmp_path / f"{job}.kubeconfig")
 
     return make
 

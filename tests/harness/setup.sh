@@ -13,7 +13,7 @@ need_apt=()
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" || ! -x "$pg_bin/pg_ctl" ]]; then need_apt+=(postgresql); fi
 command -v pg_dump >/dev/null 2>&1 || need_apt+=(postgresql-client)
-command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
+[[ -n "$pg_bin" && -x "$pg_bin/pgbench" ]] || need_apt+=(postgresql)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 if (( ${#need_apt[@]} > 0 )); then

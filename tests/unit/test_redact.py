@@ -25,7 +25,8 @@ def test_inline_credentials_are_masked_even_if_unregistered() -> None:
     assert "AKIA" not in redact("aws_secret_access_key=AKIAXXXXSECRET")
     # A field path that merely names a secret is not one.
     assert redact("spec.storage.credentials.secretAccessKey: Secret x") == (
-        "spec.storage.credentials.secretAccessKey: Secret x")
+        "spec.storage.credentials.secretAccessKey: Secret x"
+    )
 
 
 def test_short_values_are_not_searched() -> None:

@@ -459,6 +459,11 @@ def database_backup() -> dict[str, Any]:
                 },
             ),
             "backupsKept": integer("Complete backups in storage after retention."),
+            "freshUntil": string(
+                "When Ready turns stale unless a newer backup succeeds: the newest good backup's completion "
+                "plus staleAfter. Alert on time() > freshUntil to catch a CronJob that stopped running.",
+                format="date-time",
+            ),
             "progress": progress(),
         },
     )

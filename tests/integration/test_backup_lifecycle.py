@@ -1,0 +1,203 @@
+"""Retention and restore tests (verification) on real storage and a real database."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.harness.stack import LocalStack
+from tests.integration.backup_helpers import conditions, get_status, load_sample_data, run_backup_job, setup_backup
+
+
+def _put_old_backup(s3_admin: Any, bucket: str, when: datetime) -> str:
+    """A complete backup as an older run of cellar would have left it."""
+    backup_id = when.strftime("%Y%m%dT%H%M%SZ") + "-old"
+    data_key = f"test/data/{backup_id}.pgdump.zst"
+    s3_admin.put_object(Bucket=bucket, Key=data_key, Body=b"old dump")
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest = {
+        "formatVersion": 1,
+        "backupId": backup_id,
+        "dataKey": data_key,
+        "database": "db",
+        "serverVersion": "15",
+        "pgDumpVersion": "15",
+        "startTime": stamp,
+        "endTime": stamp,
+        "bytesRaw": 8,
+        "bytesStored": 8,
+        "sha256": "0" * 64,
+        "compression": {"algorithm": "zstd", "level": 3},
+        "tables": [],
+        "runId": "old",
+    }
+    s3_admin.put_object(Bucket=bucket, Key=f"test/manifests/{backup_id}.json", Body=json.dumps(manifest))
+    return backup_id
+
+
+def _manifest_ids(s3_admin: Any, bucket: str, prefix: str = "test/manifests/") -> set[str]:
+    return {
+        o["Key"].rsplit("/", 1)[1].removesuffix(".json")
+        for o in s3_admin.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    }
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_retention_deletes_exactly_what_the_policy_says(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+    dry_run: bool,
+) -> None:
+    now = datetime.now(UTC)
+    days_ago = [1, 2, 3, 10, 40, 70, 100]
+    old = {d: _put_old_backup(s3_admin, bucket, now - timedelta(days=d)) for d in days_ago}
+    s3_admin.put_object(Bucket=bucket, Key="test/data/crashed-long-ago.pgdump.zst", Body=b"partial")
+    time.sleep(5.5)  # the leftover above is now older than incompleteAfter
+    s3_admin.put_object(Bucket=bucket, Key="test/data/in-flight-elsewhere.pgdump.zst", Body=b"partial")
+    setup_backup(
+        stack,
+        database,
+        storage_spec,
+        create_secret,
+        create_resource,
+        retention={"keepLast": 2, "keepMonthly": 3, "incompleteAfter": "5s", "dryRun": dry_run},
+    )
+    assert run_backup_job(job_kubeconfig("backup"), namespace) == 0
+
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    new_id = status["lastSuccessfulBackup"]["key"].rsplit("/", 1)[1].split(".")[0]
+    remaining = _manifest_ids(s3_admin, bucket)
+    data_keys = {o["Key"] for o in s3_admin.list_objects_v2(Bucket=bucket, Prefix="test/data/")["Contents"]}
+    if dry_run:
+        assert remaining == {new_id, *old.values()}
+        assert "test/data/crashed-long-ago.pgdump.zst" in data_keys
+        return
+    # keepLast 2: the new one and 1 day ago. keepMonthly 3: newest of this month, and of the two months
+    # before (which of days_ago those are depends on today's date, so compute it).
+    months: dict[tuple[int, int], str] = {}
+    for days in sorted(days_ago):
+        when = now - timedelta(days=days)
+        months.setdefault((when.year, when.month), old[days])
+    this_month = (now.year, now.month)
+    monthly = [v for k, v in sorted(months.items(), reverse=True) if k != this_month][:2]
+    assert remaining == {new_id, old[1], *monthly}
+    assert status["backupsKept"] == len(remaining)
+    assert "test/data/crashed-long-ago.pgdump.zst" not in data_keys
+    assert "test/data/in-flight-elsewhere.pgdump.zst" in data_keys  # younger than the safety window
+    for deleted in set(old.values()) - remaining:
+        assert f"test/data/{deleted}.pgdump.zst" not in data_keys
+
+
+def _corrupt(s3_admin: Any, bucket: str, key: str) -> None:
+    body = bytearray(s3_admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # same size, one byte different
+    s3_admin.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+
+def _scratch_databases(stack: LocalStack) -> list[str]:
+    with psycopg.connect(stack.pg_dsn()) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'cellar_verify_%'")]
+
+
+@pytest.fixture
+def verified_backup(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> Path:
+    load_sample_data(stack, database)
+    setup_backup(stack, database, storage_spec, create_secret, create_resource, verify={"enabled": True})
+    kubeconfig = job_kubeconfig("backup")
+    assert run_backup_job(kubeconfig, namespace) == 0
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    assert conditions(status)["Verified"]["reason"] == "RestoreTestPassed"
+    assert status["lastSuccessfulBackup"]["verified"] is True
+    assert status["lastVerification"]["result"] == "Passed"
+    assert _scratch_databases(stack) == []
+    return kubeconfig
+
+
+def test_verification_catches_a_corrupted_object(
+    verified_backup: Path, namespace: str, bucket: str, s3_admin: Any, admin_api: Any
+) -> None:
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    _corrupt(s3_admin, bucket, status["lastSuccessfulBackup"]["key"])
+    assert run_backup_job(verified_backup, namespace, "verify") == 3
+    found = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))
+    assert found["Verified"]["reason"] == "ChecksumMismatch"
+    assert found["Ready"]["reason"] == "ChecksumMismatch"
+    assert _manifest_ids(s3_admin, bucket) == set()  # quarantined: no longer a complete backup
+    assert len(_manifest_ids(s3_admin, bucket, "test/rejected/")) == 1
+
+
+def test_verification_catches_row_counts_that_do_not_match(
+    verified_backup: Path, namespace: str, bucket: str, s3_admin: Any, admin_api: Any
+) -> None:
+    key = get_status(admin_api, namespace, "databasebackups", "orders")["lastSuccessfulBackup"]["manifestKey"]
+    manifest = json.loads(s3_admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["tables"][0]["rows"] += 1
+    s3_admin.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest))
+    assert run_backup_job(verified_backup, namespace, "verify") == 3
+    verified = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Verified"]
+    assert verified["reason"] == "RowCountMismatch"
+    table = manifest["tables"][0]
+    assert (
+        f"{table['schema']}.{table['name']}: {table['rows'] - 1} restored, {table['rows']} in manifest"
+        in (verified["message"])
+    )
+
+
+def test_restore_refuses_a_corrupted_backup_and_leaves_no_target(
+    stack: LocalStack,
+    verified_backup: Path,
+    namespace: str,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    database: dict[str, Any],
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+) -> None:
+    status = get_status(admin_api, namespace, "databasebackups", "orders")
+    _corrupt(s3_admin, bucket, status["lastSuccessfulBackup"]["key"])
+    target = f"{database['dbname']}_r"
+    create_secret("cellar-restore-target", database)
+    create_resource(
+        "DatabaseRestore",
+        {
+            "metadata": {"name": "r"},
+            "spec": {
+                "backup": {"name": "orders"},
+                "createDatabase": True,
+                "target": {"secretRef": {"name": "cellar-restore-target"}, "dbname": target, "sslMode": "disable"},
+            },
+        },
+    )
+    assert run_backup_job(verified_backup, namespace, "restore", name="r") == 3
+    succeeded = conditions(get_status(admin_api, namespace, "databaserestores", "r"))["Succeeded"]
+    assert succeeded["status"] == "False"
+    assert succeeded["reason"] == "ChecksumMismatch"
+    with psycopg.connect(stack.pg_dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (target,)).fetchone() == (0,)
