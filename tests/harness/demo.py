@@ -147,9 +147,8 @@ def main() -> int:
         original = row_counts(stack.pg_dsn("shop", "shop", database["password"]))
         restored = row_counts(stack.pg_dsn("shop_restored", "shop", database["password"]))
         for table, rows in original.items():
-            print(
-                f"  {table:20} {rows:>10} {restored.get(table, 0):>10}  {'ok' if restored.get(table) == rows else 'DIFFERENT'}"
-            )
+            verdict = "ok" if restored.get(table) == rows else "DIFFERENT"
+            print(f"  {table:20} {rows:>10} {restored.get(table, 0):>10}  {verdict}")
         if original != restored:
             raise SystemExit("the restored database differs")
 

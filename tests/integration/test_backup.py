@@ -48,6 +48,7 @@ def test_round_trip_backup_then_restore_gives_identical_schema_and_data(
     assert backup["key"].startswith("test/data/")
     assert backup["key"].endswith(".pgdump.zst")
     assert status["backupsKept"] == 1
+    assert status["freshUntil"] > backup["completionTime"]
 
     stored = s3_admin.get_object(Bucket=bucket, Key=backup["key"])["Body"].read()
     import hashlib
