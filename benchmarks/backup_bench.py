@@ -1,0 +1,318 @@
+"""Backup benchmark: cellar against what people run today, on one generated database, in one run.
+
+  (a) pg_dump -Fc -Z0 --no-sync -f /dev/null       the floor: nothing dumps faster
+  (b) pg_dump -Fc | aws s3 cp - s3://...           what most people script
+  (c) pg_dumpall | gzip | aws s3 cp - s3://...     the Zalando logical-backup CronJob's approach
+  (d) cellar's backup job (zstd, streaming multipart upload, manifest)
+
+For each: wall time, CPU time (all processes), peak RSS (largest process) and stored size, then the
+ratios against (a) and (b) and the issue's targets. Run:
+
+    .venv/bin/python -m benchmarks.backup_bench --gb 1          (add --gb 1,4 for the memory check)
+
+It starts its own kube-apiserver, PostgreSQL and MinIO (tests/harness), as the tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+from kubernetes import client
+
+from tests.harness.cluster import REPO, admin_client, install_crds, service_account_kubeconfig
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+
+AWSCLI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellar" / "awscli-venv"
+NAMESPACE = "bench"
+
+
+@dataclass
+class Measurement:
+    name: str
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    stored_mb: float
+
+
+def measure(name: str, argv: list[str], env: dict[str, str], stored: Any) -> Measurement:
+    """Run `argv` in a fresh wrapper process, so its rusage covers exactly this variant's processes."""
+    wrapper = (
+        "import json, resource, subprocess, sys, time\n"
+        "start = time.perf_counter()\n"
+        "code = subprocess.run(json.loads(sys.argv[1])).returncode\n"
+        "wall = time.perf_counter() - start\n"
+        "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'code': code, 'wall': wall, 'cpu': usage.ru_utime + usage.ru_stime,"
+        " 'maxrss_kb': usage.ru_maxrss}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, json.dumps(argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
+    figures = json.loads(last)
+    if figures.get("code") != 0:
+        raise SystemExit(f"{name} failed: {result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return Measurement(name, figures["wall"], figures["cpu"], figures["maxrss_kb"] / 1024, stored() / 1024**2)
+
+
+def ensure_awscli() -> Path:
+    """The AWS CLI in a venv of its own (it pins a botocore that would fight cellar's boto3)."""
+    aws = AWSCLI_VENV / "bin" / "aws"
+    if not aws.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(AWSCLI_VENV)], check=True)
+        subprocess.run([str(AWSCLI_VENV / "bin" / "pip"), "install", "-q", "awscli"], check=True)
+    return aws
+
+
+def generate_database(stack: LocalStack, gigabytes: float) -> tuple[str, int]:
+    """pgbench tables plus a table of text, jsonb and bytea; returns (name, size in bytes)."""
+    name = f"bench_{str(gigabytes).replace('.', '_')}gb"
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    scale = max(1, int(52 * gigabytes))
+    env = {**os.environ, "PGPASSWORD": stack.pg_dsn().split("password=")[1]}
+    subprocess.run(
+        [
+            str(stack.pg_bin / "pgbench"),
+            "-i",
+            "-s",
+            str(scale),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(stack.pg_port),
+            "-U",
+            "postgres",
+            name,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    rows = int(300_000 * gigabytes)
+    with psycopg.connect(stack.pg_dsn(name), autocommit=True) as conn:
+        conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, title text, body jsonb, attachment bytea)")
+        conn.execute(
+            "INSERT INTO documents SELECT g, 'document ' || g || ' ' || md5(g::text), "
+            "jsonb_build_object('id', g, 'owner', md5((g % 977)::text), 'tags', jsonb_build_array('a', g % 13), "
+            "'text', repeat(md5(g::text), 6)), "
+            "decode(repeat(md5(g::text) || md5((g + 1)::text), 16), 'hex') "
+            f"FROM generate_series(1, {rows}) g"
+        )
+        conn.execute("VACUUM ANALYZE")
+        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
+    return name, size
+
+
+def run(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[Measurement]:
+    database, size = generate_database(stack, gigabytes)
+    print(f"\n## database {database}: {size / 1024**3:.2f} GiB (pg_database_size)", flush=True)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    bucket = f"bench-{database.replace('_', '-')}"
+    s3.create_bucket(Bucket=bucket)
+
+    def size_of(prefix: str) -> Any:
+        return lambda: sum(o["Size"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+    password = stack.pg_dsn().split("password=")[1]
+    pg_env = {
+        **os.environ,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(stack.pg_port),
+        "PGUSER": "postgres",
+        "PGPASSWORD": password,
+    }
+    aws = ensure_awscli()
+    aws_env = {
+        **pg_env,
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    aws_cp = f"{aws} --endpoint-url {stack.s3_endpoint} s3 cp - s3://{bucket}"
+    pg_dump = str(stack.pg_bin / "pg_dump")
+    results = [
+        measure(
+            "(a) pg_dump -Fc -Z0 > /dev/null", [pg_dump, "-Fc", "-Z0", "--no-sync", "-f", "/dev/null", database], pg_env, lambda: 0
+        ),
+        measure(
+            "(b) pg_dump -Fc | aws s3 cp -",
+            ["bash", "-o", "pipefail", "-c", f"{pg_dump} -Fc {database} | {aws_cp}/b/{database}.dump"],
+            aws_env,
+            size_of("b/"),
+        ),
+        measure(
+            "(c) pg_dumpall | gzip | aws s3 cp -",
+            ["bash", "-o", "pipefail", "-c", f"{stack.pg_bin / 'pg_dumpall'} | gzip | {aws_cp}/c/all.sql.gz"],
+            aws_env,
+            size_of("c/"),
+        ),
+    ]
+
+    # (d) cellar, as its ServiceAccount, against a DatabaseBackup.
+    api = admin_client(stack.kubeconfig)
+    secret = f"cellar-database-{database.replace('_', '-')}"
+    client.CoreV1Api(api).create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": secret},
+            "stringData": {
+                "host": "127.0.0.1",
+                "port": str(stack.pg_port),
+                "dbname": database,
+                "username": "postgres",
+                "password": password,
+            },
+        },
+    )
+    name = database.replace("_", "-")
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "cellar.dev",
+        "v1alpha1",
+        NAMESPACE,
+        "databasebackups",
+        {
+            "apiVersion": "cellar.dev/v1alpha1",
+            "kind": "DatabaseBackup",
+            "metadata": {"name": name},
+            "spec": {
+                "database": {"secretRef": {"name": secret}, "sslMode": "disable"},
+                "storage": {
+                    "bucket": bucket,
+                    "prefix": "d",
+                    "endpoint": stack.s3_endpoint,
+                    "forcePathStyle": True,
+                    "credentials": {
+                        "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
+                        "secretAccessKey": {"name": "cellar-object-storage", "key": "AWS_SECRET_ACCESS_KEY"},
+                    },
+                },
+            },
+        },
+    )
+    results.append(
+        measure(
+            "(d) cellar backup (zstd)",
+            [
+                sys.executable,
+                "-m",
+                "jobs.backup",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--namespace",
+                NAMESPACE,
+                "--name",
+                name,
+                "--log-level",
+                "warning",
+            ],
+            {**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
+            size_of("d/data/"),
+        )
+    )
+    return results
+
+
+def install_cellar(stack: LocalStack) -> Path:
+    """CRDs, a namespace, the storage Secret, and a kubeconfig for the backup job's ServiceAccount.
+
+    The Role names its Secrets; the benchmark's database Secrets get their own names, so the role is
+    widened here with one more rule (a benchmark, not a test of RBAC).
+    """
+    api = admin_client(stack.kubeconfig)
+    install_crds(api)
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    core.create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": "cellar-object-storage"},
+            "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
+        },
+    )
+    kubeconfig = service_account_kubeconfig(api, stack, NAMESPACE, "backup", Path(tempfile.mkdtemp()) / "kc")
+    client.RbacAuthorizationV1Api(api).patch_namespaced_role(
+        "cellar-backup",
+        NAMESPACE,
+        [{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}],
+    )
+    return kubeconfig
+
+
+def report(gigabytes: float, results: list[Measurement]) -> dict[str, float]:
+    print(f"\n{'variant':42} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'stored MB':>10}")
+    for m in results:
+        print(f"{m.name:42} {m.wall:8.1f} {m.cpu:8.1f} {m.peak_rss_mb:12.0f} {m.stored_mb:10.1f}")
+    a, b, _, d = results
+    ratios = {
+        "d_wall_over_a": d.wall / a.wall,
+        "b_wall_over_d": b.wall / d.wall,
+        "d_size_over_b": d.stored_mb / b.stored_mb,
+        "d_peak_rss_mb": d.peak_rss_mb,
+    }
+    print(f"\nratios at {gigabytes} GB:")
+    print(
+        f"  (d) wall / (a) wall   = {ratios['d_wall_over_a']:.2f}   target <= 1.5   "
+        f"{'PASS' if ratios['d_wall_over_a'] <= 1.5 else 'MISS'}"
+    )
+    print(
+        f"  (b) wall / (d) wall   = {ratios['b_wall_over_d']:.2f}   target >= 2.0   "
+        f"{'PASS' if ratios['b_wall_over_d'] >= 2 else 'MISS'}"
+    )
+    print(
+        f"  (d) size / (b) size   = {ratios['d_size_over_b']:.2f}   target <= 1.0   "
+        f"{'PASS' if ratios['d_size_over_b'] <= 1 else 'MISS'}"
+    )
+    print(
+        f"  (d) peak RSS          = {d.peak_rss_mb:.0f} MB  target < 200  {'PASS' if d.peak_rss_mb < 200 else 'MISS'}"
+    )
+    return ratios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gb", default="1", help="database sizes in GB, comma-separated (for example 1,4)")
+    args = parser.parse_args()
+    sizes = [float(s) for s in args.gb.split(",")]
+    stack = LocalStack().start()
+    try:
+        print(f"servers: kube-apiserver {stack.kube_version}, {stack.pg_version}, MinIO; cores: {os.cpu_count()}")
+        kubeconfig = install_cellar(stack)
+        summary = {size: report(size, run(stack, kubeconfig, size)) for size in sizes}
+        if len(sizes) > 1:
+            low, high = summary[min(sizes)], summary[max(sizes)]
+            verdict = "PASS" if high["d_peak_rss_mb"] <= low["d_peak_rss_mb"] * 1.1 else "MISS"
+            print(
+                f"\n(d) peak RSS at {max(sizes)} GB / at {min(sizes)} GB = "
+                f"{high['d_peak_rss_mb'] / low['d_peak_rss_mb']:.2f}  target: no higher (within 10% noise)  {verdict}"
+            )
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
