@@ -254,7 +254,8 @@ class StreamingUpload:
         self._buffer += data
         while len(self._buffer) >= self._current_part_size():
             size = self._current_part_size()
-            part = bytes(self._buffer[:size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:size])  # one copy: a bytearray slice would make two
             del self._buffer[:size]
             self._send_part(part)
 

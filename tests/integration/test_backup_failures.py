@@ -259,3 +259,31 @@ def test_invalid_spec_is_recorded_and_exits_3(
         'spec.storage.credentials.secretAccessKey: Secret "cellar-object-storage" has no key '
         '"nope" (keys present: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)'
     )
+
+
+def test_a_pg_dump_older_than_the_server_is_refused(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    admin_api: Any,
+    bucket: str,
+    s3_admin: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No old PostgreSQL client can be installed here, so a stand-in answers --version as 9.6 would.
+    old = tmp_path / "pg_dump"
+    old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("CELLAR_PG_BINDIR", str(tmp_path))
+    setup_backup(stack, database, storage_spec, create_secret, create_resource)
+    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    ready = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]
+    assert ready["reason"] == "PgDumpTooOld"
+    assert ready["message"].startswith("pg_dump 9 is older than the server (15.")
+    assert _keys(s3_admin, bucket) == []
