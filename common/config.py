@@ -307,7 +307,7 @@ class StorageSpec:
             )
             == "WhenRequired",
             max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
-            part_size=(reader.integer("partSizeMiB", 16, minimum=5, maximum=5120) or 16) * 1024 * 1024,
+            part_size=(reader.integer("partSizeMiB", 8, minimum=5, maximum=5120) or 8) * 1024 * 1024,
         )
 
     def secret_refs(self) -> list[SecretKeyRef]:

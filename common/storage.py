@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
-# The part size doubles every max_parts / GROWTH_STEPS parts: with 16 MiB parts and 10,000 parts that
-# covers about 16 TiB, well past S3's 5 TiB object limit, while the first 16 GiB use 16 MiB parts.
+# The part size doubles every max_parts / GROWTH_STEPS parts: with 8 MiB parts and 10,000 parts that
+# covers about 8 TiB, past S3's 5 TiB object limit, while the first 8 GiB use 8 MiB parts.
 GROWTH_STEPS = 10
 
 

@@ -102,7 +102,7 @@ def test_storage_defaults() -> None:
         "us-east-1",
         "",
         10000,
-        16 * 1024 * 1024,
+        8 * 1024 * 1024,
         False,
     )
     assert [r.name for r in spec.secret_refs()] == ["s", "s"]

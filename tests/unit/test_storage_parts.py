@@ -22,7 +22,7 @@ def test_part_size_never_leaves_s3_bounds() -> None:
 
 
 def test_a_5_tib_stream_fits_within_aws_part_limit() -> None:
-    assert capacity(16 * MIB, 10000) > 5 * TIB
+    assert capacity(8 * MIB, 10000) > 5 * TIB
 
 
 def test_a_store_with_fewer_parts_still_holds_terabytes() -> None:

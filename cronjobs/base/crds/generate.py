@@ -194,7 +194,10 @@ def object_storage() -> Schema:
                 default=10000,
             ),
             "partSizeMiB": integer(
-                "Starting part size in MiB (at least 5, the S3 minimum).", minimum=5, maximum=5120, default=16
+                "Starting part size in MiB (at least 5, the S3 minimum). Memory holds about three parts.",
+                minimum=5,
+                maximum=5120,
+                default=8,
             ),
         },
         required=["bucket", "credentials"],
@@ -343,7 +346,10 @@ def database_backup() -> dict[str, Any]:
                         default="zstd",
                     ),
                     "level": integer(
-                        "Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6).", minimum=1, maximum=19
+                        "Compression level: zstd 1-19 (default 1: the fastest, and smaller than gzip), "
+                        "gzip 1-9 (default 6).",
+                        minimum=1,
+                        maximum=19,
                     ),
                     "workers": integer(
                         "zstd worker threads; 0 uses every available core.", minimum=0, maximum=64, default=0
