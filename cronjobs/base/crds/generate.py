@@ -647,6 +647,27 @@ def table_archive() -> dict[str, Any]:
                     "batches": integer("Batches committed.", format="int64"),
                 },
             ),
+            "lastSkipped": obj(
+                "The last run that found another run holding the table's lock and skipped (exit 0).",
+                {
+                    "time": string("When it skipped.", format="date-time"),
+                    "runId": string("Its run id."),
+                    "reason": string("LockHeld."),
+                    "message": string("Why."),
+                },
+            ),
+            "lastUnarchive": obj(
+                "The last unarchive: rows loaded back from storage.",
+                {
+                    "time": string("When it finished.", format="date-time"),
+                    "from": string("First timestamp brought back."),
+                    "to": string("End of the range (exclusive)."),
+                    "into": string("side or source."),
+                    "objects": integer("Objects read and verified.", format="int64"),
+                    "rows": integer("Rows inserted.", format="int64"),
+                    "message": string("The outcome in words."),
+                },
+            ),
             "progress": progress(),
         },
     )

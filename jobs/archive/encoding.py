@@ -1,0 +1,204 @@
+"""Rows between PostgreSQL and files: COPY CSV -> typed Arrow -> Parquet (or gzip CSV), and back.
+
+The batch statement streams its rows as CSV (`COPY (DELETE ... RETURNING ...) TO STDOUT`), which
+Arrow's C++ CSV reader parses fast; columns whose text form Arrow cannot parse directly (decimals,
+bytea, arrays, timestamptz) are converted afterwards. Every column's PostgreSQL type travels with the
+file (Parquet metadata and the manifest), so a restore casts each value back exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from common.errors import PermanentError
+from jobs.archive.table import Column
+
+_ARROW_SCALARS: dict[str, Any] = {
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+    "date32": pa.date32(),
+}
+
+
+def arrow_type(column: Column) -> Any:
+    kind = column.arrow_kind
+    if kind.startswith("list:"):
+        element = kind.removeprefix("list:")
+        return pa.list_(_ARROW_SCALARS.get(element, pa.string()))
+    if kind == "timestamp":
+        return pa.timestamp("us")
+    if kind == "timestamptz":
+        return pa.timestamp("us", tz="UTC")
+    if kind == "decimal":
+        return pa.decimal128(column.numeric_precision or 38, column.numeric_scale or 0)
+    if kind == "binary":
+        return pa.binary()
+    return _ARROW_SCALARS[kind]
+
+
+def select_list(columns: Sequence[Column]) -> sql.Composed:
+    """How each column leaves PostgreSQL so that its CSV text parses back exactly."""
+    parts = []
+    for column in columns:
+        name = sql.Identifier(column.name)
+        kind = column.arrow_kind
+        expression: sql.Composable
+        if kind == "timestamptz":
+            expression = sql.SQL("({} AT TIME ZONE 'UTC')").format(name)
+        elif kind == "binary":
+            expression = sql.SQL("encode({}, 'hex')").format(name)
+        elif kind.startswith("list:string"):
+            expression = sql.SQL("to_json({}::text[])").format(name)
+        elif kind.startswith("list:"):
+            expression = sql.SQL("to_json({})").format(name)
+        elif kind == "string" and column.base not in ("text", "varchar", "bpchar", "name"):
+            expression = sql.SQL("{}::text").format(name)
+        else:
+            expression = name
+        parts.append(sql.SQL("{} AS {}").format(expression, name))
+    return sql.SQL(", ").join(parts)
+
+
+def _csv_read_type(column: Column) -> Any:
+    kind = column.arrow_kind
+    if kind in ("timestamp", "timestamptz"):
+        return pa.timestamp("us")
+    if kind in ("decimal", "binary") or kind.startswith("list:"):
+        return pa.string()
+    return arrow_type(column)
+
+
+def csv_to_table(data: bytes, columns: Sequence[Column]) -> pa.Table:
+    """Parse `COPY ... (FORMAT csv)` output into an Arrow table typed after `columns`."""
+    names = [c.name for c in columns]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=64 * 1024 * 1024),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c.name: _csv_read_type(c) for c in columns},
+                true_values=["t"],
+                false_values=["f"],
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                timestamp_parsers=["%Y-%m-%d %H:%M:%S", pacsv.ISO8601],
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise PermanentError(
+            f"a value cannot be stored in Parquet as its column's type: {exc}", reason="EncodingFailed"
+        ) from exc
+    arrays = []
+    for column, array in zip(columns, table.columns, strict=True):
+        arrays.append(_finish(column, array))
+    return pa.Table.from_arrays(arrays, schema=schema_for(columns))
+
+
+def _finish(column: Column, array: Any) -> Any:
+    kind = column.arrow_kind
+    target = arrow_type(column)
+    if kind == "timestamptz":
+        return array.cast(target)  # naive UTC wall time -> the same instant, marked UTC
+    if kind == "decimal":
+        try:
+            return array.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) holds a value that is not a decimal "
+                f"(NaN or Infinity?): {exc}",
+                reason="EncodingFailed",
+            ) from exc
+    if kind == "binary":
+        return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=target)
+    if kind.startswith("list:"):
+        return pa.array([None if v is None else json.loads(v) for v in array.to_pylist()], type=target)
+    return array
+
+
+def schema_for(columns: Sequence[Column]) -> pa.Schema:
+    metadata = {b"cellar.pg_types": json.dumps({c.name: c.pg_type for c in columns}).encode()}
+    return pa.schema([pa.field(c.name, arrow_type(c)) for c in columns], metadata=metadata)
+
+
+def encode(table: pa.Table, file_format: str) -> bytes:
+    if file_format == "Parquet":
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return buffer.getvalue()
+    text = io.BytesIO()
+    pacsv.write_csv(_lists_as_json(_binary_as_hex(table)), text)
+    return gzip.compress(text.getvalue(), compresslevel=6)
+
+
+def decode(data: bytes, file_format: str, columns: Sequence[Column]) -> pa.Table:
+    if file_format == "Parquet":
+        return pq.read_table(io.BytesIO(data))
+    text = gzip.decompress(data)
+    names = [c.name for c in columns]
+    # Every column as text: COPY FROM into the staging table casts each one to its column type.
+    return pacsv.read_csv(
+        io.BytesIO(text),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+
+
+def _binary_as_hex(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type):
+            values = [None if v is None else "\\x" + v.hex() for v in table.column(index).to_pylist()]
+            table = table.set_column(index, field.name, pa.array(values, type=pa.string()))
+    return table
+
+
+def _lists_as_json(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_list(field.type):
+            values = [
+                None if v is None else json.dumps(v, default=_json_default) for v in table.column(index).to_pylist()
+            ]
+            table = table.set_column(index, field.name, pa.array(values, type=pa.string()))
+    return table
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def table_to_copy_csv(table: pa.Table) -> bytes:
+    """CSV for `COPY staging FROM STDIN (FORMAT csv)`: lists as JSON arrays, bytea as \\x hex."""
+    prepared = _lists_as_json(_binary_as_hex(table))
+    # Timestamps without zone must not gain a 'Z'; tz-aware ones print with it, which PostgreSQL reads.
+    buffer = io.BytesIO()
+    pacsv.write_csv(prepared, buffer, write_options=pacsv.WriteOptions(include_header=False))
+    return buffer.getvalue()
+
+
+def key_range(table: pa.Table, key: str) -> tuple[str | None, str | None]:
+    if table.num_rows == 0:
+        return None, None
+    bounds = pc.min_max(table.column(key))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return (None if low is None else str(low)), (None if high is None else str(high))

@@ -1,0 +1,334 @@
+"""The archive run, top to bottom: settings, checks, lock, leftovers, batches, status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import sql
+
+from common.conditions import format_time
+from common.config import resolve_database_settings, resolve_storage_credentials
+from common.db import connect
+from common.errors import CellarError, UsageError
+from common.kube import TABLE_ARCHIVE
+from common.progress import ProgressReporter
+from common.runtime import RunContext
+from common.storage import ObjectStore, build_client
+from jobs.archive import ledger
+from jobs.archive.archiver import Archiver, Connection, batch_statement, eligible_condition, table_name
+from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.settings import ArchiveSettings, parse_archive_spec
+from jobs.archive.table import TableInfo, check_cascades, describe_table
+from jobs.archive.unarchive import unarchive
+
+log = logging.getLogger(__name__)
+APPLICATION = "cellar-archive"
+
+
+def lock_id(info: TableInfo) -> int:
+    """One advisory lock per table: cellar's namespace in the high bits, the table's oid in the low."""
+    return (zlib.crc32(b"cellar.archive") << 32 | info.oid) - (1 << 63)
+
+
+def try_lock(conn: Connection, info: TableInfo) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id(info),)).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> dict[str, Any]:
+    """Rows, bytes and days that would move, and the plan of one batch; changes nothing."""
+    holds = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()
+    condition = eligible_condition(settings, info, cutoff, holds=bool(holds and holds[0]))
+    ts = sql.Identifier(info.timestamp_column.name)
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), count(DISTINCT {}::date), min({}), max({}) "
+            "FROM {} t WHERE {}"
+        ).format(ts, ts, ts, table_name(settings), condition)
+    ).fetchone()
+    assert row is not None
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
+    plan_rows = conn.execute(
+        sql.SQL("EXPLAIN SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT {} FOR UPDATE SKIP LOCKED").format(
+            keys, table_name(settings), condition, ts, keys, sql.Literal(settings.batch_rows)
+        )
+    ).fetchall()
+    conn.rollback()
+    return {
+        "rows": int(str(row[0])),
+        "bytes": int(str(row[1])),
+        "days": int(str(row[2])),
+        "oldest": row[3],
+        "newest": row[4],
+        "plan": "\n".join(str(r[0]) for r in plan_rows),
+    }
+
+
+class ArchiveJob:
+    name = "archive"
+    kind = TABLE_ARCHIVE
+    description = "Move a table's old rows to Parquet in S3-compatible storage, as its TableArchive says."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def open(self, ctx: RunContext) -> tuple[ArchiveSettings, Connection, ObjectStore, TableInfo]:
+        settings = parse_archive_spec(ctx.spec)
+        database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+        credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+        store = ObjectStore(build_client(settings.storage, credentials), settings.storage)
+        store.check_access()
+        conn = connect(database, application_name=APPLICATION)
+        try:
+            info = describe_table(conn, settings)
+            check_cascades(conn, info, settings)
+            conn.rollback()
+        except BaseException:
+            conn.close()
+            raise
+        return settings, conn, store, info
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        settings, conn, store, info = self.open(ctx)
+        with conn:
+            cutoff = datetime.now(UTC) - settings.older_than
+            if ctx.dry_run or settings.dry_run:
+                return self._dry_run(ctx, conn, settings, info, cutoff)
+            if not try_lock(conn, info):
+                message = f"another run holds the archive lock of {settings.relation}; this run skipped"
+                ctx.update_status(
+                    fields={
+                        "lastSkipped": {
+                            "time": format_time(datetime.now(UTC)),
+                            "runId": ctx.run_id,
+                            "reason": "LockHeld",
+                            "message": message,
+                        }
+                    }
+                )
+                ctx.event("LockHeld", message, action="Archive")
+                return message
+            ledger.ensure_ledger(conn)
+            started = datetime.now(UTC)
+            clock = time.monotonic()
+            ctx.update_status(
+                [
+                    (
+                        "Progressing",
+                        "True",
+                        "Running",
+                        f"archiving rows of {settings.relation} older than {format_time(cutoff)}",
+                    )
+                ],
+                fields={"cutoff": format_time(cutoff)},
+            )
+            ctx.event(
+                "Started", f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
+            )
+            cleaned = clean_leftovers(conn, store, settings, info)
+            due = self._count_due(conn, settings, info, cutoff)
+            progress = ProgressReporter("rows", due, lambda figures: ctx.update_status(fields={"progress": figures}))
+            archiver = Archiver(conn, store, settings, info, cutoff, ctx.run_id, ctx.interrupts, progress.update)
+            totals, stopped = archiver.run()
+            duration = time.monotonic() - clock
+            reason = "Completed" if totals.rows else "NothingToArchive"
+            message = (
+                f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
+                f"{settings.relation} in {duration:.1f}s"
+                + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
+                + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
+            )
+            self._finish(
+                ctx, conn, settings, info, reason, message, started, duration, totals.rows, totals.bytes, totals.batches
+            )
+            return message
+
+    def _count_due(self, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                table_name(settings), eligible_condition(settings, info, cutoff)
+            )
+        ).fetchone()
+        conn.rollback()
+        return int(str(row[0])) if row else 0
+
+    def _oldest(self, conn: Connection, settings: ArchiveSettings, info: TableInfo) -> str | None:
+        row = conn.execute(
+            sql.SQL("SELECT min({})::timestamptz FROM {}").format(
+                sql.Identifier(info.timestamp_column.name), table_name(settings)
+            )
+        ).fetchone()
+        conn.rollback()
+        return format_time(row[0]) if row and row[0] else None  # type: ignore[arg-type]
+
+    def _finish(
+        self,
+        ctx: RunContext,
+        conn: Connection,
+        settings: ArchiveSettings,
+        info: TableInfo,
+        reason: str,
+        message: str,
+        started: datetime,
+        duration: float,
+        rows: int,
+        size: int,
+        batches: int,
+    ) -> None:
+        all_time = ledger.totals(conn, settings.relation)
+        conn.rollback()
+        ctx.update_status(
+            [
+                ("Progressing", "False", reason, message),
+                ("ArchiveSucceeded", "True", reason, message),
+                ("Ready", "True", reason, message),
+            ],
+            fields={
+                "lastRun": {
+                    "runId": ctx.run_id,
+                    "startTime": format_time(started),
+                    "completionTime": format_time(datetime.now(UTC)),
+                    "durationSeconds": round(duration, 3),
+                    "reason": reason,
+                    "message": message,
+                    "rows": rows,
+                    "bytes": size,
+                    "batches": batches,
+                },
+                "totals": {"rows": all_time.rows, "bytes": all_time.bytes, "batches": all_time.batches},
+                "oldestRowTime": self._oldest(conn, settings, info),
+                "progress": None,
+            },
+        )
+        ctx.event(reason, message, action="Archive")
+
+    def _dry_run(
+        self, ctx: RunContext, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime
+    ) -> str:
+        report = dry_run_report(conn, settings, info, cutoff)
+        log.info(
+            "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
+        )
+        message = (
+            f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "
+            f"{report['oldest']} to {report['newest']}) of {settings.relation} are older than "
+            f"{format_time(cutoff)}; nothing was changed. Plan of one batch:\n{report['plan']}"
+        )
+        if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing
+            ctx.update_status(
+                [
+                    ("ArchiveSucceeded", "True", "DryRunCompleted", message),
+                    ("Ready", "True", "DryRunCompleted", message),
+                ],
+                fields={"cutoff": format_time(cutoff), "oldestRowTime": self._oldest(conn, settings, info)},
+            )
+            ctx.event("DryRunCompleted", message, action="Archive")
+        return message
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        now = datetime.now(UTC)
+        ctx.update_status(
+            [
+                ("Progressing", "False", error.reason, str(error)),
+                ("ArchiveSucceeded", "False", error.reason, str(error)),
+                ("Ready", "False", error.reason, str(error)),
+            ],
+            fields={
+                "lastRun": {
+                    "runId": ctx.run_id,
+                    "startTime": format_time(ctx.started),
+                    "completionTime": format_time(now),
+                    "reason": error.reason,
+                    "message": str(error),
+                },
+                "progress": None,
+            },
+        )
+        ctx.event(error.reason, str(error), action="Archive", warning=True)
+
+
+def _date(text: str, flag: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a date or time (ISO 8601, for example 2024-01-31)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UnarchiveJob:
+    name = "unarchive"
+    kind = TABLE_ARCHIVE
+    description = (
+        "Load archived rows of a TableArchive back (start <= timestamp < end), verifying every object; idempotent."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--from", dest="start", required=True, help="first timestamp to bring back (ISO 8601)")
+        parser.add_argument("--to", dest="end", required=True, help="bring back rows older than this (ISO 8601)")
+        parser.add_argument(
+            "--into",
+            choices=["side", "source"],
+            default="side",
+            help="side: a table <table>_unarchived beside the source (default); source: the table "
+            "itself (those rows are then not archived again)",
+        )
+        parser.add_argument("--side-table", help="name of the side table (default <table>_unarchived)")
+        parser.add_argument(
+            "--allow-rearchive",
+            action="store_true",
+            help="with --into source: let the next run archive the restored rows again",
+        )
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        start, end = _date(args.start, "--from"), _date(args.end, "--to")
+        if end <= start:
+            raise UsageError("--to must be after --from")
+        settings, conn, store, info = ArchiveJob().open(ctx)
+        with conn:
+            if ctx.dry_run:
+                return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
+            ledger.ensure_ledger(conn)
+            result = unarchive(
+                conn,
+                store,
+                settings,
+                info,
+                start,
+                end,
+                into=args.into,
+                side_table=args.side_table,
+                hold=not args.allow_rearchive,
+            )
+        message = (
+            f"{result.rows_inserted} rows brought back into "
+            f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"
+            f" from {result.objects} verified objects ({result.rows_in_range} in range, "
+            f"{result.rows_in_range - result.rows_inserted} already there)"
+        )
+        ctx.update_status(
+            fields={
+                "lastUnarchive": {
+                    "time": format_time(datetime.now(UTC)),
+                    "from": args.start,
+                    "to": args.end,
+                    "into": args.into,
+                    "objects": result.objects,
+                    "rows": result.rows_inserted,
+                    "message": message,
+                }
+            }
+        )
+        ctx.event("Unarchived", message, action="Unarchive")
+        return message
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        ctx.event(error.reason, f"unarchive failed: {error}", action="Unarchive", warning=True)
+
+
+__all__ = ["ArchiveJob", "UnarchiveJob", "batch_statement"]

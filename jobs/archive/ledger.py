@@ -1,0 +1,129 @@
+"""The ledger: one row per archived object, written in the transaction that deletes its rows.
+
+It lives in the archived database (schema `cellar`), so "the rows are gone" and "the object that holds
+them is recorded" commit or roll back together. Status totals are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS cellar;
+CREATE TABLE IF NOT EXISTS cellar.archive_ledger (
+    object_key   text PRIMARY KEY,
+    batch_id     uuid NOT NULL,
+    relation     text NOT NULL,
+    manifest_key text NOT NULL,
+    rows         bigint NOT NULL,
+    bytes        bigint NOT NULL,
+    sha256       text NOT NULL,
+    min_ts       timestamptz,
+    max_ts       timestamptz,
+    min_key      text,
+    max_key      text,
+    last_row     jsonb,
+    cutoff       timestamptz NOT NULL,
+    mode         text NOT NULL,
+    run_id       text NOT NULL,
+    archived_at  timestamptz NOT NULL DEFAULT now(),
+    restored_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS archive_ledger_relation ON cellar.archive_ledger (relation, max_ts);
+CREATE TABLE IF NOT EXISTS cellar.archive_holds (
+    relation text NOT NULL,
+    key      text NOT NULL,
+    PRIMARY KEY (relation, key)
+);
+COMMENT ON TABLE cellar.archive_holds IS
+    'Rows brought back into their source table by cellar unarchive; the archiver does not archive them again';
+"""
+
+
+def ensure_ledger(conn: Connection) -> None:
+    with conn.transaction():
+        conn.execute(SCHEMA_SQL)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    object_key: str
+    batch_id: str
+    manifest_key: str
+    rows: int
+    bytes: int
+    sha256: str
+    min_ts: datetime | None
+    max_ts: datetime | None
+    min_key: str | None
+    max_key: str | None
+    last_row: str | None  # JSON {"ts": ..., "key": [...]}: where a Copy-mode run continues
+
+
+def record(conn: Connection, entry: LedgerEntry, *, relation: str, cutoff: datetime, mode: str, run_id: str) -> None:
+    conn.execute(
+        "INSERT INTO cellar.archive_ledger (object_key, batch_id, relation, manifest_key, rows, bytes, sha256, min_ts, "
+        "max_ts, min_key, max_key, last_row, cutoff, mode, run_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            entry.object_key,
+            entry.batch_id,
+            relation,
+            entry.manifest_key,
+            entry.rows,
+            entry.bytes,
+            entry.sha256,
+            entry.min_ts,
+            entry.max_ts,
+            entry.min_key,
+            entry.max_key,
+            entry.last_row,
+            cutoff,
+            mode,
+            run_id,
+        ),
+    )
+
+
+def batch_committed(conn: Connection, batch_id: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM cellar.archive_ledger WHERE batch_id = %s)", (batch_id,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def recorded_keys(conn: Connection, relation: str) -> set[str]:
+    rows = conn.execute("SELECT object_key FROM cellar.archive_ledger WHERE relation = %s", (relation,)).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+@dataclass(frozen=True)
+class Totals:
+    rows: int
+    bytes: int
+    batches: int
+
+
+def totals(conn: Connection, relation: str) -> Totals:
+    row = conn.execute(
+        "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0), count(DISTINCT batch_id) "
+        "FROM cellar.archive_ledger WHERE relation = %s",
+        (relation,),
+    ).fetchone()
+    assert row is not None
+    return Totals(int(str(row[0])), int(str(row[1])), int(str(row[2])))
+
+
+def copy_watermark(conn: Connection, relation: str) -> dict[str, object] | None:
+    """Copy mode archives each row once: it continues after the last row the last Copy batch stored."""
+    row = conn.execute(
+        "SELECT last_row FROM cellar.archive_ledger WHERE relation = %s AND mode = 'Copy' AND last_row IS NOT NULL "
+        "ORDER BY archived_at DESC, max_ts DESC LIMIT 1",
+        (relation,),
+    ).fetchone()
+    return None if row is None else dict(row[0])  # type: ignore[call-overload]

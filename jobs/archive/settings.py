@@ -1,0 +1,84 @@
+"""The archive job's settings, parsed and validated from a TableArchive spec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from common.config import DatabaseSpec, SpecReader, StorageSpec
+from common.errors import InvalidSpec
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    database: DatabaseSpec
+    storage: StorageSpec
+    schema: str
+    table: str
+    primary_key: tuple[str, ...]
+    timestamp_column: str
+    older_than: timedelta
+    filter_sql: str | None
+    batch_rows: int
+    batch_max_bytes: int
+    pause: timedelta
+    max_run_time: timedelta
+    lock_timeout: timedelta
+    statement_timeout: timedelta
+    format: str
+    partitioning: str
+    mode: str
+    dry_run: bool
+    allow_cascade: bool
+
+    @property
+    def relation(self) -> str:
+        """`schema.table` as written in the spec, used as the ledger's and the keys' name for it."""
+        return f"{self.schema}.{self.table}"
+
+
+def _identifier(reader: SpecReader, key: str, default: str | None = None, *, required: bool = False) -> str:
+    value = reader.string(key, default, required=required)
+    if not value or len(value) > 63 or "\x00" in value:
+        raise InvalidSpec(f"{reader.path}.{key}: must be 1 to 63 characters without NUL")
+    return value
+
+
+def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
+    reader = SpecReader(spec, "spec")
+    table = reader.child("table", required=True)
+    batch = reader.child("batch")
+    primary_key = reader.string_list("primaryKey")
+    for column in primary_key:
+        if len(column) > 63 or "\x00" in column:
+            raise InvalidSpec(f"spec.primaryKey: {column!r} is not a column name")
+    older_than = reader.duration("olderThan")
+    if older_than is None:
+        raise InvalidSpec("spec.olderThan: required (for example 400d)")
+    filter_sql = reader.optional_string("filter")
+    if filter_sql is not None and (";" in filter_sql or "--" in filter_sql or "/*" in filter_sql):
+        # Trusted, but one expression: a statement separator or a comment here is always a mistake.
+        raise InvalidSpec("spec.filter: must be one boolean expression, without ';' or comments")
+    return ArchiveSettings(
+        database=DatabaseSpec.parse(reader.child("database", required=True)),
+        storage=StorageSpec.parse(reader.child("storage", required=True)),
+        schema=_identifier(table, "schema", "public"),
+        table=_identifier(table, "name", required=True),
+        primary_key=primary_key,
+        timestamp_column=_identifier(reader, "timestampColumn", required=True),
+        older_than=older_than,
+        filter_sql=filter_sql,
+        batch_rows=batch.integer("rows", 10000, minimum=1, maximum=1_000_000) or 10000,
+        batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096) or 128) * 1024 * 1024,
+        pause=batch.duration("pause", "0s") or timedelta(0),
+        max_run_time=reader.duration("maxRunTime", "1h") or timedelta(hours=1),
+        lock_timeout=reader.duration("lockTimeout", "5s") or timedelta(seconds=5),
+        statement_timeout=reader.duration("statementTimeout", "60s") or timedelta(seconds=60),
+        format=reader.string("format", "Parquet", choices=("Parquet", "CSVGzip")),
+        partitioning=reader.string("partitioning", "Daily", choices=("Daily", "Monthly", "None")),
+        mode=reader.string("mode", "Move", choices=("Move", "Copy")),
+        dry_run=reader.boolean("dryRun"),
+        allow_cascade=reader.boolean("allowCascade"),
+    )

@@ -1,0 +1,166 @@
+"""What the archiver needs to know about a table: columns and their types, key, safety checks.
+
+Identifiers are always passed through `psycopg.sql.Identifier`; nothing from the spec is pasted
+into SQL except the filter, which the CRD documents as trusted SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from common.errors import InvalidSpec, PermanentError
+from jobs.archive.settings import ArchiveSettings
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+# PostgreSQL types with a native Arrow counterpart; everything else travels as its text form.
+NATIVE = {
+    "int2": "int16",
+    "int4": "int32",
+    "int8": "int64",
+    "float4": "float32",
+    "float8": "float64",
+    "bool": "bool",
+    "text": "string",
+    "varchar": "string",
+    "bpchar": "string",
+    "name": "string",
+    "date": "date32",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+    "numeric": "decimal",
+    "bytea": "binary",
+    "uuid": "string",
+    "json": "string",
+    "jsonb": "string",
+}
+LIST_ELEMENTS = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar"}
+TIMESTAMP_TYPES = {"timestamp", "timestamptz", "date"}
+
+
+class ForeignKeyBlocked(PermanentError):
+    reason = "ForeignKeyBlocked"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pg_type: str  # format_type(): what a restore casts back to, e.g. numeric(12,4), mood, integer[]
+    base: str  # pg_type.typname of the column (or of the array's element for arrays)
+    is_array: bool
+    numeric_precision: int | None
+    numeric_scale: int | None
+
+    @property
+    def arrow_kind(self) -> str:
+        """How the column is stored: a key of NATIVE's values, `list:<elem>`, or `string`."""
+        if self.is_array:
+            return f"list:{NATIVE[self.base]}" if self.base in LIST_ELEMENTS else "list:string"
+        kind = NATIVE.get(self.base, "string")
+        if kind == "decimal" and (self.numeric_precision is None or self.numeric_precision > 38):
+            return "string"  # unconstrained (or too wide) numeric: exact text, never rounded
+        return kind
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    oid: int
+    columns: list[Column]
+    primary_key: tuple[str, ...]
+    timestamp_column: Column
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+       CASE WHEN t.typcategory = 'A' THEN et.typname ELSE t.typname END,
+       t.typcategory = 'A',
+       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
+       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN (a.atttypmod - 4) & 65535 END
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PRIMARY_KEY = """
+SELECT a.attname FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.position
+"""
+
+_CASCADING_REFERENCES = """
+SELECT format('%%I.%%I', n.nspname, c.relname), con.conname
+FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE con.contype = 'f' AND con.confrelid = %s AND con.confdeltype = 'c'
+"""
+
+
+def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
+    """Look the table up by its quoted name and check that the spec fits it."""
+    qualified = sql.SQL("{}.{}").format(sql.Identifier(settings.schema), sql.Identifier(settings.table))
+    row = conn.execute(sql.SQL("SELECT to_regclass({})::oid").format(sql.Literal(qualified.as_string(conn)))).fetchone()
+    if row is None or row[0] is None:
+        raise InvalidSpec(f"spec.table: table {settings.relation!r} does not exist (names are case-sensitive)")
+    oid = int(str(row[0]))
+    columns = [
+        Column(
+            str(r[0]),
+            str(r[1]),
+            str(r[2]),
+            bool(r[3]),
+            int(str(r[4])) if r[4] is not None else None,
+            int(str(r[5])) if r[5] is not None else None,
+        )
+        for r in conn.execute(_COLUMNS, (oid,)).fetchall()
+    ]
+    names = {c.name for c in columns}
+    primary_key = settings.primary_key or tuple(str(r[0]) for r in conn.execute(_PRIMARY_KEY, (oid,)).fetchall())
+    if not primary_key:
+        raise InvalidSpec(
+            f"spec.primaryKey: table {settings.relation!r} has no primary key; name the columns that "
+            "identify a row uniquely"
+        )
+    missing = [c for c in (*primary_key, settings.timestamp_column) if c not in names]
+    if missing:
+        raise InvalidSpec(f"spec: table {settings.relation!r} has no column {', '.join(map(repr, missing))}")
+    timestamp = next(c for c in columns if c.name == settings.timestamp_column)
+    if timestamp.is_array or timestamp.base not in TIMESTAMP_TYPES:
+        raise InvalidSpec(
+            f"spec.timestampColumn: {timestamp.name!r} is {timestamp.pg_type}; it must be timestamp, "
+            "timestamptz or date"
+        )
+    if settings.primary_key:
+        unique = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL "
+            "AND (SELECT array_agg(a.attname ORDER BY a.attname) FROM pg_attribute a "
+            "WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = (SELECT array_agg(x ORDER BY x) "
+            "FROM unnest(%s::text[]) x)::name[])",
+            (oid, list(primary_key)),
+        ).fetchone()
+        if not unique or not unique[0]:
+            raise InvalidSpec(f"spec.primaryKey: no unique index on ({', '.join(primary_key)}); ON CONFLICT needs one")
+    return TableInfo(oid=oid, columns=columns, primary_key=primary_key, timestamp_column=timestamp)
+
+
+def check_cascades(conn: Connection, info: TableInfo, settings: ArchiveSettings) -> None:
+    """Refuse a table that others reference with ON DELETE CASCADE: deleting its rows would delete theirs."""
+    if settings.mode == "Copy" or settings.allow_cascade:
+        return
+    references = conn.execute(_CASCADING_REFERENCES, (info.oid,)).fetchall()
+    if references:
+        listed = ", ".join(f"{r[0]} ({r[1]})" for r in references)
+        raise ForeignKeyBlocked(
+            f"{settings.relation} is referenced with ON DELETE CASCADE by {listed}: archiving would delete their "
+            "rows without archiving them. Archive those tables first, or set spec.allowCascade: true"
+        )

@@ -1,0 +1,210 @@
+"""Bringing archived rows back: verify each object, stage it, INSERT ... ON CONFLICT DO NOTHING.
+
+The manifests in storage are the source of truth (the ledger may be gone with its database): they
+carry every column's PostgreSQL type, so each value is cast back exactly. Rows brought back into the
+source table are put on hold (cellar.archive_holds) so the next run does not archive them again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+from psycopg import sql
+
+from common.errors import InvalidSpec, PermanentError
+from common.storage import ObjectStore
+from jobs.archive.archiver import Connection, ObjectLayout, read_verified, table_name
+from jobs.archive.encoding import table_to_copy_csv
+from jobs.archive.settings import ArchiveSettings
+from jobs.archive.table import Column, TableInfo
+
+log = logging.getLogger(__name__)
+_SAFE_TYPE = set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ ,()."[]')
+
+
+@dataclass
+class UnarchiveResult:
+    objects: int = 0
+    rows_read: int = 0
+    rows_inserted: int = 0
+    rows_in_range: int = 0
+
+
+def _checked_type(pg_type: str, key: str) -> sql.SQL:
+    # Types come from manifests in the bucket: refuse anything that is not a type name before using it as SQL.
+    if not pg_type or not set(pg_type) <= _SAFE_TYPE or ";" in pg_type or "--" in pg_type:
+        raise PermanentError(
+            f"manifest {key}: column type {pg_type!r} is not a PostgreSQL type name", reason="InvalidManifest"
+        )
+    return sql.SQL(pg_type)
+
+
+def manifests_in_range(
+    store: ObjectStore, settings: ArchiveSettings, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    layout = ObjectLayout(store, settings)
+    chosen = []
+    for listed in store.list_objects(layout.manifest_prefix):
+        manifest = json.loads(store.get_bytes(listed["Key"]))
+        low, high = manifest.get("minTimestamp"), manifest.get("maxTimestamp")
+        if low is None or high is None:
+            continue
+        low_at, high_at = _aware(low), _aware(high)
+        if low_at < end and high_at >= start:
+            manifest["manifestKey"] = listed["Key"]
+            chosen.append(manifest)
+    return sorted(chosen, key=lambda m: (m["minTimestamp"], m["objectKey"]))
+
+
+def _aware(text: str) -> datetime:
+    from datetime import UTC
+
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def prepare_target(conn: Connection, settings: ArchiveSettings, into: str, side_table: str | None) -> sql.Composed:
+    if into == "source":
+        return table_name(settings)
+    name = side_table or f"{settings.table}_unarchived"
+    target = sql.SQL("{}.{}").format(sql.Identifier(settings.schema), sql.Identifier(name))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)").format(target, table_name(settings)))
+    return target
+
+
+def unarchive(
+    conn: Connection,
+    store: ObjectStore,
+    settings: ArchiveSettings,
+    info: TableInfo,
+    start: datetime,
+    end: datetime,
+    *,
+    into: str = "side",
+    side_table: str | None = None,
+    hold: bool = True,
+) -> UnarchiveResult:
+    """Load rows with start <= timestamp < end back; idempotent, one transaction per object."""
+    if into not in ("side", "source"):
+        raise InvalidSpec(f"--into must be side or source, not {into!r}")
+    result = UnarchiveResult()
+    target = prepare_target(conn, settings, into, side_table)
+    conn.commit()
+    for manifest in manifests_in_range(store, settings, start, end):
+        columns = _manifest_columns(manifest, info)
+        table = read_verified(store, manifest, columns)
+        inserted, in_range = _load(
+            conn, settings, info, manifest, columns, table, target, start, end, hold=hold and into == "source"
+        )
+        conn.execute(
+            "UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (manifest["objectKey"],)
+        )
+        conn.commit()
+        result.objects += 1
+        result.rows_read += table.num_rows
+        result.rows_inserted += inserted
+        result.rows_in_range += in_range
+        log.info(
+            "object unarchived",
+            extra={"key": manifest["objectKey"], "rows": table.num_rows, "in_range": in_range, "inserted": inserted},
+        )
+    return result
+
+
+def _manifest_columns(manifest: dict[str, Any], info: TableInfo) -> list[Column]:
+    by_name = {c.name: c for c in info.columns}
+    columns = []
+    for described in manifest["columns"]:
+        column = by_name.get(described["name"])
+        if column is None:
+            raise PermanentError(
+                f"{manifest['objectKey']}: column {described['name']!r} no longer exists in "
+                f"{manifest['relation']['schema']}.{manifest['relation']['table']}",
+                reason="SchemaMismatch",
+            )
+        columns.append(
+            Column(
+                column.name,
+                described["type"],
+                column.base,
+                column.is_array,
+                column.numeric_precision,
+                column.numeric_scale,
+            )
+        )
+    return columns
+
+
+def _load(
+    conn: Connection,
+    settings: ArchiveSettings,
+    info: TableInfo,
+    manifest: dict[str, Any],
+    columns: list[Column],
+    table: pa.Table,
+    target: sql.Composed,
+    start: datetime,
+    end: datetime,
+    *,
+    hold: bool,
+) -> tuple[int, int]:
+    key = manifest["objectKey"]
+    staging_columns = []
+    conversions = []
+    for column in columns:
+        name = sql.Identifier(column.name)
+        pg_type = _checked_type(column.pg_type, key)
+        if column.is_array:
+            staging_columns.append(sql.SQL("{} jsonb").format(name))
+            conversions.append(
+                sql.SQL(
+                    "CASE WHEN s.{0} IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(s.{0}))::{1} END"
+                ).format(name, pg_type)
+            )
+        else:
+            staging_columns.append(sql.SQL("{} {}").format(name, pg_type))
+            conversions.append(sql.SQL("s.{}").format(name))
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE cellar_staging ({}) ON COMMIT DROP").format(sql.SQL(", ").join(staging_columns))
+    )
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(sql.SQL("COPY cellar_staging ({}) FROM STDIN (FORMAT csv)").format(names)) as copy,
+    ):
+        copy.write(table_to_copy_csv(table.select([c.name for c in columns])))
+    staged = conn.execute("SELECT count(*) FROM cellar_staging").fetchone()
+    if not staged or int(str(staged[0])) != manifest["rows"]:
+        raise PermanentError(
+            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {manifest['rows']}",
+            reason="VerificationFailed",
+        )
+    ts = sql.Identifier(info.timestamp_column.name)
+    in_range_condition = sql.SQL("s.{} >= {} AND s.{} < {}").format(ts, sql.Literal(start), ts, sql.Literal(end))
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
+    in_range = conn.execute(
+        sql.SQL("SELECT count(*) FROM cellar_staging s WHERE {}").format(in_range_condition)
+    ).fetchone()
+    cursor = conn.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM cellar_staging s WHERE {} ON CONFLICT ({}) DO NOTHING").format(
+            target, names, sql.SQL(", ").join(conversions), in_range_condition, keys
+        )
+    )
+    inserted = cursor.rowcount
+    if hold:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO cellar.archive_holds (relation, key) SELECT {}, ROW({})::text FROM cellar_staging s "
+                "WHERE {} ON CONFLICT DO NOTHING"
+            ).format(
+                sql.Literal(settings.relation),
+                sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in info.primary_key),
+                in_range_condition,
+            )
+        )
+    return inserted, int(str(in_range[0])) if in_range else 0
