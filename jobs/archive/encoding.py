@@ -87,6 +87,8 @@ def _csv_read_type(column: Column) -> Any:
 def csv_to_table(data: bytes, columns: Sequence[Column]) -> pa.Table:
     """Parse `COPY ... (FORMAT csv)` output into an Arrow table typed after `columns`."""
     names = [c.name for c in columns]
+    if not data:
+        return schema_for(columns).empty_table()
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),

@@ -1,0 +1,63 @@
+"""Shared set-up for the archive job's integration tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pyarrow.parquet as pq
+
+from tests.integration.backup_helpers import _dsn
+
+
+def dsn(database: dict[str, Any]) -> str:
+    return _dsn(database)
+
+
+def setup_archive(
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    create_secret: Callable[[str, dict[str, str]], None],
+    create_resource: Callable[..., Any],
+    table: str = "orders",
+    name: str = "orders",
+    **spec: Any,
+) -> dict[str, Any]:
+    create_secret("cellar-database", database)
+    body = {
+        "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+        "storage": storage_spec,
+        "table": {"schema": "public", "name": table},
+        "timestampColumn": "created_at",
+        "olderThan": "30d",
+        **spec,
+    }
+    return dict(create_resource("TableArchive", {"metadata": {"name": name}, "spec": body}))
+
+
+def run_archive_job(kubeconfig: Any, namespace: str, *args: str, name: str = "orders") -> int:
+    from jobs.archive.__main__ import main
+
+    return main([*args, "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", name])
+
+
+def archived_objects(s3_admin: Any, bucket: str, relation: str = "public.orders") -> dict[str, Any]:
+    """Every data object of a table in storage, read with pyarrow: key -> table."""
+    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix=f"test/{relation}/").get("Contents", [])
+    return {
+        o["Key"]: pq.read_table(io.BytesIO(s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
+        for o in listing
+    }
+
+
+def manifests(s3_admin: Any, bucket: str, relation: str = "public.orders") -> list[dict[str, Any]]:
+    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix=f"test/_cellar_manifests/{relation}/").get("Contents", [])
+    return [json.loads(s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listing]
+
+
+def ids_in_table(database: dict[str, Any], table: str = "orders") -> set[int]:
+    with psycopg.connect(dsn(database)) as conn:
+        return {int(r[0]) for r in conn.execute(f'SELECT id FROM "{table}"')}

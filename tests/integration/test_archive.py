@@ -1,0 +1,338 @@
+"""The archive job against the real servers, run with its restricted ServiceAccount."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+
+from tests.harness.stack import LocalStack
+from tests.integration.archive_helpers import (
+    archived_objects,
+    dsn,
+    ids_in_table,
+    manifests,
+    run_archive_job,
+    setup_archive,
+)
+from tests.integration.backup_helpers import conditions, get_status
+
+TYPES_TABLE = r"""
+CREATE TYPE status AS ENUM ('new', 'paid', 'shipped');
+CREATE TABLE orders (
+    id bigint PRIMARY KEY, created_at timestamptz NOT NULL,
+    small smallint, normal integer, num numeric, money numeric(12, 4), r real, d double precision,
+    t text, v varchar(30), flag boolean, day date, local_ts timestamp, ref uuid, j json, jb jsonb, raw bytea,
+    ints integer[], words text[], amounts numeric[], state status
+);
+INSERT INTO orders
+SELECT g, timestamptz '2024-03-01 10:00:00.123456+00' + g * interval '7 hours 13 minutes',
+       (g % 300)::smallint, g * 1000, (g::numeric / 7) ^ 2, round(g / 3.0, 4), g / 3.0, g / 7.0,
+       'text ' || g || E' with "quotes", commas,\nnewlines and ünïcödé', left(md5(g::text), 30), g % 2 = 0,
+       date '2020-01-01' + g, timestamp '2021-06-01 12:00:00.000001' + g * interval '1 second',
+       md5(g::text)::uuid, json_build_object('g', g, 'list', json_build_array(1, 'two', null)),
+       jsonb_build_object('g', g, 'nested', jsonb_build_object('deep', true)),
+       decode(md5(g::text), 'hex') || '\x00'::bytea,
+       ARRAY[g, NULL, -g], ARRAY['a', NULL, 'b,c', 'd"e'], ARRAY[1.5, NULL, g / 3.0],
+       (ARRAY['new', 'paid', 'shipped'])[1 + g % 3]::status
+FROM generate_series(1, 300) g;
+INSERT INTO orders (id, created_at) VALUES (1000, '2024-01-01 00:00:00+00');  -- a row of NULLs
+INSERT INTO orders (id, created_at, t, r, d) VALUES (1001, '2024-01-02 00:00:00+00', '', 'NaN', '-Infinity');
+INSERT INTO orders (id, created_at, t)
+  SELECT 5000 + g, now() - g * interval '1 day', 'recent' FROM generate_series(1, 5) g;
+"""
+
+
+def _rows_as_text(conn_dsn: str, table: str) -> list[str]:
+    with psycopg.connect(conn_dsn) as conn:
+        return [r[0] for r in conn.execute(f"SELECT x::text FROM {table} x ORDER BY id")]
+
+
+@pytest.fixture
+def archive_env(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "database": database,
+        "storage_spec": storage_spec,
+        "create_secret": create_secret,
+        "create_resource": create_resource,
+        "kubeconfig": job_kubeconfig("archive"),
+    }
+
+
+def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
+    stack: LocalStack,
+    archive_env: dict[str, Any],
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+) -> None:
+    database, namespace = archive_env["database"], archive_env["namespace"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute(TYPES_TABLE)
+    before = _rows_as_text(dsn(database), "orders")
+    setup_archive(
+        database,
+        archive_env["storage_spec"],
+        archive_env["create_secret"],
+        archive_env["create_resource"],
+        batch={"rows": 100},
+    )
+    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+
+    assert ids_in_table(database) == {5001, 5002, 5003, 5004, 5005}  # only the recent rows stay
+    status = get_status(admin_api, namespace, "tablearchives", "orders")
+    assert conditions(status)["ArchiveSucceeded"]["reason"] == "Completed"
+    assert conditions(status)["Ready"]["status"] == "True"
+    assert status["lastRun"]["rows"] == 302
+    assert status["totals"]["rows"] == 302
+    assert status["oldestRowTime"] is not None
+
+    objects = archived_objects(s3_admin, bucket)
+    assert all("/dt=20" in key and key.endswith(".parquet") for key in objects)
+    schema = next(iter(objects.values())).schema
+    assert schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("local_ts").type == pa.timestamp("us")
+    assert schema.field("money").type == pa.decimal128(12, 4)
+    assert schema.field("num").type == pa.string()  # unconstrained numeric: exact text
+    assert schema.field("ints").type == pa.list_(pa.int32())
+    assert schema.field("raw").type == pa.binary()
+    assert sum(t.num_rows for t in objects.values()) == 302
+    described = manifests(s3_admin, bucket)
+    assert {c["name"]: c["type"] for c in described[0]["columns"]}["money"] == "numeric(12,4)"
+    assert all(m["sha256"] and m["rows"] for m in described)
+
+    # DuckDB reads the very bytes cellar wrote (copied as they are), partitions included.
+    duck = duckdb.connect()
+    local = Path(archive_env["kubeconfig"]).parent / "lake"
+    for key in objects:
+        target = local / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(s3_admin.get_object(Bucket=bucket, Key=key)["Body"].read())
+    files = f"{local}/test/public.orders/*/*.parquet"
+    count, total, first = duck.execute(
+        f"SELECT count(*), sum(money), min(created_at)::text FROM read_parquet('{files}', hive_partitioning = true)"
+    ).fetchone()
+    assert count == 302
+    assert str(total) == str(
+        sum(t.column("money").to_pylist()[i] or 0 for t in objects.values() for i in range(t.num_rows))
+    )
+    assert str(first).startswith("2024-01-01 00:00:00")
+
+    # Bring everything back into a side table: every value equal.
+    assert (
+        run_archive_job(archive_env["kubeconfig"], namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01")
+        == 0
+    )
+    restored = _rows_as_text(dsn(database), "orders_unarchived")
+    assert restored == [row for row in before if not row.startswith(("(5001,", "(5002,", "(5003,", "(5004,", "(5005,"))]
+    # Idempotent: again inserts nothing.
+    assert (
+        run_archive_job(archive_env["kubeconfig"], namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01")
+        == 0
+    )
+    assert get_status(admin_api, namespace, "tablearchives", "orders")["lastUnarchive"]["rows"] == 0
+    assert _rows_as_text(dsn(database), "orders_unarchived") == restored
+
+
+SIMPLE_TABLE = """
+CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text);
+INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old ' || g
+FROM generate_series(1, {old}) g;
+INSERT INTO orders SELECT 1000000 + g, now(), 'new' FROM generate_series(1, 10) g;
+"""
+
+
+def _simple(archive_env: dict[str, Any], old: int = 2000, **spec: Any) -> dict[str, Any]:
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute(SIMPLE_TABLE.format(old=old))
+    return setup_archive(
+        database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"], **spec
+    )
+
+
+def test_unarchive_into_the_source_is_not_archived_again(archive_env: dict[str, Any], admin_api: Any) -> None:
+    _simple(archive_env, old=500)
+    database, namespace, kubeconfig = archive_env["database"], archive_env["namespace"], archive_env["kubeconfig"]
+    assert run_archive_job(kubeconfig, namespace) == 0
+    assert len(ids_in_table(database)) == 10
+    assert (
+        run_archive_job(
+            kubeconfig, namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01", "--into", "source"
+        )
+        == 0
+    )
+    assert len(ids_in_table(database)) == 510
+    assert run_archive_job(kubeconfig, namespace) == 0
+    assert len(ids_in_table(database)) == 510
+    assert conditions(get_status(admin_api, namespace, "tablearchives", "orders"))["ArchiveSucceeded"]["reason"] == (
+        "NothingToArchive"
+    )
+
+
+def test_rows_locked_by_the_application_are_skipped_then_archived_later(archive_env: dict[str, Any]) -> None:
+    _simple(archive_env, old=300, batch={"rows": 50})
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database)) as application:
+        application.execute("SELECT * FROM orders WHERE id BETWEEN 1 AND 20 FOR UPDATE")  # an open transaction
+        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert ids_in_table(database) == set(range(1, 21)) | {1000000 + g for g in range(1, 11)}
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert ids_in_table(database) == {1000000 + g for g in range(1, 11)}
+
+
+def test_two_runs_at_once_one_archives_one_skips(
+    archive_env: dict[str, Any], admin_api: Any, bucket: str, s3_admin: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _simple(archive_env, old=300)
+    namespace, kubeconfig = archive_env["namespace"], archive_env["kubeconfig"]
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.archive",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            namespace,
+            "--name",
+            "orders",
+        ],
+        cwd=REPO,
+        env={**os.environ, "CELLAR_FAILPOINTS": "archive.before-commit"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.strip() == "FAILPOINT archive.before-commit":
+            break
+    try:
+        assert run_archive_job(kubeconfig, namespace) == 0  # the second run skips: exit 0
+        status = get_status(admin_api, namespace, "tablearchives", "orders")
+        assert status["lastSkipped"]["reason"] == "LockHeld"
+        assert conditions(status)["Progressing"]["status"] == "True"  # the first run's, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert len(ids_in_table(archive_env["database"])) == 310  # the killed batch rolled back
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(
+    archive_env: dict[str, Any], admin_api: Any, bucket: str, s3_admin: Any
+) -> None:
+    _simple(archive_env, old=200, dryRun=True)
+    database = archive_env["database"]
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert len(ids_in_table(database)) == 210
+    assert s3_admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    with psycopg.connect(dsn(database)) as conn:
+        assert conn.execute("SELECT to_regnamespace('cellar')").fetchone() == (None,)
+    succeeded = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))[
+        "ArchiveSucceeded"
+    ]
+    assert succeeded["reason"] == "DryRunCompleted"
+    assert "dry run: 200 rows" in succeeded["message"]
+    assert "LockRows" in succeeded["message"]
+
+
+def test_a_table_referenced_with_on_delete_cascade_is_refused(archive_env: dict[str, Any], admin_api: Any) -> None:
+    _simple(archive_env, old=50)
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE order_lines (id int PRIMARY KEY, order_id bigint REFERENCES orders(id) ON DELETE CASCADE)"
+        )
+        conn.execute("INSERT INTO order_lines VALUES (1, 1)")
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 3
+    ready = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["Ready"]
+    assert ready["reason"] == "ForeignKeyBlocked"
+    assert "public.order_lines (order_lines_order_id_fkey)" in ready["message"]
+    assert len(ids_in_table(database)) == 60
+
+
+def test_a_malicious_table_name_is_quoted_not_executed(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
+    database = archive_env["database"]
+    evil = 'orders"; DROP TABLE victims; --'
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE victims (id int)")
+        conn.execute(
+            psycopg.sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, created_at timestamptz)").format(
+                psycopg.sql.Identifier(evil)
+            )
+        )
+        conn.execute(
+            psycopg.sql.SQL("INSERT INTO {} SELECT g, now() - interval '1 year' FROM generate_series(1, 10) g").format(
+                psycopg.sql.Identifier(evil)
+            )
+        )
+    setup_archive(
+        database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"], table=evil
+    )
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    with psycopg.connect(dsn(database)) as conn:
+        assert conn.execute("SELECT to_regclass('victims') IS NOT NULL").fetchone() == (True,)
+        remaining = conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(evil))
+        ).fetchone()
+    assert remaining == (0,)
+    assert sum(t.num_rows for t in archived_objects(s3_admin, bucket, f"public.{evil}").values()) == 10
+
+
+def test_copy_mode_keeps_rows_and_archives_each_once(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
+    _simple(archive_env, old=250, mode="Copy", batch={"rows": 100})
+    database, namespace, kubeconfig = archive_env["database"], archive_env["namespace"], archive_env["kubeconfig"]
+    assert run_archive_job(kubeconfig, namespace) == 0
+    assert run_archive_job(kubeconfig, namespace) == 0  # nothing new: nothing archived twice
+    assert len(ids_in_table(database)) == 260
+    ids = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    assert sorted(ids) == list(range(1, 251))
+
+
+def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
+    import gzip
+
+    _simple(archive_env, old=30, format="CSVGzip", partitioning="Monthly")
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix="test/public.orders/")["Contents"]
+    assert all(o["Key"].endswith(".csv.gz") and "/dt=" in o["Key"] for o in listing)
+    text = b"".join(
+        gzip.decompress(s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listing
+    ).decode()
+    assert text.count("old ") == 30
+    assert (
+        run_archive_job(
+            archive_env["kubeconfig"],
+            archive_env["namespace"],
+            "unarchive",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+        )
+        == 0
+    )
+    assert len(ids_in_table(archive_env["database"], "orders_unarchived")) == 30
+
