@@ -16,6 +16,7 @@ from psycopg import sql
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.archiver import Connection, ObjectLayout, read_verified, table_name
+from jobs.archive.encoding import decode
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
 
@@ -40,22 +41,40 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
     return int(str(row[0])) if row else 0
 
 
+def _leftover_rows(
+    store: ObjectStore, settings: ArchiveSettings, info: TableInfo, key: str, manifest_key: str | None
+) -> pa.Table:
+    """A leftover's rows: checked against its manifest when the run got that far, else read as they are
+    (a run killed between the object and its manifest leaves an object that is still self-describing)."""
+    if manifest_key is not None:
+        return read_verified(store, json.loads(store.get_bytes(manifest_key)), info.columns)
+    return decode(store.get_bytes(key), settings.format, info.columns)
+
+
 def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSettings, info: TableInfo) -> list[str]:
-    """Delete objects (and their manifests) that no ledger row describes and whose rows are all safe."""
+    """Delete objects (and their manifests) that no ledger row describes and whose rows are all safe.
+
+    Runs with the table's archive lock held, so no batch of another run is in flight.
+    """
     layout = ObjectLayout(store, settings)
     recorded = ledger.recorded_keys(conn, settings.relation)
     conn.rollback()
-    deleted: list[str] = []
     manifests = {o["Key"] for o in store.list_objects(layout.manifest_prefix)}
+    recorded_manifests = {layout.manifest_key(_stem(k)) for k in recorded}
+    deleted: list[str] = []
+    data_stems = set()
     for listed in list(store.list_objects(layout.data_prefix)):
         key = listed["Key"]
+        data_stems.add(_stem(key))
         if key in recorded:
             continue
-        name = key.rsplit("/", 1)[1].rsplit(".", 2 if key.endswith(".csv.gz") else 1)[0]
-        manifest_key = layout.manifest_key(name)
-        if settings.mode == "Move" and manifest_key in manifests:
-            manifest = json.loads(store.get_bytes(manifest_key))
-            table = read_verified(store, manifest, info.columns)
+        manifest_key = layout.manifest_key(_stem(key))
+        if settings.mode == "Move":
+            try:
+                table = _leftover_rows(store, settings, info, key, manifest_key if manifest_key in manifests else None)
+            except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)
+                log.error("unreadable leftover object: left in place", extra={"key": key, "error": str(exc)})
+                continue
             present = rows_still_in_table(conn, settings, info, table)
             conn.rollback()
             if present != table.num_rows:
@@ -64,23 +83,22 @@ def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSetti
                     extra={"key": key, "rows": table.num_rows, "in_table": present},
                 )
                 continue
-        elif settings.mode == "Move":
-            log.error("leftover object without a manifest: left in place", extra={"key": key})
-            continue
         store.delete(key)
         deleted.append(key)
         if manifest_key in manifests:
             store.delete(manifest_key)
             manifests.discard(manifest_key)
-    recorded_manifests = {
-        k for k in manifests if any(k.endswith(r.rsplit("/", 1)[1].rsplit(".", 1)[0] + ".json") for r in recorded)
-    }
     for orphan in manifests - recorded_manifests:
-        data_names = {o["Key"].rsplit("/", 1)[1] for o in store.list_objects(layout.data_prefix)}
-        stem = orphan.rsplit("/", 1)[1].removesuffix(".json")
-        if not any(n.startswith(stem) for n in data_names):
-            store.delete(orphan)  # a manifest whose object was already cleaned up
+        if _stem(orphan) not in data_stems:  # a manifest whose object is already gone
+            store.delete(orphan)
             deleted.append(orphan)
     if deleted:
         log.info("cleaned up leftovers of crashed runs", extra={"keys": deleted})
     return deleted
+
+
+def _stem(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    for suffix in (".parquet", ".csv.gz", ".json"):
+        name = name.removesuffix(suffix)
+    return name

@@ -46,15 +46,21 @@ def run_archive_job(kubeconfig: Any, namespace: str, *args: str, name: str = "or
 
 def archived_objects(s3_admin: Any, bucket: str, relation: str = "public.orders") -> dict[str, Any]:
     """Every data object of a table in storage, read with pyarrow: key -> table."""
-    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix=f"test/{relation}/").get("Contents", [])
+    listing = list_all(s3_admin, bucket, f"test/{relation}/")
     return {
         o["Key"]: pq.read_table(io.BytesIO(s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()))
         for o in listing
     }
 
 
+def list_all(s3_admin: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under a prefix (a single ListObjectsV2 call stops at 1,000)."""
+    pages = s3_admin.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o for page in pages for o in page.get("Contents", [])]
+
+
 def manifests(s3_admin: Any, bucket: str, relation: str = "public.orders") -> list[dict[str, Any]]:
-    listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix=f"test/_cellar_manifests/{relation}/").get("Contents", [])
+    listing = list_all(s3_admin, bucket, f"test/_cellar_manifests/{relation}/")
     return [json.loads(s3_admin.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()) for o in listing]
 
 

@@ -335,4 +335,3 @@ def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any
         == 0
     )
     assert len(ids_in_table(archive_env["database"], "orders_unarchived")) == 30
-

@@ -1,0 +1,134 @@
+"""The archiver's guarantee under crashes: killed (SIGKILL) at random points, over and over, on a live
+table, then run to completion. Every original row ends in the table or in exactly one archived object."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.conftest import REPO
+from tests.harness.stack import LocalStack
+from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
+
+OLD_ROWS = 60000
+KILLS = 20
+
+
+class LiveTraffic(threading.Thread):
+    """An application writing to the table meanwhile: new rows, and short transactions on old ones."""
+
+    def __init__(self, conn_dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.conn_dsn = conn_dsn
+        self.stop = threading.Event()
+        self.inserted = 0
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        with psycopg.connect(self.conn_dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                self.inserted += 1
+                conn.execute("INSERT INTO orders VALUES (%s, now(), 'live')", (10_000_000 + self.inserted,))
+                with conn.transaction():
+                    conn.execute("UPDATE orders SET note = note || '+' WHERE id = %s", (rng.randint(1, OLD_ROWS),))
+                    time.sleep(0.005)  # hold the row lock a moment: the archiver must skip it, not wait
+                time.sleep(0.005)
+
+
+def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
+            f"FROM generate_series(1, {OLD_ROWS}) g"
+        )
+    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
+    kubeconfig = job_kubeconfig("archive")
+    traffic = LiveTraffic(dsn(database))
+    traffic.start()
+    rng = random.Random(20261122)
+    outcomes = collections.Counter()
+    try:
+        for attempt in range(KILLS):
+            at_commit = attempt % 4 == 0  # every fourth kill lands exactly between upload and COMMIT
+            env = {
+                **os.environ,
+                "CELLAR_TERMINATION_LOG": "/nonexistent/x",
+                "CELLAR_FAILPOINTS": "archive.before-commit" if at_commit else "",
+            }
+            job = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "jobs.archive",
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "--namespace",
+                    namespace,
+                    "--name",
+                    "orders",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            if at_commit:
+                assert job.stdout is not None
+                for line in job.stdout:
+                    if line.strip() == "FAILPOINT archive.before-commit":
+                        break
+            else:
+                time.sleep(rng.uniform(0.9, 1.8))
+            job.send_signal(signal.SIGKILL)
+            job.wait()
+            outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
+        assert run_archive_job(kubeconfig, namespace) == 0  # to completion
+    finally:
+        traffic.stop.set()
+        traffic.join()
+    print(f"outcomes over {KILLS} runs: {dict(outcomes)}; live rows inserted meanwhile: {traffic.inserted}")
+    assert outcomes["killed"] >= KILLS // 2, outcomes
+
+    in_table = ids_in_table(database)
+    archived = collections.Counter(
+        i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()
+    )
+    twice = {i for i, n in archived.items() if n > 1}
+    both = in_table & set(archived)
+    lost = set(range(1, OLD_ROWS + 1)) - in_table - set(archived)
+    print(
+        f"old rows archived: {len([i for i in archived if i <= OLD_ROWS])}, still in table: "
+        f"{len([i for i in in_table if i <= OLD_ROWS])}"
+    )
+    assert not lost, f"{len(lost)} rows lost"
+    assert not twice, f"{len(twice)} rows archived twice"
+    assert not both, f"{len(both)} rows both archived and still in the table"
+    assert {i for i in in_table if i <= OLD_ROWS} == set(), "the final run archives every old row"
+    assert all(i > 10_000_000 for i in in_table)  # only live, recent rows remain
+    with psycopg.connect(dsn(database)) as conn:
+        recorded = {r[0] for r in conn.execute("SELECT object_key FROM cellar.archive_ledger")}
+    assert recorded == set(archived_objects(s3_admin, bucket)), "every object in storage has a ledger row"
