@@ -16,7 +16,6 @@ It starts its own kube-apiserver, PostgreSQL and MinIO (tests/harness), as the t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import boto3
 import psycopg
 from kubernetes import client
 
-from tests.harness.cluster import REPO, admin_client, install_crds, service_account_kubeconfig
+from benchmarks.measure import run_measured
+from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 AWSCLI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellar" / "awscli-venv"
@@ -46,29 +46,8 @@ class Measurement:
 
 
 def measure(name: str, argv: list[str], env: dict[str, str], stored: Any) -> Measurement:
-    """Run `argv` in a fresh wrapper process, so its rusage covers exactly this variant's processes."""
-    wrapper = (
-        "import json, resource, subprocess, sys, time\n"
-        "start = time.perf_counter()\n"
-        "code = subprocess.run(json.loads(sys.argv[1])).returncode\n"
-        "wall = time.perf_counter() - start\n"
-        "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps({'code': code, 'wall': wall, 'cpu': usage.ru_utime + usage.ru_stime,"
-        " 'maxrss_kb': usage.ru_maxrss}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", wrapper, json.dumps(argv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "{}"
-    figures = json.loads(last)
-    if figures.get("code") != 0:
-        raise SystemExit(f"{name} failed: {result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return Measurement(name, figures["wall"], figures["cpu"], figures["maxrss_kb"] / 1024, stored() / 1024**2)
+    run = run_measured(name, argv, env)
+    return Measurement(name, run.wall, run.cpu, run.peak_rss_mb, stored() / 1024**2)
 
 
 def ensure_awscli() -> Path:

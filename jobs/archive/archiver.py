@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,13 +34,27 @@ from common.failpoints import failpoint
 from common.runtime import Interrupts
 from common.storage import ObjectStore, translate_storage_error
 from jobs.archive import ledger
-from jobs.archive.encoding import csv_to_table, decode, encode, key_range, select_list
+from jobs.archive.encoding import arrow_type, csv_to_table, decode, encode, key_range, select_list
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[object, ...]]
 MANIFEST_FORMAT_VERSION = 1
+UPLOAD_CONCURRENCY = 8
+
+
+def object_name(batch_id: str, number: int) -> str:
+    return f"part-{batch_id}-{number:03d}"
+
+
+def batch_of(object_key: str) -> str | None:
+    """The batch id in an object's name (part-<batch id>-<n>.<ext>), or None for a foreign object."""
+    name = object_key.rsplit("/", 1)[-1]
+    if not name.startswith("part-"):
+        return None
+    stem = name.removeprefix("part-").split(".", 1)[0]
+    return stem.rsplit("-", 1)[0] or None
 
 
 class VerificationFailed(PermanentError):
@@ -173,6 +188,7 @@ class BatchResult:
     rows: int = 0
     bytes: int = 0
     objects: int = 0
+    transaction_seconds: float = 0.0
 
 
 @dataclass
@@ -180,6 +196,7 @@ class RunTotals:
     rows: int = 0
     bytes: int = 0
     batches: int = 0
+    longest_transaction_seconds: float = 0.0
     objects: list[str] = field(default_factory=list)
 
 
@@ -207,9 +224,17 @@ class Archiver:
         self.batch_rows = settings.batch_rows
         self.watermark = ledger.copy_watermark(conn, settings.relation) if settings.mode == "Copy" else None
         conn.rollback()
+        # A batch's objects (one per partition) upload side by side while its transaction is open.
+        self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="archive-upload")
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
+        try:
+            return self._run()
+        finally:
+            self._uploads.shutdown(wait=True)
+
+    def _run(self) -> tuple[RunTotals, str]:
         totals = RunTotals()
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         while True:
@@ -218,6 +243,7 @@ class Archiver:
             totals.rows += result.rows
             totals.bytes += result.bytes
             totals.batches += 1 if result.rows else 0
+            totals.longest_transaction_seconds = max(totals.longest_transaction_seconds, result.transaction_seconds)
             self.on_progress(totals.rows)
             self.interrupts.check()  # SIGTERM during the batch: it finished (or rolled back); stop here
             if result.rows == 0:
@@ -235,6 +261,7 @@ class Archiver:
     def batch(self) -> BatchResult:
         batch_id = str(uuid.uuid4())
         statement = batch_statement(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark)
+        began = time.monotonic()
         try:
             sql_settings(self.conn, self.settings)
             with self.conn.cursor() as cursor, cursor.copy(statement) as copy:
@@ -244,12 +271,9 @@ class Archiver:
                 self.conn.rollback()
                 return BatchResult()
             result = BatchResult(rows=table.num_rows)
-            entries = []
-            for number, (partition, part) in enumerate(self._pieces(table)):
-                entry = self._publish(batch_id, number, partition, part)
-                entries.append(entry)
-                result.bytes += entry.bytes
-                result.objects += 1
+            entries = self._publish_batch(batch_id, self._pieces(table))
+            result.bytes = sum(e.bytes for e in entries)
+            result.objects = len(entries)
             for entry in entries:
                 ledger.record(
                     self.conn,
@@ -264,12 +288,19 @@ class Archiver:
             self._rollback()
             raise
         self._commit(batch_id)
+        result.transaction_seconds = time.monotonic() - began
         if self.settings.mode == "Copy":
             self.watermark = json.loads(entries[-1].last_row or "null")
         self._adapt_batch_size(len(data))
         log.info(
             "batch committed",
-            extra={"batch_id": batch_id, "rows": result.rows, "bytes": result.bytes, "objects": result.objects},
+            extra={
+                "batch_id": batch_id,
+                "rows": result.rows,
+                "bytes": result.bytes,
+                "objects": result.objects,
+                "transaction_seconds": round(result.transaction_seconds, 4),
+            },
         )
         return result
 
@@ -284,12 +315,44 @@ class Archiver:
         if raw_bytes > self.settings.batch_max_bytes and self.batch_rows > 1:
             self.batch_rows = max(1, int(self.batch_rows * self.settings.batch_max_bytes / raw_bytes))
 
-    def _publish(self, batch_id: str, number: int, partition: str | None, table: pa.Table) -> ledger.LedgerEntry:
-        name = f"part-{batch_id}-{number:03d}"
-        key = self.layout.data_key(partition, name)
+    def _publish_batch(self, batch_id: str, pieces: list[tuple[str | None, pa.Table]]) -> list[ledger.LedgerEntry]:
+        """Encode each piece, upload them concurrently (each verified), then write the batch's manifest."""
+        manifest_key = self.layout.manifest_key(batch_id)
+        encoded = [
+            self._encode(batch_id, number, partition, part, manifest_key)
+            for number, (partition, part) in enumerate(pieces)
+        ]
+        uploads = [
+            self._uploads.submit(upload_verified, self.store, entry.object_key, body, entry.sha256)
+            for entry, body, _ in encoded
+        ]
+        for upload in uploads:
+            upload.result()  # the first failure fails the batch; its transaction rolls back
+        manifest = {
+            "formatVersion": MANIFEST_FORMAT_VERSION,
+            "batchId": batch_id,
+            "relation": {"schema": self.settings.schema, "table": self.settings.table},
+            "format": self.settings.format,
+            "compression": "zstd" if self.settings.format == "Parquet" else "gzip",
+            "timestampColumn": self.info.timestamp_column.name,
+            "primaryKey": list(self.info.primary_key),
+            "cutoff": self.cutoff.isoformat(),
+            "runId": self.run_id,
+            "mode": self.settings.mode,
+            "rows": sum(entry.rows for entry, _, _ in encoded),
+            "columns": [{"name": c.name, "type": c.pg_type, "storedAs": str(arrow_type(c))} for c in self.info.columns],
+            "objects": [description for _, _, description in encoded],
+            "createdAt": datetime.now(UTC).isoformat(),
+        }
+        self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
+        return [entry for entry, _, _ in encoded]
+
+    def _encode(
+        self, batch_id: str, number: int, partition: str | None, table: pa.Table, manifest_key: str
+    ) -> tuple[ledger.LedgerEntry, bytes, dict[str, Any]]:
+        key = self.layout.data_key(partition, object_name(batch_id, number))
         body = encode(table, self.settings.format)
         digest = hashlib.sha256(body).hexdigest()
-        upload_verified(self.store, key, body, digest)
         ts_name = self.info.timestamp_column.name
         low, high = key_range(table, ts_name)
         min_key, max_key = key_range(table, self.info.primary_key[0])
@@ -298,35 +361,18 @@ class Archiver:
         last_row = json.dumps(
             {"ts": _jsonable(last[ts_name]), "key": [_jsonable(last[k]) for k in self.info.primary_key]}
         )
-        manifest_key = self.layout.manifest_key(name)
-        manifest = {
-            "formatVersion": MANIFEST_FORMAT_VERSION,
+        description = {
             "objectKey": key,
-            "batchId": batch_id,
-            "relation": {"schema": self.settings.schema, "table": self.settings.table},
+            "partition": partition,
             "rows": table.num_rows,
             "bytes": len(body),
             "sha256": digest,
-            "format": self.settings.format,
-            "compression": "zstd" if self.settings.format == "Parquet" else "gzip",
-            "partition": partition,
-            "timestampColumn": ts_name,
-            "primaryKey": list(self.info.primary_key),
             "minTimestamp": low,
             "maxTimestamp": high,
             "minKey": min_key,
             "maxKey": max_key,
-            "cutoff": self.cutoff.isoformat(),
-            "runId": self.run_id,
-            "mode": self.settings.mode,
-            "columns": [
-                {"name": c.name, "type": c.pg_type, "storedAs": str(table.schema.field(c.name).type)}
-                for c in self.info.columns
-            ],
-            "createdAt": datetime.now(UTC).isoformat(),
         }
-        self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
-        return ledger.LedgerEntry(
+        entry = ledger.LedgerEntry(
             object_key=key,
             batch_id=batch_id,
             manifest_key=manifest_key,
@@ -339,6 +385,7 @@ class Archiver:
             max_key=max_key,
             last_row=last_row,
         )
+        return entry, body, description
 
     def _rollback(self) -> None:
         with contextlib.suppress(psycopg.Error):  # a dead connection: the server rolled back on its own
@@ -394,17 +441,19 @@ def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) 
         )
 
 
-def read_verified(store: ObjectStore, manifest: dict[str, Any], columns: list[Column]) -> pa.Table:
-    """Download an archived object, check its SHA-256 and row count against its manifest, decode it."""
-    body = store.get_bytes(manifest["objectKey"])
+def read_verified(
+    store: ObjectStore, manifest: dict[str, Any], described: dict[str, Any], columns: list[Column]
+) -> pa.Table:
+    """Download one object of a batch, check its SHA-256 and row count against the manifest, decode it."""
+    body = store.get_bytes(described["objectKey"])
     digest = hashlib.sha256(body).hexdigest()
-    if digest != manifest["sha256"]:
+    if digest != described["sha256"]:
         raise VerificationFailed(
-            f"{manifest['objectKey']}: SHA-256 {digest} does not match the manifest's {manifest['sha256']}"
+            f"{described['objectKey']}: SHA-256 {digest} does not match the manifest's {described['sha256']}"
         )
     table = decode(body, manifest["format"], columns)
-    if table.num_rows != manifest["rows"]:
+    if table.num_rows != described["rows"]:
         raise VerificationFailed(
-            f"{manifest['objectKey']}: {table.num_rows} rows, the manifest says {manifest['rows']}"
+            f"{described['objectKey']}: {table.num_rows} rows, the manifest says {described['rows']}"
         )
     return table

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pyarrow as pa
 from psycopg import sql
 
 from common.storage import ObjectStore
 from jobs.archive import ledger
-from jobs.archive.archiver import Connection, ObjectLayout, read_verified, table_name
+from jobs.archive.archiver import Connection, ObjectLayout, batch_of, read_verified, table_name
 from jobs.archive.encoding import decode
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
@@ -42,38 +43,47 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
 
 
 def _leftover_rows(
-    store: ObjectStore, settings: ArchiveSettings, info: TableInfo, key: str, manifest_key: str | None
+    store: ObjectStore, settings: ArchiveSettings, info: TableInfo, key: str, manifest: dict[str, Any] | None
 ) -> pa.Table:
-    """A leftover's rows: checked against its manifest when the run got that far, else read as they are
-    (a run killed between the object and its manifest leaves an object that is still self-describing)."""
-    if manifest_key is not None:
-        return read_verified(store, json.loads(store.get_bytes(manifest_key)), info.columns)
+    """A leftover's rows: checked against its batch's manifest when the run got that far, else read as
+    they are (a run killed between its objects and their manifest leaves self-describing objects)."""
+    described = next((o for o in (manifest or {}).get("objects", []) if o["objectKey"] == key), None)
+    if manifest is not None and described is not None:
+        return read_verified(store, manifest, described, info.columns)
     return decode(store.get_bytes(key), settings.format, info.columns)
 
 
 def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSettings, info: TableInfo) -> list[str]:
-    """Delete objects (and their manifests) that no ledger row describes and whose rows are all safe.
+    """Delete objects that no ledger row describes and whose rows are all still in the table, and
+    manifests of batches that never committed once none of their objects is left.
 
     Runs with the table's archive lock held, so no batch of another run is in flight.
     """
     layout = ObjectLayout(store, settings)
     recorded = ledger.recorded_keys(conn, settings.relation)
     conn.rollback()
-    manifests = {o["Key"] for o in store.list_objects(layout.manifest_prefix)}
-    recorded_manifests = {layout.manifest_key(_stem(k)) for k in recorded}
+    committed_batches = {batch_of(k) for k in recorded}
+    manifest_keys = {o["Key"] for o in store.list_objects(layout.manifest_prefix)}
+    manifests: dict[str, dict[str, Any] | None] = {}
     deleted: list[str] = []
-    data_stems = set()
+    kept_batches: set[str | None] = set()
     for listed in list(store.list_objects(layout.data_prefix)):
         key = listed["Key"]
-        data_stems.add(_stem(key))
+        batch = batch_of(key)
         if key in recorded:
             continue
-        manifest_key = layout.manifest_key(_stem(key))
+        if batch is None:
+            log.warning("object not written by cellar under the archive prefix: left alone", extra={"key": key})
+            continue
         if settings.mode == "Move":
+            manifest_key = layout.manifest_key(batch)
+            if batch not in manifests:
+                manifests[batch] = json.loads(store.get_bytes(manifest_key)) if manifest_key in manifest_keys else None
             try:
-                table = _leftover_rows(store, settings, info, key, manifest_key if manifest_key in manifests else None)
+                table = _leftover_rows(store, settings, info, key, manifests[batch])
             except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)
                 log.error("unreadable leftover object: left in place", extra={"key": key, "error": str(exc)})
+                kept_batches.add(batch)
                 continue
             present = rows_still_in_table(conn, settings, info, table)
             conn.rollback()
@@ -82,23 +92,15 @@ def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSetti
                     "leftover object whose rows are not all in the table: left in place",
                     extra={"key": key, "rows": table.num_rows, "in_table": present},
                 )
+                kept_batches.add(batch)
                 continue
         store.delete(key)
         deleted.append(key)
-        if manifest_key in manifests:
-            store.delete(manifest_key)
-            manifests.discard(manifest_key)
-    for orphan in manifests - recorded_manifests:
-        if _stem(orphan) not in data_stems:  # a manifest whose object is already gone
-            store.delete(orphan)
-            deleted.append(orphan)
+    for manifest_key in manifest_keys:
+        batch = manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
+        if batch not in committed_batches and batch not in kept_batches:
+            store.delete(manifest_key)  # a batch that never committed, and none of its objects is left
+            deleted.append(manifest_key)
     if deleted:
         log.info("cleaned up leftovers of crashed runs", extra={"keys": deleted})
     return deleted
-
-
-def _stem(key: str) -> str:
-    name = key.rsplit("/", 1)[-1]
-    for suffix in (".parquet", ".csv.gz", ".json"):
-        name = name.removesuffix(suffix)
-    return name

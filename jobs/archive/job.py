@@ -137,6 +137,16 @@ class ArchiveJob:
             archiver = Archiver(conn, store, settings, info, cutoff, ctx.run_id, ctx.interrupts, progress.update)
             totals, stopped = archiver.run()
             duration = time.monotonic() - clock
+            log.info(
+                "archive run summary",
+                extra={
+                    "rows": totals.rows,
+                    "batches": totals.batches,
+                    "bytes": totals.bytes,
+                    "seconds": round(duration, 3),
+                    "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
+                },
+            )
             reason = "Completed" if totals.rows else "NothingToArchive"
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "

@@ -44,21 +44,19 @@ def _checked_type(pg_type: str, key: str) -> sql.SQL:
     return sql.SQL(pg_type)
 
 
-def manifests_in_range(
+def objects_in_range(
     store: ObjectStore, settings: ArchiveSettings, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(batch manifest, object) for every archived object whose rows may fall in [start, end)."""
     layout = ObjectLayout(store, settings)
     chosen = []
     for listed in store.list_objects(layout.manifest_prefix):
         manifest = json.loads(store.get_bytes(listed["Key"]))
-        low, high = manifest.get("minTimestamp"), manifest.get("maxTimestamp")
-        if low is None or high is None:
-            continue
-        low_at, high_at = _aware(low), _aware(high)
-        if low_at < end and high_at >= start:
-            manifest["manifestKey"] = listed["Key"]
-            chosen.append(manifest)
-    return sorted(chosen, key=lambda m: (m["minTimestamp"], m["objectKey"]))
+        for described in manifest.get("objects", []):
+            low, high = described.get("minTimestamp"), described.get("maxTimestamp")
+            if low is not None and high is not None and _aware(low) < end and _aware(high) >= start:
+                chosen.append((manifest, described))
+    return sorted(chosen, key=lambda item: (item[1]["minTimestamp"], item[1]["objectKey"]))
 
 
 def _aware(text: str) -> datetime:
@@ -95,35 +93,33 @@ def unarchive(
     result = UnarchiveResult()
     target = prepare_target(conn, settings, into, side_table)
     conn.commit()
-    for manifest in manifests_in_range(store, settings, start, end):
-        columns = _manifest_columns(manifest, info)
-        table = read_verified(store, manifest, columns)
+    for manifest, described in objects_in_range(store, settings, start, end):
+        key = described["objectKey"]
+        columns = _manifest_columns(manifest, key, info)
+        table = read_verified(store, manifest, described, columns)
         inserted, in_range = _load(
-            conn, settings, info, manifest, columns, table, target, start, end, hold=hold and into == "source"
+            conn, settings, info, described, columns, table, target, start, end, hold=hold and into == "source"
         )
-        conn.execute(
-            "UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (manifest["objectKey"],)
-        )
+        conn.execute("UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (key,))
         conn.commit()
         result.objects += 1
         result.rows_read += table.num_rows
         result.rows_inserted += inserted
         result.rows_in_range += in_range
         log.info(
-            "object unarchived",
-            extra={"key": manifest["objectKey"], "rows": table.num_rows, "in_range": in_range, "inserted": inserted},
+            "object unarchived", extra={"key": key, "rows": table.num_rows, "in_range": in_range, "inserted": inserted}
         )
     return result
 
 
-def _manifest_columns(manifest: dict[str, Any], info: TableInfo) -> list[Column]:
+def _manifest_columns(manifest: dict[str, Any], key: str, info: TableInfo) -> list[Column]:
     by_name = {c.name: c for c in info.columns}
     columns = []
     for described in manifest["columns"]:
         column = by_name.get(described["name"])
         if column is None:
             raise PermanentError(
-                f"{manifest['objectKey']}: column {described['name']!r} no longer exists in "
+                f"{key}: column {described['name']!r} no longer exists in "
                 f"{manifest['relation']['schema']}.{manifest['relation']['table']}",
                 reason="SchemaMismatch",
             )
@@ -144,7 +140,7 @@ def _load(
     conn: Connection,
     settings: ArchiveSettings,
     info: TableInfo,
-    manifest: dict[str, Any],
+    described: dict[str, Any],
     columns: list[Column],
     table: pa.Table,
     target: sql.Composed,
@@ -153,7 +149,7 @@ def _load(
     *,
     hold: bool,
 ) -> tuple[int, int]:
-    key = manifest["objectKey"]
+    key = described["objectKey"]
     staging_columns = []
     conversions = []
     for column in columns:
@@ -179,9 +175,9 @@ def _load(
     ):
         copy.write(table_to_copy_csv(table.select([c.name for c in columns])))
     staged = conn.execute("SELECT count(*) FROM cellar_staging").fetchone()
-    if not staged or int(str(staged[0])) != manifest["rows"]:
+    if not staged or int(str(staged[0])) != described["rows"]:
         raise PermanentError(
-            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {manifest['rows']}",
+            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {described['rows']}",
             reason="VerificationFailed",
         )
     ts = sql.Identifier(info.timestamp_column.name)

@@ -114,7 +114,9 @@ def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     assert sum(t.num_rows for t in objects.values()) == 302
     described = manifests(s3_admin, bucket)
     assert {c["name"]: c["type"] for c in described[0]["columns"]}["money"] == "numeric(12,4)"
-    assert all(m["sha256"] and m["rows"] for m in described)
+    assert sum(m["rows"] for m in described) == 302
+    assert {o["objectKey"] for m in described for o in m["objects"]} == set(objects)
+    assert all(len(o["sha256"]) == 64 and o["rows"] for m in described for o in m["objects"])
 
     # DuckDB reads the very bytes cellar wrote (copied as they are), partitions included.
     duck = duckdb.connect()

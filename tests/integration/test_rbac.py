@@ -85,3 +85,29 @@ def test_missing_secret_is_an_invalid_spec_naming_the_field(backup_kube: Kube, n
     assert str(raised.value) == (
         f'spec.database.secretRef: Secret "cellar-database" was not found in namespace "{namespace}"'
     )
+
+
+def test_archive_account_reaches_its_own_kind_only(
+    job_kubeconfig: Callable[[str], Path], namespace: str, create_resource: Any
+) -> None:
+    kube = Kube(connect(str(job_kubeconfig("archive"))))
+    create_resource("DatabaseBackup", {"metadata": {"name": "b"}, "spec": MINIMAL_BACKUP_SPEC})
+    create_resource(
+        "TableArchive",
+        {
+            "metadata": {"name": "a"},
+            "spec": {
+                "database": {"secretRef": {"name": "d"}},
+                "storage": MINIMAL_BACKUP_SPEC["storage"],
+                "table": {"name": "orders"},
+                "timestampColumn": "created_at",
+                "olderThan": "30d",
+            },
+        },
+    )
+    assert kube.get(ResourceRef(TABLE_ARCHIVE, namespace, "a"))["metadata"]["name"] == "a"
+    assert kube.update_status(ResourceRef(TABLE_ARCHIVE, namespace, "a"), lambda r: {"cutoff": None})
+    with pytest.raises(Forbidden, match=r'cannot get databasebackups\.cellar\.dev "b"'):
+        kube.get(ResourceRef(DATABASE_BACKUP, namespace, "b"))
+    with pytest.raises(Forbidden, match='cannot get secrets "cellar-restore-target"'):
+        kube.read_secret(namespace, "cellar-restore-target", field="spec.database.secretRef")

@@ -1,0 +1,296 @@
+"""Archive benchmark: cellar's archiver against the floor and a hand-written loop, in one run.
+
+A table of --rows rows (default 5 million) of mixed types, 80% of it older than the cutoff. Each variant
+runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE):
+
+  (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE
+  (b) a plain loop a team would write: select a batch, write gzip CSV, upload, DELETE ... WHERE id IN (...)
+  (c) cellar's archiver (Parquet with zstd, ledger, verified uploads), default batch size 10,000
+
+For each: rows per second, peak RSS, the longest single transaction, and stored size; then the targets:
+(c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB. Run:
+
+    .venv/bin/python -m benchmarks.archive_bench              (--rows 1000000 for a quicker look)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+from kubernetes import client
+
+from benchmarks.measure import run_measured
+from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+
+NAMESPACE = "bench"
+BATCH = 10_000
+CUTOFF_AGE_DAYS = 365
+COLUMNS = "id, created_at, customer, amount, status, note, payload, ref"
+
+
+def generate(stack: LocalStack, rows: int) -> None:
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE archive_template")
+    with psycopg.connect(stack.pg_dsn("archive_template"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, customer int, "
+            "amount numeric(12, 2), status text, note text, payload jsonb, ref uuid)"
+        )
+        # 80% of the rows are older than the cutoff (365 days): spread over 5 years, newest 1 year old.
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - (g::float8 / %s) * interval '1825 days', "
+            "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
+            "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
+            "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
+            "md5(g::text || 'x')::uuid FROM generate_series(1, %s) g",
+            (rows, rows),
+        )
+        conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
+        conn.execute("VACUUM ANALYZE orders")
+
+
+def fresh_copy(stack: LocalStack, name: str) -> str:
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE archive_template")
+    return stack.pg_dsn(name)
+
+
+def floor(dsn: str, cutoff: str) -> None:
+    """(a): read every due row once, throw it away, delete them all in one statement."""
+    started = time.monotonic()
+    rows = copied = 0
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor().copy(f"COPY (SELECT {COLUMNS} FROM orders WHERE created_at < '{cutoff}') TO STDOUT") as copy:
+            for chunk in copy:
+                copied += len(chunk)
+        rows = conn.execute("DELETE FROM orders WHERE created_at < %s", (cutoff,)).rowcount
+        conn.commit()
+    print(
+        json.dumps(
+            {"rows": rows, "longest_transaction": time.monotonic() - started, "stored": 0, "copied_bytes": copied}
+        )
+    )
+
+
+def hand_loop(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
+    """(b): what a team writes by hand: select, gzip CSV, upload, delete by id."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    rows = stored = 0
+    longest = 0.0
+    with psycopg.connect(dsn) as conn:
+        number = 0
+        while True:
+            began = time.monotonic()
+            batch = conn.execute(
+                f"SELECT {COLUMNS} FROM orders WHERE created_at < %s ORDER BY id LIMIT %s", (cutoff, BATCH)
+            ).fetchall()
+            if not batch:
+                conn.rollback()
+                break
+            text = io.StringIO()
+            csv.writer(text).writerows(batch)
+            body = gzip.compress(text.getvalue().encode())
+            s3.put_object(Bucket=bucket, Key=f"hand/part-{number:06d}.csv.gz", Body=body)
+            conn.execute("DELETE FROM orders WHERE id = ANY(%s)", ([r[0] for r in batch],))
+            conn.commit()
+            longest = max(longest, time.monotonic() - began)
+            rows += len(batch)
+            stored += len(body)
+            number += 1
+    print(json.dumps({"rows": rows, "longest_transaction": longest, "stored": stored}))
+
+
+def cellar(stack: LocalStack, dsn_database: str, bucket: str, kubeconfig: Path, api: Any) -> dict[str, Any]:
+    client.CoreV1Api(api).create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": "cellar-database"},
+            "stringData": {
+                "host": "127.0.0.1",
+                "port": str(stack.pg_port),
+                "dbname": dsn_database,
+                "username": "postgres",
+                "password": stack.pg_dsn().split("password=")[1],
+            },
+        },
+    )
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "cellar.dev",
+        "v1alpha1",
+        NAMESPACE,
+        "tablearchives",
+        {
+            "apiVersion": "cellar.dev/v1alpha1",
+            "kind": "TableArchive",
+            "metadata": {"name": "orders"},
+            "spec": {
+                "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+                "storage": {
+                    "bucket": bucket,
+                    "prefix": "cellar",
+                    "endpoint": stack.s3_endpoint,
+                    "forcePathStyle": True,
+                    "credentials": {
+                        "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
+                        "secretAccessKey": {"name": "cellar-object-storage", "key": "AWS_SECRET_ACCESS_KEY"},
+                    },
+                },
+                "table": {"name": "orders"},
+                "timestampColumn": "created_at",
+                "olderThan": f"{CUTOFF_AGE_DAYS}d",
+                "maxRunTime": "2h",
+            },
+        },
+    )
+    run = run_measured(
+        "(c) cellar",
+        [
+            sys.executable,
+            "-m",
+            "jobs.archive",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            NAMESPACE,
+            "--name",
+            "orders",
+        ],
+        {**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
+    )
+    summary = next(
+        json.loads(line) for line in run.output.splitlines() if line.startswith("{") and '"archive run summary"' in line
+    )
+    return {
+        "wall": run.wall,
+        "rss": run.peak_rss_mb,
+        "rows": summary["rows"],
+        "longest_transaction": summary["longest_transaction_seconds"],
+        "stored": summary["bytes"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("variant", nargs="?", choices=["floor", "hand-loop"], help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--cutoff", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--bucket", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant == "floor":
+        floor(args.dsn, args.cutoff)
+        return 0
+    if args.variant == "hand-loop":
+        hand_loop(args.dsn, args.cutoff, args.endpoint, args.bucket)
+        return 0
+
+    stack = LocalStack().start()
+    try:
+        print(f"servers: {stack.pg_version}, MinIO, kube-apiserver {stack.kube_version}; cores: {os.cpu_count()}")
+        started = time.monotonic()
+        generate(stack, args.rows)
+        print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", flush=True)
+        cutoff = (datetime.now(UTC) - timedelta(days=CUTOFF_AGE_DAYS)).isoformat()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=stack.s3_endpoint,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket="archive-bench")
+        me = [sys.executable, "-m", "benchmarks.archive_bench"]
+        results: dict[str, dict[str, Any]] = {}
+        for label, extra in (
+            ("(a) COPY to /dev/null + one DELETE", ["floor"]),
+            ("(b) hand loop: SELECT, gzip CSV, upload, DELETE", ["hand-loop"]),
+        ):
+            dsn = fresh_copy(stack, "archive_a" if extra == ["floor"] else "archive_b")
+            run = run_measured(
+                label,
+                [
+                    *me,
+                    *extra,
+                    "--dsn",
+                    dsn,
+                    "--cutoff",
+                    cutoff,
+                    "--endpoint",
+                    stack.s3_endpoint,
+                    "--bucket",
+                    "archive-bench",
+                ],
+                dict(os.environ),
+            )
+            figures = json.loads(run.output.strip().splitlines()[-1])
+            results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
+            print(f"{label}: done in {run.wall:.1f}s", flush=True)
+
+        api = admin_client(stack.kubeconfig)
+        install_crds(api)
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+        client.CoreV1Api(api).create_namespaced_secret(
+            NAMESPACE,
+            {
+                "metadata": {"name": "cellar-object-storage"},
+                "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
+            },
+        )
+        kubeconfig = service_account_kubeconfig(api, stack, NAMESPACE, "archive", Path(tempfile.mkdtemp()) / "kc")
+        fresh_copy(stack, "archive_c")
+        results["(c) cellar archiver (Parquet zstd, ledger)"] = cellar(
+            stack, "archive_c", "archive-bench", kubeconfig, api
+        )
+        report(args.rows, results)
+    finally:
+        stack.stop()
+    return 0
+
+
+def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\ntable: {total_rows} rows; rows moved per variant below")
+    print(
+        f"{'variant':48} {'rows':>9} {'wall s':>8} {'rows/s':>9} {'longest tx s':>13} {'peak RSS MB':>12} "
+        f"{'stored MB':>10}"
+    )
+    for label, r in results.items():
+        print(
+            f"{label:48} {r['rows']:>9} {r['wall']:8.1f} {r['rows'] / r['wall']:9.0f} {r['longest_transaction']:13.2f} "
+            f"{r['rss']:12.0f} {r['stored'] / 1024**2:10.1f}"
+        )
+    a, b, c = results.values()
+    rate = {k: r["rows"] / r["wall"] for k, r in zip("abc", (a, b, c), strict=True)}
+    checks = [
+        (f"(c) rows/s / (a) rows/s = {rate['c'] / rate['a']:.2f}", "target >= 0.50", rate["c"] / rate["a"] >= 0.5),
+        (f"(c) rows/s / (b) rows/s = {rate['c'] / rate['b']:.2f}", "target > 1.00", rate["c"] > rate["b"]),
+        (f"(c) longest transaction = {c['longest_transaction']:.2f} s", "target <= 2 s", c["longest_transaction"] <= 2),
+        (f"(c) peak RSS = {c['rss']:.0f} MB", "target < 300 MB", c["rss"] < 300),
+    ]
+    print()
+    for figure, target, ok in checks:
+        print(f"  {figure:40} {target:16} {'PASS' if ok else 'MISS'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The archiver's pure parts: spec parsing, type mapping, CSV -> Arrow, partitions, statement shape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from common.errors import InvalidSpec, PermanentError
+from jobs.archive.archiver import partitions, split_by_size
+from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
+from jobs.archive.settings import parse_archive_spec
+from jobs.archive.table import Column, TableInfo
+
+SPEC: dict[str, Any] = {
+    "database": {"secretRef": {"name": "db"}},
+    "storage": {
+        "bucket": "archive",
+        "credentials": {"accessKeyId": {"name": "s", "key": "a"}, "secretAccessKey": {"name": "s", "key": "b"}},
+    },
+    "table": {"name": "Orders"},
+    "timestampColumn": "created_at",
+    "olderThan": "400d",
+}
+
+
+def test_defaults() -> None:
+    settings = parse_archive_spec(SPEC)
+    assert (settings.relation, settings.older_than, settings.batch_rows, settings.format, settings.mode) == (
+        "public.Orders",
+        timedelta(days=400),
+        10000,
+        "Parquet",
+        "Move",
+    )
+    assert settings.lock_timeout == timedelta(seconds=5)
+    assert not settings.allow_cascade
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"olderThan": None}, r"spec\.olderThan: required"),
+        ({"olderThan": "a year"}, r"spec\.olderThan: 'a year' is not a duration"),
+        ({"filter": "true; DROP TABLE x"}, r"spec\.filter: must be one boolean expression"),
+        ({"format": "ORC"}, r"spec\.format: 'ORC' is not one of Parquet, CSVGzip"),
+        ({"batch": {"rows": 0}}, r"spec\.batch\.rows: 0 is below the minimum 1"),
+        ({"table": {}}, r"spec\.table\.name: required"),
+    ],
+)
+def test_errors_name_the_field(change: dict[str, Any], message: str) -> None:
+    spec = {**SPEC, **change}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    with pytest.raises(InvalidSpec, match=message):
+        parse_archive_spec(spec)
+
+
+def col(
+    name: str, pg_type: str, base: str, *, array: bool = False, precision: int | None = None, scale: int | None = None
+) -> Column:
+    return Column(name, pg_type, base, array, precision, scale)
+
+
+COLUMNS = [
+    col("id", "bigint", "int8"),
+    col("at", "timestamp with time zone", "timestamptz"),
+    col("amount", "numeric(8,2)", "numeric", precision=8, scale=2),
+    col("exact", "numeric", "numeric"),
+    col("note", "text", "text"),
+    col("blob", "bytea", "bytea"),
+    col("tags", "text[]", "text", array=True),
+    col("ok", "boolean", "bool"),
+    col("kind", "mood", "mood"),
+]
+
+
+def test_type_mapping() -> None:
+    kinds = {c.name: c.arrow_kind for c in COLUMNS}
+    assert kinds == {
+        "id": "int64",
+        "at": "timestamptz",
+        "amount": "decimal",
+        "exact": "string",
+        "note": "string",
+        "blob": "binary",
+        "tags": "list:string",
+        "ok": "bool",
+        "kind": "string",
+    }
+
+
+def test_csv_from_copy_becomes_typed_arrow() -> None:
+    data = (
+        b'1,2024-03-01 10:00:00.123456,12.50,3.14159265358979323846,"a ""q"", b",00ff,"[""x"",null]",t,sad\n'
+        b'2,2024-03-02 00:00:00,,,"",,,f,\n'
+    )
+    table = csv_to_table(data, COLUMNS)
+    rows = table.to_pylist()
+    assert rows[0]["at"] == datetime(2024, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert str(rows[0]["amount"]) == "12.50"
+    assert rows[0]["exact"] == "3.14159265358979323846"
+    assert rows[0]["note"] == 'a "q", b'
+    assert rows[0]["blob"] == b"\x00\xff"
+    assert rows[0]["tags"] == ["x", None]
+    assert rows[1]["note"] == ""  # an empty string is not NULL
+    assert rows[1]["amount"] is None
+    assert table.schema.field("at").type == pa.timestamp("us", tz="UTC")
+    assert decode(encode(table, "Parquet"), "Parquet", COLUMNS).equals(table)
+
+
+def test_nan_in_a_decimal_column_is_a_clear_error() -> None:
+    with pytest.raises(PermanentError, match=r"column 'amount' \(numeric\(8,2\)\) holds a value that is not a decimal"):
+        csv_to_table(b"1,2024-03-01 10:00:00,NaN,,,,,t,\n", COLUMNS)
+
+
+def test_copy_csv_for_restore_keeps_nulls_and_empty_strings_apart() -> None:
+    table = csv_to_table(b'1,2024-03-01 10:00:00,1.00,1,"",00,,t,\n2,2024-03-01 10:00:00,,,,,,f,\n', COLUMNS)
+    text = table_to_copy_csv(table).decode()
+    first, second = text.splitlines()
+    assert ',"",' in first  # empty string stays quoted
+    assert "\\x00" in first
+    assert second.startswith("2,2024-03-01 10:00:00.000000Z,,,,,,false,")
+
+
+def test_partitions_and_size_split() -> None:
+    info = TableInfo(oid=1, columns=COLUMNS[:2], primary_key=("id",), timestamp_column=COLUMNS[1])
+    table = pa.table(
+        {
+            "id": [1, 2, 3],
+            "at": pa.array(
+                [
+                    datetime(2024, 1, 1, 23, tzinfo=UTC),
+                    datetime(2024, 1, 2, 1, tzinfo=UTC),
+                    datetime(2024, 2, 1, tzinfo=UTC),
+                ],
+                type=pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    daily = partitions(table, parse_archive_spec(SPEC), info)
+    assert [(p, t.num_rows) for p, t in daily] == [("2024-01-01", 1), ("2024-01-02", 1), ("2024-02-01", 1)]
+    monthly = partitions(table, parse_archive_spec({**SPEC, "partitioning": "Monthly"}), info)
+    assert [(p, t.num_rows) for p, t in monthly] == [("2024-01", 2), ("2024-02", 1)]
+    pieces = split_by_size(pa.table({"x": list(range(1000))}), 1000)
+    assert sum(p.num_rows for p in pieces) == 1000
+    assert all(p.nbytes <= 1000 for p in pieces)
