@@ -259,3 +259,18 @@ def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) 
             log.error("could not record the failure in status", extra={"error": redact(str(status_error))})
     write_termination_log(f"{error.reason}: {error}")
     return code
+
+
+def run_command(commands: Mapping[str, Job], default: str, usage: str, argv: Sequence[str] | None, *, prog: str) -> int:
+    """`prog [command] [options]`: pick a job by its first argument (default `default`) and run it."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in ("-h", "--help", "help"):
+        print(usage)
+        return 0
+    command = default
+    if arguments and not arguments[0].startswith("-"):
+        command = arguments.pop(0)
+        if command not in commands:
+            print(f"unknown command {command!r}\n\n{usage}", file=sys.stderr)
+            return EXIT_USAGE
+    return run_job(commands[command], arguments, prog=f"{prog} {command}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from common.runtime import Job, run_job
+from common.runtime import Job, run_command
 from jobs.archive.job import ArchiveJob, UnarchiveJob
 
 COMMANDS: dict[str, Job] = {"archive": ArchiveJob(), "unarchive": UnarchiveJob()}
@@ -18,17 +18,7 @@ Run a command with --help for its options."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command = "archive"
-    if arguments and not arguments[0].startswith("-"):
-        command = arguments.pop(0)
-        if command not in COMMANDS:
-            print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-            return 2
-    return run_job(COMMANDS[command], arguments, prog=f"cellar-archive {command}")
+    return run_command(COMMANDS, "archive", USAGE, argv, prog="cellar-archive")
 
 
 def entrypoint() -> None:

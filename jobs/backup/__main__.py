@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from common.runtime import Job, run_job
+from common.runtime import Job, run_command
 from jobs.backup.job import BackupJob, VerifyJob
 from jobs.backup.restore_job import RestoreJob
 
@@ -20,17 +20,7 @@ Run a command with --help for its options."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command = "backup"
-    if arguments and not arguments[0].startswith("-"):
-        command = arguments.pop(0)
-        if command not in COMMANDS:
-            print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-            return 2
-    return run_job(COMMANDS[command], arguments, prog=f"cellar-backup {command}")
+    return run_command(COMMANDS, "backup", USAGE, argv, prog="cellar-backup")
 
 
 def entrypoint() -> None:
