@@ -132,3 +132,89 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
     with psycopg.connect(dsn(database)) as conn:
         recorded = {r[0] for r in conn.execute("SELECT object_key FROM cellar.archive_ledger")}
     assert recorded == set(archived_objects(s3_admin, bucket)), "every object in storage has a ledger row"
+
+
+def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    from tests.integration.backup_helpers import conditions, get_status
+
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
+            "FROM generate_series(1, 30000) g"
+        )
+    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.archive",
+            "--kubeconfig",
+            str(job_kubeconfig("archive")),
+            "--namespace",
+            namespace,
+            "--name",
+            "orders",
+        ],
+        cwd=REPO,
+        env={**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert job.stdout is not None
+    for line in job.stdout:
+        if '"batch committed"' in line:
+            break
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=30)
+    assert job.returncode == 143
+    found = conditions(get_status(admin_api, namespace, "tablearchives", "orders"))
+    assert found["ArchiveSucceeded"]["reason"] == "Interrupted"
+    assert found["Progressing"]["status"] == "False"
+    in_table = ids_in_table(database)
+    archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    assert 0 < len(archived) < 30000
+    assert len(archived) == len(set(archived))
+    assert set(archived) | in_table == set(range(1, 30001))
+    assert not set(archived) & in_table
+    with psycopg.connect(dsn(database)) as conn:
+        assert conn.execute("SELECT sum(rows) FROM cellar.archive_ledger").fetchone() == (len(archived),)
+
+
+def test_max_run_time_stops_after_the_batch_in_flight(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    from tests.integration.backup_helpers import get_status
+
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
+            "FROM generate_series(1, 30000) g"
+        )
+    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 20}, maxRunTime="1s")
+    assert run_archive_job(job_kubeconfig("archive"), namespace) == 0
+    last_run = get_status(admin_api, namespace, "tablearchives", "orders")["lastRun"]
+    assert "stopped at maxRunTime" in last_run["message"]
+    assert 0 < last_run["rows"] < 30000
+    assert len(ids_in_table(database)) == 30000 - last_run["rows"]
