@@ -18,7 +18,7 @@ from psycopg import sql
 
 from common.errors import InvalidSpec, PermanentError
 from common.storage import ObjectStore
-from jobs.archive.archiver import Connection, ObjectLayout, read_verified, table_name
+from jobs.archive.archiver import MANIFEST_FORMAT_VERSION, Connection, ObjectLayout, read_verified, table_name
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo
@@ -52,6 +52,12 @@ def objects_in_range(
     chosen = []
     for listed in store.list_objects(layout.manifest_prefix):
         manifest = json.loads(store.get_bytes(listed["Key"]))
+        if int(manifest.get("formatVersion", 0)) > MANIFEST_FORMAT_VERSION:
+            raise PermanentError(
+                f"manifest {listed['Key']} has format version {manifest['formatVersion']}; this "
+                f"cellar reads up to {MANIFEST_FORMAT_VERSION}: upgrade cellar",
+                reason="UnsupportedManifest",
+            )
         for described in manifest.get("objects", []):
             low, high = described.get("minTimestamp"), described.get("maxTimestamp")
             if low is not None and high is not None and _aware(low) < end and _aware(high) >= start:
