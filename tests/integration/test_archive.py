@@ -21,6 +21,7 @@ from tests.integration.archive_helpers import (
     setup_archive,
 )
 from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.processes import run_until_failpoint
 
 TYPES_TABLE = r"""
 CREATE TYPE status AS ENUM ('new', 'paid', 'shipped');
@@ -201,36 +202,11 @@ def test_rows_locked_by_the_application_are_skipped_then_archived_later(archive_
 def test_two_runs_at_once_one_archives_one_skips(
     archive_env: dict[str, Any], admin_api: Any, bucket: str, s3_admin: Any
 ) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
 
     _simple(archive_env, old=300)
     namespace, kubeconfig = archive_env["namespace"], archive_env["kubeconfig"]
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jobs.archive",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--namespace",
-            namespace,
-            "--name",
-            "orders",
-        ],
-        cwd=REPO,
-        env={**os.environ, "CELLAR_FAILPOINTS": "archive.before-commit"},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert first.stdout is not None
-    for line in first.stdout:
-        if line.strip() == "FAILPOINT archive.before-commit":
-            break
+    first = run_until_failpoint("jobs.archive", kubeconfig, namespace, "orders", "archive.before-commit")
     try:
         assert run_archive_job(kubeconfig, namespace) == 0  # the second run skips: exit 0
         status = get_status(admin_api, namespace, "tablearchives", "orders")

@@ -4,11 +4,8 @@ table, then run to completion. Every original row ends in the table or in exactl
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +14,23 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import REPO
 from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
+from tests.integration.processes import start_job, wait_for_line
 
 OLD_ROWS = 60000
 KILLS = 20
+
+
+def make_old_orders(database: dict[str, Any], rows: int) -> None:
+    """orders(id, created_at, note) with `rows` rows, all 400 days old or so."""
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
+            "FROM generate_series(1, %s) g",
+            (rows,),
+        )
 
 
 class LiveTraffic(threading.Thread):
@@ -58,12 +66,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
     create_resource: Callable[..., Any],
     job_kubeconfig: Callable[[str], Path],
 ) -> None:
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
-            f"FROM generate_series(1, {OLD_ROWS}) g"
-        )
+    make_old_orders(database, OLD_ROWS)
     setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
     kubeconfig = job_kubeconfig("archive")
     traffic = LiveTraffic(dsn(database))
@@ -73,34 +76,15 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
     try:
         for attempt in range(KILLS):
             at_commit = attempt % 4 == 0  # every fourth kill lands exactly between upload and COMMIT
-            env = {
-                **os.environ,
-                "CELLAR_TERMINATION_LOG": "/nonexistent/x",
-                "CELLAR_FAILPOINTS": "archive.before-commit" if at_commit else "",
-            }
-            job = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "jobs.archive",
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--namespace",
-                    namespace,
-                    "--name",
-                    "orders",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
+            job = start_job(
+                "jobs.archive",
+                kubeconfig,
+                namespace,
+                "orders",
+                failpoint="archive.before-commit" if at_commit else "",
             )
             if at_commit:
-                assert job.stdout is not None
-                for line in job.stdout:
-                    if line.strip() == "FAILPOINT archive.before-commit":
-                        break
+                wait_for_line(job, "FAILPOINT archive.before-commit")
             else:
                 time.sleep(rng.uniform(0.9, 1.8))
             job.send_signal(signal.SIGKILL)
@@ -149,34 +133,10 @@ def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
 ) -> None:
     from tests.integration.backup_helpers import conditions, get_status
 
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
-            "FROM generate_series(1, 30000) g"
-        )
+    make_old_orders(database, 30_000)
     setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jobs.archive",
-            "--kubeconfig",
-            str(job_kubeconfig("archive")),
-            "--namespace",
-            namespace,
-            "--name",
-            "orders",
-        ],
-        cwd=REPO,
-        env={**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert job.stdout is not None
-    for line in job.stdout:
-        if '"batch committed"' in line:
-            break
+    job = start_job("jobs.archive", job_kubeconfig("archive"), namespace, "orders")
+    wait_for_line(job, '"batch committed"')
     job.send_signal(signal.SIGTERM)
     job.communicate(timeout=30)
     assert job.returncode == 143
@@ -206,12 +166,7 @@ def test_max_run_time_stops_after_the_batch_in_flight(
 ) -> None:
     from tests.integration.backup_helpers import get_status
 
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 minute', 'old' "
-            "FROM generate_series(1, 30000) g"
-        )
+    make_old_orders(database, 30_000)
     setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 20}, maxRunTime="1s")
     assert run_archive_job(job_kubeconfig("archive"), namespace) == 0
     last_run = get_status(admin_api, namespace, "tablearchives", "orders")["lastRun"]

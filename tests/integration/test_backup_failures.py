@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import REPO
 from tests.harness.stack import LocalStack
 from tests.integration.backup_helpers import conditions, get_status, run_backup_job, setup_backup
+from tests.integration.processes import run_until_failpoint
 
 
 def _fill(database: dict[str, Any], rows: int = 200_000) -> None:
@@ -34,37 +32,8 @@ def _fill(database: dict[str, Any], rows: int = 200_000) -> None:
         )
 
 
-def _start_job(kubeconfig: Path, namespace: str, failpoint: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "CELLAR_FAILPOINTS": failpoint, "CELLAR_TERMINATION_LOG": "/nonexistent/x"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jobs.backup",
-            *args,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--namespace",
-            namespace,
-            "--name",
-            "orders",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _run_until_failpoint(kubeconfig: Path, namespace: str, failpoint: str) -> subprocess.Popen[str]:
-    job = _start_job(kubeconfig, namespace, failpoint)
-    assert job.stdout is not None
-    for line in job.stdout:
-        if line.strip() == f"FAILPOINT {failpoint}":
-            return job
-    job.wait()
-    raise AssertionError(f"job exited {job.returncode} before {failpoint}: {job.stderr.read() if job.stderr else ''}")
+    return run_until_failpoint("jobs.backup", kubeconfig, namespace, "orders", failpoint)
 
 
 def _published_backups(s3_admin: Any, bucket: str) -> dict[str, dict[str, Any]]:
