@@ -184,4 +184,3 @@ def test_backup_and_archive_run_from_the_read_only_install(
     assert archive.returncode == 0, archive.stdout[-2000:] + archive.stderr[-2000:]
     assert ids_in_table(database) == set()
     assert (scratch / "termination-log").read_text().startswith("500 rows in 1 batches")
-
