@@ -15,6 +15,8 @@ if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" || ! -x "$pg_bin/pg_ctl" ]]; then ne
 command -v pg_dump >/dev/null 2>&1 || need_apt+=(postgresql-client)
 [[ -n "$pg_bin" && -x "$pg_bin/pgbench" ]] || need_apt+=(postgresql)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+# The packaging test installs the wheel into a venv of the system Python, as the images do.
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 if (( ${#need_apt[@]} > 0 )); then
   if [[ $(id -u) -ne 0 ]]; then
