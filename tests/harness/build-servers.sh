@@ -97,7 +97,7 @@ build_minio() {
 }
 
 components=("$@")
-(( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kubectl)
+(( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kubectl)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) build_etcd ;;

@@ -42,7 +42,7 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
   log "go $go_version is older than 1.24: using toolchain $GOTOOLCHAIN from the Go module proxy"
 fi
 
-bash tests/harness/build-servers.sh etcd minio kube-apiserver kubectl >/dev/null
+bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kubectl >/dev/null
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -50,10 +50,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def built_binaries() -> dict[str, Path]:
-    """Build (or find cached) etcd, MinIO, kube-apiserver and kubectl; name -> path."""
+def built_binaries(components: list[str] | None = None) -> dict[str, Path]:
+    """Build (or find cached) etcd, MinIO, kube-apiserver and kubectl (or `components`); name -> path."""
     try:
-        result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+        result = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), *(components or [])], check=True, stdout=subprocess.PIPE, text=True
+        )
     except subprocess.CalledProcessError as exc:
         raise StackError(
             f"building the test servers failed (exit {exc.returncode}); run {BUILD_SCRIPT} to see why"
@@ -342,6 +344,35 @@ class LocalStack:
             )
         )
         log(f"kube-apiserver {self.kube_version} ready at {self.kube_url}")
+
+    def start_controller_manager(self) -> None:
+        """kube-controller-manager with the CronJob and Job controllers, so CronJobs create Jobs and Jobs Pods."""
+        port = free_port()
+        manager = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self._binary("kube-controller-manager")),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--controllers=cronjob,job",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--use-service-account-credentials=false",
+                "--v=1",
+            ],
+        )
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=3) as response:
+                return bool(response.status == 200)
+
+        _wait("kube-controller-manager /healthz", healthy, manager, timeout=120)
+        log(f"kube-controller-manager ready on 127.0.0.1:{port}")
 
     def kubeconfig_for(self, *, user: str, credentials: dict[str, str], namespace: str = "default") -> str:
         return yaml.safe_dump(
