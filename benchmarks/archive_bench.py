@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,11 +31,10 @@ import boto3
 import psycopg
 from kubernetes import client
 
-from benchmarks.measure import run_measured
-from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
+from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
+from benchmarks.measure import install_cellar, run_measured
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
-NAMESPACE = "bench"
 BATCH = 10_000
 CUTOFF_AGE_DAYS = 365
 COLUMNS = "id, created_at, customer, amount, status, note, payload, ref"
@@ -253,29 +251,7 @@ def main() -> int:
             results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
             print(f"{label}: done in {run.wall:.1f}s", flush=True)
 
-        api = admin_client(stack.kubeconfig)
-        install_crds(api)
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        client.CoreV1Api(api).create_namespaced_secret(
-            NAMESPACE,
-            {
-                "metadata": {"name": "cellar-object-storage"},
-                "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
-            },
-        )
-        kubeconfig = service_account_kubeconfig(api, stack, NAMESPACE, "archive", Path(tempfile.mkdtemp()) / "kc")
-        # The Role names its Secrets; each variant's database Secret has its own name (a benchmark, not RBAC).
-        client.RbacAuthorizationV1Api(api).patch_namespaced_role(
-            "cellar-archive",
-            NAMESPACE,
-            [
-                {
-                    "op": "add",
-                    "path": "/rules/-",
-                    "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-                }
-            ],
-        )
+        kubeconfig, api = install_cellar(stack, "archive")
         for partitioning in ("Daily", "Monthly"):
             database = f"archive_c_{partitioning.lower()}"
             fresh_copy(stack, database)

@@ -19,7 +19,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,12 @@ import boto3
 import psycopg
 from kubernetes import client
 
-from benchmarks.measure import run_measured
-from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
+from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
+from benchmarks.measure import install_cellar, run_measured
+from tests.harness.cluster import admin_client
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 AWSCLI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellar" / "awscli-venv"
-NAMESPACE = "bench"
 
 
 @dataclass
@@ -231,32 +230,6 @@ def run(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[Measureme
     return results
 
 
-def install_cellar(stack: LocalStack) -> Path:
-    """CRDs, a namespace, the storage Secret, and a kubeconfig for the backup job's ServiceAccount.
-
-    The Role names its Secrets; the benchmark's database Secrets get their own names, so the role is
-    widened here with one more rule (a benchmark, not a test of RBAC).
-    """
-    api = admin_client(stack.kubeconfig)
-    install_crds(api)
-    core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    core.create_namespaced_secret(
-        NAMESPACE,
-        {
-            "metadata": {"name": "cellar-object-storage"},
-            "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
-        },
-    )
-    kubeconfig = service_account_kubeconfig(api, stack, NAMESPACE, "backup", Path(tempfile.mkdtemp()) / "kc")
-    client.RbacAuthorizationV1Api(api).patch_namespaced_role(
-        "cellar-backup",
-        NAMESPACE,
-        [{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}],
-    )
-    return kubeconfig
-
-
 def report(gigabytes: float, results: list[Measurement]) -> dict[str, float]:
     print(f"\n{'variant':42} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'stored MB':>10}")
     for m in results:
@@ -295,7 +268,7 @@ def main() -> int:
     stack = LocalStack().start()
     try:
         print(f"servers: kube-apiserver {stack.kube_version}, {stack.pg_version}, MinIO; cores: {os.cpu_count()}")
-        kubeconfig = install_cellar(stack)
+        kubeconfig, _ = install_cellar(stack, "backup")
         summary = {size: report(size, run(stack, kubeconfig, size)) for size in sizes}
         if len(sizes) > 1:
             low, high = summary[min(sizes)], summary[max(sizes)]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 _WRAPPER = (
@@ -44,3 +46,37 @@ def run_measured(name: str, argv: list[str], env: dict[str, str]) -> Run:
     if figures.get("code") != 0:
         raise SystemExit(f"{name} failed ({figures}):\n{result.stderr[-3000:]}")
     return Run(figures["wall"], figures["cpu"], figures["maxrss_kb"] / 1024, result.stderr)
+
+
+BENCH_NAMESPACE = "bench"
+
+
+def install_cellar(stack: Any, job: str) -> tuple[Path, Any]:
+    """CRDs, namespace `bench`, the storage Secret, and a kubeconfig for `job`'s ServiceAccount.
+
+    The Role names its Secrets; a benchmark's database Secrets get names of their own, so the Role is
+    widened with one rule here (a benchmark, not a test of RBAC). Returns (kubeconfig, admin API client).
+    """
+    from kubernetes import client
+
+    from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
+    from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    api = admin_client(stack.kubeconfig)
+    install_crds(api)
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": BENCH_NAMESPACE}})
+    core.create_namespaced_secret(
+        BENCH_NAMESPACE,
+        {
+            "metadata": {"name": "cellar-object-storage"},
+            "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
+        },
+    )
+    kubeconfig = service_account_kubeconfig(api, stack, BENCH_NAMESPACE, job, Path(tempfile.mkdtemp()) / "kc")
+    client.RbacAuthorizationV1Api(api).patch_namespaced_role(
+        f"cellar-{job}",
+        BENCH_NAMESPACE,
+        [{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}],
+    )
+    return kubeconfig, api

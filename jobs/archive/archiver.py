@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[object, ...]]
 MANIFEST_FORMAT_VERSION = 1
 UPLOAD_CONCURRENCY = 16
+MAX_PARTITIONS_PER_BATCH = 64
 
 
 def object_name(batch_id: str, number: int) -> str:
@@ -127,7 +128,7 @@ def batch_statement(
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
     order = sql.SQL("{}, {}").format(ts, keys)
     condition = eligible_condition(settings, info, cutoff)
-    if settings.mode == "Copy":
+    if settings.mode == "Copy":  # noqa: SIM102 (the Copy branch continues below, after the window)
         if watermark is not None:
             key_types = [info.column(k).pg_type for k in info.primary_key]
             values = sql.SQL(", ").join(
@@ -137,6 +138,22 @@ def batch_statement(
             condition = sql.SQL("{} AND ROW({}, {}) > ROW({}::{}, {})").format(
                 condition, ts, keys, sql.Literal(watermark["ts"]), sql.SQL(info.timestamp_column.pg_type), values
             )
+    if settings.partitioning != "None":
+        # A batch writes one object per partition it touches: on a sparse table 10,000 rows can span
+        # years of days, and a thousand uploads would hold the transaction open for seconds. Taking only
+        # rows within MAX_PARTITIONS_PER_BATCH periods of the oldest due row bounds that.
+        unit = "days" if settings.partitioning == "Daily" else "months"
+        span = sql.SQL(f"interval '{MAX_PARTITIONS_PER_BATCH} {unit}'")
+        # Move: the window starts at the oldest row no application holds locked, so locked rows never stall it.
+        start = (
+            "(SELECT min({ts}) FROM {table} WHERE {condition})"
+            if settings.mode == "Copy"
+            else "(SELECT {ts} FROM {table} WHERE {condition} ORDER BY {ts} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        )
+        condition = sql.SQL("{condition} AND {ts} < " + start + " + {span}").format(
+            condition=condition, ts=ts, table=table_name(settings), span=span
+        )
+    if settings.mode == "Copy":
         return sql.SQL("COPY (SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)").format(
             select_list(info.columns), table_name(settings), condition, order, sql.Literal(limit)
         )

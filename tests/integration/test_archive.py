@@ -315,3 +315,22 @@ def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any
         == 0
     )
     assert len(ids_in_table(archive_env["database"], "orders_unarchived")) == 30
+
+
+def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(
+    archive_env: dict[str, Any], bucket: str, s3_admin: Any
+) -> None:
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
+            "FROM generate_series(1, 3000) g"
+        )  # one row every other day, 16 years
+    setup_archive(database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"])
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert ids_in_table(database) == set()
+    batches = manifests(s3_admin, bucket)
+    assert sum(m["rows"] for m in batches) == 3000
+    assert max(len(m["objects"]) for m in batches) <= 64
+    assert len(batches) >= 3000 // 64  # 3000 rows over 6000 days: many windows, not one batch
