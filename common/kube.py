@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 import tenacity
 
 from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError, UsageError
-from common.redact import redact, register_secret
+from common.redact import redact, redact_nested, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class Kube:
                 return resource
             body: dict[str, Any] = {
                 "metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
-                "status": _redact_strings(dict(status_patch)),
+                "status": redact_nested(dict(status_patch)),
             }
             try:
                 return self._patch_status(ref, body)
@@ -387,13 +387,3 @@ class Kube:
             self._retrying(lambda: self.transport.create_event(namespace, body), "create event")
         except Exception as exc:  # noqa: BLE001 (an Event is best-effort by contract)
             log.warning("could not post Event", extra={"event_reason": reason, "error": redact(str(exc))})
-
-
-def _redact_strings(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_strings(v) for v in value]
-    return value

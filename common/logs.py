@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from common.redact import redact
+from common.redact import redact, redact_nested
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -32,20 +32,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        # Redact each value, not the JSON text, so masking can never break a line's JSON.
-        return json.dumps(_redact_values(entry), default=str, ensure_ascii=False)
-
-
-def _redact_values(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_values(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_values(v) for v in value]
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return redact(str(value))
+        # Redact each value, not the JSON text, so masking can never break a line's JSON; values JSON
+        # cannot hold (datetimes, exceptions) are turned into text and redacted too.
+        return json.dumps(redact_nested(entry), default=lambda value: redact(str(value)), ensure_ascii=False)
 
 
 def configure_logging(job: str, run_id: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:

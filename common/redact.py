@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 MASK = "***"
 # Secrets shorter than this would mask ordinary words ("a", "db") everywhere; they are still never
@@ -48,6 +49,17 @@ def redact(text: str) -> str:
         text = pattern.sub(MASK, text)
     text = _INLINE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     return _URL_USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+
+
+def redact_nested(value: Any) -> Any:
+    """`value` with `redact` applied to every string inside its dicts, lists and tuples (tuples become lists)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_nested(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_nested(v) for v in value]
+    return value
 
 
 def forget_all_secrets() -> None:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -214,7 +214,6 @@ class RunTotals:
     bytes: int = 0
     batches: int = 0
     longest_transaction_seconds: float = 0.0
-    objects: list[str] = field(default_factory=list)
 
 
 class Archiver:

@@ -20,7 +20,7 @@ from common.progress import ProgressReporter
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver, Connection, batch_statement, eligible_condition, table_name
+from jobs.archive.archiver import Archiver, Connection, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.table import TableInfo, check_cascades, describe_table
@@ -339,6 +339,3 @@ class UnarchiveJob:
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         ctx.event(error.reason, f"unarchive failed: {error}", action="Unarchive", warning=True)
-
-
-__all__ = ["ArchiveJob", "UnarchiveJob", "batch_statement"]

@@ -90,13 +90,6 @@ def record(conn: Connection, entry: LedgerEntry, *, relation: str, cutoff: datet
     )
 
 
-def batch_committed(conn: Connection, batch_id: str) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM cellar.archive_ledger WHERE batch_id = %s)", (batch_id,)
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def recorded_keys(conn: Connection, relation: str) -> set[str]:
     rows = conn.execute("SELECT object_key FROM cellar.archive_ledger WHERE relation = %s", (relation,)).fetchall()
     return {str(r[0]) for r in rows}

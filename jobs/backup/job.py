@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -314,6 +315,4 @@ class VerifyJob:
 
 
 def _as_dry_run(policy: RetentionPolicy) -> RetentionPolicy:
-    from dataclasses import replace
-
     return replace(policy, dry_run=True)
