@@ -1,20 +1,46 @@
 """Named points where a test can stop a job to kill it there (SIGKILL/SIGTERM), like etcd's gofail.
 
-Inert unless CELLAR_FAILPOINTS names the point: then the job prints `FAILPOINT <name>` on stdout and
-waits there so that the test can kill it. Production never sets the variable.
+Inert unless CELLAR_FAILPOINTS names the point. `name` alone: the job prints `FAILPOINT <name>` on
+stdout and waits there so that the test can kill it. `name=error-after:N`: the first N passes go
+through, the next raises an error as a failed upload would. Production never sets the variable.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
-_ENABLED = frozenset(p for p in os.environ.get("CELLAR_FAILPOINTS", "").split(",") if p)
+from common.errors import RetryableError
+
+
+def _parse(value: str) -> dict[str, int | None]:
+    points: dict[str, int | None] = {}
+    for item in (p for p in value.split(",") if p):
+        name, _, action = item.partition("=")
+        points[name] = int(action.removeprefix("error-after:")) if action.startswith("error-after:") else None
+    return points
+
+
+_ENABLED = _parse(os.environ.get("CELLAR_FAILPOINTS", ""))
+_passes: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+class InjectedFailure(RetryableError):
+    reason = "InjectedFailure"
 
 
 def failpoint(name: str) -> None:
     if name not in _ENABLED:
+        return
+    fail_after = _ENABLED[name]
+    if fail_after is not None:
+        with _lock:
+            _passes[name] = _passes.get(name, 0) + 1
+            if _passes[name] > fail_after:
+                raise InjectedFailure(f"failpoint {name}: injected failure after {fail_after} passes")
         return
     sys.stdout.write(f"FAILPOINT {name}\n")
     sys.stdout.flush()

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,22 +81,23 @@ class ObjectLayout:
         return self.store.key("_cellar_manifests", self.settings.relation, f"{name}.json")
 
 
-def sql_settings(conn: Connection, settings: ArchiveSettings) -> None:
+def sql_settings(conn: Connection, settings: ArchiveSettings, info: TableInfo) -> None:
     """Per-transaction settings that make every value's text form predictable and the batch bounded."""
-    conn.execute(
+    settings_sql = [
         sql.SQL("SET LOCAL lock_timeout = {}").format(
             sql.Literal(f"{int(settings.lock_timeout.total_seconds() * 1000)}ms")
-        )
-    )
-    conn.execute(
+        ),
         sql.SQL("SET LOCAL statement_timeout = {}").format(
             sql.Literal(f"{int(settings.statement_timeout.total_seconds() * 1000)}ms")
-        )
-    )
-    conn.execute("SET LOCAL TimeZone = 'UTC'")
-    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-    conn.execute("SET LOCAL extra_float_digits = 3")
-    conn.execute("SET LOCAL bytea_output = 'hex'")
+        ),
+        sql.SQL("SET LOCAL TimeZone = 'UTC'"),
+        sql.SQL("SET LOCAL DateStyle = 'ISO, YMD'"),
+        sql.SQL("SET LOCAL extra_float_digits = 3"),
+        sql.SQL("SET LOCAL bytea_output = 'hex'"),
+    ]
+    if not info.plain:
+        settings_sql += [sql.SQL("SET LOCAL enable_hashjoin = off"), sql.SQL("SET LOCAL enable_mergejoin = off")]
+    conn.execute(sql.SQL("; ").join(settings_sql))  # one round trip
 
 
 def eligible_condition(
@@ -122,12 +123,26 @@ def table_name(settings: ArchiveSettings) -> sql.Composed:
 
 
 def batch_statement(
-    settings: ArchiveSettings, info: TableInfo, cutoff: datetime, limit: int, watermark: dict[str, Any] | None
+    settings: ArchiveSettings,
+    info: TableInfo,
+    cutoff: datetime,
+    limit: int,
+    watermark: dict[str, Any] | None,
+    resume_from: object = None,
 ) -> sql.Composed:
+    """The statement of one batch. `resume_from`: the newest timestamp of this run's previous batch.
+
+    A run takes rows in (timestamp, key) order, so the rows before `resume_from` are gone, or locked by
+    an application (SKIP LOCKED passed them; the next run takes them). Starting the index scan there
+    saves walking the index entries of every row deleted earlier in the run, which VACUUM has not
+    removed yet: without it the time per batch grows with the rows already archived.
+    """
     ts = sql.Identifier(info.timestamp_column.name)
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
     order = sql.SQL("{}, {}").format(ts, keys)
     condition = eligible_condition(settings, info, cutoff)
+    if resume_from is not None:
+        condition = sql.SQL("{} AND {} >= {}").format(condition, ts, sql.Literal(resume_from))
     if settings.mode == "Copy":  # noqa: SIM102 (the Copy branch continues below, after the window)
         if watermark is not None:
             key_types = [info.column(k).pg_type for k in info.primary_key]
@@ -135,8 +150,9 @@ def batch_statement(
                 sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
                 for v, t in zip(watermark["key"], key_types, strict=True)
             )
-            condition = sql.SQL("{} AND ROW({}, {}) > ROW({}::{}, {})").format(
-                condition, ts, keys, sql.Literal(watermark["ts"]), sql.SQL(info.timestamp_column.pg_type), values
+            since = sql.SQL("{}::{}").format(sql.Literal(watermark["ts"]), sql.SQL(info.timestamp_column.pg_type))
+            condition = sql.SQL("{} AND {} >= {} AND ROW({}, {}) > ROW({}, {})").format(
+                condition, ts, since, ts, keys, since, values
             )
     if settings.partitioning != "None":
         # A batch writes one object per partition it touches: on a sparse table 10,000 rows can span
@@ -157,6 +173,23 @@ def batch_statement(
         return sql.SQL("COPY (SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)").format(
             select_list(info.columns), table_name(settings), condition, order, sql.Literal(limit)
         )
+    if info.plain:
+        # The rows this statement locked cannot move while it runs, so their ctids name exactly them: a
+        # TID scan deletes them without a lookup in the key's index per row (about 40% less server time
+        # per batch than by key). ONLY: an inheritance child created meanwhile is not this table.
+        return sql.SQL(
+            "COPY (DELETE FROM ONLY {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ONLY {table} WHERE {condition} "
+            "ORDER BY {order} LIMIT {limit} FOR UPDATE SKIP LOCKED)) RETURNING {columns}) TO STDOUT (FORMAT csv)"
+        ).format(
+            table=table_name(settings),
+            condition=condition,
+            order=order,
+            limit=sql.Literal(limit),
+            columns=select_list(info.columns),
+        )
+    # Partitioned and inherited tables, where a ctid is not unique: by key. sql_settings turns hash and
+    # merge joins off for this transaction, so this is a nested loop over the key's unique index; a hash
+    # join would read the whole table for every batch.
     return sql.SQL(
         "COPY (DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM {table} WHERE {condition} ORDER BY {order} "
         "LIMIT {limit} FOR UPDATE SKIP LOCKED) RETURNING {columns}) TO STDOUT (FORMAT csv)"
@@ -170,18 +203,32 @@ def batch_statement(
     )
 
 
+def sort_batch(table: pa.Table, info: TableInfo) -> pa.Table:
+    """A batch in (timestamp, key) order: partitions become contiguous slices and files sort by time."""
+    order = [(info.timestamp_column.name, "ascending"), *((k, "ascending") for k in info.primary_key)]
+    return table.sort_by(order)
+
+
 def partitions(table: pa.Table, settings: ArchiveSettings, info: TableInfo) -> list[tuple[str | None, pa.Table]]:
-    """Split a batch by the hive partition of each row's timestamp (a file holds one partition)."""
+    """Split a batch sorted by sort_batch into the hive partitions of its timestamps (a file holds one).
+
+    Each partition is a zero-copy slice: the day (or month) of each row is floored and run-length
+    encoded, so the work is one pass over the timestamps whatever the number of partitions.
+    """
     if settings.partitioning == "None" or table.num_rows == 0:
         return [(None, table)]
     column = table.column(info.timestamp_column.name)
     if pa.types.is_timestamp(column.type):
         column = pc.cast(column, pa.timestamp("us"))  # UTC wall time for timestamptz
-    text = pc.strftime(column, format="%Y-%m-%d" if settings.partitioning == "Daily" else "%Y-%m")
+    daily = settings.partitioning == "Daily"
+    runs = pc.run_end_encode(pc.floor_temporal(column.combine_chunks(), unit="day" if daily else "month"))
     result = []
-    for value in pc.unique(text).to_pylist():
-        result.append((value, table.filter(pc.equal(text, value))))
-    return sorted(result, key=lambda item: item[0] or "")
+    start = 0
+    for end, period in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+        label = period.strftime("%Y-%m-%d" if daily else "%Y-%m")
+        result.append((label, table.slice(start, end - start)))
+        start = end
+    return result
 
 
 def split_by_size(table: pa.Table, max_bytes: int) -> list[pa.Table]:
@@ -215,8 +262,33 @@ class RunTotals:
     batches: int = 0
     longest_transaction_seconds: float = 0.0
 
+    def add(self, result: BatchResult) -> None:
+        self.rows += result.rows
+        self.bytes += result.bytes
+        self.batches += 1 if result.rows else 0
+        self.longest_transaction_seconds = max(self.longest_transaction_seconds, result.transaction_seconds)
+
+
+@dataclass
+class CapturedBatch:
+    """Rows one open transaction has deleted (not yet committed), in (timestamp, key) order."""
+
+    conn: Connection
+    batch_id: str
+    began: float
+    table: pa.Table
+
 
 class Archiver:
+    """Runs batches until nothing is due, the run time is up, or SIGTERM.
+
+    In Move mode without a pause, two batches overlap on two connections: while one batch's rows are
+    encoded, uploaded and committed on a worker thread, the next batch's DELETE runs on the other
+    connection. Each batch is still its own transaction that keeps the guarantee on its own; SKIP
+    LOCKED keeps the two batches' rows apart. Copy mode (each batch continues after the previous
+    one's last row) and a configured pause run one batch at a time.
+    """
+
     def __init__(
         self,
         conn: Connection,
@@ -227,6 +299,7 @@ class Archiver:
         run_id: str,
         interrupts: Interrupts,
         on_progress: Callable[[int], None] = lambda _: None,
+        open_connection: Callable[[], Connection] | None = None,
     ) -> None:
         self.conn = conn
         self.store = store
@@ -239,27 +312,37 @@ class Archiver:
         self.layout = ObjectLayout(store, settings)
         self.batch_rows = settings.batch_rows
         self.watermark = ledger.copy_watermark(conn, settings.relation) if settings.mode == "Copy" else None
+        self.resume_from: object = None  # Move mode: the newest timestamp this run has captured
         conn.rollback()
+        self._open_connection = open_connection
+        self.overlapping = settings.mode == "Move" and not settings.pause and open_connection is not None
         # A batch's objects (one per partition) upload side by side while its transaction is open.
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="archive-upload")
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-publish")
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
+        second: Connection | None = None
         try:
-            return self._run()
+            if self.overlapping and self._open_connection is not None:
+                second = self._open_connection()
+                return self._run_overlapping([self.conn, second])
+            return self._run_one_at_a_time()
         finally:
+            self._publisher.shutdown(wait=True)
             self._uploads.shutdown(wait=True)
+            if second is not None:
+                with contextlib.suppress(psycopg.Error):
+                    second.close()
 
-    def _run(self) -> tuple[RunTotals, str]:
+    def _run_one_at_a_time(self) -> tuple[RunTotals, str]:
         totals = RunTotals()
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         while True:
             with self.interrupts.deferred():
-                result = self.batch()
-            totals.rows += result.rows
-            totals.bytes += result.bytes
-            totals.batches += 1 if result.rows else 0
-            totals.longest_transaction_seconds = max(totals.longest_transaction_seconds, result.transaction_seconds)
+                captured = self.capture(self.conn)
+                result = self.publish(captured) if captured is not None else BatchResult()
+            totals.add(result)
             self.on_progress(totals.rows)
             self.interrupts.check()  # SIGTERM during the batch: it finished (or rolled back); stop here
             if result.rows == 0:
@@ -268,46 +351,117 @@ class Archiver:
                 return totals, "maxRunTime"
             self._pause()
 
+    def _run_overlapping(self, connections: list[Connection]) -> tuple[RunTotals, str]:
+        totals = RunTotals()
+        deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
+        idle = list(connections)
+        pending: Future[BatchResult] | None = None  # the batch being published on the worker
+        unpublished: CapturedBatch | None = None  # captured here, not yet handed to the worker
+
+        def collect() -> None:
+            nonlocal pending
+            finished, pending = pending, None
+            if finished is not None:
+                totals.add(finished.result())  # a failed batch rolled back on the worker; this raises it
+                self.on_progress(totals.rows)
+
+        try:
+            while True:
+                with self.interrupts.deferred():
+                    unpublished = self.capture(idle.pop())
+                    collect()
+                    if unpublished is None:
+                        return totals, "done"
+                    captured, unpublished = unpublished, None
+                    pending = self._publisher.submit(self._publish_and_release, captured, idle)
+                if self.interrupts.requested.is_set() or time.monotonic() >= deadline:
+                    with self.interrupts.deferred():
+                        collect()  # the batch in flight finishes (or rolls back) before the run stops
+                    self.interrupts.check()
+                    return totals, "maxRunTime"
+        finally:
+            if unpublished is not None:
+                _rollback(unpublished.conn)
+            if pending is not None:  # leaving on an error: the batch in flight still ends cleanly
+                with contextlib.suppress(Exception):
+                    pending.result()
+
+    def _publish_and_release(self, captured: CapturedBatch, idle: list[Connection]) -> BatchResult:
+        try:
+            return self.publish(captured)
+        finally:
+            idle.append(captured.conn)
+
     def _pause(self) -> None:
         end = time.monotonic() + self.settings.pause.total_seconds()
         while time.monotonic() < end:
             self.interrupts.check()
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
-    def batch(self) -> BatchResult:
-        batch_id = str(uuid.uuid4())
-        statement = batch_statement(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark)
+    def capture(self, conn: Connection) -> CapturedBatch | None:
+        """Open a transaction and delete (Copy mode: read) the next batch's rows; None when none are due.
+
+        When nothing is due after `resume_from`, one more statement looks from the start: it takes the
+        rows that applications held locked when the run passed them.
+        """
+        while True:
+            captured = self._capture_once(conn)
+            if captured is not None or self.resume_from is None:
+                return captured
+            self.resume_from = None
+
+    def _capture_once(self, conn: Connection) -> CapturedBatch | None:
+        statement = batch_statement(
+            self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, self.resume_from
+        )
         began = time.monotonic()
         try:
-            sql_settings(self.conn, self.settings)
-            with self.conn.cursor() as cursor, cursor.copy(statement) as copy:
-                data = b"".join(bytes(chunk) for chunk in copy)
-            table = csv_to_table(data, self.info.columns)
+            sql_settings(conn, self.settings, self.info)
+            data = bytearray()
+            with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in copy:
+                    data += row
+            table = csv_to_table(bytes(data), self.info.columns)
             if table.num_rows == 0:
-                self.conn.rollback()
-                return BatchResult()
-            result = BatchResult(rows=table.num_rows)
-            entries = self._publish_batch(batch_id, self._pieces(table))
+                conn.rollback()
+                return None
+            self._adapt_batch_size(len(data))
+            table = sort_batch(table, self.info)
+            if self.settings.mode == "Move":
+                self.resume_from = table.column(self.info.timestamp_column.name)[-1].as_py()
+            return CapturedBatch(conn, str(uuid.uuid4()), began, table)
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def publish(self, captured: CapturedBatch) -> BatchResult:
+        """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""
+        conn, batch_id = captured.conn, captured.batch_id
+        try:
+            result = BatchResult(rows=captured.table.num_rows)
+            entries = self._publish_batch(batch_id, self._pieces(captured.table))
             result.bytes = sum(e.bytes for e in entries)
             result.objects = len(entries)
-            for entry in entries:
-                ledger.record(
-                    self.conn,
-                    entry,
-                    relation=self.settings.relation,
-                    cutoff=self.cutoff,
-                    mode=self.settings.mode,
-                    run_id=self.run_id,
-                )
+            ledger.record(
+                conn,
+                entries,
+                relation=self.settings.relation,
+                cutoff=self.cutoff,
+                mode=self.settings.mode,
+                run_id=self.run_id,
+            )
             failpoint("archive.before-commit")
         except BaseException:
-            self._rollback()
+            _rollback(conn)
             raise
-        self._commit(batch_id)
-        result.transaction_seconds = time.monotonic() - began
+        try:
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            # The outcome of a COMMIT whose connection died is unknown here; the ledger knows.
+            raise CommitInDoubt(batch_id, str(exc)) from exc
+        result.transaction_seconds = time.monotonic() - captured.began
         if self.settings.mode == "Copy":
             self.watermark = json.loads(entries[-1].last_row or "null")
-        self._adapt_batch_size(len(data))
         log.info(
             "batch committed",
             extra={
@@ -332,18 +486,14 @@ class Archiver:
             self.batch_rows = max(1, int(self.batch_rows * self.settings.batch_max_bytes / raw_bytes))
 
     def _publish_batch(self, batch_id: str, pieces: list[tuple[str | None, pa.Table]]) -> list[ledger.LedgerEntry]:
-        """Encode each piece, upload them concurrently (each verified), then write the batch's manifest."""
+        """Encode and upload the pieces side by side (each verified), then write the batch's manifest."""
         manifest_key = self.layout.manifest_key(batch_id)
-        encoded = [
-            self._encode(batch_id, number, partition, part, manifest_key)
+        # pyarrow and hashlib release the GIL, so encoding on the upload threads uses every core.
+        published = [
+            self._uploads.submit(self._encode_and_upload, batch_id, number, partition, part, manifest_key)
             for number, (partition, part) in enumerate(pieces)
         ]
-        uploads = [
-            self._uploads.submit(upload_verified, self.store, entry.object_key, body, entry.sha256)
-            for entry, body, _ in encoded
-        ]
-        for upload in uploads:
-            upload.result()  # the first failure fails the batch; its transaction rolls back
+        objects = [future.result() for future in published]  # the first failure fails the batch (rollback)
         manifest = {
             "formatVersion": MANIFEST_FORMAT_VERSION,
             "batchId": batch_id,
@@ -355,25 +505,27 @@ class Archiver:
             "cutoff": self.cutoff.isoformat(),
             "runId": self.run_id,
             "mode": self.settings.mode,
-            "rows": sum(entry.rows for entry, _, _ in encoded),
+            "rows": sum(entry.rows for entry, _ in objects),
             "columns": [{"name": c.name, "type": c.pg_type, "storedAs": str(arrow_type(c))} for c in self.info.columns],
-            "objects": [description for _, _, description in encoded],
+            "objects": [description for _, description in objects],
             "createdAt": datetime.now(UTC).isoformat(),
         }
         self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
-        return [entry for entry, _, _ in encoded]
+        return [entry for entry, _ in objects]
 
-    def _encode(
+    def _encode_and_upload(
         self, batch_id: str, number: int, partition: str | None, table: pa.Table, manifest_key: str
-    ) -> tuple[ledger.LedgerEntry, bytes, dict[str, Any]]:
+    ) -> tuple[ledger.LedgerEntry, dict[str, Any]]:
+        """One object: encode the rows (sorted by timestamp and key), upload and verify it."""
         key = self.layout.data_key(partition, object_name(batch_id, number))
         body = encode(table, self.settings.format)
         digest = hashlib.sha256(body).hexdigest()
+        failpoint("archive.upload")
+        upload_verified(self.store, key, body, digest)
         ts_name = self.info.timestamp_column.name
         low, high = key_range(table, ts_name)
         min_key, max_key = key_range(table, self.info.primary_key[0])
-        ordered = table.sort_by([(ts_name, "ascending"), *((k, "ascending") for k in self.info.primary_key)])
-        last = ordered.slice(ordered.num_rows - 1, 1).to_pylist()[0]
+        last = table.slice(table.num_rows - 1, 1).to_pylist()[0]
         last_row = json.dumps(
             {"ts": _jsonable(last[ts_name]), "key": [_jsonable(last[k]) for k in self.info.primary_key]}
         )
@@ -401,18 +553,7 @@ class Archiver:
             max_key=max_key,
             last_row=last_row,
         )
-        return entry, body, description
-
-    def _rollback(self) -> None:
-        with contextlib.suppress(psycopg.Error):  # a dead connection: the server rolled back on its own
-            self.conn.rollback()
-
-    def _commit(self, batch_id: str) -> None:
-        try:
-            self.conn.commit()
-        except psycopg.OperationalError as exc:
-            # The outcome of a COMMIT whose connection died is unknown here; the ledger knows.
-            raise CommitInDoubt(batch_id, str(exc)) from exc
+        return entry, description
 
 
 class CommitInDoubt(RetryableError):
@@ -424,6 +565,11 @@ class CommitInDoubt(RetryableError):
             "ledger to learn whether it committed and cleans up accordingly"
         )
         self.batch_id = batch_id
+
+
+def _rollback(conn: Connection) -> None:
+    with contextlib.suppress(psycopg.Error):  # a dead connection: the server rolled back on its own
+        conn.rollback()
 
 
 def _timestamp(text: str | None) -> datetime | None:

@@ -65,29 +65,36 @@ class LedgerEntry:
     last_row: str | None  # JSON {"ts": ..., "key": [...]}: where a Copy-mode run continues
 
 
-def record(conn: Connection, entry: LedgerEntry, *, relation: str, cutoff: datetime, mode: str, run_id: str) -> None:
-    conn.execute(
-        "INSERT INTO cellar.archive_ledger (object_key, batch_id, relation, manifest_key, rows, bytes, sha256, min_ts, "
-        "max_ts, min_key, max_key, last_row, cutoff, mode, run_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            entry.object_key,
-            entry.batch_id,
-            relation,
-            entry.manifest_key,
-            entry.rows,
-            entry.bytes,
-            entry.sha256,
-            entry.min_ts,
-            entry.max_ts,
-            entry.min_key,
-            entry.max_key,
-            entry.last_row,
-            cutoff,
-            mode,
-            run_id,
-        ),
-    )
+def record(
+    conn: Connection, entries: list[LedgerEntry], *, relation: str, cutoff: datetime, mode: str, run_id: str
+) -> None:
+    """The batch's objects, in the transaction that deleted their rows (one round trip: pipelined)."""
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO cellar.archive_ledger (object_key, batch_id, relation, manifest_key, rows, bytes, sha256, "
+            "min_ts, max_ts, min_key, max_key, last_row, cutoff, mode, run_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    entry.object_key,
+                    entry.batch_id,
+                    relation,
+                    entry.manifest_key,
+                    entry.rows,
+                    entry.bytes,
+                    entry.sha256,
+                    entry.min_ts,
+                    entry.max_ts,
+                    entry.min_key,
+                    entry.max_key,
+                    entry.last_row,
+                    cutoff,
+                    mode,
+                    run_id,
+                )
+                for entry in entries
+            ],
+        )
 
 
 def recorded_keys(conn: Connection, relation: str) -> set[str]:

@@ -71,6 +71,9 @@ class TableInfo:
     columns: list[Column]
     primary_key: tuple[str, ...]
     timestamp_column: Column
+    # An ordinary table without inheritance children: a row's ctid names it uniquely, so a batch can
+    # delete the rows it locked by ctid. Partitioned and inherited tables are deleted by primary key.
+    plain: bool = False
 
     def column(self, name: str) -> Column:
         for column in self.columns:
@@ -113,6 +116,7 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
     if row is None or row[0] is None:
         raise InvalidSpec(f"spec.table: table {settings.relation!r} does not exist (names are case-sensitive)")
     oid = int(str(row[0]))
+    kind = conn.execute("SELECT relkind = 'r' AND NOT relhassubclass FROM pg_class WHERE oid = %s", (oid,)).fetchone()
     columns = [
         Column(
             str(r[0]),
@@ -150,7 +154,9 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
         ).fetchone()
         if not unique or not unique[0]:
             raise InvalidSpec(f"spec.primaryKey: no unique index on ({', '.join(primary_key)}); ON CONFLICT needs one")
-    return TableInfo(oid=oid, columns=columns, primary_key=primary_key, timestamp_column=timestamp)
+    return TableInfo(
+        oid=oid, columns=columns, primary_key=primary_key, timestamp_column=timestamp, plain=bool(kind and kind[0])
+    )
 
 
 def check_cascades(conn: Connection, info: TableInfo, settings: ArchiveSettings) -> None:

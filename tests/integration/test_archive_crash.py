@@ -173,3 +173,73 @@ def test_max_run_time_stops_after_the_batch_in_flight(
     assert "stopped at maxRunTime" in last_run["message"]
     assert 0 < last_run["rows"] < 30000
     assert len(ids_in_table(database)) == 30000 - last_run["rows"]
+
+
+def test_two_batches_in_flight_are_both_rolled_back_by_a_kill(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    from tests.integration.processes import run_until_failpoint
+
+    make_old_orders(database, 1000)
+    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 100})
+    job = run_until_failpoint("jobs.archive", job_kubeconfig("archive"), namespace, "orders", "archive.before-commit")
+    try:
+        # Batch 1 waits before its COMMIT; meanwhile batch 2 has been deleted on the second connection.
+        deadline = time.monotonic() + 20
+        open_transactions: list[tuple[Any, ...]] = []
+        while time.monotonic() < deadline and len(open_transactions) < 2:
+            with psycopg.connect(dsn(database)) as conn:
+                open_transactions = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'cellar-archive' "
+                    "AND state = 'idle in transaction' AND backend_xid IS NOT NULL"
+                ).fetchall()
+            time.sleep(0.1)
+        assert len(open_transactions) == 2, "two batches overlap: one publishing, the next deleted"
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert ids_in_table(database) == set(range(1, 1001))  # the server rolled both back
+    with psycopg.connect(dsn(database)) as conn:
+        assert conn.execute("SELECT count(*) FROM cellar.archive_ledger").fetchone() == (0,)
+
+
+def test_a_failed_upload_while_the_next_batch_is_deleted_loses_nothing(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
+    admin_api: Any,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> None:
+    from tests.integration.backup_helpers import conditions, get_status
+
+    make_old_orders(database, 3000)
+    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 100}, partitioning="None")
+    kubeconfig = job_kubeconfig("archive")
+    job = start_job("jobs.archive", kubeconfig, namespace, "orders", failpoint="archive.upload=error-after:7")
+    output, _ = job.communicate(timeout=60)
+    assert job.returncode == 1, output  # retryable: the Job runs it again
+    found = conditions(get_status(admin_api, namespace, "tablearchives", "orders"))
+    assert found["ArchiveSucceeded"]["reason"] == "InjectedFailure"
+    # Batches publish one after another: seven committed, the eighth failed, and the ninth (deleted
+    # meanwhile on the other connection) rolled back with it.
+    archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    in_table = ids_in_table(database)
+    assert len(archived) == 700
+    assert sorted(archived + sorted(in_table)) == list(range(1, 3001))
+    assert run_archive_job(kubeconfig, namespace) == 0
+    archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    assert sorted(archived) == list(range(1, 3001))
+    assert ids_in_table(database) == set()
