@@ -591,11 +591,17 @@ def table_archive() -> dict[str, Any]:
                 maxLength=4096,
             ),
             "batch": obj(
-                "How much one transaction moves. Small batches keep transactions short (VACUUM, locks).",
+                "How much one transaction moves. Small batches keep transactions short (VACUUM, locks). In Move "
+                "mode without a pause, the next batch's DELETE runs on a second connection while the previous "
+                "batch uploads and commits: a run uses two database connections.",
                 {
                     "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=10000),
                     "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
-                    "pause": duration("Pause between batches, to spare the primary and its replicas.", default="0s"),
+                    "pause": duration(
+                        "Pause between batches, to spare the primary and its replicas; with a pause, batches run "
+                        "one at a time on one connection.",
+                        default="0s",
+                    ),
                 },
                 default={},
             ),
