@@ -3,7 +3,7 @@
 A table of --rows rows (default 5 million) of mixed types, 80% of it older than the cutoff. Each variant
 runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE):
 
-  (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE
+  (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE (best of 3)
   (b) a plain loop a team would write: select a batch, write gzip CSV, upload, DELETE ... WHERE id IN (...)
   (c) cellar's archiver (Parquet with zstd, ledger, verified uploads), default batch size 10,000
 
@@ -36,6 +36,7 @@ from benchmarks.measure import install_cellar, run_measured
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 BATCH = 10_000
+FLOOR_ATTEMPTS = 3
 CUTOFF_AGE_DAYS = 365
 COLUMNS = "id, created_at, customer, amount, status, note, payload, ref"
 
@@ -226,30 +227,36 @@ def main() -> int:
         s3.create_bucket(Bucket="archive-bench")
         me = [sys.executable, "-m", "benchmarks.archive_bench"]
         results: dict[str, dict[str, Any]] = {}
-        for label, extra in (
-            ("(a) COPY to /dev/null + one DELETE", ["floor"]),
-            ("(b) hand loop: SELECT, gzip CSV, upload, DELETE", ["hand-loop"]),
+        for label, extra, attempts in (
+            # The floor is a few seconds long, so one noisy moment on a shared machine moves it a lot:
+            # its best of three is the (conservative) baseline.
+            ("(a) COPY to /dev/null + one DELETE", ["floor"], FLOOR_ATTEMPTS),
+            ("(b) hand loop: SELECT, gzip CSV, upload, DELETE", ["hand-loop"], 1),
         ):
-            dsn = fresh_copy(stack, "archive_a" if extra == ["floor"] else "archive_b")
-            run = run_measured(
-                label,
-                [
-                    *me,
-                    *extra,
-                    "--dsn",
-                    dsn,
-                    "--cutoff",
-                    cutoff,
-                    "--endpoint",
-                    stack.s3_endpoint,
-                    "--bucket",
-                    "archive-bench",
-                ],
-                dict(os.environ),
-            )
-            figures = json.loads(run.output.strip().splitlines()[-1])
-            results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
-            print(f"{label}: done in {run.wall:.1f}s", flush=True)
+            walls = []
+            for attempt in range(attempts):
+                dsn = fresh_copy(stack, f"archive_{extra[0].replace('-', '_')}_{attempt}")
+                run = run_measured(
+                    label,
+                    [
+                        *me,
+                        *extra,
+                        "--dsn",
+                        dsn,
+                        "--cutoff",
+                        cutoff,
+                        "--endpoint",
+                        stack.s3_endpoint,
+                        "--bucket",
+                        "archive-bench",
+                    ],
+                    dict(os.environ),
+                )
+                figures = json.loads(run.output.strip().splitlines()[-1])
+                walls.append(run.wall)
+                if run.wall == min(walls):
+                    results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
+            print(f"{label}: done in {', '.join(f'{w:.1f}s' for w in walls)}", flush=True)
 
         kubeconfig, api = install_cellar(stack, "archive")
         for partitioning in ("Daily", "Monthly"):

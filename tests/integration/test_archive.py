@@ -387,3 +387,30 @@ def test_a_composite_key_table_is_archived_once_per_row(
     for table in archived_objects(s3_admin, bucket).values():  # each file in (timestamp, key) order
         rows = list(zip(table.column("created_at").to_pylist(), table.column("tenant").to_pylist(), strict=True))
         assert rows == sorted(rows)
+
+
+@pytest.mark.parametrize("column_type", ["date", "timestamp"])
+def test_a_date_or_timestamp_column_is_archived_across_many_batches(
+    archive_env: dict[str, Any], bucket: str, s3_admin: Any, column_type: str
+) -> None:
+    # Each batch resumes at the previous batch's newest timestamp, as a literal of the column's type.
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE orders (id bigint PRIMARY KEY, created_at {column_type} NOT NULL, note text)")
+        conn.execute(
+            f"INSERT INTO orders SELECT g, (now() - interval '400 days' + (g / 3) * interval '1 day')::{column_type}, "
+            "'old' FROM generate_series(1, 600) g"
+        )  # three rows a day: batches end in the middle of a day
+        conn.execute(f"INSERT INTO orders SELECT 10000 + g, now()::{column_type}, 'new' FROM generate_series(1, 5) g")
+    setup_archive(
+        database,
+        archive_env["storage_spec"],
+        archive_env["create_secret"],
+        archive_env["create_resource"],
+        batch={"rows": 40},
+    )
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert ids_in_table(database) == {10000 + g for g in range(1, 6)}
+    archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    assert sorted(archived) == list(range(1, 601))
+    assert len(manifests(s3_admin, bucket)) >= 600 // 40
