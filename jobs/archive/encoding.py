@@ -92,7 +92,9 @@ def csv_to_table(data: bytes, columns: Sequence[Column]) -> pa.Table:
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=names, block_size=64 * 1024 * 1024),
+            # One batch is a few MB: parsed on the calling thread, it does not queue behind the Parquet
+            # encoding that shares Arrow's thread pool (two threads on a two-core node).
+            read_options=pacsv.ReadOptions(column_names=names, block_size=64 * 1024 * 1024, use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c.name: _csv_read_type(c) for c in columns},
