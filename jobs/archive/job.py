@@ -21,7 +21,7 @@ from common.progress import ProgressReporter
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver, Connection, eligible_condition, table_name
+from jobs.archive.archiver import Archiver, Connection, RunTotals, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.table import TableInfo, check_cascades, describe_table
@@ -167,9 +167,7 @@ class ArchiveJob:
                 + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
                 + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
             )
-            self._finish(
-                ctx, conn, settings, info, reason, message, started, duration, totals.rows, totals.bytes, totals.batches
-            )
+            self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
             return message
 
     def _count_due(self, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> int:
@@ -205,9 +203,7 @@ class ArchiveJob:
         message: str,
         started: datetime,
         duration: float,
-        rows: int,
-        size: int,
-        batches: int,
+        totals: RunTotals,
     ) -> None:
         all_time = ledger.totals(conn, settings.relation)
         conn.rollback()
@@ -225,9 +221,10 @@ class ArchiveJob:
                     "durationSeconds": round(duration, 3),
                     "reason": reason,
                     "message": message,
-                    "rows": rows,
-                    "bytes": size,
-                    "batches": batches,
+                    "rows": totals.rows,
+                    "bytes": totals.bytes,
+                    "batches": totals.batches,
+                    "longestTransactionSeconds": round(totals.longest_transaction_seconds, 3),
                 },
                 "totals": {"rows": all_time.rows, "bytes": all_time.bytes, "batches": all_time.batches},
                 "oldestRowTime": self._oldest(conn, settings, info),

@@ -5,7 +5,9 @@
 3. creates a database with data (pgbench tables plus text, jsonb and bytea), a bucket, the Secrets
    and a DatabaseBackup;
 4. runs the backup job as that ServiceAccount, then a DatabaseRestore into a new database;
-5. compares the two databases and prints the resources the way `kubectl get` does.
+5. compares the two databases and prints the resources the way `kubectl get` does;
+6. archives the documents older than 30 days with a TableArchive (the archive job, as its own
+   ServiceAccount), reads the Parquet files back, and brings one month back into a side table.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,9 @@ def step(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def run_job(kubeconfig: Path, *args: str) -> None:
-    command = [sys.executable, "-m", "jobs.backup", *args, "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE]
-    print("$ " + " ".join(["python -m jobs.backup", *args, "--kubeconfig", "<job token>", "--namespace", NAMESPACE]))
+def run_job(kubeconfig: Path, *args: str, module: str = "jobs.backup") -> None:
+    command = [sys.executable, "-m", module, *args, "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE]
+    print("$ " + " ".join([f"python -m {module}", *args, "--kubeconfig", "<job token>", "--namespace", NAMESPACE]))
     result = subprocess.run(
         command, cwd=REPO, env={**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"}, check=False
     )
@@ -81,9 +84,9 @@ def make_database(stack: LocalStack) -> dict[str, str]:
             "created timestamptz DEFAULT now())"
         )
         conn.execute(
-            "INSERT INTO documents (title, body, thumbnail) SELECT 'doc ' || g, "
-            "jsonb_build_object('n', g, 'tags', jsonb_build_array('a', 'b')), decode(md5(g::text), 'hex') "
-            "FROM generate_series(1, 20000) g"
+            "INSERT INTO documents (title, body, thumbnail, created) SELECT 'doc ' || g, "
+            "jsonb_build_object('n', g, 'tags', jsonb_build_array('a', 'b')), decode(md5(g::text), 'hex'), "
+            "now() - (20000 - g) * interval '15 minutes' FROM generate_series(1, 20000) g"  # about 208 days
         )
     return credentials
 
@@ -160,11 +163,68 @@ def main() -> int:
             [*kubectl, "describe", "databasebackup", "orders"], check=True, capture_output=True, text=True
         ).stdout
         print(described[described.index("Status:") :] if "Status:" in described else described)
-        print("\nThe demo worked: backup written, verified by a restore test, restored, and identical.")
+        archive_demo(stack, api, database)
+        print(
+            "\nThe demo worked: backup written, verified by a restore test, restored, and identical; old rows "
+            "archived to Parquet, read back, and a month brought back."
+        )
         return 0
     finally:
         step("stopping the local stack")
         stack.stop()
+
+
+def archive_demo(stack: LocalStack, api: Any, database: dict[str, str]) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    kubeconfig = service_account_kubeconfig(
+        api, stack, NAMESPACE, "archive", Path(tempfile.mkdtemp()) / "archive.kubeconfig"
+    )
+    dsn = stack.pg_dsn("shop", "shop", database["password"])
+    before = row_counts(dsn)["documents"]
+    step("creating TableArchive 'documents' from cronjobs/samples/tablearchive.yaml: rows older than 30 days")
+    archive = yaml.safe_load((SAMPLES_DIR / "tablearchive.yaml").read_text())
+    archive["metadata"]["name"] = "documents"
+    archive["spec"].update(
+        {"table": {"schema": "public", "name": "documents"}, "timestampColumn": "created", "olderThan": "30d"}
+    )
+    archive["spec"]["database"]["sslMode"] = "disable"
+    archive["spec"]["batch"] = {"rows": 2000}
+    archive["spec"]["storage"].update({"bucket": BUCKET, "prefix": "demo/archive", "endpoint": stack.s3_endpoint})
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", archive
+    )
+    step("running the archive job as ServiceAccount cellar-archive")
+    run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
+    after = row_counts(dsn)["documents"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="demo/archive/public.documents/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    archived = sum(
+        pq.read_metadata(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())).num_rows for k in keys
+    )
+    step("reading the Parquet files back with pyarrow")
+    print(f"  documents in the table: {before} before, {after} after")
+    print(f"  rows in {len(keys)} Parquet files: {archived}, for example s3://{BUCKET}/{keys[0]}")
+    if before - after != archived or not archived:
+        raise SystemExit("the archived rows do not add up")
+
+    step("bringing the oldest month back into the side table documents_unarchived")
+    first = min(k.split("dt=")[1][:10] for k in keys)
+    month_later = (date.fromisoformat(first) + timedelta(days=30)).isoformat()
+    run_job(kubeconfig, "unarchive", "--name", "documents", "--from", first, "--to", month_later, module="jobs.archive")
+    print(f"  rows back in documents_unarchived: {row_counts(dsn).get('documents_unarchived', 0)}")
+    step("kubectl get tablearchives -n demo")
+    kubectl = [str(stack.binaries["kubectl"]), "--kubeconfig", str(stack.kubeconfig), "-n", NAMESPACE]
+    subprocess.run([*kubectl, "get", "tablearchives"], check=True)
 
 
 if __name__ == "__main__":

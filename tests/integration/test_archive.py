@@ -100,6 +100,7 @@ def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     assert conditions(status)["ArchiveSucceeded"]["reason"] == "Completed"
     assert conditions(status)["Ready"]["status"] == "True"
     assert status["lastRun"]["rows"] == 302
+    assert 0 < status["lastRun"]["longestTransactionSeconds"] < status["lastRun"]["durationSeconds"]
     assert status["totals"]["rows"] == 302
     assert status["oldestRowTime"] is not None
 

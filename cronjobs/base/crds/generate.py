@@ -643,6 +643,11 @@ def table_archive() -> dict[str, Any]:
                     "rows": integer("Rows archived.", format="int64"),
                     "bytes": integer("Bytes written.", format="int64"),
                     "batches": integer("Batches committed.", format="int64"),
+                    "longestTransactionSeconds": {
+                        "type": "number",
+                        "description": "The longest batch transaction, BEGIN to COMMIT: what held locks and "
+                        "VACUUM's horizon longest.",
+                    },
                 },
             ),
             "totals": obj(
