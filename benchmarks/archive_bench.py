@@ -6,6 +6,8 @@ runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE):
   (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE (best of 3)
   (b) a plain loop a team would write: select a batch, write gzip CSV, upload, DELETE ... WHERE id IN (...)
   (c) cellar's archiver (Parquet with zstd, ledger, verified uploads), default batch size 10,000 (best of 2)
+  (d) a diagnostic, no target: cellar's capture step alone (its DELETE, reading and parsing the rows,
+      COMMIT; no files), the most the server side leaves for (c)
 
 For each: rows per second, peak RSS, the longest single transaction, and stored size; then the targets:
 (c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB. Run:
@@ -84,6 +86,48 @@ def floor(dsn: str, cutoff: str) -> None:
             {"rows": rows, "longest_transaction": time.monotonic() - started, "stored": 0, "copied_bytes": copied}
         )
     )
+
+
+def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
+    """(d), a diagnostic: cellar's capture step alone, batch after batch (its DELETE statement, reading and
+    parsing the rows, COMMIT), with no files written. What the server side allows cellar at most."""
+    from common.config import StorageCredentials
+    from common.runtime import Interrupts
+    from common.storage import ObjectStore, build_client
+    from jobs.archive import ledger
+    from jobs.archive.archiver import Archiver
+    from jobs.archive.settings import parse_archive_spec
+    from jobs.archive.table import describe_table
+
+    reference = {"name": "unused", "key": "unused"}
+    settings = parse_archive_spec(
+        {
+            "database": {"secretRef": {"name": "unused"}},
+            "storage": {
+                "bucket": bucket,
+                "endpoint": endpoint,
+                "forcePathStyle": True,
+                "credentials": {"accessKeyId": reference, "secretAccessKey": reference},
+            },
+            "table": {"name": "orders"},
+            "timestampColumn": "created_at",
+            "olderThan": "1d",
+        }
+    )
+    rows = 0
+    longest = 0.0
+    with psycopg.connect(dsn) as conn:
+        info = describe_table(conn, settings)
+        conn.rollback()
+        ledger.ensure_ledger(conn)
+        credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
+        store = ObjectStore(build_client(settings.storage, credentials), settings.storage)  # never written to
+        archiver = Archiver(conn, store, settings, info, datetime.fromisoformat(cutoff), "bench", Interrupts())
+        while (captured := archiver.capture(conn)) is not None:
+            conn.commit()
+            rows += captured.table.num_rows
+            longest = max(longest, time.monotonic() - captured.began)
+    print(json.dumps({"rows": rows, "longest_transaction": longest, "stored": 0}))
 
 
 def hand_loop(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
@@ -198,7 +242,7 @@ def cellar(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("variant", nargs="?", choices=["floor", "hand-loop"], help=argparse.SUPPRESS)
+    parser.add_argument("variant", nargs="?", choices=["floor", "hand-loop", "capture-only"], help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--cutoff", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -206,6 +250,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.variant == "floor":
         floor(args.dsn, args.cutoff)
+        return 0
+    if args.variant == "capture-only":
+        capture_only(args.dsn, args.cutoff, args.endpoint, args.bucket)
         return 0
     if args.variant == "hand-loop":
         hand_loop(args.dsn, args.cutoff, args.endpoint, args.bucket)
@@ -233,6 +280,7 @@ def main() -> int:
             # its best of three is the (conservative) baseline.
             ("(a) COPY to /dev/null + one DELETE", ["floor"], FLOOR_ATTEMPTS),
             ("(b) hand loop: SELECT, gzip CSV, upload, DELETE", ["hand-loop"], 1),
+            ("(d) diagnostic: cellar's DELETE + parse + COMMIT only", ["capture-only"], 1),
         ):
             walls = []
             for attempt in range(attempts):
@@ -279,15 +327,17 @@ def main() -> int:
 def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
     print(f"\ntable: {total_rows} rows; rows moved per variant below")
     print(
-        f"{'variant':48} {'rows':>9} {'wall s':>8} {'rows/s':>9} {'longest tx s':>13} {'peak RSS MB':>12} "
+        f"{'variant':54} {'rows':>9} {'wall s':>8} {'rows/s':>9} {'longest tx s':>13} {'peak RSS MB':>12} "
         f"{'stored MB':>10}"
     )
     for label, r in results.items():
         print(
-            f"{label:48} {r['rows']:>9} {r['wall']:8.1f} {r['rows'] / r['wall']:9.0f} {r['longest_transaction']:13.2f} "
+            f"{label:54} {r['rows']:>9} {r['wall']:8.1f} {r['rows'] / r['wall']:9.0f} {r['longest_transaction']:13.2f} "
             f"{r['rss']:12.0f} {r['stored'] / 1024**2:10.1f}"
         )
-    a, b, c, c_monthly = results.values()
+    a, b = results["(a) COPY to /dev/null + one DELETE"], results["(b) hand loop: SELECT, gzip CSV, upload, DELETE"]
+    c = results["(c) cellar, Daily partitions (default)"]
+    c_monthly = results["(c) cellar, Monthly partitions"]
     rate = {k: r["rows"] / r["wall"] for k, r in zip("abc", (a, b, c), strict=True)}
     checks = [
         (f"(c) rows/s / (a) rows/s = {rate['c'] / rate['a']:.2f}", "target >= 0.50", rate["c"] / rate["a"] >= 0.5),
@@ -300,7 +350,8 @@ def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
             c_monthly["rows"] / c_monthly["wall"] >= rate["a"] / 2,
         ),
     ]
-    print()
+    d = results["(d) diagnostic: cellar's DELETE + parse + COMMIT only"]
+    print(f"\n  diagnostic, no target: (d) rows/s / (a) rows/s = {d['rows'] / d['wall'] / rate['a']:.2f}")
     for figure, target, ok in checks:
         print(f"  {figure:40} {target:16} {'PASS' if ok else 'MISS'}")
 
