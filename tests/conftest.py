@@ -178,3 +178,25 @@ def storage_spec(stack: LocalStack, bucket: str) -> dict[str, Any]:
 @pytest.fixture
 def storage_secret(create_secret: Callable[[str, dict[str, str]], None]) -> None:
     create_secret("cellar-object-storage", {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+
+
+@pytest.fixture
+def archive_env(
+    stack: LocalStack,
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    storage_secret: None,
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    job_kubeconfig: Callable[[str], Path],
+) -> dict[str, Any]:
+    """What an archive test needs: its namespace, database, storage, and the archive job's kubeconfig."""
+    return {
+        "namespace": namespace,
+        "database": database,
+        "storage_spec": storage_spec,
+        "create_secret": create_secret,
+        "create_resource": create_resource,
+        "kubeconfig": job_kubeconfig("archive"),
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -18,24 +17,19 @@ def dsn(database: dict[str, Any]) -> str:
 
 
 def setup_archive(
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    create_secret: Callable[[str, dict[str, str]], None],
-    create_resource: Callable[..., Any],
-    table: str = "orders",
-    name: str = "orders",
-    **spec: Any,
+    archive_env: dict[str, Any], table: str = "orders", name: str = "orders", **spec: Any
 ) -> dict[str, Any]:
-    create_secret("cellar-database", database)
+    """The database Secret and a TableArchive `name` over `table`, in the test's namespace and bucket."""
+    archive_env["create_secret"]("cellar-database", archive_env["database"])
     body = {
         "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
-        "storage": storage_spec,
+        "storage": archive_env["storage_spec"],
         "table": {"schema": "public", "name": table},
         "timestampColumn": "created_at",
         "olderThan": "30d",
         **spec,
     }
-    return dict(create_resource("TableArchive", {"metadata": {"name": name}, "spec": body}))
+    return dict(archive_env["create_resource"]("TableArchive", {"metadata": {"name": name}, "spec": body}))
 
 
 def run_archive_job(kubeconfig: Any, namespace: str, *args: str, name: str = "orders") -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +53,6 @@ def _rows_as_text(conn_dsn: str, table: str) -> list[str]:
         return [r[0] for r in conn.execute(f"SELECT x::text FROM {table} x ORDER BY id")]
 
 
-@pytest.fixture
-def archive_env(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> dict[str, Any]:
-    return {
-        "namespace": namespace,
-        "database": database,
-        "storage_spec": storage_spec,
-        "create_secret": create_secret,
-        "create_resource": create_resource,
-        "kubeconfig": job_kubeconfig("archive"),
-    }
-
-
 def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     stack: LocalStack,
     archive_env: dict[str, Any],
@@ -86,13 +64,7 @@ def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(TYPES_TABLE)
     before = _rows_as_text(dsn(database), "orders")
-    setup_archive(
-        database,
-        archive_env["storage_spec"],
-        archive_env["create_secret"],
-        archive_env["create_resource"],
-        batch={"rows": 100},
-    )
+    setup_archive(archive_env, batch={"rows": 100})
     assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
 
     assert ids_in_table(database) == {5001, 5002, 5003, 5004, 5005}  # only the recent rows stay
@@ -165,9 +137,7 @@ def _simple(archive_env: dict[str, Any], old: int = 2000, **spec: Any) -> dict[s
     database = archive_env["database"]
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(SIMPLE_TABLE.format(old=old))
-    return setup_archive(
-        database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"], **spec
-    )
+    return setup_archive(archive_env, **spec)
 
 
 def test_unarchive_into_the_source_is_not_archived_again(archive_env: dict[str, Any], admin_api: Any) -> None:
@@ -267,9 +237,7 @@ def test_a_malicious_table_name_is_quoted_not_executed(archive_env: dict[str, An
                 psycopg.sql.Identifier(evil)
             )
         )
-    setup_archive(
-        database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"], table=evil
-    )
+    setup_archive(archive_env, table=evil)
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     with psycopg.connect(dsn(database)) as conn:
         assert conn.execute("SELECT to_regclass('victims') IS NOT NULL").fetchone() == (True,)
@@ -328,7 +296,7 @@ def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(
             "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
             "FROM generate_series(1, 3000) g"
         )  # one row every other day, 16 years
-    setup_archive(database, archive_env["storage_spec"], archive_env["create_secret"], archive_env["create_resource"])
+    setup_archive(archive_env)
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == set()
     batches = manifests(s3_admin, bucket)
@@ -365,13 +333,7 @@ def test_a_composite_key_table_is_archived_once_per_row(
             "FROM generate_series(1, 400) g, generate_series(1, 2) t"
         )
         conn.execute("INSERT INTO orders SELECT 1, 100000 + g, now(), 'new' FROM generate_series(1, 10) g")
-    setup_archive(
-        database,
-        archive_env["storage_spec"],
-        archive_env["create_secret"],
-        archive_env["create_resource"],
-        batch={"rows": 70},
-    )
+    setup_archive(archive_env, batch={"rows": 70})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == {100000 + g for g in range(1, 11)}
     archived = [
@@ -403,13 +365,7 @@ def test_a_date_or_timestamp_column_is_archived_across_many_batches(
             "'old' FROM generate_series(1, 600) g"
         )  # three rows a day: batches end in the middle of a day
         conn.execute(f"INSERT INTO orders SELECT 10000 + g, now()::{column_type}, 'new' FROM generate_series(1, 5) g")
-    setup_archive(
-        database,
-        archive_env["storage_spec"],
-        archive_env["create_secret"],
-        archive_env["create_resource"],
-        batch={"rows": 40},
-    )
+    setup_archive(archive_env, batch={"rows": 40})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == {10000 + g for g in range(1, 6)}
     archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]

@@ -8,15 +8,13 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
-from tests.integration.processes import start_job, wait_for_line
+from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.processes import run_until_failpoint, start_job, wait_for_line
 
 OLD_ROWS = 60000
 KILLS = 20
@@ -55,20 +53,14 @@ class LiveTraffic(threading.Thread):
 
 
 def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
+    archive_env: dict[str, Any],
     bucket: str,
     s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
 ) -> None:
+    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+
     make_old_orders(database, OLD_ROWS)
-    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
-    kubeconfig = job_kubeconfig("archive")
+    setup_archive(archive_env, batch={"rows": 50})
     traffic = LiveTraffic(dsn(database))
     traffic.start()
     rng = random.Random(20261122)
@@ -119,23 +111,16 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
 
 
 def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
+    archive_env: dict[str, Any],
     bucket: str,
     s3_admin: Any,
     admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
 ) -> None:
-    from tests.integration.backup_helpers import conditions, get_status
+    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
 
     make_old_orders(database, 30_000)
-    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 50})
-    job = start_job("jobs.archive", job_kubeconfig("archive"), namespace, "orders")
+    setup_archive(archive_env, batch={"rows": 50})
+    job = start_job("jobs.archive", kubeconfig, namespace, "orders")
     wait_for_line(job, '"batch committed"')
     job.send_signal(signal.SIGTERM)
     job.communicate(timeout=30)
@@ -154,42 +139,26 @@ def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
 
 
 def test_max_run_time_stops_after_the_batch_in_flight(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
+    archive_env: dict[str, Any],
     admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
 ) -> None:
-    from tests.integration.backup_helpers import get_status
+    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
 
     make_old_orders(database, 30_000)
-    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 20}, maxRunTime="1s")
-    assert run_archive_job(job_kubeconfig("archive"), namespace) == 0
+    setup_archive(archive_env, batch={"rows": 20}, maxRunTime="1s")
+    assert run_archive_job(kubeconfig, namespace) == 0
     last_run = get_status(admin_api, namespace, "tablearchives", "orders")["lastRun"]
     assert "stopped at maxRunTime" in last_run["message"]
     assert 0 < last_run["rows"] < 30000
     assert len(ids_in_table(database)) == 30000 - last_run["rows"]
 
 
-def test_two_batches_in_flight_are_both_rolled_back_by_a_kill(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> None:
-    from tests.integration.processes import run_until_failpoint
+def test_two_batches_in_flight_are_both_rolled_back_by_a_kill(archive_env: dict[str, Any]) -> None:
+    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
 
     make_old_orders(database, 1000)
-    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 100})
-    job = run_until_failpoint("jobs.archive", job_kubeconfig("archive"), namespace, "orders", "archive.before-commit")
+    setup_archive(archive_env, batch={"rows": 100})
+    job = run_until_failpoint("jobs.archive", kubeconfig, namespace, "orders", "archive.before-commit")
     try:
         # Batch 1 waits before its COMMIT; meanwhile batch 2 has been deleted on the second connection.
         deadline = time.monotonic() + 20
@@ -211,23 +180,15 @@ def test_two_batches_in_flight_are_both_rolled_back_by_a_kill(
 
 
 def test_a_failed_upload_while_the_next_batch_is_deleted_loses_nothing(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
+    archive_env: dict[str, Any],
     bucket: str,
     s3_admin: Any,
     admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
 ) -> None:
-    from tests.integration.backup_helpers import conditions, get_status
+    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
 
     make_old_orders(database, 3000)
-    setup_archive(database, storage_spec, create_secret, create_resource, batch={"rows": 100}, partitioning="None")
-    kubeconfig = job_kubeconfig("archive")
+    setup_archive(archive_env, batch={"rows": 100}, partitioning="None")
     job = start_job("jobs.archive", kubeconfig, namespace, "orders", failpoint="archive.upload=error-after:7")
     output, _ = job.communicate(timeout=60)
     assert job.returncode == 1, output  # retryable: the Job runs it again
