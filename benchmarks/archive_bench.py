@@ -29,13 +29,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 from kubernetes import client
 
 from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
-from benchmarks.measure import install_cellar, run_measured
-from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+from benchmarks.measure import create_database_secret, install_cellar, run_measured
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 BATCH = 10_000
 FLOOR_ATTEMPTS = 3
@@ -132,13 +131,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
 
 def hand_loop(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     """(b): what a team writes by hand: select, gzip CSV, upload, delete by id."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    s3 = s3_client(endpoint)
     rows = stored = 0
     longest = 0.0
     with psycopg.connect(dsn) as conn:
@@ -169,19 +162,7 @@ def cellar(
 ) -> dict[str, Any]:
     """(c): a TableArchive over `database` with the given partitioning, run as the archive job's account."""
     name = f"orders-{partitioning.lower()}-{attempt}"
-    client.CoreV1Api(api).create_namespaced_secret(
-        NAMESPACE,
-        {
-            "metadata": {"name": name},
-            "stringData": {
-                "host": "127.0.0.1",
-                "port": str(stack.pg_port),
-                "dbname": database,
-                "username": "postgres",
-                "password": stack.pg_dsn().split("password=")[1],
-            },
-        },
-    )
+    create_database_secret(api, stack, name, database)
     credentials = {
         "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
         "secretAccessKey": {"name": "cellar-object-storage", "key": "AWS_SECRET_ACCESS_KEY"},
@@ -265,13 +246,7 @@ def main() -> int:
         generate(stack, args.rows)
         print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", flush=True)
         cutoff = (datetime.now(UTC) - timedelta(days=CUTOFF_AGE_DAYS)).isoformat()
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=stack.s3_endpoint,
-            aws_access_key_id=S3_ACCESS_KEY,
-            aws_secret_access_key=S3_SECRET_KEY,
-            region_name="us-east-1",
-        )
+        s3 = s3_client(stack.s3_endpoint)
         s3.create_bucket(Bucket="archive-bench")
         me = [sys.executable, "-m", "benchmarks.archive_bench"]
         results: dict[str, dict[str, Any]] = {}

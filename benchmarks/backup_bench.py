@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 from kubernetes import client
 
 from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
-from benchmarks.measure import install_cellar, run_measured
+from benchmarks.measure import create_database_secret, install_cellar, run_measured
 from tests.harness.cluster import admin_client
-from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 AWSCLI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cellar" / "awscli-venv"
 
@@ -112,13 +111,7 @@ def generate_database(stack: LocalStack, gigabytes: float) -> tuple[str, int]:
 def run(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[Measurement]:
     database, size = generate_database(stack, gigabytes)
     print(f"\n## database {database}: {size / 1024**3:.2f} GiB (pg_database_size)", flush=True)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    s3 = s3_client(stack.s3_endpoint)
     bucket = f"bench-{database.replace('_', '-')}"
     s3.create_bucket(Bucket=bucket)
 
@@ -166,19 +159,7 @@ def run(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[Measureme
     # (d) cellar, as its ServiceAccount, against a DatabaseBackup.
     api = admin_client(stack.kubeconfig)
     secret = f"cellar-database-{database.replace('_', '-')}"
-    client.CoreV1Api(api).create_namespaced_secret(
-        NAMESPACE,
-        {
-            "metadata": {"name": secret},
-            "stringData": {
-                "host": "127.0.0.1",
-                "port": str(stack.pg_port),
-                "dbname": database,
-                "username": "postgres",
-                "password": password,
-            },
-        },
-    )
+    create_database_secret(api, stack, secret, database)
     for label, level in (("(d) cellar backup (zstd, default level)", None), ("(d1) cellar backup (zstd level 1)", 1)):
         name = f"{database.replace('_', '-')}-{level or 'default'}"
         compression = {"algorithm": "zstd", **({"level": level} if level else {})}

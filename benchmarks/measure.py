@@ -80,3 +80,22 @@ def install_cellar(stack: Any, job: str) -> tuple[Path, Any]:
         [{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}],
     )
     return kubeconfig, api
+
+
+def create_database_secret(api: Any, stack: Any, name: str, database: str) -> None:
+    """A database Secret in namespace `bench` for `database` on the stack's PostgreSQL, as its superuser."""
+    from kubernetes import client
+
+    client.CoreV1Api(api).create_namespaced_secret(
+        BENCH_NAMESPACE,
+        {
+            "metadata": {"name": name},
+            "stringData": {
+                "host": "127.0.0.1",
+                "port": str(stack.pg_port),
+                "dbname": database,
+                "username": "postgres",
+                "password": stack.pg_dsn().split("password=")[1],
+            },
+        },
+    )

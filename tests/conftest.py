@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 import pytest
 
@@ -25,7 +24,7 @@ from tests.harness.cluster import (
     install_crds,
     service_account_kubeconfig,
 )
-from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 __all__ = ["REPO", "SAMPLES_DIR", "apply_manifests"]
 
@@ -144,13 +143,7 @@ def database(stack: LocalStack) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def s3_admin(stack: LocalStack) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name="us-east-1",
-    )
+    return s3_client(stack.s3_endpoint)
 
 
 @pytest.fixture

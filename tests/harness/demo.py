@@ -20,13 +20,12 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psycopg
 import yaml
 from kubernetes import client
 
 from tests.harness.cluster import REPO, SAMPLES_DIR, admin_client, install_crds, service_account_kubeconfig
-from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 NAMESPACE = "demo"
 BUCKET = "cellar-demo"
@@ -115,13 +114,8 @@ def main() -> int:
 
         step("creating database 'shop' (pgbench scale 5 + documents with jsonb and bytea), a bucket and Secrets")
         database = make_database(stack)
-        boto3.client(
-            "s3",
-            endpoint_url=stack.s3_endpoint,
-            aws_access_key_id=S3_ACCESS_KEY,
-            aws_secret_access_key=S3_SECRET_KEY,
-            region_name="us-east-1",
-        ).create_bucket(Bucket=BUCKET)
+        s3 = s3_client(stack.s3_endpoint)
+        s3.create_bucket(Bucket=BUCKET)
         create_secret(api, "cellar-database", database)
         create_secret(api, "cellar-restore-target", database)
         create_secret(
@@ -163,7 +157,7 @@ def main() -> int:
             [*kubectl, "describe", "databasebackup", "orders"], check=True, capture_output=True, text=True
         ).stdout
         print(described[described.index("Status:") :] if "Status:" in described else described)
-        archive_demo(stack, api, database)
+        archive_demo(stack, api, s3, database)
         print(
             "\nThe demo worked: backup written, verified by a restore test, restored, and identical; old rows "
             "archived to Parquet, read back, and a month brought back."
@@ -174,7 +168,7 @@ def main() -> int:
         stack.stop()
 
 
-def archive_demo(stack: LocalStack, api: Any, database: dict[str, str]) -> None:
+def archive_demo(stack: LocalStack, api: Any, s3: Any, database: dict[str, str]) -> None:
     import io
 
     import pyarrow.parquet as pq
@@ -199,13 +193,6 @@ def archive_demo(stack: LocalStack, api: Any, database: dict[str, str]) -> None:
     step("running the archive job as ServiceAccount cellar-archive")
     run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
     after = row_counts(dsn)["documents"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        region_name="us-east-1",
-    )
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="demo/archive/public.documents/")
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     archived = sum(

@@ -36,6 +36,19 @@ S3_SECRET_KEY = "cellar-test-secret-0123456789"
 PG_SUPERUSER_PASSWORD = "cellar-test-superuser-pw"
 
 
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for the local MinIO, with its root credentials (tests, demo, benchmarks)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
+    )
+
+
 class StackError(RuntimeError):
     """A server could not be started; the message says which and what to do."""
 
