@@ -159,10 +159,12 @@ def repeating_columns(table: pa.Table) -> list[str]:
     ]
 
 
-def encode(table: pa.Table, file_format: str) -> bytes:
+def encode(table: pa.Table, file_format: str, dictionary_columns: list[str] | None = None) -> bytes:
+    """One file. dictionary_columns: which columns to dictionary-encode (default: repeating_columns)."""
     if file_format == "Parquet":
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd", use_dictionary=repeating_columns(table))
+        columns = repeating_columns(table) if dictionary_columns is None else dictionary_columns
+        pq.write_table(table, buffer, compression="zstd", use_dictionary=columns)
         return buffer.getvalue()
     text = io.BytesIO()
     pacsv.write_csv(_lists_as_json(_binary_as_hex(table)), text)

@@ -10,6 +10,11 @@ from typing import Any
 from common.config import DatabaseSpec, SpecReader, StorageSpec
 from common.errors import InvalidSpec
 
+# Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
+# edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
+# a second on the benchmark's table (`benchmarks/archive_bench.py --batch-rows N` compares sizes).
+DEFAULT_BATCH_ROWS = 25_000
+
 
 @dataclass(frozen=True)
 class ArchiveSettings:
@@ -70,7 +75,7 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         timestamp_column=_identifier(reader, "timestampColumn", required=True),
         older_than=older_than,
         filter_sql=filter_sql,
-        batch_rows=batch.integer("rows", 10000, minimum=1, maximum=1_000_000) or 10000,
+        batch_rows=batch.integer("rows", DEFAULT_BATCH_ROWS, minimum=1, maximum=1_000_000) or DEFAULT_BATCH_ROWS,
         batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096) or 128) * 1024 * 1024,
         pause=batch.duration("pause", "0s") or timedelta(0),
         max_run_time=reader.duration("maxRunTime", "1h") or timedelta(hours=1),

@@ -31,7 +31,7 @@ def test_defaults() -> None:
     assert (settings.relation, settings.older_than, settings.batch_rows, settings.format, settings.mode) == (
         "public.Orders",
         timedelta(days=400),
-        10000,
+        25000,
         "Parquet",
         "Move",
     )

@@ -595,7 +595,7 @@ def table_archive() -> dict[str, Any]:
                 "mode without a pause, the next batch's DELETE runs on a second connection while the previous "
                 "batch uploads and commits: a run uses two database connections.",
                 {
-                    "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=10000),
+                    "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=25000),
                     "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
                     "pause": duration(
                         "Pause between batches, to spare the primary and its replicas; with a pause, batches run "
