@@ -94,7 +94,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     from common.runtime import Interrupts
     from common.storage import ObjectStore, build_client
     from jobs.archive import ledger
-    from jobs.archive.archiver import Archiver
+    from jobs.archive.archiver import Archiver, Lane
     from jobs.archive.settings import parse_archive_spec
     from jobs.archive.table import describe_table
 
@@ -122,7 +122,8 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
         credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
         store = ObjectStore(build_client(settings.storage, credentials), settings.storage)  # never written to
         archiver = Archiver(conn, store, settings, info, datetime.fromisoformat(cutoff), "bench", Interrupts())
-        while (captured := archiver.capture(conn)) is not None:
+        lane = Lane()
+        while (captured := archiver.capture(conn, lane)) is not None:
             conn.commit()
             rows += captured.table.num_rows
             longest = max(longest, time.monotonic() - captured.began)

@@ -15,12 +15,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -139,16 +140,50 @@ def table_name(settings: ArchiveSettings) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(settings.schema), sql.Identifier(settings.table))
 
 
+@dataclass
+class Lane:
+    """A time range of the due rows that one stream of batches works through: [start, end).
+
+    A run splits the due rows into lanes (spec.batch.parallelism) whose batches run at the same time,
+    each on its own connections; None is open-ended. `resume_from` is where its next batch starts.
+    """
+
+    start: datetime | None = None
+    end: datetime | None = None
+    resume_from: object = None
+
+
+def split_into_lanes(oldest: object, newest: object, count: int) -> list[Lane]:
+    """`count` lanes of equal time from the oldest to the newest due timestamp; the first and the last
+    are open-ended, so a row inserted with any timestamp during the run still falls in one of them."""
+    start, end = _as_utc(oldest), _as_utc(newest)
+    if count <= 1 or start is None or end is None or start >= end:
+        return [Lane()]
+    step = (end - start) / count
+    bounds: list[datetime | None] = [None, *(start + step * i for i in range(1, count)), None]
+    return [Lane(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+def _as_utc(value: object) -> datetime | None:
+    """A timestamp column's value as an instant: a date at midnight UTC, a timestamp without zone as UTC
+    (how the batch statement compares them too: its transaction runs with TimeZone UTC)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
+
+
 def batch_statement(
     settings: ArchiveSettings,
     info: TableInfo,
     cutoff: datetime,
     limit: int,
     watermark: dict[str, Any] | None,
-    resume_from: object = None,
+    lane: Lane | None = None,
 ) -> sql.Composed:
     """The statement of one batch: its query, its rows sent as CSV (see batch_query)."""
-    query = batch_query(settings, info, cutoff, limit, watermark, resume_from)
+    query = batch_query(settings, info, cutoff, limit, watermark, lane)
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
 
 
@@ -158,21 +193,23 @@ def batch_query(
     cutoff: datetime,
     limit: int,
     watermark: dict[str, Any] | None,
-    resume_from: object = None,
+    lane: Lane | None = None,
 ) -> sql.Composed:
-    """The query of one batch. `resume_from`: the newest timestamp of this run's previous batch.
+    """The query of one batch, within `lane`'s time range, from the lane's `resume_from` on.
 
-    A run takes rows in (timestamp, key) order, so the rows before `resume_from` are gone, or locked by
-    an application (SKIP LOCKED passed them; the next run takes them). Starting the index scan there
-    saves walking the index entries of every row deleted earlier in the run, which VACUUM has not
-    removed yet: without it the time per batch grows with the rows already archived.
+    A lane takes rows in (timestamp, key) order, so the rows before its `resume_from` (the newest
+    timestamp of its previous batch) are gone, or locked by an application (SKIP LOCKED passed them).
+    Starting the index scan there saves walking the index entries of every row deleted earlier in the
+    run, which VACUUM has not removed yet: without it the time per batch grows with the rows archived.
     """
     ts = sql.Identifier(info.timestamp_column.name)
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
     order = sql.SQL("{}, {}").format(ts, keys)
     condition = eligible_condition(settings, info, cutoff)
-    if resume_from is not None:
-        condition = sql.SQL("{} AND {} >= {}").format(condition, ts, sql.Literal(resume_from))
+    lane = lane or Lane()
+    for bound, operator in ((lane.start, ">="), (lane.end, "<"), (lane.resume_from, ">=")):
+        if bound is not None:
+            condition = sql.SQL("{} AND {} " + operator + " {}").format(condition, ts, sql.Literal(bound))
     if settings.mode == "Copy":  # noqa: SIM102 (the Copy branch continues below, after the window)
         if watermark is not None:
             key_types = [info.column(k).pg_type for k in info.primary_key]
@@ -326,11 +363,13 @@ def read_copy(conn: Connection, copy: psycopg.Copy) -> bytes:
 class Archiver:
     """Runs batches until nothing is due, the run time is up, or SIGTERM.
 
-    In Move mode without a pause, two batches overlap on two connections: while one batch's rows are
-    encoded, uploaded and committed on a worker thread, the next batch's DELETE runs on the other
-    connection. Each batch is still its own transaction that keeps the guarantee on its own; SKIP
-    LOCKED keeps the two batches' rows apart. Copy mode (each batch continues after the previous
-    one's last row) and a configured pause run one batch at a time.
+    In Move mode without a pause, the due rows are split by time into lanes (spec.batch.parallelism)
+    that run side by side, and within a lane two batches overlap on two connections: while one
+    batch's rows are encoded, uploaded and committed on the lane's publisher thread, the lane's next
+    DELETE runs on its other connection. Every batch is still its own transaction that keeps the
+    guarantee on its own; SKIP LOCKED and the lanes' disjoint time ranges keep batches' rows apart.
+    Copy mode (each batch continues after the previous one's last row) and a configured pause run one
+    batch at a time.
     """
 
     def __init__(
@@ -356,35 +395,49 @@ class Archiver:
         self.layout = ObjectLayout(store, settings)
         self.batch_rows = settings.batch_rows
         self.watermark = ledger.copy_watermark(conn, settings.relation) if settings.mode == "Copy" else None
-        self.resume_from: object = None  # Move mode: the newest timestamp this run has captured
         conn.rollback()
-        # A second connection lets batches overlap: only in Move mode without a pause (see the class doc).
+        # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         # A batch's objects (one per partition) upload side by side while its transaction is open.
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="archive-upload")
-        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-publish")
+        self._totals_lock = threading.Lock()
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
-        second: Connection | None = None
         try:
-            if self._open_connection is not None:
-                second = self._open_connection()
-                return self._run_overlapping([self.conn, second])
-            return self._run_one_at_a_time()
+            if self._open_connection is None:
+                return self._run_one_at_a_time()
+            return self._run_lanes(self._lanes())
         finally:
-            self._publisher.shutdown(wait=True)
             self._uploads.shutdown(wait=True)
-            if second is not None:
-                with contextlib.suppress(psycopg.Error):
-                    second.close()
+
+    def _lanes(self) -> list[Lane]:
+        if self.settings.parallelism <= 1:
+            return [Lane()]
+        ts = sql.Identifier(self.info.timestamp_column.name)
+        row = self.conn.execute(
+            sql.SQL("SELECT min({ts}), max({ts}) FROM {table} WHERE {condition}").format(
+                ts=ts,
+                table=table_name(self.settings),
+                condition=eligible_condition(self.settings, self.info, self.cutoff),
+            )
+        ).fetchone()
+        self.conn.rollback()
+        oldest, newest = row if row else (None, None)
+        lanes = split_into_lanes(oldest, newest, self.settings.parallelism)
+        log.info(
+            "lanes",
+            extra={"lanes": [[_jsonable(lane.start), _jsonable(lane.end)] for lane in lanes]},
+        )
+        return lanes
 
     def _run_one_at_a_time(self) -> tuple[RunTotals, str]:
         totals = RunTotals()
+        lane = Lane()
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         while True:
             with self.interrupts.deferred():
-                captured = self.capture(self.conn)
+                captured = self.capture(self.conn, lane)
                 result = self.publish(captured) if captured is not None else BatchResult()
             totals.add(result)
             self.on_progress(totals.rows)
@@ -395,40 +448,79 @@ class Archiver:
                 return totals, "maxRunTime"
             self._pause()
 
-    def _run_overlapping(self, connections: list[Connection]) -> tuple[RunTotals, str]:
+    def _run_lanes(self, lanes: list[Lane]) -> tuple[RunTotals, str]:
+        """Every lane on a thread of its own with two connections (the first lane's first one is the run's
+        own); the run ends when every lane has. SIGTERM, the run time, or a lane's failure stops every
+        lane after its batches in flight have committed or rolled back."""
         totals = RunTotals()
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
+        halt = threading.Event()  # a lane failed: the others stop
+        opened: list[Connection] = []
+        assert self._open_connection is not None
+        try:
+            for _ in range(2 * len(lanes) - 1):
+                opened.append(self._open_connection())
+            pairs = [[self.conn, opened[0]], *([opened[i], opened[i + 1]] for i in range(1, len(opened), 2))]
+            # SIGTERM only sets a flag while the lanes run; each lane stops at its next batch boundary.
+            with (
+                self.interrupts.deferred(),
+                ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="archive-lane") as threads,
+            ):
+                running = [
+                    threads.submit(self._run_lane, lane, pair, totals, deadline, halt)
+                    for lane, pair in zip(lanes, pairs, strict=True)
+                ]
+                wait(running)
+            failures = [f.exception() for f in running if f.exception() is not None]
+            if failures:
+                # The first failure is the cause; the others are lanes stopped by it (or the same cause).
+                raise failures[0]  # type: ignore[misc]
+            self.interrupts.check()  # SIGTERM: every lane's batches ended cleanly; record Interrupted
+            stopped = [f.result() for f in running]
+            return totals, "maxRunTime" if "maxRunTime" in stopped else "done"
+        finally:
+            for conn in opened:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+
+    def _run_lane(
+        self, lane: Lane, connections: list[Connection], totals: RunTotals, deadline: float, halt: threading.Event
+    ) -> str:
         idle = list(connections)
-        pending: Future[BatchResult] | None = None  # the batch being published on the worker
-        unpublished: CapturedBatch | None = None  # captured here, not yet handed to the worker
+        pending: Future[BatchResult] | None = None  # the batch being published on the lane's publisher
+        unpublished: CapturedBatch | None = None  # captured here, not yet handed to the publisher
+        publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-publish")
 
         def collect() -> None:
             nonlocal pending
             finished, pending = pending, None
             if finished is not None:
-                totals.add(finished.result())  # a failed batch rolled back on the worker; this raises it
-                self.on_progress(totals.rows)
+                result = finished.result()  # a failed batch rolled back on the publisher; this raises it
+                with self._totals_lock:
+                    totals.add(result)
+                    self.on_progress(totals.rows)
 
         try:
             while True:
-                with self.interrupts.deferred():
-                    unpublished = self.capture(idle.pop())
-                    collect()
-                    if unpublished is None:
-                        return totals, "done"
-                    captured, unpublished = unpublished, None
-                    pending = self._publisher.submit(self._publish_and_release, captured, idle)
-                if self.interrupts.requested.is_set() or time.monotonic() >= deadline:
-                    with self.interrupts.deferred():
-                        collect()  # the batch in flight finishes (or rolls back) before the run stops
-                    self.interrupts.check()
-                    return totals, "maxRunTime"
+                unpublished = self.capture(idle.pop(), lane)
+                collect()
+                if unpublished is None:
+                    return "done"
+                captured, unpublished = unpublished, None
+                pending = publisher.submit(self._publish_and_release, captured, idle)
+                if halt.is_set() or self.interrupts.requested.is_set() or time.monotonic() >= deadline:
+                    collect()  # the batch in flight finishes (or rolls back) before the lane stops
+                    return "maxRunTime"
+        except BaseException:
+            halt.set()
+            raise
         finally:
             if unpublished is not None:
                 _rollback(unpublished.conn)
             if pending is not None:  # leaving on an error: the batch in flight still ends cleanly
                 with contextlib.suppress(Exception):
                     pending.result()
+            publisher.shutdown(wait=True)
 
     def _publish_and_release(self, captured: CapturedBatch, idle: list[Connection]) -> BatchResult:
         try:
@@ -442,22 +534,20 @@ class Archiver:
             self.interrupts.check()
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
-    def capture(self, conn: Connection) -> CapturedBatch | None:
-        """Open a transaction and delete (Copy mode: read) the next batch's rows; None when none are due.
+    def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
+        """Open a transaction and delete (Copy mode: read) the lane's next batch; None when none are due.
 
-        When nothing is due after `resume_from`, one more statement looks from the start: it takes the
-        rows that applications held locked when the run passed them.
+        When nothing is due after the lane's `resume_from`, one more statement looks from the lane's
+        start: it takes the rows that applications held locked when the lane passed them.
         """
         while True:
-            captured = self._capture_once(conn)
-            if captured is not None or self.resume_from is None:
+            captured = self._capture_once(conn, lane)
+            if captured is not None or lane.resume_from is None:
                 return captured
-            self.resume_from = None
+            lane.resume_from = None
 
-    def _capture_once(self, conn: Connection) -> CapturedBatch | None:
-        statement = batch_statement(
-            self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, self.resume_from
-        )
+    def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
+        statement = batch_statement(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, lane)
         began = time.monotonic()
         try:
             sql_settings(conn, self.settings, self.info)
@@ -469,7 +559,7 @@ class Archiver:
                 return None
             self._adapt_batch_size(len(data))
             if self.settings.mode == "Move":
-                self.resume_from = table.column(self.info.timestamp_column.name)[-1].as_py()
+                lane.resume_from = table.column(self.info.timestamp_column.name)[-1].as_py()
             return CapturedBatch(conn, str(uuid.uuid4()), began, table)
         except BaseException:
             _rollback(conn)

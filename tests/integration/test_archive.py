@@ -387,7 +387,7 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
     # 20,000 rows are due; a batch of 500 must read about 500 of them from the timestamp index, not sort
     # every due row to pick its 500 (the plan the holds test got as an anti-join, batch after batch).
     from jobs.archive import ledger
-    from jobs.archive.archiver import batch_query, sql_settings
+    from jobs.archive.archiver import Lane, batch_query, sql_settings
     from jobs.archive.settings import parse_archive_spec
     from jobs.archive.table import describe_table
 
@@ -415,7 +415,7 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
         sql_settings(conn, settings, info)
         # Every batch but a run's first resumes at the newest timestamp of the batch before it.
         oldest = conn.execute("SELECT min(created_at) FROM orders").fetchone()[0]  # type: ignore[index]
-        query = batch_query(settings, info, cutoff, 500, None, resume_from=oldest).as_string(conn)
+        query = batch_query(settings, info, cutoff, 500, None, Lane(resume_from=oldest)).as_string(conn)
         plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}").fetchone()[0][0]["Plan"]  # type: ignore[index]
         deleted = conn.execute("SELECT count(*), bool_or(id = 7) FROM orders WHERE id <= 20000").fetchone()
         conn.rollback()  # EXPLAIN ANALYZE ran the DELETE: nothing of it stays
@@ -429,10 +429,12 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
     assert deleted == (20000 - 500, held)  # the batch took 500 rows, and never the held one
 
 
+@pytest.mark.parametrize("parallelism", [1, 2])
 def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any, admin_api: Any
+    archive_env: dict[str, Any], bucket: str, s3_admin: Any, admin_api: Any, parallelism: int
 ) -> None:
     # The error reaches the job after most of the batch's rows have: the batch rolls back, nothing is lost.
+    # With two lanes (rows 1-1500 and 1501-3000 by time), the other lane's batch still commits.
     database = archive_env["database"]
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(SIMPLE_TABLE.format(old=3000))
@@ -441,11 +443,13 @@ def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(
             "IF OLD.id = 2900 THEN RAISE EXCEPTION 'order 2900 is under audit'; END IF; RETURN OLD; END $$"
         )
         conn.execute("CREATE TRIGGER refuse_2900 BEFORE DELETE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_2900()")
-    setup_archive(archive_env, batch={"rows": 5000})
+    setup_archive(archive_env, batch={"rows": 5000, "parallelism": parallelism})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 1  # retryable
-    assert ids_in_table(database) == set(range(1, 3001)) | {1000000 + g for g in range(1, 11)}
-    assert archived_objects(s3_admin, bucket) == {}
+    archived = {i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()}
+    assert archived == (set() if parallelism == 1 else set(range(1, 1501)))
+    assert ids_in_table(database) == set(range(1, 3001)) - archived | {1000000 + g for g in range(1, 11)}
     with psycopg.connect(dsn(database)) as conn:
-        assert conn.execute("SELECT count(*) FROM cellar.archive_ledger").fetchone() == (0,)
+        ledger_rows = conn.execute("SELECT coalesce(sum(rows), 0) FROM cellar.archive_ledger").fetchone()
+        assert ledger_rows == (len(archived),)
     found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
     assert "order 2900 is under audit" in found["ArchiveSucceeded"]["message"]

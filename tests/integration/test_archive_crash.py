@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
 from tests.integration.backup_helpers import conditions, get_status
@@ -153,28 +154,30 @@ def test_max_run_time_stops_after_the_batch_in_flight(
     assert len(ids_in_table(database)) == 30000 - last_run["rows"]
 
 
-def test_two_batches_in_flight_are_both_rolled_back_by_a_kill(archive_env: dict[str, Any]) -> None:
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_every_batch_in_flight_is_rolled_back_by_a_kill(archive_env: dict[str, Any], parallelism: int) -> None:
     namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
 
-    make_old_orders(database, 1000)
-    setup_archive(archive_env, batch={"rows": 100})
+    make_old_orders(database, 3000)
+    setup_archive(archive_env, batch={"rows": 100, "parallelism": parallelism})
     job = run_until_failpoint("jobs.archive", kubeconfig, namespace, "orders", "archive.before-commit")
     try:
-        # Batch 1 waits before its COMMIT; meanwhile batch 2 has been deleted on the second connection.
+        # In every lane, a batch waits before its COMMIT while the lane's next batch has been deleted on
+        # its second connection: two open transactions per lane, each over its own rows.
         deadline = time.monotonic() + 20
         open_transactions: list[tuple[Any, ...]] = []
-        while time.monotonic() < deadline and len(open_transactions) < 2:
+        while time.monotonic() < deadline and len(open_transactions) < 2 * parallelism:
             with psycopg.connect(dsn(database)) as conn:
                 open_transactions = conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE application_name = 'cellar-archive' "
                     "AND state = 'idle in transaction' AND backend_xid IS NOT NULL"
                 ).fetchall()
             time.sleep(0.1)
-        assert len(open_transactions) == 2, "two batches overlap: one publishing, the next deleted"
+        assert len(open_transactions) == 2 * parallelism, "batches overlap: one publishing, the next deleted"
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    assert ids_in_table(database) == set(range(1, 1001))  # the server rolled both back
+    assert ids_in_table(database) == set(range(1, 3001))  # the server rolled every one back
     with psycopg.connect(dsn(database)) as conn:
         assert conn.execute("SELECT count(*) FROM cellar.archive_ledger").fetchone() == (0,)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
-from jobs.archive.archiver import partitions, split_by_size
+from jobs.archive.archiver import Lane, partitions, split_by_size, split_into_lanes
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
 from jobs.archive.settings import parse_archive_spec
 from jobs.archive.table import Column, TableInfo
@@ -36,6 +36,7 @@ def test_defaults() -> None:
         "Move",
     )
     assert settings.lock_timeout == timedelta(seconds=5)
+    assert settings.parallelism == 2
     assert not settings.allow_cascade
 
 
@@ -47,6 +48,7 @@ def test_defaults() -> None:
         ({"filter": "true; DROP TABLE x"}, r"spec\.filter: must be one boolean expression"),
         ({"format": "ORC"}, r"spec\.format: 'ORC' is not one of Parquet, CSVGzip"),
         ({"batch": {"rows": 0}}, r"spec\.batch\.rows: 0 is below the minimum 1"),
+        ({"batch": {"parallelism": 9}}, r"spec\.batch\.parallelism: 9 is above the maximum 8"),
         ({"table": {}}, r"spec\.table\.name: required"),
     ],
 )
@@ -146,3 +148,27 @@ def test_partitions_and_size_split() -> None:
     pieces = split_by_size(pa.table({"x": list(range(1000))}), 1000)
     assert sum(p.num_rows for p in pieces) == 1000
     assert all(p.nbytes <= 1000 for p in pieces)
+
+
+NEWEST = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "oldest",
+    [datetime(2024, 12, 2, tzinfo=UTC), datetime(2024, 12, 2), date(2024, 12, 2)],
+    ids=["timestamptz", "timestamp", "date"],
+)
+def test_lanes_split_the_time_from_the_oldest_to_the_newest_due_row(oldest: object) -> None:
+    lanes = split_into_lanes(oldest, NEWEST, 3)
+    bounds = [datetime(2024, 12, 12, tzinfo=UTC), datetime(2024, 12, 22, tzinfo=UTC)]
+    # Open-ended at both ends: a row inserted during the run, older than the oldest, still has a lane.
+    assert [(lane.start, lane.end) for lane in lanes] == [(None, bounds[0]), (bounds[0], bounds[1]), (bounds[1], None)]
+
+
+@pytest.mark.parametrize(
+    ("oldest", "count"),
+    [(None, 3), (NEWEST, 3), (datetime(2024, 1, 1, tzinfo=UTC), 1)],
+    ids=["nothing-due", "one-timestamp", "one-lane"],
+)
+def test_one_open_lane_when_there_is_nothing_to_split(oldest: object, count: int) -> None:
+    assert split_into_lanes(oldest, NEWEST, count) == [Lane()]

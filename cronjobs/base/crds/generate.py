@@ -591,12 +591,23 @@ def table_archive() -> dict[str, Any]:
                 maxLength=4096,
             ),
             "batch": obj(
-                "How much one transaction moves. Small batches keep transactions short (VACUUM, locks). In Move "
-                "mode without a pause, the next batch's DELETE runs on a second connection while the previous "
-                "batch uploads and commits: a run uses two database connections.",
+                "How much one transaction moves, and how many batches run at once. Small batches keep "
+                "transactions short (VACUUM, locks). In Move mode without a pause, the due rows are split by "
+                "time into `parallelism` lanes that run side by side, and in each lane the next batch's DELETE "
+                "runs on a second connection while the previous batch uploads and commits: a run uses "
+                "2 x parallelism database connections. With a pause, or in Copy mode, batches run one at a "
+                "time on one connection.",
                 {
                     "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=25000),
                     "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
+                    "parallelism": integer(
+                        "Lanes of batches that run at once, each over its own time range and two connections "
+                        "(Move mode without a pause). 1 spares the database most; each lane adds about one "
+                        "busy backend while the run lasts.",
+                        minimum=1,
+                        maximum=8,
+                        default=2,
+                    ),
                     "pause": duration(
                         "Pause between batches, to spare the primary and its replicas; with a pause, batches run "
                         "one at a time on one connection.",
