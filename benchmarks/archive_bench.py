@@ -1,18 +1,21 @@
 """Archive benchmark: cellar's archiver against the floor and a hand-written loop, in one run.
 
 A table of --rows rows (default 5 million) of mixed types, 80% of it older than the cutoff. Each variant
-runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE):
+runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE), dropped once measured:
 
   (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE (best of 3)
   (b) a plain loop a team would write: select a batch, write gzip CSV, upload, DELETE ... WHERE id IN (...)
-  (c) cellar's archiver (Parquet with zstd, ledger, verified uploads), default batch size 10,000 (best of 2)
-  (d) a diagnostic, no target: cellar's capture step alone (its DELETE, reading and parsing the rows,
-      COMMIT; no files), the most the server side leaves for (c)
+  (c) cellar's archiver (Parquet with zstd, ledger, verified uploads) with its default settings (25,000
+      rows a batch, 2 lanes), Daily and Monthly partitions (best of 2 each)
+  (d) a diagnostic, no target: one lane's capture step alone, one batch at a time (its DELETE, reading
+      and parsing the rows, COMMIT; no files)
 
 For each: rows per second, peak RSS, the longest single transaction, and stored size; then the targets:
 (c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB. Run:
 
     .venv/bin/python -m benchmarks.archive_bench              (--rows 1000000 for a quicker look)
+
+--batch-rows N and --parallelism N run (c) with those settings instead of the defaults.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def fresh_copy(stack: LocalStack, name: str) -> str:
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE archive_template")
     return stack.pg_dsn(name)
+
+
+def drop(stack: LocalStack, name: str) -> None:
+    """Drop a variant's database once measured, so that autovacuum of its dead rows (4 million after a
+    full run) does not take CPU from the variants after it."""
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def floor(dsn: str, cutoff: str) -> None:
@@ -159,7 +169,14 @@ def hand_loop(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
 
 
 def cellar(
-    stack: LocalStack, database: str, bucket: str, kubeconfig: Path, api: Any, partitioning: str, attempt: int = 0
+    stack: LocalStack,
+    database: str,
+    bucket: str,
+    kubeconfig: Path,
+    api: Any,
+    partitioning: str,
+    attempt: int,
+    batch: dict[str, int],
 ) -> dict[str, Any]:
     """(c): a TableArchive over `database` with the given partitioning, run as the archive job's account."""
     name = f"orders-{partitioning.lower()}-{attempt}"
@@ -191,6 +208,7 @@ def cellar(
                 "olderThan": f"{CUTOFF_AGE_DAYS}d",
                 "partitioning": partitioning,
                 "maxRunTime": "2h",
+                **({"batch": batch} if batch else {}),
             },
         },
     )
@@ -221,9 +239,29 @@ def cellar(
     }
 
 
+def cellar_variants(stack: LocalStack, batch: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """(c) with Daily partitions (the default) and with Monthly ones, each the best of two runs."""
+    kubeconfig, api = install_cellar(stack, "archive")
+    results = {}
+    for partitioning in ("Daily", "Monthly"):
+        label = f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Daily" else "")
+        runs = []
+        for attempt in range(CELLAR_ATTEMPTS):  # best of two, as the floor is the best of three
+            database = f"archive_c_{partitioning.lower()}_{attempt}"
+            fresh_copy(stack, database)
+            runs.append(cellar(stack, database, "archive-bench", kubeconfig, api, partitioning, attempt, batch))
+            drop(stack, database)
+        results[label] = min(runs, key=lambda r: r["wall"])
+        walls = ", ".join(f"{r['wall']:.1f}s" for r in runs)
+        print(f"{label}: done in {walls}", flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--batch-rows", type=int, help="(c): spec.batch.rows (default: cellar's default)")
+    parser.add_argument("--parallelism", type=int, help="(c): spec.batch.parallelism (default: cellar's default)")
     parser.add_argument("variant", nargs="?", choices=["floor", "hand-loop", "capture-only"], help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--cutoff", help=argparse.SUPPRESS)
@@ -260,7 +298,8 @@ def main() -> int:
         ):
             walls = []
             for attempt in range(attempts):
-                dsn = fresh_copy(stack, f"archive_{extra[0].replace('-', '_')}_{attempt}")
+                database = f"archive_{extra[0].replace('-', '_')}_{attempt}"
+                dsn = fresh_copy(stack, database)
                 run = run_measured(
                     label,
                     [
@@ -277,23 +316,19 @@ def main() -> int:
                     ],
                     dict(os.environ),
                 )
+                drop(stack, database)
                 figures = json.loads(run.output.strip().splitlines()[-1])
                 walls.append(run.wall)
                 if run.wall == min(walls):
                     results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
             print(f"{label}: done in {', '.join(f'{w:.1f}s' for w in walls)}", flush=True)
 
-        kubeconfig, api = install_cellar(stack, "archive")
-        for partitioning in ("Daily", "Monthly"):
-            label = f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Daily" else "")
-            runs = []
-            for attempt in range(CELLAR_ATTEMPTS):  # best of two, as the floor is the best of three
-                database = f"archive_c_{partitioning.lower()}_{attempt}"
-                fresh_copy(stack, database)
-                runs.append(cellar(stack, database, "archive-bench", kubeconfig, api, partitioning, attempt))
-            results[label] = min(runs, key=lambda r: r["wall"])
-            walls = ", ".join(f"{r['wall']:.1f}s" for r in runs)
-            print(f"{label}: done in {walls}", flush=True)
+        batch = {
+            key: value
+            for key, value in (("rows", args.batch_rows), ("parallelism", args.parallelism))
+            if value is not None
+        }
+        results.update(cellar_variants(stack, batch))
         report(args.rows, results)
     finally:
         stack.stop()
