@@ -337,7 +337,7 @@ class CapturedBatch:
     table: pa.Table
 
 
-def read_copy(conn: Connection, copy: psycopg.Copy) -> bytes:
+def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
     """All the data of a COPY TO.
 
     The server sends one message per row. The rows libpq has already received are taken from it
@@ -353,10 +353,10 @@ def read_copy(conn: Connection, copy: psycopg.Copy) -> bytes:
             continue
         if size < 0:  # the end was buffered too: take the COPY's result, as psycopg's read would
             _finish_copy_out(conn)
-            return bytes(data)
+            return data
         waited = copy.read()  # nothing buffered
         if not waited:
-            return bytes(data)
+            return data
         data += waited
 
 

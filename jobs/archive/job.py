@@ -87,7 +87,7 @@ class ArchiveJob:
         store = ObjectStore(build_client(settings.storage, credentials), settings.storage)
         store.check_access()
         conn = connect(database, application_name=APPLICATION)
-        self.open_connection = lambda: connect(database, application_name=APPLICATION)  # for a second batch
+        self.open_connection = lambda: connect(database, application_name=APPLICATION)  # for the lanes
         try:
             info = describe_table(conn, settings)
             check_cascades(conn, info, settings)
