@@ -24,7 +24,7 @@ from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, Connection, RunTotals, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
-from jobs.archive.table import TableInfo, check_cascades, describe_table
+from jobs.archive.table import TableInfo, check_cascades, check_privileges, describe_table
 from jobs.archive.unarchive import unarchive
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class ArchiveJob:
             cutoff = datetime.now(UTC) - settings.older_than
             if ctx.dry_run or settings.dry_run:
                 return self._dry_run(ctx, conn, settings, info, cutoff)
+            check_privileges(conn, info, settings)
             if not try_lock(conn, info):
                 message = f"another run holds the archive lock of {settings.relation}; this run skipped"
                 ctx.update_status(

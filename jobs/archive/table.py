@@ -45,6 +45,10 @@ class ForeignKeyBlocked(PermanentError):
     reason = "ForeignKeyBlocked"
 
 
+class InsufficientPrivilege(PermanentError):
+    reason = "InsufficientPrivilege"
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -169,4 +173,36 @@ def check_cascades(conn: Connection, info: TableInfo, settings: ArchiveSettings)
         raise ForeignKeyBlocked(
             f"{settings.relation} is referenced with ON DELETE CASCADE by {listed}: archiving would delete their "
             "rows without archiving them. Archive those tables first, or set spec.allowCascade: true"
+        )
+
+
+def check_privileges(conn: Connection, info: TableInfo, settings: ArchiveSettings) -> None:
+    """Refuse before any work when the connecting role lacks a privilege the run needs, naming the GRANT.
+
+    Move mode locks the rows it deletes (FOR UPDATE), which PostgreSQL allows only with UPDATE too.
+    """
+    needed = ["SELECT"] if settings.mode == "Copy" else ["SELECT", "UPDATE", "DELETE"]
+    checks = sql.SQL(", ").join(
+        sql.SQL("has_table_privilege({}::oid, {})").format(sql.Literal(info.oid), sql.Literal(p)) for p in needed
+    )
+    row = conn.execute(
+        sql.SQL(
+            "SELECT current_user, current_database(), {}, "
+            "to_regnamespace('cellar') IS NOT NULL OR has_database_privilege(current_database(), 'CREATE')"
+        ).format(checks)
+    ).fetchone()
+    conn.rollback()
+    assert row is not None
+    user, database, *granted, can_keep_ledger = row
+    missing = [p for p, ok in zip(needed, granted, strict=True) if not ok]
+    if missing:
+        why = " (UPDATE for the row locks of FOR UPDATE)" if "UPDATE" in missing else ""
+        raise InsufficientPrivilege(
+            f"role {user} lacks {', '.join(missing)} on {settings.relation}; a {settings.mode} run needs "
+            f"{', '.join(needed)}{why}: GRANT {', '.join(missing)} ON {settings.relation} TO {user}"
+        )
+    if not can_keep_ledger:
+        raise InsufficientPrivilege(
+            f"role {user} cannot create the schema cellar (the ledger) in database {database}: "
+            f"GRANT CREATE ON DATABASE {database} TO {user}, or create the schema cellar for it once"
         )

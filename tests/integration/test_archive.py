@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -453,3 +454,31 @@ def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(
         assert ledger_rows == (len(archived),)
     found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
     assert "order 2900 is under audit" in found["ArchiveSucceeded"]["message"]
+
+
+@pytest.mark.parametrize("grants", ["SELECT, UPDATE, DELETE", "SELECT, DELETE"], ids=["documented", "no-update"])
+def test_the_job_needs_exactly_the_documented_grants(
+    archive_env: dict[str, Any], stack: LocalStack, bucket: str, s3_admin: Any, admin_api: Any, grants: str
+) -> None:
+    database = archive_env["database"]
+    role, password = f"archiver_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    with psycopg.connect(dsn(database), autocommit=True) as conn:  # as the table's owner
+        conn.execute(SIMPLE_TABLE.format(old=300))
+        conn.execute(f"GRANT {grants} ON orders TO {role}")
+        conn.execute(f"GRANT CREATE ON DATABASE {database['dbname']} TO {role}")  # for the schema cellar
+    setup_archive({**archive_env, "database": {**database, "username": role, "password": password}})
+    code = run_archive_job(archive_env["kubeconfig"], archive_env["namespace"])
+    archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
+    if grants == "SELECT, UPDATE, DELETE":
+        assert code == 0
+        assert sorted(archived) == list(range(1, 301))
+        assert ids_in_table(database) == {1000000 + g for g in range(1, 11)}
+        return
+    assert code == 3  # permanent: a person must grant it
+    assert archived == []
+    assert len(ids_in_table(database)) == 310
+    found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["ArchiveSucceeded"]
+    assert found["reason"] == "InsufficientPrivilege"
+    assert f"GRANT UPDATE ON public.orders TO {role}" in found["message"]
