@@ -174,16 +174,8 @@ def _as_utc(value: object) -> datetime | None:
     return None
 
 
-def batch_statement(
-    settings: ArchiveSettings,
-    info: TableInfo,
-    cutoff: datetime,
-    limit: int,
-    watermark: dict[str, Any] | None,
-    lane: Lane | None = None,
-) -> sql.Composed:
-    """The statement of one batch: its query, its rows sent as CSV (see batch_query)."""
-    query = batch_query(settings, info, cutoff, limit, watermark, lane)
+def copy_out(query: sql.Composable) -> sql.Composed:
+    """A query whose rows the server sends as CSV (one batch's statement is copy_out(batch_query(...)))."""
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
 
 
@@ -194,8 +186,11 @@ def batch_query(
     limit: int,
     watermark: dict[str, Any] | None,
     lane: Lane | None = None,
+    *,
+    holds: bool = True,
 ) -> sql.Composed:
     """The query of one batch, within `lane`'s time range, from the lane's `resume_from` on.
+    `holds`: whether cellar.archive_holds exists (a dry run creates nothing).
 
     A lane takes rows in (timestamp, key) order, so the rows before its `resume_from` (the newest
     timestamp of its previous batch) are gone, or locked by an application (SKIP LOCKED passed them).
@@ -205,7 +200,7 @@ def batch_query(
     ts = sql.Identifier(info.timestamp_column.name)
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
     order = sql.SQL("{}, {}").format(ts, keys)
-    condition = eligible_condition(settings, info, cutoff)
+    condition = eligible_condition(settings, info, cutoff, holds=holds)
     lane = lane or Lane()
     for bound, operator in ((lane.start, ">="), (lane.end, "<"), (lane.resume_from, ">=")):
         if bound is not None:
@@ -547,7 +542,7 @@ class Archiver:
             lane.resume_from = None
 
     def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
-        statement = batch_statement(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, lane)
+        statement = copy_out(batch_query(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, lane))
         began = time.monotonic()
         try:
             sql_settings(conn, self.settings, self.info)

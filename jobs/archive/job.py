@@ -21,7 +21,7 @@ from common.progress import ProgressReporter
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver, Connection, RunTotals, eligible_condition, table_name
+from jobs.archive.archiver import Archiver, Connection, RunTotals, batch_query, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.table import TableInfo, check_cascades, check_privileges, describe_table
@@ -54,12 +54,9 @@ def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo,
         ).format(ts, ts, ts, table_name(settings), condition)
     ).fetchone()
     assert row is not None
-    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
-    plan_rows = conn.execute(
-        sql.SQL("EXPLAIN SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT {} FOR UPDATE SKIP LOCKED").format(
-            keys, table_name(settings), condition, ts, keys, sql.Literal(settings.batch_rows)
-        )
-    ).fetchall()
+    # The plan of the statement a run's first batch executes (EXPLAIN without ANALYZE runs nothing).
+    query = batch_query(settings, info, cutoff, settings.batch_rows, None, holds=bool(holds and holds[0]))
+    plan_rows = conn.execute(sql.SQL("EXPLAIN {}").format(query)).fetchall()
     conn.rollback()
     return {
         "rows": int(str(row[0])),

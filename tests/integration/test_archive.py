@@ -209,6 +209,7 @@ def test_dry_run_changes_nothing_and_shows_the_plan(
     assert succeeded["reason"] == "DryRunCompleted"
     assert "dry run: 200 rows" in succeeded["message"]
     assert "LockRows" in succeeded["message"]
+    assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
 
 
 def test_a_table_referenced_with_on_delete_cascade_is_refused(archive_env: dict[str, Any], admin_api: Any) -> None:
