@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -153,15 +153,29 @@ class Lane:
     resume_from: object = None
 
 
-def split_into_lanes(oldest: object, newest: object, count: int) -> list[Lane]:
-    """`count` lanes of equal time from the oldest to the newest due timestamp; the first and the last
-    are open-ended, so a row inserted with any timestamp during the run still falls in one of them."""
+def split_into_lanes(oldest: object, newest: object, count: int, histogram: Sequence[object] = ()) -> list[Lane]:
+    """`count` lanes between the oldest and the newest due timestamp; the first and the last are
+    open-ended, so a row inserted with any timestamp during the run still falls in one of them.
+
+    `histogram`: the column's histogram bounds from ANALYZE (pg_stats), each bucket holding about as
+    many rows. When enough of them fall among the due rows, lanes get about as many buckets each, so a
+    table that grew over time does not leave most rows to the newest lane; else lanes of equal time.
+    """
     start, end = _as_utc(oldest), _as_utc(newest)
     if count <= 1 or start is None or end is None or start >= end:
         return [Lane()]
-    step = (end - start) / count
-    bounds: list[datetime | None] = [None, *(start + step * i for i in range(1, count)), None]
+    inside = sorted(b for b in (_as_utc(v) for v in histogram) if b is not None and start < b < end)
+    inner: list[datetime]
+    if len(inside) >= HISTOGRAM_BOUNDS_PER_LANE * count:
+        inner = [inside[len(inside) * i // count] for i in range(1, count)]
+    else:
+        step = (end - start) / count
+        inner = [start + step * i for i in range(1, count)]
+    bounds: list[datetime | None] = [None, *inner, None]
     return [Lane(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+HISTOGRAM_BOUNDS_PER_LANE = 4  # fewer, and the statistics say too little about the due rows
 
 
 def _as_utc(value: object) -> datetime | None:
@@ -419,12 +433,29 @@ class Archiver:
         ).fetchone()
         self.conn.rollback()
         oldest, newest = row if row else (None, None)
-        lanes = split_into_lanes(oldest, newest, self.settings.parallelism)
+        lanes = split_into_lanes(oldest, newest, self.settings.parallelism, self._histogram())
         log.info(
             "lanes",
             extra={"lanes": [[_jsonable(lane.start), _jsonable(lane.end)] for lane in lanes]},
         )
         return lanes
+
+    def _histogram(self) -> list[object]:
+        """The timestamp column's histogram bounds from the last ANALYZE; none when never analyzed."""
+        column = self.info.timestamp_column
+        row = self.conn.execute(
+            sql.SQL(
+                "SELECT histogram_bounds::text::{}[] FROM pg_stats WHERE schemaname = {} AND tablename = {} "
+                "AND attname = {} ORDER BY inherited DESC LIMIT 1"
+            ).format(
+                sql.SQL(column.pg_type),
+                sql.Literal(self.settings.schema),
+                sql.Literal(self.settings.table),
+                sql.Literal(column.name),
+            )
+        ).fetchone()
+        self.conn.rollback()
+        return list(row[0]) if row and row[0] else []  # type: ignore[call-overload]
 
     def _run_one_at_a_time(self) -> tuple[RunTotals, str]:
         totals = RunTotals()

@@ -357,7 +357,7 @@ def test_a_composite_key_table_is_archived_once_per_row(
         assert rows == sorted(rows)
 
 
-@pytest.mark.parametrize("column_type", ["date", "timestamp"])
+@pytest.mark.parametrize("column_type", ["date", "timestamp", "timestamptz"])
 def test_a_date_or_timestamp_column_is_archived_across_many_batches(
     archive_env: dict[str, Any], bucket: str, s3_admin: Any, column_type: str
 ) -> None:
@@ -370,6 +370,7 @@ def test_a_date_or_timestamp_column_is_archived_across_many_batches(
             "'old' FROM generate_series(1, 600) g"
         )  # three rows a day: batches end in the middle of a day
         conn.execute(f"INSERT INTO orders SELECT 10000 + g, now()::{column_type}, 'new' FROM generate_series(1, 5) g")
+        conn.execute("ANALYZE orders")  # the lanes read the column's histogram, as an array of its type
     setup_archive(archive_env, batch={"rows": 40})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == {10000 + g for g in range(1, 6)}
@@ -483,3 +484,29 @@ def test_the_job_needs_exactly_the_documented_grants(
     found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["ArchiveSucceeded"]
     assert found["reason"] == "InsufficientPrivilege"
     assert f"GRANT UPDATE ON public.orders TO {role}" in found["message"]
+
+
+def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
+    archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1,000 rows over 300 days, then 9,000 in the 5 days before the cutoff: equal time would cut the due
+    # range in the middle of the 300 days and leave nine rows in ten to the newest lane.
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '335 days' + g * interval '7 hours 12 minutes', 'early' "
+            "FROM generate_series(1, 1000) g"
+        )
+        conn.execute(
+            "INSERT INTO orders SELECT 1000 + g, now() - interval '35 days' + g * interval '48 seconds', 'grown' "
+            "FROM generate_series(1, 9000) g"
+        )
+        conn.execute("ANALYZE orders")
+    setup_archive(archive_env, batch={"rows": 1000, "parallelism": 2})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert ids_in_table(database) == set()
+    lanes = next(json.loads(line)["lanes"] for line in capsys.readouterr().out.splitlines() if '"msg": "lanes"' in line)
+    boundary = datetime.fromisoformat(lanes[0][1])
+    assert lanes == [[None, lanes[0][1]], [lanes[0][1], None]]
+    assert datetime.now(UTC) - timedelta(days=36) < boundary < datetime.now(UTC) - timedelta(days=30)
