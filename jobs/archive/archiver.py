@@ -153,6 +153,9 @@ class Lane:
     resume_from: object = None
 
 
+HISTOGRAM_BOUNDS_PER_LANE = 4  # fewer, and the statistics say too little about the due rows
+
+
 def split_into_lanes(oldest: object, newest: object, count: int, histogram: Sequence[object] = ()) -> list[Lane]:
     """`count` lanes between the oldest and the newest due timestamp; the first and the last are
     open-ended, so a row inserted with any timestamp during the run still falls in one of them.
@@ -173,9 +176,6 @@ def split_into_lanes(oldest: object, newest: object, count: int, histogram: Sequ
         inner = [start + step * i for i in range(1, count)]
     bounds: list[datetime | None] = [None, *inner, None]
     return [Lane(bounds[i], bounds[i + 1]) for i in range(count)]
-
-
-HISTOGRAM_BOUNDS_PER_LANE = 4  # fewer, and the statistics say too little about the due rows
 
 
 def _as_utc(value: object) -> datetime | None:
@@ -416,7 +416,7 @@ class Archiver:
         try:
             if self._open_connection is None:
                 return self._run_one_at_a_time()
-            return self._run_lanes(self._lanes())
+            return self._run_lanes(self._lanes(), self._open_connection)
         finally:
             self._uploads.shutdown(wait=True)
 
@@ -474,7 +474,7 @@ class Archiver:
                 return totals, "maxRunTime"
             self._pause()
 
-    def _run_lanes(self, lanes: list[Lane]) -> tuple[RunTotals, str]:
+    def _run_lanes(self, lanes: list[Lane], open_connection: Callable[[], Connection]) -> tuple[RunTotals, str]:
         """Every lane on a thread of its own with two connections (the first lane's first one is the run's
         own); the run ends when every lane has. SIGTERM, the run time, or a lane's failure stops every
         lane after its batches in flight have committed or rolled back."""
@@ -482,10 +482,9 @@ class Archiver:
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         halt = threading.Event()  # a lane failed: the others stop
         opened: list[Connection] = []
-        assert self._open_connection is not None
         try:
             for _ in range(2 * len(lanes) - 1):
-                opened.append(self._open_connection())
+                opened.append(open_connection())
             pairs = [[self.conn, opened[0]], *([opened[i], opened[i + 1]] for i in range(1, len(opened), 2))]
             # SIGTERM only sets a flag while the lanes run; each lane stops at its next batch boundary.
             with (
