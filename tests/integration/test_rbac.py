@@ -72,10 +72,12 @@ def test_backup_account_is_denied_everything_else(
         backup_kube.read_secret(namespace, "someone-elses", field="spec.database.secretRef")
 
     # Listing Secrets is not in the Role at all (get by name only): the server answers 403.
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    core = client.CoreV1Api(backup_kube.transport._api_client)  # type: ignore[attr-defined]
     with pytest.raises(ApiException) as listing:
-        backup_kube.transport._core.list_namespaced_secret(namespace)  # type: ignore[attr-defined]
+        core.list_namespaced_secret(namespace)
     assert listing.value.status == 403
 
 
