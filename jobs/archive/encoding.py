@@ -103,7 +103,7 @@ def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table
                 null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
-                timestamp_parsers=["%Y-%m-%d %H:%M:%S", pacsv.ISO8601],
+                timestamp_parsers=[pacsv.ISO8601],  # PostgreSQL's ISO DateStyle, with or without fractions
             ),
         )
     except pa.ArrowInvalid as exc:
@@ -162,10 +162,12 @@ def repeating_columns(table: pa.Table) -> list[str]:
 def encode(table: pa.Table, file_format: str, dictionary_columns: list[str] | None = None) -> bytes:
     """One file. dictionary_columns: which columns to dictionary-encode (default: repeating_columns)."""
     if file_format == "Parquet":
-        buffer = io.BytesIO()
+        # An Arrow buffer, not io.BytesIO: each of the writer's writes to a Python file object takes the
+        # GIL, which the lanes' threads and the other uploads contend for.
+        sink = pa.BufferOutputStream()
         columns = repeating_columns(table) if dictionary_columns is None else dictionary_columns
-        pq.write_table(table, buffer, compression="zstd", use_dictionary=columns)
-        return buffer.getvalue()
+        pq.write_table(table, sink, compression="zstd", use_dictionary=columns)
+        return sink.getvalue().to_pybytes()
     text = io.BytesIO()
     pacsv.write_csv(_lists_as_json(_binary_as_hex(table)), text)
     return gzip.compress(text.getvalue(), compresslevel=6)
