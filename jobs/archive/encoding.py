@@ -167,7 +167,8 @@ def encode(table: pa.Table, file_format: str, dictionary_columns: list[str] | No
         sink = pa.BufferOutputStream()
         columns = repeating_columns(table) if dictionary_columns is None else dictionary_columns
         pq.write_table(table, sink, compression="zstd", use_dictionary=columns)
-        return sink.getvalue().to_pybytes()
+        body: bytes = sink.getvalue().to_pybytes()
+        return body
     text = io.BytesIO()
     pacsv.write_csv(_lists_as_json(_binary_as_hex(table)), text)
     return gzip.compress(text.getvalue(), compresslevel=6)
