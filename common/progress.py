@@ -17,12 +17,15 @@ LOG_INTERVAL_SECONDS = 10.0
 
 
 class ProgressReporter:
-    """Call `update(done)` as often as you like; it decides when to log and when to write status."""
+    """Call `update(done)` as often as you like; it decides when to log and when to write status.
+
+    `total` may be None while it is still being counted (`set_total` then); until then there is no ETA.
+    """
 
     def __init__(
         self,
         unit: str,
-        total: int,
+        total: int | None,
         publish: Callable[[dict[str, Any]], object] | None,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -30,7 +33,7 @@ class ProgressReporter:
         log_interval: float = LOG_INTERVAL_SECONDS,
     ) -> None:
         self.unit = unit
-        self.total = max(0, total)
+        self.total = None if total is None else max(0, total)
         self.publish = publish
         self.clock = clock
         self.status_interval = status_interval
@@ -40,18 +43,19 @@ class ProgressReporter:
         self._last_status = self.started
         self._last_log = self.started
 
+    def set_total(self, total: int) -> None:
+        self.total = max(0, total)
+
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(1e-6, self.clock() - self.started)
         rate = self.done / elapsed
-        figures: dict[str, Any] = {
-            "done": self.done,
-            "total": self.total,
-            "unit": self.unit,
-            "ratePerSecond": round(rate, 1),
-            "updateTime": format_time(datetime.now(UTC)),
-        }
-        if self.total > self.done and rate > 0:
-            figures["eta"] = format_time(datetime.now(UTC) + timedelta(seconds=(self.total - self.done) / rate))
+        total = self.total
+        figures: dict[str, Any] = {"done": self.done}
+        if total is not None:
+            figures["total"] = total
+        figures |= {"unit": self.unit, "ratePerSecond": round(rate, 1), "updateTime": format_time(datetime.now(UTC))}
+        if total is not None and total > self.done and rate > 0:
+            figures["eta"] = format_time(datetime.now(UTC) + timedelta(seconds=(total - self.done) / rate))
         return figures
 
     def update(self, done: int) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from common.conditions import format_time
@@ -18,6 +21,7 @@ from common.db import connect
 from common.errors import CellarError, UsageError
 from common.kube import TABLE_ARCHIVE
 from common.progress import ProgressReporter
+from common.redact import redact
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
@@ -133,8 +137,7 @@ class ArchiveJob:
                 "Started", f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
             )
             cleaned = clean_leftovers(conn, store, settings, info)
-            due = self._count_due(conn, settings, info, cutoff)
-            progress = ProgressReporter("rows", due, lambda figures: ctx.update_status(fields={"progress": figures}))
+            progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
             archiver = Archiver(
                 conn,
                 store,
@@ -146,7 +149,8 @@ class ArchiveJob:
                 progress.update,
                 open_connection=self.open_connection,
             )
-            totals, stopped = archiver.run()
+            with self._counting_due(settings, info, cutoff, progress):
+                totals, stopped = archiver.run()
             duration = time.monotonic() - clock
             log.info(
                 "archive run summary",
@@ -167,6 +171,46 @@ class ArchiveJob:
             )
             self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
             return message
+
+    @contextlib.contextmanager
+    def _counting_due(
+        self, settings: ArchiveSettings, info: TableInfo, cutoff: datetime, progress: ProgressReporter
+    ) -> Iterator[None]:
+        """Count the rows due (the progress total) on a connection of its own while the batches run.
+
+        The batches need nothing from the count, and on a large table it takes a while (an index scan
+        of every due row): before them, it delayed the first batch by that long. A count that fails
+        leaves progress without a total; a run that ends first cancels it.
+        """
+        if self.open_connection is None:  # not opened by open(): no second connection to count on
+            yield
+            return
+        conn = self.open_connection()
+        started = time.monotonic()
+
+        def count() -> None:
+            try:
+                due = self._count_due(conn, settings, info, cutoff)
+            except psycopg.Error as exc:
+                if not stopping.is_set():
+                    log.warning(
+                        "could not count the rows due; progress shows no total", extra={"error": redact(str(exc))}
+                    )
+                return
+            progress.set_total(due)
+            log.info("rows due", extra={"rows": due, "seconds": round(time.monotonic() - started, 3)})
+
+        stopping = threading.Event()
+        counter = threading.Thread(target=count, name="archive-count", daemon=True)
+        counter.start()
+        try:
+            yield
+        finally:
+            stopping.set()
+            if counter.is_alive():
+                conn.cancel_safe()
+            counter.join()
+            conn.close()
 
     def _count_due(self, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> int:
         """The progress total. Without held rows the count needs no per-row look-up in the holds table

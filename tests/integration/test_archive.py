@@ -510,3 +510,31 @@ def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
     boundary = datetime.fromisoformat(lanes[0][1])
     assert lanes == [[None, lanes[0][1]], [lanes[0][1], None]]
     assert datetime.now(UTC) - timedelta(days=36) < boundary < datetime.now(UTC) - timedelta(days=30)
+
+
+def test_the_rows_due_are_counted_beside_the_batches(
+    archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '500 days' + g * interval '4 hours', 'x' "
+            "FROM generate_series(1, 3000) g"
+        )
+        due = conn.execute("SELECT count(*) FROM orders WHERE created_at < now() - interval '30 days'").fetchone()
+    assert due is not None
+    assert 2700 < due[0] < 2900  # olderThan 30d (setup_archive)
+    setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    counted = [entry for entry in logged if entry["msg"] == "rows due"]
+    assert [entry["rows"] for entry in counted] == [due[0]]
+    summary = next(entry for entry in logged if entry["msg"] == "archive run summary")
+    assert summary["rows"] == due[0]
+    # The count ran on a connection of its own, which the run closed: only the lanes' were ever open.
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-archive'"
+        ).fetchone()
+    assert left == (0,)

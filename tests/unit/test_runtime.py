@@ -61,3 +61,18 @@ def test_progress_publishes_at_most_every_interval() -> None:
     assert [p["done"] for p in published] == [300, 600, 900]
     assert published[0]["ratePerSecond"] == 10.0
     assert "eta" in published[0]
+
+
+def test_progress_without_a_total_yet_has_no_eta_until_it_is_set() -> None:
+    now = [0.0]
+    reporter = ProgressReporter("rows", None, None, clock=lambda: now[0])
+    now[0] = 10.0
+    reporter.update(500)
+    before = reporter.snapshot()
+    assert before["done"] == 500
+    assert "total" not in before
+    assert "eta" not in before
+    reporter.set_total(2000)
+    after = reporter.snapshot()
+    assert after["total"] == 2000
+    assert "eta" in after
