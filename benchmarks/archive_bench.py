@@ -36,7 +36,7 @@ import psycopg
 from kubernetes import client
 
 from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
-from benchmarks.measure import create_database_secret, install_cellar, run_measured
+from benchmarks.measure import create_database_secret, install_cellar, run_measured, server_cpu
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 BATCH = 10_000
@@ -65,6 +65,12 @@ def generate(stack: LocalStack, rows: int) -> None:
         )
         conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
         conn.execute("VACUUM ANALYZE orders")
+
+
+def cpu_spent(job: float, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds of the variant's own processes and of each server while it ran: on two shared cores,
+    what they add up to bounds the wall time."""
+    return {"job_cpu": job, **{f"{name}_cpu": after[name] - before[name] for name in before}}
 
 
 def fresh_copy(stack: LocalStack, name: str) -> str:
@@ -212,6 +218,7 @@ def cellar(
             },
         },
     )
+    before = server_cpu(stack)
     run = run_measured(
         "(c) cellar",
         [
@@ -236,6 +243,8 @@ def cellar(
         "rows": summary["rows"],
         "longest_transaction": summary["longest_transaction_seconds"],
         "stored": summary["bytes"],
+        "objects": summary["objects"] + summary["batches"],  # data files and one manifest per batch
+        **cpu_spent(run.cpu, before, server_cpu(stack)),
     }
 
 
@@ -300,6 +309,7 @@ def main() -> int:
             for attempt in range(attempts):
                 database = f"archive_{extra[0].replace('-', '_')}_{attempt}"
                 dsn = fresh_copy(stack, database)
+                before = server_cpu(stack)
                 run = run_measured(
                     label,
                     [
@@ -316,11 +326,12 @@ def main() -> int:
                     ],
                     dict(os.environ),
                 )
+                spent = cpu_spent(run.cpu, before, server_cpu(stack))
                 drop(stack, database)
                 figures = json.loads(run.output.strip().splitlines()[-1])
                 walls.append(run.wall)
                 if run.wall == min(walls):
-                    results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures}
+                    results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures, **spent}
             print(f"{label}: done in {', '.join(f'{w:.1f}s' for w in walls)}", flush=True)
 
         batch = {
@@ -339,12 +350,21 @@ def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
     print(f"\ntable: {total_rows} rows; rows moved per variant below")
     print(
         f"{'variant':54} {'rows':>9} {'wall s':>8} {'rows/s':>9} {'longest tx s':>13} {'peak RSS MB':>12} "
-        f"{'stored MB':>10}"
+        f"{'stored MB':>10} {'objects':>8}"
     )
     for label, r in results.items():
         print(
             f"{label:54} {r['rows']:>9} {r['wall']:8.1f} {r['rows'] / r['wall']:9.0f} {r['longest_transaction']:13.2f} "
-            f"{r['rss']:12.0f} {r['stored'] / 1024**2:10.1f}"
+            f"{r['rss']:12.0f} {r['stored'] / 1024**2:10.1f} {r.get('objects', 0):>8}"
+        )
+    cores = os.cpu_count() or 1
+    print(f"\nCPU seconds while each ran ({cores} cores: their sum / {cores} bounds the wall time from below)")
+    print(f"{'variant':54} {'job':>7} {'postgres':>9} {'minio':>7} {'sum':>7} {'sum / ' + str(cores):>8} {'wall':>7}")
+    for label, r in results.items():
+        total = r["job_cpu"] + r["postgres_cpu"] + r["minio_cpu"]
+        print(
+            f"{label:54} {r['job_cpu']:7.1f} {r['postgres_cpu']:9.1f} {r['minio_cpu']:7.1f} {total:7.1f} "
+            f"{total / cores:8.1f} {r['wall']:7.1f}"
         )
     a, b = results["(a) COPY to /dev/null + one DELETE"], results["(b) hand loop: SELECT, gzip CSV, upload, DELETE"]
     c = results["(c) cellar, Daily partitions (default)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,34 @@ class Run:
     cpu: float
     peak_rss_mb: float
     output: str  # what the variant printed on stdout (cellar's JSON log lines, a loop's figures)
+
+
+def _process_cpu(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU seconds of a live process from /proc (with its reaped children's when asked); 0 once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def server_cpu(stack: Any) -> dict[str, float]:
+    """CPU seconds used so far by PostgreSQL (the postmaster, its live processes, and the backends that
+    have exited) and by MinIO: their difference over a variant is what the servers spent on it."""
+    postmaster = int((stack.pg_data / "postmaster.pid").read_text().split()[0])
+    postgres = _process_cpu(postmaster, reaped_children=True) + sum(_process_cpu(c) for c in _children(postmaster))
+    minio = sum(_process_cpu(p.popen.pid) for p in stack.processes if p.name == "minio")
+    return {"postgres": postgres, "minio": minio}
 
 
 def run_measured(name: str, argv: list[str], env: dict[str, str]) -> Run:

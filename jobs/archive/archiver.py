@@ -327,11 +327,13 @@ class RunTotals:
     rows: int = 0
     bytes: int = 0
     batches: int = 0
+    objects: int = 0  # data files, manifests not counted
     longest_transaction_seconds: float = 0.0
 
     def add(self, result: BatchResult) -> None:
         self.rows += result.rows
         self.bytes += result.bytes
+        self.objects += result.objects
         self.batches += 1 if result.rows else 0
         self.longest_transaction_seconds = max(self.longest_transaction_seconds, result.transaction_seconds)
 

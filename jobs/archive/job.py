@@ -157,6 +157,7 @@ class ArchiveJob:
                 extra={
                     "rows": totals.rows,
                     "batches": totals.batches,
+                    "objects": totals.objects,
                     "bytes": totals.bytes,
                     "seconds": round(duration, 3),
                     "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
