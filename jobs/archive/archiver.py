@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -145,12 +145,14 @@ class Lane:
     """A time range of the due rows that one stream of batches works through: [start, end).
 
     A run splits the due rows into lanes (spec.batch.parallelism) whose batches run at the same time,
-    each on its own connections; None is open-ended. `resume_from` is where its next batch starts.
+    each on its own connections; None is open-ended. `resume_from` is where its next batch starts, and
+    `until` where it should stop (a partition boundary, see aligned_batch_end), if anywhere.
     """
 
     start: datetime | None = None
     end: datetime | None = None
     resume_from: object = None
+    until: datetime | None = None
 
 
 HISTOGRAM_BOUNDS_PER_LANE = 4  # fewer, and the statistics say too little about the due rows
@@ -176,6 +178,29 @@ def split_into_lanes(oldest: object, newest: object, count: int, histogram: Sequ
         inner = [start + step * i for i in range(1, count)]
     bounds: list[datetime | None] = [None, *inner, None]
     return [Lane(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+def period_start(instant: datetime, partitioning: str) -> datetime:
+    """The start of the (UTC) day or month an instant falls in: where a Daily or Monthly partition begins."""
+    day = instant.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.replace(day=1) if partitioning == "Monthly" else day
+
+
+def aligned_batch_end(first: object, last: object, rows: int, limit: int, partitioning: str) -> datetime | None:
+    """Where a lane's next batch should stop so that it ends on a partition boundary, or None.
+
+    The batch just taken held `rows` rows from `first` to `last`; at that density, the next `limit` rows
+    reach some instant, and the next batch stops at the start of that instant's partition. A day (or
+    month) then goes into one file instead of being cut by a batch edge into two, as long as it holds
+    fewer rows than a batch. None when no whole partition fits (the batch's LIMIT cuts, as before).
+    """
+    start, end = _as_utc(first), _as_utc(last)
+    if partitioning == "None" or rows < 2 or start is None or end is None or end <= start:
+        return None
+    seconds_per_row = (end - start).total_seconds() / (rows - 1)
+    reach = end + timedelta(seconds=seconds_per_row * limit)
+    boundary = period_start(reach, partitioning)
+    return boundary if boundary > end else None
 
 
 def _as_utc(value: object) -> datetime | None:
@@ -216,7 +241,7 @@ def batch_query(
     order = sql.SQL("{}, {}").format(ts, keys)
     condition = eligible_condition(settings, info, cutoff, holds=holds)
     lane = lane or Lane()
-    for bound, operator in ((lane.start, ">="), (lane.end, "<"), (lane.resume_from, ">=")):
+    for bound, operator in ((lane.start, ">="), (lane.end, "<"), (lane.resume_from, ">="), (lane.until, "<")):
         if bound is not None:
             condition = sql.SQL("{} AND {} " + operator + " {}").format(condition, ts, sql.Literal(bound))
     if settings.mode == "Copy":  # noqa: SIM102 (the Copy branch continues below, after the window)
@@ -569,8 +594,13 @@ class Archiver:
         """
         while True:
             captured = self._capture_once(conn, lane)
-            if captured is not None or lane.resume_from is None:
+            if captured is not None:
                 return captured
+            if lane.until is not None:  # nothing due before the partition boundary (a gap): look past it
+                lane.until = None
+                continue
+            if lane.resume_from is None:
+                return None
             lane.resume_from = None
 
     def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
@@ -586,7 +616,11 @@ class Archiver:
                 return None
             self._adapt_batch_size(len(data))
             if self.settings.mode == "Move":
-                lane.resume_from = table.column(self.info.timestamp_column.name)[-1].as_py()
+                stamps = table.column(self.info.timestamp_column.name)
+                lane.resume_from = stamps[-1].as_py()
+                lane.until = aligned_batch_end(
+                    stamps[0].as_py(), lane.resume_from, table.num_rows, self.batch_rows, self.settings.partitioning
+                )
             return CapturedBatch(conn, str(uuid.uuid4()), began, table)
         except BaseException:
             _rollback(conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -538,3 +539,30 @@ def test_the_rows_due_are_counted_beside_the_batches(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-archive'"
         ).fetchone()
     assert left == (0,)
+
+
+def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
+    archive_env: dict[str, Any], bucket: str, s3_admin: Any
+) -> None:
+    # One row an hour on 60 days, 30 days with none, 60 more days; batches of 100 rows (about four days).
+    # Each batch ends where the day its successor would reach begins, so only a batch cut by its LIMIT
+    # splits a day: the first one, and the first after the gap (whose aligned end fell in the gap).
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, date_trunc('day', now()) - interval '200 days' + g * interval '1 hour', 'x' "
+            "FROM generate_series(0, 60 * 24 - 1) g UNION ALL "
+            "SELECT 10000 + g, date_trunc('day', now()) - interval '110 days' + g * interval '1 hour', 'y' "
+            "FROM generate_series(0, 60 * 24 - 1) g"
+        )
+    setup_archive(archive_env, partitioning="Daily", batch={"rows": 100, "parallelism": 1})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert ids_in_table(database) == set()  # the gap did not end the run early
+    objects = archived_objects(s3_admin, bucket)
+    files_per_day = Counter(key.split("/dt=")[1].split("/")[0] for key in objects)
+    assert len(files_per_day) == 120
+    assert sum(table.num_rows for table in objects.values()) == 120 * 24
+    split = sorted(day for day, files in files_per_day.items() if files > 1)
+    assert len(split) <= 2, split  # without aligned ends, about one day in four (every batch's edge)
+    assert all(files == 2 for day, files in files_per_day.items() if day in split)

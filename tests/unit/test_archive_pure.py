@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
-from jobs.archive.archiver import Lane, partitions, split_by_size, split_into_lanes
+from jobs.archive.archiver import Lane, aligned_batch_end, partitions, split_by_size, split_into_lanes
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
 from jobs.archive.settings import parse_archive_spec
 from jobs.archive.table import Column, TableInfo
@@ -193,3 +193,36 @@ def test_too_few_histogram_bounds_among_the_due_rows_give_lanes_of_equal_time() 
         datetime(2024, 12, 22, tzinfo=UTC),
         None,
     ]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [datetime(2024, 3, 1, 0, 0, tzinfo=UTC), datetime(2024, 3, 1, 0, 0), date(2024, 3, 1)],
+    ids=["timestamptz", "timestamp", "date"],
+)
+def test_the_next_batch_stops_where_the_day_its_rows_reach_begins(first: object) -> None:
+    # 1,000 rows over 10 days (100 a day, the first at midnight, one every 14 min 24 s): 450 more reach
+    # March 15th, 11:45, so the next batch stops where that day begins and takes March 11th to 14th whole.
+    last = datetime(2024, 3, 10, 23, 45, 36, tzinfo=UTC)
+    assert aligned_batch_end(first, last, 1000, 450, "Daily") == datetime(2024, 3, 15, tzinfo=UTC)
+
+
+def test_the_next_batch_stops_at_the_month_it_reaches_with_monthly_partitions() -> None:
+    first, last = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 21, tzinfo=UTC)  # 20 days, 2,001 rows
+    assert aligned_batch_end(first, last, 2001, 2000, "Monthly") == datetime(2024, 4, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "rows", "partitioning"),
+    [
+        (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 1, 6, tzinfo=UTC), 1000, "Daily"),  # within the day
+        (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 5, tzinfo=UTC), 1000, "None"),
+        (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC), 1000, "Daily"),  # one instant
+        (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 5, tzinfo=UTC), 1, "Daily"),
+    ],
+    ids=["denser-than-a-day", "no-partitions", "one-timestamp", "one-row"],
+)
+def test_no_stop_when_no_whole_partition_fits(first: datetime, last: datetime, rows: int, partitioning: str) -> None:
+    # The first: 1,000 rows in 6 hours, so the next 1,000 end at noon of the same day; the batch's LIMIT
+    # cuts it as before.
+    assert aligned_batch_end(first, last, rows, 1000, partitioning) is None
