@@ -123,3 +123,25 @@ def test_wrong_keys_are_reported_without_the_secret(stack: LocalStack, bucket: s
         store.check_access()
     assert "check the access keys" in str(raised.value)
     assert "wrong-secret-key-value" not in str(raised.value)
+
+
+def test_stale_uploads_under_the_data_directory_are_aborted_and_no_others(
+    stack: LocalStack, bucket: str, s3_admin: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jobs.backup.job import DATA_DIR, abort_stale_uploads
+
+    store = _store(stack, bucket, prefix="team")
+    ours = [store.key(DATA_DIR, f"killed-{n}.dump") for n in range(3)]
+    theirs = ["team/other/upload.bin", "elsewhere/data/x.dump"]
+    for key in ours + theirs:
+        s3_admin.create_multipart_upload(Bucket=bucket, Key=key)
+    abort_stale_uploads(store, datetime.now(UTC) + timedelta(minutes=1))  # all of them count as stale
+    left = sorted(u["Key"] for u in s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    assert left == sorted(theirs)
+    fresh = store.key(DATA_DIR, "running.dump")
+    s3_admin.create_multipart_upload(Bucket=bucket, Key=fresh)
+    abort_stale_uploads(store, datetime.now(UTC) - timedelta(hours=1))  # a run's upload of a minute ago stays
+    left = sorted(u["Key"] for u in s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    assert left == sorted([*theirs, fresh])
