@@ -133,7 +133,18 @@ def _finish(column: Column, array: Any) -> Any:
     if kind == "binary":
         return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=target)
     if kind.startswith("list:"):
-        return pa.array([None if v is None else json.loads(v) for v in array.to_pylist()], type=target)
+        values = [None if v is None else json.loads(v) for v in array.to_pylist()]
+        if any(value and isinstance(value[0], list) for value in values):
+            # PostgreSQL keeps no dimensions in a column's type: an integer[] may hold {{1,2},{3,4}}, and
+            # all of an array's elements are at the same depth, so the first one tells.
+            quoted = '"' + column.name.replace('"', '""') + '"'
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) holds a multi-dimensional array, which a list of "
+                f"its elements cannot store; leave those rows out with spec.filter, for example "
+                f"'coalesce(array_ndims({quoted}), 1) = 1'",
+                reason="EncodingFailed",
+            )
+        return pa.array(values, type=target)
     return array
 
 

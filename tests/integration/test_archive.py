@@ -566,3 +566,37 @@ def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
     split = sorted(day for day, files in files_per_day.items() if files > 1)
     assert len(split) <= 2, split  # without aligned ends, about one day in four (every batch's edge)
     assert all(files == 2 for day, files in files_per_day.items() if day in split)
+
+
+def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_it_out(
+    archive_env: dict[str, Any], admin_api: Any
+) -> None:
+    from kubernetes import client
+
+    database, namespace = archive_env["database"], archive_env["namespace"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute('CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, "Grid" integer[])')
+        conn.execute(
+            "INSERT INTO orders VALUES (1, now() - interval '100 days', '{{1,2},{3,4}}'), "
+            "(2, now() - interval '99 days', '{5,NULL}'), (3, now() - interval '98 days', NULL)"
+        )
+    setup_archive(archive_env, batch={"rows": 100, "parallelism": 1})
+    assert run_archive_job(archive_env["kubeconfig"], namespace) == 3  # permanent: the spec must change
+    found = conditions(get_status(admin_api, namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
+    assert found["reason"] == "EncodingFailed"
+    assert "column 'Grid' (integer[]) holds a multi-dimensional array" in found["message"]
+    assert ids_in_table(database) == {1, 2, 3}  # the batch rolled back
+
+    # The message's suggestion, as the spec's filter: the other rows go, the 2-D one stays.
+    suggested = found["message"].split("for example ")[1].strip("'")
+    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+        "cellar.dev",
+        "v1alpha1",
+        namespace,
+        "tablearchives",
+        "orders",
+        {"spec": {"filter": suggested}},
+        _content_type="application/merge-patch+json",
+    )
+    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+    assert ids_in_table(database) == {1}
