@@ -6,11 +6,13 @@ runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE), droppe
   (a) the floor: COPY (SELECT ... WHERE ts < cutoff) TO STDOUT into /dev/null, then one DELETE (best of 3)
   (b) a plain loop a team would write: select a batch, write gzip CSV, upload, DELETE ... WHERE id IN (...)
   (c) cellar's archiver (Parquet with zstd, ledger, verified uploads) with its default settings (25,000
-      rows a batch, 2 lanes), Daily and Monthly partitions (best of 3 each, as the floor)
+      rows a batch, 2 lanes), Daily and Monthly partitions (best of 3 each)
   (d) a diagnostic, no target: one lane's capture step alone, one batch at a time (its DELETE, reading
       and parsing the rows, COMMIT; no files)
 
-For each: rows per second, peak RSS, the longest single transaction, and stored size; then the targets:
+(a) and (c) take turns in three rounds, so that a slow minute on shared cores weighs on both alike; each
+prints its round's ratio. For each: rows per second, peak RSS, the longest single transaction, stored
+size, and the CPU seconds of the job, PostgreSQL and MinIO while it ran; then the targets:
 (c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB. Run:
 
     .venv/bin/python -m benchmarks.archive_bench              (--rows 1000000 for a quicker look)
@@ -40,8 +42,7 @@ from benchmarks.measure import create_database_secret, install_cellar, run_measu
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 BATCH = 10_000
-FLOOR_ATTEMPTS = 3
-CELLAR_ATTEMPTS = 3
+ROUNDS = 3
 CUTOFF_AGE_DAYS = 365
 COLUMNS = "id, created_at, customer, amount, status, note, payload, ref"
 
@@ -248,22 +249,41 @@ def cellar(
     }
 
 
-def cellar_variants(stack: LocalStack, batch: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """(c) with Daily partitions (the default) and with Monthly ones, each the best of three runs."""
-    kubeconfig, api = install_cellar(stack, "archive")
-    results = {}
-    for partitioning in ("Daily", "Monthly"):
-        label = f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Daily" else "")
-        runs = []
-        for attempt in range(CELLAR_ATTEMPTS):  # the best of as many runs as the floor
-            database = f"archive_c_{partitioning.lower()}_{attempt}"
-            fresh_copy(stack, database)
-            runs.append(cellar(stack, database, "archive-bench", kubeconfig, api, partitioning, attempt, batch))
-            drop(stack, database)
-        results[label] = min(runs, key=lambda r: r["wall"])
-        walls = ", ".join(f"{r['wall']:.1f}s" for r in runs)
-        print(f"{label}: done in {walls}", flush=True)
-    return results
+FLOOR = "(a) COPY to /dev/null + one DELETE"
+HAND_LOOP = "(b) hand loop: SELECT, gzip CSV, upload, DELETE"
+CAPTURE_ONLY = "(d) diagnostic: cellar's DELETE + parse + COMMIT only"
+
+
+def cellar_label(partitioning: str) -> str:
+    return f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Daily" else "")
+
+
+def script_variant(stack: LocalStack, label: str, variant: str, attempt: int, cutoff: str) -> dict[str, Any]:
+    """One run of (a), (b) or (d): this module in a process of its own, on a fresh copy of the table."""
+    database = f"archive_{variant.replace('-', '_')}_{attempt}"
+    dsn = fresh_copy(stack, database)
+    before = server_cpu(stack)
+    run = run_measured(
+        label,
+        [
+            *[sys.executable, "-m", "benchmarks.archive_bench", variant],
+            *["--dsn", dsn, "--cutoff", cutoff, "--endpoint", stack.s3_endpoint, "--bucket", "archive-bench"],
+        ],
+        dict(os.environ),
+    )
+    spent = cpu_spent(run.cpu, before, server_cpu(stack))
+    drop(stack, database)
+    return {"wall": run.wall, "rss": run.peak_rss_mb, **json.loads(run.output.strip().splitlines()[-1]), **spent}
+
+
+def cellar_variant(
+    stack: LocalStack, kubeconfig: Path, api: Any, partitioning: str, attempt: int, batch: dict[str, int]
+) -> dict[str, Any]:
+    database = f"archive_c_{partitioning.lower()}_{attempt}"
+    fresh_copy(stack, database)
+    result = cellar(stack, database, "archive-bench", kubeconfig, api, partitioning, attempt, batch)
+    drop(stack, database)
+    return result
 
 
 def main() -> int:
@@ -296,50 +316,30 @@ def main() -> int:
         cutoff = (datetime.now(UTC) - timedelta(days=CUTOFF_AGE_DAYS)).isoformat()
         s3 = s3_client(stack.s3_endpoint)
         s3.create_bucket(Bucket="archive-bench")
-        me = [sys.executable, "-m", "benchmarks.archive_bench"]
-        results: dict[str, dict[str, Any]] = {}
-        for label, extra, attempts in (
-            # The floor is a few seconds long, so one noisy moment on a shared machine moves it a lot:
-            # its best of three is the (conservative) baseline.
-            ("(a) COPY to /dev/null + one DELETE", ["floor"], FLOOR_ATTEMPTS),
-            ("(b) hand loop: SELECT, gzip CSV, upload, DELETE", ["hand-loop"], 1),
-            ("(d) diagnostic: cellar's DELETE + parse + COMMIT only", ["capture-only"], 1),
-        ):
-            walls = []
-            for attempt in range(attempts):
-                database = f"archive_{extra[0].replace('-', '_')}_{attempt}"
-                dsn = fresh_copy(stack, database)
-                before = server_cpu(stack)
-                run = run_measured(
-                    label,
-                    [
-                        *me,
-                        *extra,
-                        "--dsn",
-                        dsn,
-                        "--cutoff",
-                        cutoff,
-                        "--endpoint",
-                        stack.s3_endpoint,
-                        "--bucket",
-                        "archive-bench",
-                    ],
-                    dict(os.environ),
-                )
-                spent = cpu_spent(run.cpu, before, server_cpu(stack))
-                drop(stack, database)
-                figures = json.loads(run.output.strip().splitlines()[-1])
-                walls.append(run.wall)
-                if run.wall == min(walls):
-                    results[label] = {"wall": run.wall, "rss": run.peak_rss_mb, **figures, **spent}
-            print(f"{label}: done in {', '.join(f'{w:.1f}s' for w in walls)}", flush=True)
-
         batch = {
             key: value
             for key, value in (("rows", args.batch_rows), ("parallelism", args.parallelism))
             if value is not None
         }
-        results.update(cellar_variants(stack, batch))
+        kubeconfig, api = install_cellar(stack, "archive")
+        runs: dict[str, list[dict[str, Any]]] = {FLOOR: [], HAND_LOOP: [], CAPTURE_ONLY: []}
+        runs[HAND_LOOP].append(script_variant(stack, HAND_LOOP, "hand-loop", 0, cutoff))
+        runs[CAPTURE_ONLY].append(script_variant(stack, CAPTURE_ONLY, "capture-only", 0, cutoff))
+        # The floor and cellar take turns, round after round: a run of a few seconds on shared cores is
+        # noisy, and a slow minute then weighs on both alike. Each figure is the best of its rounds.
+        for attempt in range(ROUNDS):
+            runs[FLOOR].append(script_variant(stack, FLOOR, "floor", attempt, cutoff))
+            for partitioning in ("Daily", "Monthly"):
+                runs.setdefault(cellar_label(partitioning), []).append(
+                    cellar_variant(stack, kubeconfig, api, partitioning, attempt, batch)
+                )
+            floor_wall = runs[FLOOR][-1]["wall"]
+            turns = []
+            for partitioning in ("Daily", "Monthly"):
+                wall = runs[cellar_label(partitioning)][-1]["wall"]
+                turns.append(f"(c) {partitioning} {wall:.1f}s ({floor_wall / wall:.2f} of (a)'s rows/s)")
+            print(f"round {attempt + 1}: (a) {floor_wall:.1f}s, " + ", ".join(turns), flush=True)
+        results = {label: min(measured, key=lambda r: r["wall"]) for label, measured in runs.items()}
         report(args.rows, results)
     finally:
         stack.stop()
@@ -366,9 +366,8 @@ def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
             f"{label:54} {r['job_cpu']:7.1f} {r['postgres_cpu']:9.1f} {r['minio_cpu']:7.1f} {total:7.1f} "
             f"{total / cores:8.1f} {r['wall']:7.1f}"
         )
-    a, b = results["(a) COPY to /dev/null + one DELETE"], results["(b) hand loop: SELECT, gzip CSV, upload, DELETE"]
-    c = results["(c) cellar, Daily partitions (default)"]
-    c_monthly = results["(c) cellar, Monthly partitions"]
+    a, b = results[FLOOR], results[HAND_LOOP]
+    c, c_monthly = results[cellar_label("Daily")], results[cellar_label("Monthly")]
     rate = {k: r["rows"] / r["wall"] for k, r in zip("abc", (a, b, c), strict=True)}
     checks = [
         (f"(c) rows/s / (a) rows/s = {rate['c'] / rate['a']:.2f}", "target >= 0.50", rate["c"] / rate["a"] >= 0.5),
@@ -381,7 +380,7 @@ def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
             c_monthly["rows"] / c_monthly["wall"] >= rate["a"] / 2,
         ),
     ]
-    d = results["(d) diagnostic: cellar's DELETE + parse + COMMIT only"]
+    d = results[CAPTURE_ONLY]
     print(f"\n  diagnostic, no target: (d) rows/s / (a) rows/s = {d['rows'] / d['wall'] / rate['a']:.2f}")
     for figure, target, ok in checks:
         print(f"  {figure:40} {target:16} {'PASS' if ok else 'MISS'}")
