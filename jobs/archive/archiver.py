@@ -146,16 +146,19 @@ class Lane:
 
     A run splits the due rows into lanes (spec.batch.parallelism) whose batches run at the same time,
     each on its own connections; None is open-ended. `resume_from` is where its next batch starts, and
-    `until` where it should stop (a partition boundary, see aligned_batch_end), if anywhere.
+    `until` where it should stop (a partition boundary, see aligned_batch_end), if anywhere. A lane that
+    runs out of rows takes over part of another (Archiver._take_over), which moves that one's `end`.
     """
 
     start: datetime | None = None
     end: datetime | None = None
     resume_from: object = None
     until: datetime | None = None
+    last_batch_span: timedelta | None = None  # from its last batch's oldest row to its newest
 
 
 HISTOGRAM_BOUNDS_PER_LANE = 4  # fewer, and the statistics say too little about the due rows
+BATCHES_LEFT_TO_SPLIT = 4  # a lane is split for an idle one only with at least this many batches' time left
 
 
 def split_into_lanes(oldest: object, newest: object, count: int, histogram: Sequence[object] = ()) -> list[Lane]:
@@ -437,6 +440,9 @@ class Archiver:
         # A batch's objects (one per partition) upload side by side while its transaction is open.
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="archive-upload")
         self._totals_lock = threading.Lock()
+        self._lanes_lock = threading.Lock()  # guards _running_lanes and their bounds when one takes over
+        self._running_lanes: list[Lane] = []
+        self._histogram_bounds: list[datetime] = []  # the timestamp column's, from _lanes()
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
@@ -460,7 +466,9 @@ class Archiver:
         ).fetchone()
         self.conn.rollback()
         oldest, newest = row if row else (None, None)
-        lanes = split_into_lanes(oldest, newest, self.settings.parallelism, self._histogram())
+        histogram = self._histogram()
+        self._histogram_bounds = sorted(b for b in (_as_utc(v) for v in histogram) if b is not None)
+        lanes = split_into_lanes(oldest, newest, self.settings.parallelism, histogram)
         log.info(
             "lanes",
             extra={"lanes": [[_jsonable(lane.start), _jsonable(lane.end)] for lane in lanes]},
@@ -513,6 +521,7 @@ class Archiver:
             for _ in range(2 * len(lanes) - 1):
                 opened.append(open_connection())
             pairs = [[self.conn, opened[0]], *([opened[i], opened[i + 1]] for i in range(1, len(opened), 2))]
+            self._running_lanes = list(lanes)
             # SIGTERM only sets a flag while the lanes run; each lane stops at its next batch boundary.
             with (
                 self.interrupts.deferred(),
@@ -554,10 +563,16 @@ class Archiver:
 
         try:
             while True:
-                unpublished = self.capture(idle.pop(), lane)
+                conn = idle.pop()
+                unpublished = self.capture(conn, lane)
                 collect()
                 if unpublished is None:
-                    return "done"
+                    idle.append(conn)
+                    taken = self._take_over(lane)
+                    if taken is None:
+                        return "done"
+                    lane = taken
+                    continue
                 captured, unpublished = unpublished, None
                 pending = publisher.submit(self._publish_and_release, captured, idle)
                 if halt.is_set() or self.interrupts.requested.is_set() or time.monotonic() >= deadline:
@@ -573,6 +588,40 @@ class Archiver:
                 with contextlib.suppress(Exception):
                     pending.result()
             publisher.shutdown(wait=True)
+
+    def _take_over(self, finished: Lane) -> Lane | None:
+        """A lane with nothing left takes the later half of what the lane with the most time left has.
+
+        Lanes are split at the start by the whole table's statistics, so a filter, or rows that bunch up
+        in one lane's range, can leave one lane most of the work; without this the run would go at one
+        lane's speed once the others are done. Taking over is safe whatever the timing: a batch of the
+        other lane already in flight keeps its rows locked (SKIP LOCKED passes them) and deletes them.
+        """
+        with self._lanes_lock:
+            self._running_lanes.remove(finished)
+            best: tuple[timedelta, Lane, datetime, datetime] | None = None
+            for lane in self._running_lanes:
+                resumed = _as_utc(lane.resume_from)
+                if resumed is None or lane.last_batch_span is None:
+                    continue  # no batch yet: nothing to judge its pace by
+                end = lane.end or self.cutoff
+                left = end - resumed
+                if left > BATCHES_LEFT_TO_SPLIT * lane.last_batch_span and (best is None or left > best[0]):
+                    best = (left, lane, resumed, end)
+            if best is None:
+                return None
+            left, lane, resumed, end = best
+            # Where the statistics put half of the rows left, else half of the time left.
+            inside = [bound for bound in self._histogram_bounds if resumed < bound < end]
+            middle = inside[len(inside) // 2] if len(inside) >= 2 else resumed + left / 2
+            taken = Lane(start=middle, end=lane.end)
+            lane.end = middle
+            self._running_lanes.append(taken)
+        log.info(
+            "lane split",
+            extra={"kept": [_jsonable(resumed), _jsonable(middle)], "taken": [_jsonable(middle), _jsonable(taken.end)]},
+        )
+        return taken
 
     def _publish_and_release(self, captured: CapturedBatch, idle: list[Connection]) -> BatchResult:
         try:
@@ -618,6 +667,8 @@ class Archiver:
             if self.settings.mode == "Move":
                 stamps = table.column(self.info.timestamp_column.name)
                 lane.resume_from = stamps[-1].as_py()
+                first, last = _as_utc(stamps[0].as_py()), _as_utc(lane.resume_from)
+                lane.last_batch_span = last - first if first is not None and last is not None else None
                 lane.until = aligned_batch_end(
                     stamps[0].as_py(), lane.resume_from, table.num_rows, self.batch_rows, self.settings.partitioning
                 )

@@ -600,3 +600,39 @@ def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_i
     )
     assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
     assert ids_in_table(database) == {1}
+
+
+def test_a_lane_with_nothing_left_takes_over_half_of_another(
+    archive_env: dict[str, Any], bucket: str, s3_admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # All rows, one every 2.4 hours over 300 days, are in the statistics; the filter makes 1,000 rows due
+    # in the first 10 days and one a day after. The lanes split the due range by time, so the first lane
+    # gets almost every due row; the second is done at once and takes over half of what the first has left.
+    database = archive_env["database"]
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '330 days' + g * interval '2 hours 24 minutes', "
+            "CASE WHEN g <= 100 OR g % 10 = 0 THEN 'due' ELSE 'keep' END FROM generate_series(1, 3000) g"
+        )
+        conn.execute(
+            "INSERT INTO orders SELECT 10000 + g, now() - interval '330 days' + g * interval '1 minute', 'due' "
+            "FROM generate_series(1, 900) g"
+        )
+        conn.execute("ANALYZE orders")
+        due = {
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM orders WHERE note = 'due' AND created_at < now() - interval '30 days'"
+            )
+        }
+    setup_archive(archive_env, filter="note = 'due'", batch={"rows": 50, "parallelism": 2})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    splits = [entry for entry in logged if entry["msg"] == "lane split"]
+    assert splits, "the idle lane took nothing over"
+    # Every due row archived exactly once, none of the others.
+    archived_ids = [i for table in archived_objects(s3_admin, bucket).values() for i in table.column("id").to_pylist()]
+    assert len(archived_ids) == len(set(archived_ids))
+    assert set(archived_ids) == due
+    assert ids_in_table(database).isdisjoint(due)
