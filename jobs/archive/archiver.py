@@ -566,16 +566,17 @@ class Archiver:
                 conn = idle.pop()
                 unpublished = self.capture(conn, lane)
                 collect()
+                stopping = halt.is_set() or self.interrupts.requested.is_set() or time.monotonic() >= deadline
                 if unpublished is None:
                     idle.append(conn)
-                    taken = self._take_over(lane)
+                    taken = None if stopping else self._take_over(lane)
                     if taken is None:
                         return "done"
                     lane = taken
                     continue
                 captured, unpublished = unpublished, None
                 pending = publisher.submit(self._publish_and_release, captured, idle)
-                if halt.is_set() or self.interrupts.requested.is_set() or time.monotonic() >= deadline:
+                if stopping:
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
                     return "maxRunTime"
         except BaseException:
