@@ -628,7 +628,8 @@ def table_archive() -> dict[str, Any]:
                 default="Daily",
             ),
             "mode": string(
-                "Move deletes archived rows; Copy keeps them (and archives each row once).",
+                "Move deletes archived rows; Copy keeps them and archives each row once, continuing after the "
+                "newest (timestamp, key) it archived: a row inserted later with an older timestamp is not copied.",
                 enum=["Move", "Copy"],
                 default="Move",
             ),
