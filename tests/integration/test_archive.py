@@ -58,6 +58,15 @@ def _rows_as_text(conn_dsn: str, table: str) -> list[str]:
         return [r[0] for r in conn.execute(f"SELECT x::text FROM {table} x ORDER BY id")]
 
 
+def _orders(database: dict[str, Any], *statements: str) -> psycopg.Connection[Any]:
+    """A table orders (id, created_at, note), filled by `statements`; an open autocommit connection to it."""
+    conn = psycopg.connect(dsn(database), autocommit=True)
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+    for statement in statements:
+        conn.execute(statement)
+    return conn
+
+
 def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     stack: LocalStack,
     archive_env: dict[str, Any],
@@ -296,12 +305,11 @@ def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(
     archive_env: dict[str, Any], bucket: str, s3_admin: Any
 ) -> None:
     database = archive_env["database"]
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
-            "FROM generate_series(1, 3000) g"
-        )  # one row every other day, 16 years
+    _orders(
+        database,
+        "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
+        "FROM generate_series(1, 3000) g",  # one row every other day, 16 years
+    ).close()
     setup_archive(archive_env)
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == set()
@@ -493,17 +501,14 @@ def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
     # 1,000 rows over 300 days, then 9,000 in the 5 days before the cutoff: equal time would cut the due
     # range in the middle of the 300 days and leave nine rows in ten to the newest lane.
     database = archive_env["database"]
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '335 days' + g * interval '7 hours 12 minutes', 'early' "
-            "FROM generate_series(1, 1000) g"
-        )
-        conn.execute(
-            "INSERT INTO orders SELECT 1000 + g, now() - interval '35 days' + g * interval '48 seconds', 'grown' "
-            "FROM generate_series(1, 9000) g"
-        )
-        conn.execute("ANALYZE orders")
+    _orders(
+        database,
+        "INSERT INTO orders SELECT g, now() - interval '335 days' + g * interval '7 hours 12 minutes', 'early' "
+        "FROM generate_series(1, 1000) g",
+        "INSERT INTO orders SELECT 1000 + g, now() - interval '35 days' + g * interval '48 seconds', 'grown' "
+        "FROM generate_series(1, 9000) g",
+        "ANALYZE orders",
+    ).close()
     setup_archive(archive_env, batch={"rows": 1000, "parallelism": 2})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == set()
@@ -517,12 +522,11 @@ def test_the_rows_due_are_counted_beside_the_batches(
     archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = archive_env["database"]
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '500 days' + g * interval '4 hours', 'x' "
-            "FROM generate_series(1, 3000) g"
-        )
+    with _orders(
+        database,
+        "INSERT INTO orders SELECT g, now() - interval '500 days' + g * interval '4 hours', 'x' "
+        "FROM generate_series(1, 3000) g",
+    ) as conn:
         due = conn.execute("SELECT count(*) FROM orders WHERE created_at < now() - interval '30 days'").fetchone()
     assert due is not None
     assert 2700 < due[0] < 2900  # olderThan 30d (setup_archive)
@@ -548,14 +552,13 @@ def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
     # Each batch ends where the day its successor would reach begins, so only a batch cut by its LIMIT
     # splits a day: the first one, and the first after the gap (whose aligned end fell in the gap).
     database = archive_env["database"]
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, date_trunc('day', now()) - interval '200 days' + g * interval '1 hour', 'x' "
-            "FROM generate_series(0, 60 * 24 - 1) g UNION ALL "
-            "SELECT 10000 + g, date_trunc('day', now()) - interval '110 days' + g * interval '1 hour', 'y' "
-            "FROM generate_series(0, 60 * 24 - 1) g"
-        )
+    _orders(
+        database,
+        "INSERT INTO orders SELECT g, date_trunc('day', now()) - interval '200 days' + g * interval '1 hour', 'x' "
+        "FROM generate_series(0, 60 * 24 - 1) g UNION ALL "
+        "SELECT 10000 + g, date_trunc('day', now()) - interval '110 days' + g * interval '1 hour', 'y' "
+        "FROM generate_series(0, 60 * 24 - 1) g",
+    ).close()
     setup_archive(archive_env, partitioning="Daily", batch={"rows": 100, "parallelism": 1})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     assert ids_in_table(database) == set()  # the gap did not end the run early
@@ -609,17 +612,14 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
     # in the first 10 days and one a day after. The lanes split the due range by time, so the first lane
     # gets almost every due row; the second is done at once and takes over half of what the first has left.
     database = archive_env["database"]
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '330 days' + g * interval '2 hours 24 minutes', "
-            "CASE WHEN g <= 100 OR g % 10 = 0 THEN 'due' ELSE 'keep' END FROM generate_series(1, 3000) g"
-        )
-        conn.execute(
-            "INSERT INTO orders SELECT 10000 + g, now() - interval '330 days' + g * interval '1 minute', 'due' "
-            "FROM generate_series(1, 900) g"
-        )
-        conn.execute("ANALYZE orders")
+    with _orders(
+        database,
+        "INSERT INTO orders SELECT g, now() - interval '330 days' + g * interval '2 hours 24 minutes', "
+        "CASE WHEN g <= 100 OR g % 10 = 0 THEN 'due' ELSE 'keep' END FROM generate_series(1, 3000) g",
+        "INSERT INTO orders SELECT 10000 + g, now() - interval '330 days' + g * interval '1 minute', 'due' "
+        "FROM generate_series(1, 900) g",
+        "ANALYZE orders",
+    ) as conn:
         due = {
             r[0]
             for r in conn.execute(

@@ -8,32 +8,26 @@ from typing import Any
 
 import pytest
 
-
-def test_crd_yaml_is_generated_from_the_generator() -> None:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "cronjobs" / "base" / "crds" / "generate.py"
-    spec = importlib.util.spec_from_file_location("crd_generate", path)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for file_name, builder in module.DEFINITIONS.items():
-        assert (path.parent / file_name).read_text() == module.render(builder), (
-            f"{file_name} is stale: run python cronjobs/base/crds/generate.py"
-        )
+GENERATOR = Path(__file__).resolve().parents[2] / "cronjobs" / "base" / "crds" / "generate.py"
 
 
 def _generator() -> Any:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "cronjobs" / "base" / "crds" / "generate.py"
-    spec = importlib.util.spec_from_file_location("crd_generate", path)
+    spec = importlib.util.spec_from_file_location("crd_generate", GENERATOR)
     assert spec
     assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_crd_yaml_is_generated_from_the_generator() -> None:
+    module = _generator()
+    for file_name, builder in module.DEFINITIONS.items():
+        assert (GENERATOR.parent / file_name).read_text() == module.render(builder), (
+            f"{file_name} is stale: run python cronjobs/base/crds/generate.py"
+        )
 
 
 def _with_defaults(schema: dict[str, Any], value: Any) -> Any:
