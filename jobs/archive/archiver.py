@@ -599,7 +599,7 @@ class Archiver:
         other lane already in flight keeps its rows locked (SKIP LOCKED passes them) and deletes them.
         """
         with self._lanes_lock:
-            self._running_lanes.remove(finished)
+            self._running_lanes = [lane for lane in self._running_lanes if lane is not finished]  # not by value
             best: tuple[timedelta, Lane, datetime, datetime] | None = None
             for lane in self._running_lanes:
                 resumed = _as_utc(lane.resume_from)
@@ -670,9 +670,7 @@ class Archiver:
                 lane.resume_from = stamps[-1].as_py()
                 first, last = _as_utc(stamps[0].as_py()), _as_utc(lane.resume_from)
                 lane.last_batch_span = last - first if first is not None and last is not None else None
-                lane.until = aligned_batch_end(
-                    stamps[0].as_py(), lane.resume_from, table.num_rows, self.batch_rows, self.settings.partitioning
-                )
+                lane.until = aligned_batch_end(first, last, table.num_rows, self.batch_rows, self.settings.partitioning)
             return CapturedBatch(conn, str(uuid.uuid4()), began, table)
         except BaseException:
             _rollback(conn)

@@ -186,7 +186,14 @@ class ArchiveJob:
         if self.open_connection is None:  # not opened by open(): no second connection to count on
             yield
             return
-        conn = self.open_connection()
+        try:
+            conn = self.open_connection()
+        except CellarError as exc:  # a full max_connections, say: the batches may still have theirs
+            log.warning(
+                "could not open a connection to count the rows due; progress shows no total", extra={"error": str(exc)}
+            )
+            yield
+            return
         started = time.monotonic()
 
         def count() -> None:
