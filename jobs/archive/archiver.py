@@ -466,9 +466,8 @@ class Archiver:
         ).fetchone()
         self.conn.rollback()
         oldest, newest = row if row else (None, None)
-        histogram = self._histogram()
-        self._histogram_bounds = sorted(b for b in (_as_utc(v) for v in histogram) if b is not None)
-        lanes = split_into_lanes(oldest, newest, self.settings.parallelism, histogram)
+        self._histogram_bounds = sorted(b for b in (_as_utc(v) for v in self._histogram()) if b is not None)
+        lanes = split_into_lanes(oldest, newest, self.settings.parallelism, self._histogram_bounds)
         log.info(
             "lanes",
             extra={"lanes": [[_jsonable(lane.start), _jsonable(lane.end)] for lane in lanes]},
@@ -611,10 +610,11 @@ class Archiver:
                     best = (left, lane, resumed, end)
             if best is None:
                 return None
-            left, lane, resumed, end = best
-            # Where the statistics put half of the rows left, else half of the time left.
-            inside = [bound for bound in self._histogram_bounds if resumed < bound < end]
-            middle = inside[len(inside) // 2] if len(inside) >= 2 else resumed + left / 2
+            _, lane, resumed, end = best
+            # The rule that split the run into lanes, on what is left: half of the rows by the statistics
+            # when they say enough about that range, else half of the time.
+            middle = split_into_lanes(resumed, end, 2, self._histogram_bounds)[0].end
+            assert middle is not None  # end > resumed: two lanes
             taken = Lane(start=middle, end=lane.end)
             lane.end = middle
             self._running_lanes.append(taken)
