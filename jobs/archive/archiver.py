@@ -45,6 +45,7 @@ from jobs.archive.encoding import (
     select_list,
 )
 from jobs.archive.settings import ArchiveSettings
+from jobs.archive.standbys import StandbyGate
 from jobs.archive.table import Column, TableInfo
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,7 @@ class Archiver:
         self._lanes_lock = threading.Lock()  # guards _running_lanes and their bounds when one takes over
         self._running_lanes: list[Lane] = []
         self._histogram_bounds: list[datetime] = []  # the timestamp column's, from _lanes()
+        self.standbys = StandbyGate(settings.max_replication_lag)
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
@@ -496,6 +498,9 @@ class Archiver:
         lane = Lane()
         deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         while True:
+            if not self.standbys.wait(self.conn, lambda: self._stopping(deadline)):
+                self.interrupts.check()  # SIGTERM while waiting: record Interrupted
+                return totals, "maxRunTime"
             with self.interrupts.deferred():
                 captured = self.capture(self.conn, lane)
                 result = self.publish(captured) if captured is not None else BatchResult()
@@ -563,9 +568,13 @@ class Archiver:
         try:
             while True:
                 conn = idle.pop()
+                if not self.standbys.wait(conn, lambda: halt.is_set() or self._stopping(deadline)):
+                    idle.append(conn)
+                    collect()  # the batch in flight finishes (or rolls back) before the lane stops
+                    return "maxRunTime"
                 unpublished = self.capture(conn, lane)
                 collect()
-                stopping = halt.is_set() or self.interrupts.requested.is_set() or time.monotonic() >= deadline
+                stopping = halt.is_set() or self._stopping(deadline)
                 if unpublished is None:
                     idle.append(conn)
                     taken = None if stopping else self._take_over(lane)
@@ -629,6 +638,10 @@ class Archiver:
             return self.publish(captured)
         finally:
             idle.append(captured.conn)
+
+    def _stopping(self, deadline: float) -> bool:
+        """SIGTERM arrived or the run time is up."""
+        return self.interrupts.requested.is_set() or time.monotonic() >= deadline
 
     def _pause(self) -> None:
         end = time.monotonic() + self.settings.pause.total_seconds()

@@ -28,6 +28,7 @@ from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, Connection, RunTotals, batch_query, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
+from jobs.archive.standbys import check_lag_visible
 from jobs.archive.table import TableInfo, check_cascades, check_privileges, describe_table
 from jobs.archive.unarchive import unarchive
 
@@ -105,6 +106,7 @@ class ArchiveJob:
             if ctx.dry_run or settings.dry_run:
                 return self._dry_run(ctx, conn, settings, info, cutoff)
             check_privileges(conn, info, settings)
+            check_lag_visible(conn, settings.max_replication_lag)
             if not try_lock(conn, info):
                 message = f"another run holds the archive lock of {settings.relation}; this run skipped"
                 ctx.update_status(
@@ -161,12 +163,20 @@ class ArchiveJob:
                     "bytes": totals.bytes,
                     "seconds": round(duration, 3),
                     "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
+                    "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
                 },
             )
             reason = "Completed" if totals.rows else "NothingToArchive"
+            if not totals.rows and stopped == "maxRunTime":  # rows were due, but a standby held every batch
+                reason = "StandbyBehind"
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
                 f"{settings.relation} in {duration:.1f}s"
+                + (
+                    f"; waited {archiver.standbys.held_seconds:.0f}s for standbys over maxReplicationLag"
+                    if archiver.standbys.held_seconds >= 1
+                    else ""
+                )
                 + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
                 + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
             )

@@ -29,6 +29,7 @@ class ArchiveSettings:
     batch_rows: int
     batch_max_bytes: int
     pause: timedelta
+    max_replication_lag: timedelta | None
     parallelism: int
     max_run_time: timedelta
     lock_timeout: timedelta
@@ -79,6 +80,7 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         batch_rows=batch.integer("rows", DEFAULT_BATCH_ROWS, minimum=1, maximum=1_000_000) or DEFAULT_BATCH_ROWS,
         batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096) or 128) * 1024 * 1024,
         pause=batch.duration("pause", "0s") or timedelta(0),
+        max_replication_lag=batch.duration("maxReplicationLag"),
         parallelism=batch.integer("parallelism", 2, minimum=1, maximum=8) or 2,
         max_run_time=reader.duration("maxRunTime", "1h") or timedelta(hours=1),
         lock_timeout=reader.duration("lockTimeout", "5s") or timedelta(seconds=5),

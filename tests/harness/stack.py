@@ -11,6 +11,7 @@ which and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import pwd
@@ -23,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,30 +450,7 @@ class LocalStack:
         if result.returncode != 0:
             raise StackError(f"initdb failed: {result.stderr.strip()}")
         self.pg_port = free_port()
-        options = (
-            f"-p {self.pg_port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c shared_buffers=256MB"
-        )
-        result = self._as_postgres(
-            [
-                str(self.pg_bin / "pg_ctl"),
-                "start",
-                "-D",
-                str(self.pg_data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(base / "postgres.log"),
-                "-o",
-                options,
-            ],
-            check=False,
-        )
-        if result.returncode != 0:
-            log_text = (base / "postgres.log").read_text(errors="replace") if (base / "postgres.log").exists() else ""
-            raise StackError(f"PostgreSQL did not start: {result.stderr.strip()}\n{log_text[-2000:]}")
+        self._pg_ctl_start(self.pg_data, self.pg_port, "PostgreSQL")
         self._pg_started = True
         version = subprocess.run([str(self.pg_bin / "postgres"), "--version"], capture_output=True, text=True)
         self.pg_version = version.stdout.strip()
@@ -479,6 +458,39 @@ class LocalStack:
 
     def pg_dsn(self, dbname: str = "postgres", user: str = "postgres", password: str = PG_SUPERUSER_PASSWORD) -> str:
         return f"host=127.0.0.1 port={self.pg_port} dbname={dbname} user={user} password={password}"
+
+    def _pg_ctl_start(self, data: Path, port: int, what: str) -> None:
+        """Start a server on `data` (its socket and log beside it). A standby needs max_connections at
+        least the primary's, so both use these options."""
+        options = (
+            f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            "-c shared_buffers=256MB"
+        )
+        server_log = data.parent / f"{data.name}.log"
+        start = [str(self.pg_bin / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(server_log)]
+        result = self._as_postgres([*start, "-o", options], check=False)
+        if result.returncode != 0:
+            log_text = server_log.read_text(errors="replace") if server_log.exists() else ""
+            raise StackError(f"{what} did not start: {result.stderr.strip()}\n{log_text[-2000:]}")
+
+    @contextlib.contextmanager
+    def standby(self) -> Iterator[str]:
+        """A streaming hot standby of the PostgreSQL server (pg_basebackup -R), for as long as the block
+        runs; yields its superuser DSN. It shows up in the primary's pg_stat_replication."""
+        data = self.pg_data.parent / f"standby-{free_port()}"
+        source = self.pg_dsn()
+        backup = [str(self.pg_bin / "pg_basebackup"), "-D", str(data), "-d", source, "-R", "-X", "stream"]
+        result = self._as_postgres([*backup, "--no-sync", "--checkpoint=fast"], check=False)
+        if result.returncode != 0:
+            raise StackError(f"pg_basebackup for a standby failed: {result.stderr.strip()}")
+        port = free_port()
+        self._pg_ctl_start(data, port, "the standby")
+        try:
+            yield self.pg_dsn().replace(f"port={self.pg_port}", f"port={port}")
+        finally:
+            self._as_postgres([str(self.pg_bin / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], check=False)
+            shutil.rmtree(data, ignore_errors=True)
 
     # ---- S3 (MinIO) ----------------------------------------------------------------------------------
     def start_minio(self) -> None:

@@ -37,7 +37,10 @@ def test_defaults() -> None:
     )
     assert settings.lock_timeout == timedelta(seconds=5)
     assert settings.parallelism == 2
+    assert settings.max_replication_lag is None  # nothing waits for standbys unless asked
     assert not settings.allow_cascade
+    limited = parse_archive_spec({**SPEC, "batch": {"maxReplicationLag": "1m30s"}})
+    assert limited.max_replication_lag == timedelta(seconds=90)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,7 @@ def test_defaults() -> None:
         ({"format": "ORC"}, r"spec\.format: 'ORC' is not one of Parquet, CSVGzip"),
         ({"batch": {"rows": 0}}, r"spec\.batch\.rows: 0 is below the minimum 1"),
         ({"batch": {"parallelism": 9}}, r"spec\.batch\.parallelism: 9 is above the maximum 8"),
+        ({"batch": {"maxReplicationLag": "30 s"}}, r"spec\.batch\.maxReplicationLag: '30 s' is not a duration"),
         ({"table": {}}, r"spec\.table\.name: required"),
     ],
 )

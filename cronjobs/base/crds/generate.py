@@ -613,6 +613,13 @@ def table_archive() -> dict[str, Any]:
                         "one at a time on one connection.",
                         default="0s",
                     ),
+                    "maxReplicationLag": duration(
+                        "Hold each batch back while a standby streaming from the database replays more than "
+                        "this far behind (pg_stat_replication.replay_lag; a standby that has replayed all WAL "
+                        "written counts as 0). 0s waits for every standby to replay everything before each "
+                        "batch. Needs pg_monitor (pg_read_all_stats) for the job's database role; unset, "
+                        "nothing waits.",
+                    ),
                 },
                 default={},
             ),

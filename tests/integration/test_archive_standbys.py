@@ -1,0 +1,130 @@
+"""spec.batch.maxReplicationLag against a real streaming standby whose replay is paused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.harness.stack import LocalStack
+from tests.integration.archive_helpers import dsn, ids_in_table, run_archive_job, setup_archive
+from tests.integration.backup_helpers import conditions, get_status
+
+OLD_ROWS = 600
+LAG_QUERY = "SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication"
+
+
+def _old_orders(database: dict[str, Any]) -> None:
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 hour', 'old' "
+            f"FROM generate_series(1, {OLD_ROWS}) g"
+        )
+
+
+def _grant_pg_monitor(stack: LocalStack, database: dict[str, Any]) -> None:
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as admin:
+        admin.execute(f"GRANT pg_monitor TO {database['username']}")
+
+
+@pytest.fixture
+def lagging_standby(stack: LocalStack) -> Iterator[psycopg.Connection[Any]]:
+    """A standby whose replay is paused, at least 3 seconds behind by the primary's pg_stat_replication;
+    yields a connection to it (pg_wal_replay_resume() lets it catch up)."""
+    with stack.standby() as standby_dsn, psycopg.connect(standby_dsn, autocommit=True) as standby:
+        standby.execute("SELECT pg_wal_replay_pause()")
+        with psycopg.connect(stack.pg_dsn(), autocommit=True) as primary:
+            primary.execute("CREATE TABLE IF NOT EXISTS wal_traffic (x int)")
+            deadline = time.monotonic() + 30
+            while True:  # replay_lag grows only while WAL is written and the standby acknowledges it
+                primary.execute("INSERT INTO wal_traffic SELECT generate_series(1, 100)")
+                row = primary.execute(LAG_QUERY).fetchone()
+                if row and row[0] is not None and float(row[0]) > 3:
+                    break
+                assert time.monotonic() < deadline, f"the standby's replay_lag never passed 3 s: {row}"
+                time.sleep(0.2)
+        try:
+            yield standby
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+
+
+def _logged(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
+    stack: LocalStack,
+    archive_env: dict[str, Any],
+    lagging_standby: psycopg.Connection[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = archive_env["database"]
+    _old_orders(database)
+    _grant_pg_monitor(stack, database)
+    setup_archive(archive_env, batch={"rows": 100, "maxReplicationLag": "2s"})
+    seen_while_held: list[int] = []
+
+    def resume_later() -> None:
+        time.sleep(3)
+        seen_while_held.append(len(ids_in_table(database)))
+        lagging_standby.execute("SELECT pg_wal_replay_resume()")
+
+    resumer = threading.Thread(target=resume_later)
+    resumer.start()
+    try:
+        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    finally:
+        resumer.join()
+    assert seen_while_held == [OLD_ROWS]  # nothing moved while the standby was behind
+    assert ids_in_table(database) == set()  # then everything did
+    logged = _logged(capsys)
+    held = next(entry for entry in logged if entry["msg"] == "a standby is behind; batches wait for it")
+    assert held["standby"] == "walreceiver"  # a standby's default application_name
+    assert held["lag_seconds"] > 2
+    assert held["limit_seconds"] == 2
+    assert any(entry["msg"] == "the standbys caught up; batches resume" for entry in logged)
+    summary = next(entry for entry in logged if entry["msg"] == "archive run summary")
+    assert summary["rows"] == OLD_ROWS
+    assert summary["standby_wait_seconds"] >= 2.5
+
+
+def test_the_run_time_ends_a_run_that_waits_for_a_standby(
+    stack: LocalStack,
+    archive_env: dict[str, Any],
+    admin_api: Any,
+    lagging_standby: psycopg.Connection[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = archive_env["database"]
+    _old_orders(database)
+    _grant_pg_monitor(stack, database)
+    setup_archive(archive_env, maxRunTime="3s", batch={"maxReplicationLag": "1s", "parallelism": 1})
+    started = time.monotonic()
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert time.monotonic() - started < 30
+    assert len(ids_in_table(database)) == OLD_ROWS
+    outcome = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
+    assert outcome["ArchiveSucceeded"]["reason"] == "StandbyBehind"
+    assert "for standbys over maxReplicationLag" in outcome["ArchiveSucceeded"]["message"]
+    assert "stopped at maxRunTime" in outcome["ArchiveSucceeded"]["message"]
+    assert any(entry["msg"] == "the run stops while waiting for a standby" for entry in _logged(capsys))
+
+
+def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(
+    archive_env: dict[str, Any], admin_api: Any
+) -> None:
+    database = archive_env["database"]
+    _old_orders(database)
+    setup_archive(archive_env, batch={"maxReplicationLag": "30s"})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 3
+    refused = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["Ready"]
+    assert refused["reason"] == "InsufficientPrivilege"
+    assert f"GRANT pg_monitor TO {database['username']}" in refused["message"]
+    assert len(ids_in_table(database)) == OLD_ROWS
