@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
-from common.errors import PermanentError, RetryableError
+from common.errors import CellarError, InvalidSpec, PermanentError, RetryableError
 from common.failpoints import failpoint
 from common.runtime import Interrupts
 from common.storage import ObjectStore, translate_storage_error
@@ -44,7 +44,7 @@ from jobs.archive.encoding import (
     repeating_columns,
     select_list,
 )
-from jobs.archive.settings import ArchiveSettings
+from jobs.archive.settings import ArchiveSettings, live_changes, parse_archive_spec
 from jobs.archive.standbys import StandbyGate
 from jobs.archive.table import Column, TableInfo
 
@@ -53,6 +53,7 @@ Connection = psycopg.Connection[tuple[object, ...]]
 MANIFEST_FORMAT_VERSION = 1
 UPLOAD_CONCURRENCY = 16
 MAX_PARTITIONS_PER_BATCH = 64
+SETTINGS_REREAD_SECONDS = 10.0  # how often a run reads its TableArchive again, between batches
 
 
 def object_name(batch_id: str, number: int) -> str:
@@ -423,7 +424,10 @@ class Archiver:
         interrupts: Interrupts,
         on_progress: Callable[[int], None] = lambda _: None,
         open_connection: Callable[[], Connection] | None = None,
+        reread_spec: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
+        """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
+        apply from the next batch on."""
         self.conn = conn
         self.store = store
         self.settings = settings
@@ -445,9 +449,14 @@ class Archiver:
         self._running_lanes: list[Lane] = []
         self._histogram_bounds: list[datetime] = []  # the timestamp column's, from _lanes()
         self.standbys = StandbyGate(settings.max_replication_lag)
+        self._reread_spec = reread_spec
+        self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
+        self._settings_read_at = self._started = time.monotonic()
+        self._last_settings_notice = ""
 
     def run(self) -> tuple[RunTotals, str]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
+        self._started = self._settings_read_at = time.monotonic()
         try:
             if self._open_connection is None:
                 return self._run_one_at_a_time()
@@ -496,9 +505,9 @@ class Archiver:
     def _run_one_at_a_time(self) -> tuple[RunTotals, str]:
         totals = RunTotals()
         lane = Lane()
-        deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         while True:
-            if not self.standbys.wait(self.conn, lambda: self._stopping(deadline)):
+            self._refresh_settings()
+            if not self.standbys.wait(self.conn, self._stopping):
                 self.interrupts.check()  # SIGTERM while waiting: record Interrupted
                 return totals, "maxRunTime"
             with self.interrupts.deferred():
@@ -509,7 +518,7 @@ class Archiver:
             self.interrupts.check()  # SIGTERM during the batch: it finished (or rolled back); stop here
             if result.rows == 0:
                 return totals, "done"
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= self._deadline():
                 return totals, "maxRunTime"
             self._pause()
 
@@ -518,7 +527,6 @@ class Archiver:
         own); the run ends when every lane has. SIGTERM, the run time, or a lane's failure stops every
         lane after its batches in flight have committed or rolled back."""
         totals = RunTotals()
-        deadline = time.monotonic() + self.settings.max_run_time.total_seconds()
         halt = threading.Event()  # a lane failed: the others stop
         opened: list[Connection] = []
         try:
@@ -532,7 +540,7 @@ class Archiver:
                 ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="archive-lane") as threads,
             ):
                 running = [
-                    threads.submit(self._run_lane, lane, pair, totals, deadline, halt)
+                    threads.submit(self._run_lane, lane, pair, totals, halt)
                     for lane, pair in zip(lanes, pairs, strict=True)
                 ]
                 wait(running)
@@ -548,9 +556,7 @@ class Archiver:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
 
-    def _run_lane(
-        self, lane: Lane, connections: list[Connection], totals: RunTotals, deadline: float, halt: threading.Event
-    ) -> str:
+    def _run_lane(self, lane: Lane, connections: list[Connection], totals: RunTotals, halt: threading.Event) -> str:
         idle = list(connections)
         pending: Future[BatchResult] | None = None  # the batch being published on the lane's publisher
         unpublished: CapturedBatch | None = None  # captured here, not yet handed to the publisher
@@ -568,13 +574,14 @@ class Archiver:
         try:
             while True:
                 conn = idle.pop()
-                if not self.standbys.wait(conn, lambda: halt.is_set() or self._stopping(deadline)):
+                self._refresh_settings()
+                if not self.standbys.wait(conn, lambda: halt.is_set() or self._stopping()):
                     idle.append(conn)
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
                     return "maxRunTime"
                 unpublished = self.capture(conn, lane)
                 collect()
-                stopping = halt.is_set() or self._stopping(deadline)
+                stopping = halt.is_set() or self._stopping()
                 if unpublished is None:
                     idle.append(conn)
                     taken = None if stopping else self._take_over(lane)
@@ -587,6 +594,8 @@ class Archiver:
                 if stopping:
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
                     return "maxRunTime"
+                if self.settings.pause:  # set while the run goes on: each lane pauses between its batches
+                    self._sleep(self.settings.pause.total_seconds(), lambda: halt.is_set() or self._stopping())
         except BaseException:
             halt.set()
             raise
@@ -639,9 +648,58 @@ class Archiver:
         finally:
             idle.append(captured.conn)
 
-    def _stopping(self, deadline: float) -> bool:
+    def _deadline(self) -> float:
+        return self._started + self.settings.max_run_time.total_seconds()
+
+    def _stopping(self) -> bool:
         """SIGTERM arrived or the run time is up."""
-        return self.interrupts.requested.is_set() or time.monotonic() >= deadline
+        return self.interrupts.requested.is_set() or time.monotonic() >= self._deadline()
+
+    @staticmethod
+    def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+        end = time.monotonic() + seconds
+        while not stopping() and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+    def _refresh_settings(self) -> None:
+        """Between batches, at most every SETTINGS_REREAD_SECONDS: read the resource again and apply its
+        live fields (batch size, pause, replication lag, run time, timeouts), so that a run of hours can be
+        slowed down or cut short with `kubectl patch`. Other changes wait for the next run. A spec that no
+        longer parses, or an API server that does not answer, leaves the settings as they are."""
+        if self._reread_spec is None or time.monotonic() - self._settings_read_at < SETTINGS_REREAD_SECONDS:
+            return
+        if not self._settings_lock.acquire(blocking=False):
+            return  # another lane is at it
+        try:
+            self._settings_read_at = time.monotonic()
+            try:
+                changed = parse_archive_spec(self._reread_spec())
+            except InvalidSpec as exc:
+                self._notice("the spec was changed into an invalid one; this run keeps its settings", str(exc))
+                return
+            except CellarError as exc:
+                self._notice("could not read the spec again; this run keeps its settings", str(exc))
+                return
+            updated, applied, later = live_changes(self.settings, changed)
+            if applied:
+                if (
+                    updated.batch_rows != self.settings.batch_rows
+                    or updated.batch_max_bytes != self.settings.batch_max_bytes
+                ):
+                    self.batch_rows = updated.batch_rows  # _adapt_batch_size shrinks it again for wide rows
+                self.standbys.limit = updated.max_replication_lag
+                self.settings = updated
+                log.info("settings changed; the next batches use them", extra={"changed": applied})
+            if later:
+                self._notice("the spec changed; these fields take effect at the next run", ", ".join(later))
+        finally:
+            self._settings_lock.release()
+
+    def _notice(self, message: str, detail: str) -> None:
+        """A warning about the spec, logged once until it changes (the spec is read every few seconds)."""
+        if detail != self._last_settings_notice:
+            self._last_settings_notice = detail
+            log.warning(message, extra={"detail": detail})
 
     def _pause(self) -> None:
         end = time.monotonic() + self.settings.pause.total_seconds()

@@ -150,6 +150,7 @@ class ArchiveJob:
                 ctx.interrupts,
                 progress.update,
                 open_connection=self.open_connection,
+                reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
             )
             with self._counting_due(settings, info, cutoff, progress):
                 totals, stopped = archiver.run()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -91,3 +91,49 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
     )
+
+
+# What a run takes from a spec changed while it runs (`kubectl patch` / `edit`): how fast it goes and for
+# how long, never what it moves or where to (those take effect at the next run).
+LIVE_FIELDS = {
+    "batch_rows": "batch.rows",
+    "batch_max_bytes": "batch.maxBytesMiB",
+    "pause": "batch.pause",
+    "max_replication_lag": "batch.maxReplicationLag",
+    "max_run_time": "maxRunTime",
+    "lock_timeout": "lockTimeout",
+    "statement_timeout": "statementTimeout",
+}
+
+
+_SPEC_NAMES = {
+    "schema": "table.schema",
+    "table": "table.name",
+    "filter_sql": "filter",
+    "parallelism": "batch.parallelism",
+}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    return "unset" if value is None else str(value)
+
+
+def live_changes(
+    current: ArchiveSettings, changed: ArchiveSettings
+) -> tuple[ArchiveSettings, dict[str, str], list[str]]:
+    """`current` with the live fields of `changed` applied; which live fields changed (spec path -> new
+    value), and which other fields changed (spec names; they wait for the next run)."""
+    applied = {
+        path: _shown(getattr(changed, name))
+        for name, path in LIVE_FIELDS.items()
+        if getattr(changed, name) != getattr(current, name)
+    }
+    later = [
+        _SPEC_NAMES.get(name, name.split("_")[0] + "".join(word.title() for word in name.split("_")[1:]))
+        for name in ArchiveSettings.__dataclass_fields__
+        if name not in LIVE_FIELDS and getattr(changed, name) != getattr(current, name)
+    ]
+    updated = replace(current, **{name: getattr(changed, name) for name in LIVE_FIELDS})
+    return updated, applied, later

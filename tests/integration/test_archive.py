@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 import duckdb
 import psycopg
 import pyarrow as pa
 import pytest
+from kubernetes import client
 
+from jobs.archive import archiver
 from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import (
     archived_objects,
@@ -574,8 +578,6 @@ def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
 def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_it_out(
     archive_env: dict[str, Any], admin_api: Any
 ) -> None:
-    from kubernetes import client
-
     database, namespace = archive_env["database"], archive_env["namespace"]
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute('CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, "Grid" integer[])')
@@ -636,3 +638,84 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
     assert len(archived_ids) == len(set(archived_ids))
     assert set(archived_ids) == due
     assert ids_in_table(database).isdisjoint(due)
+
+
+def _patch_spec_after_the_first_batch(admin_api: Any, archive_env: dict[str, Any], spec: dict[str, Any]) -> Thread:
+    """A thread that merge-patches the TableArchive's spec once the run's first batch has committed."""
+    database, namespace = archive_env["database"], archive_env["namespace"]
+    before = len(ids_in_table(database))
+
+    def patch() -> None:
+        deadline = time.monotonic() + 60
+        while len(ids_in_table(database)) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+            "cellar.dev",
+            "v1alpha1",
+            namespace,
+            "tablearchives",
+            "orders",
+            {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )
+
+    thread = Thread(target=patch)
+    thread.start()
+    return thread
+
+
+def test_a_running_archive_takes_a_new_batch_size_and_pause_from_its_spec(
+    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)  # read at every batch boundary
+    _simple(archive_env, old=600, batch={"rows": 100, "pause": "2s"})
+    patcher = _patch_spec_after_the_first_batch(
+        admin_api, archive_env, {"batch": {"rows": 1000, "pause": "0s"}, "olderThan": "0d"}
+    )
+    try:
+        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    finally:
+        patcher.join()
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    # The patch landed during the first pause: the next batch takes the other 500 rows, without pausing.
+    assert [entry["rows"] for entry in logged if entry["msg"] == "batch committed"] == [100, 500]
+    changed = next(entry for entry in logged if entry["msg"] == "settings changed; the next batches use them")
+    assert changed["changed"] == {"batch.rows": "1000", "batch.pause": "0s"}
+    later = next(entry for entry in logged if "take effect at the next run" in entry["msg"])
+    assert later["detail"] == "olderThan"
+    assert ids_in_table(archive_env["database"]) == {1000000 + g for g in range(1, 11)}  # the new rows stay
+
+
+def test_a_shorter_max_run_time_set_while_the_lanes_run_stops_them(
+    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)
+    _simple(archive_env, old=20000, batch={"rows": 20, "parallelism": 2})
+    patcher = _patch_spec_after_the_first_batch(admin_api, archive_env, {"maxRunTime": "1s"})
+    try:
+        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    finally:
+        patcher.join()
+    outcome = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
+    assert "stopped at maxRunTime" in outcome["ArchiveSucceeded"]["message"]
+    left = len(ids_in_table(archive_env["database"]))
+    assert 10 < left < 20010  # some rows moved, not all
+
+
+def test_a_spec_changed_into_an_invalid_one_leaves_the_run_on_its_settings(
+    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)
+    _simple(archive_env, old=300, batch={"rows": 100, "pause": "1s"})
+    patcher = _patch_spec_after_the_first_batch(
+        admin_api, archive_env, {"filter": "true; DROP TABLE orders", "batch": {"rows": 1000}}
+    )
+    try:
+        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    finally:
+        patcher.join()
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [entry["rows"] for entry in logged if entry["msg"] == "batch committed"] == [100, 100, 100]
+    warned = [entry for entry in logged if entry["msg"].startswith("the spec was changed into an invalid one")]
+    assert len(warned) == 1  # once, not at every batch
+    assert warned[0]["detail"].startswith("spec.filter: must be one boolean expression")

@@ -11,7 +11,7 @@ import pytest
 from common.errors import InvalidSpec, PermanentError
 from jobs.archive.archiver import Lane, aligned_batch_end, partitions, split_by_size, split_into_lanes
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
-from jobs.archive.settings import parse_archive_spec
+from jobs.archive.settings import live_changes, parse_archive_spec
 from jobs.archive.table import Column, TableInfo
 
 SPEC: dict[str, Any] = {
@@ -230,3 +230,16 @@ def test_no_stop_when_no_whole_partition_fits(first: datetime, last: datetime, r
     # The first: 1,000 rows in 6 hours, so the next 1,000 end at noon of the same day; the batch's LIMIT
     # cuts it as before.
     assert aligned_batch_end(first, last, rows, 1000, partitioning) is None
+
+
+def test_a_changed_spec_applies_its_pace_now_and_the_rest_next_run() -> None:
+    current = parse_archive_spec(SPEC)
+    changed = parse_archive_spec(
+        {**SPEC, "olderThan": "30d", "batch": {"rows": 500, "pause": "1m", "parallelism": 4}, "maxRunTime": "2h"}
+    )
+    updated, applied, later = live_changes(current, changed)
+    assert applied == {"batch.rows": "500", "batch.pause": "60s", "maxRunTime": "7200s"}
+    assert later == ["olderThan", "batch.parallelism"]
+    assert (updated.batch_rows, updated.pause, updated.max_run_time) == (500, timedelta(minutes=1), timedelta(hours=2))
+    assert (updated.older_than, updated.parallelism) == (current.older_than, current.parallelism)
+    assert live_changes(current, current)[1:] == ({}, [])

@@ -596,7 +596,9 @@ def table_archive() -> dict[str, Any]:
                 "time into `parallelism` lanes that run side by side, and in each lane the next batch's DELETE "
                 "runs on a second connection while the previous batch uploads and commits: a run uses "
                 "2 x parallelism database connections. With a pause, or in Copy mode, batches run one at a "
-                "time on one connection.",
+                "time on one connection. A run reads rows, maxBytesMiB, pause and maxReplicationLag (and "
+                "maxRunTime, lockTimeout, statementTimeout) again between batches, at most every 10 seconds: "
+                "a change applies to the run under way.",
                 {
                     "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=25000),
                     "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
