@@ -425,9 +425,10 @@ class Archiver:
         on_progress: Callable[[int], None] = lambda _: None,
         open_connection: Callable[[], Connection] | None = None,
         reread_spec: Callable[[], Mapping[str, Any]] | None = None,
+        on_standby_hold: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
-        apply from the next batch on."""
+        apply from the next batch on. `on_standby_hold`: see StandbyGate."""
         self.conn = conn
         self.store = store
         self.settings = settings
@@ -448,7 +449,7 @@ class Archiver:
         self._lanes_lock = threading.Lock()  # guards _running_lanes and their bounds when one takes over
         self._running_lanes: list[Lane] = []
         self._histogram_bounds: list[datetime] = []  # the timestamp column's, from _lanes()
-        self.standbys = StandbyGate(settings.max_replication_lag)
+        self.standbys = StandbyGate(settings.max_replication_lag, on_standby_hold)
         self._reread_spec = reread_spec
         self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
         self._settings_read_at = self._started = time.monotonic()

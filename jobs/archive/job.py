@@ -34,6 +34,7 @@ from jobs.archive.unarchive import unarchive
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-archive"
+STANDBY_STATUS_INTERVAL = 30.0
 
 
 def lock_id(info: TableInfo) -> int:
@@ -124,17 +125,8 @@ class ArchiveJob:
             ledger.ensure_ledger(conn)
             started = datetime.now(UTC)
             clock = time.monotonic()
-            ctx.update_status(
-                [
-                    (
-                        "Progressing",
-                        "True",
-                        "Running",
-                        f"archiving rows of {settings.relation} older than {format_time(cutoff)}",
-                    )
-                ],
-                fields={"cutoff": format_time(cutoff)},
-            )
+            running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
+            ctx.update_status([("Progressing", "True", "Running", running)], fields={"cutoff": format_time(cutoff)})
             ctx.event(
                 "Started", f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
             )
@@ -151,6 +143,7 @@ class ArchiveJob:
                 progress.update,
                 open_connection=self.open_connection,
                 reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
+                on_standby_hold=self._standby_status(ctx, running),
             )
             with self._counting_due(settings, info, cutoff, progress):
                 totals, stopped = archiver.run()
@@ -183,6 +176,28 @@ class ArchiveJob:
             )
             self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
             return message
+
+    @staticmethod
+    def _standby_status(ctx: RunContext, running: str) -> Callable[[str | None], None]:
+        """Progressing says when batches wait for a standby, and Running again once they resume; at most
+        one wait every STANDBY_STATUS_INTERVAL seconds is written, so a lag that hovers at the limit
+        does not write status at every batch. Informative: a failed write is logged, the run goes on."""
+        last_written = -STANDBY_STATUS_INTERVAL
+        waiting_shown = False
+
+        def show(held: str | None) -> None:
+            nonlocal last_written, waiting_shown
+            try:
+                if held and time.monotonic() - last_written >= STANDBY_STATUS_INTERVAL:
+                    ctx.update_status([("Progressing", "True", "WaitingForStandby", held)])
+                    last_written, waiting_shown = time.monotonic(), True
+                elif held is None and waiting_shown:
+                    ctx.update_status([("Progressing", "True", "Running", running)])
+                    waiting_shown = False
+            except CellarError as exc:
+                log.warning("could not write the standby wait to status", extra={"error": str(exc)})
+
+        return show
 
     @contextlib.contextmanager
     def _counting_due(

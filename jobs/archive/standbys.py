@@ -78,10 +78,12 @@ class StandbyGate:
     """Lets a batch start only while every standby is within the limit; shared by the run's lanes.
 
     `held_seconds` is the time during which at least one batch was waiting (lanes wait side by side).
+    `on_hold(message)` is told when batches start waiting (what for) and when they resume (None).
     """
 
-    def __init__(self, limit: timedelta | None) -> None:
+    def __init__(self, limit: timedelta | None, on_hold: Callable[[str | None], None] = lambda _: None) -> None:
         self.limit = limit
+        self.on_hold = on_hold
         self.held_seconds = 0.0
         self._lock = threading.Lock()
         self._waiting = 0
@@ -120,6 +122,10 @@ class StandbyGate:
             "a standby is behind; batches wait for it",
             extra={"standby": lag.standby, "lag_seconds": round(lag.seconds, 1), "limit_seconds": limit},
         )
+        self.on_hold(
+            f"waiting for standby {lag.standby}: it replays {lag.seconds:.0f}s behind, more than "
+            f"spec.batch.maxReplicationLag ({limit:g}s)"
+        )
 
     def _report(self, lag: StandbyLag, limit: float) -> None:
         with self._lock:
@@ -147,5 +153,6 @@ class StandbyGate:
             self.held_seconds += waited
         if resumed:
             log.info("the standbys caught up; batches resume", extra={"waited_seconds": round(waited, 1)})
+            self.on_hold(None)
         else:
             log.info("the run stops while waiting for a standby", extra={"waited_seconds": round(waited, 1)})

@@ -62,6 +62,7 @@ def _logged(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     stack: LocalStack,
     archive_env: dict[str, Any],
+    admin_api: Any,
     lagging_standby: psycopg.Connection[Any],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -69,11 +70,13 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     _old_orders(database)
     _grant_pg_monitor(stack, database)
     setup_archive(archive_env, batch={"rows": 100, "maxReplicationLag": "2s"})
-    seen_while_held: list[int] = []
+    seen_while_held: list[Any] = []
 
     def resume_later() -> None:
         time.sleep(3)
         seen_while_held.append(len(ids_in_table(database)))
+        status = get_status(admin_api, archive_env["namespace"], "tablearchives", "orders")
+        seen_while_held.append(conditions(status)["Progressing"])
         lagging_standby.execute("SELECT pg_wal_replay_resume()")
 
     resumer = threading.Thread(target=resume_later)
@@ -82,7 +85,10 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
         assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     finally:
         resumer.join()
-    assert seen_while_held == [OLD_ROWS]  # nothing moved while the standby was behind
+    rows_while_held, progressing_while_held = seen_while_held
+    assert rows_while_held == OLD_ROWS  # nothing moved while the standby was behind
+    assert progressing_while_held["reason"] == "WaitingForStandby"
+    assert progressing_while_held["message"].startswith("waiting for standby walreceiver: it replays")
     assert ids_in_table(database) == set()  # then everything did
     logged = _logged(capsys)
     held = next(entry for entry in logged if entry["msg"] == "a standby is behind; batches wait for it")
