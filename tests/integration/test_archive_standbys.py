@@ -19,18 +19,17 @@ OLD_ROWS = 600
 LAG_QUERY = "SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication"
 
 
-def _old_orders(database: dict[str, Any]) -> None:
+def _old_orders(stack: LocalStack, database: dict[str, Any], *, pg_monitor: bool = True) -> None:
+    """OLD_ROWS rows due in a table orders; the database's role is granted pg_monitor unless told not to."""
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
         conn.execute(
             "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 hour', 'old' "
             f"FROM generate_series(1, {OLD_ROWS}) g"
         )
-
-
-def _grant_pg_monitor(stack: LocalStack, database: dict[str, Any]) -> None:
-    with psycopg.connect(stack.pg_dsn(), autocommit=True) as admin:
-        admin.execute(f"GRANT pg_monitor TO {database['username']}")
+    if pg_monitor:
+        with psycopg.connect(stack.pg_dsn(), autocommit=True) as admin:
+            admin.execute(f"GRANT pg_monitor TO {database['username']}")
 
 
 @pytest.fixture
@@ -67,8 +66,7 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     database = archive_env["database"]
-    _old_orders(database)
-    _grant_pg_monitor(stack, database)
+    _old_orders(stack, database)
     setup_archive(archive_env, batch={"rows": 100, "maxReplicationLag": "2s"})
     seen_while_held: list[Any] = []
 
@@ -109,8 +107,7 @@ def test_the_run_time_ends_a_run_that_waits_for_a_standby(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     database = archive_env["database"]
-    _old_orders(database)
-    _grant_pg_monitor(stack, database)
+    _old_orders(stack, database)
     setup_archive(archive_env, maxRunTime="3s", batch={"maxReplicationLag": "1s", "parallelism": 1})
     started = time.monotonic()
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
@@ -124,10 +121,10 @@ def test_the_run_time_ends_a_run_that_waits_for_a_standby(
 
 
 def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(
-    archive_env: dict[str, Any], admin_api: Any
+    stack: LocalStack, archive_env: dict[str, Any], admin_api: Any
 ) -> None:
     database = archive_env["database"]
-    _old_orders(database)
+    _old_orders(stack, database, pg_monitor=False)
     setup_archive(archive_env, batch={"maxReplicationLag": "30s"})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 3
     refused = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["Ready"]
