@@ -29,7 +29,13 @@ from jobs.archive.archiver import Archiver, Connection, RunTotals, batch_query, 
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.standbys import check_lag_visible
-from jobs.archive.table import TableInfo, check_cascades, check_privileges, describe_table
+from jobs.archive.table import (
+    TableInfo,
+    check_cascades,
+    check_privileges,
+    describe_table,
+    unindexed_timestamp_warning,
+)
 from jobs.archive.unarchive import unarchive
 
 log = logging.getLogger(__name__)
@@ -104,8 +110,12 @@ class ArchiveJob:
         settings, conn, store, info = self.open(ctx)
         with conn:
             cutoff = datetime.now(UTC) - settings.older_than
+            scan_warning = unindexed_timestamp_warning(conn, info, settings)
+            if scan_warning:
+                log.warning("no index on the timestamp column", extra={"detail": scan_warning})
+                ctx.event("IndexMissing", scan_warning, action="Archive", warning=True)
             if ctx.dry_run or settings.dry_run:
-                return self._dry_run(ctx, conn, settings, info, cutoff)
+                return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
             check_privileges(conn, info, settings)
             check_lag_visible(conn, settings.max_replication_lag)
             if not try_lock(conn, info):
@@ -310,7 +320,13 @@ class ArchiveJob:
         ctx.event(reason, message, action="Archive")
 
     def _dry_run(
-        self, ctx: RunContext, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime
+        self,
+        ctx: RunContext,
+        conn: Connection,
+        settings: ArchiveSettings,
+        info: TableInfo,
+        cutoff: datetime,
+        scan_warning: str | None = None,
     ) -> str:
         report = dry_run_report(conn, settings, info, cutoff)
         log.info(
@@ -319,7 +335,9 @@ class ArchiveJob:
         message = (
             f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "
             f"{report['oldest']} to {report['newest']}) of {settings.relation} are older than "
-            f"{format_time(cutoff)}; nothing was changed. Plan of one batch:\n{report['plan']}"
+            f"{format_time(cutoff)}; nothing was changed."
+            + (f" Warning: {scan_warning}" if scan_warning else "")
+            + f" Plan of one batch:\n{report['plan']}"
         )
         if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing
             ctx.update_status(

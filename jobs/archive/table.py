@@ -206,3 +206,46 @@ def check_privileges(conn: Connection, info: TableInfo, settings: ArchiveSetting
             f"role {user} cannot create the schema cellar (the ledger) in database {database}: "
             f"GRANT CREATE ON DATABASE {database} TO {user}, or create the schema cellar for it once"
         )
+
+
+# A batch finds its rows through an index that starts with the timestamp column. Without one, each batch
+# reads the whole table and sorts the due rows: fine for a small table, minutes per batch on a large one.
+UNINDEXED_TABLE_WARNING_BYTES = 64 * 1024 * 1024
+
+_TIMESTAMP_INDEX = """
+WITH tables AS (
+    SELECT %(oid)s::oid AS relid, true AS named
+    UNION ALL
+    SELECT inhrelid, false FROM pg_inherits WHERE inhparent = %(oid)s
+), indexed AS (
+    SELECT t.relid, t.named, EXISTS (
+        SELECT 1 FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = t.relid AND a.attname = %(column)s AND (i.indisvalid OR ic.relkind = 'I')
+    ) AS has_index
+    FROM tables t
+)
+SELECT bool_or(named AND has_index) OR (count(*) > 1 AND bool_and(has_index OR named)),
+       coalesce(sum(pg_table_size(relid)), 0)
+FROM indexed
+"""
+
+
+def unindexed_timestamp_warning(conn: Connection, info: TableInfo, settings: ArchiveSettings) -> str | None:
+    """What to do when no btree index starts with the timestamp column (on the table, or on each of its
+    partitions or children) and the table is large enough for that to matter; None when all is well."""
+    column = info.timestamp_column.name
+    row = conn.execute(_TIMESTAMP_INDEX, {"oid": info.oid, "column": column}).fetchone()
+    conn.rollback()
+    indexed, size = (bool(row[0]), int(str(row[1]))) if row else (True, 0)
+    if indexed or size < UNINDEXED_TABLE_WARNING_BYTES:
+        return None
+    create = sql.SQL("CREATE INDEX CONCURRENTLY ON {}.{} ({})").format(
+        sql.Identifier(settings.schema), sql.Identifier(settings.table), sql.Identifier(column)
+    )
+    return (
+        f"{settings.relation} ({size // (1024 * 1024)} MiB) has no index that starts with {column!r}: every batch "
+        f"reads the whole table to find its rows. Create one before archiving: {create.as_string(conn)};"
+    )

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from jobs.archive import archiver
+from jobs.archive import table as archive_table
 from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import (
     archived_objects,
@@ -224,6 +225,39 @@ def test_dry_run_changes_nothing_and_shows_the_plan(
     assert "dry run: 200 rows" in succeeded["message"]
     assert "LockRows" in succeeded["message"]
     assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
+
+
+def test_a_table_without_an_index_on_its_timestamp_gets_a_warning_naming_the_index_to_create(
+    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive_table, "UNINDEXED_TABLE_WARNING_BYTES", 0)  # the test's tables are small
+    orders = _simple(archive_env, old=200, dryRun=True)
+    database, namespace = archive_env["database"], archive_env["namespace"]
+
+    def dry_run_message(name: str) -> str:
+        assert run_archive_job(archive_env["kubeconfig"], namespace, name=name) == 0
+        return str(conditions(get_status(admin_api, namespace, "tablearchives", name))["ArchiveSucceeded"]["message"])
+
+    warned = dry_run_message("orders")
+    assert "has no index that starts with 'created_at'" in warned
+    assert 'CREATE INDEX CONCURRENTLY ON "public"."orders" ("created_at")' in warned
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute("CREATE INDEX ON orders (created_at)")
+        # A partitioned table whose partitions each have the index, though the parent has none.
+        conn.execute(
+            "CREATE TABLE events (id bigint, created_at timestamptz NOT NULL, PRIMARY KEY (id, created_at)) "
+            "PARTITION BY RANGE (created_at)"
+        )
+        for name, bounds in (
+            ("events_old", "(MINVALUE) TO ('2020-01-01')"),
+            ("events_new", "('2020-01-01') TO (MAXVALUE)"),
+        ):
+            conn.execute(f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM {bounds}")
+            conn.execute(f"CREATE INDEX ON {name} (created_at)")
+    assert "no index" not in dry_run_message("orders")
+    events = {**orders["spec"], "table": {"schema": "public", "name": "events"}}
+    archive_env["create_resource"]("TableArchive", {"metadata": {"name": "events"}, "spec": events})
+    assert "no index" not in dry_run_message("events")
 
 
 def test_a_table_referenced_with_on_delete_cascade_is_refused(archive_env: dict[str, Any], admin_api: Any) -> None:
