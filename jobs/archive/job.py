@@ -28,7 +28,7 @@ from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, Connection, RunTotals, batch_query, eligible_condition, table_name
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
-from jobs.archive.standbys import check_lag_visible
+from jobs.archive.standbys import StandbyGate, check_lag_visible
 from jobs.archive.table import (
     TableInfo,
     check_cascades,
@@ -412,7 +412,9 @@ class UnarchiveJob:
         with conn:
             if ctx.dry_run:
                 return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
+            check_lag_visible(conn, settings.max_replication_lag)
             ledger.ensure_ledger(conn)
+            standbys = StandbyGate(settings.max_replication_lag)
             result = unarchive(
                 conn,
                 store,
@@ -423,12 +425,14 @@ class UnarchiveJob:
                 into=args.into,
                 side_table=args.side_table,
                 hold=not args.allow_rearchive,
+                standbys=standbys,
             )
         message = (
             f"{result.rows_inserted} rows brought back into "
             f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"
             f" from {result.objects} verified objects ({result.rows_in_range} in range, "
             f"{result.rows_in_range - result.rows_inserted} already there)"
+            + (f"; waited {standbys.held_seconds:.0f}s for standbys" if standbys.held_seconds >= 1 else "")
         )
         ctx.update_status(
             fields={

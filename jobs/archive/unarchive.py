@@ -21,6 +21,7 @@ from common.storage import ObjectStore
 from jobs.archive.archiver import MANIFEST_FORMAT_VERSION, Connection, ObjectLayout, read_verified, table_name
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.settings import ArchiveSettings
+from jobs.archive.standbys import StandbyGate
 from jobs.archive.table import Column, TableInfo
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,18 @@ def unarchive(
     into: str = "side",
     side_table: str | None = None,
     hold: bool = True,
+    standbys: StandbyGate | None = None,
 ) -> UnarchiveResult:
-    """Load rows with start <= timestamp < end back; idempotent, one transaction per object."""
+    """Load rows with start <= timestamp < end back; idempotent, one transaction per object. Each object
+    waits for `standbys` first: loading rows back is WAL for the standbys to replay, like archiving."""
     if into not in ("side", "source"):
         raise InvalidSpec(f"--into must be side or source, not {into!r}")
     result = UnarchiveResult()
     target = prepare_target(conn, settings, into, side_table)
     conn.commit()
     for manifest, described in objects_in_range(store, settings, start, end):
+        if standbys is not None:
+            standbys.wait(conn, lambda: False)  # SIGTERM interrupts the wait (it is not deferred here)
         key = described["objectKey"]
         columns = _manifest_columns(manifest, key, info)
         table = read_verified(store, manifest, described, columns)

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pyarrow.parquet as pq
+from kubernetes import client
 
 from tests.integration.backup_helpers import _dsn
 
@@ -30,6 +31,19 @@ def setup_archive(
         **spec,
     }
     return dict(archive_env["create_resource"]("TableArchive", {"metadata": {"name": name}, "spec": body}))
+
+
+def patch_spec(admin_api: Any, namespace: str, spec: dict[str, Any], name: str = "orders") -> None:
+    """Merge `spec` into a TableArchive's spec, as `kubectl patch --type merge` does."""
+    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+        "cellar.dev",
+        "v1alpha1",
+        namespace,
+        "tablearchives",
+        name,
+        {"spec": spec},
+        _content_type="application/merge-patch+json",
+    )
 
 
 def run_archive_job(kubeconfig: Any, namespace: str, *args: str, name: str = "orders") -> int:

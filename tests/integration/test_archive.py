@@ -16,7 +16,6 @@ import duckdb
 import psycopg
 import pyarrow as pa
 import pytest
-from kubernetes import client
 
 from jobs.archive import archiver
 from jobs.archive import table as archive_table
@@ -26,6 +25,7 @@ from tests.integration.archive_helpers import (
     dsn,
     ids_in_table,
     manifests,
+    patch_spec,
     run_archive_job,
     setup_archive,
 )
@@ -628,7 +628,7 @@ def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_i
 
     # The message's suggestion, as the spec's filter: the other rows go, the 2-D one stays.
     suggested = found["message"].split("for example ")[1].strip("'")
-    _patch_spec(admin_api, namespace, {"filter": suggested})
+    patch_spec(admin_api, namespace, {"filter": suggested})
     assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
     assert ids_in_table(database) == {1}
 
@@ -666,19 +666,6 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
     assert ids_in_table(database).isdisjoint(due)
 
 
-def _patch_spec(admin_api: Any, namespace: str, spec: dict[str, Any]) -> None:
-    """Merge `spec` into the TableArchive orders' spec, as `kubectl patch --type merge` does."""
-    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
-        "cellar.dev",
-        "v1alpha1",
-        namespace,
-        "tablearchives",
-        "orders",
-        {"spec": spec},
-        _content_type="application/merge-patch+json",
-    )
-
-
 def _patch_spec_after_the_first_batch(admin_api: Any, archive_env: dict[str, Any], spec: dict[str, Any]) -> Thread:
     """A thread that merge-patches the TableArchive's spec once the run's first batch has committed."""
     database, namespace = archive_env["database"], archive_env["namespace"]
@@ -688,7 +675,7 @@ def _patch_spec_after_the_first_batch(admin_api: Any, archive_env: dict[str, Any
         deadline = time.monotonic() + 60
         while len(ids_in_table(database)) == before and time.monotonic() < deadline:
             time.sleep(0.05)
-        _patch_spec(admin_api, namespace, spec)
+        patch_spec(admin_api, namespace, spec)
 
     thread = Thread(target=patch)
     thread.start()

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.harness.stack import LocalStack
-from tests.integration.archive_helpers import dsn, ids_in_table, run_archive_job, setup_archive
+from tests.integration.archive_helpers import dsn, ids_in_table, patch_spec, run_archive_job, setup_archive
 from tests.integration.backup_helpers import conditions, get_status
 
 OLD_ROWS = 600
@@ -131,3 +131,33 @@ def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(
     assert refused["reason"] == "InsufficientPrivilege"
     assert f"GRANT pg_monitor TO {database['username']}" in refused["message"]
     assert len(ids_in_table(database)) == OLD_ROWS
+
+
+def test_unarchive_waits_for_a_standby_behind_too(
+    stack: LocalStack, archive_env: dict[str, Any], admin_api: Any, lagging_standby: psycopg.Connection[Any]
+) -> None:
+    database, namespace = archive_env["database"], archive_env["namespace"]
+    _old_orders(stack, database)
+    setup_archive(archive_env, batch={"rows": 200})  # no limit: archiving goes on while the standby lags
+    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+    assert ids_in_table(database) == set()
+    patch_spec(admin_api, namespace, {"batch": {"maxReplicationLag": "2s"}})
+    restored_while_held: list[int] = []
+
+    def resume_later() -> None:
+        time.sleep(3)
+        with psycopg.connect(dsn(database)) as conn:
+            restored_while_held.append(len(conn.execute("SELECT id FROM orders_unarchived").fetchall()))
+        lagging_standby.execute("SELECT pg_wal_replay_resume()")
+
+    resumer = threading.Thread(target=resume_later)
+    resumer.start()
+    try:
+        unarchive = ["unarchive", "--from", "2000-01-01", "--to", "2100-01-01"]
+        assert run_archive_job(archive_env["kubeconfig"], namespace, *unarchive) == 0
+    finally:
+        resumer.join()
+    assert restored_while_held == [0]  # the side table exists, and nothing was loaded while held
+    assert ids_in_table(database, "orders_unarchived") == set(range(1, OLD_ROWS + 1))
+    message = get_status(admin_api, namespace, "tablearchives", "orders")["lastUnarchive"]["message"]
+    assert "for standbys" in message
