@@ -521,7 +521,8 @@ class Archiver:
                 return totals, "done"
             if time.monotonic() >= self._deadline():
                 return totals, "maxRunTime"
-            self._pause()
+            self._pause(self.interrupts.requested.is_set)
+            self.interrupts.check()  # SIGTERM during the pause: stop before the next batch
 
     def _run_lanes(self, lanes: list[Lane], open_connection: Callable[[], Connection]) -> tuple[RunTotals, str]:
         """Every lane on a thread of its own with two connections (the first lane's first one is the run's
@@ -595,8 +596,8 @@ class Archiver:
                 if stopping:
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
                     return "maxRunTime"
-                if self.settings.pause:  # set while the run goes on: each lane pauses between its batches
-                    self._sleep(self.settings.pause.total_seconds(), lambda: halt.is_set() or self._stopping())
+                # A pause set while the run goes on (spec re-read): each lane pauses between its batches.
+                self._pause(lambda: halt.is_set() or self._stopping())
         except BaseException:
             halt.set()
             raise
@@ -656,12 +657,6 @@ class Archiver:
         """SIGTERM arrived or the run time is up."""
         return self.interrupts.requested.is_set() or time.monotonic() >= self._deadline()
 
-    @staticmethod
-    def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
-        end = time.monotonic() + seconds
-        while not stopping() and time.monotonic() < end:
-            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-
     def _refresh_settings(self) -> None:
         """Between batches, at most every SETTINGS_REREAD_SECONDS: read the resource again and apply its
         live fields (batch size, pause, replication lag, run time, timeouts), so that a run of hours can be
@@ -702,10 +697,10 @@ class Archiver:
             self._last_settings_notice = detail
             log.warning(message, extra={"detail": detail})
 
-    def _pause(self) -> None:
+    def _pause(self, stopping: Callable[[], bool]) -> None:
+        """spec.batch.pause between batches, in short sleeps, ended early once `stopping()` is true."""
         end = time.monotonic() + self.settings.pause.total_seconds()
-        while time.monotonic() < end:
-            self.interrupts.check()
+        while not stopping() and time.monotonic() < end:
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
     def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
