@@ -176,11 +176,7 @@ class ArchiveJob:
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
                 f"{settings.relation} in {duration:.1f}s"
-                + (
-                    f"; waited {archiver.standbys.held_seconds:.0f}s for standbys over maxReplicationLag"
-                    if archiver.standbys.held_seconds >= 1
-                    else ""
-                )
+                + archiver.standbys.waited_note()
                 + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
                 + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
             )
@@ -431,8 +427,7 @@ class UnarchiveJob:
             f"{result.rows_inserted} rows brought back into "
             f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"
             f" from {result.objects} verified objects ({result.rows_in_range} in range, "
-            f"{result.rows_in_range - result.rows_inserted} already there)"
-            + (f"; waited {standbys.held_seconds:.0f}s for standbys" if standbys.held_seconds >= 1 else "")
+            f"{result.rows_in_range - result.rows_inserted} already there)" + standbys.waited_note()
         )
         ctx.update_status(
             fields={

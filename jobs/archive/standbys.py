@@ -90,6 +90,12 @@ class StandbyGate:
         self._held_since = 0.0
         self._reported = 0.0
 
+    def waited_note(self) -> str:
+        """For a run's or an unarchive's closing message: how long batches waited, when they did."""
+        if self.held_seconds < 1:
+            return ""
+        return f"; waited {self.held_seconds:.0f}s for standbys over maxReplicationLag"
+
     def wait(self, conn: Connection, stopping: Callable[[], bool]) -> bool:
         """True when the batch may start; False when `stopping` turned true while it waited."""
         if self.limit is None:
