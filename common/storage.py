@@ -41,8 +41,13 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 GROWTH_STEPS = 10
 
 
-def build_client(spec: StorageSpec, credentials: StorageCredentials) -> S3Client:
-    """A boto3 S3 client for AWS, MinIO, Ceph RGW or IBM COS, configured from the spec."""
+def build_client(spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> S3Client:
+    """A boto3 S3 client for AWS, MinIO, Ceph RGW or IBM COS, configured from the spec.
+
+    `concurrency`: the most requests the caller makes at once. The client keeps that many connections
+    open; with fewer, each request beyond them opens a connection, closes it afterwards, and urllib3
+    logs "Connection pool is full, discarding connection" for it.
+    """
     checksum_mode: Literal["when_supported", "when_required"] = (
         "when_required" if spec.checksum_when_required else "when_supported"
     )
@@ -54,7 +59,7 @@ def build_client(spec: StorageSpec, credentials: StorageCredentials) -> S3Client
         response_checksum_validation=checksum_mode,
         connect_timeout=10,
         read_timeout=120,
-        max_pool_connections=16,
+        max_pool_connections=concurrency,
     )
     verify: bool | str | None = None
     if spec.insecure_skip_tls_verify:

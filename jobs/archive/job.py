@@ -25,7 +25,15 @@ from common.redact import redact
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver, Connection, RunTotals, batch_query, eligible_condition, table_name
+from jobs.archive.archiver import (
+    UPLOAD_CONCURRENCY,
+    Archiver,
+    Connection,
+    RunTotals,
+    batch_query,
+    eligible_condition,
+    table_name,
+)
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.standbys import StandbyGate, check_lag_visible
@@ -93,7 +101,9 @@ class ArchiveJob:
         settings = parse_archive_spec(ctx.spec)
         database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
         credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
-        store = ObjectStore(build_client(settings.storage, credentials), settings.storage)
+        # Requests at once: a batch's objects (UPLOAD_CONCURRENCY) and each lane's manifest.
+        concurrency = UPLOAD_CONCURRENCY + settings.parallelism
+        store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
         store.check_access()
         conn = connect(database, application_name=APPLICATION)
         self.open_connection = lambda: connect(database, application_name=APPLICATION)  # for the lanes

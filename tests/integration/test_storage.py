@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from common.storage import MIN_PART_SIZE, ObjectStore, build_client
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 
-def _store(stack: LocalStack, bucket: str, **overrides: Any) -> ObjectStore:
+def _store(stack: LocalStack, bucket: str, concurrency: int | None = None, **overrides: Any) -> ObjectStore:
     spec = StorageSpec.parse(
         SpecReader(
             {
@@ -29,7 +32,9 @@ def _store(stack: LocalStack, bucket: str, **overrides: Any) -> ObjectStore:
         )
     )
     credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
-    return ObjectStore(build_client(spec, credentials), spec)
+    if concurrency is None:
+        return ObjectStore(build_client(spec, credentials), spec)
+    return ObjectStore(build_client(spec, credentials, concurrency=concurrency), spec)
 
 
 def _chunks(total: int, chunk: int = 1_000_003) -> Any:
@@ -145,3 +150,33 @@ def test_stale_uploads_under_the_data_directory_are_aborted_and_no_others(
     abort_stale_uploads(store, datetime.now(UTC) - timedelta(hours=1))  # a run's upload of a minute ago stays
     left = sorted(u["Key"] for u in s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
     assert left == sorted([*theirs, fresh])
+
+
+def _put_at_once(store: ObjectStore, count: int) -> None:
+    """`count` PUTs released together, each big enough (4 MiB) to be in flight while the others start."""
+    body = os.urandom(4 * 1024 * 1024)
+    start = threading.Barrier(count)
+
+    def put(number: int) -> None:
+        start.wait()
+        store.put_bytes(f"at-once/{number}", body, content_type="application/octet-stream")
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        list(pool.map(put, range(count)))
+
+
+def _discarded(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("Connection pool is full" in record.getMessage() for record in caplog.records)
+
+
+def test_a_client_keeps_a_connection_for_each_request_it_makes_at_once(
+    stack: LocalStack, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    at_once = 24
+    _put_at_once(_store(stack, bucket), at_once)
+    assert _discarded(caplog) > 0, "the default pool of 16 should have been too small for 24 at once"
+    caplog.clear()
+
+    _put_at_once(_store(stack, bucket, concurrency=at_once), at_once)
+    assert _discarded(caplog) == 0
