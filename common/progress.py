@@ -20,6 +20,7 @@ class ProgressReporter:
     """Call `update(done)` as often as you like; it decides when to log and when to write status.
 
     `total` may be None while it is still being counted (`set_total` then); until then there is no ETA.
+    It may be an estimate: once `done` passes it, the total shown is `done` (and there is no ETA).
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class ProgressReporter:
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(1e-6, self.clock() - self.started)
         rate = self.done / elapsed
-        total = self.total
+        total = None if self.total is None else max(self.total, self.done)
         figures: dict[str, Any] = {"done": self.done}
         if total is not None:
             figures["total"] = total

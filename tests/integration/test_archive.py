@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.archive import archiver
+from jobs.archive import job as archive_job
 from jobs.archive import table as archive_table
 from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import (
@@ -581,6 +582,34 @@ def test_the_rows_due_are_counted_beside_the_batches(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-archive'"
         ).fetchone()
     assert left == (0,)
+
+
+@pytest.mark.parametrize("analyzed", [True, False])
+def test_a_large_backlog_is_estimated_from_the_statistics_not_counted(
+    archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, analyzed: bool
+) -> None:
+    monkeypatch.setattr(archive_job, "ESTIMATE_FROM_ROWS", 500)  # the backlog: 2,800 rows; a guess: about 1,000
+    database = archive_env["database"]
+    with _orders(
+        database,
+        # No autovacuum: whether the table has statistics is the test's choice, not the daemon's timing.
+        "ALTER TABLE orders SET (autovacuum_enabled = off)",
+        "INSERT INTO orders SELECT g, now() - interval '500 days' + g * interval '4 hours', 'x' "
+        "FROM generate_series(1, 3000) g",
+        *(["ANALYZE orders"] if analyzed else []),
+    ) as conn:
+        due = conn.execute("SELECT count(*) FROM orders WHERE created_at < now() - interval '30 days'").fetchone()
+    assert due is not None
+    setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
+    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [counted] = [entry for entry in logged if entry["msg"] == "rows due"]
+    assert counted["estimated"] is analyzed
+    if analyzed:  # the planner's figure from the histogram: near the count, rarely equal to it
+        assert abs(counted["rows"] - due[0]) < due[0] * 0.1
+    else:  # without statistics the planner would guess a third of the table; the rows are counted
+        assert counted["rows"] == due[0]
+    assert ids_in_table(database) == set(range(due[0] + 1, 3001))
 
 
 def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(

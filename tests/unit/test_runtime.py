@@ -76,3 +76,16 @@ def test_progress_without_a_total_yet_has_no_eta_until_it_is_set() -> None:
     after = reporter.snapshot()
     assert after["total"] == 2000
     assert "eta" in after
+
+
+def test_an_estimated_total_that_the_work_passes_shows_the_work_done_and_no_eta() -> None:
+    now = [0.0]
+    reporter = ProgressReporter("rows", 1000, None, clock=lambda: now[0])
+    now[0] = 10.0
+    reporter.update(900)
+    assert reporter.snapshot()["total"] == 1000
+    assert "eta" in reporter.snapshot()
+    reporter.update(1200)
+    passed = reporter.snapshot()
+    assert passed["total"] == 1200
+    assert "eta" not in passed
