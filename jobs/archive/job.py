@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import threading
 import time
 import zlib
@@ -26,6 +27,7 @@ from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
 from jobs.archive.archiver import (
+    MAX_PARTITIONS_PER_BATCH,
     UPLOAD_CONCURRENCY,
     Archiver,
     Connection,
@@ -72,9 +74,9 @@ def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo,
     ts = sql.Identifier(info.timestamp_column.name)
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), count(DISTINCT {}::date), min({}), max({}) "
-            "FROM {} t WHERE {}"
-        ).format(ts, ts, ts, table_name(settings), condition)
+            "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), count(DISTINCT {}::date), min({}), max({}), "
+            "count(DISTINCT date_trunc('month', {})) FROM {} t WHERE {}"
+        ).format(ts, ts, ts, ts, table_name(settings), condition)
     ).fetchone()
     assert row is not None
     # The plan of the statement a run's first batch executes (EXPLAIN without ANALYZE runs nothing).
@@ -87,8 +89,32 @@ def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo,
         "days": int(str(row[2])),
         "oldest": row[3],
         "newest": row[4],
+        "months": int(str(row[5])),
         "plan": "\n".join(str(r[0]) for r in plan_rows),
     }
+
+
+def layout_advice(partitioning: str, rows: int, days: int, months: int, batch_rows: int) -> str | None:
+    """Advice for a dry run when Daily partitions cut every batch into many small files, or None.
+
+    A batch writes one file per day it holds (at most MAX_PARTITIONS_PER_BATCH): where a day holds a
+    quarter of a batch or less, that is four files or more per batch, each an encode, an upload and a
+    write in the store, and query engines read many small files slower than a few large ones. `days` and
+    `months`: how many of each hold due rows.
+    """
+    if partitioning != "Daily" or rows <= 0 or days <= 0 or months <= 0:
+        return None
+    per_day = rows / days
+    if per_day * 4 > batch_rows:
+        return None
+    daily_files = min(math.ceil(batch_rows / per_day), days, MAX_PARTITIONS_PER_BATCH)
+    monthly_files = min(math.ceil(batch_rows / (rows / months)), months)
+    monthly = "one or two" if monthly_files <= 1 else f"about {monthly_files}"
+    return (
+        f"a day holds about {round(per_day)} rows, so a batch of {batch_rows} rows writes about {daily_files} "
+        f"files of one day each; with partitioning: Monthly it would write {monthly} "
+        "(fewer uploads, and files that query engines read faster)"
+    )
 
 
 class ArchiveJob:
@@ -361,11 +387,15 @@ class ArchiveJob:
         log.info(
             "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
         )
+        advice = layout_advice(
+            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows
+        )
         message = (
             f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "
             f"{report['oldest']} to {report['newest']}) of {settings.relation} are older than "
             f"{format_time(cutoff)}; nothing was changed."
             + (f" Warning: {scan_warning}" if scan_warning else "")
+            + (f" Layout: {advice}." if advice else "")
             + f" Plan of one batch:\n{report['plan']}"
         )
         if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing

@@ -224,6 +224,9 @@ def test_dry_run_changes_nothing_and_shows_the_plan(
     ]
     assert succeeded["reason"] == "DryRunCompleted"
     assert "dry run: 200 rows" in succeeded["message"]
+    # 200 rows on a day or two, against the default 25,000 rows a batch: Monthly is suggested.
+    assert "Layout: a day holds about" in succeeded["message"]
+    assert "with partitioning: Monthly it would write one or two" in succeeded["message"]
     assert "LockRows" in succeeded["message"]
     assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
 

@@ -9,8 +9,16 @@ import pyarrow as pa
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
-from jobs.archive.archiver import Lane, aligned_batch_end, partitions, split_by_size, split_into_lanes
+from jobs.archive.archiver import (
+    MAX_PARTITIONS_PER_BATCH,
+    Lane,
+    aligned_batch_end,
+    partitions,
+    split_by_size,
+    split_into_lanes,
+)
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
+from jobs.archive.job import layout_advice
 from jobs.archive.settings import live_changes, parse_archive_spec
 from jobs.archive.table import Column, TableInfo
 
@@ -243,3 +251,26 @@ def test_a_changed_spec_applies_its_pace_now_and_the_rest_next_run() -> None:
     assert (updated.batch_rows, updated.pause, updated.max_run_time) == (500, timedelta(minutes=1), timedelta(hours=2))
     assert (updated.older_than, updated.parallelism) == (current.older_than, current.parallelism)
     assert live_changes(current, current)[1:] == ({}, [])
+
+
+def test_a_dry_run_advises_monthly_partitions_where_a_day_is_a_small_part_of_a_batch() -> None:
+    # The benchmark's table: 2,740 rows a day over 48 months, batches of 25,000 rows.
+    advice = layout_advice("Daily", rows=4_000_000, days=1460, months=48, batch_rows=25_000)
+    assert advice is not None
+    assert "about 2740 rows" in advice
+    assert "writes about 10 files of one day each" in advice
+    assert "Monthly it would write one or two" in advice
+    # A sparse table: the batch's window of days bounds the files; months hold 30 rows.
+    sparse = layout_advice("Daily", rows=1460, days=1460, months=48, batch_rows=25_000)
+    assert sparse is not None
+    assert f"about {MAX_PARTITIONS_PER_BATCH} files" in sparse
+    assert "Monthly it would write about 48" in sparse
+    # Rows on three days: three files, and one month.
+    few = layout_advice("Daily", rows=300, days=3, months=1, batch_rows=25_000)
+    assert few is not None
+    assert "about 3 files" in few
+    assert "one or two" in few
+    # A day that fills more than a quarter of a batch, or another layout: no advice.
+    assert layout_advice("Daily", rows=100_000, days=10, months=1, batch_rows=25_000) is None
+    assert layout_advice("Monthly", rows=4_000_000, days=1460, months=48, batch_rows=25_000) is None
+    assert layout_advice("Daily", rows=0, days=0, months=0, batch_rows=25_000) is None
