@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pyarrow.parquet as pq
+import pytest
 from kubernetes import client
 
 from tests.integration.backup_helpers import _dsn
@@ -75,3 +76,8 @@ def manifests(s3_admin: Any, bucket: str, relation: str = "public.orders") -> li
 def ids_in_table(database: dict[str, Any], table: str = "orders") -> set[int]:
     with psycopg.connect(dsn(database)) as conn:
         return {int(r[0]) for r in conn.execute(f'SELECT id FROM "{table}"')}
+
+
+def json_log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The JSON log lines the jobs run in this test printed since the last call."""
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

@@ -25,6 +25,7 @@ from tests.integration.archive_helpers import (
     archived_objects,
     dsn,
     ids_in_table,
+    json_log_lines,
     manifests,
     patch_spec,
     run_archive_job,
@@ -574,7 +575,7 @@ def test_the_rows_due_are_counted_beside_the_batches(
     assert 2700 < due[0] < 2900  # olderThan 30d (setup_archive)
     setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = json_log_lines(capsys)
     counted = [entry for entry in logged if entry["msg"] == "rows due"]
     assert [entry["rows"] for entry in counted] == [due[0]]
     summary = next(entry for entry in logged if entry["msg"] == "archive run summary")
@@ -635,7 +636,7 @@ def test_a_large_backlog_is_estimated_from_the_statistics_not_counted(
     assert due is not None
     setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = json_log_lines(capsys)
     [counted] = [entry for entry in logged if entry["msg"] == "rows due"]
     assert counted["estimated"] is estimated
     if estimated:  # the planner's figure from the histograms: near the count, rarely equal to it
@@ -718,7 +719,7 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
         }
     setup_archive(archive_env, filter="note = 'due'", batch={"rows": 50, "parallelism": 2})
     assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = json_log_lines(capsys)
     splits = [entry for entry in logged if entry["msg"] == "lane split"]
     assert splits, "the idle lane took nothing over"
     # Every due row archived exactly once, none of the others.
@@ -756,7 +757,7 @@ def test_a_running_archive_takes_a_new_batch_size_and_pause_from_its_spec(
         assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     finally:
         patcher.join()
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = json_log_lines(capsys)
     # The patch landed during the first pause: the next batch takes the other 500 rows, without pausing.
     assert [entry["rows"] for entry in logged if entry["msg"] == "batch committed"] == [100, 500]
     changed = next(entry for entry in logged if entry["msg"] == "settings changed; the next batches use them")
@@ -794,7 +795,7 @@ def test_a_spec_changed_into_an_invalid_one_leaves_the_run_on_its_settings(
         assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
     finally:
         patcher.join()
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = json_log_lines(capsys)
     assert [entry["rows"] for entry in logged if entry["msg"] == "batch committed"] == [100, 100, 100]
     warned = [entry for entry in logged if entry["msg"].startswith("the spec was changed into an invalid one")]
     assert len(warned) == 1  # once, not at every batch

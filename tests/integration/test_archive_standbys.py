@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +11,14 @@ import psycopg
 import pytest
 
 from tests.harness.stack import LocalStack
-from tests.integration.archive_helpers import dsn, ids_in_table, patch_spec, run_archive_job, setup_archive
+from tests.integration.archive_helpers import (
+    dsn,
+    ids_in_table,
+    json_log_lines,
+    patch_spec,
+    run_archive_job,
+    setup_archive,
+)
 from tests.integration.backup_helpers import conditions, get_status
 
 OLD_ROWS = 600
@@ -54,10 +60,6 @@ def lagging_standby(stack: LocalStack) -> Iterator[psycopg.Connection[Any]]:
             standby.execute("SELECT pg_wal_replay_resume()")
 
 
-def _logged(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-
-
 def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     stack: LocalStack,
     archive_env: dict[str, Any],
@@ -88,7 +90,7 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     assert progressing_while_held["reason"] == "WaitingForStandby"
     assert progressing_while_held["message"].startswith("waiting for standby walreceiver: it replays")
     assert ids_in_table(database) == set()  # then everything did
-    logged = _logged(capsys)
+    logged = json_log_lines(capsys)
     held = next(entry for entry in logged if entry["msg"] == "a standby is behind; batches wait for it")
     assert held["standby"] == "walreceiver"  # a standby's default application_name
     assert held["lag_seconds"] > 2
@@ -117,7 +119,7 @@ def test_the_run_time_ends_a_run_that_waits_for_a_standby(
     assert outcome["ArchiveSucceeded"]["reason"] == "StandbyBehind"
     assert "for standbys over maxReplicationLag" in outcome["ArchiveSucceeded"]["message"]
     assert "stopped at maxRunTime" in outcome["ArchiveSucceeded"]["message"]
-    assert any(entry["msg"] == "the run stops while waiting for a standby" for entry in _logged(capsys))
+    assert any(entry["msg"] == "the run stops while waiting for a standby" for entry in json_log_lines(capsys))
 
 
 def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(
