@@ -24,11 +24,35 @@ from tests.harness.cluster import (
     install_crds,
     service_account_kubeconfig,
 )
-from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
+from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
 
 __all__ = ["REPO", "SAMPLES_DIR", "apply_manifests"]
 
 _STACK: LocalStack | None = None
+_SERVERS: dict[int, LocalStack] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pg",
+        default=",".join(map(str, PG_MAJORS)),
+        help="PostgreSQL majors the version matrix (tests taking `pg_major`) runs against, comma-separated "
+        f"(default and supported: {','.join(map(str, PG_MAJORS))})",
+    )
+
+
+def _majors(config: pytest.Config) -> list[int]:
+    chosen = [int(part) for part in str(config.getoption("--pg")).split(",") if part.strip()]
+    unknown = sorted(set(chosen) - set(PG_MAJORS))
+    if unknown:
+        raise pytest.UsageError(f"--pg: no PostgreSQL {unknown} in the harness; choose from {PG_MAJORS}")
+    return chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pg_major" in metafunc.fixturenames:
+        majors = _majors(metafunc.config)
+        metafunc.parametrize("pg_major", majors, ids=[f"pg{m}" for m in majors])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,6 +67,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"real servers used: kube-apiserver {_STACK.kube_version} (etcd), {_STACK.pg_version}, "
             f"MinIO at {_STACK.s3_endpoint}"
         )
+    for major, server in sorted(_SERVERS.items()):
+        terminalreporter.write_line(f"version matrix: PostgreSQL {major}: {server.pg_version}")
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +85,42 @@ def stack() -> Iterator[LocalStack]:
         yield _STACK
     finally:
         _STACK.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_servers(stack: LocalStack) -> Iterator[Callable[[int], LocalStack]]:
+    """Real PostgreSQL servers of other majors (the version matrix), each started on first use and kept
+    for the session, beside the stack's own Kubernetes and MinIO."""
+
+    def server(major: int) -> LocalStack:
+        if major not in _SERVERS:
+            _SERVERS[major] = LocalStack(pg_major=major).start(kubernetes=False, s3=False)
+        return _SERVERS[major]
+
+    try:
+        yield server
+    finally:
+        for running in _SERVERS.values():
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+def matrix_client_tools(pg_servers: Callable[[int], LocalStack]) -> str:
+    """CELLAR_PG_BINDIR for the matrix: the client tools of every major side by side, as the image has."""
+    import os
+
+    return os.pathsep.join(str(path) for _, path in sorted(postgres_majors(PG_MAJORS).items()))
+
+
+def new_database(server: LocalStack) -> dict[str, str]:
+    """A fresh database on `server` and a login role that owns it: the settings a Secret would carry."""
+    name = f"db_{uuid.uuid4().hex[:10]}"
+    role = f"u_{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(server.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' CREATEDB")
+        conn.execute(f"CREATE DATABASE {name} OWNER {role}")
+    return {"host": "127.0.0.1", "port": str(server.pg_port), "dbname": name, "username": role, "password": password}
 
 
 @pytest.fixture(scope="session")
@@ -130,15 +192,10 @@ def create_resource(admin_api: Any, namespace: str) -> Callable[[str, dict[str, 
 @pytest.fixture
 def database(stack: LocalStack) -> Iterator[dict[str, Any]]:
     """A fresh database, and a login role that owns it; the settings a Secret would carry."""
-    name = f"db_{uuid.uuid4().hex[:10]}"
-    role = f"u_{uuid.uuid4().hex[:8]}"
-    password = f"pw-{uuid.uuid4().hex}"
+    settings = new_database(stack)
+    yield settings
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' CREATEDB")
-        conn.execute(f"CREATE DATABASE {name} OWNER {role}")
-    yield {"host": "127.0.0.1", "port": str(stack.pg_port), "dbname": name, "username": role, "password": password}
-    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {settings['dbname']} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

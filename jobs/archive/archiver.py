@@ -300,6 +300,14 @@ def batch_query(
     return sql.SQL("DELETE FROM {} RETURNING {}").format(target, select_list(info.columns))
 
 
+def column_description(column: Column) -> dict[str, str]:
+    """A column as a batch manifest records it: unarchive casts each value back to `type`."""
+    described = {"name": column.name, "type": column.pg_type, "storedAs": str(arrow_type(column))}
+    if column.generated:
+        described["generated"] = "stored" if column.generated == "s" else "virtual"
+    return described
+
+
 def sort_batch(table: pa.Table, info: TableInfo) -> pa.Table:
     """A batch in (timestamp, key) order: partitions become contiguous slices and files sort by time."""
     order = [(info.timestamp_column.name, "ascending"), *((k, "ascending") for k in info.primary_key)]
@@ -819,7 +827,8 @@ class Archiver:
             "runId": self.run_id,
             "mode": self.settings.mode,
             "rows": sum(entry.rows for entry, _ in objects),
-            "columns": [{"name": c.name, "type": c.pg_type, "storedAs": str(arrow_type(c))} for c in self.info.columns],
+            "columns": [column_description(c) for c in self.info.columns],
+            "serverVersion": self.info.server_version,
             "objects": [description for _, description in objects],
             "createdAt": datetime.now(UTC).isoformat(),
         }

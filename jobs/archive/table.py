@@ -57,6 +57,9 @@ class Column:
     is_array: bool
     numeric_precision: int | None
     numeric_scale: int | None
+    # pg_attribute.attgenerated: "" for an ordinary column, "s" stored, "v" virtual (PostgreSQL 18's
+    # default). Its values are archived; a load back leaves it out and the table computes it again.
+    generated: str = ""
 
     @property
     def arrow_kind(self) -> str:
@@ -78,6 +81,7 @@ class TableInfo:
     # An ordinary table without inheritance children: a row's ctid names it uniquely, so a batch can
     # delete the rows it locked by ctid. Partitioned and inherited tables are deleted by primary key.
     plain: bool = False
+    server_version: str = ""
 
     def column(self, name: str) -> Column:
         for column in self.columns:
@@ -91,7 +95,8 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod),
        CASE WHEN t.typcategory = 'A' THEN et.typname ELSE t.typname END,
        t.typcategory = 'A',
        CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
-       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN (a.atttypmod - 4) & 65535 END
+       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN (a.atttypmod - 4) & 65535 END,
+       a.attgenerated::text
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
@@ -129,6 +134,7 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
             bool(r[3]),
             int(str(r[4])) if r[4] is not None else None,
             int(str(r[5])) if r[5] is not None else None,
+            str(r[6] or ""),
         )
         for r in conn.execute(_COLUMNS, (oid,)).fetchall()
     ]
@@ -158,8 +164,14 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
         ).fetchone()
         if not unique or not unique[0]:
             raise InvalidSpec(f"spec.primaryKey: no unique index on ({', '.join(primary_key)}); ON CONFLICT needs one")
+    version = conn.execute("SELECT current_setting('server_version')").fetchone()
     return TableInfo(
-        oid=oid, columns=columns, primary_key=primary_key, timestamp_column=timestamp, plain=bool(kind and kind[0])
+        oid=oid,
+        columns=columns,
+        primary_key=primary_key,
+        timestamp_column=timestamp,
+        plain=bool(kind and kind[0]),
+        server_version=str(version[0]) if version else "",
     )
 
 

@@ -142,6 +142,7 @@ def _manifest_columns(manifest: dict[str, Any], key: str, info: TableInfo) -> li
                 column.is_array,
                 column.numeric_precision,
                 column.numeric_scale,
+                column.generated,
             )
         )
     return columns
@@ -194,13 +195,18 @@ def _load(
     ts = sql.Identifier(info.timestamp_column.name)
     in_range_condition = sql.SQL("s.{} >= {} AND s.{} < {}").format(ts, sql.Literal(start), ts, sql.Literal(end))
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
+    # A generated column's archived value is what the table computes again, and PostgreSQL refuses one
+    # given; an identity column GENERATED ALWAYS takes the archived key only with OVERRIDING SYSTEM VALUE.
+    stored = [(c, conversion) for c, conversion in zip(columns, conversions, strict=True) if not c.generated]
+    inserted_names = sql.SQL(", ").join(sql.Identifier(c.name) for c, _ in stored)
     in_range = conn.execute(
         sql.SQL("SELECT count(*) FROM cellar_staging s WHERE {}").format(in_range_condition)
     ).fetchone()
     cursor = conn.execute(
-        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM cellar_staging s WHERE {} ON CONFLICT ({}) DO NOTHING").format(
-            target, names, sql.SQL(", ").join(conversions), in_range_condition, keys
-        )
+        sql.SQL(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM cellar_staging s WHERE {} "
+            "ON CONFLICT ({}) DO NOTHING"
+        ).format(target, inserted_names, sql.SQL(", ").join(c for _, c in stored), in_range_condition, keys)
     )
     inserted = cursor.rowcount
     if hold:

@@ -26,7 +26,7 @@ from common.failpoints import failpoint
 from common.storage import ObjectStore, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for
-from jobs.backup.pgtools import StderrTail, stop_process, tool_path
+from jobs.backup.pgtools import ClientTools, StderrTail, stop_process
 from jobs.backup.settings import Compression, DumpOptions
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,16 @@ def export_snapshot(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
         return None
 
 
+def hold_snapshot_open(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Let the snapshot's transaction live as long as pg_dump runs, whatever the role's or database's
+    timeouts say: it sits idle while pg_dump streams (idle_in_transaction_session_timeout), and lasts
+    the whole dump (transaction_timeout, PostgreSQL 17 and newer). pg_dump sets the same for itself."""
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
+    if conn.info.server_version >= 170000:
+        conn.execute("SET transaction_timeout = 0")
+    conn.commit()
+
+
 def pump(descriptor: int, sink: Callable[[bytes], None], on_progress: Callable[[int], None]) -> int:
     """Copy a pipe into `sink` in 1 MiB reads until EOF; report the byte count about once a second."""
     total = 0
@@ -176,15 +186,18 @@ def dump_to_storage(
     compression: Compression,
     options: DumpOptions,
     *,
+    tools: ClientTools,
+    server_version: str,
     application_name: str,
     on_progress: Callable[[int], None],
 ) -> DumpResult:
-    """Dump, compress, upload; the object becomes visible only after pg_dump exited 0."""
+    """Dump with `tools`' pg_dump, compress, upload; the object becomes visible only after pg_dump exited 0."""
     snapshot_conn = connect(database, application_name=application_name)
     try:
+        hold_snapshot_open(snapshot_conn)
         snapshot = export_snapshot(snapshot_conn)
         argv = [
-            tool_path("pg_dump"),
+            tools.path("pg_dump"),
             "--format=custom",
             "--compress=0",
             "--no-password",
@@ -211,7 +224,10 @@ def dump_to_storage(
                 raw = pump(process.stdout.fileno(), sink, on_progress)
                 code = process.wait()
                 if code != 0:
-                    raise DumpFailed(f"pg_dump exited with code {code}: {stderr.error_lines()}")
+                    raise DumpFailed(
+                        f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL {server_version}: "
+                        f"{stderr.error_lines()}"
+                    )
                 upload.write(compressor.flush())
                 tables = counter.result()
                 result = upload.complete()

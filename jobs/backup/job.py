@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,12 +23,12 @@ from common.progress import ProgressReporter
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, Inventory, Manifest, backup_id, find_backup, take_inventory
-from jobs.backup.dump import dump_to_storage, server_facts
-from jobs.backup.pgtools import check_pg_dump_supports
+from jobs.backup.dump import ServerFacts, dump_to_storage, server_facts
+from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import Condition, backup_fields, human_size, ready_condition
-from jobs.backup.verify import QUARANTINE_DIR, RowCountMismatch, quarantine, verify_backup
+from jobs.backup.verify import QUARANTINE_DIR, RowCountMismatch, VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-backup"
@@ -39,25 +39,35 @@ def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
     return ObjectStore(build_client(settings.storage, credentials), settings.storage)
 
 
-def preflight(ctx: RunContext, settings: BackupSettings) -> tuple[DatabaseSettings, ObjectStore, Any, Any]:
-    """Everything checked before anything is written: Secrets, bucket, database, pg_dump's version."""
+@dataclass(frozen=True)
+class Preflight:
+    """What a run checked before writing anything, and what it will use."""
+
+    database: DatabaseSettings
+    store: ObjectStore
+    server: ServerFacts
+    tools: ClientTools
+
+
+def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
+    """Everything checked before anything is written: Secrets, bucket, database, the client tools."""
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
     store = open_storage(ctx, settings)
     store.check_access()
     with connect(database, application_name=APPLICATION) as conn:
         facts = server_facts(conn)
-    dump_version = check_pg_dump_supports(facts.version_num, facts.version)
+    tools = tools_for_dump(facts.version_num, facts.version)
     log.info(
         "preflight passed",
         extra={
             "server_version": facts.version,
-            "pg_dump": dump_version.text,
+            "pg_dump": tools.describe("pg_dump"),
             "database_bytes": facts.database_size,
             "standby": facts.standby,
             "bucket": store.bucket,
         },
     )
-    return database, store, facts, dump_version
+    return Preflight(database, store, facts, tools)
 
 
 def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> tuple[Inventory, list[str]]:
@@ -113,12 +123,13 @@ class BackupJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        database, store, facts, dump_version = preflight(ctx, settings)
+        checked = preflight(ctx, settings)
+        database, store, facts, tools = checked.database, checked.store, checked.server, checked.tools
         if ctx.dry_run:
             inventory, would_delete = apply_retention(store, _as_dry_run(settings.retention), datetime.now(UTC))
             return (
                 f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
-                f"and {dump_version.text} all usable; {len(inventory.backups)} complete backups; retention "
+                f"and {tools.describe('pg_dump')} all usable; {len(inventory.backups)} complete backups; retention "
                 f"would delete {len(would_delete)} objects"
             )
 
@@ -142,6 +153,8 @@ class BackupJob:
             data_key,
             settings.compression,
             settings.dump,
+            tools=tools,
+            server_version=facts.version,
             application_name=APPLICATION,
             on_progress=progress.update,
         )
@@ -151,7 +164,7 @@ class BackupJob:
             data_key=data_key,
             database=database.dbname,
             server_version=facts.version,
-            pg_dump_version=dump_version.text,
+            pg_dump_version=tools.describe("pg_dump"),
             start_time=format_time(started),
             end_time=format_time(ended),
             bytes_raw=dumped.bytes_raw,
@@ -185,14 +198,14 @@ class BackupJob:
         conditions: list[Condition] = []
         verified = False
         if settings.verify:
-            self._verify(ctx, store, manifest, database, settings)
+            tested = self._verify(ctx, store, manifest, database, settings)
             verified = True
             conditions.append(
                 (
                     "Verified",
                     "True",
                     "RestoreTestPassed",
-                    f"backup {identifier} restored and every table's row count matched",
+                    f"backup {identifier} restored with {tested.restored_with} and every table's row count matched",
                 )
             )
         kept = (
@@ -202,7 +215,8 @@ class BackupJob:
         )
         inventory, deleted = kept
         message = (
-            f"backup {identifier}: {human_size(manifest.bytes_stored)} stored "
+            f"backup {identifier} of PostgreSQL {facts.version} with {tools.describe('pg_dump')}: "
+            f"{human_size(manifest.bytes_stored)} stored "
             f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}) in {duration:.1f}s; "
             f"{len(deleted)} old objects deleted"
         )
@@ -244,7 +258,7 @@ class BackupJob:
         manifest: Manifest,
         database: DatabaseSettings,
         settings: BackupSettings,
-    ) -> None:
+    ) -> VerificationResult:
         scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
         try:
             result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION)
@@ -264,7 +278,11 @@ class BackupJob:
                 },
             )
             raise
-        log.info("restore test passed", extra={"tables": result.tables, "rows": result.rows})
+        log.info(
+            "restore test passed",
+            extra={"tables": result.tables, "rows": result.rows, "restored_with": result.restored_with},
+        )
+        return result
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         now = datetime.now(UTC)
@@ -296,12 +314,15 @@ class VerifyJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        database, store, _, _ = preflight(ctx, settings)
+        checked = preflight(ctx, settings)
+        database, store = checked.database, checked.store
         manifest = find_backup(store, args.key)
         if ctx.dry_run:
             return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
-        BackupJob()._verify(ctx, store, manifest, database, settings)
-        message = f"backup {manifest.backup_id} restored and every table's row count matched"
+        tested = BackupJob()._verify(ctx, store, manifest, database, settings)
+        message = (
+            f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
+        )
         fields: dict[str, Any] = {
             "lastVerification": {
                 "time": format_time(datetime.now(UTC)),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import functools
+import glob
 import os
 import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -17,51 +20,168 @@ from common.errors import PermanentError
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
-def tool_path(name: str) -> str:
-    """`CELLAR_PG_BINDIR/<name>` when set (images pin the client version), else from PATH."""
-    bindir = os.environ.get("CELLAR_PG_BINDIR")
-    if bindir:
-        candidate = Path(bindir) / name
-        if not os.access(candidate, os.X_OK):
-            raise PermanentError(f"{candidate} is not executable (CELLAR_PG_BINDIR={bindir})", reason="ToolMissing")
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        raise PermanentError(
-            f"{name} not found on PATH: install the PostgreSQL client (postgresql-client) or set CELLAR_PG_BINDIR",
-            reason="ToolMissing",
-        )
-    return found
+# Where PostgreSQL client tools of several majors live side by side: PGDG's RPMs (the image) and
+# Debian's or Ubuntu's packages. The first directory found for a major wins.
+_LAYOUTS = ("/usr/pgsql-*/bin", "/usr/lib/postgresql/*/bin")
+# pg_restore 17 and newer begin every restore with SET transaction_timeout = 0, which servers before
+# 17 reject: such a pg_restore cannot restore into them.
+TRANSACTION_TIMEOUT_SINCE = 17
 
 
 @dataclass(frozen=True)
-class ToolVersion:
-    text: str
+class ClientTools:
+    """pg_dump, pg_restore and psql of one PostgreSQL major, from one directory."""
+
     major: int
+    version: str  # "18.6"
+    bindir: Path
+
+    def path(self, name: str) -> str:
+        candidate = self.bindir / name
+        if not os.access(candidate, os.X_OK):
+            raise PermanentError(
+                f"{candidate} is missing or not executable: install the PostgreSQL {self.major} client tools "
+                "there, or point CELLAR_PG_BINDIR at directories that hold pg_dump and pg_restore",
+                reason="ToolMissing",
+            )
+        return str(candidate)
+
+    def describe(self, name: str) -> str:
+        return f"{name} {self.version}"
 
 
-def tool_version(name: str) -> ToolVersion:
+def _candidate_directories() -> tuple[list[Path], str]:
+    """The directories to look in, and where that list came from (for error messages)."""
+    configured = os.environ.get("CELLAR_PG_BINDIR")
+    if configured:
+        return [Path(part) for part in configured.split(os.pathsep) if part], f"CELLAR_PG_BINDIR={configured}"
+    directories = [Path(found) for layout in _LAYOUTS for found in sorted(glob.glob(layout))]
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        directories.append(Path(on_path).resolve().parent)
+    return directories, f"PATH and {', '.join(_LAYOUTS)}"
+
+
+def _read_version(bindir: Path) -> tuple[int, str] | None:
+    pg_dump = bindir / "pg_dump"
+    if not os.access(pg_dump, os.X_OK):
+        return None
     output = subprocess.run(
-        [tool_path(name), "--version"], capture_output=True, text=True, check=False, timeout=30
+        [str(pg_dump), "--version"], capture_output=True, text=True, check=False, timeout=30
     ).stdout.strip()
     match = _VERSION.search(output)
     if not match:
-        raise PermanentError(f"cannot read the version of {name} from {output!r}", reason="ToolMissing")
-    return ToolVersion(output, int(match.group(1)))
+        raise PermanentError(f"cannot read the version of {pg_dump} from {output!r}", reason="ToolMissing")
+    return int(match.group(1)), match.group(0).split()[-1]
 
 
-def check_pg_dump_supports(server_version_num: int, server_version: str) -> ToolVersion:
-    """Refuse a pg_dump older than the server: it cannot dump a newer server's catalog."""
-    dump = tool_version("pg_dump")
-    server_major = server_version_num // 10000
-    if dump.major < server_major:
+@functools.cache
+def _installed(directories: tuple[Path, ...]) -> tuple[ClientTools, ...]:
+    by_major: dict[int, ClientTools] = {}
+    for bindir in directories:
+        found = _read_version(bindir)
+        if found is not None and found[0] not in by_major:
+            by_major[found[0]] = ClientTools(found[0], found[1], bindir)
+    return tuple(by_major[major] for major in sorted(by_major))
+
+
+def installed_client_tools() -> tuple[ClientTools, ...]:
+    """Every PostgreSQL major whose client tools are installed here, oldest first (at least one)."""
+    directories, source = _candidate_directories()
+    tools = _installed(tuple(directories))
+    if not tools:
         raise PermanentError(
-            f"pg_dump {dump.major} is older than the server ({server_version}); pg_dump must be at least the "
-            f"server's major version. Use an image with pg_dump {server_major} or newer "
+            f"no pg_dump found (looked in {source}): install the PostgreSQL client tools or set CELLAR_PG_BINDIR",
+            reason="ToolMissing",
+        )
+    return tools
+
+
+def _majors(tools: Sequence[ClientTools]) -> str:
+    return ", ".join(str(t.major) for t in tools)
+
+
+def major_of(version: str) -> int | None:
+    """The major of a version as servers and tools print it ("15.19", "18.6 (Debian ...)", "pg_dump
+    (PostgreSQL) 17.2"); None when there is none."""
+    match = re.search(r"(?<![\d.])(\d+)(?:\.\d+)?", version.rsplit("(PostgreSQL)", maxsplit=1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def tools_for_dump(server_version_num: int, server_version: str) -> ClientTools:
+    return pick_dump_tools(installed_client_tools(), server_version_num, server_version)
+
+
+def pick_dump_tools(tools: Sequence[ClientTools], server_version_num: int, server_version: str) -> ClientTools:
+    """Of `tools` (oldest first), the client tools of the server's own major, else the nearest newer ones installed.
+
+    Dumping with the server's own major keeps the archive readable by that major's stock pg_restore,
+    and the restore test (on the same server) free of settings the server does not know.
+    A pg_dump older than the server cannot read its catalog: refused.
+    """
+    server_major = server_version_num // 10000
+    usable = [t for t in tools if t.major >= server_major]
+    if not usable:
+        newest = tools[-1]
+        raise PermanentError(
+            f"pg_dump {newest.major} is older than the server ({server_version}); pg_dump must be at least the "
+            f"server's major version, and the newest installed is {newest.describe('pg_dump')} (majors "
+            f"{_majors(tools)}). Use an image with the PostgreSQL {server_major} client tools or newer "
             "(or set CELLAR_PG_BINDIR)",
             reason="PgDumpTooOld",
         )
-    return dump
+    return usable[0]
+
+
+def tools_for_restore(target_version_num: int, target_version: str, dumped_by: str, dumped_server: str) -> ClientTools:
+    return pick_restore_tools(installed_client_tools(), target_version_num, target_version, dumped_by, dumped_server)
+
+
+def pick_restore_tools(
+    tools: Sequence[ClientTools], target_version_num: int, target_version: str, dumped_by: str, dumped_server: str
+) -> ClientTools:
+    """Of `tools` (oldest first), the client tools to restore an archive written by `dumped_by` (the
+    manifest's pg_dump version, from a server of `dumped_server`) into a server: the oldest that can
+    read the archive (pg_restore at least pg_dump's major) and is at least the target's major, else the
+    newest that can read it.
+
+    Into an older major than the dump's, PostgreSQL promises nothing: it works only where the dump uses
+    nothing the older server lacks. A pg_restore of 17 or newer can never restore into a server before
+    17 (transaction_timeout), so that is refused before anything is written.
+    """
+    target_major = target_version_num // 10000
+    archive_major = major_of(dumped_by) or 0
+    readable = [t for t in tools if t.major >= archive_major]
+    if not readable:
+        raise PermanentError(
+            f"the backup was written by {dumped_by}; pg_restore must be at least {archive_major} to read it, and "
+            f"the installed client tools are majors {_majors(tools)}. Use an image with the PostgreSQL "
+            f"{archive_major} client tools or newer (or set CELLAR_PG_BINDIR)",
+            reason="PgRestoreTooOld",
+        )
+    at_least_target = [t for t in readable if t.major >= target_major]
+    chosen = at_least_target[0] if at_least_target else readable[-1]
+    if target_major < TRANSACTION_TIMEOUT_SINCE <= chosen.major:
+        cannot = (
+            f"{chosen.describe('pg_restore')} (the oldest here that reads this backup) sets transaction_timeout, "
+            f"which PostgreSQL {target_major} does not have"
+        )
+        if (major_of(dumped_server) or archive_major) > target_major:
+            raise PermanentError(
+                f"the backup of PostgreSQL {dumped_server} was written by {dumped_by} and the target server runs "
+                f"PostgreSQL {target_version}: "
+                f"PostgreSQL supports restoring into the same or a newer major only, and {cannot}. Restore into "
+                f"a server of PostgreSQL {max(archive_major, TRANSACTION_TIMEOUT_SINCE)} or newer",
+                reason="TargetTooOld",
+            )
+        raise PermanentError(
+            f"the backup of PostgreSQL {dumped_server} was written by {dumped_by}, so it cannot be restored into "
+            f"PostgreSQL {target_version}: "
+            f"{cannot}. Back up with the PostgreSQL {target_major} client tools installed (cellar then dumps with "
+            f"them), or restore into PostgreSQL {TRANSACTION_TIMEOUT_SINCE} or newer",
+            reason="TargetTooOld",
+        )
+    return chosen
 
 
 class StderrTail:

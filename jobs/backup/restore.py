@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import DatabaseSettings
-from common.db import libpq_environment
+from common.db import connect, libpq_environment
 from common.errors import CellarError, PermanentError
 from common.storage import ObjectStore, translate_storage_error
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.pgtools import StderrTail, stop_process, tool_path
+from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -40,6 +40,27 @@ class RestoreFailed(PermanentError):
 
 
 @dataclass(frozen=True)
+class RestorePlan:
+    """Which client tools restore a backup into which server."""
+
+    tools: ClientTools
+    server_version: str
+
+    def describe(self) -> str:
+        return f"{self.tools.describe('pg_restore')} into PostgreSQL {self.server_version}"
+
+
+def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
+    """Ask the target server its version and choose the tools (pgtools.tools_for_restore), before
+    anything is written; `server` names any database on it the role may connect to."""
+    with connect(server, application_name=application_name) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version')")
+        version_num, version = row.fetchone() or (0, "")
+    tools = tools_for_restore(int(str(version_num)), str(version), manifest.pg_dump_version, manifest.server_version)
+    return RestorePlan(tools, str(version))
+
+
+@dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
     bytes_restored: int
@@ -49,13 +70,14 @@ def restore_from_storage(
     store: ObjectStore,
     manifest: Manifest,
     target: DatabaseSettings,
+    plan: RestorePlan,
     *,
     options: Sequence[str] = (),
     application_name: str,
     on_progress: Callable[[int], None] = lambda _: None,
 ) -> RestoreResult:
     argv = [
-        tool_path("pg_restore"),
+        plan.tools.path("pg_restore"),
         "--single-transaction",
         "--exit-on-error",
         "--no-password",
@@ -89,7 +111,7 @@ def restore_from_storage(
             raise translate_storage_error(exc, "cannot read", store.bucket, manifest.data_key) from None
         except BrokenPipeError:
             code = process.wait()
-            raise RestoreFailed(f"pg_restore exited with code {code}: {stderr.error_lines()}") from None
+            raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}") from None
         except Exception as exc:  # a decompressor error means the bytes are not what was written
             if isinstance(exc, CellarError):
                 raise
@@ -110,7 +132,7 @@ def restore_from_storage(
             pass
         code = process.wait()
         if code != 0:
-            raise RestoreFailed(f"pg_restore exited with code {code}: {stderr.error_lines()}")
+            raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}")
         return RestoreResult(read, restored)
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.

@@ -19,7 +19,7 @@ from common.progress import ProgressReporter
 from common.runtime import RunContext
 from jobs.backup.catalog import find_backup
 from jobs.backup.job import open_storage
-from jobs.backup.restore import restore_from_storage
+from jobs.backup.restore import plan_restore, restore_from_storage
 from jobs.backup.settings import parse_backup_spec, parse_restore_spec
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,22 @@ class RestoreJob:
         store.check_access()
         manifest = find_backup(store, settings.backup_key)
         target = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.target)
+        # With createDatabase the target does not exist yet: ask its server through `postgres`.
+        server = replace(target, dbname="postgres") if settings.create_database else target
+        plan = plan_restore(server, manifest, application_name=APPLICATION)
         if ctx.dry_run:
-            return f"dry run: would restore {manifest.backup_id} into {target.describe()}"
+            return f"dry run: would restore {manifest.backup_id} into {target.describe()} with {plan.describe()}"
 
         started = datetime.now(UTC)
         ctx.update_status(
-            [("Succeeded", "Unknown", "Running", f"restoring {manifest.backup_id} into {target.describe()}")],
+            [
+                (
+                    "Succeeded",
+                    "Unknown",
+                    "Running",
+                    f"restoring {manifest.backup_id} into {target.describe()} with {plan.describe()}",
+                )
+            ],
             fields={"key": manifest.data_key, "startTime": format_time(started)},
         )
         ctx.event("Started", f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
@@ -87,14 +97,21 @@ class RestoreJob:
         )
         try:
             result = restore_from_storage(
-                store, manifest, target, options=options, application_name=APPLICATION, on_progress=progress.update
+                store,
+                manifest,
+                target,
+                plan,
+                options=options,
+                application_name=APPLICATION,
+                on_progress=progress.update,
             )
         except BaseException:
             if settings.create_database:  # leave nothing half-made behind
                 drop_database(target)
             raise
         message = (
-            f"restored {manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into {target.describe()}"
+            f"restored {manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into {target.describe()} "
+            f"with {plan.describe()}"
         )
         ctx.update_status(
             [("Succeeded", "True", "Completed", message)],

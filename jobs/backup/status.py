@@ -65,6 +65,8 @@ def backup_fields(
             "completionTime": manifest.end_time,
             "durationSeconds": round(duration_seconds, 3),
             "verified": verified,
+            "serverVersion": manifest.server_version,
+            "pgDumpVersion": manifest.pg_dump_version,
         },
         "freshUntil": format_time(manifest.completed_at + stale_after),
     }

@@ -12,7 +12,7 @@ from common.db import connect
 from common.errors import PermanentError
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, Manifest
-from jobs.backup.restore import restore_from_storage
+from jobs.backup.restore import plan_restore, restore_from_storage
 
 log = logging.getLogger(__name__)
 QUARANTINE_DIR = "rejected"
@@ -26,18 +26,25 @@ class RowCountMismatch(PermanentError):
 class VerificationResult:
     tables: int
     rows: int
+    restored_with: str  # "pg_restore 15.19 into PostgreSQL 15.19"
 
 
 def verify_backup(
     store: ObjectStore, manifest: Manifest, source: DatabaseSettings, scratch_name: str, *, application_name: str
 ) -> VerificationResult:
     """Restore `manifest` into a new database `scratch_name` on the source's server, count, drop it."""
+    plan = plan_restore(source, manifest, application_name=application_name)
     with connect(source, application_name=application_name, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name)))
     try:
         scratch = replace(source, dbname=scratch_name)
         restore_from_storage(
-            store, manifest, scratch, options=["--no-owner", "--no-privileges"], application_name=application_name
+            store,
+            manifest,
+            scratch,
+            plan,
+            options=["--no-owner", "--no-privileges"],
+            application_name=application_name,
         )
         mismatches = []
         with connect(scratch, application_name=application_name) as conn:
@@ -52,7 +59,7 @@ def verify_backup(
         if mismatches:
             shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
             raise RowCountMismatch(f"backup {manifest.backup_id} restored with different row counts: {shown}")
-        return VerificationResult(len(manifest.tables), sum(t.rows for t in manifest.tables))
+        return VerificationResult(len(manifest.tables), sum(t.rows for t in manifest.tables), plan.describe())
     finally:
         with connect(source, application_name=application_name, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch_name)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh machine, idempotently:
 #   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench
+#   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
 #   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
@@ -18,6 +19,10 @@ command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 # The packaging test installs the wheel into a venv of the system Python, as the images do.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The libraries the builds of PostgreSQL 14 to 18 in the version matrix link against (postgres-majors.sh).
+for lib in libicu72 libssl3 libxml2 liblz4-1 libzstd1 libgssapi-krb5-2 libreadline8; do
+  dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$lib")
+done
 if (( ${#need_apt[@]} > 0 )); then
   if [[ $(id -u) -ne 0 ]]; then
     die "missing Debian packages: ${need_apt[*]}. Install them: sudo apt-get install -y ${need_apt[*]}"
@@ -58,4 +63,6 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   .venv/bin/python -m pip install -q -e '.[dev]' >&2
   touch "$stamp"
 fi
+# Real PostgreSQL 14 to 18 (server and client tools) for the version matrix, cached outside the clone.
+bash tests/harness/postgres-majors.sh >/dev/null
 log "ready: PostgreSQL in ${pg_bin:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}, servers in ${CELLAR_CACHE:-$HOME/.cache/cellar}/bin, Python in .venv"

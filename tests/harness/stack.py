@@ -83,7 +83,32 @@ def built_binaries(components: list[str] | None = None) -> dict[str, Path]:
     return paths
 
 
-def postgres_bin() -> Path:
+MAJORS_SCRIPT = REPO / "tests" / "harness" / "postgres-majors.sh"
+# The majors the version matrix runs against (tests/harness/postgres-majors.sh installs them).
+PG_MAJORS = (14, 15, 16, 17, 18)
+
+
+def postgres_majors(majors: list[int] | tuple[int, ...]) -> dict[int, Path]:
+    """The bin directory of a real PostgreSQL install (server and client tools) of each major, installed
+    and cached by postgres-majors.sh on first use."""
+    try:
+        result = subprocess.run(
+            ["bash", str(MAJORS_SCRIPT), *map(str, majors)], check=True, stdout=subprocess.PIPE, text=True
+        )
+    except subprocess.CalledProcessError as exc:
+        raise StackError(f"installing PostgreSQL {majors} failed (exit {exc.returncode}); run {MAJORS_SCRIPT}") from exc
+    found = {}
+    for line in result.stdout.splitlines():
+        major, _, path = line.partition("=")
+        if path:
+            found[int(major)] = Path(path)
+    return found
+
+
+def postgres_bin(major: int | None = None) -> Path:
+    """Debian's PostgreSQL (the default server), or the cached build of `major`."""
+    if major is not None:
+        return postgres_majors([major])[major]
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"),
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
@@ -232,6 +257,7 @@ class LocalStack:
     certificates: dict[str, Path] = field(default_factory=dict)
     kube_version: str = ""
     pg_port: int = 0
+    pg_major: int | None = None  # None: Debian's PostgreSQL
     pg_version: str = ""
     pg_bin: Path = Path()
     pg_data: Path = Path()
@@ -416,7 +442,7 @@ class LocalStack:
         return subprocess.run(argv, check=check, capture_output=True, text=True)
 
     def start_postgres(self) -> None:
-        self.pg_bin = postgres_bin()
+        self.pg_bin = postgres_bin(self.pg_major)
         base = self.root / "pg"
         base.mkdir()
         self.pg_data = base / "data"

@@ -453,6 +453,8 @@ def database_backup() -> dict[str, Any]:
                     "completionTime": string("When the manifest was written.", format="date-time"),
                     "durationSeconds": {"type": "number", "description": "Wall time of the dump."},
                     "verified": boolean("Whether a restore test passed for this backup.", False),
+                    "serverVersion": string("The PostgreSQL server's version when it was dumped."),
+                    "pgDumpVersion": string("The pg_dump that wrote it (pg_restore must be this major or newer)."),
                 },
             ),
             "lastVerification": obj(
