@@ -242,11 +242,25 @@ def archive_env(
     job_kubeconfig: Callable[[str], Path],
 ) -> dict[str, Any]:
     """What an archive test needs: its namespace, database, storage, and the archive job's kubeconfig."""
+    return archive_environment(
+        namespace, database, storage_spec, create_secret, create_resource, job_kubeconfig("archive")
+    )
+
+
+def archive_environment(
+    namespace: str,
+    database: dict[str, Any],
+    storage_spec: dict[str, Any],
+    create_secret: Callable[..., None],
+    create_resource: Callable[..., Any],
+    kubeconfig: Path,
+) -> dict[str, Any]:
+    """The archive_env of a test, over any database (the version matrix's are on other servers)."""
     return {
         "namespace": namespace,
         "database": database,
         "storage_spec": storage_spec,
         "create_secret": create_secret,
         "create_resource": create_resource,
-        "kubeconfig": job_kubeconfig("archive"),
+        "kubeconfig": kubeconfig,
     }

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tests.conftest import new_database
+from tests.conftest import archive_environment, new_database
 from tests.harness.stack import LocalStack, postgres_majors
 from tests.integration.archive_helpers import list_all, manifests, run_archive_job, setup_archive
 from tests.integration.backup_helpers import (
@@ -183,24 +183,6 @@ def test_backup_restores_into_its_own_major_and_the_newest(
         assert table_contents(target, restored) == original, f"PostgreSQL {pg_major} into {target_major}"
 
 
-def _archive_env(
-    database: dict[str, Any],
-    namespace: str,
-    storage_spec: dict[str, Any],
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    kubeconfig: Path,
-) -> dict[str, Any]:
-    return {
-        "namespace": namespace,
-        "database": database,
-        "storage_spec": storage_spec,
-        "create_secret": create_secret,
-        "create_resource": create_resource,
-        "kubeconfig": kubeconfig,
-    }
-
-
 def test_archive_and_unarchive_on_every_major_and_across_majors(
     pg_major: int,
     pg_servers: Callable[[int], LocalStack],
@@ -220,7 +202,7 @@ def test_archive_and_unarchive_on_every_major_and_across_majors(
     _execute(database, generated_table(pg_major) + ROWS)
     before = _rows(database)
     kubeconfig = job_kubeconfig("archive")
-    env = _archive_env(database, namespace, storage_spec, create_secret, create_resource, kubeconfig)
+    env = archive_environment(namespace, database, storage_spec, create_secret, create_resource, kubeconfig)
     setup_archive(env)
 
     assert run_archive_job(kubeconfig, namespace) == 0
@@ -252,9 +234,9 @@ def test_archive_and_unarchive_on_every_major_and_across_majors(
     other_major = NEWEST if pg_major != NEWEST else 14
     other = new_database(pg_servers(other_major))
     _execute(other, generated_table(min(pg_major, other_major)))
-    other_env = _archive_env(
-        other,
+    other_env = archive_environment(
         namespace,
+        other,
         storage_spec,
         lambda name, data: replace_secret(admin_api, namespace, name, data),
         create_resource,
