@@ -5,10 +5,23 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+from common.reasons import Reason
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-Condition = dict[str, Any]
+# A condition as the API server stores it (metav1.Condition, a JSON object).
+StoredCondition = dict[str, Any]
+
+
+class Condition(NamedTuple):
+    """A condition a run sets: the type, its status, the reason (declared in common.reasons), a message."""
+
+    type: str
+    status: ConditionStatus
+    reason: Reason
+    message: str
+
 
 # metav1.Condition limits: the API server rejects longer messages.
 MAX_MESSAGE_LENGTH = 32768
@@ -19,7 +32,7 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def find_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> Condition | None:
+def find_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> StoredCondition | None:
     for condition in conditions:
         if condition.get("type") == condition_type:
             return dict(condition)
@@ -30,11 +43,11 @@ def set_condition(
     conditions: Sequence[Mapping[str, Any]],
     condition_type: str,
     status: ConditionStatus,
-    reason: str,
+    reason: Reason,
     message: str,
     observed_generation: int | None,
     now: datetime,
-) -> list[Condition]:
+) -> list[StoredCondition]:
     """Return a new list with `condition_type` upserted.
 
     `lastTransitionTime` moves only when `status` changes; reason, message and observedGeneration
@@ -45,10 +58,10 @@ def set_condition(
     if len(message) > MAX_MESSAGE_LENGTH:
         message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
     result = [copy.deepcopy(dict(c)) for c in conditions]
-    new: Condition = {
+    new: StoredCondition = {
         "type": condition_type,
         "status": status,
-        "reason": reason,
+        "reason": str(reason),
         "message": message,
         "lastTransitionTime": format_time(now),
     }
@@ -65,7 +78,7 @@ def set_condition(
     return result
 
 
-def remove_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> list[Condition]:
+def remove_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str) -> list[StoredCondition]:
     return [dict(c) for c in conditions if c.get("type") != condition_type]
 
 

@@ -12,6 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from common.config import DatabaseSettings
 from common.errors import ConnectionFailed, PermanentError
+from common.reasons import Reason
 from common.redact import redact
 
 # SQLSTATE classes that retrying cannot fix: bad credentials, unknown database, no privilege.
@@ -93,14 +94,15 @@ def translate_connect_error(exc: psycopg.Error, settings: DatabaseSettings) -> E
         return PermanentError(
             f"cannot log in to {where}: the server rejected the credentials. Check the username and password "
             f"in the database Secret. Server said: {detail}",
-            reason="AuthenticationFailed",
+            reason=Reason.AUTHENTICATION_FAILED,
         )
     if sqlstate == "3D000" or ("database" in text and "does not exist" in text):
         return PermanentError(
-            f"cannot connect to {where}: the database does not exist. Server said: {detail}", reason="DatabaseNotFound"
+            f"cannot connect to {where}: the database does not exist. Server said: {detail}",
+            reason=Reason.DATABASE_NOT_FOUND,
         )
     if sqlstate in _PERMANENT_SQLSTATES:
-        return PermanentError(f"cannot connect to {where}: {detail}", reason="ConnectionFailed")
+        return PermanentError(f"cannot connect to {where}: {detail}", reason=Reason.DATABASE_ACCESS_DENIED)
     return ConnectionFailed(
         f"cannot reach {where}: {detail}. Check the host and port, that the server is running, and any "
         f"NetworkPolicy between this Pod and the database"

@@ -1,31 +1,43 @@
 """cellar's own short, flat list of errors.
 
-Every error carries the condition `reason` it records in status and the exit code it maps to, so
-exactly one place (`common.runtime`) turns an exception into an exit code. Messages are written for
-the person who has to fix the problem: what went wrong and what to do about it.
+Every error carries the reason (common.reasons) it records in status; the reason decides the exit
+code, and exactly one place (`common.runtime`) turns an exception into it. The classes group reasons
+for callers that catch them (a PermanentError never carries a retryable reason). Messages are written
+for the person who has to fix the problem: what went wrong and what to do about it.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_RETRYABLE = 1
-EXIT_USAGE = 2
-EXIT_PERMANENT = 3
-# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the Job retries it.
-EXIT_INTERRUPTED = 143
+from common.reasons import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    EXIT_USAGE,
+    Reason,
+)
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PERMANENT", "EXIT_RETRYABLE", "EXIT_USAGE", "Reason"]
 
 
 class CellarError(Exception):
-    """Base of every error cellar raises on purpose."""
+    """Base of every error cellar raises on purpose. Its reason (common.reasons) gives the exit code."""
 
-    exit_code = EXIT_RETRYABLE
-    reason = "Failed"
+    reason: Reason = Reason.INTERNAL_ERROR
+    # The exit code every reason of this class must have (None: any failure).
+    exit_class: int | None = None
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
+        if not self.reason.failure or self.exit_class not in (None, self.reason.exit_code):
+            raise TypeError(f"{type(self).__name__} cannot carry reason {self.reason} (exit {self.reason.exit_code})")
+
+    @property
+    def exit_code(self) -> int:
+        return self.reason.exit_code
 
     def __str__(self) -> str:
         return self.message
@@ -34,42 +46,42 @@ class CellarError(Exception):
 class UsageError(CellarError):
     """The command line or environment is wrong (missing --name, unreadable kubeconfig)."""
 
-    exit_code = EXIT_USAGE
-    reason = "UsageError"
+    exit_class = EXIT_USAGE
+    reason = Reason.USAGE_ERROR
 
 
 class PermanentError(CellarError):
     """Retrying will not help until a person changes something."""
 
-    exit_code = EXIT_PERMANENT
+    exit_class = EXIT_PERMANENT
 
 
 class InvalidSpec(PermanentError):
     """The custom resource's spec, or a Secret it references, is unusable."""
 
-    reason = "InvalidSpec"
+    reason = Reason.INVALID_SPEC
 
 
 class NotFound(PermanentError):
-    reason = "NotFound"
+    reason = Reason.NOT_FOUND
 
 
 class Forbidden(PermanentError):
-    reason = "Forbidden"
+    reason = Reason.FORBIDDEN
 
 
 class RetryableError(CellarError):
     """A transient failure that outlived its retries; the Job's backoffLimit may run it again."""
 
-    exit_code = EXIT_RETRYABLE
+    exit_class = EXIT_RETRYABLE
 
 
 class ConnectionFailed(RetryableError):
-    reason = "ConnectionFailed"
+    reason = Reason.CONNECTION_FAILED
 
 
 class Interrupted(CellarError):
     """SIGTERM arrived (deadline, eviction, node drain); the work was rolled back."""
 
-    exit_code = EXIT_INTERRUPTED
-    reason = "Interrupted"
+    exit_class = EXIT_INTERRUPTED
+    reason = Reason.INTERRUPTED

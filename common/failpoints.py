@@ -13,6 +13,7 @@ import threading
 import time
 
 from common.errors import RetryableError
+from common.reasons import Reason
 
 
 def _parse(value: str) -> dict[str, int | None]:
@@ -29,7 +30,7 @@ _lock = threading.Lock()
 
 
 class InjectedFailure(RetryableError):
-    reason = "InjectedFailure"
+    reason = Reason.INJECTED_FAILURE
 
 
 def failpoint(name: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 import tenacity
 
 from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError, UsageError
+from common.reasons import Reason
 from common.redact import redact, redact_nested, register_secret
 
 log = logging.getLogger(__name__)
@@ -271,14 +272,16 @@ class Kube:
         if exc.status == 404:
             return NotFound(f'{ref.kind.kind} "{ref.name}" was not found in namespace "{ref.namespace}"')
         if exc.status in (400, 422):
-            return PermanentError(f'the API server rejected {verb} {target} "{ref.name}": {exc.message}')
+            return PermanentError(
+                f'the API server rejected {verb} {target} "{ref.name}": {exc.message}', reason=Reason.API_REJECTED
+            )
         if exc.status in RETRYABLE_STATUSES or exc.status == 409:
             return RetryableError(
                 f'{verb} {target} "{ref.name}" in namespace "{ref.namespace}" still failing after '
                 f"{self.retry.attempts} attempts: {exc.message}",
-                reason="KubernetesUnavailable",
+                reason=Reason.KUBERNETES_UNAVAILABLE,
             )
-        return PermanentError(f'{verb} {target} "{ref.name}" failed: {exc.message}')
+        return PermanentError(f'{verb} {target} "{ref.name}" failed: {exc.message}', reason=Reason.API_REJECTED)
 
     def get(self, ref: ResourceRef) -> dict[str, Any]:
         """Read a custom resource."""
@@ -349,7 +352,7 @@ class Kube:
                 raise self._translate(exc, "patch", ref, subresource="status") from exc
         raise RetryableError(
             f"status of {ref} kept changing under us: {max_conflicts} conflicting writes in a row",
-            reason="StatusConflict",
+            reason=Reason.STATUS_CONFLICT,
         )
 
     def _patch_status(self, ref: ResourceRef, body: dict[str, Any]) -> dict[str, Any]:

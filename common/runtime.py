@@ -25,11 +25,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from common.conditions import ConditionStatus, set_condition
+from common.conditions import Condition, set_condition
 from common.config import Invocation, add_invocation_arguments, resolve_invocation
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import bind_resource, configure_logging
+from common.reasons import Reason
 from common.redact import redact
 
 log = logging.getLogger("cellar")
@@ -116,7 +117,7 @@ class RunContext:
 
     def update_status(
         self,
-        conditions: Sequence[tuple[str, ConditionStatus, str, str]] = (),
+        conditions: Sequence[Condition] = (),
         fields: Mapping[str, Any] | None = None,
         compute: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
@@ -145,7 +146,7 @@ class RunContext:
         self.resource = self.kube.update_status(self.ref, mutate)
         return self.resource
 
-    def event(self, reason: str, note: str, *, action: str, warning: bool = False) -> None:
+    def event(self, reason: Reason, note: str, *, action: str, warning: bool = False) -> None:
         if self.dry_run:
             return
         self.kube.post_event(self.resource, reason=reason, action=action, note=note, warning=warning)
@@ -235,7 +236,7 @@ def run_job(
         return _fail(job, ctx, error, started)
     except Exception as error:
         log.exception("unexpected failure")
-        wrapped = CellarError(f"unexpected {type(error).__name__}: {redact(str(error))}", reason="InternalError")
+        wrapped = CellarError(f"unexpected {type(error).__name__}: {redact(str(error))}", reason=Reason.INTERNAL_ERROR)
         return _fail(job, ctx, wrapped, started)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

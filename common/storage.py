@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import StorageCredentials, StorageSpec
 from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentError, RetryableError
+from common.reasons import Reason
 from common.redact import redact
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def translate_storage_error(exc: Exception, action: str, bucket: str, key: str =
         if code in ("NoSuchBucket",) or (status == 404 and not key):
             return PermanentError(
                 f"{action} {where}: the bucket does not exist; create it or fix spec.storage.bucket",
-                reason="BucketNotFound",
+                reason=Reason.BUCKET_NOT_FOUND,
             )
         if (
             code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
@@ -99,16 +100,18 @@ def translate_storage_error(exc: Exception, action: str, bucket: str, key: str =
             return Forbidden(
                 f"{action} {where}: access denied ({code}: {detail}); check the access keys "
                 "in the storage Secret and the bucket policy",
-                reason="StorageAccessDenied",
+                reason=Reason.STORAGE_ACCESS_DENIED,
             )
         if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
-            return RetryableError(f"{action} {where}: the store is failing ({code}: {detail})", reason="UploadFailed")
-        return PermanentError(f"{action} {where}: {code}: {detail}", reason="UploadFailed")
+            return RetryableError(
+                f"{action} {where}: the store is failing ({code}: {detail})", reason=Reason.UPLOAD_FAILED
+            )
+        return PermanentError(f"{action} {where}: {code}: {detail}", reason=Reason.UPLOAD_REJECTED)
     if isinstance(exc, BotoCoreError):
         return ConnectionFailed(
-            f"{action} {where}: cannot reach the object store: {redact(str(exc))}", reason="StorageUnavailable"
+            f"{action} {where}: cannot reach the object store: {redact(str(exc))}", reason=Reason.STORAGE_UNAVAILABLE
         )
-    return RetryableError(f"{action} {where}: {redact(str(exc))}", reason="UploadFailed")
+    return RetryableError(f"{action} {where}: {redact(str(exc))}", reason=Reason.UPLOAD_FAILED)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ class StreamingUpload:
             raise PermanentError(
                 f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
                 "spec.storage.partSizeMiB or maxParts",
-                reason="UploadFailed",
+                reason=Reason.UPLOAD_REJECTED,
             )
         self._raise_failed_parts()
         self._in_flight.acquire()

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from common.errors import CellarError, InvalidSpec, PermanentError, RetryableError
 from common.failpoints import failpoint
+from common.reasons import Reason
 from common.runtime import Interrupts
 from common.storage import ObjectStore, translate_storage_error
 from jobs.archive import ledger
@@ -70,7 +71,7 @@ def batch_of(object_key: str) -> str | None:
 
 
 class VerificationFailed(PermanentError):
-    reason = "VerificationFailed"
+    reason = Reason.VERIFICATION_FAILED
 
 
 class ObjectLayout:
@@ -885,7 +886,7 @@ class Archiver:
 
 
 class CommitInDoubt(RetryableError):
-    reason = "ConnectionFailed"
+    reason = Reason.CONNECTION_FAILED
 
     def __init__(self, batch_id: str, detail: str) -> None:
         super().__init__(

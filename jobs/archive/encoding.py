@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from common.errors import PermanentError
+from common.reasons import Reason
 from jobs.archive.table import Column
 
 _ARROW_SCALARS: dict[str, Any] = {
@@ -108,7 +109,7 @@ def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table
         )
     except pa.ArrowInvalid as exc:
         raise PermanentError(
-            f"a value cannot be stored in Parquet as its column's type: {exc}", reason="EncodingFailed"
+            f"a value cannot be stored in Parquet as its column's type: {exc}", reason=Reason.ENCODING_FAILED
         ) from exc
     arrays = []
     for column, array in zip(columns, table.columns, strict=True):
@@ -128,7 +129,7 @@ def _finish(column: Column, array: Any) -> Any:
             raise PermanentError(
                 f"column {column.name!r} ({column.pg_type}) holds a value that is not a decimal "
                 f"(NaN or Infinity?): {exc}",
-                reason="EncodingFailed",
+                reason=Reason.ENCODING_FAILED,
             ) from exc
     if kind == "binary":
         return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=target)
@@ -142,7 +143,7 @@ def _finish(column: Column, array: Any) -> Any:
                 f"column {column.name!r} ({column.pg_type}) holds a multi-dimensional array, which a list of "
                 f"its elements cannot store; leave those rows out with spec.filter, for example "
                 f"'coalesce(array_ndims({quoted}), 1) = 1'",
-                reason="EncodingFailed",
+                reason=Reason.ENCODING_FAILED,
             )
         return pa.array(values, type=target)
     return array

@@ -10,18 +10,20 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from common.conditions import format_time
+from common.conditions import Condition, format_time
 from common.config import resolve_database_settings, resolve_storage_credentials
 from common.db import connect
 from common.errors import CellarError, UsageError
 from common.kube import TABLE_ARCHIVE
 from common.progress import ProgressReporter
+from common.reasons import Reason
 from common.redact import redact
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
@@ -117,42 +119,56 @@ def layout_advice(partitioning: str, rows: int, days: int, months: int, batch_ro
     )
 
 
+@dataclass(frozen=True)
+class OpenedTable:
+    """What archive and unarchive check and open before any work: settings, a connection, the store
+    (bucket checked), the table (checked against the spec), and how to open one more connection."""
+
+    settings: ArchiveSettings
+    conn: Connection
+    store: ObjectStore
+    info: TableInfo
+    open_connection: Callable[[], Connection]
+
+
+def open_table(ctx: RunContext) -> OpenedTable:
+    settings = parse_archive_spec(ctx.spec)
+    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+    # Requests at once: a batch's objects (UPLOAD_CONCURRENCY) and each lane's manifest.
+    concurrency = UPLOAD_CONCURRENCY + settings.parallelism
+    store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
+    store.check_access()
+    conn = connect(database, application_name=APPLICATION)
+    try:
+        info = describe_table(conn, settings)
+        check_cascades(conn, info, settings)
+        conn.rollback()
+    except BaseException:
+        conn.close()
+        raise
+    return OpenedTable(settings, conn, store, info, lambda: connect(database, application_name=APPLICATION))
+
+
 class ArchiveJob:
     name = "archive"
     kind = TABLE_ARCHIVE
     description = "Move a table's old rows to Parquet in S3-compatible storage, as its TableArchive says."
-    open_connection: Callable[[], Connection] | None = None  # set by open(): the same database, once more
+    open_connection: Callable[[], Connection] | None = None  # set by run(): the same database, once more
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
 
-    def open(self, ctx: RunContext) -> tuple[ArchiveSettings, Connection, ObjectStore, TableInfo]:
-        settings = parse_archive_spec(ctx.spec)
-        database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
-        credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
-        # Requests at once: a batch's objects (UPLOAD_CONCURRENCY) and each lane's manifest.
-        concurrency = UPLOAD_CONCURRENCY + settings.parallelism
-        store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
-        store.check_access()
-        conn = connect(database, application_name=APPLICATION)
-        self.open_connection = lambda: connect(database, application_name=APPLICATION)  # for the lanes
-        try:
-            info = describe_table(conn, settings)
-            check_cascades(conn, info, settings)
-            conn.rollback()
-        except BaseException:
-            conn.close()
-            raise
-        return settings, conn, store, info
-
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
-        settings, conn, store, info = self.open(ctx)
+        opened = open_table(ctx)
+        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
+        self.open_connection = opened.open_connection
         with conn:
             cutoff = datetime.now(UTC) - settings.older_than
             scan_warning = unindexed_timestamp_warning(conn, info, settings)
             if scan_warning:
                 log.warning("no index on the timestamp column", extra={"detail": scan_warning})
-                ctx.event("IndexMissing", scan_warning, action="Archive", warning=True)
+                ctx.event(Reason.INDEX_MISSING, scan_warning, action="Archive", warning=True)
             if ctx.dry_run or settings.dry_run:
                 return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
             check_privileges(conn, info, settings)
@@ -164,20 +180,22 @@ class ArchiveJob:
                         "lastSkipped": {
                             "time": format_time(datetime.now(UTC)),
                             "runId": ctx.run_id,
-                            "reason": "LockHeld",
+                            "reason": Reason.LOCK_HELD,
                             "message": message,
                         }
                     }
                 )
-                ctx.event("LockHeld", message, action="Archive")
+                ctx.event(Reason.LOCK_HELD, message, action="Archive")
                 return message
             ledger.ensure_ledger(conn)
             started = datetime.now(UTC)
             clock = time.monotonic()
             running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
-            ctx.update_status([("Progressing", "True", "Running", running)], fields={"cutoff": format_time(cutoff)})
+            ctx.update_status(
+                [Condition("Progressing", "True", Reason.RUNNING, running)], fields={"cutoff": format_time(cutoff)}
+            )
             ctx.event(
-                "Started", f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
+                Reason.STARTED, f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
             )
             cleaned = clean_leftovers(conn, store, settings, info)
             progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
@@ -209,9 +227,9 @@ class ArchiveJob:
                     "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
                 },
             )
-            reason = "Completed" if totals.rows else "NothingToArchive"
+            reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
             if not totals.rows and stopped == "maxRunTime":  # rows were due, but a standby held every batch
-                reason = "StandbyBehind"
+                reason = Reason.STANDBY_BEHIND
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
                 f"{settings.relation} in {duration:.1f}s"
@@ -234,10 +252,10 @@ class ArchiveJob:
             nonlocal last_written, waiting_shown
             try:
                 if held and time.monotonic() - last_written >= STANDBY_STATUS_INTERVAL:
-                    ctx.update_status([("Progressing", "True", "WaitingForStandby", held)])
+                    ctx.update_status([Condition("Progressing", "True", Reason.WAITING_FOR_STANDBY, held)])
                     last_written, waiting_shown = time.monotonic(), True
                 elif held is None and waiting_shown:
-                    ctx.update_status([("Progressing", "True", "Running", running)])
+                    ctx.update_status([Condition("Progressing", "True", Reason.RUNNING, running)])
                     waiting_shown = False
             except CellarError as exc:
                 log.warning("could not write the standby wait to status", extra={"error": str(exc)})
@@ -255,7 +273,7 @@ class ArchiveJob:
         leaves progress without a total; a run that ends first cancels it. From ESTIMATE_FROM_ROWS
         rows due the total is the planner's estimate (see _count_due).
         """
-        if self.open_connection is None:  # not opened by open(): no second connection to count on
+        if self.open_connection is None:  # not set by run(): no second connection to count on
             yield
             return
         try:
@@ -340,7 +358,7 @@ class ArchiveJob:
         conn: Connection,
         settings: ArchiveSettings,
         info: TableInfo,
-        reason: str,
+        reason: Reason,
         message: str,
         started: datetime,
         duration: float,
@@ -350,9 +368,9 @@ class ArchiveJob:
         conn.rollback()
         ctx.update_status(
             [
-                ("Progressing", "False", reason, message),
-                ("ArchiveSucceeded", "True", reason, message),
-                ("Ready", "True", reason, message),
+                Condition("Progressing", "False", reason, message),
+                Condition("ArchiveSucceeded", "True", reason, message),
+                Condition("Ready", "True", reason, message),
             ],
             fields={
                 "lastRun": {
@@ -401,21 +419,21 @@ class ArchiveJob:
         if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing
             ctx.update_status(
                 [
-                    ("ArchiveSucceeded", "True", "DryRunCompleted", message),
-                    ("Ready", "True", "DryRunCompleted", message),
+                    Condition("ArchiveSucceeded", "True", Reason.DRY_RUN_COMPLETED, message),
+                    Condition("Ready", "True", Reason.DRY_RUN_COMPLETED, message),
                 ],
                 fields={"cutoff": format_time(cutoff), "oldestRowTime": self._oldest(conn, settings, info)},
             )
-            ctx.event("DryRunCompleted", message, action="Archive")
+            ctx.event(Reason.DRY_RUN_COMPLETED, message, action="Archive")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         now = datetime.now(UTC)
         ctx.update_status(
             [
-                ("Progressing", "False", error.reason, str(error)),
-                ("ArchiveSucceeded", "False", error.reason, str(error)),
-                ("Ready", "False", error.reason, str(error)),
+                Condition("Progressing", "False", error.reason, str(error)),
+                Condition("ArchiveSucceeded", "False", error.reason, str(error)),
+                Condition("Ready", "False", error.reason, str(error)),
             ],
             fields={
                 "lastRun": {
@@ -467,7 +485,8 @@ class UnarchiveJob:
         start, end = _date(args.start, "--from"), _date(args.end, "--to")
         if end <= start:
             raise UsageError("--to must be after --from")
-        settings, conn, store, info = ArchiveJob().open(ctx)
+        opened = open_table(ctx)
+        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
         with conn:
             if ctx.dry_run:
                 return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
@@ -505,7 +524,7 @@ class UnarchiveJob:
                 }
             }
         )
-        ctx.event("Unarchived", message, action="Unarchive")
+        ctx.event(Reason.UNARCHIVED, message, action="Unarchive")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from common.errors import InvalidSpec, PermanentError
+from common.reasons import Reason
 from jobs.archive.settings import ArchiveSettings
 
 Connection = psycopg.Connection[tuple[object, ...]]
@@ -42,11 +43,11 @@ TIMESTAMP_TYPES = {"timestamp", "timestamptz", "date"}
 
 
 class ForeignKeyBlocked(PermanentError):
-    reason = "ForeignKeyBlocked"
+    reason = Reason.FOREIGN_KEY_BLOCKED
 
 
 class InsufficientPrivilege(PermanentError):
-    reason = "InsufficientPrivilege"
+    reason = Reason.INSUFFICIENT_PRIVILEGE
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from common.errors import InvalidSpec, PermanentError
+from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.archive.archiver import MANIFEST_FORMAT_VERSION, Connection, ObjectLayout, read_verified, table_name
 from jobs.archive.encoding import table_to_copy_csv
@@ -40,7 +41,7 @@ def _checked_type(pg_type: str, key: str) -> sql.SQL:
     # Types come from manifests in the bucket: refuse anything that is not a type name before using it as SQL.
     if not pg_type or not set(pg_type) <= _SAFE_TYPE or ";" in pg_type or "--" in pg_type:
         raise PermanentError(
-            f"manifest {key}: column type {pg_type!r} is not a PostgreSQL type name", reason="InvalidManifest"
+            f"manifest {key}: column type {pg_type!r} is not a PostgreSQL type name", reason=Reason.INVALID_MANIFEST
         )
     return sql.SQL(pg_type)
 
@@ -57,7 +58,7 @@ def objects_in_range(
             raise PermanentError(
                 f"manifest {listed['Key']} has format version {manifest['formatVersion']}; this "
                 f"cellar reads up to {MANIFEST_FORMAT_VERSION}: upgrade cellar",
-                reason="UnsupportedManifest",
+                reason=Reason.UNSUPPORTED_MANIFEST,
             )
         for described in manifest.get("objects", []):
             low, high = described.get("minTimestamp"), described.get("maxTimestamp")
@@ -132,7 +133,7 @@ def _manifest_columns(manifest: dict[str, Any], key: str, info: TableInfo) -> li
             raise PermanentError(
                 f"{key}: column {described['name']!r} no longer exists in "
                 f"{manifest['relation']['schema']}.{manifest['relation']['table']}",
-                reason="SchemaMismatch",
+                reason=Reason.SCHEMA_MISMATCH,
             )
         columns.append(
             Column(
@@ -190,7 +191,7 @@ def _load(
     if not staged or int(str(staged[0])) != described["rows"]:
         raise PermanentError(
             f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {described['rows']}",
-            reason="VerificationFailed",
+            reason=Reason.VERIFICATION_FAILED,
         )
     ts = sql.Identifier(info.timestamp_column.name)
     in_range_condition = sql.SQL("s.{} >= {} AND s.{} < {}").format(ts, sql.Literal(start), ts, sql.Literal(end))

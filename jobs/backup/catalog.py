@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import PermanentError
+from common.reasons import Reason
 from common.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Manifest:
                 raise PermanentError(
                     f"manifest {key} has format version {body['formatVersion']}; this cellar reads up to "
                     f"{FORMAT_VERSION}: upgrade cellar",
-                    reason="UnsupportedManifest",
+                    reason=Reason.UNSUPPORTED_MANIFEST,
                 )
             return cls(
                 backup_id=body["backupId"],
@@ -117,7 +118,7 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentError(
-                f"manifest {key} is not a valid cellar manifest: {exc}", reason="InvalidManifest"
+                f"manifest {key} is not a valid cellar manifest: {exc}", reason=Reason.INVALID_MANIFEST
             ) from exc
 
     @property
@@ -170,7 +171,7 @@ def find_backup(store: ObjectStore, key: str | None) -> Manifest:
     inventory = take_inventory(store)
     if not inventory.backups:
         raise PermanentError(
-            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/", reason="BackupNotFound"
+            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/", reason=Reason.BACKUP_NOT_FOUND
         )
     if key is None:
         return inventory.backups[0]
@@ -180,5 +181,5 @@ def find_backup(store: ObjectStore, key: str | None) -> Manifest:
     raise PermanentError(
         f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "
         "spec.backup.key must name the data object, the backup id or the manifest",
-        reason="BackupNotFound",
+        reason=Reason.BACKUP_NOT_FOUND,
     )

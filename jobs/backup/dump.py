@@ -23,6 +23,7 @@ from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
+from common.reasons import Reason
 from common.storage import ObjectStore, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for
@@ -37,7 +38,7 @@ class DumpFailed(CellarError):
     """pg_dump exited non-zero; nothing was published."""
 
     exit_code = 1
-    reason = "DumpFailed"
+    reason = Reason.DUMP_FAILED
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ class RowCounter:
         self.start()  # an empty dump never streamed a byte
         self._thread.join()
         if self.error is not None:
-            raise PermanentError(f"counting rows in the dump's snapshot failed: {self.error}", reason="DumpFailed")
+            raise PermanentError(
+                f"counting rows in the dump's snapshot failed: {self.error}", reason=Reason.COUNT_FAILED
+            )
         return self.counts
 
     def stop(self) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.conditions import format_time
+from common.conditions import Condition, format_time
 from common.config import (
     DatabaseSettings,
     resolve_database_settings,
@@ -20,15 +20,17 @@ from common.errors import CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
 from common.progress import ProgressReporter
+from common.reasons import Reason
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, Inventory, Manifest, backup_id, find_backup, take_inventory
 from jobs.backup.dump import ServerFacts, dump_to_storage, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
+from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
-from jobs.backup.status import Condition, backup_fields, human_size, ready_condition
-from jobs.backup.verify import QUARANTINE_DIR, RowCountMismatch, VerificationResult, quarantine, verify_backup
+from jobs.backup.status import backup_fields, human_size, ready_condition
+from jobs.backup.verify import QUARANTINE_DIR, VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-backup"
@@ -113,6 +115,41 @@ def abort_stale_uploads(store: ObjectStore, cutoff: datetime) -> None:
         log.info("aborted a stale multipart upload", extra={"key": upload["Key"]})
 
 
+def restore_test(
+    ctx: RunContext,
+    store: ObjectStore,
+    manifest: Manifest,
+    database: DatabaseSettings,
+    settings: BackupSettings,
+) -> VerificationResult:
+    """Restore-test `manifest` on the source's server. A failure is recorded in status before it is
+    raised, and a backup found unsound (BackupUnsound) is quarantined first."""
+    scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
+    try:
+        result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION)
+    except CellarError as error:
+        if isinstance(error, BackupUnsound):
+            quarantine(store, manifest, str(error))
+            error.message += f" (its manifest was moved to {QUARANTINE_DIR}/; the backup no longer counts)"
+        ctx.update_status(
+            [Condition("Verified", "False", error.reason, str(error))],
+            fields={
+                "lastVerification": {
+                    "time": format_time(datetime.now(UTC)),
+                    "key": manifest.data_key,
+                    "result": "Failed",
+                    "message": str(error),
+                }
+            },
+        )
+        raise
+    log.info(
+        "restore test passed",
+        extra={"tables": result.tables, "rows": result.rows, "restored_with": result.restored_with},
+    )
+    return result
+
+
 class BackupJob:
     name = "backup"
     kind = DATABASE_BACKUP
@@ -139,10 +176,10 @@ class BackupJob:
         data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}")
         run_fields = {"runId": ctx.run_id, "startTime": format_time(started), "key": data_key}
         ctx.update_status(
-            [("Progressing", "True", "Running", f"dumping {database.describe()} to {data_key}")],
+            [Condition("Progressing", "True", Reason.RUNNING, f"dumping {database.describe()} to {data_key}")],
             fields={"lastRun": run_fields},
         )
-        ctx.event("Started", f"backup {identifier} of {database.describe()} started", action="Backup")
+        ctx.event(Reason.STARTED, f"backup {identifier} of {database.describe()} started", action="Backup")
 
         progress = ProgressReporter(
             "bytes", facts.database_size, lambda figures: ctx.update_status(fields={"progress": figures})
@@ -198,13 +235,13 @@ class BackupJob:
         conditions: list[Condition] = []
         verified = False
         if settings.verify:
-            tested = self._verify(ctx, store, manifest, database, settings)
+            tested = restore_test(ctx, store, manifest, database, settings)
             verified = True
             conditions.append(
-                (
+                Condition(
                     "Verified",
                     "True",
-                    "RestoreTestPassed",
+                    Reason.RESTORE_TEST_PASSED,
                     f"backup {identifier} restored with {tested.restored_with} and every table's row count matched",
                 )
             )
@@ -241,48 +278,15 @@ class BackupJob:
             }
         ctx.update_status(
             [
-                ("Progressing", "False", "Completed", message),
-                ("BackupSucceeded", "True", "Completed", message),
+                Condition("Progressing", "False", Reason.COMPLETED, message),
+                Condition("BackupSucceeded", "True", Reason.COMPLETED, message),
                 ready_condition(manifest, settings.stale_after, datetime.now(UTC)),
                 *conditions,
             ],
             fields=fields,
         )
-        ctx.event("Completed", message, action="Backup")
+        ctx.event(Reason.COMPLETED, message, action="Backup")
         return message
-
-    def _verify(
-        self,
-        ctx: RunContext,
-        store: ObjectStore,
-        manifest: Manifest,
-        database: DatabaseSettings,
-        settings: BackupSettings,
-    ) -> VerificationResult:
-        scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
-        try:
-            result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION)
-        except CellarError as error:
-            if error.reason in ("ChecksumMismatch", RowCountMismatch.reason):
-                quarantine(store, manifest, str(error))
-                error.message += f" (its manifest was moved to {QUARANTINE_DIR}/; the backup no longer counts)"
-            ctx.update_status(
-                [("Verified", "False", error.reason, str(error))],
-                fields={
-                    "lastVerification": {
-                        "time": format_time(datetime.now(UTC)),
-                        "key": manifest.data_key,
-                        "result": "Failed",
-                        "message": str(error),
-                    }
-                },
-            )
-            raise
-        log.info(
-            "restore test passed",
-            extra={"tables": result.tables, "rows": result.rows, "restored_with": result.restored_with},
-        )
-        return result
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         now = datetime.now(UTC)
@@ -293,8 +297,8 @@ class BackupJob:
         last_run.setdefault("startTime", format_time(ctx.started))
         ctx.update_status(
             [
-                ("Progressing", "False", error.reason, str(error)),
-                ("BackupSucceeded", "False", error.reason, str(error)),
+                Condition("Progressing", "False", error.reason, str(error)),
+                Condition("BackupSucceeded", "False", error.reason, str(error)),
                 ready_condition(None, timedelta(0), now, (error.reason, str(error))),
             ],
             fields={"lastRun": last_run, "progress": None},
@@ -319,7 +323,7 @@ class VerifyJob:
         manifest = find_backup(store, args.key)
         if ctx.dry_run:
             return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
-        tested = BackupJob()._verify(ctx, store, manifest, database, settings)
+        tested = restore_test(ctx, store, manifest, database, settings)
         message = (
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
         )
@@ -334,14 +338,14 @@ class VerifyJob:
         last = dict((ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {})
         if last.get("key") == manifest.data_key:
             fields["lastSuccessfulBackup"] = {**last, "verified": True}
-        ctx.update_status([("Verified", "True", "RestoreTestPassed", message)], fields=fields)
-        ctx.event("RestoreTestPassed", message, action="Verify")
+        ctx.update_status([Condition("Verified", "True", Reason.RESTORE_TEST_PASSED, message)], fields=fields)
+        ctx.event(Reason.RESTORE_TEST_PASSED, message, action="Verify")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        conditions: list[Condition] = [("Verified", "False", error.reason, str(error))]
-        if error.reason in ("ChecksumMismatch", RowCountMismatch.reason):
-            conditions.append(("Ready", "False", error.reason, str(error)))
+        conditions: list[Condition] = [Condition("Verified", "False", error.reason, str(error))]
+        if isinstance(error, BackupUnsound):
+            conditions.append(Condition("Ready", "False", error.reason, str(error)))
         ctx.update_status(conditions)
         ctx.event(error.reason, str(error), action="Verify", warning=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from common.errors import PermanentError
+from common.reasons import Reason
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -42,7 +43,7 @@ class ClientTools:
             raise PermanentError(
                 f"{candidate} is missing or not executable: install the PostgreSQL {self.major} client tools "
                 "there, or point CELLAR_PG_BINDIR at directories that hold pg_dump and pg_restore",
-                reason="ToolMissing",
+                reason=Reason.TOOL_MISSING,
             )
         return str(candidate)
 
@@ -71,7 +72,7 @@ def _read_version(bindir: Path) -> tuple[int, str] | None:
     ).stdout.strip()
     match = _VERSION.search(output)
     if not match:
-        raise PermanentError(f"cannot read the version of {pg_dump} from {output!r}", reason="ToolMissing")
+        raise PermanentError(f"cannot read the version of {pg_dump} from {output!r}", reason=Reason.TOOL_MISSING)
     return int(match.group(1)), match.group(0).split()[-1]
 
 
@@ -92,7 +93,7 @@ def installed_client_tools() -> tuple[ClientTools, ...]:
     if not tools:
         raise PermanentError(
             f"no pg_dump found (looked in {source}): install the PostgreSQL client tools or set CELLAR_PG_BINDIR",
-            reason="ToolMissing",
+            reason=Reason.TOOL_MISSING,
         )
     return tools
 
@@ -128,7 +129,7 @@ def pick_dump_tools(tools: Sequence[ClientTools], server_version_num: int, serve
             f"server's major version, and the newest installed is {newest.describe('pg_dump')} (majors "
             f"{_majors(tools)}). Use an image with the PostgreSQL {server_major} client tools or newer "
             "(or set CELLAR_PG_BINDIR)",
-            reason="PgDumpTooOld",
+            reason=Reason.PG_DUMP_TOO_OLD,
         )
     return usable[0]
 
@@ -157,7 +158,7 @@ def pick_restore_tools(
             f"the backup was written by {dumped_by}; pg_restore must be at least {archive_major} to read it, and "
             f"the installed client tools are majors {_majors(tools)}. Use an image with the PostgreSQL "
             f"{archive_major} client tools or newer (or set CELLAR_PG_BINDIR)",
-            reason="PgRestoreTooOld",
+            reason=Reason.PG_RESTORE_TOO_OLD,
         )
     at_least_target = [t for t in readable if t.major >= target_major]
     chosen = at_least_target[0] if at_least_target else readable[-1]
@@ -172,14 +173,14 @@ def pick_restore_tools(
                 f"PostgreSQL {target_version}: "
                 f"PostgreSQL supports restoring into the same or a newer major only, and {cannot}. Restore into "
                 f"a server of PostgreSQL {max(archive_major, TRANSACTION_TIMEOUT_SINCE)} or newer",
-                reason="TargetTooOld",
+                reason=Reason.TARGET_TOO_OLD,
             )
         raise PermanentError(
             f"the backup of PostgreSQL {dumped_server} was written by {dumped_by}, so it cannot be restored into "
             f"PostgreSQL {target_version}: "
             f"{cannot}. Back up with the PostgreSQL {target_major} client tools installed (cellar then dumps with "
             f"them), or restore into PostgreSQL {TRANSACTION_TIMEOUT_SINCE} or newer",
-            reason="TargetTooOld",
+            reason=Reason.TARGET_TOO_OLD,
         )
     return chosen
 

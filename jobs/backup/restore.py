@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.errors import CellarError, PermanentError
+from common.reasons import Reason
 from common.storage import ObjectStore, translate_storage_error
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
@@ -31,12 +32,16 @@ CHUNK = 1024 * 1024
 HOLD_BACK = 64 * 1024
 
 
-class ChecksumMismatch(PermanentError):
-    reason = "ChecksumMismatch"
+class BackupUnsound(PermanentError):
+    """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
+
+
+class ChecksumMismatch(BackupUnsound):
+    reason = Reason.CHECKSUM_MISMATCH
 
 
 class RestoreFailed(PermanentError):
-    reason = "RestoreFailed"
+    reason = Reason.RESTORE_FAILED
 
 
 @dataclass(frozen=True)

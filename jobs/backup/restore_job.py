@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from common.conditions import format_time, is_condition_true
+from common.conditions import Condition, format_time, is_condition_true
 from common.config import DatabaseSettings, resolve_database_settings
 from common.db import connect
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.progress import ProgressReporter
+from common.reasons import Reason
 from common.runtime import RunContext
 from jobs.backup.catalog import find_backup
 from jobs.backup.job import open_storage
@@ -36,7 +37,7 @@ def create_database(target: DatabaseSettings) -> None:
             raise PermanentError(
                 f"spec.createDatabase: database {target.dbname!r} already exists; restore into a new name, or "
                 "set createDatabase: false (and clean: true to replace what the dump contains)",
-                reason="TargetExists",
+                reason=Reason.TARGET_EXISTS,
             ) from None
 
 
@@ -77,16 +78,16 @@ class RestoreJob:
         started = datetime.now(UTC)
         ctx.update_status(
             [
-                (
+                Condition(
                     "Succeeded",
                     "Unknown",
-                    "Running",
+                    Reason.RUNNING,
                     f"restoring {manifest.backup_id} into {target.describe()} with {plan.describe()}",
                 )
             ],
             fields={"key": manifest.data_key, "startTime": format_time(started)},
         )
-        ctx.event("Started", f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
+        ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
         options = ["--no-owner"] if settings.no_owner else []
         if settings.clean:
             options += ["--clean", "--if-exists"]
@@ -114,15 +115,15 @@ class RestoreJob:
             f"with {plan.describe()}"
         )
         ctx.update_status(
-            [("Succeeded", "True", "Completed", message)],
+            [Condition("Succeeded", "True", Reason.COMPLETED, message)],
             fields={"completionTime": format_time(datetime.now(UTC)), "bytesRead": result.bytes_read, "progress": None},
         )
-        ctx.event("Completed", message, action="Restore")
+        ctx.event(Reason.COMPLETED, message, action="Restore")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         ctx.update_status(
-            [("Succeeded", "False", error.reason, str(error))],
+            [Condition("Succeeded", "False", error.reason, str(error))],
             fields={"completionTime": format_time(datetime.now(UTC)), "progress": None},
         )
         ctx.event(error.reason, str(error), action="Restore", warning=True)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from common.conditions import ConditionStatus, format_time
+from common.conditions import Condition, format_time
+from common.reasons import Reason
 from jobs.backup.catalog import Manifest
-
-Condition = tuple[str, ConditionStatus, str, str]
 
 
 def human_size(size: int) -> str:
@@ -21,27 +20,27 @@ def human_size(size: int) -> str:
 
 
 def ready_condition(
-    newest: Manifest | None, stale_after: timedelta, now: datetime, failure: tuple[str, str] | None = None
+    newest: Manifest | None, stale_after: timedelta, now: datetime, failure: tuple[Reason, str] | None = None
 ) -> Condition:
     """Ready: the last run did not fail and the newest complete backup is younger than staleAfter."""
     if failure is not None:
         reason, message = failure
-        return ("Ready", "False", reason, message)
+        return Condition("Ready", "False", reason, message)
     if newest is None:
-        return ("Ready", "False", "NoBackup", "no complete backup in storage yet")
+        return Condition("Ready", "False", Reason.NO_BACKUP, "no complete backup in storage yet")
     age = now - newest.completed_at
     if age > stale_after:
-        return (
+        return Condition(
             "Ready",
             "False",
-            "Stale",
+            Reason.STALE,
             f"the newest backup ({newest.backup_id}) is {_hours(age)} old, "
             f"more than staleAfter ({_hours(stale_after)})",
         )
-    return (
+    return Condition(
         "Ready",
         "True",
-        "Completed",
+        Reason.COMPLETED,
         f"newest backup {newest.backup_id} completed {format_time(newest.completed_at)}; stale after "
         f"{format_time(newest.completed_at + stale_after)}",
     )

@@ -9,17 +9,17 @@ from psycopg import sql
 
 from common.config import DatabaseSettings
 from common.db import connect
-from common.errors import PermanentError
+from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, Manifest
-from jobs.backup.restore import plan_restore, restore_from_storage
+from jobs.backup.restore import BackupUnsound, plan_restore, restore_from_storage
 
 log = logging.getLogger(__name__)
 QUARANTINE_DIR = "rejected"
 
 
-class RowCountMismatch(PermanentError):
-    reason = "RowCountMismatch"
+class RowCountMismatch(BackupUnsound):
+    reason = Reason.ROW_COUNT_MISMATCH
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""Every reason cellar writes into a condition or an Event, declared once with what it means.
+
+A failure's reason decides the run's exit code (so the Job's podFailurePolicy) and nothing else does:
+one reason is never retryable in one place and permanent in another. The README's table of reasons is
+this list (`python -m common.reasons` prints it; a test compares).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+
+EXIT_OK = 0
+EXIT_RETRYABLE = 1
+EXIT_USAGE = 2
+EXIT_PERMANENT = 3
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: the Job retries it.
+EXIT_INTERRUPTED = 143
+
+_CLASS_NAMES = {
+    EXIT_OK: "not a failure",
+    EXIT_RETRYABLE: "retryable (1)",
+    EXIT_USAGE: "usage (2)",
+    EXIT_PERMANENT: "permanent (3)",
+    EXIT_INTERRUPTED: "interrupted (143)",
+}
+
+
+class Reason(StrEnum):
+    """A condition or Event reason: its CamelCase name, the exit code of a run that fails with it, and
+    what it means to the person reading `kubectl describe`."""
+
+    exit_code: int
+    meaning: str
+
+    def __new__(cls, value: str, exit_code: int, meaning: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.exit_code = exit_code
+        member.meaning = meaning
+        return member
+
+    # ---- progress and outcomes that are not failures
+    RUNNING = "Running", EXIT_OK, "a run is under way"
+    STARTED = "Started", EXIT_OK, "a run began (Event)"
+    COMPLETED = "Completed", EXIT_OK, "the run finished and did what it was asked"
+    DRY_RUN_COMPLETED = "DryRunCompleted", EXIT_OK, "a dry run checked everything it would use; nothing was written"
+    NOTHING_TO_ARCHIVE = "NothingToArchive", EXIT_OK, "no row was old enough to archive"
+    WAITING_FOR_STANDBY = "WaitingForStandby", EXIT_OK, "batches wait while a standby replays too far behind"
+    STANDBY_BEHIND = "StandbyBehind", EXIT_OK, "rows were due, but a standby stayed behind for the whole run"
+    LOCK_HELD = "LockHeld", EXIT_OK, "another run archives this table now; this one stepped aside"
+    INDEX_MISSING = "IndexMissing", EXIT_OK, "a large table has no index on the timestamp column (Warning Event)"
+    UNARCHIVED = "Unarchived", EXIT_OK, "archived rows were loaded back (Event)"
+    RESTORE_TEST_PASSED = "RestoreTestPassed", EXIT_OK, "a backup restored and every table's row count matched"
+    STALE = "Stale", EXIT_OK, "the newest good backup is older than staleAfter"
+    NO_BACKUP = "NoBackup", EXIT_OK, "no complete backup is in storage yet"
+
+    # ---- failures a retry may cure
+    CONNECTION_FAILED = "ConnectionFailed", EXIT_RETRYABLE, "the database could not be reached, or the connection died"
+    STORAGE_UNAVAILABLE = "StorageUnavailable", EXIT_RETRYABLE, "the object store could not be reached"
+    UPLOAD_FAILED = "UploadFailed", EXIT_RETRYABLE, "the object store failed a request (5xx, throttling, timeout)"
+    KUBERNETES_UNAVAILABLE = "KubernetesUnavailable", EXIT_RETRYABLE, "the API server kept failing a request"
+    STATUS_CONFLICT = "StatusConflict", EXIT_RETRYABLE, "the resource's status kept changing under the run"
+    DUMP_FAILED = "DumpFailed", EXIT_RETRYABLE, "pg_dump exited with an error (its message follows)"
+    INJECTED_FAILURE = "InjectedFailure", EXIT_RETRYABLE, "a test's failpoint failed the run on purpose"
+    INTERNAL_ERROR = "InternalError", EXIT_RETRYABLE, "an unexpected error; the message and the logs say where"
+
+    # ---- failures that need a person
+    INVALID_SPEC = (
+        "InvalidSpec",
+        EXIT_PERMANENT,
+        "the spec or a Secret it names is unusable; the message names the field",
+    )
+    NOT_FOUND = "NotFound", EXIT_PERMANENT, "the resource (or one it names) does not exist"
+    FORBIDDEN = (
+        "Forbidden",
+        EXIT_PERMANENT,
+        "the ServiceAccount lacks a permission; the message names verb and resource",
+    )
+    API_REJECTED = "ApiRejected", EXIT_PERMANENT, "the API server refused a request as invalid"
+    AUTHENTICATION_FAILED = "AuthenticationFailed", EXIT_PERMANENT, "the database rejected the username or password"
+    DATABASE_NOT_FOUND = "DatabaseNotFound", EXIT_PERMANENT, "the database named in the Secret does not exist"
+    DATABASE_ACCESS_DENIED = "DatabaseAccessDenied", EXIT_PERMANENT, "the role may not connect to the database"
+    BUCKET_NOT_FOUND = "BucketNotFound", EXIT_PERMANENT, "the bucket does not exist"
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied", EXIT_PERMANENT, "the object store refused the access keys"
+    UPLOAD_REJECTED = (
+        "UploadRejected",
+        EXIT_PERMANENT,
+        "the object store refused a request as invalid, or it is too big",
+    )
+    TOOL_MISSING = "ToolMissing", EXIT_PERMANENT, "no pg_dump or pg_restore where cellar looks for them"
+    PG_DUMP_TOO_OLD = "PgDumpTooOld", EXIT_PERMANENT, "every pg_dump installed is older than the server"
+    PG_RESTORE_TOO_OLD = "PgRestoreTooOld", EXIT_PERMANENT, "no pg_restore installed reads the backup's format"
+    TARGET_TOO_OLD = "TargetTooOld", EXIT_PERMANENT, "the target server's major cannot take this backup"
+    COUNT_FAILED = "CountFailed", EXIT_PERMANENT, "counting a table's rows in the dump's snapshot failed"
+    TARGET_EXISTS = "TargetExists", EXIT_PERMANENT, "createDatabase: the target database exists already"
+    BACKUP_NOT_FOUND = "BackupNotFound", EXIT_PERMANENT, "no complete backup matches what the restore asks for"
+    CHECKSUM_MISMATCH = "ChecksumMismatch", EXIT_PERMANENT, "the stored object is not what its manifest describes"
+    RESTORE_FAILED = "RestoreFailed", EXIT_PERMANENT, "pg_restore exited with an error (its message follows)"
+    ROW_COUNT_MISMATCH = "RowCountMismatch", EXIT_PERMANENT, "a restore test counted other rows than the manifest"
+    INVALID_MANIFEST = "InvalidManifest", EXIT_PERMANENT, "a manifest in the bucket cannot be read"
+    UNSUPPORTED_MANIFEST = "UnsupportedManifest", EXIT_PERMANENT, "a manifest is newer than this cellar reads"
+    SCHEMA_MISMATCH = "SchemaMismatch", EXIT_PERMANENT, "archived columns no longer exist in the table"
+    VERIFICATION_FAILED = "VerificationFailed", EXIT_PERMANENT, "an archived object read back differs from its rows"
+    ENCODING_FAILED = "EncodingFailed", EXIT_PERMANENT, "a value cannot be stored as its column's Parquet type"
+    FOREIGN_KEY_BLOCKED = "ForeignKeyBlocked", EXIT_PERMANENT, "other tables reference this one with ON DELETE CASCADE"
+    INSUFFICIENT_PRIVILEGE = (
+        "InsufficientPrivilege",
+        EXIT_PERMANENT,
+        "the role lacks a privilege; the message names the GRANT",
+    )
+
+    # ---- the command line
+    USAGE_ERROR = "UsageError", EXIT_USAGE, "bad flags, no resource name, or an unreadable kubeconfig"
+
+    # ---- SIGTERM
+    INTERRUPTED = "Interrupted", EXIT_INTERRUPTED, "SIGTERM (deadline, eviction, drain): the work was rolled back"
+
+    @property
+    def failure(self) -> bool:
+        return self.exit_code != EXIT_OK
+
+
+def markdown_table() -> str:
+    """The README's table of reasons."""
+    rows = ["| reason | exit code of a run failing with it | meaning |", "|---|---|---|"]
+    rows += [f"| `{r.value}` | {_CLASS_NAMES[r.exit_code]} | {r.meaning} |" for r in Reason]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())
