@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.conditions import format_time
+from common.status import Progress
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,11 @@ class ProgressReporter:
         elapsed = max(1e-6, self.clock() - self.started)
         rate = self.done / elapsed
         total = None if self.total is None else max(self.total, self.done)
-        figures: dict[str, Any] = {"done": self.done}
-        if total is not None:
-            figures["total"] = total
-        figures |= {"unit": self.unit, "ratePerSecond": round(rate, 1), "updateTime": format_time(datetime.now(UTC))}
+        now = datetime.now(UTC)
+        eta = None
         if total is not None and total > self.done and rate > 0:
-            figures["eta"] = format_time(datetime.now(UTC) + timedelta(seconds=(total - self.done) / rate))
-        return figures
+            eta = format_time(now + timedelta(seconds=(total - self.done) / rate))
+        return Progress(self.done, self.unit, round(rate, 1), format_time(now), total, eta).to_status()
 
     def update(self, done: int) -> None:
         self.done = done

@@ -29,7 +29,7 @@ from common.conditions import Condition, set_condition
 from common.config import Invocation, add_invocation_arguments, resolve_invocation
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
-from common.logs import bind_resource, configure_logging
+from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
 from common.reasons import Reason
 from common.redact import redact
 
@@ -196,6 +196,12 @@ def build_parser(job: Job, prog: str) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity",
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("CELLAR_LOG_FORMAT", "auto"),
+        choices=list(LOG_FORMATS),
+        help="json lines, or short text lines for people; auto (the default): text on a terminal, else json",
+    )
     job.add_arguments(parser)
     return parser
 
@@ -209,7 +215,8 @@ def run_job(
 ) -> int:
     """Run one job to completion and return its exit code."""
     run_id = os.environ.get("CELLAR_RUN_ID") or uuid.uuid4().hex[:12]
-    configure_logging(job.name, run_id)
+    log_format = os.environ.get("CELLAR_LOG_FORMAT", "auto")
+    configure_logging(job.name, run_id, log_format=log_format if log_format in LOG_FORMATS else "auto")
     parser = build_parser(job, prog or f"cellar-{job.name}")
     interrupts = Interrupts()
     ctx: RunContext | None = None
@@ -220,6 +227,9 @@ def run_job(
         except SystemExit as exc:  # --help and --version exit 0 through argparse
             return int(exc.code or 0)
         logging.getLogger().setLevel(args.log_level.upper())
+        if args.log_format not in LOG_FORMATS:  # from CELLAR_LOG_FORMAT; argparse checks only the flag
+            raise UsageError(f"CELLAR_LOG_FORMAT={args.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+        set_log_format(args.log_format)
         interrupts.install()
         invocation = resolve_invocation(args)
         bind_resource(invocation.namespace, invocation.name)

@@ -41,6 +41,7 @@ from jobs.archive.archiver import (
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import ArchiveSettings, parse_archive_spec
 from jobs.archive.standbys import StandbyGate, check_lag_visible
+from jobs.archive.status import ArchiveRun, ArchiveTotals, SkippedRun, UnarchiveRecord
 from jobs.archive.table import (
     TableInfo,
     check_cascades,
@@ -177,12 +178,9 @@ class ArchiveJob:
                 message = f"another run holds the archive lock of {settings.relation}; this run skipped"
                 ctx.update_status(
                     fields={
-                        "lastSkipped": {
-                            "time": format_time(datetime.now(UTC)),
-                            "runId": ctx.run_id,
-                            "reason": Reason.LOCK_HELD,
-                            "message": message,
-                        }
+                        "lastSkipped": SkippedRun(
+                            format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message
+                        ).to_status()
                     }
                 )
                 ctx.event(Reason.LOCK_HELD, message, action="Archive")
@@ -373,19 +371,19 @@ class ArchiveJob:
                 Condition("Ready", "True", reason, message),
             ],
             fields={
-                "lastRun": {
-                    "runId": ctx.run_id,
-                    "startTime": format_time(started),
-                    "completionTime": format_time(datetime.now(UTC)),
-                    "durationSeconds": round(duration, 3),
-                    "reason": reason,
-                    "message": message,
-                    "rows": totals.rows,
-                    "bytes": totals.bytes,
-                    "batches": totals.batches,
-                    "longestTransactionSeconds": round(totals.longest_transaction_seconds, 3),
-                },
-                "totals": {"rows": all_time.rows, "bytes": all_time.bytes, "batches": all_time.batches},
+                "lastRun": ArchiveRun(
+                    ctx.run_id,
+                    format_time(started),
+                    completion_time=format_time(datetime.now(UTC)),
+                    duration_seconds=round(duration, 3),
+                    reason=reason,
+                    message=message,
+                    rows=totals.rows,
+                    bytes=totals.bytes,
+                    batches=totals.batches,
+                    longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
+                ).to_status(),
+                "totals": ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).to_status(),
                 "oldestRowTime": self._oldest(conn, settings, info),
                 "progress": None,
             },
@@ -436,13 +434,13 @@ class ArchiveJob:
                 Condition("Ready", "False", error.reason, str(error)),
             ],
             fields={
-                "lastRun": {
-                    "runId": ctx.run_id,
-                    "startTime": format_time(ctx.started),
-                    "completionTime": format_time(now),
-                    "reason": error.reason,
-                    "message": str(error),
-                },
+                "lastRun": ArchiveRun(
+                    ctx.run_id,
+                    format_time(ctx.started),
+                    completion_time=format_time(now),
+                    reason=error.reason,
+                    message=str(error),
+                ).to_status(),
                 "progress": None,
             },
         )
@@ -513,15 +511,15 @@ class UnarchiveJob:
         )
         ctx.update_status(
             fields={
-                "lastUnarchive": {
-                    "time": format_time(datetime.now(UTC)),
-                    "from": args.start,
-                    "to": args.end,
-                    "into": args.into,
-                    "objects": result.objects,
-                    "rows": result.rows_inserted,
-                    "message": message,
-                }
+                "lastUnarchive": UnarchiveRecord(
+                    format_time(datetime.now(UTC)),
+                    args.start,
+                    args.end,
+                    args.into,
+                    result.objects,
+                    result.rows_inserted,
+                    message,
+                ).to_status()
             }
         )
         ctx.event(Reason.UNARCHIVED, message, action="Unarchive")

@@ -29,7 +29,7 @@ from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
-from jobs.backup.status import backup_fields, human_size, ready_condition
+from jobs.backup.status import BackupRun, SuccessfulBackup, Verification, backup_fields, human_size, ready_condition
 from jobs.backup.verify import QUARANTINE_DIR, VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
@@ -134,12 +134,9 @@ def restore_test(
         ctx.update_status(
             [Condition("Verified", "False", error.reason, str(error))],
             fields={
-                "lastVerification": {
-                    "time": format_time(datetime.now(UTC)),
-                    "key": manifest.data_key,
-                    "result": "Failed",
-                    "message": str(error),
-                }
+                "lastVerification": Verification(
+                    format_time(datetime.now(UTC)), manifest.data_key, "Failed", str(error)
+                ).to_status()
             },
         )
         raise
@@ -174,10 +171,10 @@ class BackupJob:
         clock = time.monotonic()
         identifier = backup_id(started, ctx.run_id)
         data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}")
-        run_fields = {"runId": ctx.run_id, "startTime": format_time(started), "key": data_key}
+        run = BackupRun(ctx.run_id, format_time(started), key=data_key)
         ctx.update_status(
             [Condition("Progressing", "True", Reason.RUNNING, f"dumping {database.describe()} to {data_key}")],
-            fields={"lastRun": run_fields},
+            fields={"lastRun": run.to_status()},
         )
         ctx.event(Reason.STARTED, f"backup {identifier} of {database.describe()} started", action="Backup")
 
@@ -259,23 +256,20 @@ class BackupJob:
         )
         fields = {
             **backup_fields(manifest, duration, verified, settings.stale_after),
-            "lastRun": {
-                **run_fields,
-                "completionTime": format_time(datetime.now(UTC)),
-                "durationSeconds": round(duration, 3),
-                "reason": "Completed",
-                "message": message,
-            },
+            "lastRun": replace(
+                run,
+                completion_time=format_time(datetime.now(UTC)),
+                duration_seconds=round(duration, 3),
+                reason=Reason.COMPLETED,
+                message=message,
+            ).to_status(),
             "backupsKept": len(inventory.backups),
             "progress": None,
         }
         if verified:
-            fields["lastVerification"] = {
-                "time": format_time(datetime.now(UTC)),
-                "key": data_key,
-                "result": "Passed",
-                "message": "row counts matched",
-            }
+            fields["lastVerification"] = Verification(
+                format_time(datetime.now(UTC)), data_key, "Passed", "row counts matched"
+            ).to_status()
         ctx.update_status(
             [
                 Condition("Progressing", "False", Reason.COMPLETED, message),
@@ -290,18 +284,22 @@ class BackupJob:
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         now = datetime.now(UTC)
-        last_run = dict((ctx.resource.get("status") or {}).get("lastRun") or {})
-        last_run.update(
-            {"runId": ctx.run_id, "completionTime": format_time(now), "reason": error.reason, "message": str(error)}
+        previous = (ctx.resource.get("status") or {}).get("lastRun") or {}
+        # A merge patch: what this run does not say (its key, when it failed before choosing one) stays.
+        last_run = BackupRun(
+            ctx.run_id,
+            str(previous.get("startTime") or format_time(ctx.started)),
+            completion_time=format_time(now),
+            reason=error.reason,
+            message=str(error),
         )
-        last_run.setdefault("startTime", format_time(ctx.started))
         ctx.update_status(
             [
                 Condition("Progressing", "False", error.reason, str(error)),
                 Condition("BackupSucceeded", "False", error.reason, str(error)),
                 ready_condition(None, timedelta(0), now, (error.reason, str(error))),
             ],
-            fields={"lastRun": last_run, "progress": None},
+            fields={"lastRun": last_run.to_status(), "progress": None},
         )
         ctx.event(error.reason, str(error), action="Backup", warning=True)
 
@@ -328,16 +326,13 @@ class VerifyJob:
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
         )
         fields: dict[str, Any] = {
-            "lastVerification": {
-                "time": format_time(datetime.now(UTC)),
-                "key": manifest.data_key,
-                "result": "Passed",
-                "message": message,
-            }
+            "lastVerification": Verification(
+                format_time(datetime.now(UTC)), manifest.data_key, "Passed", message
+            ).to_status()
         }
-        last = dict((ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {})
-        if last.get("key") == manifest.data_key:
-            fields["lastSuccessfulBackup"] = {**last, "verified": True}
+        last = (ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {}
+        if last.get("key") == manifest.data_key:  # a merge patch: the rest of it stays
+            fields["lastSuccessfulBackup"] = SuccessfulBackup(manifest.data_key, verified=True).to_status()
         ctx.update_status([Condition("Verified", "True", Reason.RESTORE_TEST_PASSED, message)], fields=fields)
         ctx.event(Reason.RESTORE_TEST_PASSED, message, action="Verify")
         return message

@@ -22,6 +22,7 @@ from jobs.backup.catalog import find_backup
 from jobs.backup.job import open_storage
 from jobs.backup.restore import plan_restore, restore_from_storage
 from jobs.backup.settings import parse_backup_spec, parse_restore_spec
+from jobs.backup.status import RestoreOutcome
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"
@@ -85,7 +86,7 @@ class RestoreJob:
                     f"restoring {manifest.backup_id} into {target.describe()} with {plan.describe()}",
                 )
             ],
-            fields={"key": manifest.data_key, "startTime": format_time(started)},
+            fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
         )
         ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
         options = ["--no-owner"] if settings.no_owner else []
@@ -116,7 +117,12 @@ class RestoreJob:
         )
         ctx.update_status(
             [Condition("Succeeded", "True", Reason.COMPLETED, message)],
-            fields={"completionTime": format_time(datetime.now(UTC)), "bytesRead": result.bytes_read, "progress": None},
+            fields={
+                **RestoreOutcome(
+                    completion_time=format_time(datetime.now(UTC)), bytes_read=result.bytes_read
+                ).to_status(),
+                "progress": None,
+            },
         )
         ctx.event(Reason.COMPLETED, message, action="Restore")
         return message
@@ -124,6 +130,6 @@ class RestoreJob:
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         ctx.update_status(
             [Condition("Succeeded", "False", error.reason, str(error))],
-            fields={"completionTime": format_time(datetime.now(UTC)), "progress": None},
+            fields={**RestoreOutcome(completion_time=format_time(datetime.now(UTC))).to_status(), "progress": None},
         )
         ctx.event(error.reason, str(error), action="Restore", warning=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from common.conditions import Condition, format_time
 from common.reasons import Reason
+from common.status import RunRecord, StatusRecord
 from jobs.backup.catalog import Manifest
 
 
@@ -50,22 +52,74 @@ def _hours(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 3600:.1f}h"
 
 
+@dataclass(frozen=True)
+class BackupRun(RunRecord):
+    """A DatabaseBackup's `lastRun`."""
+
+    written_to = (("databasebackups.yaml", "lastRun"),)
+
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class SuccessfulBackup(StatusRecord):
+    """`lastSuccessfulBackup`. Written as a merge patch: a field left None keeps what status has."""
+
+    written_to = (("databasebackups.yaml", "lastSuccessfulBackup"),)
+
+    key: str
+    manifest_key: str | None = None
+    size_bytes: int | None = None
+    size: str | None = None
+    sha256: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    duration_seconds: float | None = None
+    verified: bool | None = None
+    server_version: str | None = None
+    pg_dump_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification(StatusRecord):
+    """`lastVerification`: the last restore test."""
+
+    written_to = (("databasebackups.yaml", "lastVerification"),)
+
+    time: str
+    key: str
+    result: str  # Passed or Failed
+    message: str
+
+
+@dataclass(frozen=True)
+class RestoreOutcome(StatusRecord):
+    """A DatabaseRestore's own status fields (beside its conditions)."""
+
+    written_to = (("databaserestores.yaml", ""),)
+
+    key: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    bytes_read: int | None = None
+
+
 def backup_fields(
     manifest: Manifest, duration_seconds: float, verified: bool, stale_after: timedelta
 ) -> dict[str, Any]:
     return {
-        "lastSuccessfulBackup": {
-            "key": manifest.data_key,
-            "manifestKey": manifest.manifest_key,
-            "sizeBytes": manifest.bytes_stored,
-            "size": human_size(manifest.bytes_stored),
-            "sha256": manifest.sha256,
-            "startTime": manifest.start_time,
-            "completionTime": manifest.end_time,
-            "durationSeconds": round(duration_seconds, 3),
-            "verified": verified,
-            "serverVersion": manifest.server_version,
-            "pgDumpVersion": manifest.pg_dump_version,
-        },
+        "lastSuccessfulBackup": SuccessfulBackup(
+            key=manifest.data_key,
+            manifest_key=manifest.manifest_key,
+            size_bytes=manifest.bytes_stored,
+            size=human_size(manifest.bytes_stored),
+            sha256=manifest.sha256,
+            start_time=manifest.start_time,
+            completion_time=manifest.end_time,
+            duration_seconds=round(duration_seconds, 3),
+            verified=verified,
+            server_version=manifest.server_version,
+            pg_dump_version=manifest.pg_dump_version,
+        ).to_status(),
         "freshUntil": format_time(manifest.completed_at + stale_after),
     }

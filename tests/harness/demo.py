@@ -5,9 +5,11 @@
 3. creates a database with data (pgbench tables plus text, jsonb and bytea), a bucket, the Secrets
    and a DatabaseBackup;
 4. runs the backup job as that ServiceAccount, then a DatabaseRestore into a new database;
-5. compares the two databases and prints the resources the way `kubectl get` does;
+5. compares the two databases and shows the backup's status the way `kubectl describe` does;
 6. archives the documents older than 30 days with a TableArchive (the archive job, as its own
-   ServiceAccount), reads the Parquet files back, and brings one month back into a side table.
+   ServiceAccount), reads the Parquet files back, and brings one month back into a side table;
+7. sums up what it did, how long each job took, and the resources as `kubectl get` shows them.
+   The jobs log short text lines here (`--log-format text`); in a Pod they log JSON lines.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,14 +38,34 @@ def step(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def run_job(kubeconfig: Path, *args: str, module: str = "jobs.backup") -> None:
+# What the demo did, for the summary at its end: (step, what happened, seconds).
+SUMMARY: list[tuple[str, str, float]] = []
+
+
+def run_job(kubeconfig: Path, *args: str, module: str = "jobs.backup") -> float:
+    """Run a job as a person would at a terminal (short text log lines); returns its wall time."""
+    shown = [f"python -m {module}", *args, "--kubeconfig", "<job token>", "--namespace", NAMESPACE]
+    print("$ " + " ".join(shown))
     command = [sys.executable, "-m", module, *args, "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE]
-    print("$ " + " ".join([f"python -m {module}", *args, "--kubeconfig", "<job token>", "--namespace", NAMESPACE]))
+    started = time.monotonic()
     result = subprocess.run(
-        command, cwd=REPO, env={**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"}, check=False
+        [*command, "--log-format", "text"],
+        cwd=REPO,
+        env={**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"the job exited with {result.returncode}")
+    return time.monotonic() - started
+
+
+def print_summary(kubectl: list[str]) -> None:
+    step("what the demo did")
+    for what, outcome, seconds in SUMMARY:
+        print(f"  {what:10} {outcome}  ({seconds:.1f} s)")
+    for kinds in ("databasebackups,databaserestores", "tablearchives"):
+        print(f"\n$ kubectl get {kinds} -n {NAMESPACE}")
+        subprocess.run([*kubectl, "get", kinds], check=True)
 
 
 def make_database(stack: LocalStack) -> dict[str, str]:
@@ -130,7 +153,18 @@ def main() -> int:
             "cellar.dev", "v1alpha1", NAMESPACE, "databasebackups", backup
         )
         step("running the backup job as ServiceAccount cellar-backup")
-        run_job(kubeconfig, "backup", "--name", "orders")
+        seconds = run_job(kubeconfig, "backup", "--name", "orders")
+        stored = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "cellar.dev", "v1alpha1", NAMESPACE, "databasebackups", "orders"
+        )["status"]["lastSuccessfulBackup"]
+        verified = ", restore-tested" if stored.get("verified") else ""
+        SUMMARY.append(
+            (
+                "backup",
+                f"database shop (PostgreSQL {stored.get('serverVersion')}): {stored['size']} stored{verified}",
+                seconds,
+            )
+        )
 
         step("restoring the newest backup into a new database 'shop_restored'")
         restore = yaml.safe_load((SAMPLES_DIR / "databaserestore.yaml").read_text())
@@ -138,7 +172,7 @@ def main() -> int:
         client.CustomObjectsApi(api).create_namespaced_custom_object(
             "cellar.dev", "v1alpha1", NAMESPACE, "databaserestores", restore
         )
-        run_job(kubeconfig, "restore", "--name", "orders-restore-test")
+        seconds = run_job(kubeconfig, "restore", "--name", "orders-restore-test")
 
         step("comparing row counts: shop vs shop_restored")
         original = row_counts(stack.pg_dsn("shop", "shop", database["password"]))
@@ -148,16 +182,22 @@ def main() -> int:
             print(f"  {table:20} {rows:>10} {restored.get(table, 0):>10}  {verdict}")
         if original != restored:
             raise SystemExit("the restored database differs")
+        SUMMARY.append(
+            (
+                "restore",
+                f"into shop_restored: {len(original)} tables, {sum(original.values())} rows, identical",
+                seconds,
+            )
+        )
 
-        step("kubectl get databasebackups,databaserestores -n demo")
         kubectl = [str(stack.binaries["kubectl"]), "--kubeconfig", str(stack.kubeconfig), "-n", NAMESPACE]
-        subprocess.run([*kubectl, "get", "databasebackups,databaserestores", "-o", "wide"], check=True)
         step("kubectl describe databasebackup orders (status and events)")
         described = subprocess.run(
             [*kubectl, "describe", "databasebackup", "orders"], check=True, capture_output=True, text=True
         ).stdout
         print(described[described.index("Status:") :] if "Status:" in described else described)
         archive_demo(stack, api, s3, database)
+        print_summary(kubectl)
         print(
             "\nThe demo worked: backup written, verified by a restore test, restored, and identical; old rows "
             "archived to Parquet, read back, and a month brought back."
@@ -191,7 +231,7 @@ def archive_demo(stack: LocalStack, api: Any, s3: Any, database: dict[str, str])
         "cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", archive
     )
     step("running the archive job as ServiceAccount cellar-archive")
-    run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
+    seconds = run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
     after = row_counts(dsn)["documents"]
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="demo/archive/public.documents/")
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
@@ -203,15 +243,19 @@ def archive_demo(stack: LocalStack, api: Any, s3: Any, database: dict[str, str])
     print(f"  rows in {len(keys)} Parquet files: {archived}, for example s3://{BUCKET}/{keys[0]}")
     if before - after != archived or not archived:
         raise SystemExit("the archived rows do not add up")
+    SUMMARY.append(
+        ("archive", f"{archived} rows of documents older than 30 days into {len(keys)} Parquet files", seconds)
+    )
 
     step("bringing the oldest month back into the side table documents_unarchived")
     first = min(k.split("dt=")[1][:10] for k in keys)
     month_later = (date.fromisoformat(first) + timedelta(days=30)).isoformat()
-    run_job(kubeconfig, "unarchive", "--name", "documents", "--from", first, "--to", month_later, module="jobs.archive")
-    print(f"  rows back in documents_unarchived: {row_counts(dsn).get('documents_unarchived', 0)}")
-    step("kubectl get tablearchives -n demo")
-    kubectl = [str(stack.binaries["kubectl"]), "--kubeconfig", str(stack.kubeconfig), "-n", NAMESPACE]
-    subprocess.run([*kubectl, "get", "tablearchives"], check=True)
+    seconds = run_job(
+        kubeconfig, "unarchive", "--name", "documents", "--from", first, "--to", month_later, module="jobs.archive"
+    )
+    back = row_counts(dsn).get("documents_unarchived", 0)
+    print(f"  rows back in documents_unarchived: {back}")
+    SUMMARY.append(("unarchive", f"{back} rows of {first} to {month_later} into documents_unarchived", seconds))
 
 
 if __name__ == "__main__":

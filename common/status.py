@@ -1,0 +1,71 @@
+"""Status payloads as typed records, written in one place.
+
+A record's fields are snake_case here and camelCase in status (a trailing underscore is dropped:
+`from_` is `from`); a field left None is left out. Each record names the CRD schema it is written to,
+and a test checks every record against the CRDs in cronjobs/, so a misspelt or mistyped field fails
+there instead of being dropped silently by the API server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from common.reasons import Reason
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.rstrip("_").split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """Base of every status payload."""
+
+    # Where in which CRD's status this record is written: (CRD file, property path) pairs.
+    written_to: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def to_status(self) -> dict[str, Any]:
+        written: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if isinstance(value, StatusRecord):
+                value = value.to_status()
+            elif isinstance(value, Reason):
+                value = value.value
+            written[camel_case(field.name)] = value
+        return written
+
+
+@dataclass(frozen=True)
+class Progress(StatusRecord):
+    """`progress`: the run in flight."""
+
+    written_to = (
+        ("databasebackups.yaml", "progress"),
+        ("databaserestores.yaml", "progress"),
+        ("tablearchives.yaml", "progress"),
+    )
+
+    done: int
+    unit: str
+    rate_per_second: float
+    update_time: str
+    total: int | None = None
+    eta: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord(StatusRecord):
+    """`lastRun`: how the last run went (each job adds its own figures)."""
+
+    run_id: str
+    start_time: str
+    completion_time: str | None = None
+    duration_seconds: float | None = None
+    reason: Reason | None = None
+    message: str | None = None

@@ -1,0 +1,58 @@
+"""A TableArchive's status payloads (see common.status)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.reasons import Reason
+from common.status import RunRecord, StatusRecord
+
+
+@dataclass(frozen=True)
+class ArchiveRun(RunRecord):
+    """`lastRun`: the last archive run and what it moved."""
+
+    written_to = (("tablearchives.yaml", "lastRun"),)
+
+    rows: int | None = None
+    bytes: int | None = None
+    batches: int | None = None
+    longest_transaction_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveTotals(StatusRecord):
+    """`totals`: everything archived from the table so far, rebuilt from the ledger."""
+
+    written_to = (("tablearchives.yaml", "totals"),)
+
+    rows: int
+    bytes: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class SkippedRun(StatusRecord):
+    """`lastSkipped`: a run that stepped aside (another held the table's lock)."""
+
+    written_to = (("tablearchives.yaml", "lastSkipped"),)
+
+    time: str
+    run_id: str
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class UnarchiveRecord(StatusRecord):
+    """`lastUnarchive`: the last load back."""
+
+    written_to = (("tablearchives.yaml", "lastUnarchive"),)
+
+    time: str
+    from_: str
+    to: str
+    into: str
+    objects: int
+    rows: int
+    message: str
