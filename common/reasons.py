@@ -2,7 +2,8 @@
 
 A failure's reason decides the run's exit code (so the Job's podFailurePolicy) and nothing else does:
 one reason is never retryable in one place and permanent in another. The README's table of reasons is
-this list (`python -m common.reasons` prints it; a test compares).
+this list: the user guide's table (`python -m common.reasons`) and the README's list by exit code
+(`python -m common.reasons --by-exit-code`); a test compares both.
 """
 
 from __future__ import annotations
@@ -122,11 +123,20 @@ class Reason(StrEnum):
 
 
 def markdown_table() -> str:
-    """The README's table of reasons."""
+    """The user guide's table of reasons."""
     rows = ["| reason | exit code of a run failing with it | meaning |", "|---|---|---|"]
     rows += [f"| `{r.value}` | {_CLASS_NAMES[r.exit_code]} | {r.meaning} |" for r in Reason]
     return "\n".join(rows) + "\n"
 
 
+def by_exit_code() -> str:
+    """The README's short list: the reasons of each exit code, by name."""
+    lines = []
+    for code, label in _CLASS_NAMES.items():
+        names = ", ".join(f"`{r.value}`" for r in Reason if r.exit_code == code)
+        lines.append(f"- {label[0].upper()}{label[1:]}: {names}")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table())
+    sys.stdout.write(by_exit_code() if sys.argv[1:] == ["--by-exit-code"] else markdown_table())

@@ -289,8 +289,8 @@ def batch_query(
 
     if info.plain:
         # The rows this statement locked cannot move while it runs, so their ctids name exactly them: a
-        # TID scan deletes them without a lookup in the key's index per row (about 40% less server time
-        # per batch than by key). ONLY: an inheritance child created meanwhile is not this table.
+        # TID scan deletes them without a lookup in the key's index per row (docs/design.md has the
+        # figure). ONLY: an inheritance child created meanwhile is not this table.
         only = sql.SQL("ONLY {}").format(table_name(settings))
         target = sql.SQL("{} WHERE ctid = ANY(ARRAY({}))").format(only, locked(sql.SQL("ctid"), only))
     else:

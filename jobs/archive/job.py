@@ -317,7 +317,7 @@ class ArchiveJob:
         """The progress total, and whether it is the planner's estimate rather than a count.
 
         Counting reads every due row's index entry: on the first run over years of rows, millions of them,
-        on the primary, beside the batches (0.7 s of server time for the benchmark's 4 million). The
+        on the primary, beside the batches. The
         planner's estimate, from the table's statistics, is free and close enough for a rate and an ETA,
         so it is the total from ESTIMATE_FROM_ROWS rows on. Below, when rows of the table are held (the
         planner cannot see which), or when the timestamp column has no statistics yet (the planner would

@@ -48,8 +48,7 @@ class _Zstd:
     def __init__(self, level: int, workers: int) -> None:
         threads = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         # threads=1 would still spawn a worker; 0 compresses on the calling thread. Multi-threaded zstd
-        # holds several jobs of 4 windows each in flight (about 70 MB at level 3); 2 MiB jobs keep that
-        # near 15 MB, measured with benchmarks/backup_bench.py, at a negligible cost in ratio.
+        # holds several jobs of 4 windows each in flight; small jobs bound that memory (docs/design.md).
         workers = threads if threads and threads > 1 else 0
         parameters = zstandard.ZstdCompressionParameters.from_level(
             level, threads=workers, job_size=ZSTD_JOB_SIZE if workers else 0

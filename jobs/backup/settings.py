@@ -12,8 +12,7 @@ from common.config import DatabaseSpec, SpecReader, StorageSpec
 from common.errors import InvalidSpec
 
 COMPRESSIONS = ("zstd", "gzip", "none")
-# zstd level 1: on the benchmark's realistic data it is faster than level 3 and, with the 2 MiB jobs
-# that bound its memory, no larger (benchmarks/backup_bench.py measures both).
+# zstd level 1: faster than level 3 and no larger on realistic data (docs/design.md).
 DEFAULT_LEVELS = {"zstd": 1, "gzip": 6, "none": 0}
 _SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 
