@@ -111,7 +111,8 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     from common.runtime import Interrupts
     from common.storage import ObjectStore, build_client
     from jobs.archive import ledger
-    from jobs.archive.archiver import Archiver, Lane
+    from jobs.archive.archiver import Archiver
+    from jobs.archive.lanes import Lane
     from jobs.archive.settings import parse_archive_spec
     from jobs.archive.table import describe_table
 

@@ -25,6 +25,7 @@ from tests.harness.cluster import (
     service_account_kubeconfig,
 )
 from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
+from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
 
 __all__ = ["REPO", "SAMPLES_DIR", "apply_manifests"]
 
@@ -148,8 +149,12 @@ def job_kubeconfig(stack: LocalStack, admin_api: Any, namespace: str, tmp_path: 
     """Factory: apply cronjobs/base/rbac/<job>.yaml and return a kubeconfig holding a token minted for
     that job's ServiceAccount through the TokenRequest API, so the job runs with its real permissions."""
 
+    made: dict[str, Path] = {}
+
     def make(job: str) -> Path:
-        return service_account_kubeconfig(admin_api, stack, namespace, job, tmp_path / f"{job}.kubeconfig")
+        if job not in made:  # the ServiceAccount and its Role exist once per namespace
+            made[job] = service_account_kubeconfig(admin_api, stack, namespace, job, tmp_path / f"{job}.kubeconfig")
+        return made[job]
 
     return make
 
@@ -231,36 +236,41 @@ def storage_secret(create_secret: Callable[[str, dict[str, str]], None]) -> None
 
 
 @pytest.fixture
-def archive_env(
+def job_env(
     stack: LocalStack,
+    admin_api: Any,
     namespace: str,
     database: dict[str, Any],
     storage_spec: dict[str, Any],
     storage_secret: None,
+    bucket: str,
+    s3_admin: Any,
     create_secret: Callable[..., None],
     create_resource: Callable[..., Any],
     job_kubeconfig: Callable[[str], Path],
-) -> dict[str, Any]:
-    """What an archive test needs: its namespace, database, storage, and the archive job's kubeconfig."""
-    return archive_environment(
-        namespace, database, storage_spec, create_secret, create_resource, job_kubeconfig("archive")
+) -> JobEnvironment:
+    """A namespace with the storage Secret, a database and a bucket: what every job's test starts from."""
+    return JobEnvironment(
+        stack,
+        admin_api,
+        namespace,
+        database,
+        storage_spec,
+        bucket,
+        s3_admin,
+        create_secret,
+        create_resource,
+        job_kubeconfig,
     )
 
 
-def archive_environment(
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    kubeconfig: Path,
-) -> dict[str, Any]:
-    """The archive_env of a test, over any database (the version matrix's are on other servers)."""
-    return {
-        "namespace": namespace,
-        "database": database,
-        "storage_spec": storage_spec,
-        "create_secret": create_secret,
-        "create_resource": create_resource,
-        "kubeconfig": kubeconfig,
-    }
+@pytest.fixture
+def backup_env(job_env: JobEnvironment) -> BackupEnv:
+    """A backup test's world, the backup job running as its ServiceAccount."""
+    return BackupEnv(**vars(job_env))
+
+
+@pytest.fixture
+def archive_env(job_env: JobEnvironment) -> ArchiveEnv:
+    """An archive test's world, the archive job running as its ServiceAccount."""
+    return ArchiveEnv(**vars(job_env))

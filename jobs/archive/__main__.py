@@ -6,9 +6,10 @@ import sys
 from collections.abc import Sequence
 
 from common.runtime import Job, run_command
-from jobs.archive.job import ArchiveJob, UnarchiveJob
+from jobs.archive.job import ArchiveJob
+from jobs.archive.settings import DEFAULT_TUNING, Tuning
+from jobs.archive.unarchive import UnarchiveJob
 
-COMMANDS: dict[str, Job] = {"archive": ArchiveJob(), "unarchive": UnarchiveJob()}
 USAGE = """usage: cellar-archive [archive|unarchive] --name NAME [--namespace NS] [--kubeconfig FILE] [--dry-run]
 
   archive    move the rows TableArchive NAME says are old into storage (the default command)
@@ -17,8 +18,10 @@ USAGE = """usage: cellar-archive [archive|unarchive] --name NAME [--namespace NS
 Run a command with --help for its options."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(COMMANDS, "archive", USAGE, argv, prog="cellar-archive")
+def main(argv: Sequence[str] | None = None, *, tuning: Tuning = DEFAULT_TUNING) -> int:
+    """`tuning`: how runs pace and bound themselves (tests pass their own)."""
+    commands: dict[str, Job] = {"archive": ArchiveJob(tuning), "unarchive": UnarchiveJob(tuning)}
+    return run_command(commands, "archive", USAGE, argv, prog="cellar-archive")
 
 
 def entrypoint() -> None:

@@ -16,10 +16,11 @@ from psycopg import sql
 
 from common.storage import ObjectStore
 from jobs.archive import ledger
-from jobs.archive.archiver import Connection, ObjectLayout, batch_of, read_verified, table_name
 from jobs.archive.encoding import decode
+from jobs.archive.objects import ObjectLayout, batch_of, read_verified
 from jobs.archive.settings import ArchiveSettings
-from jobs.archive.table import TableInfo
+from jobs.archive.statements import table_name
+from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
 

@@ -8,19 +8,16 @@ import logging
 import math
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from common.conditions import Condition, format_time
 from common.config import resolve_database_settings, resolve_storage_credentials
 from common.db import connect
-from common.errors import CellarError, UsageError
+from common.errors import CellarError
 from common.kube import TABLE_ARCHIVE
 from common.progress import ProgressReporter
 from common.reasons import Reason
@@ -28,79 +25,32 @@ from common.redact import redact
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
-from jobs.archive.archiver import (
-    MAX_PARTITIONS_PER_BATCH,
-    UPLOAD_CONCURRENCY,
-    Archiver,
-    Connection,
-    RunTotals,
-    batch_query,
-    eligible_condition,
-    table_name,
-)
+from jobs.archive.archiver import Archiver
+from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
-from jobs.archive.settings import ArchiveSettings, parse_archive_spec
-from jobs.archive.standbys import StandbyGate, check_lag_visible
-from jobs.archive.status import ArchiveRun, ArchiveTotals, SkippedRun, UnarchiveRecord
+from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
+from jobs.archive.standbys import check_lag_visible
+from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock
+from jobs.archive.status import ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
+    Connection,
     TableInfo,
     check_cascades,
     check_privileges,
     describe_table,
-    has_timestamp_statistics,
     unindexed_timestamp_warning,
 )
-from jobs.archive.unarchive import unarchive
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-archive"
-STANDBY_STATUS_INTERVAL = 30.0
-# From this many rows due (by the planner's estimate), the progress total is that estimate, not a count.
-ESTIMATE_FROM_ROWS = 1_000_000
 
 
-def lock_id(info: TableInfo) -> int:
-    """One advisory lock per table: cellar's namespace in the high bits, the table's oid in the low."""
-    return (zlib.crc32(b"cellar.archive") << 32 | info.oid) - (1 << 63)
-
-
-def try_lock(conn: Connection, info: TableInfo) -> bool:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id(info),)).fetchone()
-    conn.commit()
-    return bool(row and row[0])
-
-
-def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> dict[str, Any]:
-    """Rows, bytes and days that would move, and the plan of one batch; changes nothing."""
-    holds = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()
-    condition = eligible_condition(settings, info, cutoff, holds=bool(holds and holds[0]))
-    ts = sql.Identifier(info.timestamp_column.name)
-    row = conn.execute(
-        sql.SQL(
-            "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0), count(DISTINCT {}::date), min({}), max({}), "
-            "count(DISTINCT date_trunc('month', {})) FROM {} t WHERE {}"
-        ).format(ts, ts, ts, ts, table_name(settings), condition)
-    ).fetchone()
-    assert row is not None
-    # The plan of the statement a run's first batch executes (EXPLAIN without ANALYZE runs nothing).
-    query = batch_query(settings, info, cutoff, settings.batch_rows, None, holds=bool(holds and holds[0]))
-    plan_rows = conn.execute(sql.SQL("EXPLAIN {}").format(query)).fetchall()
-    conn.rollback()
-    return {
-        "rows": int(str(row[0])),
-        "bytes": int(str(row[1])),
-        "days": int(str(row[2])),
-        "oldest": row[3],
-        "newest": row[4],
-        "months": int(str(row[5])),
-        "plan": "\n".join(str(r[0]) for r in plan_rows),
-    }
-
-
-def layout_advice(partitioning: str, rows: int, days: int, months: int, batch_rows: int) -> str | None:
+def layout_advice(
+    partitioning: str, rows: int, days: int, months: int, batch_rows: int, tuning: Tuning = DEFAULT_TUNING
+) -> str | None:
     """Advice for a dry run when Daily partitions cut every batch into many small files, or None.
 
-    A batch writes one file per day it holds (at most MAX_PARTITIONS_PER_BATCH): where a day holds a
+    A batch writes one file per day it holds (at most tuning.max_partitions_per_batch): where a day holds a
     quarter of a batch or less, that is four files or more per batch, each an encode, an upload and a
     write in the store, and query engines read many small files slower than a few large ones. `days` and
     `months`: how many of each hold due rows.
@@ -110,7 +60,7 @@ def layout_advice(partitioning: str, rows: int, days: int, months: int, batch_ro
     per_day = rows / days
     if per_day * 4 > batch_rows:
         return None
-    daily_files = min(math.ceil(batch_rows / per_day), days, MAX_PARTITIONS_PER_BATCH)
+    daily_files = min(math.ceil(batch_rows / per_day), days, tuning.max_partitions_per_batch)
     monthly_files = min(math.ceil(batch_rows / (rows / months)), months)
     monthly = "one or two" if monthly_files <= 1 else f"about {monthly_files}"
     return (
@@ -132,12 +82,12 @@ class OpenedTable:
     open_connection: Callable[[], Connection]
 
 
-def open_table(ctx: RunContext) -> OpenedTable:
+def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
     settings = parse_archive_spec(ctx.spec)
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
     credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
-    # Requests at once: a batch's objects (UPLOAD_CONCURRENCY) and each lane's manifest.
-    concurrency = UPLOAD_CONCURRENCY + settings.parallelism
+    # Requests at once: a batch's objects (tuning.upload_concurrency) and each lane's manifest.
+    concurrency = tuning.upload_concurrency + settings.parallelism
     store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
     store.check_access()
     conn = connect(database, application_name=APPLICATION)
@@ -157,16 +107,19 @@ class ArchiveJob:
     description = "Move a table's old rows to Parquet in S3-compatible storage, as its TableArchive says."
     open_connection: Callable[[], Connection] | None = None  # set by run(): the same database, once more
 
+    def __init__(self, tuning: Tuning = DEFAULT_TUNING) -> None:
+        self.tuning = tuning
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
-        opened = open_table(ctx)
+        opened = open_table(ctx, self.tuning)
         settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
         self.open_connection = opened.open_connection
         with conn:
             cutoff = datetime.now(UTC) - settings.older_than
-            scan_warning = unindexed_timestamp_warning(conn, info, settings)
+            scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)
             if scan_warning:
                 log.warning("no index on the timestamp column", extra={"detail": scan_warning})
                 ctx.event(Reason.INDEX_MISSING, scan_warning, action="Archive", warning=True)
@@ -208,7 +161,8 @@ class ArchiveJob:
                 progress.update,
                 open_connection=self.open_connection,
                 reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
-                on_standby_hold=self._standby_status(ctx, running),
+                on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
+                tuning=self.tuning,
             )
             with self._counting_due(settings, info, cutoff, progress):
                 totals, stopped = archiver.run()
@@ -239,17 +193,17 @@ class ArchiveJob:
             return message
 
     @staticmethod
-    def _standby_status(ctx: RunContext, running: str) -> Callable[[str | None], None]:
+    def _standby_status(ctx: RunContext, running: str, interval: float) -> Callable[[str | None], None]:
         """Progressing says when batches wait for a standby, and Running again once they resume; at most
-        one wait every STANDBY_STATUS_INTERVAL seconds is written, so a lag that hovers at the limit
-        does not write status at every batch. Informative: a failed write is logged, the run goes on."""
-        last_written = -STANDBY_STATUS_INTERVAL
+        one wait every `interval` seconds is written, so a lag that hovers at the limit does not write
+        status at every batch. Informative: a failed write is logged, the run goes on."""
+        last_written = -interval
         waiting_shown = False
 
         def show(held: str | None) -> None:
             nonlocal last_written, waiting_shown
             try:
-                if held and time.monotonic() - last_written >= STANDBY_STATUS_INTERVAL:
+                if held and time.monotonic() - last_written >= interval:
                     ctx.update_status([Condition("Progressing", "True", Reason.WAITING_FOR_STANDBY, held)])
                     last_written, waiting_shown = time.monotonic(), True
                 elif held is None and waiting_shown:
@@ -268,8 +222,8 @@ class ArchiveJob:
 
         The batches need nothing from the count, and on a large table it takes a while (an index scan
         of every due row): before them, it delayed the first batch by that long. A count that fails
-        leaves progress without a total; a run that ends first cancels it. From ESTIMATE_FROM_ROWS
-        rows due the total is the planner's estimate (see _count_due).
+        leaves progress without a total; a run that ends first cancels it. From
+        tuning.estimate_from_rows rows due the total is the planner's estimate (statements.count_due).
         """
         if self.open_connection is None:  # not set by run(): no second connection to count on
             yield
@@ -286,7 +240,7 @@ class ArchiveJob:
 
         def count() -> None:
             try:
-                due, estimated = self._count_due(conn, settings, info, cutoff)
+                due, estimated = count_due(conn, settings, info, cutoff, self.tuning.estimate_from_rows)
             except psycopg.Error as exc:
                 if not stopping.is_set():
                     log.warning(
@@ -310,45 +264,6 @@ class ArchiveJob:
                 conn.cancel_safe()
             counter.join()
             conn.close()
-
-    def _count_due(
-        self, conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime
-    ) -> tuple[int, bool]:
-        """The progress total, and whether it is the planner's estimate rather than a count.
-
-        Counting reads every due row's index entry: on the first run over years of rows, millions of them,
-        on the primary, beside the batches. The
-        planner's estimate, from the table's statistics, is free and close enough for a rate and an ETA,
-        so it is the total from ESTIMATE_FROM_ROWS rows on. Below, when rows of the table are held (the
-        planner cannot see which), or when the timestamp column has no statistics yet (the planner would
-        guess a third of the table), the rows are counted. Without held rows the count needs no per-row
-        look-up in the holds table (half the time of the count on the benchmark's table).
-        """
-        held_row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM cellar.archive_holds WHERE relation = %s)", (settings.relation,)
-        ).fetchone()
-        held = bool(held_row and held_row[0])
-        due = sql.SQL("FROM {} WHERE {}").format(
-            table_name(settings), eligible_condition(settings, info, cutoff, holds=held)
-        )
-        if not held and has_timestamp_statistics(conn, info):
-            plan: Any = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 {}").format(due)).fetchone()
-            estimate = int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
-            if estimate >= ESTIMATE_FROM_ROWS:
-                conn.rollback()
-                return estimate, True
-        row = conn.execute(sql.SQL("SELECT count(*) {}").format(due)).fetchone()
-        conn.rollback()
-        return (int(str(row[0])) if row else 0), False
-
-    def _oldest(self, conn: Connection, settings: ArchiveSettings, info: TableInfo) -> str | None:
-        row = conn.execute(
-            sql.SQL("SELECT min({})::timestamptz FROM {}").format(
-                sql.Identifier(info.timestamp_column.name), table_name(settings)
-            )
-        ).fetchone()
-        conn.rollback()
-        return format_time(row[0]) if row and row[0] else None  # type: ignore[arg-type]
 
     def _finish(
         self,
@@ -384,7 +299,7 @@ class ArchiveJob:
                     longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
                 ).to_status(),
                 "totals": ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).to_status(),
-                "oldestRowTime": self._oldest(conn, settings, info),
+                "oldestRowTime": oldest_row_time(conn, settings, info),
                 "progress": None,
             },
         )
@@ -420,7 +335,7 @@ class ArchiveJob:
                     Condition("ArchiveSucceeded", "True", Reason.DRY_RUN_COMPLETED, message),
                     Condition("Ready", "True", Reason.DRY_RUN_COMPLETED, message),
                 ],
-                fields={"cutoff": format_time(cutoff), "oldestRowTime": self._oldest(conn, settings, info)},
+                fields={"cutoff": format_time(cutoff), "oldestRowTime": oldest_row_time(conn, settings, info)},
             )
             ctx.event(Reason.DRY_RUN_COMPLETED, message, action="Archive")
         return message
@@ -445,85 +360,3 @@ class ArchiveJob:
             },
         )
         ctx.event(error.reason, str(error), action="Archive", warning=True)
-
-
-def _date(text: str, flag: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a date or time (ISO 8601, for example 2024-01-31)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-class UnarchiveJob:
-    name = "unarchive"
-    kind = TABLE_ARCHIVE
-    description = (
-        "Load archived rows of a TableArchive back (start <= timestamp < end), verifying every object; idempotent."
-    )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--from", dest="start", required=True, help="first timestamp to bring back (ISO 8601)")
-        parser.add_argument("--to", dest="end", required=True, help="bring back rows older than this (ISO 8601)")
-        parser.add_argument(
-            "--into",
-            choices=["side", "source"],
-            default="side",
-            help="side: a table <table>_unarchived beside the source (default); source: the table "
-            "itself (those rows are then not archived again)",
-        )
-        parser.add_argument("--side-table", help="name of the side table (default <table>_unarchived)")
-        parser.add_argument(
-            "--allow-rearchive",
-            action="store_true",
-            help="with --into source: let the next run archive the restored rows again",
-        )
-
-    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
-        start, end = _date(args.start, "--from"), _date(args.end, "--to")
-        if end <= start:
-            raise UsageError("--to must be after --from")
-        opened = open_table(ctx)
-        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
-        with conn:
-            if ctx.dry_run:
-                return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
-            check_lag_visible(conn, settings.max_replication_lag)
-            ledger.ensure_ledger(conn)
-            standbys = StandbyGate(settings.max_replication_lag)
-            result = unarchive(
-                conn,
-                store,
-                settings,
-                info,
-                start,
-                end,
-                into=args.into,
-                side_table=args.side_table,
-                hold=not args.allow_rearchive,
-                standbys=standbys,
-            )
-        message = (
-            f"{result.rows_inserted} rows brought back into "
-            f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"
-            f" from {result.objects} verified objects ({result.rows_in_range} in range, "
-            f"{result.rows_in_range - result.rows_inserted} already there)" + standbys.waited_note()
-        )
-        ctx.update_status(
-            fields={
-                "lastUnarchive": UnarchiveRecord(
-                    format_time(datetime.now(UTC)),
-                    args.start,
-                    args.end,
-                    args.into,
-                    result.objects,
-                    result.rows_inserted,
-                    message,
-                ).to_status()
-            }
-        )
-        ctx.event(Reason.UNARCHIVED, message, action="Unarchive")
-        return message
-
-    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        ctx.event(error.reason, f"unarchive failed: {error}", action="Unarchive", warning=True)

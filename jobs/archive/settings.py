@@ -137,3 +137,21 @@ def live_changes(
     ]
     updated = replace(current, **{name: getattr(changed, name) for name in LIVE_FIELDS})
     return updated, applied, later
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How a run paces and bounds itself, beside what the spec says: the job passes these to each part
+    of the run, and tests pass their own. docs/design.md says why each default is what it is."""
+
+    upload_concurrency: int = 16  # a batch's objects uploading at once, while its transaction is open
+    max_partitions_per_batch: int = 64  # a batch takes rows of at most this many days (or months)
+    settings_reread_seconds: float = 10.0  # how often a run reads its TableArchive again, between batches
+    standby_status_interval: float = 30.0  # how often a wait for a standby is written to status
+    estimate_from_rows: int = 1_000_000  # from this many rows due, the progress total is the planner's estimate
+    unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
+    histogram_bounds_per_lane: int = 4  # fewer, and the statistics say too little about the due rows
+    batches_left_to_split: int = 4  # a lane is split for an idle one only with this many batches' time left
+
+
+DEFAULT_TUNING = Tuning()

@@ -223,7 +223,6 @@ def check_privileges(conn: Connection, info: TableInfo, settings: ArchiveSetting
 
 # A batch finds its rows through an index that starts with the timestamp column. Without one, each batch
 # reads the whole table and sorts the due rows: fine for a small table, minutes per batch on a large one.
-UNINDEXED_TABLE_WARNING_BYTES = 64 * 1024 * 1024
 
 _TIMESTAMP_INDEX = """
 WITH tables AS (
@@ -246,14 +245,16 @@ FROM indexed
 """
 
 
-def unindexed_timestamp_warning(conn: Connection, info: TableInfo, settings: ArchiveSettings) -> str | None:
+def unindexed_timestamp_warning(
+    conn: Connection, info: TableInfo, settings: ArchiveSettings, warn_from_bytes: int
+) -> str | None:
     """What to do when no btree index starts with the timestamp column (on the table, or on each of its
-    partitions or children) and the table is large enough for that to matter; None when all is well."""
+    partitions or children) and the table is at least `warn_from_bytes`; None when all is well."""
     column = info.timestamp_column.name
     row = conn.execute(_TIMESTAMP_INDEX, {"oid": info.oid, "column": column}).fetchone()
     conn.rollback()
     indexed, size = (bool(row[0]), int(str(row[1]))) if row else (True, 0)
-    if indexed or size < UNINDEXED_TABLE_WARNING_BYTES:
+    if indexed or size < warn_from_bytes:
         return None
     create = sql.SQL("CREATE INDEX CONCURRENTLY ON {}.{} ({})").format(
         sql.Identifier(settings.schema), sql.Identifier(settings.table), sql.Identifier(column)

@@ -7,23 +7,31 @@ source table are put on hold (cellar.archive_holds) so the next run does not arc
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from psycopg import sql
 
-from common.errors import InvalidSpec, PermanentError
+from common.conditions import format_time
+from common.errors import CellarError, InvalidSpec, PermanentError, UsageError
+from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
+from common.runtime import RunContext
 from common.storage import ObjectStore
-from jobs.archive.archiver import MANIFEST_FORMAT_VERSION, Connection, ObjectLayout, read_verified, table_name
+from jobs.archive import ledger
 from jobs.archive.encoding import table_to_copy_csv
-from jobs.archive.settings import ArchiveSettings
-from jobs.archive.standbys import StandbyGate
-from jobs.archive.table import Column, TableInfo
+from jobs.archive.job import open_table
+from jobs.archive.objects import MANIFEST_FORMAT_VERSION, ObjectLayout, read_verified
+from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
+from jobs.archive.standbys import StandbyGate, check_lag_visible
+from jobs.archive.statements import table_name
+from jobs.archive.status import UnarchiveRecord
+from jobs.archive.table import Column, Connection, TableInfo
 
 log = logging.getLogger(__name__)
 _SAFE_TYPE = set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ ,()."[]')
@@ -68,8 +76,6 @@ def objects_in_range(
 
 
 def _aware(text: str) -> datetime:
-    from datetime import UTC
-
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -222,3 +228,88 @@ def _load(
             )
         )
     return inserted, int(str(in_range[0])) if in_range else 0
+
+
+def _date(text: str, flag: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a date or time (ISO 8601, for example 2024-01-31)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UnarchiveJob:
+    name = "unarchive"
+    kind = TABLE_ARCHIVE
+    description = (
+        "Load archived rows of a TableArchive back (start <= timestamp < end), verifying every object; idempotent."
+    )
+
+    def __init__(self, tuning: Tuning = DEFAULT_TUNING) -> None:
+        self.tuning = tuning
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--from", dest="start", required=True, help="first timestamp to bring back (ISO 8601)")
+        parser.add_argument("--to", dest="end", required=True, help="bring back rows older than this (ISO 8601)")
+        parser.add_argument(
+            "--into",
+            choices=["side", "source"],
+            default="side",
+            help="side: a table <table>_unarchived beside the source (default); source: the table "
+            "itself (those rows are then not archived again)",
+        )
+        parser.add_argument("--side-table", help="name of the side table (default <table>_unarchived)")
+        parser.add_argument(
+            "--allow-rearchive",
+            action="store_true",
+            help="with --into source: let the next run archive the restored rows again",
+        )
+
+    def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        start, end = _date(args.start, "--from"), _date(args.end, "--to")
+        if end <= start:
+            raise UsageError("--to must be after --from")
+        opened = open_table(ctx, self.tuning)
+        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
+        with conn:
+            if ctx.dry_run:
+                return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
+            check_lag_visible(conn, settings.max_replication_lag)
+            ledger.ensure_ledger(conn)
+            standbys = StandbyGate(settings.max_replication_lag)
+            result = unarchive(
+                conn,
+                store,
+                settings,
+                info,
+                start,
+                end,
+                into=args.into,
+                side_table=args.side_table,
+                hold=not args.allow_rearchive,
+                standbys=standbys,
+            )
+        message = (
+            f"{result.rows_inserted} rows brought back into "
+            f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"
+            f" from {result.objects} verified objects ({result.rows_in_range} in range, "
+            f"{result.rows_in_range - result.rows_inserted} already there)" + standbys.waited_note()
+        )
+        ctx.update_status(
+            fields={
+                "lastUnarchive": UnarchiveRecord(
+                    format_time(datetime.now(UTC)),
+                    args.start,
+                    args.end,
+                    args.into,
+                    result.objects,
+                    result.rows_inserted,
+                    message,
+                ).to_status()
+            }
+        )
+        ctx.event(Reason.UNARCHIVED, message, action="Unarchive")
+        return message
+
+    def record_failure(self, ctx: RunContext, error: CellarError) -> None:
+        ctx.event(error.reason, f"unarchive failed: {error}", action="Unarchive", warning=True)

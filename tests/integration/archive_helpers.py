@@ -11,27 +11,27 @@ import pyarrow.parquet as pq
 import pytest
 from kubernetes import client
 
+from jobs.archive.settings import DEFAULT_TUNING, Tuning
 from tests.integration.backup_helpers import _dsn
+from tests.integration.environments import ArchiveEnv
 
 
 def dsn(database: dict[str, Any]) -> str:
     return _dsn(database)
 
 
-def setup_archive(
-    archive_env: dict[str, Any], table: str = "orders", name: str = "orders", **spec: Any
-) -> dict[str, Any]:
+def setup_archive(archive_env: ArchiveEnv, table: str = "orders", name: str = "orders", **spec: Any) -> dict[str, Any]:
     """The database Secret and a TableArchive `name` over `table`, in the test's namespace and bucket."""
-    archive_env["create_secret"]("cellar-database", archive_env["database"])
+    archive_env.create_secret("cellar-database", archive_env.database)
     body = {
         "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
-        "storage": archive_env["storage_spec"],
+        "storage": archive_env.storage_spec,
         "table": {"schema": "public", "name": table},
         "timestampColumn": "created_at",
         "olderThan": "30d",
         **spec,
     }
-    return dict(archive_env["create_resource"]("TableArchive", {"metadata": {"name": name}, "spec": body}))
+    return dict(archive_env.create_resource("TableArchive", {"metadata": {"name": name}, "spec": body}))
 
 
 def patch_spec(admin_api: Any, namespace: str, spec: dict[str, Any], name: str = "orders") -> None:
@@ -47,10 +47,12 @@ def patch_spec(admin_api: Any, namespace: str, spec: dict[str, Any], name: str =
     )
 
 
-def run_archive_job(kubeconfig: Any, namespace: str, *args: str, name: str = "orders") -> int:
+def run_archive_job(
+    kubeconfig: Any, namespace: str, *args: str, name: str = "orders", tuning: Tuning = DEFAULT_TUNING
+) -> int:
     from jobs.archive.__main__ import main
 
-    return main([*args, "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", name])
+    return main([*args, "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", name], tuning=tuning)
 
 
 def archived_objects(s3_admin: Any, bucket: str, relation: str = "public.orders") -> dict[str, Any]:

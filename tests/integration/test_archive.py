@@ -17,10 +17,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from jobs.archive import archiver
-from jobs.archive import job as archive_job
-from jobs.archive import table as archive_table
-from tests.harness.stack import LocalStack
+from jobs.archive.settings import Tuning
 from tests.integration.archive_helpers import (
     archived_objects,
     dsn,
@@ -28,10 +25,10 @@ from tests.integration.archive_helpers import (
     json_log_lines,
     manifests,
     patch_spec,
-    run_archive_job,
     setup_archive,
 )
 from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.environments import ArchiveEnv
 from tests.integration.processes import run_until_failpoint
 
 TYPES_TABLE = r"""
@@ -74,19 +71,14 @@ def _orders(database: dict[str, Any], *statements: str) -> psycopg.Connection[An
     return conn
 
 
-def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
-    stack: LocalStack,
-    archive_env: dict[str, Any],
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-) -> None:
-    database, namespace = archive_env["database"], archive_env["namespace"]
+def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin, admin_api = archive_env.bucket, archive_env.s3, archive_env.admin_api
+    database, namespace = archive_env.database, archive_env.namespace
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(TYPES_TABLE)
     before = _rows_as_text(dsn(database), "orders")
     setup_archive(archive_env, batch={"rows": 100})
-    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+    assert archive_env.run() == 0
 
     assert ids_in_table(database) == {5001, 5002, 5003, 5004, 5005}  # only the recent rows stay
     status = get_status(admin_api, namespace, "tablearchives", "orders")
@@ -115,7 +107,7 @@ def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
 
     # DuckDB reads the very bytes cellar wrote (copied as they are), partitions included.
     duck = duckdb.connect()
-    local = Path(archive_env["kubeconfig"]).parent / "lake"
+    local = Path(archive_env.kubeconfig).parent / "lake"
     for key in objects:
         target = local / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,17 +123,11 @@ def test_round_trip_keeps_every_type_and_is_queryable_with_pyarrow_and_duckdb(
     assert str(first).startswith("2024-01-01 00:00:00")
 
     # Bring everything back into a side table: every value equal.
-    assert (
-        run_archive_job(archive_env["kubeconfig"], namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01")
-        == 0
-    )
+    assert archive_env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01") == 0
     restored = _rows_as_text(dsn(database), "orders_unarchived")
     assert restored == [row for row in before if not row.startswith(("(5001,", "(5002,", "(5003,", "(5004,", "(5005,"))]
     # Idempotent: again inserts nothing.
-    assert (
-        run_archive_job(archive_env["kubeconfig"], namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01")
-        == 0
-    )
+    assert archive_env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01") == 0
     assert get_status(admin_api, namespace, "tablearchives", "orders")["lastUnarchive"]["rows"] == 0
     assert _rows_as_text(dsn(database), "orders_unarchived") == restored
 
@@ -154,75 +140,67 @@ INSERT INTO orders SELECT 1000000 + g, now(), 'new' FROM generate_series(1, 10) 
 """
 
 
-def _simple(archive_env: dict[str, Any], old: int = 2000, **spec: Any) -> dict[str, Any]:
-    database = archive_env["database"]
+def _simple(archive_env: ArchiveEnv, old: int = 2000, **spec: Any) -> dict[str, Any]:
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(SIMPLE_TABLE.format(old=old))
     return setup_archive(archive_env, **spec)
 
 
-def test_unarchive_into_the_source_is_not_archived_again(archive_env: dict[str, Any], admin_api: Any) -> None:
+def test_unarchive_into_the_source_is_not_archived_again(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
     _simple(archive_env, old=500)
-    database, namespace, kubeconfig = archive_env["database"], archive_env["namespace"], archive_env["kubeconfig"]
-    assert run_archive_job(kubeconfig, namespace) == 0
+    database, namespace = archive_env.database, archive_env.namespace
+    assert archive_env.run() == 0
     assert len(ids_in_table(database)) == 10
-    assert (
-        run_archive_job(
-            kubeconfig, namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01", "--into", "source"
-        )
-        == 0
-    )
+    assert archive_env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", "--into", "source") == 0
     assert len(ids_in_table(database)) == 510
-    assert run_archive_job(kubeconfig, namespace) == 0
+    assert archive_env.run() == 0
     assert len(ids_in_table(database)) == 510
     assert conditions(get_status(admin_api, namespace, "tablearchives", "orders"))["ArchiveSucceeded"]["reason"] == (
         "NothingToArchive"
     )
 
 
-def test_rows_locked_by_the_application_are_skipped_then_archived_later(archive_env: dict[str, Any]) -> None:
+def test_rows_locked_by_the_application_are_skipped_then_archived_later(archive_env: ArchiveEnv) -> None:
     _simple(archive_env, old=300, batch={"rows": 50})
-    database = archive_env["database"]
+    database = archive_env.database
     with psycopg.connect(dsn(database)) as application:
         application.execute("SELECT * FROM orders WHERE id BETWEEN 1 AND 20 FOR UPDATE")  # an open transaction
-        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert archive_env.run() == 0
         assert ids_in_table(database) == set(range(1, 21)) | {1000000 + g for g in range(1, 11)}
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == {1000000 + g for g in range(1, 11)}
 
 
-def test_two_runs_at_once_one_archives_one_skips(
-    archive_env: dict[str, Any], admin_api: Any, bucket: str, s3_admin: Any
-) -> None:
+def test_two_runs_at_once_one_archives_one_skips(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
     import signal
 
     _simple(archive_env, old=300)
-    namespace, kubeconfig = archive_env["namespace"], archive_env["kubeconfig"]
+    namespace, kubeconfig = archive_env.namespace, archive_env.kubeconfig
     first = run_until_failpoint("jobs.archive", kubeconfig, namespace, "orders", "archive.before-commit")
     try:
-        assert run_archive_job(kubeconfig, namespace) == 0  # the second run skips: exit 0
+        assert archive_env.run() == 0  # the second run skips: exit 0
         status = get_status(admin_api, namespace, "tablearchives", "orders")
         assert status["lastSkipped"]["reason"] == "LockHeld"
         assert conditions(status)["Progressing"]["status"] == "True"  # the first run's, untouched
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    assert len(ids_in_table(archive_env["database"])) == 310  # the killed batch rolled back
+    assert len(ids_in_table(archive_env.database)) == 310  # the killed batch rolled back
 
 
-def test_dry_run_changes_nothing_and_shows_the_plan(
-    archive_env: dict[str, Any], admin_api: Any, bucket: str, s3_admin: Any
-) -> None:
+def test_dry_run_changes_nothing_and_shows_the_plan(archive_env: ArchiveEnv) -> None:
+    admin_api, bucket, s3_admin = archive_env.admin_api, archive_env.bucket, archive_env.s3
     _simple(archive_env, old=200, dryRun=True)
-    database = archive_env["database"]
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    database = archive_env.database
+    assert archive_env.run() == 0
     assert len(ids_in_table(database)) == 210
     assert s3_admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     with psycopg.connect(dsn(database)) as conn:
         assert conn.execute("SELECT to_regnamespace('cellar')").fetchone() == (None,)
-    succeeded = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))[
-        "ArchiveSucceeded"
-    ]
+    succeeded = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
     assert succeeded["reason"] == "DryRunCompleted"
     assert "dry run: 200 rows" in succeeded["message"]
     # 200 rows on a day or two, against the default 25,000 rows a batch: Monthly is suggested.
@@ -233,14 +211,15 @@ def test_dry_run_changes_nothing_and_shows_the_plan(
 
 
 def test_a_table_without_an_index_on_its_timestamp_gets_a_warning_naming_the_index_to_create(
-    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch
+    archive_env: ArchiveEnv,
 ) -> None:
-    monkeypatch.setattr(archive_table, "UNINDEXED_TABLE_WARNING_BYTES", 0)  # the test's tables are small
+    admin_api = archive_env.admin_api
+    tuning = Tuning(unindexed_table_warning_bytes=0)  # the test's tables are small
     orders = _simple(archive_env, old=200, dryRun=True)
-    database, namespace = archive_env["database"], archive_env["namespace"]
+    database, namespace = archive_env.database, archive_env.namespace
 
     def dry_run_message(name: str) -> str:
-        assert run_archive_job(archive_env["kubeconfig"], namespace, name=name) == 0
+        assert archive_env.run(name=name, tuning=tuning) == 0
         return str(conditions(get_status(admin_api, namespace, "tablearchives", name))["ArchiveSucceeded"]["message"])
 
     warned = dry_run_message("orders")
@@ -261,27 +240,29 @@ def test_a_table_without_an_index_on_its_timestamp_gets_a_warning_naming_the_ind
             conn.execute(f"CREATE INDEX ON {name} (created_at)")
     assert "no index" not in dry_run_message("orders")
     events = {**orders["spec"], "table": {"schema": "public", "name": "events"}}
-    archive_env["create_resource"]("TableArchive", {"metadata": {"name": "events"}, "spec": events})
+    archive_env.create_resource("TableArchive", {"metadata": {"name": "events"}, "spec": events})
     assert "no index" not in dry_run_message("events")
 
 
-def test_a_table_referenced_with_on_delete_cascade_is_refused(archive_env: dict[str, Any], admin_api: Any) -> None:
+def test_a_table_referenced_with_on_delete_cascade_is_refused(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
     _simple(archive_env, old=50)
-    database = archive_env["database"]
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE order_lines (id int PRIMARY KEY, order_id bigint REFERENCES orders(id) ON DELETE CASCADE)"
         )
         conn.execute("INSERT INTO order_lines VALUES (1, 1)")
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 3
-    ready = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["Ready"]
+    assert archive_env.run() == 3
+    ready = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["Ready"]
     assert ready["reason"] == "ForeignKeyBlocked"
     assert "public.order_lines (order_lines_order_id_fkey)" in ready["message"]
     assert len(ids_in_table(database)) == 60
 
 
-def test_a_malicious_table_name_is_quoted_not_executed(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
-    database = archive_env["database"]
+def test_a_malicious_table_name_is_quoted_not_executed(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     evil = 'orders"; DROP TABLE victims; --'
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE victims (id int)")
@@ -296,7 +277,7 @@ def test_a_malicious_table_name_is_quoted_not_executed(archive_env: dict[str, An
             )
         )
     setup_archive(archive_env, table=evil)
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     with psycopg.connect(dsn(database)) as conn:
         assert conn.execute("SELECT to_regclass('victims') IS NOT NULL").fetchone() == (True,)
         remaining = conn.execute(
@@ -306,23 +287,25 @@ def test_a_malicious_table_name_is_quoted_not_executed(archive_env: dict[str, An
     assert sum(t.num_rows for t in archived_objects(s3_admin, bucket, f"public.{evil}").values()) == 10
 
 
-def test_copy_mode_keeps_rows_and_archives_each_once(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
+def test_copy_mode_keeps_rows_and_archives_each_once(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
     _simple(archive_env, old=250, mode="Copy", batch={"rows": 100})
-    database, namespace, kubeconfig = archive_env["database"], archive_env["namespace"], archive_env["kubeconfig"]
-    assert run_archive_job(kubeconfig, namespace) == 0
-    assert run_archive_job(kubeconfig, namespace) == 0  # nothing new: nothing archived twice
+    database = archive_env.database
+    assert archive_env.run() == 0
+    assert archive_env.run() == 0  # nothing new: nothing archived twice
     assert len(ids_in_table(database)) == 260
     ids = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
     assert sorted(ids) == list(range(1, 251))
 
 
-def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any) -> None:
+def test_csv_gzip_format(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
     import gzip
 
     # WhenRequired: no checksum header, so the upload is verified by HEAD (size and MD5 ETag) instead.
-    archive_env["storage_spec"] = {**archive_env["storage_spec"], "requestChecksum": "WhenRequired"}
+    archive_env.storage_spec = {**archive_env.storage_spec, "requestChecksum": "WhenRequired"}
     _simple(archive_env, old=30, format="CSVGzip", partitioning="Monthly")
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     listing = s3_admin.list_objects_v2(Bucket=bucket, Prefix="test/public.orders/")["Contents"]
     assert all(o["Key"].endswith(".csv.gz") and "/dt=" in o["Key"] for o in listing)
     text = b"".join(
@@ -330,9 +313,7 @@ def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any
     ).decode()
     assert text.count("old ") == 30
     assert (
-        run_archive_job(
-            archive_env["kubeconfig"],
-            archive_env["namespace"],
+        archive_env.run(
             "unarchive",
             "--from",
             "2000-01-01",
@@ -341,20 +322,19 @@ def test_csv_gzip_format(archive_env: dict[str, Any], bucket: str, s3_admin: Any
         )
         == 0
     )
-    assert len(ids_in_table(archive_env["database"], "orders_unarchived")) == 30
+    assert len(ids_in_table(archive_env.database, "orders_unarchived")) == 30
 
 
-def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any
-) -> None:
-    database = archive_env["database"]
+def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     _orders(
         database,
         "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
         "FROM generate_series(1, 3000) g",  # one row every other day, 16 years
     ).close()
     setup_archive(archive_env)
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     batches = manifests(s3_admin, bucket)
     assert sum(m["rows"] for m in batches) == 3000
@@ -378,10 +358,9 @@ COMPOSITE_KEY_TABLE = {
 
 
 @pytest.mark.parametrize("kind", sorted(COMPOSITE_KEY_TABLE))
-def test_a_composite_key_table_is_archived_once_per_row(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any, kind: str
-) -> None:
-    database = archive_env["database"]
+def test_a_composite_key_table_is_archived_once_per_row(archive_env: ArchiveEnv, kind: str) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(COMPOSITE_KEY_TABLE[kind])
         # Two tenants share ids; the old rows span both partitions of the partitioned table.
@@ -391,7 +370,7 @@ def test_a_composite_key_table_is_archived_once_per_row(
         )
         conn.execute("INSERT INTO orders SELECT 1, 100000 + g, now(), 'new' FROM generate_series(1, 10) g")
     setup_archive(archive_env, batch={"rows": 70})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == {100000 + g for g in range(1, 11)}
     archived = [
         (tenant, key)
@@ -410,11 +389,9 @@ def test_a_composite_key_table_is_archived_once_per_row(
 
 
 @pytest.mark.parametrize("column_type", ["date", "timestamp", "timestamptz"])
-def test_a_date_or_timestamp_column_is_archived_across_many_batches(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any, column_type: str
-) -> None:
-    # Each batch resumes at the previous batch's newest timestamp, as a literal of the column's type.
-    database = archive_env["database"]
+def test_a_date_or_timestamp_column_is_archived_across_many_batches(archive_env: ArchiveEnv, column_type: str) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(f"CREATE TABLE orders (id bigint PRIMARY KEY, created_at {column_type} NOT NULL, note text)")
         conn.execute(
@@ -424,7 +401,7 @@ def test_a_date_or_timestamp_column_is_archived_across_many_batches(
         conn.execute(f"INSERT INTO orders SELECT 10000 + g, now()::{column_type}, 'new' FROM generate_series(1, 5) g")
         conn.execute("ANALYZE orders")  # the lanes read the column's histogram, as an array of its type
     setup_archive(archive_env, batch={"rows": 40})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == {10000 + g for g in range(1, 6)}
     archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
     assert sorted(archived) == list(range(1, 601))
@@ -442,8 +419,9 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
     # 20,000 rows are due; a batch of 500 must read about 500 of them from the timestamp index, not sort
     # every due row to pick its 500 (the plan the holds test got as an anti-join, batch after batch).
     from jobs.archive import ledger
-    from jobs.archive.archiver import Lane, batch_query, sql_settings
+    from jobs.archive.lanes import Lane
     from jobs.archive.settings import parse_archive_spec
+    from jobs.archive.statements import batch_query, sql_settings
     from jobs.archive.table import describe_table
 
     with psycopg.connect(dsn(database), autocommit=True) as conn:
@@ -485,12 +463,9 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any, admin_api: Any, parallelism: int
-) -> None:
-    # The error reaches the job after most of the batch's rows have: the batch rolls back, nothing is lost.
-    # With two lanes (rows 1-1500 and 1501-3000 by time), the other lane's batch still commits.
-    database = archive_env["database"]
+def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(archive_env: ArchiveEnv, parallelism: int) -> None:
+    bucket, s3_admin, admin_api = archive_env.bucket, archive_env.s3, archive_env.admin_api
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(SIMPLE_TABLE.format(old=3000))
         conn.execute(
@@ -499,22 +474,22 @@ def test_a_server_error_partway_through_a_batch_rolls_the_batch_back(
         )
         conn.execute("CREATE TRIGGER refuse_2900 BEFORE DELETE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_2900()")
     setup_archive(archive_env, batch={"rows": 5000, "parallelism": parallelism})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 1  # retryable
+    assert archive_env.run() == 1  # retryable
     archived = {i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()}
     assert archived == (set() if parallelism == 1 else set(range(1, 1501)))
     assert ids_in_table(database) == set(range(1, 3001)) - archived | {1000000 + g for g in range(1, 11)}
     with psycopg.connect(dsn(database)) as conn:
         ledger_rows = conn.execute("SELECT coalesce(sum(rows), 0) FROM cellar.archive_ledger").fetchone()
         assert ledger_rows == (len(archived),)
-    found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
+    found = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))
     assert "order 2900 is under audit" in found["ArchiveSucceeded"]["message"]
 
 
 @pytest.mark.parametrize("grants", ["SELECT, UPDATE, DELETE", "SELECT, DELETE"], ids=["documented", "no-update"])
-def test_the_job_needs_exactly_the_documented_grants(
-    archive_env: dict[str, Any], stack: LocalStack, bucket: str, s3_admin: Any, admin_api: Any, grants: str
-) -> None:
-    database = archive_env["database"]
+def test_the_job_needs_exactly_the_documented_grants(archive_env: ArchiveEnv, grants: str) -> None:
+    stack, bucket, s3_admin = archive_env.stack, archive_env.bucket, archive_env.s3
+    admin_api = archive_env.admin_api
+    database = archive_env.database
     role, password = f"archiver_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
@@ -522,8 +497,8 @@ def test_the_job_needs_exactly_the_documented_grants(
         conn.execute(SIMPLE_TABLE.format(old=300))
         conn.execute(f"GRANT {grants} ON orders TO {role}")
         conn.execute(f"GRANT CREATE ON DATABASE {database['dbname']} TO {role}")  # for the schema cellar
-    setup_archive({**archive_env, "database": {**database, "username": role, "password": password}})
-    code = run_archive_job(archive_env["kubeconfig"], archive_env["namespace"])
+    setup_archive(archive_env.on({**database, "username": role, "password": password}))
+    code = archive_env.run()
     archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
     if grants == "SELECT, UPDATE, DELETE":
         assert code == 0
@@ -533,17 +508,17 @@ def test_the_job_needs_exactly_the_documented_grants(
     assert code == 3  # permanent: a person must grant it
     assert archived == []
     assert len(ids_in_table(database)) == 310
-    found = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["ArchiveSucceeded"]
+    found = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
     assert found["reason"] == "InsufficientPrivilege"
     assert f"GRANT UPDATE ON public.orders TO {role}" in found["message"]
 
 
 def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
-    archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 1,000 rows over 300 days, then 9,000 in the 5 days before the cutoff: equal time would cut the due
     # range in the middle of the 300 days and leave nine rows in ten to the newest lane.
-    database = archive_env["database"]
+    database = archive_env.database
     _orders(
         database,
         "INSERT INTO orders SELECT g, now() - interval '335 days' + g * interval '7 hours 12 minutes', 'early' "
@@ -553,7 +528,7 @@ def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
         "ANALYZE orders",
     ).close()
     setup_archive(archive_env, batch={"rows": 1000, "parallelism": 2})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     lanes = next(json.loads(line)["lanes"] for line in capsys.readouterr().out.splitlines() if '"msg": "lanes"' in line)
     boundary = datetime.fromisoformat(lanes[0][1])
@@ -562,9 +537,9 @@ def test_lanes_split_a_grown_table_by_its_rows_not_by_its_time(
 
 
 def test_the_rows_due_are_counted_beside_the_batches(
-    archive_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    database = archive_env["database"]
+    database = archive_env.database
     with _orders(
         database,
         "INSERT INTO orders SELECT g, now() - interval '500 days' + g * interval '4 hours', 'x' "
@@ -574,7 +549,7 @@ def test_the_rows_due_are_counted_beside_the_batches(
     assert due is not None
     assert 2700 < due[0] < 2900  # olderThan 30d (setup_archive)
     setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     logged = json_log_lines(capsys)
     counted = [entry for entry in logged if entry["msg"] == "rows due"]
     assert [entry["rows"] for entry in counted] == [due[0]]
@@ -614,15 +589,14 @@ ORDERS_FOR_ESTIMATES = {
     ],
 )
 def test_a_large_backlog_is_estimated_from_the_statistics_not_counted(
-    archive_env: dict[str, Any],
+    archive_env: ArchiveEnv,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
     kind: str,
     analyze: list[str],
     estimated: bool,
 ) -> None:
-    monkeypatch.setattr(archive_job, "ESTIMATE_FROM_ROWS", 500)  # the backlog: 2,800 rows; a guess: about 1,000
-    database = archive_env["database"]
+    tuning = Tuning(estimate_from_rows=500)  # the backlog: 2,800 rows; a guess: about 1,000
+    database = archive_env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         for statement in ORDERS_FOR_ESTIMATES[kind]:
             conn.execute(statement)
@@ -635,7 +609,7 @@ def test_a_large_backlog_is_estimated_from_the_statistics_not_counted(
         due = conn.execute("SELECT count(*) FROM orders WHERE created_at < now() - interval '30 days'").fetchone()
     assert due is not None
     setup_archive(archive_env, batch={"rows": 200, "parallelism": 2})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run(tuning=tuning) == 0
     logged = json_log_lines(capsys)
     [counted] = [entry for entry in logged if entry["msg"] == "rows due"]
     assert counted["estimated"] is estimated
@@ -646,13 +620,9 @@ def test_a_large_backlog_is_estimated_from_the_statistics_not_counted(
     assert ids_in_table(database) == set(range(due[0] + 1, 3001))
 
 
-def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any
-) -> None:
-    # One row an hour on 60 days, 30 days with none, 60 more days; batches of 100 rows (about four days).
-    # Each batch ends where the day its successor would reach begins, so only a batch cut by its LIMIT
-    # splits a day: the first one, and the first after the gap (whose aligned end fell in the gap).
-    database = archive_env["database"]
+def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     _orders(
         database,
         "INSERT INTO orders SELECT g, date_trunc('day', now()) - interval '200 days' + g * interval '1 hour', 'x' "
@@ -661,7 +631,7 @@ def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
         "FROM generate_series(0, 60 * 24 - 1) g",
     ).close()
     setup_archive(archive_env, partitioning="Daily", batch={"rows": 100, "parallelism": 1})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == set()  # the gap did not end the run early
     objects = archived_objects(s3_admin, bucket)
     files_per_day = Counter(key.split("/dt=")[1].split("/")[0] for key in objects)
@@ -672,10 +642,9 @@ def test_a_day_goes_into_one_file_once_batches_end_on_day_boundaries(
     assert all(files == 2 for day, files in files_per_day.items() if day in split)
 
 
-def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_it_out(
-    archive_env: dict[str, Any], admin_api: Any
-) -> None:
-    database, namespace = archive_env["database"], archive_env["namespace"]
+def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_it_out(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
+    database, namespace = archive_env.database, archive_env.namespace
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute('CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, "Grid" integer[])')
         conn.execute(
@@ -683,7 +652,7 @@ def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_i
             "(2, now() - interval '99 days', '{5,NULL}'), (3, now() - interval '98 days', NULL)"
         )
     setup_archive(archive_env, batch={"rows": 100, "parallelism": 1})
-    assert run_archive_job(archive_env["kubeconfig"], namespace) == 3  # permanent: the spec must change
+    assert archive_env.run() == 3  # permanent: the spec must change
     found = conditions(get_status(admin_api, namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
     assert found["reason"] == "EncodingFailed"
     assert "column 'Grid' (integer[]) holds a multi-dimensional array" in found["message"]
@@ -692,17 +661,15 @@ def test_a_multi_dimensional_array_fails_the_batch_clearly_and_a_filter_leaves_i
     # The message's suggestion, as the spec's filter: the other rows go, the 2-D one stays.
     suggested = found["message"].split("for example ")[1].strip("'")
     patch_spec(admin_api, namespace, {"filter": suggested})
-    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == {1}
 
 
 def test_a_lane_with_nothing_left_takes_over_half_of_another(
-    archive_env: dict[str, Any], bucket: str, s3_admin: Any, capsys: pytest.CaptureFixture[str]
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # All rows, one every 2.4 hours over 300 days, are in the statistics; the filter makes 1,000 rows due
-    # in the first 10 days and one a day after. The lanes split the due range by time, so the first lane
-    # gets almost every due row; the second is done at once and takes over half of what the first has left.
-    database = archive_env["database"]
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    database = archive_env.database
     with _orders(
         database,
         "INSERT INTO orders SELECT g, now() - interval '330 days' + g * interval '2 hours 24 minutes', "
@@ -718,7 +685,7 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
             )
         }
     setup_archive(archive_env, filter="note = 'due'", batch={"rows": 50, "parallelism": 2})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     logged = json_log_lines(capsys)
     splits = [entry for entry in logged if entry["msg"] == "lane split"]
     assert splits, "the idle lane took nothing over"
@@ -729,9 +696,10 @@ def test_a_lane_with_nothing_left_takes_over_half_of_another(
     assert ids_in_table(database).isdisjoint(due)
 
 
-def _patch_spec_after_the_first_batch(admin_api: Any, archive_env: dict[str, Any], spec: dict[str, Any]) -> Thread:
+def _patch_spec_after_the_first_batch(archive_env: ArchiveEnv, spec: dict[str, Any]) -> Thread:
     """A thread that merge-patches the TableArchive's spec once the run's first batch has committed."""
-    database, namespace = archive_env["database"], archive_env["namespace"]
+    admin_api = archive_env.admin_api
+    database, namespace = archive_env.database, archive_env.namespace
     before = len(ids_in_table(database))
 
     def patch() -> None:
@@ -746,15 +714,15 @@ def _patch_spec_after_the_first_batch(admin_api: Any, archive_env: dict[str, Any
 
 
 def test_a_running_archive_takes_a_new_batch_size_and_pause_from_its_spec(
-    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)  # read at every batch boundary
+    tuning = Tuning(settings_reread_seconds=0.0)  # read at every batch boundary
     _simple(archive_env, old=600, batch={"rows": 100, "pause": "2s"})
     patcher = _patch_spec_after_the_first_batch(
-        admin_api, archive_env, {"batch": {"rows": 1000, "pause": "0s"}, "olderThan": "0d"}
+        archive_env, {"batch": {"rows": 1000, "pause": "0s"}, "olderThan": "0d"}
     )
     try:
-        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert archive_env.run(tuning=tuning) == 0
     finally:
         patcher.join()
     logged = json_log_lines(capsys)
@@ -764,35 +732,34 @@ def test_a_running_archive_takes_a_new_batch_size_and_pause_from_its_spec(
     assert changed["changed"] == {"batch.rows": "1000", "batch.pause": "0s"}
     later = next(entry for entry in logged if "take effect at the next run" in entry["msg"])
     assert later["detail"] == "olderThan"
-    assert ids_in_table(archive_env["database"]) == {1000000 + g for g in range(1, 11)}  # the new rows stay
+    assert ids_in_table(archive_env.database) == {1000000 + g for g in range(1, 11)}  # the new rows stay
 
 
-def test_a_shorter_max_run_time_set_while_the_lanes_run_stops_them(
-    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)
+def test_a_shorter_max_run_time_set_while_the_lanes_run_stops_them(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
+    tuning = Tuning(settings_reread_seconds=0.0)
     _simple(archive_env, old=20000, batch={"rows": 20, "parallelism": 2})
-    patcher = _patch_spec_after_the_first_batch(admin_api, archive_env, {"maxRunTime": "1s"})
+    patcher = _patch_spec_after_the_first_batch(archive_env, {"maxRunTime": "1s"})
     try:
-        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert archive_env.run(tuning=tuning) == 0
     finally:
         patcher.join()
-    outcome = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
+    outcome = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))
     assert "stopped at maxRunTime" in outcome["ArchiveSucceeded"]["message"]
-    left = len(ids_in_table(archive_env["database"]))
+    left = len(ids_in_table(archive_env.database))
     assert 10 < left < 20010  # some rows moved, not all
 
 
 def test_a_spec_changed_into_an_invalid_one_leaves_the_run_on_its_settings(
-    archive_env: dict[str, Any], admin_api: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(archiver, "SETTINGS_REREAD_SECONDS", 0.0)
+    tuning = Tuning(settings_reread_seconds=0.0)
     _simple(archive_env, old=300, batch={"rows": 100, "pause": "1s"})
     patcher = _patch_spec_after_the_first_batch(
-        admin_api, archive_env, {"filter": "true; DROP TABLE orders", "batch": {"rows": 1000}}
+        archive_env, {"filter": "true; DROP TABLE orders", "batch": {"rows": 1000}}
     )
     try:
-        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert archive_env.run(tuning=tuning) == 0
     finally:
         patcher.join()
     logged = json_log_lines(capsys)

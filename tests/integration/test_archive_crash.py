@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
+from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, setup_archive
 from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.environments import ArchiveEnv
 from tests.integration.processes import run_until_failpoint, start_job, wait_for_line
 
 OLD_ROWS = 60000
@@ -53,12 +54,9 @@ class LiveTraffic(threading.Thread):
                 time.sleep(0.005)
 
 
-def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
-    archive_env: dict[str, Any],
-    bucket: str,
-    s3_admin: Any,
-) -> None:
-    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin = archive_env.bucket, archive_env.s3
+    namespace, database, kubeconfig = archive_env.namespace, archive_env.database, archive_env.kubeconfig
 
     make_old_orders(database, OLD_ROWS)
     setup_archive(archive_env, batch={"rows": 50})
@@ -83,7 +81,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
             job.send_signal(signal.SIGKILL)
             job.wait()
             outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
-        assert run_archive_job(kubeconfig, namespace) == 0  # to completion
+        assert archive_env.run() == 0  # to completion
     finally:
         traffic.stop.set()
         traffic.join()
@@ -111,13 +109,9 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(
     assert recorded == set(archived_objects(s3_admin, bucket)), "every object in storage has a ledger row"
 
 
-def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
-    archive_env: dict[str, Any],
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-) -> None:
-    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin, admin_api = archive_env.bucket, archive_env.s3, archive_env.admin_api
+    namespace, database, kubeconfig = archive_env.namespace, archive_env.database, archive_env.kubeconfig
 
     make_old_orders(database, 30_000)
     setup_archive(archive_env, batch={"rows": 50})
@@ -139,15 +133,13 @@ def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
         assert conn.execute("SELECT sum(rows) FROM cellar.archive_ledger").fetchone() == (len(archived),)
 
 
-def test_max_run_time_stops_after_the_batch_in_flight(
-    archive_env: dict[str, Any],
-    admin_api: Any,
-) -> None:
-    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+def test_max_run_time_stops_after_the_batch_in_flight(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
+    namespace, database = archive_env.namespace, archive_env.database
 
     make_old_orders(database, 30_000)
     setup_archive(archive_env, batch={"rows": 20}, maxRunTime="1s")
-    assert run_archive_job(kubeconfig, namespace) == 0
+    assert archive_env.run() == 0
     last_run = get_status(admin_api, namespace, "tablearchives", "orders")["lastRun"]
     assert "stopped at maxRunTime" in last_run["message"]
     assert 0 < last_run["rows"] < 30000
@@ -155,8 +147,8 @@ def test_max_run_time_stops_after_the_batch_in_flight(
 
 
 @pytest.mark.parametrize("parallelism", [1, 3])
-def test_every_batch_in_flight_is_rolled_back_by_a_kill(archive_env: dict[str, Any], parallelism: int) -> None:
-    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+def test_every_batch_in_flight_is_rolled_back_by_a_kill(archive_env: ArchiveEnv, parallelism: int) -> None:
+    namespace, database, kubeconfig = archive_env.namespace, archive_env.database, archive_env.kubeconfig
 
     make_old_orders(database, 3000)
     setup_archive(archive_env, batch={"rows": 100, "parallelism": parallelism})
@@ -182,13 +174,9 @@ def test_every_batch_in_flight_is_rolled_back_by_a_kill(archive_env: dict[str, A
         assert conn.execute("SELECT count(*) FROM cellar.archive_ledger").fetchone() == (0,)
 
 
-def test_a_failed_upload_while_the_next_batch_is_deleted_loses_nothing(
-    archive_env: dict[str, Any],
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-) -> None:
-    namespace, database, kubeconfig = archive_env["namespace"], archive_env["database"], archive_env["kubeconfig"]
+def test_a_failed_upload_while_the_next_batch_is_deleted_loses_nothing(archive_env: ArchiveEnv) -> None:
+    bucket, s3_admin, admin_api = archive_env.bucket, archive_env.s3, archive_env.admin_api
+    namespace, database, kubeconfig = archive_env.namespace, archive_env.database, archive_env.kubeconfig
 
     make_old_orders(database, 3000)
     setup_archive(archive_env, batch={"rows": 100}, partitioning="None")
@@ -203,7 +191,7 @@ def test_a_failed_upload_while_the_next_batch_is_deleted_loses_nothing(
     in_table = ids_in_table(database)
     assert len(archived) == 700
     assert sorted(archived + sorted(in_table)) == list(range(1, 3001))
-    assert run_archive_job(kubeconfig, namespace) == 0
+    assert archive_env.run() == 0
     archived = [i for t in archived_objects(s3_admin, bucket).values() for i in t.column("id").to_pylist()]
     assert sorted(archived) == list(range(1, 3001))
     assert ids_in_table(database) == set()

@@ -16,17 +16,18 @@ from tests.integration.archive_helpers import (
     ids_in_table,
     json_log_lines,
     patch_spec,
-    run_archive_job,
     setup_archive,
 )
 from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.environments import ArchiveEnv
 
 OLD_ROWS = 600
 LAG_QUERY = "SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication"
 
 
-def _old_orders(stack: LocalStack, database: dict[str, Any], *, pg_monitor: bool = True) -> None:
+def _old_orders(env: ArchiveEnv, *, pg_monitor: bool = True) -> None:
     """OLD_ROWS rows due in a table orders; the database's role is granted pg_monitor unless told not to."""
+    stack, database = env.stack, env.database
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
         conn.execute(
@@ -61,28 +62,25 @@ def lagging_standby(stack: LocalStack) -> Iterator[psycopg.Connection[Any]]:
 
 
 def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
-    stack: LocalStack,
-    archive_env: dict[str, Any],
-    admin_api: Any,
-    lagging_standby: psycopg.Connection[Any],
-    capsys: pytest.CaptureFixture[str],
+    archive_env: ArchiveEnv, lagging_standby: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    database = archive_env["database"]
-    _old_orders(stack, database)
+    admin_api = archive_env.admin_api
+    database = archive_env.database
+    _old_orders(archive_env)
     setup_archive(archive_env, batch={"rows": 100, "maxReplicationLag": "2s"})
     seen_while_held: list[Any] = []
 
     def resume_later() -> None:
         time.sleep(3)
         seen_while_held.append(len(ids_in_table(database)))
-        status = get_status(admin_api, archive_env["namespace"], "tablearchives", "orders")
+        status = get_status(admin_api, archive_env.namespace, "tablearchives", "orders")
         seen_while_held.append(conditions(status)["Progressing"])
         lagging_standby.execute("SELECT pg_wal_replay_resume()")
 
     resumer = threading.Thread(target=resume_later)
     resumer.start()
     try:
-        assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+        assert archive_env.run() == 0
     finally:
         resumer.join()
     rows_while_held, progressing_while_held = seen_while_held
@@ -102,46 +100,43 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
 
 
 def test_the_run_time_ends_a_run_that_waits_for_a_standby(
-    stack: LocalStack,
-    archive_env: dict[str, Any],
-    admin_api: Any,
-    lagging_standby: psycopg.Connection[Any],
-    capsys: pytest.CaptureFixture[str],
+    archive_env: ArchiveEnv, lagging_standby: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    database = archive_env["database"]
-    _old_orders(stack, database)
+    admin_api = archive_env.admin_api
+    database = archive_env.database
+    _old_orders(archive_env)
     setup_archive(archive_env, maxRunTime="3s", batch={"maxReplicationLag": "1s", "parallelism": 1})
     started = time.monotonic()
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 0
+    assert archive_env.run() == 0
     assert time.monotonic() - started < 30
     assert len(ids_in_table(database)) == OLD_ROWS
-    outcome = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))
+    outcome = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))
     assert outcome["ArchiveSucceeded"]["reason"] == "StandbyBehind"
     assert "for standbys over maxReplicationLag" in outcome["ArchiveSucceeded"]["message"]
     assert "stopped at maxRunTime" in outcome["ArchiveSucceeded"]["message"]
     assert any(entry["msg"] == "the run stops while waiting for a standby" for entry in json_log_lines(capsys))
 
 
-def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(
-    stack: LocalStack, archive_env: dict[str, Any], admin_api: Any
-) -> None:
-    database = archive_env["database"]
-    _old_orders(stack, database, pg_monitor=False)
+def test_a_lag_limit_without_pg_monitor_is_refused_naming_the_grant(archive_env: ArchiveEnv) -> None:
+    admin_api = archive_env.admin_api
+    database = archive_env.database
+    _old_orders(archive_env, pg_monitor=False)
     setup_archive(archive_env, batch={"maxReplicationLag": "30s"})
-    assert run_archive_job(archive_env["kubeconfig"], archive_env["namespace"]) == 3
-    refused = conditions(get_status(admin_api, archive_env["namespace"], "tablearchives", "orders"))["Ready"]
+    assert archive_env.run() == 3
+    refused = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["Ready"]
     assert refused["reason"] == "InsufficientPrivilege"
     assert f"GRANT pg_monitor TO {database['username']}" in refused["message"]
     assert len(ids_in_table(database)) == OLD_ROWS
 
 
 def test_unarchive_waits_for_a_standby_behind_too(
-    stack: LocalStack, archive_env: dict[str, Any], admin_api: Any, lagging_standby: psycopg.Connection[Any]
+    archive_env: ArchiveEnv, lagging_standby: psycopg.Connection[Any]
 ) -> None:
-    database, namespace = archive_env["database"], archive_env["namespace"]
-    _old_orders(stack, database)
+    admin_api = archive_env.admin_api
+    database, namespace = archive_env.database, archive_env.namespace
+    _old_orders(archive_env)
     setup_archive(archive_env, batch={"rows": 200})  # no limit: archiving goes on while the standby lags
-    assert run_archive_job(archive_env["kubeconfig"], namespace) == 0
+    assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     patch_spec(admin_api, namespace, {"batch": {"maxReplicationLag": "2s"}})
     restored_while_held: list[int] = []
@@ -156,7 +151,7 @@ def test_unarchive_waits_for_a_standby_behind_too(
     resumer.start()
     try:
         unarchive = ["unarchive", "--from", "2000-01-01", "--to", "2100-01-01"]
-        assert run_archive_job(archive_env["kubeconfig"], namespace, *unarchive) == 0
+        assert archive_env.run(*unarchive) == 0
     finally:
         resumer.join()
     assert restored_while_held == [0]  # the side table exists, and nothing was loaded while held

@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from kubernetes import client
 
-from tests.harness.stack import LocalStack
 from tests.integration.backup_helpers import (
     conditions,
     get_status,
     load_sample_data,
     run_backup_job,
     schema_of,
-    setup_backup,
     table_contents,
 )
+from tests.integration.environments import BackupEnv
 
 
-def test_round_trip_backup_then_restore_gives_identical_schema_and_data(
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> None:
+def test_round_trip_backup_then_restore_gives_identical_schema_and_data(backup_env: BackupEnv) -> None:
+    stack, admin_api, namespace = backup_env.stack, backup_env.admin_api, backup_env.namespace
+    database, bucket = backup_env.database, backup_env.bucket
+    s3_admin = backup_env.s3
+    job_kubeconfig = backup_env.job_kubeconfig
     load_sample_data(stack, database)
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
+    backup_env.setup()
     kubeconfig = job_kubeconfig("backup")
 
     assert run_backup_job(kubeconfig, namespace) == 0
@@ -62,22 +50,7 @@ def test_round_trip_backup_then_restore_gives_identical_schema_and_data(
     assert manifest["bytesStored"] < manifest["bytesRaw"]
 
     # Restore into a new database through a DatabaseRestore.
-    create_secret("cellar-restore-target", {**database, "dbname": "unused"})
-    create_resource(
-        "DatabaseRestore",
-        {
-            "metadata": {"name": "orders-restore"},
-            "spec": {
-                "backup": {"name": "orders"},
-                "createDatabase": True,
-                "target": {
-                    "secretRef": {"name": "cellar-restore-target"},
-                    "dbname": f"{database['dbname']}_restored",
-                    "sslMode": "disable",
-                },
-            },
-        },
-    )
+    backup_env.create_restore("orders-restore", {**database, "dbname": "unused"}, f"{database['dbname']}_restored")
     assert run_backup_job(kubeconfig, namespace, "restore", name="orders-restore") == 0
     restore_status = get_status(admin_api, namespace, "databaserestores", "orders-restore")
     assert conditions(restore_status)["Succeeded"]["status"] == "True"

@@ -6,15 +6,14 @@ import hashlib
 import json
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.harness.stack import LocalStack
 from tests.integration.backup_helpers import conditions, get_status, run_backup_job, setup_backup
+from tests.integration.environments import BackupEnv
 from tests.integration.processes import run_until_failpoint
 
 
@@ -54,38 +53,20 @@ def _keys(s3_admin: Any, bucket: str) -> list[str]:
 
 
 @pytest.fixture
-def backup_setup(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> Path:
-    _fill(database)
-    setup_backup(
-        stack,
-        database,
-        storage_spec,
-        create_secret,
-        create_resource,
+def backup_setup(backup_env: BackupEnv) -> BackupEnv:
+    _fill(backup_env.database)
+    backup_env.setup(
         compression={"algorithm": "none"},
-        storage={**storage_spec, "partSizeMiB": 5},
+        storage={**backup_env.storage_spec, "partSizeMiB": 5},
         retention={"keepLast": 1, "incompleteAfter": "1s"},
     )
-    return job_kubeconfig("backup")
+    return backup_env
 
 
-def test_kills_at_every_stage_never_publish_a_broken_backup_nor_delete_a_good_one(
-    backup_setup: Path,
-    namespace: str,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-) -> None:
-    kubeconfig = backup_setup
+def test_kills_at_every_stage_never_publish_a_broken_backup_nor_delete_a_good_one(backup_setup: BackupEnv) -> None:
+    namespace, bucket, s3_admin = backup_setup.namespace, backup_setup.bucket, backup_setup.s3
+    admin_api = backup_setup.admin_api
+    kubeconfig = backup_setup.kubeconfig
     assert run_backup_job(kubeconfig, namespace) == 0
     good = _published_backups(s3_admin, bucket)
     assert len(good) == 1
@@ -117,14 +98,10 @@ def test_kills_at_every_stage_never_publish_a_broken_backup_nor_delete_a_good_on
     assert conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]["status"] == "True"
 
 
-def test_sigterm_during_the_dump_aborts_the_upload_and_records_interrupted(
-    backup_setup: Path,
-    namespace: str,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-) -> None:
-    job = _run_until_failpoint(backup_setup, namespace, "backup.dump-streaming")
+def test_sigterm_during_the_dump_aborts_the_upload_and_records_interrupted(backup_setup: BackupEnv) -> None:
+    namespace, bucket, s3_admin = backup_setup.namespace, backup_setup.bucket, backup_setup.s3
+    admin_api = backup_setup.admin_api
+    job = _run_until_failpoint(backup_setup.kubeconfig, namespace, "backup.dump-streaming")
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 143, err
@@ -136,26 +113,17 @@ def test_sigterm_during_the_dump_aborts_the_upload_and_records_interrupted(
     assert status["lastRun"]["reason"] == "Interrupted"
 
 
-def test_failing_pg_dump_publishes_nothing_and_reports_its_message(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> None:
+def test_failing_pg_dump_publishes_nothing_and_reports_its_message(backup_env: BackupEnv) -> None:
+    stack, namespace, database = backup_env.stack, backup_env.namespace, backup_env.database
+    bucket, s3_admin = backup_env.bucket, backup_env.s3
+    admin_api = backup_env.admin_api
     _fill(database, rows=50_000)
     # A table the backup role may not read: pg_dump fails with "permission denied".
     with psycopg.connect(stack.pg_dsn(database["dbname"]), autocommit=True) as conn:
         conn.execute("CREATE TABLE zz_secret_payroll (id int, salary numeric)")
         conn.execute("REVOKE ALL ON zz_secret_payroll FROM PUBLIC")
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 1
+    backup_env.setup()
+    assert backup_env.run() == 1
 
     status = get_status(admin_api, namespace, "databasebackups", "orders")
     found = conditions(status)
@@ -168,51 +136,34 @@ def test_failing_pg_dump_publishes_nothing_and_reports_its_message(
 
 
 def test_dry_run_checks_everything_and_writes_nothing(
-    backup_setup: Path,
-    namespace: str,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-    capsys: pytest.CaptureFixture[str],
+    backup_setup: BackupEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_backup_job(backup_setup, namespace, "--dry-run") == 0
+    namespace, bucket, s3_admin = backup_setup.namespace, backup_setup.bucket, backup_setup.s3
+    admin_api = backup_setup.admin_api
+    assert run_backup_job(backup_setup.kubeconfig, namespace, "--dry-run") == 0
     assert _keys(s3_admin, bucket) == []
     assert get_status(admin_api, namespace, "databasebackups", "orders") == {}
     assert "dry run: resource, Secrets" in capsys.readouterr().out
 
 
 def test_wrong_database_password_is_a_permanent_failure_in_status(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], backup_env: BackupEnv
 ) -> None:
+    stack, namespace, database = backup_env.stack, backup_env.namespace, backup_env.database
+    storage_spec, admin_api, create_secret = backup_env.storage_spec, backup_env.admin_api, backup_env.create_secret
+    create_resource = backup_env.create_resource
     setup_backup(stack, {**database, "password": "wrong-password-123"}, storage_spec, create_secret, create_resource)
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    assert backup_env.run() == 3
     found = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))
     assert found["Ready"]["reason"] == "AuthenticationFailed"
     assert "wrong-password-123" not in json.dumps(found)
     assert "wrong-password-123" not in capsys.readouterr().out
 
 
-def test_invalid_spec_is_recorded_and_exits_3(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> None:
-    # The schema accepts this Secret reference; the Secret itself lacks the key the spec names.
+def test_invalid_spec_is_recorded_and_exits_3(backup_env: BackupEnv) -> None:
+    stack, namespace, database = backup_env.stack, backup_env.namespace, backup_env.database
+    storage_spec, admin_api, create_secret = backup_env.storage_spec, backup_env.admin_api, backup_env.create_secret
+    create_resource = backup_env.create_resource
     spec = {
         **storage_spec,
         "credentials": {
@@ -221,7 +172,7 @@ def test_invalid_spec_is_recorded_and_exits_3(
         },
     }
     setup_backup(stack, database, spec, create_secret, create_resource)
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    assert backup_env.run() == 3
     ready = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]
     assert ready["reason"] == "InvalidSpec"
     assert ready["message"] == (
@@ -231,27 +182,17 @@ def test_invalid_spec_is_recorded_and_exits_3(
 
 
 def test_a_pg_dump_older_than_the_server_is_refused(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    admin_api: Any,
-    bucket: str,
-    s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backup_env: BackupEnv
 ) -> None:
-    # No old PostgreSQL client can be installed here, so a stand-in answers --version as 9.6 would.
+    namespace = backup_env.namespace
+    admin_api, bucket = backup_env.admin_api, backup_env.bucket
+    s3_admin = backup_env.s3
     old = tmp_path / "pg_dump"
     old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")
     old.chmod(0o755)
     monkeypatch.setenv("CELLAR_PG_BINDIR", str(tmp_path))
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    backup_env.setup()
+    assert backup_env.run() == 3
     ready = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]
     assert ready["reason"] == "PgDumpTooOld"
     assert ready["message"].startswith("pg_dump 9 is older than the server (15.")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.harness.stack import LocalStack
-from tests.integration.backup_helpers import conditions, get_status, load_sample_data, run_backup_job, setup_backup
+from tests.integration.backup_helpers import conditions, get_status, load_sample_data, run_backup_job
+from tests.integration.environments import BackupEnv
 
 
 def _put_old_backup(s3_admin: Any, bucket: str, when: datetime) -> str:
@@ -50,35 +49,20 @@ def _manifest_ids(s3_admin: Any, bucket: str, prefix: str = "test/manifests/") -
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
-def test_retention_deletes_exactly_what_the_policy_says(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-    dry_run: bool,
-) -> None:
+def test_retention_deletes_exactly_what_the_policy_says(dry_run: bool, backup_env: BackupEnv) -> None:
+    namespace = backup_env.namespace
+    bucket, s3_admin = backup_env.bucket, backup_env.s3
+    admin_api = backup_env.admin_api
     now = datetime.now(UTC)
     days_ago = [1, 2, 3, 10, 40, 70, 100]
     old = {d: _put_old_backup(s3_admin, bucket, now - timedelta(days=d)) for d in days_ago}
     s3_admin.put_object(Bucket=bucket, Key="test/data/crashed-long-ago.pgdump.zst", Body=b"partial")
     time.sleep(5.5)  # the leftover above is now older than incompleteAfter
     s3_admin.put_object(Bucket=bucket, Key="test/data/in-flight-elsewhere.pgdump.zst", Body=b"partial")
-    setup_backup(
-        stack,
-        database,
-        storage_spec,
-        create_secret,
-        create_resource,
+    backup_env.setup(
         retention={"keepLast": 2, "keepMonthly": 3, "incompleteAfter": "5s", "dryRun": dry_run},
     )
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 0
+    assert backup_env.run() == 0
 
     status = get_status(admin_api, namespace, "databasebackups", "orders")
     new_id = status["lastSuccessfulBackup"]["key"].rsplit("/", 1)[1].split(".")[0]
@@ -116,35 +100,26 @@ def _scratch_databases(stack: LocalStack) -> list[str]:
 
 
 @pytest.fixture
-def verified_backup(
-    stack: LocalStack,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    admin_api: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-) -> Path:
-    load_sample_data(stack, database)
-    setup_backup(stack, database, storage_spec, create_secret, create_resource, verify={"enabled": True})
-    kubeconfig = job_kubeconfig("backup")
+def verified_backup(backup_env: BackupEnv) -> BackupEnv:
+    stack, namespace, admin_api = backup_env.stack, backup_env.namespace, backup_env.admin_api
+    load_sample_data(stack, backup_env.database)
+    backup_env.setup(verify={"enabled": True})
+    kubeconfig = backup_env.kubeconfig
     assert run_backup_job(kubeconfig, namespace) == 0
     status = get_status(admin_api, namespace, "databasebackups", "orders")
     assert conditions(status)["Verified"]["reason"] == "RestoreTestPassed"
     assert status["lastSuccessfulBackup"]["verified"] is True
     assert status["lastVerification"]["result"] == "Passed"
     assert _scratch_databases(stack) == []
-    return kubeconfig
+    return backup_env
 
 
-def test_verification_catches_a_corrupted_object(
-    verified_backup: Path, namespace: str, bucket: str, s3_admin: Any, admin_api: Any
-) -> None:
+def test_verification_catches_a_corrupted_object(verified_backup: BackupEnv) -> None:
+    namespace, bucket, s3_admin = verified_backup.namespace, verified_backup.bucket, verified_backup.s3
+    admin_api = verified_backup.admin_api
     status = get_status(admin_api, namespace, "databasebackups", "orders")
     _corrupt(s3_admin, bucket, status["lastSuccessfulBackup"]["key"])
-    assert run_backup_job(verified_backup, namespace, "verify") == 3
+    assert verified_backup.run("verify") == 3
     found = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))
     assert found["Verified"]["reason"] == "ChecksumMismatch"
     assert found["Ready"]["reason"] == "ChecksumMismatch"
@@ -152,14 +127,14 @@ def test_verification_catches_a_corrupted_object(
     assert len(_manifest_ids(s3_admin, bucket, "test/rejected/")) == 1
 
 
-def test_verification_catches_row_counts_that_do_not_match(
-    verified_backup: Path, namespace: str, bucket: str, s3_admin: Any, admin_api: Any
-) -> None:
+def test_verification_catches_row_counts_that_do_not_match(verified_backup: BackupEnv) -> None:
+    namespace, bucket, s3_admin = verified_backup.namespace, verified_backup.bucket, verified_backup.s3
+    admin_api = verified_backup.admin_api
     key = get_status(admin_api, namespace, "databasebackups", "orders")["lastSuccessfulBackup"]["manifestKey"]
     manifest = json.loads(s3_admin.get_object(Bucket=bucket, Key=key)["Body"].read())
     manifest["tables"][0]["rows"] += 1
     s3_admin.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest))
-    assert run_backup_job(verified_backup, namespace, "verify") == 3
+    assert verified_backup.run("verify") == 3
     verified = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Verified"]
     assert verified["reason"] == "RowCountMismatch"
     table = manifest["tables"][0]
@@ -170,32 +145,15 @@ def test_verification_catches_row_counts_that_do_not_match(
 
 
 def test_restore_refuses_a_corrupted_backup_and_leaves_no_target(
-    stack: LocalStack,
-    verified_backup: Path,
-    namespace: str,
-    bucket: str,
-    s3_admin: Any,
-    admin_api: Any,
-    database: dict[str, Any],
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
+    verified_backup: BackupEnv, backup_env: BackupEnv
 ) -> None:
+    stack, namespace, bucket, s3_admin = backup_env.stack, backup_env.namespace, backup_env.bucket, backup_env.s3
+    admin_api, database = backup_env.admin_api, backup_env.database
     status = get_status(admin_api, namespace, "databasebackups", "orders")
     _corrupt(s3_admin, bucket, status["lastSuccessfulBackup"]["key"])
     target = f"{database['dbname']}_r"
-    create_secret("cellar-restore-target", database)
-    create_resource(
-        "DatabaseRestore",
-        {
-            "metadata": {"name": "r"},
-            "spec": {
-                "backup": {"name": "orders"},
-                "createDatabase": True,
-                "target": {"secretRef": {"name": "cellar-restore-target"}, "dbname": target, "sslMode": "disable"},
-            },
-        },
-    )
-    assert run_backup_job(verified_backup, namespace, "restore", name="r") == 3
+    backup_env.create_restore("r", database, target)
+    assert verified_backup.run("restore", name="r") == 3
     succeeded = conditions(get_status(admin_api, namespace, "databaserestores", "r"))["Succeeded"]
     assert succeeded["status"] == "False"
     assert succeeded["reason"] == "ChecksumMismatch"

@@ -17,7 +17,8 @@ from tests.harness.cluster import REPO, apply_manifests
 from tests.harness.node import PodRunner
 from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import dsn
-from tests.integration.backup_helpers import conditions, get_status, setup_backup
+from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.environments import BackupEnv
 
 CRONJOB = REPO / "cronjobs" / "base" / "jobs" / "backup-cronjob.yaml"
 
@@ -65,21 +66,14 @@ def _finished_job(batch: client.BatchV1Api, namespace: str, name: str) -> Any:
     return job if ("Complete" in types or "Failed" in types) else None
 
 
-def test_cronjob_fires_runs_the_backup_and_failures_fail_fast(
-    node: PodRunner,
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-) -> None:
+def test_cronjob_fires_runs_the_backup_and_failures_fail_fast(node: PodRunner, backup_env: BackupEnv) -> None:
+    admin_api, namespace = backup_env.admin_api, backup_env.namespace
+    database, storage_spec = backup_env.database, backup_env.storage_spec
+    create_resource = backup_env.create_resource
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
     apply_manifests(admin_api, REPO / "cronjobs" / "base" / "rbac" / "backup.yaml", namespace)
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
+    backup_env.setup()
     batch = client.BatchV1Api(admin_api)
     batch.create_namespaced_cron_job(namespace, _cronjob("cellar-backup", "orders", "* * * * *"))
 

@@ -9,17 +9,16 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from tests.harness.cluster import REPO
-from tests.harness.stack import LocalStack
 from tests.integration.archive_helpers import dsn, ids_in_table
-from tests.integration.backup_helpers import conditions, get_status, setup_backup
+from tests.integration.backup_helpers import conditions, get_status
+from tests.integration.environments import BackupEnv
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 ARBITRARY_UID = 1000770000  # the kind of UID OpenShift assigns, with GID 0
@@ -125,22 +124,15 @@ def test_entrypoints_start_and_print_help(installed: Path, scratch: Path) -> Non
 
 
 def test_backup_and_archive_run_from_the_read_only_install(
-    installed: Path,
-    scratch: Path,
-    stack: LocalStack,
-    namespace: str,
-    admin_api: Any,
-    database: dict[str, Any],
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
+    installed: Path, scratch: Path, backup_env: BackupEnv
 ) -> None:
+    namespace, admin_api = backup_env.namespace, backup_env.admin_api
+    database, storage_spec = backup_env.database, backup_env.storage_spec
+    create_resource, job_kubeconfig = backup_env.create_resource, backup_env.job_kubeconfig
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
         conn.execute("INSERT INTO orders SELECT g, now() - interval '90 days', 'x' FROM generate_series(1, 500) g")
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
+    backup_env.setup()
     backup = run_as_arbitrary_user(
         [
             str(installed / "bin/cellar-backup"),

@@ -12,6 +12,14 @@ from common.errors import Forbidden, InvalidSpec
 from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, Kube, ResourceRef, connect
 from tests.integration.test_resources import MINIMAL_BACKUP_SPEC
 
+MINIMAL_ARCHIVE_SPEC = {
+    "database": {"secretRef": {"name": "d"}},
+    "storage": MINIMAL_BACKUP_SPEC["storage"],
+    "table": {"name": "orders"},
+    "timestampColumn": "created_at",
+    "olderThan": "30d",
+}
+
 
 @pytest.fixture
 def backup_kube(job_kubeconfig: Callable[[str], Path]) -> Kube:
@@ -47,19 +55,7 @@ def test_backup_account_is_denied_everything_else(
     backup_kube: Kube, namespace: str, create_resource: Any, create_secret: Callable[[str, dict[str, str]], None]
 ) -> None:
     create_secret("someone-elses", {"token": "not-for-cellar"})
-    create_resource(
-        "TableArchive",
-        {
-            "metadata": {"name": "a"},
-            "spec": {
-                "database": {"secretRef": {"name": "d"}},
-                "storage": MINIMAL_BACKUP_SPEC["storage"],
-                "table": {"name": "orders"},
-                "timestampColumn": "created_at",
-                "olderThan": "30d",
-            },
-        },
-    )
+    create_resource("TableArchive", {"metadata": {"name": "a"}, "spec": MINIMAL_ARCHIVE_SPEC})
 
     with pytest.raises(Forbidden) as raised:
         backup_kube.get(ResourceRef(TABLE_ARCHIVE, namespace, "a"))
@@ -94,19 +90,7 @@ def test_archive_account_reaches_its_own_kind_only(
 ) -> None:
     kube = Kube(connect(str(job_kubeconfig("archive"))))
     create_resource("DatabaseBackup", {"metadata": {"name": "b"}, "spec": MINIMAL_BACKUP_SPEC})
-    create_resource(
-        "TableArchive",
-        {
-            "metadata": {"name": "a"},
-            "spec": {
-                "database": {"secretRef": {"name": "d"}},
-                "storage": MINIMAL_BACKUP_SPEC["storage"],
-                "table": {"name": "orders"},
-                "timestampColumn": "created_at",
-                "olderThan": "30d",
-            },
-        },
-    )
+    create_resource("TableArchive", {"metadata": {"name": "a"}, "spec": MINIMAL_ARCHIVE_SPEC})
     assert kube.get(ResourceRef(TABLE_ARCHIVE, namespace, "a"))["metadata"]["name"] == "a"
     assert kube.update_status(ResourceRef(TABLE_ARCHIVE, namespace, "a"), lambda r: {"cutoff": None})
     with pytest.raises(Forbidden, match=r'cannot get databasebackups\.cellar\.dev "b"'):

@@ -5,12 +5,12 @@ side as the backup image carries them."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import subprocess
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tests.conftest import archive_environment, new_database
+from tests.conftest import new_database
 from tests.harness.stack import LocalStack, postgres_majors
-from tests.integration.archive_helpers import list_all, manifests, run_archive_job, setup_archive
+from tests.integration.archive_helpers import list_all, manifests, setup_archive
 from tests.integration.backup_helpers import (
     _dsn,
     conditions,
@@ -30,6 +30,7 @@ from tests.integration.backup_helpers import (
     setup_backup,
     table_contents,
 )
+from tests.integration.environments import ArchiveEnv, BackupEnv
 
 NEWEST = 18
 
@@ -94,55 +95,30 @@ def matrix_tools(matrix_client_tools: str, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CELLAR_PG_BINDIR", matrix_client_tools)
 
 
-def _restore(
-    admin_api: Any,
-    create_resource: Callable[..., Any],
-    kubeconfig: Path,
-    namespace: str,
-    target: dict[str, Any],
-    dbname: str,
-    backup: str = "orders",
-) -> tuple[int, str]:
-    """A DatabaseRestore of the backup `orders` into a new database on `target`'s server: the job's exit
-    code and the resource's name."""
+def _restore(env: BackupEnv, target: dict[str, Any], dbname: str, backup: str = "orders") -> tuple[int, str]:
+    """A DatabaseRestore of `backup` into a new database on `target`'s server: the job's exit code and
+    the resource's name. The Secret is replaced for each (the Role names it)."""
     name = f"restore-{uuid.uuid4().hex[:6]}"
-    replace_secret(admin_api, namespace, "cellar-restore-target", target)
-    create_resource(
-        "DatabaseRestore",
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "backup": {"name": backup},
-                "createDatabase": True,
-                "noOwner": True,  # the target's login role is not the one that owned the dumped objects
-                "target": {"secretRef": {"name": "cellar-restore-target"}, "dbname": dbname, "sslMode": "disable"},
-            },
-        },
+    replacing = dataclasses.replace(
+        env, create_secret=lambda secret, data: replace_secret(env.admin_api, env.namespace, secret, data)
     )
-    return run_backup_job(kubeconfig, namespace, "restore", name=name), name
+    # noOwner: the target's login role is not the one that owned the dumped objects.
+    replacing.create_restore(name, target, dbname, backup=backup, noOwner=True)
+    return env.run("restore", name=name), name
 
 
 def test_backup_restores_into_its_own_major_and_the_newest(
-    pg_major: int,
-    pg_servers: Callable[[int], LocalStack],
-    matrix_tools: None,
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
+    pg_major: int, pg_servers: Callable[[int], LocalStack], matrix_tools: None, backup_env: BackupEnv
 ) -> None:
+    stack, admin_api, namespace = backup_env.stack, backup_env.admin_api, backup_env.namespace
+    bucket, s3_admin = backup_env.bucket, backup_env.s3
+    job_kubeconfig = backup_env.job_kubeconfig
     database = new_database(pg_servers(pg_major))
     version = _server_version(database)
     assert version.startswith(f"{pg_major}.")
     load_sample_data(stack, database)
     _execute(database, generated_table(pg_major) + ROWS)
-    setup_backup(stack, database, storage_spec, create_secret, create_resource, verify={"enabled": True})
+    backup_env.on(database).setup(verify={"enabled": True})
     kubeconfig = job_kubeconfig("backup")
 
     assert run_backup_job(kubeconfig, namespace) == 0
@@ -175,7 +151,7 @@ def test_backup_restores_into_its_own_major_and_the_newest(
     for target_major in sorted({pg_major, NEWEST}):
         target = new_database(pg_servers(target_major))
         restored = f"{target['dbname']}_restored"
-        code, name = _restore(admin_api, create_resource, kubeconfig, namespace, target, restored)
+        code, name = _restore(backup_env, target, restored)
         assert code == 0
         succeeded = conditions(get_status(admin_api, namespace, "databaserestores", name))["Succeeded"]
         assert succeeded["status"] == "True"
@@ -184,28 +160,17 @@ def test_backup_restores_into_its_own_major_and_the_newest(
 
 
 def test_archive_and_unarchive_on_every_major_and_across_majors(
-    pg_major: int,
-    pg_servers: Callable[[int], LocalStack],
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
+    pg_major: int, pg_servers: Callable[[int], LocalStack], archive_env: ArchiveEnv
 ) -> None:
     database = new_database(pg_servers(pg_major))
     version = _server_version(database)
     _execute(database, generated_table(pg_major) + ROWS)
     before = _rows(database)
-    kubeconfig = job_kubeconfig("archive")
-    env = archive_environment(namespace, database, storage_spec, create_secret, create_resource, kubeconfig)
+    env = archive_env.on(database)
+    admin_api, namespace, bucket, s3_admin = env.admin_api, env.namespace, env.bucket, env.s3
     setup_archive(env)
 
-    assert run_archive_job(kubeconfig, namespace) == 0
+    assert env.run() == 0
     status = get_status(admin_api, namespace, "tablearchives", "orders")
     assert conditions(status)["ArchiveSucceeded"]["reason"] == "Completed", conditions(status)
     assert len(_rows(database)) == 10
@@ -227,23 +192,18 @@ def test_archive_and_unarchive_on_every_major_and_across_majors(
     assert all(Decimal(row["total"]) == Decimal(row["total_now"]) == row["price"] * row["qty"] for row in archived)
 
     # Back into the source: every value equal, generated ones computed again, identity keys kept.
-    assert run_archive_job(kubeconfig, namespace, "unarchive", "--into", "source", *_ALL_TIME) == 0
+    assert env.run("unarchive", "--into", "source", *_ALL_TIME) == 0
     assert _rows(database) == before
 
     # The same files into another major's server (the newest, or the oldest for the newest's files).
     other_major = NEWEST if pg_major != NEWEST else 14
     other = new_database(pg_servers(other_major))
     _execute(other, generated_table(min(pg_major, other_major)))
-    other_env = archive_environment(
-        namespace,
-        other,
-        storage_spec,
-        lambda name, data: replace_secret(admin_api, namespace, name, data),
-        create_resource,
-        kubeconfig,
+    other_env = dataclasses.replace(
+        env.on(other), create_secret=lambda name, data: replace_secret(admin_api, namespace, name, data)
     )
     setup_archive(other_env, name="orders-other")
-    code = run_archive_job(kubeconfig, namespace, "unarchive", "--into", "source", *_ALL_TIME, name="orders-other")
+    code = other_env.run("unarchive", "--into", "source", *_ALL_TIME, name="orders-other")
     assert code == 0, get_status(admin_api, namespace, "tablearchives", "orders-other")
     assert _rows(other) == before[:300]  # the archived rows, ids 1 to 300
 
@@ -252,17 +212,11 @@ _ALL_TIME = ("--from", "2000-01-01", "--to", "2100-01-01")
 
 
 def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_cannot(
-    pg_servers: Callable[[int], LocalStack],
-    matrix_tools: None,
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
+    pg_servers: Callable[[int], LocalStack], matrix_tools: None, backup_env: BackupEnv
 ) -> None:
+    stack, admin_api, namespace = backup_env.stack, backup_env.admin_api, backup_env.namespace
+    storage_spec, create_secret = backup_env.storage_spec, backup_env.create_secret
+    create_resource, job_kubeconfig = backup_env.create_resource, backup_env.job_kubeconfig
     kubeconfig = job_kubeconfig("backup")
     target = new_database(pg_servers(15))
     target_version = _server_version(target)
@@ -271,7 +225,7 @@ def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_
     _execute(source, generated_table(16) + ROWS)
     setup_backup(stack, source, storage_spec, create_secret, create_resource)
     assert run_backup_job(kubeconfig, namespace) == 0
-    code, name = _restore(admin_api, create_resource, kubeconfig, namespace, target, "from16")
+    code, name = _restore(backup_env, target, "from16")
     assert code == 0, conditions(get_status(admin_api, namespace, "databaserestores", name))
     assert _rows({**target, "dbname": "from16"}) == _rows(source)
 
@@ -291,7 +245,7 @@ def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_
         },
     )
     assert run_backup_job(kubeconfig, namespace, name="orders18") == 0
-    code, name = _restore(admin_api, create_resource, kubeconfig, namespace, target, "from18", backup="orders18")
+    code, name = _restore(backup_env, target, "from18", backup="orders18")
     assert code == 3
     failed = conditions(get_status(admin_api, namespace, "databaserestores", name))["Succeeded"]
     assert failed["reason"] == "TargetTooOld"
@@ -303,26 +257,16 @@ def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_
 
 
 def test_a_server_newer_than_every_installed_pg_dump_is_refused_naming_both(
-    pg_servers: Callable[[int], LocalStack],
-    stack: LocalStack,
-    admin_api: Any,
-    namespace: str,
-    storage_spec: dict[str, Any],
-    storage_secret: None,
-    bucket: str,
-    s3_admin: Any,
-    create_secret: Callable[..., None],
-    create_resource: Callable[..., Any],
-    job_kubeconfig: Callable[[str], Path],
-    monkeypatch: pytest.MonkeyPatch,
+    pg_servers: Callable[[int], LocalStack], monkeypatch: pytest.MonkeyPatch, backup_env: BackupEnv
 ) -> None:
-    # An image built with the tools of 14 to 16 only, against a PostgreSQL 18 server.
+    stack, admin_api, namespace = backup_env.stack, backup_env.admin_api, backup_env.namespace
+    bucket, s3_admin = backup_env.bucket, backup_env.s3
     tools = postgres_majors([14, 15, 16])
     monkeypatch.setenv("CELLAR_PG_BINDIR", ":".join(str(tools[m]) for m in (14, 15, 16)))
     database = new_database(pg_servers(NEWEST))
     version = _server_version(database)
-    setup_backup(stack, database, storage_spec, create_secret, create_resource)
-    assert run_backup_job(job_kubeconfig("backup"), namespace) == 3
+    backup_env.on(database).setup()
+    assert backup_env.run() == 3
     found = conditions(get_status(admin_api, namespace, "databasebackups", "orders"))
     assert found["Ready"]["reason"] == "PgDumpTooOld"
     message = found["BackupSucceeded"]["message"]

@@ -9,18 +9,14 @@ import pyarrow as pa
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
-from jobs.archive.archiver import (
-    MAX_PARTITIONS_PER_BATCH,
-    Lane,
-    aligned_batch_end,
-    partitions,
-    split_by_size,
-    split_into_lanes,
-)
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
 from jobs.archive.job import layout_advice
-from jobs.archive.settings import live_changes, parse_archive_spec
+from jobs.archive.lanes import Lane, aligned_batch_end, split_into_lanes
+from jobs.archive.objects import partitions, split_by_size
+from jobs.archive.settings import Tuning, live_changes, parse_archive_spec
 from jobs.archive.table import Column, TableInfo
+
+MAX_PARTITIONS_PER_BATCH = Tuning().max_partitions_per_batch
 
 SPEC: dict[str, Any] = {
     "database": {"secretRef": {"name": "db"}},

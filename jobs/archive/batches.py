@@ -1,0 +1,343 @@
+"""One batch: capture its rows in an open transaction, publish them as verified objects, COMMIT.
+
+One batch is one transaction. One statement selects the batch's rows (FOR UPDATE SKIP LOCKED),
+deletes exactly those and returns them; the returned rows are encoded, uploaded with a checksum and
+verified, recorded in the ledger, and committed. A crash before COMMIT rolls the rows back and leaves
+an object without a ledger row, which the next run removes once it has checked that its rows are all
+still in the table (cleanup.py). docs/design.md has the whole argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+
+from common.errors import RetryableError
+from common.failpoints import failpoint
+from common.reasons import Reason
+from common.storage import ObjectStore
+from jobs.archive import ledger
+from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
+from jobs.archive.lanes import Lane, aligned_batch_end, as_utc, jsonable
+from jobs.archive.objects import (
+    MANIFEST_FORMAT_VERSION,
+    ObjectLayout,
+    column_description,
+    object_name,
+    partitions,
+    sort_batch,
+    split_by_size,
+    upload_verified,
+)
+from jobs.archive.settings import ArchiveSettings, Tuning
+from jobs.archive.statements import batch_query, copy_out, sql_settings
+from jobs.archive.table import Connection, TableInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    rows: int = 0
+    bytes: int = 0
+    objects: int = 0
+    transaction_seconds: float = 0.0
+
+
+@dataclass
+class RunTotals:
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    objects: int = 0  # data files, manifests not counted
+    longest_transaction_seconds: float = 0.0
+
+    def add(self, result: BatchResult) -> None:
+        self.rows += result.rows
+        self.bytes += result.bytes
+        self.objects += result.objects
+        self.batches += 1 if result.rows else 0
+        self.longest_transaction_seconds = max(self.longest_transaction_seconds, result.transaction_seconds)
+
+
+@dataclass
+class CapturedBatch:
+    """Rows one open transaction has deleted (not yet committed), in (timestamp, key) order."""
+
+    conn: Connection
+    batch_id: str
+    began: float
+    table: pa.Table
+
+
+class CommitInDoubt(RetryableError):
+    reason = Reason.CONNECTION_FAILED
+
+    def __init__(self, batch_id: str, detail: str) -> None:
+        super().__init__(
+            f"the connection died during COMMIT of batch {batch_id} ({detail}); the next run reads the "
+            "ledger to learn whether it committed and cleans up accordingly"
+        )
+        self.batch_id = batch_id
+
+
+def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
+    """All the data of a COPY TO.
+
+    The server sends one message per row. The rows libpq has already received are taken from it
+    directly (get_copy_data without waiting), which costs less CPU per row than psycopg's read; when
+    none is buffered, psycopg's read waits for the next one (and ends the COPY when it is the end).
+    """
+    pgconn = conn.pgconn
+    data = bytearray()
+    while True:
+        size, buffered = pgconn.get_copy_data(1)
+        if size > 0:
+            data += buffered
+            continue
+        if size < 0:  # the end was buffered too: take the COPY's result, as psycopg's read would
+            _finish_copy_out(conn)
+            return data
+        waited = copy.read()  # nothing buffered
+        if not waited:
+            return data
+        data += waited
+
+
+def _finish_copy_out(conn: Connection) -> None:
+    """After get_copy_data reported the end of a COPY TO: read its result; raise the server's error."""
+    results = []
+    while (result := conn.pgconn.get_result()) is not None:
+        results.append(result)
+    if not results:
+        raise psycopg.OperationalError("the COPY ended without a result")
+    if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(results[0], encoding=conn.info.encoding)
+
+
+def rollback_quietly(conn: Connection) -> None:
+    with contextlib.suppress(psycopg.Error):  # a dead connection: the server rolled back on its own
+        conn.rollback()
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class BatchWorker:
+    """Captures and publishes the batches of one run; shared by its lanes (each batch has its own
+    connection). `settings` and `batch_rows` may change between batches (a spec read again)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        store: ObjectStore,
+        settings: ArchiveSettings,
+        info: TableInfo,
+        cutoff: datetime,
+        run_id: str,
+        tuning: Tuning,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.info = info
+        self.cutoff = cutoff
+        self.run_id = run_id
+        self.tuning = tuning
+        self.layout = ObjectLayout(store, settings)
+        self.batch_rows = settings.batch_rows
+        self.watermark = ledger.copy_watermark(conn, settings.relation) if settings.mode == "Copy" else None
+        conn.rollback()
+        # A batch's objects (one per partition) upload side by side while its transaction is open.
+        self._uploads = ThreadPoolExecutor(max_workers=tuning.upload_concurrency, thread_name_prefix="archive-upload")
+
+    def close(self) -> None:
+        self._uploads.shutdown(wait=True)
+
+    def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
+        """Open a transaction and delete (Copy mode: read) the lane's next batch; None when none are due.
+
+        When nothing is due after the lane's `resume_from`, one more statement looks from the lane's
+        start: it takes the rows that applications held locked when the lane passed them.
+        """
+        while True:
+            captured = self._capture_once(conn, lane)
+            if captured is not None:
+                return captured
+            if lane.until is not None:  # nothing due before the partition boundary (a gap): look past it
+                lane.until = None
+                continue
+            if lane.resume_from is None:
+                return None
+            lane.resume_from = None
+
+    def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
+        statement = copy_out(
+            batch_query(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, lane, self.tuning)
+        )
+        began = time.monotonic()
+        try:
+            sql_settings(conn, self.settings, self.info)
+            with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                data = read_copy(conn, copy)
+            table = sort_batch(csv_to_table(data, self.info.columns), self.info)
+            if table.num_rows == 0:
+                conn.rollback()
+                return None
+            self._adapt_batch_size(len(data))
+            if self.settings.mode == "Move":
+                stamps = table.column(self.info.timestamp_column.name)
+                lane.resume_from = stamps[-1].as_py()
+                first, last = as_utc(stamps[0].as_py()), as_utc(lane.resume_from)
+                lane.last_batch_span = last - first if first is not None and last is not None else None
+                lane.until = aligned_batch_end(first, last, table.num_rows, self.batch_rows, self.settings.partitioning)
+            return CapturedBatch(conn, str(uuid.uuid4()), began, table)
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+
+    def publish(self, captured: CapturedBatch) -> BatchResult:
+        """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""
+        conn, batch_id = captured.conn, captured.batch_id
+        try:
+            result = BatchResult(rows=captured.table.num_rows)
+            # Which columns repeat is judged once per batch, not once per object (a day of a Daily batch).
+            dictionary = repeating_columns(captured.table) if self.settings.format == "Parquet" else []
+            entries = self._publish_batch(batch_id, self._pieces(captured.table), dictionary)
+            result.bytes = sum(e.bytes for e in entries)
+            result.objects = len(entries)
+            ledger.record(
+                conn,
+                entries,
+                relation=self.settings.relation,
+                cutoff=self.cutoff,
+                mode=self.settings.mode,
+                run_id=self.run_id,
+            )
+            failpoint("archive.before-commit")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+        try:
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            # The outcome of a COMMIT whose connection died is unknown here; the ledger knows.
+            raise CommitInDoubt(batch_id, str(exc)) from exc
+        result.transaction_seconds = time.monotonic() - captured.began
+        if self.settings.mode == "Copy":
+            self.watermark = json.loads(entries[-1].last_row or "null")
+        log.info(
+            "batch committed",
+            extra={
+                "batch_id": batch_id,
+                "rows": result.rows,
+                "bytes": result.bytes,
+                "objects": result.objects,
+                "transaction_seconds": round(result.transaction_seconds, 4),
+            },
+        )
+        return result
+
+    def _pieces(self, table: pa.Table) -> list[tuple[str | None, pa.Table]]:
+        pieces: list[tuple[str | None, pa.Table]] = []
+        for partition, part in partitions(table, self.settings, self.info):
+            pieces.extend((partition, piece) for piece in split_by_size(part, self.settings.batch_max_bytes))
+        return pieces
+
+    def _adapt_batch_size(self, raw_bytes: int) -> None:
+        # Keep a batch's raw rows near the byte limit: a table of wide rows gets fewer rows per batch.
+        if raw_bytes > self.settings.batch_max_bytes and self.batch_rows > 1:
+            self.batch_rows = max(1, int(self.batch_rows * self.settings.batch_max_bytes / raw_bytes))
+
+    def _publish_batch(
+        self, batch_id: str, pieces: list[tuple[str | None, pa.Table]], dictionary: list[str]
+    ) -> list[ledger.LedgerEntry]:
+        """Encode and upload the pieces side by side (each verified), then write the batch's manifest."""
+        manifest_key = self.layout.manifest_key(batch_id)
+        # pyarrow and hashlib release the GIL, so encoding on the upload threads uses every core.
+        published = [
+            self._uploads.submit(self._encode_and_upload, batch_id, number, partition, part, manifest_key, dictionary)
+            for number, (partition, part) in enumerate(pieces)
+        ]
+        objects = [future.result() for future in published]  # the first failure fails the batch (rollback)
+        manifest = {
+            "formatVersion": MANIFEST_FORMAT_VERSION,
+            "batchId": batch_id,
+            "relation": {"schema": self.settings.schema, "table": self.settings.table},
+            "format": self.settings.format,
+            "compression": "zstd" if self.settings.format == "Parquet" else "gzip",
+            "timestampColumn": self.info.timestamp_column.name,
+            "primaryKey": list(self.info.primary_key),
+            "cutoff": self.cutoff.isoformat(),
+            "runId": self.run_id,
+            "mode": self.settings.mode,
+            "rows": sum(entry.rows for entry, _ in objects),
+            "columns": [column_description(c) for c in self.info.columns],
+            "serverVersion": self.info.server_version,
+            "objects": [description for _, description in objects],
+            "createdAt": datetime.now(UTC).isoformat(),
+        }
+        self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
+        return [entry for entry, _ in objects]
+
+    def _encode_and_upload(
+        self,
+        batch_id: str,
+        number: int,
+        partition: str | None,
+        table: pa.Table,
+        manifest_key: str,
+        dictionary: list[str],
+    ) -> tuple[ledger.LedgerEntry, dict[str, Any]]:
+        """One object: encode the rows (sorted by timestamp and key), upload and verify it."""
+        key = self.layout.data_key(partition, object_name(batch_id, number))
+        body = encode(table, self.settings.format, dictionary)
+        digest = hashlib.sha256(body).hexdigest()
+        failpoint("archive.upload")
+        upload_verified(self.store, key, body, digest)
+        ts_name = self.info.timestamp_column.name
+        low, high = key_range(table, ts_name)
+        min_key, max_key = key_range(table, self.info.primary_key[0])
+        last = table.slice(table.num_rows - 1, 1).to_pylist()[0]
+        last_row = json.dumps(
+            {"ts": jsonable(last[ts_name]), "key": [jsonable(last[k]) for k in self.info.primary_key]}
+        )
+        description = {
+            "objectKey": key,
+            "partition": partition,
+            "rows": table.num_rows,
+            "bytes": len(body),
+            "sha256": digest,
+            "minTimestamp": low,
+            "maxTimestamp": high,
+            "minKey": min_key,
+            "maxKey": max_key,
+        }
+        entry = ledger.LedgerEntry(
+            object_key=key,
+            batch_id=batch_id,
+            manifest_key=manifest_key,
+            rows=table.num_rows,
+            bytes=len(body),
+            sha256=digest,
+            min_ts=_timestamp(low),
+            max_ts=_timestamp(high),
+            min_key=min_key,
+            max_key=max_key,
+            last_row=last_row,
+        )
+        return entry, description

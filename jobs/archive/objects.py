@@ -1,0 +1,153 @@
+"""Where a table's archived objects live, how a batch becomes objects, and their verified upload and read."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.errors import PermanentError
+from common.reasons import Reason
+from common.storage import ObjectStore, translate_storage_error
+from jobs.archive.encoding import arrow_type, decode
+from jobs.archive.settings import ArchiveSettings
+from jobs.archive.table import Column, TableInfo
+
+MANIFEST_FORMAT_VERSION = 1
+
+
+def object_name(batch_id: str, number: int) -> str:
+    return f"part-{batch_id}-{number:03d}"
+
+
+def batch_of(object_key: str) -> str | None:
+    """The batch id in an object's name (part-<batch id>-<n>.<ext>), or None for a foreign object."""
+    name = object_key.rsplit("/", 1)[-1]
+    if not name.startswith("part-"):
+        return None
+    stem = name.removeprefix("part-").split(".", 1)[0]
+    return stem.rsplit("-", 1)[0] or None
+
+
+class VerificationFailed(PermanentError):
+    reason = Reason.VERIFICATION_FAILED
+
+
+class ObjectLayout:
+    """Where a table's objects and manifests live: data under `<schema>.<table>/` (hive-style
+    partitions), manifests under `_cellar_manifests/` so query engines never read them as data."""
+
+    def __init__(self, store: ObjectStore, settings: ArchiveSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.data_prefix = store.key(settings.relation) + "/"
+        self.manifest_prefix = store.key("_cellar_manifests", settings.relation) + "/"
+        self.extension = ".parquet" if settings.format == "Parquet" else ".csv.gz"
+
+    def data_key(self, partition: str | None, name: str) -> str:
+        parts = [self.settings.relation, f"dt={partition}" if partition else "", f"{name}{self.extension}"]
+        return self.store.key(*[p for p in parts if p])
+
+    def manifest_key(self, name: str) -> str:
+        return self.store.key("_cellar_manifests", self.settings.relation, f"{name}.json")
+
+
+def column_description(column: Column) -> dict[str, str]:
+    """A column as a batch manifest records it: unarchive casts each value back to `type`."""
+    described = {"name": column.name, "type": column.pg_type, "storedAs": str(arrow_type(column))}
+    if column.generated:
+        described["generated"] = "stored" if column.generated == "s" else "virtual"
+    return described
+
+
+def sort_batch(table: pa.Table, info: TableInfo) -> pa.Table:
+    """A batch in (timestamp, key) order: partitions become contiguous slices and files sort by time."""
+    order = [(info.timestamp_column.name, "ascending"), *((k, "ascending") for k in info.primary_key)]
+    return table.sort_by(order)
+
+
+def partitions(table: pa.Table, settings: ArchiveSettings, info: TableInfo) -> list[tuple[str | None, pa.Table]]:
+    """Split a batch sorted by sort_batch into the hive partitions of its timestamps (a file holds one).
+
+    Each partition is a zero-copy slice: the day (or month) of each row is floored and run-length
+    encoded, so the work is one pass over the timestamps whatever the number of partitions.
+    """
+    if settings.partitioning == "None" or table.num_rows == 0:
+        return [(None, table)]
+    column = table.column(info.timestamp_column.name)
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("us"))  # UTC wall time for timestamptz
+    daily = settings.partitioning == "Daily"
+    runs = pc.run_end_encode(pc.floor_temporal(column.combine_chunks(), unit="day" if daily else "month"))
+    result = []
+    start = 0
+    for end, period in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+        label = period.strftime("%Y-%m-%d" if daily else "%Y-%m")
+        result.append((label, table.slice(start, end - start)))
+        start = end
+    return result
+
+
+def split_by_size(table: pa.Table, max_bytes: int) -> list[pa.Table]:
+    """Slices whose in-memory size stays under max_bytes (the encoded file is smaller still)."""
+    size = max(1, table.nbytes)
+    if size <= max_bytes or table.num_rows <= 1:
+        return [table]
+    pieces = -(-size // max_bytes)
+    step = -(-table.num_rows // pieces)
+    return [table.slice(offset, step) for offset in range(0, table.num_rows, step)]
+
+
+def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) -> None:
+    """PUT with a SHA-256 checksum and verify what the store says it stored.
+
+    A store that checks x-amz-checksum-sha256 rejects a corrupted body (BadDigest) and returns the
+    checksum it computed: a match is its own statement of what it holds, so no HEAD is needed. A store
+    that returns no checksum (requestChecksum: WhenRequired, or no support) is asked with HEAD for the
+    size and the ETag, which for a single PUT is the MD5 of the body.
+    """
+    checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    arguments: dict[str, Any] = {"Bucket": store.bucket, "Key": key, "Body": body, **store.write_arguments()}
+    if not store.spec.checksum_when_required:
+        arguments["ChecksumSHA256"] = checksum
+    try:
+        put = store.client.put_object(**arguments)
+        if put.get("ChecksumSHA256") == checksum:
+            return
+        head = store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_storage_error(exc, "cannot upload", store.bucket, key) from None
+    stored_checksum = head.get("ChecksumSHA256")
+    etag = str(head.get("ETag", "")).strip('"')
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    if (
+        head["ContentLength"] != len(body)
+        or (stored_checksum and stored_checksum.split("-")[0] != checksum)
+        or (not stored_checksum and "-" not in etag and etag != md5)
+    ):
+        raise VerificationFailed(
+            f"s3://{store.bucket}/{key}: the stored object does not match what was uploaded "
+            f"(size {head['ContentLength']} of {len(body)}, checksum {stored_checksum or etag})"
+        )
+
+
+def read_verified(
+    store: ObjectStore, manifest: dict[str, Any], described: dict[str, Any], columns: list[Column]
+) -> pa.Table:
+    """Download one object of a batch, check its SHA-256 and row count against the manifest, decode it."""
+    body = store.get_bytes(described["objectKey"])
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != described["sha256"]:
+        raise VerificationFailed(
+            f"{described['objectKey']}: SHA-256 {digest} does not match the manifest's {described['sha256']}"
+        )
+    table = decode(body, manifest["format"], columns)
+    if table.num_rows != described["rows"]:
+        raise VerificationFailed(
+            f"{described['objectKey']}: {table.num_rows} rows, the manifest says {described['rows']}"
+        )
+    return table
