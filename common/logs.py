@@ -57,8 +57,12 @@ class TextFormatter(_CellarFormatter):
         moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         parts = [f"{moment} {record.levelname.lower():7} {record.getMessage()}"]
         for key, value in redact_nested(self.extra_fields(record)).items():
-            text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-            text = redact(text)
+            # redact_nested masked the values; what JSON cannot hold is turned into text and masked here.
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value, default=lambda v: redact(str(v)), ensure_ascii=False)
+            )
             if len(text) > self.MAX_VALUE:
                 text = text[: self.MAX_VALUE - 3] + "..."
             parts.append(f"{key}={text}")

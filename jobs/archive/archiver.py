@@ -63,7 +63,6 @@ class Archiver:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
         apply from the next batch on. `on_standby_hold`: see StandbyGate."""
         self.conn = conn
-        self.settings = settings
         self.info = info
         self.cutoff = cutoff
         self.interrupts = interrupts
@@ -79,6 +78,11 @@ class Archiver:
         self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
         self._settings_read_at = self._started = time.monotonic()
         self._last_settings_notice = ""
+
+    @property
+    def settings(self) -> ArchiveSettings:
+        """The run's settings as they are now (a spec read again may change them between batches)."""
+        return self.batches.settings
 
     def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
         """One batch's rows in an open transaction (BatchWorker.capture)."""
@@ -251,7 +255,7 @@ class Archiver:
                 ):
                     self.batches.batch_rows = updated.batch_rows  # shrunk again for wide rows
                 self.standbys.limit = updated.max_replication_lag
-                self.settings = self.batches.settings = updated
+                self.batches.settings = updated
                 log.info("settings changed; the next batches use them", extra={"changed": applied})
             if later:
                 self._notice("the spec changed; these fields take effect at the next run", ", ".join(later))

@@ -165,14 +165,13 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
         ).fetchone()
         if not unique or not unique[0]:
             raise InvalidSpec(f"spec.primaryKey: no unique index on ({', '.join(primary_key)}); ON CONFLICT needs one")
-    version = conn.execute("SELECT current_setting('server_version')").fetchone()
     return TableInfo(
         oid=oid,
         columns=columns,
         primary_key=primary_key,
         timestamp_column=timestamp,
         plain=bool(kind and kind[0]),
-        server_version=str(version[0]) if version else "",
+        server_version=conn.info.parameter_status("server_version") or "",  # reported by libpq at login
     )
 
 

@@ -37,7 +37,6 @@ CHUNK = 1024 * 1024
 class DumpFailed(CellarError):
     """pg_dump exited non-zero; nothing was published."""
 
-    exit_code = 1
     reason = Reason.DUMP_FAILED
 
 

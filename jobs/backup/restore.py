@@ -58,11 +58,10 @@ class RestorePlan:
 def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
     """Ask the target server its version and choose the tools (pgtools.tools_for_restore), before
     anything is written; `server` names any database on it the role may connect to."""
-    with connect(server, application_name=application_name) as conn:
-        row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version')")
-        version_num, version = row.fetchone() or (0, "")
-    tools = tools_for_restore(int(str(version_num)), str(version), manifest.pg_dump_version, manifest.server_version)
-    return RestorePlan(tools, str(version))
+    with connect(server, application_name=application_name) as conn:  # libpq reports the version at login
+        version_num, version = conn.info.server_version, conn.info.parameter_status("server_version") or ""
+    tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
+    return RestorePlan(tools, version)
 
 
 @dataclass(frozen=True)
