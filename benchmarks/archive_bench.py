@@ -47,17 +47,22 @@ CUTOFF_AGE_DAYS = 365
 COLUMNS = "id, created_at, customer, amount, status, note, payload, ref"
 
 
-def generate(stack: LocalStack, rows: int) -> None:
+UNIFORM = "g::float8 / %s"  # a row's age, as a fraction of 5 years: as many rows every day
+
+
+def generate(stack: LocalStack, rows: int, template: str = "archive_template", age: str = UNIFORM) -> None:
+    """The table in database `template`; `age`: an SQL expression of g (1 to rows) and the row count
+    (its %s), each row's age as a fraction of 5 years."""
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE archive_template")
-    with psycopg.connect(stack.pg_dsn("archive_template"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {template}")
+    with psycopg.connect(stack.pg_dsn(template), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, customer int, "
             "amount numeric(12, 2), status text, note text, payload jsonb, ref uuid)"
         )
         # 80% of the rows are older than the cutoff (365 days): spread over 5 years, newest 1 year old.
         conn.execute(
-            "INSERT INTO orders SELECT g, now() - (g::float8 / %s) * interval '1825 days', "
+            f"INSERT INTO orders SELECT g, now() - ({age}) * interval '1825 days', "
             "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
             "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
             "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
@@ -74,9 +79,9 @@ def cpu_spent(job: float, before: dict[str, float], after: dict[str, float]) -> 
     return {"job_cpu": job, **{f"{name}_cpu": after[name] - before[name] for name in before}}
 
 
-def fresh_copy(stack: LocalStack, name: str) -> str:
+def fresh_copy(stack: LocalStack, name: str, template: str = "archive_template") -> str:
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE archive_template")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     return stack.pg_dsn(name)
 
 
@@ -185,9 +190,14 @@ def cellar(
     partitioning: str,
     attempt: int,
     batch: dict[str, int],
+    *,
+    name: str = "",
+    job: tuple[str, ...] = ("jobs.archive",),
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """(c): a TableArchive over `database` with the given partitioning, run as the archive job's account."""
-    name = f"orders-{partitioning.lower()}-{attempt}"
+    """(c): a TableArchive over `database` with the given partitioning, run as the archive job's account.
+    `job`: the module to run and its first arguments; `env`: added to the job's environment."""
+    name = name or f"orders-{partitioning.lower()}-{attempt}"
     create_database_secret(api, stack, name, database)
     credentials = {
         "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
@@ -226,7 +236,7 @@ def cellar(
         [
             sys.executable,
             "-m",
-            "jobs.archive",
+            *job,
             "--kubeconfig",
             str(kubeconfig),
             "--namespace",
@@ -234,7 +244,7 @@ def cellar(
             "--name",
             name,
         ],
-        {**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
+        {**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x", **(env or {})},
     )
     summary = next(
         json.loads(line) for line in run.output.splitlines() if line.startswith("{") and '"archive run summary"' in line

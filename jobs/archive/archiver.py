@@ -24,10 +24,10 @@ from common.errors import CellarError, InvalidSpec
 from common.runtime import Interrupts
 from common.storage import ObjectStore
 from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunTotals, rollback_quietly
-from jobs.archive.lanes import Lane, LaneBoard, as_utc, jsonable, split_into_lanes
+from jobs.archive.lanes import Lane, jsonable, split_into_lanes
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, live_changes, parse_archive_spec
 from jobs.archive.standbys import StandbyGate
-from jobs.archive.statements import due_range, timestamp_histogram
+from jobs.archive.statements import due_range
 from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ class Archiver:
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         self._totals_lock = threading.Lock()
-        self._board: LaneBoard | None = None
         self.standbys = StandbyGate(settings.max_replication_lag, on_standby_hold)
         self._reread_spec = reread_spec
         self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
@@ -102,11 +101,7 @@ class Archiver:
         if self.settings.parallelism <= 1:
             return [Lane()]
         oldest, newest = due_range(self.conn, self.settings, self.info, self.cutoff)
-        bounds = sorted(b for b in (as_utc(v) for v in timestamp_histogram(self.conn, self.settings, self.info)) if b)
-        lanes = split_into_lanes(
-            oldest, newest, self.settings.parallelism, bounds, bounds_per_lane=self.tuning.histogram_bounds_per_lane
-        )
-        self._board = LaneBoard(lanes, bounds, self.cutoff, self.tuning)
+        lanes = split_into_lanes(oldest, newest, self.settings.parallelism)
         log.info("lanes", extra={"lanes": [[jsonable(lane.start), jsonable(lane.end)] for lane in lanes]})
         return lanes
 
@@ -192,11 +187,7 @@ class Archiver:
                 stopping = halt.is_set() or self._stopping()
                 if unpublished is None:
                     idle.append(conn)
-                    taken = None if stopping or self._board is None else self._board.take_over(lane)
-                    if taken is None:
-                        return "done"
-                    lane = taken
-                    continue
+                    return "done"
                 captured, unpublished = unpublished, None
                 pending = publisher.submit(self._publish_and_release, captured, idle)
                 if stopping:

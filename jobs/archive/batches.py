@@ -29,7 +29,7 @@ from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
-from jobs.archive.lanes import Lane, aligned_batch_end, as_utc, jsonable
+from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
 from jobs.archive.objects import (
     MANIFEST_FORMAT_VERSION,
     ObjectLayout,
@@ -115,6 +115,14 @@ def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
         data += waited
 
 
+def read_copy_plainly(copy: psycopg.Copy) -> bytearray:
+    """All the data of a COPY TO through psycopg's own read (what read_copy is measured against)."""
+    data = bytearray()
+    while chunk := copy.read():
+        data += chunk
+    return data
+
+
 def _finish_copy_out(conn: Connection) -> None:
     """After get_copy_data reported the end of a COPY TO: read its result; raise the server's error."""
     results = []
@@ -193,7 +201,7 @@ class BatchWorker:
         try:
             sql_settings(conn, self.settings, self.info)
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                data = read_copy(conn, copy)
+                data = read_copy(conn, copy) if self.tuning.read_buffered_copy else read_copy_plainly(copy)
             table = sort_batch(csv_to_table(data, self.info.columns), self.info)
             if table.num_rows == 0:
                 conn.rollback()
@@ -202,9 +210,10 @@ class BatchWorker:
             if self.settings.mode == "Move":
                 stamps = table.column(self.info.timestamp_column.name)
                 lane.resume_from = stamps[-1].as_py()
-                first, last = as_utc(stamps[0].as_py()), as_utc(lane.resume_from)
-                lane.last_batch_span = last - first if first is not None and last is not None else None
-                lane.until = aligned_batch_end(first, last, table.num_rows, self.batch_rows, self.settings.partitioning)
+                if self.tuning.align_batch_ends:
+                    lane.until = aligned_batch_end(
+                        stamps[0].as_py(), lane.resume_from, table.num_rows, self.batch_rows, self.settings.partitioning
+                    )
             return CapturedBatch(conn, str(uuid.uuid4()), began, table)
         except BaseException:
             rollback_quietly(conn)

@@ -150,8 +150,9 @@ class Tuning:
     standby_status_interval: float = 30.0  # how often a wait for a standby is written to status
     estimate_from_rows: int = 1_000_000  # from this many rows due, the progress total is the planner's estimate
     unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
-    histogram_bounds_per_lane: int = 4  # fewer, and the statistics say too little about the due rows
-    batches_left_to_split: int = 4  # a lane is split for an idle one only with this many batches' time left
+    # Off only to measure what each earns (benchmarks/scheduler_bench.py; the figures are in docs/design.md).
+    align_batch_ends: bool = True  # a batch stops at a partition boundary when a whole one fits
+    read_buffered_copy: bool = True  # take the COPY rows libpq already holds without psycopg's per-row wait
 
 
 DEFAULT_TUNING = Tuning()

@@ -164,24 +164,6 @@ def due_range(conn: Connection, settings: ArchiveSettings, info: TableInfo, cuto
     return (row[0], row[1]) if row else (None, None)
 
 
-def timestamp_histogram(conn: Connection, settings: ArchiveSettings, info: TableInfo) -> list[object]:
-    """The timestamp column's histogram bounds from the last ANALYZE; none when never analyzed."""
-    column = info.timestamp_column
-    row = conn.execute(
-        sql.SQL(
-            "SELECT histogram_bounds::text::{}[] FROM pg_stats WHERE schemaname = {} AND tablename = {} "
-            "AND attname = {} ORDER BY inherited DESC LIMIT 1"
-        ).format(
-            sql.SQL(column.pg_type),
-            sql.Literal(settings.schema),
-            sql.Literal(settings.table),
-            sql.Literal(column.name),
-        )
-    ).fetchone()
-    conn.rollback()
-    return list(row[0]) if row and row[0] else []  # type: ignore[call-overload]
-
-
 def lock_id(info: TableInfo) -> int:
     """One advisory lock per table: cellar's namespace in the high bits, the table's oid in the low."""
     return (zlib.crc32(b"cellar.archive") << 32 | info.oid) - (1 << 63)

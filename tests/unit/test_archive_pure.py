@@ -182,27 +182,6 @@ def test_one_open_lane_when_there_is_nothing_to_split(oldest: object, count: int
     assert split_into_lanes(oldest, NEWEST, count) == [Lane()]
 
 
-def test_lanes_follow_the_histogram_when_the_rows_bunch_up() -> None:
-    # A table that grew: ANALYZE's equal-row buckets are one a month until November, then one a day in
-    # December. Lanes of equal time would leave almost every row to the newest lane.
-    oldest = datetime(2024, 1, 1, tzinfo=UTC)
-    monthly = [datetime(2024, month, 1, tzinfo=UTC) for month in range(2, 12)]  # 10 bounds
-    daily = [datetime(2024, 12, 1, tzinfo=UTC) + timedelta(days=d) for d in range(30)]  # 30 bounds
-    lanes = split_into_lanes(oldest, NEWEST, 2, histogram=[oldest, *monthly, *daily, NEWEST])
-    middle = datetime(2024, 12, 11, tzinfo=UTC)  # 20 bounds before it, 20 from it on
-    assert [(lane.start, lane.end) for lane in lanes] == [(None, middle), (middle, None)]
-
-
-def test_too_few_histogram_bounds_among_the_due_rows_give_lanes_of_equal_time() -> None:
-    oldest = datetime(2024, 12, 2, tzinfo=UTC)
-    lanes = split_into_lanes(oldest, NEWEST, 3, histogram=[datetime(2024, 12, 30, tzinfo=UTC), date(2020, 1, 1)])
-    assert [lane.end for lane in lanes] == [
-        datetime(2024, 12, 12, tzinfo=UTC),
-        datetime(2024, 12, 22, tzinfo=UTC),
-        None,
-    ]
-
-
 @pytest.mark.parametrize(
     "first",
     [datetime(2024, 3, 1, 0, 0, tzinfo=UTC), datetime(2024, 3, 1, 0, 0), date(2024, 3, 1)],
