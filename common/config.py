@@ -238,6 +238,26 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
 
 
 @dataclass(frozen=True)
+class ObjectLock:
+    """spec.storage.objectLock: every object cellar writes is locked (S3 Object Lock) until `retain_for`
+    after it was written, in `mode` (GOVERNANCE or COMPLIANCE), and under a legal hold when asked."""
+
+    mode: str
+    retain_for: timedelta
+    legal_hold: bool = False
+
+    @classmethod
+    def parse(cls, reader: SpecReader) -> ObjectLock:
+        mode = reader.string("mode", required=True, choices=("Governance", "Compliance"))
+        retain_for = reader.duration("retainFor")
+        if retain_for is None:
+            raise InvalidSpec(f"{reader.path}.retainFor: required (for example 30d)")
+        if retain_for < timedelta(seconds=1):
+            raise InvalidSpec(f"{reader.path}.retainFor: must be at least 1s")
+        return cls(mode.upper(), retain_for, reader.boolean("legalHold"))
+
+
+@dataclass(frozen=True)
 class StorageSpec:
     bucket: str
     prefix: str
@@ -256,6 +276,7 @@ class StorageSpec:
     checksum_when_required: bool
     max_parts: int
     part_size: int
+    object_lock: ObjectLock | None = None
 
     @classmethod
     def parse(cls, reader: SpecReader) -> StorageSpec:
@@ -308,6 +329,7 @@ class StorageSpec:
             == "WhenRequired",
             max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
             part_size=(reader.integer("partSizeMiB", 8, minimum=5, maximum=5120) or 8) * 1024 * 1024,
+            object_lock=ObjectLock.parse(reader.child("objectLock")) if reader.has("objectLock") else None,
         )
 
     def secret_refs(self) -> list[SecretKeyRef]:

@@ -53,6 +53,7 @@ DATABASE_BACKUP = ResourceKind("DatabaseBackup", "databasebackups")
 DATABASE_RESTORE = ResourceKind("DatabaseRestore", "databaserestores")
 TABLE_ARCHIVE = ResourceKind("TableArchive", "tablearchives")
 SECRET = ResourceKind("Secret", "secrets", group="", version="v1")
+CONFIG_MAP = ResourceKind("ConfigMap", "configmaps", group="", version="v1")
 EVENT = ResourceKind("Event", "events", group="events.k8s.io", version="v1")
 
 
@@ -85,6 +86,8 @@ class KubeTransport(Protocol):
     ) -> dict[str, Any]: ...
 
     def get_secret_data(self, namespace: str, name: str) -> dict[str, str]: ...
+
+    def get_config_map_data(self, namespace: str, name: str) -> dict[str, str]: ...
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> None: ...
 
@@ -136,6 +139,10 @@ class ClientTransport:
     def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
         secret = self._call(self._get_json, "/api/v1/namespaces/{namespace}/secrets/{name}", namespace, name)
         return {key: base64.b64decode(value).decode("utf-8") for key, value in (secret.get("data") or {}).items()}
+
+    def get_config_map_data(self, namespace: str, name: str) -> dict[str, str]:
+        config_map = self._call(self._get_json, "/api/v1/namespaces/{namespace}/configmaps/{name}", namespace, name)
+        return dict(config_map.get("data") or {})
 
     def _get_json(self, path: str, namespace: str, name: str, _request_timeout: Any) -> dict[str, Any]:
         """GET a namespaced object as a dict, with the client's authentication (raises ApiException)."""
@@ -318,6 +325,20 @@ class Kube:
                 raise InvalidSpec(f'{field}: Secret "{name}" was not found in namespace "{namespace}"') from exc
             raise self._translate(exc, "get", ref) from exc
         return cast(dict[str, str], data)
+
+    def read_config_map_key(self, namespace: str, name: str, key: str, *, field: str) -> str:
+        """One value of a ConfigMap (never a secret); `field` is the spec path that named it."""
+        ref = ResourceRef(CONFIG_MAP, namespace, name)
+        try:
+            data = self._retrying(lambda: self.transport.get_config_map_data(namespace, name), f"get configmap {name}")
+        except KubeApiError as exc:
+            if exc.status == 404:
+                raise InvalidSpec(f'{field}: ConfigMap "{name}" was not found in namespace "{namespace}"') from exc
+            raise self._translate(exc, "get", ref) from exc
+        if key not in data:
+            present = ", ".join(sorted(data)) or "none"
+            raise InvalidSpec(f'{field}: ConfigMap "{name}" has no key "{key}" (keys present: {present})')
+        return str(data[key])
 
     def update_status(
         self,

@@ -89,6 +89,11 @@ class Reason(StrEnum):
         EXIT_PERMANENT,
         "the object store refused a request as invalid, or it is too big",
     )
+    OBJECT_LOCK_DISABLED = (
+        "ObjectLockDisabled",
+        EXIT_PERMANENT,
+        "spec.storage.objectLock is set, but the bucket was not created with object lock",
+    )
     TOOL_MISSING = "ToolMissing", EXIT_PERMANENT, "no pg_dump or pg_restore where cellar looks for them"
     PG_DUMP_TOO_OLD = "PgDumpTooOld", EXIT_PERMANENT, "every pg_dump installed is older than the server"
     PG_RESTORE_TOO_OLD = "PgRestoreTooOld", EXIT_PERMANENT, "no pg_restore installed reads the backup's format"
@@ -97,6 +102,11 @@ class Reason(StrEnum):
     TARGET_EXISTS = "TargetExists", EXIT_PERMANENT, "createDatabase: the target database exists already"
     BACKUP_NOT_FOUND = "BackupNotFound", EXIT_PERMANENT, "no complete backup matches what the restore asks for"
     CHECKSUM_MISMATCH = "ChecksumMismatch", EXIT_PERMANENT, "the stored object is not what its manifest describes"
+    DECRYPTION_FAILED = (
+        "DecryptionFailed",
+        EXIT_PERMANENT,
+        "an encrypted backup: no identity was given, or none given is one of its recipients",
+    )
     RESTORE_FAILED = "RestoreFailed", EXIT_PERMANENT, "pg_restore exited with an error (its message follows)"
     ROW_COUNT_MISMATCH = "RowCountMismatch", EXIT_PERMANENT, "a restore test counted other rows than the manifest"
     INVALID_MANIFEST = "InvalidManifest", EXIT_PERMANENT, "a manifest in the bucket cannot be read"

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -135,8 +136,15 @@ class ObjectStore:
         return "/".join(p.strip("/") for p in (self.spec.prefix, *parts) if p)
 
     def write_arguments(self) -> dict[str, Any]:
-        """Encryption and storage class for every object written."""
+        """Encryption, storage class and object lock for every object written (call it per object: the
+        lock's retention runs from now)."""
         arguments: dict[str, Any] = {}
+        lock = self.spec.object_lock
+        if lock is not None:
+            arguments["ObjectLockMode"] = lock.mode
+            arguments["ObjectLockRetainUntilDate"] = datetime.now(UTC) + lock.retain_for
+            if lock.legal_hold:
+                arguments["ObjectLockLegalHoldStatus"] = "ON"
         if self.spec.sse_algorithm:
             arguments["ServerSideEncryption"] = self.spec.sse_algorithm
         if self.spec.sse_kms_key_id:
@@ -146,11 +154,33 @@ class ObjectStore:
         return arguments
 
     def check_access(self) -> None:
-        """Fail early, with a clear message, when the bucket is missing or the keys are wrong."""
+        """Fail early, with a clear message, when the bucket is missing, the keys are wrong, or the spec
+        asks for object lock on a bucket without it."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot access", self.bucket) from None
+        if self.spec.object_lock is not None:
+            self._check_object_lock()
+
+    def _check_object_lock(self) -> None:
+        action = "cannot read the object lock configuration of"
+        try:
+            found = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            enabled = found.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                raise translate_storage_error(exc, action, self.bucket) from None
+            enabled = False
+        except BotoCoreError as exc:
+            raise translate_storage_error(exc, action, self.bucket) from None
+        if not enabled:
+            raise PermanentError(
+                f"bucket {self.bucket!r} does not have S3 Object Lock enabled, which spec.storage.objectLock needs. "
+                "Object lock can only be turned on when a bucket is created (aws s3api create-bucket "
+                "--object-lock-enabled-for-bucket, or mc mb --with-lock): use such a bucket, or remove objectLock",
+                reason=Reason.OBJECT_LOCK_DISABLED,
+            )
 
     def open_upload(
         self, key: str, *, content_type: str = "application/octet-stream", concurrency: int = 2
@@ -189,11 +219,67 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot list", self.bucket, prefix) from None
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> Lock | None:
+        """Delete `key`. With spec.storage.objectLock every version of it goes (a plain delete would only
+        hide a locked object behind a delete marker); a version that the store refuses to delete because
+        its lock holds it is kept, and its Lock returned. None: deleted."""
+        if self.spec.object_lock is None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
+            return None
+        for version_id in self._versions(key):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            except ClientError as exc:
+                # AWS refuses with 403 AccessDenied, MinIO with 400 InvalidRequest ("Object is WORM
+                # protected"): whatever the code, a lock found on the version is the reason.
+                lock = self._lock_of(key, version_id)
+                if lock is not None:
+                    return lock
+                raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
+            except BotoCoreError as exc:
+                raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
+        return None
+
+    def _versions(self, key: str) -> list[str]:
+        """The version ids (and delete markers) of exactly `key`, oldest first."""
+        found: list[str] = []
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key)
+            for page in pages:
+                entries = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                found += [str(e["VersionId"]) for e in entries if e["Key"] == key]
         except (ClientError, BotoCoreError) as exc:
-            raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
+            raise translate_storage_error(exc, "cannot list the versions of", self.bucket, key) from None
+        return found[::-1]
+
+    def _lock_of(self, key: str, version_id: str) -> Lock | None:
+        """The lock that holds a version now, if any."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except (ClientError, BotoCoreError):
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        legal_hold = head.get("ObjectLockLegalHoldStatus") == "ON"
+        if legal_hold or (until is not None and until > datetime.now(UTC)):
+            return Lock(until, legal_hold)
+        return None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Why the store keeps an object cellar would delete: its retention date, or a legal hold."""
+
+    until: datetime | None
+    legal_hold: bool = False
+
+    def describe(self) -> str:
+        if self.legal_hold:
+            return "kept by a legal hold (remove it to let cellar delete the object)"
+        assert self.until is not None
+        return f"kept until {self.until.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} by object lock"
 
 
 def part_size_for(part_number: int, base_size: int, max_parts: int) -> int:

@@ -164,10 +164,15 @@ def create_secret(admin_api: Any, namespace: str) -> Callable[[str, dict[str, st
     from kubernetes import client
 
     def make(name: str, data: dict[str, str]) -> None:
-        client.CoreV1Api(admin_api).create_namespaced_secret(
-            namespace,
-            {"metadata": {"name": name}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}},
-        )
+        """Create the Secret, or replace what it holds."""
+        body = {"metadata": {"name": name}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+        core = client.CoreV1Api(admin_api)
+        try:
+            core.create_namespaced_secret(namespace, body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_secret(name, namespace, body)
 
     return make
 

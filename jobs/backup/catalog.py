@@ -1,8 +1,9 @@
 """What is in storage: backups (a manifest plus the object it describes) and leftovers.
 
 Layout under the resource's prefix:
-  data/<backup-id>.pgdump[.zst|.gz]   the dump, written first
+  data/<backup-id>.pgdump[.zst|.gz][.age]   the dump (compressed, then encrypted), written first
   manifests/<backup-id>.json           written last; its existence is what makes a backup exist
+  rejected/<backup-id>.json            a backup that failed its restore test: it no longer counts
 A backup id starts with the UTC start time (20261122T023000Z-<run id>), so keys sort by age.
 """
 
@@ -20,9 +21,14 @@ from common.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the object may be encrypted (`encryption`); a manifest of an unencrypted backup still says 1, so
+# that every cellar that reads 1 restores it, and an older one refuses an encrypted backup cleanly.
+FORMAT_VERSION = 2
 DATA_DIR = "data"
 MANIFEST_DIR = "manifests"
+# A backup that failed its restore test: a copy of its manifest here takes it out of the catalog, whether
+# or not its manifest could be deleted (an object lock forbids that until its retention ends).
+QUARANTINE_DIR = "rejected"
 
 
 def backup_id(started: datetime, run_id: str) -> str:
@@ -34,6 +40,14 @@ class TableCount:
     schema: str
     name: str
     rows: int
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """How a backup's object is encrypted: its format (age) and its recipients' fingerprints, never keys."""
+
+    format: str
+    recipients: tuple[str, ...]
 
 
 @dataclass
@@ -58,8 +72,13 @@ class Manifest:
     run_id: str
     standby: bool = False
     counts_in_dump_snapshot: bool = True
-    format_version: int = FORMAT_VERSION
+    encryption: Encryption | None = None
+    format_version: int = 0  # 0: the lowest that describes this manifest (see FORMAT_VERSION)
     manifest_key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.format_version:
+            self.format_version = 2 if self.encryption is not None else 1
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -82,6 +101,8 @@ class Manifest:
             "resource": self.resource,
             "runId": self.run_id,
         }
+        if self.encryption is not None:
+            body["encryption"] = {"format": self.encryption.format, "recipients": list(self.encryption.recipients)}
         return json.dumps(body, indent=2, sort_keys=False).encode("utf-8")
 
     @classmethod
@@ -113,6 +134,11 @@ class Manifest:
                 run_id=body["runId"],
                 standby=bool(body.get("standby", False)),
                 counts_in_dump_snapshot=bool(body.get("countsInDumpSnapshot", True)),
+                encryption=(
+                    Encryption(body["encryption"]["format"], tuple(body["encryption"]["recipients"]))
+                    if body.get("encryption")
+                    else None
+                ),
                 format_version=int(body["formatVersion"]),
                 manifest_key=key,
             )
@@ -143,9 +169,13 @@ def take_inventory(store: ObjectStore) -> Inventory:
     """
     data = {o["Key"]: o for o in store.list_objects(store.key(DATA_DIR) + "/")}
     manifests = list(store.list_objects(store.key(MANIFEST_DIR) + "/"))
+    rejected = {o["Key"].rsplit("/", 1)[-1] for o in store.list_objects(store.key(QUARANTINE_DIR) + "/")}
     backups: list[Manifest] = []
     broken: list[dict[str, Any]] = []
     for listed in manifests:
+        if listed["Key"].rsplit("/", 1)[-1] in rejected:
+            broken.append(listed)  # quarantined; its manifest outlived the move (an object lock held it)
+            continue
         try:
             manifest = Manifest.from_json(store.get_bytes(listed["Key"]), listed["Key"])
         except PermanentError as exc:

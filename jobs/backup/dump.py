@@ -1,4 +1,5 @@
-"""One consistent dump, streamed from pg_dump through compression into a multipart upload.
+"""One consistent dump, streamed from pg_dump through compression (and age encryption, when the spec
+asks for it) into a multipart upload.
 
 Consistency: our own REPEATABLE READ transaction exports a snapshot that pg_dump imports
 (`--snapshot`), and the row count of every table is taken in that same snapshot while pg_dump runs,
@@ -13,7 +14,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -21,6 +22,7 @@ from psycopg import sql
 
 from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
+from common.encryption import EncryptingWriter
 from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
@@ -192,8 +194,10 @@ def dump_to_storage(
     server_version: str,
     application_name: str,
     on_progress: Callable[[int], None],
+    recipients: Sequence[str] = (),
 ) -> DumpResult:
-    """Dump with `tools`' pg_dump, compress, upload; the object becomes visible only after pg_dump exited 0."""
+    """Dump with `tools`' pg_dump, compress, encrypt to `recipients` (age) when there are any, upload;
+    the object becomes visible only after pg_dump exited 0."""
     snapshot_conn = connect(database, application_name=application_name)
     try:
         hold_snapshot_open(snapshot_conn)
@@ -217,20 +221,29 @@ def dump_to_storage(
         try:
             with store.open_upload(key) as upload:
                 compressor = compressor_for(compression)
+                encryptor = EncryptingWriter(recipients, upload.write) if recipients else None
+                output = encryptor.write if encryptor is not None else upload.write
 
                 def sink(chunk: bytes) -> None:
                     counter.start()
-                    upload.write(compressor.compress(chunk))
+                    output(compressor.compress(chunk))
                     failpoint("backup.dump-streaming")
 
-                raw = pump(process.stdout.fileno(), sink, on_progress)
-                code = process.wait()
-                if code != 0:
-                    raise DumpFailed(
-                        f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL {server_version}: "
-                        f"{stderr.error_lines()}"
-                    )
-                upload.write(compressor.flush())
+                try:
+                    raw = pump(process.stdout.fileno(), sink, on_progress)
+                    code = process.wait()
+                    if code != 0:
+                        raise DumpFailed(
+                            f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
+                            f"{server_version}: {stderr.error_lines()}"
+                        )
+                    output(compressor.flush())
+                    if encryptor is not None:
+                        encryptor.close()  # age's last chunk, which marks the end of the file
+                except BaseException:
+                    if encryptor is not None:
+                        encryptor.abort()  # before the upload is aborted: its thread writes to it
+                    raise
                 tables = counter.result()
                 result = upload.complete()
         finally:

@@ -16,6 +16,9 @@ from common.config import (
     resolve_storage_credentials,
 )
 from common.db import connect
+from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
+from common.encryption import FORMAT as ENCRYPTION_FORMAT
+from common.encryption import Identities, fingerprint, resolve_identities, resolve_recipients
 from common.errors import CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
@@ -23,14 +26,24 @@ from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
-from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, Inventory, Manifest, backup_id, find_backup, take_inventory
+from jobs.backup.catalog import (
+    DATA_DIR,
+    MANIFEST_DIR,
+    QUARANTINE_DIR,
+    Encryption,
+    Inventory,
+    Manifest,
+    backup_id,
+    find_backup,
+    take_inventory,
+)
 from jobs.backup.dump import ServerFacts, dump_to_storage, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import BackupRun, SuccessfulBackup, Verification, backup_fields, human_size, ready_condition
-from jobs.backup.verify import QUARANTINE_DIR, VerificationResult, quarantine, verify_backup
+from jobs.backup.verify import VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-backup"
@@ -49,11 +62,20 @@ class Preflight:
     store: ObjectStore
     server: ServerFacts
     tools: ClientTools
+    recipients: list[str]  # age recipients to encrypt to; none: not encrypted
+    identities: Identities | None  # what the restore test decrypts with
 
 
 def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
-    """Everything checked before anything is written: Secrets, bucket, database, the client tools."""
+    """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    encryption = settings.encryption
+    recipients = resolve_recipients(ctx.kube, ctx.ref.namespace, encryption) if encryption else []
+    identities = (
+        resolve_identities(ctx.kube, ctx.ref.namespace, encryption.identity)
+        if encryption and encryption.identity
+        else None
+    )
     store = open_storage(ctx, settings)
     store.check_access()
     with connect(database, application_name=APPLICATION) as conn:
@@ -67,32 +89,62 @@ def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
             "database_bytes": facts.database_size,
             "standby": facts.standby,
             "bucket": store.bucket,
+            "encrypted_to": [fingerprint(r) for r in recipients],
         },
     )
-    return Preflight(database, store, facts, tools)
+    return Preflight(database, store, facts, tools, recipients, identities)
 
 
-def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> tuple[Inventory, list[str]]:
-    """Delete what the policy lets go, and leftovers older than its safety window. Returns what was
-    (or, in a dry run, would be) deleted. A manifest goes before its object, so a crash in between
-    leaves an orphan object (cleaned later), never a manifest without its data."""
+@dataclass
+class RetentionOutcome:
+    """What retention left: the complete backups, the keys it deleted (or, in a dry run, would), and the
+    backups it let go but an object lock keeps, with until when."""
+
+    inventory: Inventory
+    deleted: list[str]
+    locked: dict[str, str]  # backup id -> "kept until ... by object lock"
+
+    def describe_locked(self) -> str:
+        return "; ".join(f"backup {backup} {why}" for backup, why in sorted(self.locked.items()))
+
+
+def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionOutcome:
+    """Delete what the policy lets go, and leftovers older than its safety window. A manifest goes before
+    its object, so a crash in between leaves an orphan object (cleaned later), never a manifest without
+    its data. A backup whose manifest an object lock still holds stays a complete backup, and is deleted
+    by the first run after its lock ends."""
     inventory = take_inventory(store)
     keep = backups_to_keep(inventory.backups, policy, now)
-    doomed: list[tuple[str, ...]] = [(m.manifest_key, m.data_key) for m in inventory.backups if m.backup_id not in keep]
+    doomed = [m for m in inventory.backups if m.backup_id not in keep]
     cutoff = now - policy.incomplete_after
-    doomed += [(o["Key"],) for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
-    deleted = [key for keys in doomed for key in keys]
+    leftovers = [o["Key"] for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
+    outcome = RetentionOutcome(inventory, [], {})
     if policy.dry_run:
-        log.info("retention dry run: would delete", extra={"keys": deleted})
-    else:
-        for key in deleted:
-            store.delete(key)
+        outcome.deleted = [key for m in doomed for key in (m.manifest_key, m.data_key)] + leftovers
+        log.info("retention dry run: would delete", extra={"keys": outcome.deleted})
+        return outcome
+    for manifest in doomed:
+        for key in (manifest.manifest_key, manifest.data_key):
+            lock = store.delete(key)
+            if lock is not None:  # the manifest: the backup stays whole; its object: a leftover for later
+                if key == manifest.manifest_key:
+                    outcome.locked[manifest.backup_id] = lock.describe()
+                break
+            outcome.deleted.append(key)
             failpoint("backup.retention")
-        if deleted:
-            log.info("retention deleted", extra={"keys": deleted})
-        abort_stale_uploads(store, cutoff)
-    inventory.backups = [m for m in inventory.backups if m.backup_id in keep or policy.dry_run]
-    return inventory, deleted
+    for key in leftovers:
+        lock = store.delete(key)
+        if lock is None:
+            outcome.deleted.append(key)
+        else:
+            log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
+    if outcome.deleted:
+        log.info("retention deleted", extra={"keys": outcome.deleted})
+    if outcome.locked:
+        log.info("retention let these backups go, but object lock keeps them", extra={"backups": outcome.locked})
+    abort_stale_uploads(store, cutoff)
+    inventory.backups = [m for m in inventory.backups if m.backup_id in keep or m.backup_id in outcome.locked]
+    return outcome
 
 
 def abort_stale_uploads(store: ObjectStore, cutoff: datetime) -> None:
@@ -121,12 +173,13 @@ def restore_test(
     manifest: Manifest,
     database: DatabaseSettings,
     settings: BackupSettings,
+    identities: Identities | None,
 ) -> VerificationResult:
     """Restore-test `manifest` on the source's server. A failure is recorded in status before it is
     raised, and a backup found unsound (BackupUnsound) is quarantined first."""
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
     try:
-        result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION)
+        result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION, identities=identities)
     except CellarError as error:
         if isinstance(error, BackupUnsound):
             quarantine(store, manifest, str(error))
@@ -160,17 +213,18 @@ class BackupJob:
         checked = preflight(ctx, settings)
         database, store, facts, tools = checked.database, checked.store, checked.server, checked.tools
         if ctx.dry_run:
-            inventory, would_delete = apply_retention(store, _as_dry_run(settings.retention), datetime.now(UTC))
+            planned = apply_retention(store, _as_dry_run(settings.retention), datetime.now(UTC))
             return (
                 f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
-                f"and {tools.describe('pg_dump')} all usable; {len(inventory.backups)} complete backups; retention "
-                f"would delete {len(would_delete)} objects"
+                f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
+                f"retention would delete {len(planned.deleted)} objects"
             )
 
         started = datetime.now(UTC)
         clock = time.monotonic()
         identifier = backup_id(started, ctx.run_id)
-        data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}")
+        encrypted = ENCRYPTED_EXTENSION if checked.recipients else ""
+        data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}{encrypted}")
         run = BackupRun(ctx.run_id, format_time(started), key=data_key)
         ctx.update_status(
             [Condition("Progressing", "True", Reason.RUNNING, f"dumping {database.describe()} to {data_key}")],
@@ -191,6 +245,7 @@ class BackupJob:
             server_version=facts.version,
             application_name=APPLICATION,
             on_progress=progress.update,
+            recipients=checked.recipients,
         )
         ended = datetime.now(UTC)
         manifest = Manifest(
@@ -212,6 +267,11 @@ class BackupJob:
             run_id=ctx.run_id,
             standby=facts.standby,
             counts_in_dump_snapshot=dumped.counts_in_dump_snapshot,
+            encryption=(
+                Encryption(ENCRYPTION_FORMAT, tuple(fingerprint(r) for r in checked.recipients))
+                if checked.recipients
+                else None
+            ),
             manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
         )
         failpoint("backup.before-manifest")
@@ -232,7 +292,7 @@ class BackupJob:
         conditions: list[Condition] = []
         verified = False
         if settings.verify:
-            tested = restore_test(ctx, store, manifest, database, settings)
+            tested = restore_test(ctx, store, manifest, database, settings, checked.identities)
             verified = True
             conditions.append(
                 Condition(
@@ -242,17 +302,19 @@ class BackupJob:
                     f"backup {identifier} restored with {tested.restored_with} and every table's row count matched",
                 )
             )
-        kept = (
-            (take_inventory(store), [])
+        retained = (
+            RetentionOutcome(take_inventory(store), [], {})
             if args.skip_retention
             else apply_retention(store, settings.retention, datetime.now(UTC))
         )
-        inventory, deleted = kept
+        inventory, deleted = retained.inventory, retained.deleted
         message = (
             f"backup {identifier} of PostgreSQL {facts.version} with {tools.describe('pg_dump')}: "
             f"{human_size(manifest.bytes_stored)} stored "
-            f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}) in {duration:.1f}s; "
-            f"{len(deleted)} old objects deleted"
+            f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
+            f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}) "
+            f"in {duration:.1f}s; "
+            f"{len(deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
         )
         fields = {
             **backup_fields(manifest, duration, verified, settings.stale_after),
@@ -321,7 +383,7 @@ class VerifyJob:
         manifest = find_backup(store, args.key)
         if ctx.dry_run:
             return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
-        tested = restore_test(ctx, store, manifest, database, settings)
+        tested = restore_test(ctx, store, manifest, database, settings, checked.identities)
         message = (
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
         )

@@ -1,28 +1,34 @@
-"""Streaming restore: storage -> SHA-256 check -> decompression -> pg_restore, with nothing on disk.
+"""Streaming restore: storage -> SHA-256 check -> decryption -> decompression -> pg_restore, with
+nothing on disk.
 
 pg_restore runs with --single-transaction and the last piece of the stream is held back until the
 whole object's SHA-256 has matched the manifest. On a mismatch pg_restore is killed before it can
-commit, so a corrupted backup never lands in the target database.
+commit, so a corrupted backup never lands in the target database. An encrypted backup's identity is
+checked on the object's header (check_decryptable) before the caller writes anything; a chunk that
+fails age's authentication later is a corrupted object like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
+from common.encryption import HEADER_PROBE_BYTES, CorruptedCiphertext, DecryptionFailed, Identities, decrypt_stream
 from common.errors import CellarError, PermanentError
 from common.reasons import Reason
 from common.storage import ObjectStore, translate_storage_error
 from jobs.backup.catalog import Manifest
-from jobs.backup.compression import decompressor_for
+from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,111 @@ def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_na
     return RestorePlan(tools, version)
 
 
+def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identities | None, *, field: str) -> None:
+    """Before anything is written: an encrypted backup needs an identity, and one of those given must
+    open its header (the first HEADER_PROBE_BYTES bytes, read on their own). `field` is where the spec
+    names the identity."""
+    if manifest.encryption is None:
+        return
+    if identities is None:
+        raise DecryptionFailed(
+            f"backup {manifest.backup_id} is encrypted ({manifest.encryption.format}, to "
+            f"{', '.join(manifest.encryption.recipients)}); name the Secret holding an identity of one of "
+            f"these recipients in {field}"
+        )
+    try:
+        head = store.client.get_object(
+            Bucket=store.bucket, Key=manifest.data_key, Range=f"bytes=0-{HEADER_PROBE_BYTES - 1}"
+        )["Body"].read()
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_storage_error(exc, "cannot read", store.bucket, manifest.data_key) from None
+    with contextlib.suppress(CorruptedCiphertext):  # the header opened; the probe ends before the object
+        decrypt_stream(_ChunkReader(iter([head])), identities, lambda _: None, what=manifest.data_key)
+
+
+class _ChunkReader:
+    """A stream of chunks as a file-like read(n), for pyrage (which asks for a few KiB at a time)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buffer:
+            self._buffer = memoryview(next(self._chunks, b""))
+        taken = self._buffer if size < 0 else self._buffer[:size]
+        self._buffer = self._buffer[len(taken) :]
+        return bytes(taken)
+
+
+class _HeldBackSink:
+    """Decompresses what it is given into pg_restore's stdin, always keeping the last HOLD_BACK bytes."""
+
+    def __init__(self, decompressor: Decompressor, stdin: Any) -> None:
+        self._decompressor = decompressor
+        self._stdin = stdin
+        self.held_back = bytearray()
+        self.restored = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self.held_back += self._decompressor.decompress(chunk)
+        if len(self.held_back) > HOLD_BACK:
+            release = len(self.held_back) - HOLD_BACK
+            self._stdin.write(self.held_back[:release])
+            del self.held_back[:release]
+            self.restored += release
+
+
+class _StoredObject:
+    """The backup's object as it streams in, with the SHA-256 and size of what came so far."""
+
+    def __init__(self, store: ObjectStore, manifest: Manifest, on_progress: Callable[[int], None]) -> None:
+        self._store, self._manifest, self._on_progress = store, manifest, on_progress
+        self._digest = hashlib.sha256()
+        self.bucket = store.bucket
+        self.read = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._manifest.data_key)["Body"]
+        for chunk in body.iter_chunks(CHUNK):
+            self._digest.update(chunk)
+            self.read += len(chunk)
+            self._on_progress(self.read)
+            yield chunk
+
+    def check(self) -> None:
+        """The whole object matched the manifest, or ChecksumMismatch."""
+        manifest, digest = self._manifest, self._digest.hexdigest()
+        if self.read != manifest.bytes_stored or digest != manifest.sha256:
+            raise ChecksumMismatch(
+                f"{manifest.data_key}: SHA-256 {digest} ({self.read} bytes) does not match the manifest's "
+                f"{manifest.sha256} ({manifest.bytes_stored} bytes); the object is corrupted and was not restored"
+            )
+
+
+def _decode_into(
+    stored: _StoredObject, manifest: Manifest, identities: Identities | None, sink: Callable[[bytes], None]
+) -> None:
+    """Stream the object, decrypted when it is encrypted, into `sink`; errors of the bytes themselves
+    (a chunk that fails age's authentication, a frame that does not decompress) are ChecksumMismatch."""
+    try:
+        if manifest.encryption is None:
+            for chunk in stored.chunks():
+                sink(chunk)
+        elif identities is None:
+            raise DecryptionFailed(f"backup {manifest.backup_id} is encrypted and no identity was given")
+        else:
+            decrypt_stream(_ChunkReader(stored.chunks()), identities, sink, what=manifest.data_key)
+    except CorruptedCiphertext as exc:
+        raise ChecksumMismatch(f"{exc}; the object is corrupted and was not restored") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_storage_error(exc, "cannot read", stored.bucket, manifest.data_key) from None
+    except (CellarError, BrokenPipeError):
+        raise
+    except Exception as exc:  # a decompressor error means the bytes are not what was written
+        raise ChecksumMismatch(f"{manifest.data_key} cannot be decompressed ({exc}): the object is corrupted") from exc
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -79,7 +190,10 @@ def restore_from_storage(
     options: Sequence[str] = (),
     application_name: str,
     on_progress: Callable[[int], None] = lambda _: None,
+    identities: Identities | None = None,
 ) -> RestoreResult:
+    """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
+    has said they open it)."""
     argv = [
         plan.tools.path("pg_restore"),
         "--single-transaction",
@@ -94,50 +208,25 @@ def restore_from_storage(
     assert process.stdin is not None
     assert process.stderr is not None
     stderr = StderrTail(process.stderr)
-    digest = hashlib.sha256()
-    decompressor = decompressor_for(manifest.compression)
-    read = restored = 0
-    held_back = bytearray()
+    sink = _HeldBackSink(decompressor_for(manifest.compression), process.stdin)
+    stored = _StoredObject(store, manifest, on_progress)
     try:
         try:
-            body = store.client.get_object(Bucket=store.bucket, Key=manifest.data_key)["Body"]
-            for chunk in body.iter_chunks(CHUNK):
-                digest.update(chunk)
-                read += len(chunk)
-                held_back += decompressor.decompress(chunk)
-                if len(held_back) > HOLD_BACK:
-                    release = len(held_back) - HOLD_BACK
-                    process.stdin.write(held_back[:release])
-                    del held_back[:release]
-                    restored += release
-                on_progress(read)
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_storage_error(exc, "cannot read", store.bucket, manifest.data_key) from None
+            _decode_into(stored, manifest, identities, sink)
         except BrokenPipeError:
             code = process.wait()
             raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}") from None
-        except Exception as exc:  # a decompressor error means the bytes are not what was written
-            if isinstance(exc, CellarError):
-                raise
-            raise ChecksumMismatch(
-                f"{manifest.data_key} cannot be decompressed ({exc}): the object is corrupted"
-            ) from exc
-        if read != manifest.bytes_stored or digest.hexdigest() != manifest.sha256:
-            raise ChecksumMismatch(
-                f"{manifest.data_key}: SHA-256 {digest.hexdigest()} ({read} bytes) does not match the manifest's "
-                f"{manifest.sha256} ({manifest.bytes_stored} bytes); the object is corrupted and was not "
-                "restored"
-            )
+        stored.check()
         try:
-            process.stdin.write(held_back)
-            restored += len(held_back)
+            process.stdin.write(sink.held_back)
+            sink.restored += len(sink.held_back)
             process.stdin.close()
         except BrokenPipeError:
             pass
         code = process.wait()
         if code != 0:
             raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}")
-        return RestoreResult(read, restored)
+        return RestoreResult(stored.read, sink.restored)
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
         stop_process(process)

@@ -13,6 +13,7 @@ from psycopg import sql
 from common.conditions import Condition, format_time, is_condition_true
 from common.config import DatabaseSettings, resolve_database_settings
 from common.db import connect
+from common.encryption import resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.progress import ProgressReporter
@@ -20,7 +21,7 @@ from common.reasons import Reason
 from common.runtime import RunContext
 from jobs.backup.catalog import find_backup
 from jobs.backup.job import open_storage
-from jobs.backup.restore import plan_restore, restore_from_storage
+from jobs.backup.restore import check_decryptable, plan_restore, restore_from_storage
 from jobs.backup.settings import parse_backup_spec, parse_restore_spec
 from jobs.backup.status import RestoreOutcome
 
@@ -73,6 +74,8 @@ class RestoreJob:
         # With createDatabase the target does not exist yet: ask its server through `postgres`.
         server = replace(target, dbname="postgres") if settings.create_database else target
         plan = plan_restore(server, manifest, application_name=APPLICATION)
+        identities = resolve_identities(ctx.kube, ctx.ref.namespace, settings.identity) if settings.identity else None
+        check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
         if ctx.dry_run:
             return f"dry run: would restore {manifest.backup_id} into {target.describe()} with {plan.describe()}"
 
@@ -106,6 +109,7 @@ class RestoreJob:
                 options=options,
                 application_name=APPLICATION,
                 on_progress=progress.update,
+                identities=identities,
             )
         except BaseException:
             if settings.create_database:  # leave nothing half-made behind

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from common.config import DatabaseSpec, SpecReader, StorageSpec
+from common.config import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
+from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
 
 COMPRESSIONS = ("zstd", "gzip", "none")
@@ -73,6 +74,7 @@ class BackupSettings:
     scratch_prefix: str
     stale_after: timedelta
     dump: DumpOptions
+    encryption: EncryptionSpec | None = None
 
 
 def parse_compression(reader: SpecReader) -> Compression:
@@ -103,6 +105,12 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
     reader = SpecReader(spec, "spec")
     verify = reader.child("verify")
     dump = reader.child("dump")
+    encryption = parse_encryption_spec(reader.child("encryption"))
+    if encryption is not None and encryption.identity is None and verify.boolean("enabled"):
+        raise InvalidSpec(
+            "spec.verify.enabled: the restore test decrypts the backup; name the identity's Secret in "
+            "spec.encryption.identitySecretRef, or turn verification off"
+        )
     return BackupSettings(
         database=DatabaseSpec.parse(reader.child("database", required=True)),
         storage=StorageSpec.parse(reader.child("storage", required=True)),
@@ -118,6 +126,7 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
             no_owner=dump.boolean("noOwner"),
             no_privileges=dump.boolean("noPrivileges"),
         ),
+        encryption=encryption,
     )
 
 
@@ -129,6 +138,7 @@ class RestoreSettings:
     create_database: bool
     clean: bool
     no_owner: bool
+    identity: SecretKeyRef | None = None  # spec.decryption.identitySecretRef: for encrypted backups
 
 
 def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
@@ -141,6 +151,11 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
         create_database=reader.boolean("createDatabase"),
         clean=reader.boolean("clean"),
         no_owner=reader.boolean("noOwner"),
+        identity=(
+            SecretKeyRef.parse(reader.child("decryption").child("identitySecretRef", required=True))
+            if reader.has("decryption")
+            else None
+        ),
     )
     if settings.create_database and settings.clean:
         raise InvalidSpec("spec: clean has nothing to drop in a database that createDatabase just made; set one")

@@ -9,13 +9,13 @@ from psycopg import sql
 
 from common.config import DatabaseSettings
 from common.db import connect
+from common.encryption import Identities
 from common.reasons import Reason
 from common.storage import ObjectStore
-from jobs.backup.catalog import MANIFEST_DIR, Manifest
-from jobs.backup.restore import BackupUnsound, plan_restore, restore_from_storage
+from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
+from jobs.backup.restore import BackupUnsound, check_decryptable, plan_restore, restore_from_storage
 
 log = logging.getLogger(__name__)
-QUARANTINE_DIR = "rejected"
 
 
 class RowCountMismatch(BackupUnsound):
@@ -30,10 +30,18 @@ class VerificationResult:
 
 
 def verify_backup(
-    store: ObjectStore, manifest: Manifest, source: DatabaseSettings, scratch_name: str, *, application_name: str
+    store: ObjectStore,
+    manifest: Manifest,
+    source: DatabaseSettings,
+    scratch_name: str,
+    *,
+    application_name: str,
+    identities: Identities | None = None,
 ) -> VerificationResult:
-    """Restore `manifest` into a new database `scratch_name` on the source's server, count, drop it."""
+    """Restore `manifest` into a new database `scratch_name` on the source's server, count, drop it.
+    `identities` decrypt an encrypted backup."""
     plan = plan_restore(source, manifest, application_name=application_name)
+    check_decryptable(store, manifest, identities, field="spec.encryption.identitySecretRef")
     with connect(source, application_name=application_name, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name)))
     try:
@@ -45,6 +53,7 @@ def verify_backup(
             plan,
             options=["--no-owner", "--no-privileges"],
             application_name=application_name,
+            identities=identities,
         )
         mismatches = []
         with connect(scratch, application_name=application_name) as conn:
@@ -66,11 +75,23 @@ def verify_backup(
 
 
 def quarantine(store: ObjectStore, manifest: Manifest, why: str) -> str:
-    """Move a manifest out of manifests/ so the backup no longer counts as complete; keep it for audit."""
+    """Move a manifest out of manifests/ so the backup no longer counts as complete; keep it for audit.
+
+    The copy in rejected/ is what takes the backup out of the catalog (take_inventory), so an object lock
+    that forbids deleting the manifest changes nothing: it stays until its lock ends, and a later run's
+    retention deletes it as a leftover."""
     target = manifest.manifest_key.replace(f"/{MANIFEST_DIR}/", f"/{QUARANTINE_DIR}/", 1)
     if target == manifest.manifest_key:
         target = store.key(QUARANTINE_DIR, manifest.manifest_key.rsplit("/", 1)[-1])
     store.put_bytes(target, manifest.to_json())
-    store.delete(manifest.manifest_key)
-    log.warning("backup quarantined", extra={"manifest": manifest.manifest_key, "moved_to": target, "why": why})
+    lock = store.delete(manifest.manifest_key)
+    log.warning(
+        "backup quarantined",
+        extra={
+            "manifest": manifest.manifest_key,
+            "moved_to": target,
+            "why": why,
+            **({"manifest_kept": lock.describe()} if lock else {}),
+        },
+    )
     return target

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh machine, idempotently:
-#   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench
+#   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench, age, zstd
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
 #   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
@@ -16,6 +16,9 @@ if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" || ! -x "$pg_bin/pg_ctl" ]]; then ne
 command -v pg_dump >/dev/null 2>&1 || need_apt+=(postgresql-client)
 [[ -n "$pg_bin" && -x "$pg_bin/pgbench" ]] || need_apt+=(postgresql)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+# Stock clients the tests read cellar's encrypted backups with: age -d | zstd -d | pg_restore.
+command -v age >/dev/null 2>&1 || need_apt+=(age)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # The packaging test installs the wheel into a venv of the system Python, as the images do.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)

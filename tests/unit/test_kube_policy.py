@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from common.errors import Forbidden, NotFound, PermanentError, RetryableError
+from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError
 from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceKind, ResourceRef, RetryPolicy
 
 REF = ResourceRef(DATABASE_BACKUP, "prod", "orders")
@@ -35,6 +35,7 @@ class FakeTransport:
         self.calls: list[str] = []
         self.events: list[Mapping[str, Any]] = []
         self.secrets: dict[str, dict[str, str]] = {}
+        self.config_maps: dict[str, dict[str, str]] = {}
 
     def get_custom_object(self, kind: ResourceKind, namespace: str, name: str) -> dict[str, Any]:
         self.calls.append("get")
@@ -61,6 +62,13 @@ class FakeTransport:
         if name not in self.secrets:
             raise KubeApiError(404, "not found")
         return self.secrets[name]
+
+    def get_config_map_data(self, namespace: str, name: str) -> dict[str, str]:
+        if self.get_failures:
+            raise self.get_failures.pop(0)
+        if name not in self.config_maps:
+            raise KubeApiError(404, "not found")
+        return self.config_maps[name]
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         if self.patch_failures:
@@ -158,3 +166,18 @@ def test_missing_secret_key_lists_present_keys() -> None:
         r"\(keys present: password, username\)",
     ):
         _kube(transport).read_secret_key("prod", "s", "AWS_ACCESS_KEY_ID", field="spec.storage")
+
+
+def test_config_map_keys_are_read_with_retries_and_name_the_field_when_missing() -> None:
+    transport = FakeTransport()
+    transport.config_maps["keys"] = {"recipients.txt": "age1abc"}
+    transport.get_failures = [KubeApiError(503, "busy")]
+    kube = _kube(transport)
+    field = "spec.encryption.recipientsFrom.configMapKeyRef"
+    assert kube.read_config_map_key("prod", "keys", "recipients.txt", field=field) == "age1abc"
+    with pytest.raises(
+        InvalidSpec, match=f'{field}: ConfigMap "keys" has no key "other" \\(keys present: recipients.txt\\)'
+    ):
+        kube.read_config_map_key("prod", "keys", "other", field=field)
+    with pytest.raises(InvalidSpec, match=f'{field}: ConfigMap "gone" was not found in namespace "prod"'):
+        kube.read_config_map_key("prod", "gone", "k", field=field)

@@ -55,14 +55,14 @@ def obj(
     return schema
 
 
-def secret_key_selector(description: str) -> Schema:
+def secret_key_selector(description: str, kind: str = "Secret") -> Schema:
     return obj(
         description,
         {
             "name": string(
-                "Name of the Secret, in the resource's own namespace.", pattern=DNS_SUBDOMAIN, maxLength=253
+                f"Name of the {kind}, in the resource's own namespace.", pattern=DNS_SUBDOMAIN, maxLength=253
             ),
-            "key": string("Key within the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253),
+            "key": string(f"Key within the {kind}.", pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253),
         },
         required=["name", "key"],
     )
@@ -198,6 +198,25 @@ def object_storage() -> Schema:
                 minimum=5,
                 maximum=5120,
                 default=8,
+            ),
+            "objectLock": obj(
+                "Write every object (data, manifests, archive files) with S3 Object Lock, so that no one, "
+                "cellar's own retention included, can delete or overwrite it before retainFor has passed. "
+                "The bucket must have been created with object lock enabled; the run checks before writing.",
+                {
+                    "mode": string(
+                        "Governance (users with s3:BypassGovernanceRetention may still delete) or Compliance "
+                        "(no one may, not even the account's root user, until the date).",
+                        enum=["Governance", "Compliance"],
+                    ),
+                    "retainFor": duration("How long after it is written each object is locked."),
+                    "legalHold": boolean(
+                        "Also place a legal hold on every object: it stays, whatever the date, until the hold "
+                        "is removed.",
+                        False,
+                    ),
+                },
+                required=["mode", "retainFor"],
             ),
         },
         required=["bucket", "credentials"],
@@ -403,6 +422,45 @@ def database_backup() -> dict[str, Any]:
                 },
                 default={},
             ),
+            "encryption": obj(
+                "Encrypt every backup on the client with age (https://age-encryption.org) to these recipients "
+                "(X25519 public keys, age1...), after compression: the object is a standard age file that "
+                "`age -d -i key.txt` decrypts. Keep the identity (private key) out of the cluster, or in a "
+                "Secret that only the restore test and restores read.",
+                {
+                    "recipients": {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": "^age1[0-9a-z]+$", "maxLength": 128},
+                        "maxItems": 64,
+                        "description": "age recipients (public keys) written inline.",
+                    },
+                    "recipientsFrom": obj(
+                        "A recipients file (one age1... key a line, # comments) in a ConfigMap or Secret key.",
+                        {
+                            "configMapKeyRef": secret_key_selector(
+                                "A key of a ConfigMap in this namespace.", "ConfigMap"
+                            ),
+                            "secretKeyRef": secret_key_selector("A key of a Secret in this namespace."),
+                        },
+                        rules=[
+                            {
+                                "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+                                "message": "set exactly one of configMapKeyRef and secretKeyRef",
+                            }
+                        ],
+                    ),
+                    "identitySecretRef": secret_key_selector(
+                        "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed "
+                        "when verify.enabled, to decrypt the restore test's copy."
+                    ),
+                },
+                rules=[
+                    {
+                        "rule": "(has(self.recipients) && size(self.recipients) > 0) || has(self.recipientsFrom)",
+                        "message": "give at least one age recipient in recipients or recipientsFrom",
+                    }
+                ],
+            ),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
                 "when the CronJob never ran. Default 26h (a daily schedule plus slack).",
@@ -520,6 +578,16 @@ def database_restore() -> dict[str, Any]:
                 "Drop the objects the dump contains before recreating them (pg_restore --clean --if-exists).", False
             ),
             "noOwner": boolean("Do not restore ownership (pg_restore --no-owner).", False),
+            "decryption": obj(
+                "For a backup encrypted with age: the identity that decrypts it.",
+                {
+                    "identitySecretRef": secret_key_selector(
+                        "The Secret key holding an age identity (AGE-SECRET-KEY-1..., what age-keygen writes) "
+                        "of one of the backup's recipients."
+                    )
+                },
+                required=["identitySecretRef"],
+            ),
         },
         required=["backup", "target"],
         rules=[
