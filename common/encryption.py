@@ -184,6 +184,28 @@ def resolve_identities(kube: Kube, namespace: str, ref: SecretKeyRef) -> Identit
     return parse_identities(kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field), ref.field)
 
 
+def encrypt_bytes(data: bytes, recipients: Sequence[str]) -> bytes:
+    """A whole age file of `data` (an archive object, a few MB: it is in memory already)."""
+    return bytes(pyrage.encrypt(data, [pyrage.x25519.Recipient.from_str(r) for r in recipients]))
+
+
+def decrypt_bytes(data: bytes, identities: Identities, *, what: str) -> bytes:
+    """The plaintext of a whole age file; DecryptionFailed or CorruptedCiphertext as decrypt_stream."""
+    out = bytearray()
+    decrypt_stream(_BytesReader(data), identities, out.extend, what=what)
+    return bytes(out)
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+
+    def read(self, size: int = -1) -> bytes:
+        taken = self._view if size < 0 else self._view[:size]
+        self._view = self._view[len(taken) :]
+        return bytes(taken)
+
+
 class _PipeReader:
     """The read end of a pipe as pyrage reads it (read(n) returning what is there, b"" at the end)."""
 

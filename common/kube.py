@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -355,7 +357,7 @@ class Kube:
         Lists such as `conditions` must be returned whole (a merge patch replaces lists): compute
         them from the resource passed in, so conditions other writers set survive.
         """
-        for _ in range(max_conflicts):
+        for attempt in range(max_conflicts):
             resource = self.get(ref)
             status_patch = mutate(resource)
             if status_patch is None:
@@ -369,6 +371,9 @@ class Kube:
             except KubeApiError as exc:
                 if exc.status == 409:
                     log.debug("status write conflicted; re-reading", extra={"resource": str(ref)})
+                    # A jittered pause, growing to 0.2 s: writers that conflicted together do not all
+                    # re-read and write again in step (client-go's RetryOnConflict waits too).
+                    (self._sleep or time.sleep)(random.uniform(0, min(0.2, 0.005 * 2**attempt)))  # noqa: S311
                     continue
                 raise self._translate(exc, "patch", ref, subresource="status") from exc
         raise RetryableError(

@@ -26,6 +26,8 @@ _INLINE = re.compile(
     r"(\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s'\",;&}]+)"
 )
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]+):([^@/\s]+)@")
+# An age identity (private key) is masked wherever it appears, even one never read from a Secret.
+_AGE_IDENTITY = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+")
 
 
 def register_secret(value: str | None) -> None:
@@ -47,6 +49,7 @@ def redact(text: str) -> str:
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub(MASK, text)
+    text = _AGE_IDENTITY.sub(MASK, text)
     text = _INLINE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     return _URL_USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Any
@@ -59,16 +59,18 @@ class Archiver:
         reread_spec: Callable[[], Mapping[str, Any]] | None = None,
         on_standby_hold: Callable[[str | None], None] = lambda _: None,
         tuning: Tuning = DEFAULT_TUNING,
+        recipients: Sequence[str] = (),
     ) -> None:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
-        apply from the next batch on. `on_standby_hold`: see StandbyGate."""
+        apply from the next batch on. `on_standby_hold`: see StandbyGate. `recipients`: the age
+        recipients every object is encrypted to, if any."""
         self.conn = conn
         self.info = info
         self.cutoff = cutoff
         self.interrupts = interrupts
         self.on_progress = on_progress
         self.tuning = tuning
-        self.batches = BatchWorker(conn, store, settings, info, cutoff, run_id, tuning)
+        self.batches = BatchWorker(conn, store, settings, info, cutoff, run_id, tuning, recipients)
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         self._totals_lock = threading.Lock()

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
+from common.encryption import encrypt_bytes
 from common.errors import RetryableError
 from common.failpoints import failpoint
 from common.reasons import Reason
@@ -34,6 +36,7 @@ from jobs.archive.objects import (
     MANIFEST_FORMAT_VERSION,
     ObjectLayout,
     column_description,
+    encryption_record,
     object_name,
     partitions,
     sort_batch,
@@ -159,8 +162,11 @@ class BatchWorker:
         cutoff: datetime,
         run_id: str,
         tuning: Tuning,
+        recipients: Sequence[str] = (),
     ) -> None:
+        """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none."""
         self.store = store
+        self.recipients = list(recipients)
         self.settings = settings
         self.info = info
         self.cutoff = cutoff
@@ -284,7 +290,7 @@ class BatchWorker:
         ]
         objects = [future.result() for future in published]  # the first failure fails the batch (rollback)
         manifest = {
-            "formatVersion": MANIFEST_FORMAT_VERSION,
+            "formatVersion": MANIFEST_FORMAT_VERSION if self.recipients else 1,
             "batchId": batch_id,
             "relation": {"schema": self.settings.schema, "table": self.settings.table},
             "format": self.settings.format,
@@ -300,6 +306,8 @@ class BatchWorker:
             "objects": [description for _, description in objects],
             "createdAt": datetime.now(UTC).isoformat(),
         }
+        if self.recipients:
+            manifest["encryption"] = encryption_record(self.recipients)
         self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
         return [entry for entry, _ in objects]
 
@@ -315,7 +323,9 @@ class BatchWorker:
         """One object: encode the rows (sorted by timestamp and key), upload and verify it."""
         key = self.layout.data_key(partition, object_name(batch_id, number))
         body = encode(table, self.settings.format, dictionary)
-        digest = hashlib.sha256(body).hexdigest()
+        if self.recipients:
+            body = encrypt_bytes(body, self.recipients)
+        digest = hashlib.sha256(body).hexdigest()  # of the stored bytes, checkable without the key
         failpoint("archive.upload")
         upload_verified(self.store, key, body, digest)
         ts_name = self.info.timestamp_column.name

@@ -14,10 +14,12 @@ from typing import Any
 import pyarrow as pa
 from psycopg import sql
 
+from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
+from common.encryption import Identities
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import decode
-from jobs.archive.objects import ObjectLayout, batch_of, read_verified
+from jobs.archive.objects import ObjectLayout, batch_of, decrypt_object, read_verified
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
 from jobs.archive.table import Connection, TableInfo
@@ -44,17 +46,32 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
 
 
 def _leftover_rows(
-    store: ObjectStore, settings: ArchiveSettings, info: TableInfo, key: str, manifest: dict[str, Any] | None
+    store: ObjectStore,
+    settings: ArchiveSettings,
+    info: TableInfo,
+    key: str,
+    manifest: dict[str, Any] | None,
+    identities: Identities | None,
 ) -> pa.Table:
     """A leftover's rows: checked against its batch's manifest when the run got that far, else read as
-    they are (a run killed between its objects and their manifest leaves self-describing objects)."""
+    they are (a run killed between its objects and their manifest leaves self-describing objects). An
+    encrypted one needs `identities` (spec.encryption.identitySecretRef); without, it is kept."""
     described = next((o for o in (manifest or {}).get("objects", []) if o["objectKey"] == key), None)
     if manifest is not None and described is not None:
-        return read_verified(store, manifest, described, info.columns)
-    return decode(store.get_bytes(key), settings.format, info.columns)
+        return read_verified(store, manifest, described, info.columns, identities)
+    body = store.get_bytes(key)
+    if key.endswith(ENCRYPTED_EXTENSION):
+        body = decrypt_object(body, key, identities)
+    return decode(body, settings.format, info.columns)
 
 
-def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSettings, info: TableInfo) -> list[str]:
+def clean_leftovers(
+    conn: Connection,
+    store: ObjectStore,
+    settings: ArchiveSettings,
+    info: TableInfo,
+    identities: Identities | None = None,
+) -> list[str]:
     """Delete objects that no ledger row describes and whose rows are all still in the table, and
     manifests of batches that never committed once none of their objects is left.
 
@@ -81,7 +98,7 @@ def clean_leftovers(conn: Connection, store: ObjectStore, settings: ArchiveSetti
             if batch not in manifests:
                 manifests[batch] = json.loads(store.get_bytes(manifest_key)) if manifest_key in manifest_keys else None
             try:
-                table = _leftover_rows(store, settings, info, key, manifests[batch])
+                table = _leftover_rows(store, settings, info, key, manifests[batch], identities)
             except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)
                 log.error("unreadable leftover object: left in place", extra={"key": key, "error": str(exc)})
                 kept_batches.add(batch)

@@ -17,6 +17,7 @@ import psycopg
 from common.conditions import Condition, format_time
 from common.config import resolve_database_settings, resolve_storage_credentials
 from common.db import connect
+from common.encryption import Identities, resolve_identities, resolve_recipients
 from common.errors import CellarError
 from common.kube import TABLE_ARCHIVE
 from common.progress import ProgressReporter
@@ -80,6 +81,8 @@ class OpenedTable:
     store: ObjectStore
     info: TableInfo
     open_connection: Callable[[], Connection]
+    recipients: list[str]  # spec.encryption: what new objects are encrypted to (none: not encrypted)
+    identities: Identities | None  # what reads encrypted objects back (unarchive, leftovers)
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
@@ -90,6 +93,13 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
     concurrency = tuning.upload_concurrency + settings.parallelism
     store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
     store.check_access()
+    encryption = settings.encryption
+    recipients = resolve_recipients(ctx.kube, ctx.ref.namespace, encryption) if encryption else []
+    identities = (
+        resolve_identities(ctx.kube, ctx.ref.namespace, encryption.identity)
+        if encryption and encryption.identity
+        else None
+    )
     conn = connect(database, application_name=APPLICATION)
     try:
         info = describe_table(conn, settings)
@@ -98,7 +108,9 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
     except BaseException:
         conn.close()
         raise
-    return OpenedTable(settings, conn, store, info, lambda: connect(database, application_name=APPLICATION))
+    return OpenedTable(
+        settings, conn, store, info, lambda: connect(database, application_name=APPLICATION), recipients, identities
+    )
 
 
 class ArchiveJob:
@@ -148,7 +160,7 @@ class ArchiveJob:
             ctx.event(
                 Reason.STARTED, f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
             )
-            cleaned = clean_leftovers(conn, store, settings, info)
+            cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
             progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
             archiver = Archiver(
                 conn,
@@ -163,6 +175,7 @@ class ArchiveJob:
                 reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
                 on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
                 tuning=self.tuning,
+                recipients=opened.recipients,
             )
             with self._counting_due(settings, info, cutoff, progress):
                 totals, stopped = archiver.run()

@@ -10,6 +10,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
+from common.encryption import FORMAT as ENCRYPTION_FORMAT
+from common.encryption import (
+    CorruptedCiphertext,
+    DecryptionFailed,
+    Identities,
+    decrypt_bytes,
+    fingerprint,
+)
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.storage import ObjectStore, translate_storage_error
@@ -17,7 +26,9 @@ from jobs.archive.encoding import arrow_type, decode
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo
 
-MANIFEST_FORMAT_VERSION = 1
+# 2: objects may be encrypted (the manifest's `encryption`); manifests of unencrypted batches still say 1,
+# so that every cellar that reads 1 reads them, and an older one refuses encrypted ones cleanly.
+MANIFEST_FORMAT_VERSION = 2
 
 
 def object_name(batch_id: str, number: int) -> str:
@@ -46,7 +57,9 @@ class ObjectLayout:
         self.settings = settings
         self.data_prefix = store.key(settings.relation) + "/"
         self.manifest_prefix = store.key("_cellar_manifests", settings.relation) + "/"
-        self.extension = ".parquet" if settings.format == "Parquet" else ".csv.gz"
+        self.extension = (".parquet" if settings.format == "Parquet" else ".csv.gz") + (
+            ENCRYPTED_EXTENSION if settings.encryption else ""
+        )
 
     def data_key(self, partition: str | None, name: str) -> str:
         parts = [self.settings.relation, f"dt={partition}" if partition else "", f"{name}{self.extension}"]
@@ -136,18 +149,42 @@ def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) 
 
 
 def read_verified(
-    store: ObjectStore, manifest: dict[str, Any], described: dict[str, Any], columns: list[Column]
+    store: ObjectStore,
+    manifest: dict[str, Any],
+    described: dict[str, Any],
+    columns: list[Column],
+    identities: Identities | None = None,
 ) -> pa.Table:
-    """Download one object of a batch, check its SHA-256 and row count against the manifest, decode it."""
-    body = store.get_bytes(described["objectKey"])
+    """Download one object of a batch, check its SHA-256 (of the stored bytes) and row count against the
+    manifest, decrypt it when the manifest says it is encrypted, decode it."""
+    key = described["objectKey"]
+    body = store.get_bytes(key)
     digest = hashlib.sha256(body).hexdigest()
     if digest != described["sha256"]:
-        raise VerificationFailed(
-            f"{described['objectKey']}: SHA-256 {digest} does not match the manifest's {described['sha256']}"
-        )
+        raise VerificationFailed(f"{key}: SHA-256 {digest} does not match the manifest's {described['sha256']}")
+    if manifest.get("encryption"):
+        body = decrypt_object(body, key, identities)
     table = decode(body, manifest["format"], columns)
     if table.num_rows != described["rows"]:
         raise VerificationFailed(
             f"{described['objectKey']}: {table.num_rows} rows, the manifest says {described['rows']}"
         )
     return table
+
+
+def decrypt_object(body: bytes, key: str, identities: Identities | None) -> bytes:
+    """An encrypted object's plaintext; without identities, DecryptionFailed naming the spec field."""
+    if identities is None:
+        raise DecryptionFailed(
+            f"{key} is encrypted; name the Secret holding an identity of one of its recipients in "
+            "spec.encryption.identitySecretRef"
+        )
+    try:
+        return decrypt_bytes(body, identities, what=key)
+    except CorruptedCiphertext as exc:
+        raise VerificationFailed(str(exc)) from None
+
+
+def encryption_record(recipients: list[str]) -> dict[str, Any]:
+    """What a batch manifest says of its objects' encryption: the format and the recipients' fingerprints."""
+    return {"format": ENCRYPTION_FORMAT, "recipients": [fingerprint(r) for r in recipients]}

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from common.config import DatabaseSpec, SpecReader, StorageSpec
+from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
@@ -39,6 +40,7 @@ class ArchiveSettings:
     mode: str
     dry_run: bool
     allow_cascade: bool
+    encryption: EncryptionSpec | None = None
 
     @property
     def relation(self) -> str:
@@ -90,6 +92,7 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         mode=reader.string("mode", "Move", choices=("Move", "Copy")),
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
+        encryption=parse_encryption_spec(reader.child("encryption")),
     )
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from common.conditions import format_time
+from common.encryption import DecryptionFailed, Identities
 from common.errors import CellarError, InvalidSpec, PermanentError, UsageError
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
@@ -101,20 +102,29 @@ def unarchive(
     side_table: str | None = None,
     hold: bool = True,
     standbys: StandbyGate | None = None,
+    identities: Identities | None = None,
 ) -> UnarchiveResult:
     """Load rows with start <= timestamp < end back; idempotent, one transaction per object. Each object
     waits for `standbys` first: loading rows back is WAL for the standbys to replay, like archiving."""
     if into not in ("side", "source"):
         raise InvalidSpec(f"--into must be side or source, not {into!r}")
     result = UnarchiveResult()
+    chosen = objects_in_range(store, settings, start, end)
+    encrypted = [d["objectKey"] for m, d in chosen if m.get("encryption")]
+    if encrypted and identities is None:  # before anything is written, the side table included
+        raise DecryptionFailed(
+            f"{len(encrypted)} of the {len(chosen)} archived objects in range are encrypted (the first: "
+            f"{encrypted[0]}); name the Secret holding an identity of their recipients in "
+            "spec.encryption.identitySecretRef"
+        )
     target = prepare_target(conn, settings, into, side_table)
     conn.commit()
-    for manifest, described in objects_in_range(store, settings, start, end):
+    for manifest, described in chosen:
         if standbys is not None:
             standbys.wait(conn, lambda: False)  # SIGTERM interrupts the wait (it is not deferred here)
         key = described["objectKey"]
         columns = _manifest_columns(manifest, key, info)
-        table = read_verified(store, manifest, described, columns)
+        table = read_verified(store, manifest, described, columns, identities)
         inserted, in_range = _load(
             conn, settings, info, described, columns, table, target, start, end, hold=hold and into == "source"
         )
@@ -288,6 +298,7 @@ class UnarchiveJob:
                 side_table=args.side_table,
                 hold=not args.allow_rearchive,
                 standbys=standbys,
+                identities=opened.identities,
             )
         message = (
             f"{result.rows_inserted} rows brought back into "

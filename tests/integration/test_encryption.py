@@ -1,4 +1,4 @@
-"""Encrypted backups (spec.encryption, age) against the real servers: keys made by the stock `age-keygen`,
+"""Encrypted backups and archives (spec.encryption, age) against the real servers: keys made by the stock `age-keygen`,
 backups read back by the stock `age -d | zstd -d | pg_restore`, and by cellar's own restore and restore
 test; without the right identity nothing is written to the target; no key is ever logged or recorded."""
 
@@ -11,13 +11,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
 import pytest
 from kubernetes import client
 
 from common.encryption import fingerprint
+from tests.integration.archive_helpers import ids_in_table, list_all, manifests, patch_spec, setup_archive
 from tests.integration.backup_helpers import load_sample_data, table_contents
-from tests.integration.environments import BackupEnv
+from tests.integration.environments import ArchiveEnv, BackupEnv
 from tests.integration.processes import run_until_failpoint, start_job
 
 IDENTITY_SECRET = "cellar-backup-identity"  # the names the backup job's Role may read
@@ -246,3 +248,105 @@ def test_an_encrypted_dump_cut_short_leaves_nothing_behind(
     assert env.conditions("DatabaseBackup", "orders")["BackupSucceeded"]["reason"] == reason
     assert env.s3.list_objects_v2(Bucket=env.bucket).get("KeyCount", 0) == 0
     assert not env.s3.list_multipart_uploads(Bucket=env.bucket).get("Uploads")
+
+
+ARCHIVE_IDENTITY = "cellar-archive-identity"
+
+
+def decrypted_with_stock_age(env: ArchiveEnv, key: str, identity: Path, directory: Path) -> Path:
+    """An archived object fetched and decrypted by the stock `age -d`: the Parquet file it holds."""
+    encrypted = directory / key.rsplit("/", 1)[-1]
+    encrypted.write_bytes(env.s3.get_object(Bucket=env.bucket, Key=key)["Body"].read())
+    plain = directory / encrypted.name.removesuffix(".age")
+    subprocess.run(["age", "-d", "-i", str(identity), "-o", str(plain), str(encrypted)], check=True)
+    return plain
+
+
+def test_encrypted_archives_read_back_with_stock_age_and_duckdb_and_through_unarchive(
+    archive_env: ArchiveEnv, keys: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, database = archive_env, archive_env.database
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '100 days' + g * interval '1 hour', 'order ' || g "
+            "FROM generate_series(1, 600) g"
+        )
+    env.create_secret(ARCHIVE_IDENTITY, {"key.txt": keys["ops_identity"]})
+    encryption = {
+        "recipients": [keys["ops_public"]],
+        "identitySecretRef": {"name": ARCHIVE_IDENTITY, "key": "key.txt"},
+    }
+    setup_archive(env, batch={"rows": 200}, encryption=encryption)
+    assert env.run() == 0
+    left = ids_in_table(database)
+    archived_ids = set(range(1, 601)) - left
+    assert archived_ids  # the rows older than 30 days
+
+    batch_manifests = manifests(env.s3, env.bucket)
+    assert batch_manifests
+    objects = [o for m in batch_manifests for o in m["objects"]]
+    for manifest in batch_manifests:
+        assert manifest["formatVersion"] == 2
+        assert manifest["encryption"] == {"format": "age", "recipients": [fingerprint(keys["ops_public"])]}
+    duckdb_rows = []
+    for described in objects:
+        key = described["objectKey"]
+        assert key.endswith(".parquet.age")
+        stored = env.s3.get_object(Bucket=env.bucket, Key=key)["Body"].read()
+        assert stored.startswith(b"age-encryption.org/v1\n")
+        assert hashlib.sha256(stored).hexdigest() == described["sha256"]  # checkable without the key
+        plain = decrypted_with_stock_age(env, key, keys["ops_path"], tmp_path)
+        duckdb_rows += duckdb.sql(f"SELECT id, note FROM read_parquet('{plain}')").fetchall()
+    assert {i for i, _ in duckdb_rows} == archived_ids
+    assert len(duckdb_rows) == len(archived_ids)
+    assert all(note == f"order {i}" for i, note in duckdb_rows)
+
+    # unarchive decrypts with the identity from the Secret.
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01") == 0
+    with psycopg.connect(env.dsn) as conn:
+        back = {r[0] for r in conn.execute("SELECT id FROM orders_unarchived")}
+    assert back == archived_ids
+
+    # Without an identity, unarchive refuses before it creates anything.
+    patch_spec(env.admin_api, env.namespace, {"encryption": {"identitySecretRef": None}})
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", "--side-table", "never") == 3
+    with psycopg.connect(env.dsn) as conn:
+        assert conn.execute("SELECT to_regclass('public.never')").fetchone() == (None,)
+    written = capsys.readouterr().out
+    assert "DecryptionFailed" in written
+    assert "spec.encryption.identitySecretRef" in written
+    secret_line = next(line for line in keys["ops_identity"].splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    assert secret_line not in written
+
+
+def test_an_encrypted_leftover_of_a_killed_run_is_checked_and_removed(
+    archive_env: ArchiveEnv, keys: dict[str, Any]
+) -> None:
+    env, database = archive_env, archive_env.database
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '100 days' + g * interval '1 hour', 'x' "
+            "FROM generate_series(1, 300) g"
+        )
+    env.create_secret(ARCHIVE_IDENTITY, {"key.txt": keys["ops_identity"]})
+    encryption = {"recipients": [keys["ops_public"]], "identitySecretRef": {"name": ARCHIVE_IDENTITY, "key": "key.txt"}}
+    setup_archive(env, batch={"rows": 100, "parallelism": 1}, encryption=encryption)
+    # Killed between its uploads and its COMMIT: encrypted objects no ledger row describes.
+    job = run_until_failpoint("jobs.archive", env.kubeconfig, env.namespace, "orders", "archive.before-commit")
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    leftovers = [o["Key"] for o in list_all(env.s3, env.bucket, "test/public.orders/")]
+    assert leftovers
+    assert all(key.endswith(".parquet.age") for key in leftovers)
+    assert ids_in_table(database) == set(range(1, 301))  # the batch rolled back
+
+    assert env.run() == 0
+    message = env.status("TableArchive", "orders")["lastRun"]["message"]
+    assert f"{len(leftovers) + 1} leftovers of crashed runs removed" in message  # and the batch's manifest
+    remaining = {o["Key"] for o in list_all(env.s3, env.bucket, "test/public.orders/")}
+    assert remaining.isdisjoint(leftovers)
+    with psycopg.connect(env.dsn) as conn:
+        recorded = {r[0] for r in conn.execute("SELECT object_key FROM cellar.archive_ledger")}
+    assert recorded == remaining

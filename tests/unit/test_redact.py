@@ -81,3 +81,10 @@ def test_auto_writes_json_unless_stdout_is_a_terminal() -> None:
     os.close(near)
     configure_logging("backup", "run123", stream=io.StringIO())  # no handler left on the closed terminal
     assert written.split()[1:] == ["info", "hello"]
+
+
+def test_age_identities_are_masked_even_if_unregistered() -> None:
+    identity = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQS3290GG"
+    masked = redact(f"could not parse {identity} (line 1)")
+    assert identity not in masked
+    assert masked == "could not parse *** (line 1)"

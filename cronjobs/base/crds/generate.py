@@ -68,6 +68,40 @@ def secret_key_selector(description: str, kind: str = "Secret") -> Schema:
     )
 
 
+def encryption(description: str, identity: str) -> Schema:
+    return obj(
+        description,
+        {
+            "recipients": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^age1[0-9a-z]+$", "maxLength": 128},
+                "maxItems": 64,
+                "description": "age recipients (public keys) written inline.",
+            },
+            "recipientsFrom": obj(
+                "A recipients file (one age1... key a line, # comments) in a ConfigMap or Secret key.",
+                {
+                    "configMapKeyRef": secret_key_selector("A key of a ConfigMap in this namespace.", "ConfigMap"),
+                    "secretKeyRef": secret_key_selector("A key of a Secret in this namespace."),
+                },
+                rules=[
+                    {
+                        "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+                        "message": "set exactly one of configMapKeyRef and secretKeyRef",
+                    }
+                ],
+            ),
+            "identitySecretRef": secret_key_selector(identity),
+        },
+        rules=[
+            {
+                "rule": "(has(self.recipients) && size(self.recipients) > 0) || has(self.recipientsFrom)",
+                "message": "give at least one age recipient in recipients or recipientsFrom",
+            }
+        ],
+    )
+
+
 def database_connection() -> Schema:
     return obj(
         "How to reach the PostgreSQL database. Credentials come only from a Secret: the Secret named by "
@@ -422,44 +456,13 @@ def database_backup() -> dict[str, Any]:
                 },
                 default={},
             ),
-            "encryption": obj(
+            "encryption": encryption(
                 "Encrypt every backup on the client with age (https://age-encryption.org) to these recipients "
                 "(X25519 public keys, age1...), after compression: the object is a standard age file that "
                 "`age -d -i key.txt` decrypts. Keep the identity (private key) out of the cluster, or in a "
                 "Secret that only the restore test and restores read.",
-                {
-                    "recipients": {
-                        "type": "array",
-                        "items": {"type": "string", "pattern": "^age1[0-9a-z]+$", "maxLength": 128},
-                        "maxItems": 64,
-                        "description": "age recipients (public keys) written inline.",
-                    },
-                    "recipientsFrom": obj(
-                        "A recipients file (one age1... key a line, # comments) in a ConfigMap or Secret key.",
-                        {
-                            "configMapKeyRef": secret_key_selector(
-                                "A key of a ConfigMap in this namespace.", "ConfigMap"
-                            ),
-                            "secretKeyRef": secret_key_selector("A key of a Secret in this namespace."),
-                        },
-                        rules=[
-                            {
-                                "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
-                                "message": "set exactly one of configMapKeyRef and secretKeyRef",
-                            }
-                        ],
-                    ),
-                    "identitySecretRef": secret_key_selector(
-                        "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed "
-                        "when verify.enabled, to decrypt the restore test's copy."
-                    ),
-                },
-                rules=[
-                    {
-                        "rule": "(has(self.recipients) && size(self.recipients) > 0) || has(self.recipientsFrom)",
-                        "message": "give at least one age recipient in recipients or recipientsFrom",
-                    }
-                ],
+                "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed when "
+                "verify.enabled, to decrypt the restore test's copy.",
             ),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
@@ -711,6 +714,14 @@ def table_archive() -> dict[str, Any]:
                 "newest (timestamp, key) it archived: a row inserted later with an older timestamp is not copied.",
                 enum=["Move", "Copy"],
                 default="Move",
+            ),
+            "encryption": encryption(
+                "Encrypt every archived object on the client with age (https://age-encryption.org) to these "
+                "recipients (X25519 public keys, age1...): each file is a standard age file of the Parquet "
+                "(or CSV) file, `<name>.parquet.age`. Query engines then need it decrypted first "
+                "(age -d); unarchive decrypts with identitySecretRef.",
+                "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed by "
+                "unarchive, and by a run that checks a crashed run's encrypted leftovers before deleting them.",
             ),
             "dryRun": boolean("Count what would move and show the plan; change nothing.", False),
             "allowCascade": boolean(
