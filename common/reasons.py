@@ -100,6 +100,16 @@ class Reason(StrEnum):
     TARGET_TOO_OLD = "TargetTooOld", EXIT_PERMANENT, "the target server's major cannot take this backup"
     COUNT_FAILED = "CountFailed", EXIT_PERMANENT, "counting a table's rows in the dump's snapshot failed"
     TARGET_EXISTS = "TargetExists", EXIT_PERMANENT, "createDatabase: the target database exists already"
+    TABLE_EXISTS = (
+        "TableExists",
+        EXIT_PERMANENT,
+        "a partial restore would overwrite a table or schema the target has; set clean to replace it",
+    )
+    INSUFFICIENT_SPACE = (
+        "InsufficientSpace",
+        EXIT_PERMANENT,
+        "the staging volume has less free space than the dump needs; nothing was downloaded",
+    )
     BACKUP_NOT_FOUND = "BackupNotFound", EXIT_PERMANENT, "no complete backup matches what the restore asks for"
     CHECKSUM_MISMATCH = "ChecksumMismatch", EXIT_PERMANENT, "the stored object is not what its manifest describes"
     DECRYPTION_FAILED = (

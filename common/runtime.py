@@ -216,7 +216,9 @@ def run_job(
     """Run one job to completion and return its exit code."""
     run_id = os.environ.get("CELLAR_RUN_ID") or uuid.uuid4().hex[:12]
     log_format = os.environ.get("CELLAR_LOG_FORMAT", "auto")
-    configure_logging(job.name, run_id, log_format=log_format if log_format in LOG_FORMATS else "auto")
+    # A command whose output is what it prints (a listing) sends its log lines to stderr.
+    stream = sys.stderr if getattr(job, "output_on_stdout", False) else None
+    configure_logging(job.name, run_id, stream, log_format=log_format if log_format in LOG_FORMATS else "auto")
     parser = build_parser(job, prog or f"cellar-{job.name}")
     interrupts = Interrupts()
     ctx: RunContext | None = None

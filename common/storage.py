@@ -235,7 +235,7 @@ class ObjectStore:
             except ClientError as exc:
                 # AWS refuses with 403 AccessDenied, MinIO with 400 InvalidRequest ("Object is WORM
                 # protected"): whatever the code, a lock found on the version is the reason.
-                lock = self._lock_of(key, version_id)
+                lock = self.lock_of(key, version_id)
                 if lock is not None:
                     return lock
                 raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
@@ -255,10 +255,13 @@ class ObjectStore:
             raise translate_storage_error(exc, "cannot list the versions of", self.bucket, key) from None
         return found[::-1]
 
-    def _lock_of(self, key: str, version_id: str) -> Lock | None:
-        """The lock that holds a version now, if any."""
+    def lock_of(self, key: str, version_id: str | None = None) -> Lock | None:
+        """The lock that holds a version (default: the current one) now, if any."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            if version_id:
+                head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            else:
+                head = self.client.head_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError):
             return None
         until = head.get("ObjectLockRetainUntilDate")

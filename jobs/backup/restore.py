@@ -11,12 +11,16 @@ fails age's authentication later is a corrupted object like any other.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,6 +34,7 @@ from common.storage import ObjectStore, translate_storage_error
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
+from jobs.backup.status import human_size
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -131,16 +136,31 @@ class _StoredObject:
     def __init__(self, store: ObjectStore, manifest: Manifest, on_progress: Callable[[int], None]) -> None:
         self._store, self._manifest, self._on_progress = store, manifest, on_progress
         self._digest = hashlib.sha256()
+        self._stream: Iterator[bytes] | None = None
         self.bucket = store.bucket
         self.read = 0
 
     def chunks(self) -> Iterator[bytes]:
+        """The object's bytes, once; a reader that stops early may finish the download with drain()."""
+        if self._stream is None:
+            self._stream = self._download()
+        return self._stream
+
+    def _download(self) -> Iterator[bytes]:
         body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._manifest.data_key)["Body"]
         for chunk in body.iter_chunks(CHUNK):
             self._digest.update(chunk)
             self.read += len(chunk)
             self._on_progress(self.read)
             yield chunk
+
+    def drain(self) -> None:
+        """Read what is left of the object, for its checksum only."""
+        try:
+            for _ in self.chunks():
+                pass
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_storage_error(exc, "cannot read", self.bucket, self._manifest.data_key) from None
 
     def check(self) -> None:
         """The whole object matched the manifest, or ChecksumMismatch."""
@@ -175,6 +195,56 @@ def _decode_into(
         raise ChecksumMismatch(f"{manifest.data_key} cannot be decompressed ({exc}): the object is corrupted") from exc
 
 
+class _Decompressing:
+    """Decompresses what it is given into a pipe, as it comes (the table-of-contents pass)."""
+
+    def __init__(self, decompressor: Decompressor, stdin: Any) -> None:
+        self._decompressor = decompressor
+        self._stdin = stdin
+
+    def __call__(self, chunk: bytes) -> None:
+        self._stdin.write(self._decompressor.decompress(chunk))
+
+
+def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identities: Identities | None) -> str:
+    """The backup's table of contents with dependencies (`pg_restore -l -v`), and the whole object's
+    SHA-256 checked against the manifest (ChecksumMismatch).
+
+    A custom-format archive starts with its table of contents, so pg_restore exits after the first few
+    KiB; the rest is read for the checksum only. A partial restore needs the check up front: pg_restore
+    commits once it has restored what the list names, which may be before the end of the stream."""
+    argv = [plan.tools.path("pg_restore"), "--list", "--verbose"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = StderrTail(process.stderr)
+    stdout = process.stdout
+    listing: list[bytes] = []  # read on a thread: a long listing would fill the pipe while we write
+    reader = threading.Thread(target=lambda: listing.append(stdout.read()), daemon=True)
+    reader.start()
+    stored = _StoredObject(store, manifest, lambda _: None)
+    try:
+        try:
+            _decode_into(
+                stored, manifest, identities, _Decompressing(decompressor_for(manifest.compression), process.stdin)
+            )
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # pg_restore read the table of contents and exited
+        stored.drain()
+        stored.check()
+        code = process.wait()
+        reader.join()
+        if code != 0:
+            raise RestoreFailed(
+                f"{plan.tools.describe('pg_restore')} --list exited with code {code}: {stderr.error_lines()}"
+            )
+        return b"".join(listing).decode("utf-8", errors="replace")
+    finally:
+        stop_process(process)
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -191,9 +261,11 @@ def restore_from_storage(
     application_name: str,
     on_progress: Callable[[int], None] = lambda _: None,
     identities: Identities | None = None,
+    verified: bool = False,
 ) -> RestoreResult:
     """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
-    has said they open it)."""
+    has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
+    partial restore, where pg_restore may finish and commit before the end of the stream)."""
     argv = [
         plan.tools.path("pg_restore"),
         "--single-transaction",
@@ -215,6 +287,8 @@ def restore_from_storage(
             _decode_into(stored, manifest, identities, sink)
         except BrokenPipeError:
             code = process.wait()
+            if code == 0 and verified:
+                return RestoreResult(stored.read, sink.restored)  # it restored all that its list names
             raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}") from None
         stored.check()
         try:
@@ -230,3 +304,84 @@ def restore_from_storage(
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
         stop_process(process)
+
+
+STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
+
+
+def restore_staged(
+    store: ObjectStore,
+    manifest: Manifest,
+    target: DatabaseSettings,
+    plan: RestorePlan,
+    *,
+    staging: str,
+    jobs: int,
+    options: Sequence[str] = (),
+    application_name: str,
+    on_progress: Callable[[int], None] = lambda _: None,
+    identities: Identities | None = None,
+) -> RestoreResult:
+    """Download, decrypt and decompress the dump into a file under `staging`, check the object's SHA-256,
+    then `pg_restore --jobs`; the file is removed whatever happens.
+
+    The free space is checked before the download (InsufficientSpace). pg_restore -j cannot run in one
+    transaction: callers restore into a database made for it, and drop it again on failure.
+    """
+    directory = Path(staging)
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise PermanentError(
+            f"spec.staging.path: {staging} is not usable ({exc.strerror}); mount a volume there",
+            reason=Reason.INVALID_SPEC,
+        ) from None
+    needed = manifest.bytes_raw + STAGING_MARGIN
+    if free < needed:
+        raise PermanentError(
+            f"{staging} has {human_size(free)} free; the staged dump of {manifest.backup_id} needs "
+            f"{human_size(needed)}. Give a larger volume, or leave parallelism and staging out to restore from "
+            "the stream",
+            reason=Reason.INSUFFICIENT_SPACE,
+        )
+    staged = directory / f"cellar-{manifest.backup_id}.pgdump"
+    stored = _StoredObject(store, manifest, on_progress)
+    try:
+        try:
+            with staged.open("wb") as out:
+                decompressor = decompressor_for(manifest.compression)
+
+                def write(chunk: bytes) -> None:
+                    out.write(decompressor.decompress(chunk))
+
+                _decode_into(stored, manifest, identities, write)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise PermanentError(
+                f"writing the staged dump to {staging} failed ({exc.strerror}); nothing was restored",
+                reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
+            ) from None
+        stored.check()  # before pg_restore reads a byte of it
+        argv = [
+            plan.tools.path("pg_restore"),
+            f"--jobs={jobs}",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={target.dbname}",
+            *options,
+            str(staged),
+        ]
+        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
+        env.pop("PGDATABASE", None)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            raise RestoreFailed(
+                f"{plan.describe()} (--jobs={jobs}) exited with code {done.returncode}: {' '.join(lines[-5:])}"
+            )
+        return RestoreResult(stored.read, staged.stat().st_size)
+    finally:
+        staged.unlink(missing_ok=True)

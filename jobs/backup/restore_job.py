@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -13,17 +16,27 @@ from psycopg import sql
 from common.conditions import Condition, format_time, is_condition_true
 from common.config import DatabaseSettings, resolve_database_settings
 from common.db import connect
-from common.encryption import resolve_identities
+from common.encryption import Identities, resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.runtime import RunContext
-from jobs.backup.catalog import find_backup
+from common.storage import ObjectStore
+from jobs.backup.catalog import Manifest, find_backup
 from jobs.backup.job import open_storage
-from jobs.backup.restore import check_decryptable, plan_restore, restore_from_storage
-from jobs.backup.settings import parse_backup_spec, parse_restore_spec
+from jobs.backup.restore import (
+    RestorePlan,
+    RestoreResult,
+    check_decryptable,
+    plan_restore,
+    read_toc,
+    restore_from_storage,
+    restore_staged,
+)
+from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
 from jobs.backup.status import RestoreOutcome
+from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"
@@ -47,6 +60,145 @@ def drop_database(target: DatabaseSettings) -> None:
     maintenance = replace(target, dbname="postgres")
     with connect(maintenance, application_name=APPLICATION, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
+
+
+@dataclass(frozen=True)
+class SelectedRestore:
+    """What a partial restore takes from the backup (spec.select), and the foreign keys it leaves out."""
+
+    toc: SelectedToc
+    left_out: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"schema {name}" for name in self.toc.schemas]
+        parts += [f"{schema}.{name}" for schema, name in self.toc.tables if schema not in self.toc.schemas]
+        shown = ", ".join(parts[:10]) + (f" and {len(parts) - 10} more" if len(parts) > 10 else "")
+        note = f"; left out {', '.join(self.left_out)}" if self.left_out else ""
+        return f"{shown} ({len(self.toc.entries)} entries{note})"
+
+    def list_file(self) -> str:
+        return self.toc.list_file()
+
+
+def choose_entries(
+    store: ObjectStore, manifest: Manifest, plan: RestorePlan, identities: Identities | None, selection: Selection
+) -> SelectedRestore:
+    """The entries of the backup's table of contents that restore `selection`; every name must be there."""
+    entries = parse_toc(read_toc(store, manifest, plan, identities))
+    missing = missing_names(entries, selection)
+    if missing:
+        raise InvalidSpec(f"spec.select: backup {manifest.backup_id} holds no {', '.join(missing)}")
+    return SelectedRestore(select_entries(entries, selection))
+
+
+def refuse_existing(target: DatabaseSettings, selected: SelectedRestore) -> None:
+    """Without clean, a partial restore into a live database must not meet what it creates: refuse up
+    front, naming each, rather than fail halfway (every name is checked before anything is written)."""
+    with connect(target, application_name=APPLICATION) as conn:
+        found = [
+            f"schema {name}"
+            for name in selected.toc.schemas
+            if _exists(conn, "SELECT to_regnamespace(quote_ident(%s))", name)
+        ]
+        found += [
+            f"table {schema}.{name}"
+            for schema, name in selected.toc.tables
+            if _exists(conn, "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", schema, name)
+        ]
+    if found:
+        raise PermanentError(
+            f"{target.describe()} already has {', '.join(found)}: drop or rename them first, or set "
+            "spec.clean: true to replace them with the backup's",
+            reason=Reason.TABLE_EXISTS,
+        )
+
+
+def leave_out_dangling_foreign_keys(
+    target: DatabaseSettings, selected: SelectedRestore, *, created: bool
+) -> SelectedRestore:
+    """A restored table's foreign key to a table neither restored nor in the target would fail the whole
+    restore: it is left out, and the message says which (restore that table too to keep it)."""
+    needing = selected.toc.foreign_keys_needing()
+    if not needing:
+        return selected
+    missing: set[tuple[str, str]] = {t for tables in needing.values() for t in tables}
+    if not created:  # a database made for this restore has nothing yet
+        with connect(target, application_name=APPLICATION) as conn:
+            missing = {
+                (schema, name)
+                for schema, name in missing
+                if not _exists(conn, "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", schema, name)
+            }
+    dropped = {dump_id for dump_id, tables in needing.items() if any(t in missing for t in tables)}
+    if not dropped:
+        return selected
+    entries = {e.dump_id: e for e in selected.toc.entries}
+    notes = tuple(
+        f"foreign key {entries[i].rest.rsplit(' ', 1)[0]} (it references {', '.join('.'.join(t) for t in needing[i])})"
+        for i in sorted(dropped)
+    )
+    log.warning("foreign keys left out of the partial restore", extra={"left_out": list(notes)})
+    return SelectedRestore(selected.toc.without(dropped), notes)
+
+
+def _exists(conn: psycopg.Connection[tuple[object, ...]], query: str, *names: str) -> bool:
+    row = conn.execute(query, names).fetchone()
+    return row is not None and row[0] is not None
+
+
+def _restore(
+    store: ObjectStore,
+    manifest: Manifest,
+    target: DatabaseSettings,
+    plan: RestorePlan,
+    settings: RestoreSettings,
+    selected: SelectedRestore | None,
+    identities: Identities | None,
+    on_progress: Callable[[int], None],
+) -> tuple[RestoreResult, str]:
+    """Create the target if asked, restore from the stream or from a staged copy, and drop a database it
+    created again on any failure. Returns the result and how it was restored."""
+    options = ["--no-owner"] if settings.no_owner else []
+    if settings.clean:
+        options += ["--clean", "--if-exists"]
+    with tempfile.TemporaryDirectory(prefix="cellar-restore-") as scratch:  # in /tmp: the Pod's emptyDir
+        if selected is not None:
+            list_file = Path(scratch) / "selected.list"
+            list_file.write_text(selected.list_file(), encoding="utf-8")
+            options.append(f"--use-list={list_file}")
+        if settings.create_database:
+            create_database(target)
+        try:
+            if settings.staging_path is not None:
+                staged = restore_staged(
+                    store,
+                    manifest,
+                    target,
+                    plan,
+                    staging=settings.staging_path,
+                    jobs=settings.parallelism,
+                    options=options,
+                    application_name=APPLICATION,
+                    on_progress=on_progress,
+                    identities=identities,
+                )
+                return staged, f"pg_restore --jobs={settings.parallelism} from a copy staged in {settings.staging_path}"
+            streamed = restore_from_storage(
+                store,
+                manifest,
+                target,
+                plan,
+                options=options,
+                application_name=APPLICATION,
+                on_progress=on_progress,
+                identities=identities,
+                verified=selected is not None,
+            )
+            return streamed, "streaming"
+        except BaseException:
+            if settings.create_database:  # leave nothing half-made behind
+                drop_database(target)
+            raise
 
 
 class RestoreJob:
@@ -76,8 +228,15 @@ class RestoreJob:
         plan = plan_restore(server, manifest, application_name=APPLICATION)
         identities = resolve_identities(ctx.kube, ctx.ref.namespace, settings.identity) if settings.identity else None
         check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
+        selected = None
+        if settings.selection is not None:
+            selected = choose_entries(store, manifest, plan, identities, settings.selection)
+            if not settings.clean and not settings.create_database:
+                refuse_existing(target, selected)
+            selected = leave_out_dangling_foreign_keys(target, selected, created=settings.create_database)
+        what = f"{selected.describe()} of " if selected else ""
         if ctx.dry_run:
-            return f"dry run: would restore {manifest.backup_id} into {target.describe()} with {plan.describe()}"
+            return f"dry run: would restore {what}{manifest.backup_id} into {target.describe()} with {plan.describe()}"
 
         started = datetime.now(UTC)
         ctx.update_status(
@@ -92,32 +251,13 @@ class RestoreJob:
             fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
         )
         ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
-        options = ["--no-owner"] if settings.no_owner else []
-        if settings.clean:
-            options += ["--clean", "--if-exists"]
-        if settings.create_database:
-            create_database(target)
         progress = ProgressReporter(
             "bytes", manifest.bytes_stored, lambda figures: ctx.update_status(fields={"progress": figures})
         )
-        try:
-            result = restore_from_storage(
-                store,
-                manifest,
-                target,
-                plan,
-                options=options,
-                application_name=APPLICATION,
-                on_progress=progress.update,
-                identities=identities,
-            )
-        except BaseException:
-            if settings.create_database:  # leave nothing half-made behind
-                drop_database(target)
-            raise
+        result, how = _restore(store, manifest, target, plan, settings, selected, identities, progress.update)
         message = (
-            f"restored {manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into {target.describe()} "
-            f"with {plan.describe()}"
+            f"restored {what}{manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into "
+            f"{target.describe()} with {plan.describe()}, {how}"
         )
         ctx.update_status(
             [Condition("Succeeded", "True", Reason.COMPLETED, message)],

@@ -30,19 +30,32 @@ def _newest_per_period(backups: Sequence[Manifest], count: int, period: Callable
 
 def backups_to_keep(backups: Sequence[Manifest], policy: RetentionPolicy, now: datetime) -> set[str]:
     """Ids of the backups `policy` keeps; `backups` must be complete ones, newest first."""
+    return set(retention_reasons(backups, policy, now))
+
+
+def retention_reasons(backups: Sequence[Manifest], policy: RetentionPolicy, now: datetime) -> dict[str, list[str]]:
+    """The backups `policy` keeps, each with the rules that keep it (`newest`, `keepLast`, `maxAge`,
+    `keepDaily`, `keepWeekly`, `keepMonthly`, or `no rule set`); `backups` complete, newest first."""
     if not backups:
-        return set()
+        return {}
     if not policy.deletes_anything:
-        return {b.backup_id for b in backups}
-    keep = {backups[0].backup_id}
+        return {b.backup_id: ["no rule set"] for b in backups}
+    reasons: dict[str, list[str]] = {backups[0].backup_id: ["newest"]}
+
+    def keep(ids: set[str], rule: str) -> None:
+        for backup in backups:  # newest first, so each list reads in the same order
+            if backup.backup_id in ids:
+                reasons.setdefault(backup.backup_id, []).append(rule)
+
     if policy.keep_last:
-        keep |= {b.backup_id for b in backups[: policy.keep_last]}
+        keep({b.backup_id for b in backups[: policy.keep_last]}, "keepLast")
     if policy.max_age is not None:
-        keep |= {b.backup_id for b in backups if now - b.completed_at < policy.max_age}
+        max_age = policy.max_age
+        keep({b.backup_id for b in backups if now - b.completed_at < max_age}, "maxAge")
     if policy.keep_daily:
-        keep |= _newest_per_period(backups, policy.keep_daily, lambda t: t.date())
+        keep(_newest_per_period(backups, policy.keep_daily, lambda t: t.date()), "keepDaily")
     if policy.keep_weekly:
-        keep |= _newest_per_period(backups, policy.keep_weekly, lambda t: t.isocalendar()[:2])
+        keep(_newest_per_period(backups, policy.keep_weekly, lambda t: t.isocalendar()[:2]), "keepWeekly")
     if policy.keep_monthly:
-        keep |= _newest_per_period(backups, policy.keep_monthly, lambda t: (t.year, t.month))
-    return keep
+        keep(_newest_per_period(backups, policy.keep_monthly, lambda t: (t.year, t.month)), "keepMonthly")
+    return reasons

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from common.config import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
+from jobs.backup.toc import Selection
 
 COMPRESSIONS = ("zstd", "gzip", "none")
 # zstd level 1: faster than level 3 and no larger on realistic data (docs/design.md).
@@ -139,6 +140,9 @@ class RestoreSettings:
     clean: bool
     no_owner: bool
     identity: SecretKeyRef | None = None  # spec.decryption.identitySecretRef: for encrypted backups
+    selection: Selection | None = None  # spec.select; None: everything
+    parallelism: int = 1  # spec.parallelism: pg_restore -j, from a staged copy of the dump
+    staging_path: str | None = None  # spec.staging.path: where the staged copy goes (a mounted volume)
 
 
 def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
@@ -157,6 +161,41 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
             else None
         ),
     )
+    if reader.has("select"):
+        settings = replace(settings, selection=parse_selection(reader.child("select")))
     if settings.create_database and settings.clean:
         raise InvalidSpec("spec: clean has nothing to drop in a database that createDatabase just made; set one")
-    return settings
+    parallelism = reader.integer("parallelism", 1, minimum=1, maximum=64) or 1
+    staging = reader.child("staging").optional_string("path") if reader.has("staging") else None
+    if parallelism > 1:
+        if not staging:
+            raise InvalidSpec(
+                "spec.parallelism: pg_restore -j reads a file, not a stream; give a volume for the staged copy in "
+                "spec.staging.path (an emptyDir or a PVC the Job mounts), or leave parallelism out to stream"
+            )
+        if not settings.create_database:
+            raise InvalidSpec(
+                "spec.parallelism: pg_restore -j cannot run in one transaction, so a failure would leave the target "
+                "half-restored; use it with createDatabase: true (a failed restore drops that database again)"
+            )
+    if staging is not None and not staging.startswith("/"):
+        raise InvalidSpec(f"spec.staging.path: {staging!r} must be an absolute path (where the volume is mounted)")
+    return replace(settings, parallelism=parallelism, staging_path=staging)
+
+
+def parse_selection(reader: SpecReader) -> Selection:
+    """spec.select: `schemas`, `tables` (schema.table; a name alone is in public) and `data`."""
+    tables = []
+    for index, text in enumerate(reader.string_list("tables")):
+        schema, dot, name = text.partition(".")
+        if not dot:
+            schema, name = "public", text
+        if not schema or not name:
+            raise InvalidSpec(f"{reader.path}.tables[{index}]: {text!r} is not schema.table")
+        tables.append((schema, name))
+    selection = Selection(reader.string_list("schemas"), tuple(tables), reader.boolean("data", True))
+    if selection.everything:
+        raise InvalidSpec(
+            f"{reader.path}: name at least one schema or table, or leave select out to restore everything"
+        )
+    return selection

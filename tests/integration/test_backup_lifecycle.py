@@ -159,3 +159,32 @@ def test_restore_refuses_a_corrupted_backup_and_leaves_no_target(
     assert succeeded["reason"] == "ChecksumMismatch"
     with psycopg.connect(stack.pg_dsn()) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (target,)).fetchone() == (0,)
+
+
+def test_list_shows_every_backup_with_what_keeps_it(backup_env: BackupEnv, capsys: pytest.CaptureFixture[str]) -> None:
+    load_sample_data(backup_env.stack, backup_env.database)
+    backup_env.setup(retention={"keepLast": 2}, verify={"enabled": True})
+    assert backup_env.run() == 0
+    time.sleep(1.1)  # manifests record times to the second: two backups in one second tie
+    assert backup_env.run() == 0
+    capsys.readouterr()
+
+    assert backup_env.run("list", "-o", "json") == 0
+    out = capsys.readouterr()
+    listed = json.loads(out.out)  # the listing alone on stdout; the log lines went to stderr
+    assert '"run finished"' in out.err
+    backups = listed["backups"]
+    status = get_status(backup_env.admin_api, backup_env.namespace, "databasebackups", "orders")
+    assert [b["completed"] for b in backups] == sorted((b["completed"] for b in backups), reverse=True)
+    newest, older = backups
+    assert newest["key"] == status["lastSuccessfulBackup"]["key"]
+    assert newest["kept_by"] == ["newest", "keepLast"]
+    assert older["kept_by"] == ["keepLast"]
+    assert newest["verified"] == "passed"
+    assert newest["bytes_stored"] == status["lastSuccessfulBackup"]["sizeBytes"]
+    assert (newest["compression"], newest["encrypted_to"], newest["locked"]) == ("zstd", [], "")
+
+    assert backup_env.run("list") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["COMPLETED", "BACKUP", "DATABASE"]
+    assert [line.split()[1] for line in table[1:]] == [newest["backup_id"], older["backup_id"]]

@@ -74,3 +74,14 @@ def test_example_overlay_renders_and_every_manifest_is_accepted(
     assert "runAsUser" not in pod["securityContext"]  # OpenShift assigns one
     assert {e["name"] for e in container["env"]} == {"CELLAR_RESOURCE_NAME", "CELLAR_NAMESPACE", "POD_NAME"}
     assert all(len(name) <= 52 for kind, name in created if kind == "CronJob")
+
+
+def test_the_sample_restore_and_its_job_are_accepted(admin_api: Any, namespace: str) -> None:
+    dynamic = DynamicClient(admin_api)
+    for name in ("databaserestore.yaml", "restore-job.yaml"):
+        document = yaml.safe_load((REPO / "cronjobs" / "samples" / name).read_text())
+        api = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        api.create(body=document, namespace=namespace, dry_run="All")
+    job = yaml.safe_load((REPO / "cronjobs" / "samples" / "restore-job.yaml").read_text())
+    mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "staging", "mountPath": "/staging"} in mounts

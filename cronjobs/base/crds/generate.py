@@ -581,6 +581,47 @@ def database_restore() -> dict[str, Any]:
                 "Drop the objects the dump contains before recreating them (pg_restore --clean --if-exists).", False
             ),
             "noOwner": boolean("Do not restore ownership (pg_restore --no-owner).", False),
+            "select": obj(
+                "Restore only part of the backup, chosen from pg_restore's table of contents: whole schemas, "
+                "and tables or views with what belongs to them (their data, owned sequences, defaults, "
+                "constraints, indexes, triggers, comments, grants, own foreign keys). Without clean, the "
+                "restore refuses if the target already has any of them.",
+                {
+                    "schemas": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
+                        "description": "Schemas to restore whole.",
+                    },
+                    "tables": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 127},
+                        "description": "Tables or views as schema.table (a name alone is in public).",
+                    },
+                    "data": boolean("Restore their rows too; false: definitions only.", True),
+                },
+                rules=[
+                    {
+                        "rule": "(has(self.schemas) && size(self.schemas) > 0) || "
+                        "(has(self.tables) && size(self.tables) > 0)",
+                        "message": "name at least one schema or table, or leave select out to restore everything",
+                    }
+                ],
+            ),
+            "parallelism": integer(
+                "Restore with pg_restore --jobs=N from a copy of the dump staged on spec.staging.path, as fast "
+                "as the target's cores allow; needs createDatabase (pg_restore -j cannot run in one transaction, "
+                "so a failure drops that database again). Default 1: streamed, in one transaction.",
+                minimum=1,
+                maximum=64,
+                default=1,
+            ),
+            "staging": obj(
+                "A volume the restore Job mounts (an emptyDir or a PVC) for the staged copy of the dump, "
+                "uncompressed: it needs the backup's raw size free, checked before the download. The copy is "
+                "removed afterwards.",
+                {"path": string("Where the volume is mounted, for example /staging.", pattern=r"^/.*", maxLength=1024)},
+                required=["path"],
+            ),
             "decryption": obj(
                 "For a backup encrypted with age: the identity that decrypts it.",
                 {
@@ -597,7 +638,11 @@ def database_restore() -> dict[str, Any]:
             {
                 "rule": "!(self.createDatabase && self.clean)",
                 "message": "clean has nothing to drop in a database that createDatabase just made; set one",
-            }
+            },
+            {
+                "rule": "!has(self.parallelism) || self.parallelism == 1 || (has(self.staging) && self.createDatabase)",
+                "message": "parallelism above 1 needs staging.path and createDatabase: true",
+            },
         ],
     )
     status = obj(
