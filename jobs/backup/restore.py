@@ -15,6 +15,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -41,6 +42,7 @@ CHUNK = 1024 * 1024
 # The end of the archive pg_restore must not see before the checksum matched. 64 KiB covers the
 # archive's end marker and the tail of its last data block whatever the compressor's framing.
 HOLD_BACK = 64 * 1024
+PREFETCH_CHUNKS = 8  # of CHUNK each: how far the download may run ahead of pg_restore
 
 
 class BackupUnsound(PermanentError):
@@ -122,12 +124,21 @@ class _HeldBackSink:
         self.restored = 0
 
     def __call__(self, chunk: bytes) -> None:
-        self.held_back += self._decompressor.decompress(chunk)
-        if len(self.held_back) > HOLD_BACK:
-            release = len(self.held_back) - HOLD_BACK
-            self._stdin.write(self.held_back[:release])
-            del self.held_back[:release]
-            self.restored += release
+        data = self._decompressor.decompress(chunk)
+        if len(data) < HOLD_BACK:
+            self.held_back += data
+            if len(self.held_back) > HOLD_BACK:
+                release = len(self.held_back) - HOLD_BACK
+                self._stdin.write(self.held_back[:release])
+                del self.held_back[:release]
+                self.restored += release
+            return
+        # A large piece goes out as it is but for its last HOLD_BACK bytes, without copying it around.
+        view = memoryview(data)
+        self._stdin.write(self.held_back)
+        self._stdin.write(view[:-HOLD_BACK])
+        self.restored += len(self.held_back) + len(data) - HOLD_BACK
+        self.held_back = bytearray(view[-HOLD_BACK:])
 
 
 class _StoredObject:
@@ -147,12 +158,37 @@ class _StoredObject:
         return self._stream
 
     def _download(self) -> Iterator[bytes]:
+        """The object's chunks, read ahead on a thread of its own (at most PREFETCH_CHUNKS), so that the
+        download overlaps the decompression and the writes into pg_restore."""
         body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._manifest.data_key)["Body"]
-        for chunk in body.iter_chunks(CHUNK):
-            self._digest.update(chunk)
-            self.read += len(chunk)
-            self._on_progress(self.read)
-            yield chunk
+        fetched: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=PREFETCH_CHUNKS)
+        stop = threading.Event()
+
+        def fetch() -> None:
+            try:
+                for chunk in body.iter_chunks(CHUNK):
+                    if stop.is_set():
+                        return
+                    fetched.put(chunk)
+            except BaseException as exc:  # noqa: BLE001 (handed to the reader, which raises it)
+                fetched.put(exc)
+                return
+            fetched.put(None)
+
+        threading.Thread(target=fetch, name="restore-download", daemon=True).start()
+        try:
+            while (item := fetched.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                self._digest.update(item)
+                self.read += len(item)
+                self._on_progress(self.read)
+                yield item
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):  # free a fetch waiting on a full queue
+                while True:
+                    fetched.get_nowait()
 
     def drain(self) -> None:
         """Read what is left of the object, for its checksum only."""
