@@ -2,6 +2,7 @@
 
 Layout under the resource's prefix:
   data/<backup-id>.pgdump[.zst|.gz][.age]   the dump (compressed, then encrypted), written first
+  data/<backup-id>.globals.sql[.zst|.gz][.age]   the server's roles and tablespaces, with spec.globals
   manifests/<backup-id>.json           written last; its existence is what makes a backup exist
   rejected/<backup-id>.json            a backup that failed its restore test: it no longer counts
 A backup id starts with the UTC start time (20261122T023000Z-<run id>), so keys sort by age.
@@ -50,6 +51,37 @@ class Encryption:
     recipients: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class GlobalsObject:
+    """The SQL of the server's roles, memberships, role settings and tablespaces (pg_dumpall --globals-only),
+    stored beside the dump, compressed (and encrypted) the same way."""
+
+    data_key: str
+    bytes_raw: int
+    bytes_stored: int
+    sha256: str
+    no_role_passwords: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataKey": self.data_key,
+            "bytesRaw": self.bytes_raw,
+            "bytesStored": self.bytes_stored,
+            "sha256": self.sha256,
+            "noRolePasswords": self.no_role_passwords,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GlobalsObject:
+        return cls(
+            body["dataKey"],
+            int(body["bytesRaw"]),
+            int(body["bytesStored"]),
+            body["sha256"],
+            bool(body.get("noRolePasswords", False)),
+        )
+
+
 @dataclass
 class Manifest:
     """Everything a restore or an audit needs to know about one backup."""
@@ -73,12 +105,18 @@ class Manifest:
     standby: bool = False
     counts_in_dump_snapshot: bool = True
     encryption: Encryption | None = None
+    globals: GlobalsObject | None = None
     format_version: int = 0  # 0: the lowest that describes this manifest (see FORMAT_VERSION)
     manifest_key: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.format_version:
-            self.format_version = 2 if self.encryption is not None else 1
+            self.format_version = 2 if self.encryption is not None or self.globals is not None else 1
+
+    @property
+    def object_keys(self) -> list[str]:
+        """Every object of the backup: the dump, and the globals when it has them."""
+        return [self.data_key, *([self.globals.data_key] if self.globals else [])]
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -103,6 +141,8 @@ class Manifest:
         }
         if self.encryption is not None:
             body["encryption"] = {"format": self.encryption.format, "recipients": list(self.encryption.recipients)}
+        if self.globals is not None:
+            body["globals"] = self.globals.to_json()
         return json.dumps(body, indent=2, sort_keys=False).encode("utf-8")
 
     @classmethod
@@ -139,6 +179,7 @@ class Manifest:
                     if body.get("encryption")
                     else None
                 ),
+                globals=GlobalsObject.from_json(body["globals"]) if body.get("globals") else None,
                 format_version=int(body["formatVersion"]),
                 manifest_key=key,
             )
@@ -182,15 +223,17 @@ def take_inventory(store: ObjectStore) -> Inventory:
             log.warning("ignoring unreadable manifest", extra={"key": listed["Key"], "error": str(exc)})
             broken.append(listed)
             continue
-        stored = data.get(manifest.data_key)
-        if stored is None or int(stored["Size"]) != manifest.bytes_stored:
+        expected = {manifest.data_key: manifest.bytes_stored}
+        if manifest.globals:
+            expected[manifest.globals.data_key] = manifest.globals.bytes_stored
+        if any(key not in data or int(data[key]["Size"]) != size for key, size in expected.items()):
             log.warning(
                 "manifest does not match its object", extra={"key": listed["Key"], "data_key": manifest.data_key}
             )
             broken.append(listed)
             continue
         backups.append(manifest)
-    named = {b.data_key for b in backups}
+    named = {key for b in backups for key in b.object_keys}
     orphans = [o for key, o in data.items() if key not in named]
     backups.sort(key=lambda m: (m.end_time, m.backup_id), reverse=True)
     return Inventory(backups=backups, orphan_data=orphans, broken_manifests=broken)

@@ -8,13 +8,14 @@ so the manifest's counts describe exactly the rows in the dump. Nothing touches 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -26,7 +27,7 @@ from common.encryption import EncryptingWriter
 from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
-from common.storage import ObjectStore, UploadResult
+from common.storage import ObjectStore, StreamingUpload, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process
@@ -175,6 +176,47 @@ class RowCounter:
         self._thread.join(timeout=30)
 
 
+class CompressedUpload:
+    """What a dump's bytes go through on their way to storage: compression, age encryption to
+    `recipients` when there are any, the multipart upload. finish() ends the compressed (and encrypted)
+    stream; complete() makes the object visible."""
+
+    def __init__(self, upload: StreamingUpload, compression: Compression, recipients: Sequence[str]) -> None:
+        self._upload = upload
+        self._compressor = compressor_for(compression)
+        self._encryptor = EncryptingWriter(recipients, upload.write) if recipients else None
+        self._output = self._encryptor.write if self._encryptor is not None else upload.write
+
+    def write(self, chunk: bytes) -> None:
+        self._output(self._compressor.compress(chunk))
+
+    def finish(self) -> None:
+        self._output(self._compressor.flush())
+        if self._encryptor is not None:
+            self._encryptor.close()  # age's last chunk, which marks the end of the file
+
+    def abort(self) -> None:
+        if self._encryptor is not None:
+            self._encryptor.abort()  # before the upload is aborted: its thread writes to it
+
+    def complete(self) -> UploadResult:
+        return self._upload.complete()
+
+
+@contextlib.contextmanager
+def compressed_upload(
+    store: ObjectStore, key: str, compression: Compression, recipients: Sequence[str]
+) -> Iterator[CompressedUpload]:
+    """A CompressedUpload of `key`; on any error the upload is aborted and nothing becomes visible."""
+    with store.open_upload(key) as upload:
+        writer = CompressedUpload(upload, compression, recipients)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+
+
 @dataclass
 class DumpResult:
     upload: UploadResult
@@ -219,31 +261,21 @@ def dump_to_storage(
         stderr = StderrTail(process.stderr)
         counter = RowCounter(snapshot_conn, options)
         try:
-            with store.open_upload(key) as upload:
-                compressor = compressor_for(compression)
-                encryptor = EncryptingWriter(recipients, upload.write) if recipients else None
-                output = encryptor.write if encryptor is not None else upload.write
+            with compressed_upload(store, key, compression, recipients) as upload:
 
                 def sink(chunk: bytes) -> None:
                     counter.start()
-                    output(compressor.compress(chunk))
+                    upload.write(chunk)
                     failpoint("backup.dump-streaming")
 
-                try:
-                    raw = pump(process.stdout.fileno(), sink, on_progress)
-                    code = process.wait()
-                    if code != 0:
-                        raise DumpFailed(
-                            f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
-                            f"{server_version}: {stderr.error_lines()}"
-                        )
-                    output(compressor.flush())
-                    if encryptor is not None:
-                        encryptor.close()  # age's last chunk, which marks the end of the file
-                except BaseException:
-                    if encryptor is not None:
-                        encryptor.abort()  # before the upload is aborted: its thread writes to it
-                    raise
+                raw = pump(process.stdout.fileno(), sink, on_progress)
+                code = process.wait()
+                if code != 0:
+                    raise DumpFailed(
+                        f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
+                        f"{server_version}: {stderr.error_lines()}"
+                    )
+                upload.finish()
                 tables = counter.result()
                 result = upload.complete()
         finally:
@@ -256,3 +288,50 @@ def dump_to_storage(
             snapshot_conn.rollback()
         finally:
             snapshot_conn.close()
+
+
+@dataclass(frozen=True)
+class GlobalsResult:
+    upload: UploadResult
+    bytes_raw: int
+
+
+def dump_globals(
+    database: DatabaseSettings,
+    store: ObjectStore,
+    key: str,
+    compression: Compression,
+    *,
+    tools: ClientTools,
+    no_role_passwords: bool,
+    application_name: str,
+    recipients: Sequence[str] = (),
+) -> GlobalsResult:
+    """The server's roles, memberships, role settings and tablespaces (`pg_dumpall --globals-only`), as
+    SQL, compressed (and encrypted) into `key` like the dump."""
+    argv = [tools.path("pg_dumpall"), "--globals-only", "--no-password", f"--database={database.dbname}"]
+    if no_role_passwords:
+        argv.append("--no-role-passwords")
+    env = {**os.environ, **libpq_environment(database, application_name=f"{application_name}-pg_dumpall")}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = StderrTail(process.stderr)
+    try:
+        with compressed_upload(store, key, compression, recipients) as upload:
+            raw = pump(process.stdout.fileno(), upload.write, lambda _: None)
+            code = process.wait()
+            if code != 0:
+                detail = stderr.error_lines()
+                if "pg_authid" in detail:
+                    raise PermanentError(
+                        f"{tools.describe('pg_dumpall')} --globals-only cannot read role passwords (pg_authid) as "
+                        f"{database.user}: connect as a superuser, or set spec.globals.noRolePasswords: true "
+                        f"({detail})",
+                        reason=Reason.INSUFFICIENT_PRIVILEGE,
+                    )
+                raise DumpFailed(f"{tools.describe('pg_dumpall')} --globals-only exited with code {code}: {detail}")
+            upload.finish()
+            return GlobalsResult(upload.complete(), raw)
+    finally:
+        stop_process(process)

@@ -31,13 +31,14 @@ from jobs.backup.catalog import (
     MANIFEST_DIR,
     QUARANTINE_DIR,
     Encryption,
+    GlobalsObject,
     Inventory,
     Manifest,
     backup_id,
     find_backup,
     take_inventory,
 )
-from jobs.backup.dump import ServerFacts, dump_to_storage, server_facts
+from jobs.backup.dump import ServerFacts, dump_globals, dump_to_storage, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import backups_to_keep
@@ -120,11 +121,11 @@ def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) 
     leftovers = [o["Key"] for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
     outcome = RetentionOutcome(inventory, [], {})
     if policy.dry_run:
-        outcome.deleted = [key for m in doomed for key in (m.manifest_key, m.data_key)] + leftovers
+        outcome.deleted = [key for m in doomed for key in (m.manifest_key, *m.object_keys)] + leftovers
         log.info("retention dry run: would delete", extra={"keys": outcome.deleted})
         return outcome
     for manifest in doomed:
-        for key in (manifest.manifest_key, manifest.data_key):
+        for key in (manifest.manifest_key, *manifest.object_keys):
             lock = store.delete(key)
             if lock is not None:  # the manifest: the backup stays whole; its object: a leftover for later
                 if key == manifest.manifest_key:
@@ -247,6 +248,26 @@ class BackupJob:
             on_progress=progress.update,
             recipients=checked.recipients,
         )
+        globals_object = None
+        if settings.globals is not None:
+            globals_key = store.key(DATA_DIR, f"{identifier}.globals.sql{settings.compression.extension}{encrypted}")
+            dumped_globals = dump_globals(
+                database,
+                store,
+                globals_key,
+                settings.compression,
+                tools=tools,
+                no_role_passwords=settings.globals.no_role_passwords,
+                application_name=APPLICATION,
+                recipients=checked.recipients,
+            )
+            globals_object = GlobalsObject(
+                globals_key,
+                dumped_globals.bytes_raw,
+                dumped_globals.upload.size,
+                dumped_globals.upload.sha256,
+                settings.globals.no_role_passwords,
+            )
         ended = datetime.now(UTC)
         manifest = Manifest(
             backup_id=identifier,
@@ -272,6 +293,7 @@ class BackupJob:
                 if checked.recipients
                 else None
             ),
+            globals=globals_object,
             manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
         )
         failpoint("backup.before-manifest")
@@ -312,7 +334,8 @@ class BackupJob:
             f"backup {identifier} of PostgreSQL {facts.version} with {tools.describe('pg_dump')}: "
             f"{human_size(manifest.bytes_stored)} stored "
             f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
-            f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}) "
+            f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
+            f"{', with the roles and tablespaces' if globals_object else ''}) "
             f"in {duration:.1f}s; "
             f"{len(deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
         )

@@ -35,6 +35,7 @@ class ListedBackup:
     bytes_raw: int
     compression: str
     encrypted_to: list[str]  # recipient fingerprints; empty: not encrypted
+    with_globals: bool  # the server's roles and tablespaces are stored with it
     verified: str  # "passed" or "failed" (the resource's last restore test of it), or ""
     kept_by: list[str]  # retention rules that keep it
     locked: str  # what an object lock says, or ""
@@ -59,6 +60,7 @@ def list_backups(store: ObjectStore, spec: dict[str, Any], status: dict[str, Any
                 bytes_raw=manifest.bytes_raw,
                 compression=manifest.compression,
                 encrypted_to=list(manifest.encryption.recipients) if manifest.encryption else [],
+                with_globals=manifest.globals is not None,
                 verified=_verified(manifest, verification),
                 kept_by=reasons.get(manifest.backup_id, []),
                 locked=lock.describe() if lock else "",
@@ -94,7 +96,7 @@ def render_table(backups: list[ListedBackup]) -> str:
             b.database,
             human_size(b.bytes_stored),
             human_size(b.bytes_raw),
-            b.compression,
+            b.compression + (" +roles" if b.with_globals else ""),
             f"age ({len(b.encrypted_to)})" if b.encrypted_to else "no",
             b.verified or "-",
             ",".join(b.kept_by) or "(goes next run)",

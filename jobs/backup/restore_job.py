@@ -28,6 +28,7 @@ from jobs.backup.job import open_storage
 from jobs.backup.restore import (
     RestorePlan,
     RestoreResult,
+    apply_globals,
     check_decryptable,
     plan_restore,
     read_toc,
@@ -228,6 +229,11 @@ class RestoreJob:
         plan = plan_restore(server, manifest, application_name=APPLICATION)
         identities = resolve_identities(ctx.kube, ctx.ref.namespace, settings.identity) if settings.identity else None
         check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
+        if settings.globals and manifest.globals is None:
+            raise InvalidSpec(
+                f"spec.globals: backup {manifest.backup_id} holds no roles or tablespaces; turn on "
+                "spec.globals.enabled in the DatabaseBackup for the next backups, or leave globals out"
+            )
         selected = None
         if settings.selection is not None:
             selected = choose_entries(store, manifest, plan, identities, settings.selection)
@@ -251,13 +257,21 @@ class RestoreJob:
             fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
         )
         ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
+        roles = ""
+        if settings.globals:
+            applied = apply_globals(store, manifest, server, plan, identities=identities, application_name=APPLICATION)
+            roles = f"; roles and tablespaces applied first ({applied.statements} statements"
+            roles += f", {len(applied.errors)} failed: {'; '.join(applied.errors[:5])})" if applied.errors else ")"
+            log.info(
+                "roles and tablespaces applied", extra={"statements": applied.statements, "errors": applied.errors}
+            )
         progress = ProgressReporter(
             "bytes", manifest.bytes_stored, lambda figures: ctx.update_status(fields={"progress": figures})
         )
         result, how = _restore(store, manifest, target, plan, settings, selected, identities, progress.update)
         message = (
             f"restored {what}{manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into "
-            f"{target.describe()} with {plan.describe()}, {how}"
+            f"{target.describe()} with {plan.describe()}, {how}{roles}"
         )
         ctx.update_status(
             [Condition("Succeeded", "True", Reason.COMPLETED, message)],

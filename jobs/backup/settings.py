@@ -66,6 +66,13 @@ class DumpOptions:
 
 
 @dataclass(frozen=True)
+class GlobalsOptions:
+    """spec.globals: the server's roles, memberships, role settings and tablespaces go with each backup."""
+
+    no_role_passwords: bool = False
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     database: DatabaseSpec
     storage: StorageSpec
@@ -76,6 +83,7 @@ class BackupSettings:
     stale_after: timedelta
     dump: DumpOptions
     encryption: EncryptionSpec | None = None
+    globals: GlobalsOptions | None = None
 
 
 def parse_compression(reader: SpecReader) -> Compression:
@@ -128,6 +136,11 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
             no_privileges=dump.boolean("noPrivileges"),
         ),
         encryption=encryption,
+        globals=(
+            GlobalsOptions(reader.child("globals").boolean("noRolePasswords"))
+            if reader.child("globals").boolean("enabled")
+            else None
+        ),
     )
 
 
@@ -140,6 +153,7 @@ class RestoreSettings:
     clean: bool
     no_owner: bool
     identity: SecretKeyRef | None = None  # spec.decryption.identitySecretRef: for encrypted backups
+    globals: bool = False  # spec.globals: apply the backup's roles and tablespaces first
     selection: Selection | None = None  # spec.select; None: everything
     parallelism: int = 1  # spec.parallelism: pg_restore -j, from a staged copy of the dump
     staging_path: str | None = None  # spec.staging.path: where the staged copy goes (a mounted volume)
@@ -155,6 +169,7 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
         create_database=reader.boolean("createDatabase"),
         clean=reader.boolean("clean"),
         no_owner=reader.boolean("noOwner"),
+        globals=reader.boolean("globals"),
         identity=(
             SecretKeyRef.parse(reader.child("decryption").child("identitySecretRef", required=True))
             if reader.has("decryption")

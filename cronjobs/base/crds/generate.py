@@ -464,6 +464,19 @@ def database_backup() -> dict[str, Any]:
                 "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed when "
                 "verify.enabled, to decrypt the restore test's copy.",
             ),
+            "globals": obj(
+                "Back up the server's roles, role memberships, role settings and tablespaces with each backup "
+                "(pg_dumpall --globals-only, stored beside the dump): a rebuilt server gets its roles and grants back.",
+                {
+                    "enabled": boolean("Store the globals with every backup.", False),
+                    "noRolePasswords": boolean(
+                        "Leave role passwords out (pg_dumpall --no-role-passwords): needed where the role cannot read "
+                        "pg_authid, as on most managed services, and when passwords must not be in backups.",
+                        False,
+                    ),
+                },
+                default={},
+            ),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
                 "when the CronJob never ran. Default 26h (a daily schedule plus slack).",
@@ -581,6 +594,11 @@ def database_restore() -> dict[str, Any]:
                 "Drop the objects the dump contains before recreating them (pg_restore --clean --if-exists).", False
             ),
             "noOwner": boolean("Do not restore ownership (pg_restore --no-owner).", False),
+            "globals": boolean(
+                "Apply the backup's roles, memberships, role settings and tablespaces to the target server first "
+                "(statements that fail, such as a role that exists already, are reported, not fatal).",
+                False,
+            ),
             "select": obj(
                 "Restore only part of the backup, chosen from pg_restore's table of contents: whole schemas, "
                 "and tables or views with what belongs to them (their data, owned sequences, defaults, "
