@@ -179,6 +179,15 @@ def resolve_recipients(kube: Kube, namespace: str, spec: EncryptionSpec) -> list
     return list(dict.fromkeys(recipients))  # once each, in order
 
 
+def resolve_keys(kube: Kube, namespace: str, spec: EncryptionSpec | None) -> tuple[list[str], Identities | None]:
+    """What spec.encryption names, read: the recipients to encrypt to (none without encryption), and the
+    identities to decrypt with (None unless identitySecretRef is set)."""
+    if spec is None:
+        return [], None
+    identities = resolve_identities(kube, namespace, spec.identity) if spec.identity else None
+    return resolve_recipients(kube, namespace, spec), identities
+
+
 def resolve_identities(kube: Kube, namespace: str, ref: SecretKeyRef) -> Identities:
     """The identities in the Secret key `ref` names, registered for redaction as they are read."""
     return parse_identities(kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field), ref.field)

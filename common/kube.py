@@ -309,38 +309,34 @@ class Kube:
 
         `field` is the spec path that named the Secret, so a missing key says what to fix.
         """
-        data = self.read_secret(namespace, name, field=field)
-        if key not in data:
-            present = ", ".join(sorted(data)) or "none"
-            raise InvalidSpec(f'{field}: Secret "{name}" has no key "{key}" (keys present: {present})')
+        value = _key_of(self.read_secret(namespace, name, field=field), SECRET, name, key, field)
         if sensitive:
-            register_secret(data[key])
-        return data[key]
+            register_secret(value)
+        return value
 
     def read_secret(self, namespace: str, name: str, *, field: str) -> dict[str, str]:
         """All values of a Secret. The caller registers the sensitive ones with `register_secret`."""
-        ref = ResourceRef(SECRET, namespace, name)
-        try:
-            data = self._retrying(lambda: self.transport.get_secret_data(namespace, name), f"get secret {name}")
-        except KubeApiError as exc:
-            if exc.status == 404:
-                raise InvalidSpec(f'{field}: Secret "{name}" was not found in namespace "{namespace}"') from exc
-            raise self._translate(exc, "get", ref) from exc
-        return cast(dict[str, str], data)
+        return self._read_data(
+            ResourceRef(SECRET, namespace, name), lambda: self.transport.get_secret_data(namespace, name), field
+        )
 
     def read_config_map_key(self, namespace: str, name: str, key: str, *, field: str) -> str:
         """One value of a ConfigMap (never a secret); `field` is the spec path that named it."""
         ref = ResourceRef(CONFIG_MAP, namespace, name)
+        data = self._read_data(ref, lambda: self.transport.get_config_map_data(namespace, name), field)
+        return _key_of(data, CONFIG_MAP, name, key, field)
+
+    def _read_data(self, ref: ResourceRef, fetch: Callable[[], dict[str, str]], field: str) -> dict[str, str]:
+        """The data of a Secret or ConfigMap the spec names at `field`: missing is the spec's fault."""
         try:
-            data = self._retrying(lambda: self.transport.get_config_map_data(namespace, name), f"get configmap {name}")
+            data = self._retrying(fetch, f"get {ref.kind.kind.lower()} {ref.name}")
         except KubeApiError as exc:
             if exc.status == 404:
-                raise InvalidSpec(f'{field}: ConfigMap "{name}" was not found in namespace "{namespace}"') from exc
+                raise InvalidSpec(
+                    f'{field}: {ref.kind.kind} "{ref.name}" was not found in namespace "{ref.namespace}"'
+                ) from exc
             raise self._translate(exc, "get", ref) from exc
-        if key not in data:
-            present = ", ".join(sorted(data)) or "none"
-            raise InvalidSpec(f'{field}: ConfigMap "{name}" has no key "{key}" (keys present: {present})')
-        return str(data[key])
+        return cast(dict[str, str], data)
 
     def update_status(
         self,
@@ -426,3 +422,10 @@ class Kube:
             self._retrying(lambda: self.transport.create_event(namespace, body), "create event")
         except Exception as exc:  # noqa: BLE001 (an Event is best-effort by contract)
             log.warning("could not post Event", extra={"event_reason": reason, "error": redact(str(exc))})
+
+
+def _key_of(data: Mapping[str, str], kind: ResourceKind, name: str, key: str, field: str) -> str:
+    if key not in data:
+        present = ", ".join(sorted(data)) or "none"
+        raise InvalidSpec(f'{field}: {kind.kind} "{name}" has no key "{key}" (keys present: {present})')
+    return str(data[key])

@@ -17,7 +17,7 @@ import psycopg
 from common.conditions import Condition, format_time
 from common.config import resolve_database_settings, resolve_storage_credentials
 from common.db import connect
-from common.encryption import Identities, resolve_identities, resolve_recipients
+from common.encryption import Identities, resolve_keys
 from common.errors import CellarError
 from common.kube import TABLE_ARCHIVE
 from common.progress import ProgressReporter
@@ -93,13 +93,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
     concurrency = tuning.upload_concurrency + settings.parallelism
     store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
     store.check_access()
-    encryption = settings.encryption
-    recipients = resolve_recipients(ctx.kube, ctx.ref.namespace, encryption) if encryption else []
-    identities = (
-        resolve_identities(ctx.kube, ctx.ref.namespace, encryption.identity)
-        if encryption and encryption.identity
-        else None
-    )
+    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
     conn = connect(database, application_name=APPLICATION)
     try:
         info = describe_table(conn, settings)

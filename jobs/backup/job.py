@@ -18,7 +18,7 @@ from common.config import (
 from common.db import connect
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
-from common.encryption import Identities, fingerprint, resolve_identities, resolve_recipients
+from common.encryption import Identities, fingerprint, resolve_keys
 from common.errors import CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
@@ -70,13 +70,7 @@ class Preflight:
 def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
     """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
-    encryption = settings.encryption
-    recipients = resolve_recipients(ctx.kube, ctx.ref.namespace, encryption) if encryption else []
-    identities = (
-        resolve_identities(ctx.kube, ctx.ref.namespace, encryption.identity)
-        if encryption and encryption.identity
-        else None
-    )
+    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
     store = open_storage(ctx, settings)
     store.check_access()
     with connect(database, application_name=APPLICATION) as conn:

@@ -262,22 +262,26 @@ def decrypted_with_stock_age(env: ArchiveEnv, key: str, identity: Path, director
     return plain
 
 
-def test_encrypted_archives_read_back_with_stock_age_and_duckdb_and_through_unarchive(
-    archive_env: ArchiveEnv, keys: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    env, database = archive_env, archive_env.database
+def encrypted_orders(env: ArchiveEnv, keys: dict[str, Any], rows: int, **spec: Any) -> None:
+    """A table of `rows` orders, one an hour from 100 days ago, and a TableArchive that encrypts to the ops
+    key, with the ops identity in the Secret the archive job's Role names."""
     with psycopg.connect(env.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
         conn.execute(
             "INSERT INTO orders SELECT g, now() - interval '100 days' + g * interval '1 hour', 'order ' || g "
-            "FROM generate_series(1, 600) g"
+            "FROM generate_series(1, %s) g",
+            (rows,),
         )
     env.create_secret(ARCHIVE_IDENTITY, {"key.txt": keys["ops_identity"]})
-    encryption = {
-        "recipients": [keys["ops_public"]],
-        "identitySecretRef": {"name": ARCHIVE_IDENTITY, "key": "key.txt"},
-    }
-    setup_archive(env, batch={"rows": 200}, encryption=encryption)
+    identity = {"name": ARCHIVE_IDENTITY, "key": "key.txt"}
+    setup_archive(env, encryption={"recipients": [keys["ops_public"]], "identitySecretRef": identity}, **spec)
+
+
+def test_encrypted_archives_read_back_with_stock_age_and_duckdb_and_through_unarchive(
+    archive_env: ArchiveEnv, keys: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, database = archive_env, archive_env.database
+    encrypted_orders(env, keys, 600, batch={"rows": 200})
     assert env.run() == 0
     left = ids_in_table(database)
     archived_ids = set(range(1, 601)) - left
@@ -324,15 +328,7 @@ def test_an_encrypted_leftover_of_a_killed_run_is_checked_and_removed(
     archive_env: ArchiveEnv, keys: dict[str, Any]
 ) -> None:
     env, database = archive_env, archive_env.database
-    with psycopg.connect(env.dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - interval '100 days' + g * interval '1 hour', 'x' "
-            "FROM generate_series(1, 300) g"
-        )
-    env.create_secret(ARCHIVE_IDENTITY, {"key.txt": keys["ops_identity"]})
-    encryption = {"recipients": [keys["ops_public"]], "identitySecretRef": {"name": ARCHIVE_IDENTITY, "key": "key.txt"}}
-    setup_archive(env, batch={"rows": 100, "parallelism": 1}, encryption=encryption)
+    encrypted_orders(env, keys, 300, batch={"rows": 100, "parallelism": 1})
     # Killed between its uploads and its COMMIT: encrypted objects no ledger row describes.
     job = run_until_failpoint("jobs.archive", env.kubeconfig, env.namespace, "orders", "archive.before-commit")
     job.send_signal(signal.SIGKILL)
