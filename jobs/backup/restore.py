@@ -11,17 +11,14 @@ fails age's authentication later is a corrupted object like any other.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -33,7 +30,6 @@ from common.encryption import (
     CorruptedCiphertext,
     DecryptionFailed,
     Identities,
-    decrypt_bytes,
     decrypt_stream,
 )
 from common.errors import CellarError, PermanentError
@@ -42,7 +38,6 @@ from common.storage import ObjectStore, translate_storage_error
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
-from jobs.backup.status import human_size
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -148,7 +143,7 @@ class _HeldBackSink:
         self.held_back = bytearray(view[-HOLD_BACK:])
 
 
-class _StoredObject:
+class StoredObject:
     """The backup's object as it streams in, with the SHA-256 and size of what came so far."""
 
     def __init__(self, store: ObjectStore, manifest: Manifest, on_progress: Callable[[int], None]) -> None:
@@ -215,8 +210,8 @@ class _StoredObject:
             )
 
 
-def _decode_into(
-    stored: _StoredObject, manifest: Manifest, identities: Identities | None, sink: Callable[[bytes], None]
+def decode_into(
+    stored: StoredObject, manifest: Manifest, identities: Identities | None, sink: Callable[[bytes], None]
 ) -> None:
     """Stream the object, decrypted when it is encrypted, into `sink`; errors of the bytes themselves
     (a chunk that fails age's authentication, a frame that does not decompress) are ChecksumMismatch."""
@@ -266,10 +261,10 @@ def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identiti
     listing: list[bytes] = []  # read on a thread: a long listing would fill the pipe while we write
     reader = threading.Thread(target=lambda: listing.append(stdout.read()), daemon=True)
     reader.start()
-    stored = _StoredObject(store, manifest, lambda _: None)
+    stored = StoredObject(store, manifest, lambda _: None)
     try:
         try:
-            _decode_into(
+            decode_into(
                 stored, manifest, identities, _Decompressing(decompressor_for(manifest.compression), process.stdin)
             )
             process.stdin.close()
@@ -324,10 +319,10 @@ def restore_from_storage(
     assert process.stderr is not None
     stderr = StderrTail(process.stderr)
     sink = _HeldBackSink(decompressor_for(manifest.compression), process.stdin)
-    stored = _StoredObject(store, manifest, on_progress)
+    stored = StoredObject(store, manifest, on_progress)
     try:
         try:
-            _decode_into(stored, manifest, identities, sink)
+            decode_into(stored, manifest, identities, sink)
         except BrokenPipeError:
             code = process.wait()
             if code == 0 and verified:
@@ -347,139 +342,3 @@ def restore_from_storage(
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
         stop_process(process)
-
-
-STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
-
-
-def restore_staged(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
-    *,
-    staging: str,
-    jobs: int,
-    options: Sequence[str] = (),
-    application_name: str,
-    on_progress: Callable[[int], None] = lambda _: None,
-    identities: Identities | None = None,
-) -> RestoreResult:
-    """Download, decrypt and decompress the dump into a file under `staging`, check the object's SHA-256,
-    then `pg_restore --jobs`; the file is removed whatever happens.
-
-    The free space is checked before the download (InsufficientSpace). pg_restore -j cannot run in one
-    transaction: callers restore into a database made for it, and drop it again on failure.
-    """
-    directory = Path(staging)
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError as exc:
-        raise PermanentError(
-            f"spec.staging.path: {staging} is not usable ({exc.strerror}); mount a volume there",
-            reason=Reason.INVALID_SPEC,
-        ) from None
-    needed = manifest.bytes_raw + STAGING_MARGIN
-    if free < needed:
-        raise PermanentError(
-            f"{staging} has {human_size(free)} free; the staged dump of {manifest.backup_id} needs "
-            f"{human_size(needed)}. Give a larger volume, or leave parallelism and staging out to restore from "
-            "the stream",
-            reason=Reason.INSUFFICIENT_SPACE,
-        )
-    staged = directory / f"cellar-{manifest.backup_id}.pgdump"
-    stored = _StoredObject(store, manifest, on_progress)
-    try:
-        try:
-            with staged.open("wb") as out:
-                decompressor = decompressor_for(manifest.compression)
-
-                def write(chunk: bytes) -> None:
-                    out.write(decompressor.decompress(chunk))
-
-                _decode_into(stored, manifest, identities, write)
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            raise PermanentError(
-                f"writing the staged dump to {staging} failed ({exc.strerror}); nothing was restored",
-                reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
-            ) from None
-        stored.check()  # before pg_restore reads a byte of it
-        argv = [
-            plan.tools.path("pg_restore"),
-            f"--jobs={jobs}",
-            "--exit-on-error",
-            "--no-password",
-            f"--dbname={target.dbname}",
-            *options,
-            str(staged),
-        ]
-        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-        env.pop("PGDATABASE", None)
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
-        )
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-            raise RestoreFailed(
-                f"{plan.describe()} (--jobs={jobs}) exited with code {done.returncode}: {' '.join(lines[-5:])}"
-            )
-        return RestoreResult(stored.read, staged.stat().st_size)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class GlobalsApplied:
-    statements: int  # what psql ran
-    errors: list[str]  # the statements that failed, as psql reported them (a role that exists already)
-
-
-def apply_globals(
-    store: ObjectStore,
-    manifest: Manifest,
-    server: DatabaseSettings,
-    plan: RestorePlan,
-    *,
-    identities: Identities | None,
-    application_name: str,
-) -> GlobalsApplied:
-    """Run the backup's roles, memberships, role settings and tablespaces (pg_dumpall --globals-only) on
-    the target server with psql, after checking the object's SHA-256.
-
-    The statements run one by one, not in a transaction, and a failing one does not stop the rest: on a
-    server that has some of the roles already, CREATE ROLE fails for those and the ALTER ROLE that follows
-    still sets their attributes. The failures are returned for the message."""
-    assert manifest.globals is not None
-    described = manifest.globals
-    body = store.get_bytes(described.data_key)
-    digest = hashlib.sha256(body).hexdigest()
-    if len(body) != described.bytes_stored or digest != described.sha256:
-        raise ChecksumMismatch(
-            f"{described.data_key}: SHA-256 {digest} ({len(body)} bytes) does not match the manifest's "
-            f"{described.sha256} ({described.bytes_stored} bytes); the roles were not applied"
-        )
-    if manifest.encryption is not None:
-        if identities is None:
-            raise DecryptionFailed(f"backup {manifest.backup_id} is encrypted and no identity was given")
-        try:
-            body = decrypt_bytes(body, identities, what=described.data_key)
-        except CorruptedCiphertext as exc:
-            raise ChecksumMismatch(str(exc)) from None
-    sql_text = decompressor_for(manifest.compression).decompress(body)
-    argv = [plan.tools.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0"]
-    env = {**os.environ, **libpq_environment(server, application_name=application_name)}
-    done = subprocess.run(argv, input=sql_text, capture_output=True, env=env, check=False)
-    errors = [
-        line.split("ERROR:", 1)[1].strip()
-        for line in done.stderr.decode("utf-8", "replace").splitlines()
-        if "ERROR:" in line
-    ]
-    if done.returncode != 0:
-        raise RestoreFailed(
-            f"{plan.tools.describe('psql')} could not apply the roles and tablespaces (exit code {done.returncode}): "
-            f"{done.stderr.decode('utf-8', 'replace').strip()[-500:]}"
-        )
-    statements = sum(1 for line in sql_text.decode("utf-8", "replace").splitlines() if line.rstrip().endswith(";"))
-    return GlobalsApplied(statements, errors)

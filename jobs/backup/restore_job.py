@@ -28,14 +28,14 @@ from jobs.backup.job import open_storage
 from jobs.backup.restore import (
     RestorePlan,
     RestoreResult,
-    apply_globals,
     check_decryptable,
     plan_restore,
     read_toc,
     restore_from_storage,
-    restore_staged,
 )
+from jobs.backup.roles import apply_globals
 from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
+from jobs.backup.staged import restore_staged
 from jobs.backup.status import RestoreOutcome
 from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
 

@@ -1,0 +1,101 @@
+"""A restore from a copy of the dump staged on a volume, for `pg_restore --jobs` (spec.parallelism)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from common.config import DatabaseSettings
+from common.db import libpq_environment
+from common.encryption import Identities
+from common.errors import PermanentError
+from common.reasons import Reason
+from common.storage import ObjectStore
+from jobs.backup.catalog import Manifest
+from jobs.backup.compression import decompressor_for
+from jobs.backup.restore import RestoreFailed, RestorePlan, RestoreResult, StoredObject, decode_into
+from jobs.backup.status import human_size
+
+STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
+
+
+def restore_staged(
+    store: ObjectStore,
+    manifest: Manifest,
+    target: DatabaseSettings,
+    plan: RestorePlan,
+    *,
+    staging: str,
+    jobs: int,
+    options: Sequence[str] = (),
+    application_name: str,
+    on_progress: Callable[[int], None] = lambda _: None,
+    identities: Identities | None = None,
+) -> RestoreResult:
+    """Download, decrypt and decompress the dump into a file under `staging`, check the object's SHA-256,
+    then `pg_restore --jobs`; the file is removed whatever happens.
+
+    The free space is checked before the download (InsufficientSpace). pg_restore -j cannot run in one
+    transaction: callers restore into a database made for it, and drop it again on failure.
+    """
+    directory = Path(staging)
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise PermanentError(
+            f"spec.staging.path: {staging} is not usable ({exc.strerror}); mount a volume there",
+            reason=Reason.INVALID_SPEC,
+        ) from None
+    needed = manifest.bytes_raw + STAGING_MARGIN
+    if free < needed:
+        raise PermanentError(
+            f"{staging} has {human_size(free)} free; the staged dump of {manifest.backup_id} needs "
+            f"{human_size(needed)}. Give a larger volume, or leave parallelism and staging out to restore from "
+            "the stream",
+            reason=Reason.INSUFFICIENT_SPACE,
+        )
+    staged = directory / f"cellar-{manifest.backup_id}.pgdump"
+    stored = StoredObject(store, manifest, on_progress)
+    try:
+        try:
+            with staged.open("wb") as out:
+                decompressor = decompressor_for(manifest.compression)
+
+                def write(chunk: bytes) -> None:
+                    out.write(decompressor.decompress(chunk))
+
+                decode_into(stored, manifest, identities, write)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise PermanentError(
+                f"writing the staged dump to {staging} failed ({exc.strerror}); nothing was restored",
+                reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
+            ) from None
+        stored.check()  # before pg_restore reads a byte of it
+        argv = [
+            plan.tools.path("pg_restore"),
+            f"--jobs={jobs}",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={target.dbname}",
+            *options,
+            str(staged),
+        ]
+        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
+        env.pop("PGDATABASE", None)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            raise RestoreFailed(
+                f"{plan.describe()} (--jobs={jobs}) exited with code {done.returncode}: {' '.join(lines[-5:])}"
+            )
+        return RestoreResult(stored.read, staged.stat().st_size)
+    finally:
+        staged.unlink(missing_ok=True)
