@@ -36,6 +36,15 @@ def boolean(description: str, default: bool) -> Schema:
     return {"type": "boolean", "description": description, "default": default}
 
 
+def string_list(description: str, max_length: int) -> Schema:
+    """A list of non-empty strings of at most `max_length` characters."""
+    return {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": max_length},
+        "description": description,
+    }
+
+
 def duration(description: str, **extra: Any) -> Schema:
     return string(f"{description} {DURATION_HELP}", pattern=DURATION_PATTERN, maxLength=32, **extra)
 
@@ -485,22 +494,13 @@ def database_backup() -> dict[str, Any]:
             "dump": obj(
                 "What pg_dump includes.",
                 {
-                    "schemas": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
-                        "description": "Only these schemas (pg_dump --schema). Default: all.",
-                    },
-                    "excludeSchemas": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
-                        "description": "Leave these schemas out (--exclude-schema).",
-                    },
-                    "excludeTableData": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 130},
-                        "description": "Dump these tables' definitions without their rows "
+                    "schemas": string_list("Only these schemas (pg_dump --schema). Default: all.", 63),
+                    "excludeSchemas": string_list("Leave these schemas out (--exclude-schema).", 63),
+                    "excludeTableData": string_list(
+                        "Dump these tables' definitions without their rows "
                         "(--exclude-table-data), schema.table patterns.",
-                    },
+                        130,
+                    ),
                     "noOwner": boolean("Leave ownership out (--no-owner): restore as any role.", False),
                     "noPrivileges": boolean("Leave GRANTs out (--no-privileges).", False),
                 },
@@ -605,16 +605,8 @@ def database_restore() -> dict[str, Any]:
                 "constraints, indexes, triggers, comments, grants, own foreign keys). Without clean, the "
                 "restore refuses if the target already has any of them.",
                 {
-                    "schemas": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 63},
-                        "description": "Schemas to restore whole.",
-                    },
-                    "tables": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 127},
-                        "description": "Tables or views as schema.table (a name alone is in public).",
-                    },
+                    "schemas": string_list("Schemas to restore whole.", 63),
+                    "tables": string_list("Tables or views as schema.table (a name alone is in public).", 127),
                     "data": boolean("Restore their rows too; false: definitions only.", True),
                 },
                 rules=[
