@@ -41,6 +41,7 @@ from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, se
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"
+Connection = psycopg.Connection[tuple[object, ...]]
 
 
 def create_database(target: DatabaseSettings) -> None:
@@ -92,20 +93,27 @@ def choose_entries(
     return SelectedRestore(select_entries(entries, selection))
 
 
-def refuse_existing(target: DatabaseSettings, selected: SelectedRestore) -> None:
-    """Without clean, a partial restore into a live database must not meet what it creates: refuse up
-    front, naming each, rather than fail halfway (every name is checked before anything is written)."""
+def check_target(target: DatabaseSettings, selected: SelectedRestore, *, clean: bool, created: bool) -> SelectedRestore:
+    """What the target already has, asked once on one connection: without `clean`, a table or schema the
+    partial restore creates stops it (refuse_existing); a foreign key to a table that is neither restored
+    nor there is left out (leave_out_dangling_foreign_keys). A database made for the restore has nothing."""
+    if created:
+        return leave_out_dangling_foreign_keys(selected, lambda schema, name: False)
     with connect(target, application_name=APPLICATION) as conn:
-        found = [
-            f"schema {name}"
-            for name in selected.toc.schemas
-            if _exists(conn, "SELECT to_regnamespace(quote_ident(%s))", name)
-        ]
-        found += [
-            f"table {schema}.{name}"
-            for schema, name in selected.toc.tables
-            if _exists(conn, "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", schema, name)
-        ]
+        if not clean:
+            refuse_existing(conn, target, selected)
+        return leave_out_dangling_foreign_keys(selected, lambda schema, name: _relation_exists(conn, schema, name))
+
+
+def refuse_existing(conn: Connection, target: DatabaseSettings, selected: SelectedRestore) -> None:
+    """A partial restore into a live database must not meet what it creates: refuse up front, naming each,
+    rather than fail halfway (every name is checked before anything is written)."""
+    found = [
+        f"schema {name}"
+        for name in selected.toc.schemas
+        if _found(conn.execute("SELECT to_regnamespace(quote_ident(%s))", (name,)).fetchone())
+    ]
+    found += [f"table {schema}.{name}" for schema, name in selected.toc.tables if _relation_exists(conn, schema, name)]
     if found:
         raise PermanentError(
             f"{target.describe()} already has {', '.join(found)}: drop or rename them first, or set "
@@ -114,22 +122,11 @@ def refuse_existing(target: DatabaseSettings, selected: SelectedRestore) -> None
         )
 
 
-def leave_out_dangling_foreign_keys(
-    target: DatabaseSettings, selected: SelectedRestore, *, created: bool
-) -> SelectedRestore:
-    """A restored table's foreign key to a table neither restored nor in the target would fail the whole
-    restore: it is left out, and the message says which (restore that table too to keep it)."""
+def leave_out_dangling_foreign_keys(selected: SelectedRestore, exists: Callable[[str, str], bool]) -> SelectedRestore:
+    """A restored table's foreign key to a table neither restored nor in the target (`exists`) would fail
+    the whole restore: it is left out, and the message says which (restore that table too to keep it)."""
     needing = selected.toc.foreign_keys_needing()
-    if not needing:
-        return selected
-    missing: set[tuple[str, str]] = {t for tables in needing.values() for t in tables}
-    if not created:  # a database made for this restore has nothing yet
-        with connect(target, application_name=APPLICATION) as conn:
-            missing = {
-                (schema, name)
-                for schema, name in missing
-                if not _exists(conn, "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", schema, name)
-            }
+    missing = {t for tables in needing.values() for t in tables if not exists(*t)}
     dropped = {dump_id for dump_id, tables in needing.items() if any(t in missing for t in tables)}
     if not dropped:
         return selected
@@ -142,8 +139,13 @@ def leave_out_dangling_foreign_keys(
     return SelectedRestore(selected.toc.without(dropped), notes)
 
 
-def _exists(conn: psycopg.Connection[tuple[object, ...]], query: str, *names: str) -> bool:
-    row = conn.execute(query, names).fetchone()
+def _relation_exists(conn: Connection, schema: str, name: str) -> bool:
+    return _found(
+        conn.execute("SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", (schema, name)).fetchone()
+    )
+
+
+def _found(row: tuple[object, ...] | None) -> bool:
     return row is not None and row[0] is not None
 
 
@@ -237,9 +239,7 @@ class RestoreJob:
         selected = None
         if settings.selection is not None:
             selected = choose_entries(store, manifest, plan, identities, settings.selection)
-            if not settings.clean and not settings.create_database:
-                refuse_existing(target, selected)
-            selected = leave_out_dangling_foreign_keys(target, selected, created=settings.create_database)
+            selected = check_target(target, selected, clean=settings.clean, created=settings.create_database)
         what = f"{selected.describe()} of " if selected else ""
         if ctx.dry_run:
             return f"dry run: would restore {what}{manifest.backup_id} into {target.describe()} with {plan.describe()}"
