@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import pyrage
 
@@ -201,18 +201,8 @@ def encrypt_bytes(data: bytes, recipients: Sequence[str]) -> bytes:
 def decrypt_bytes(data: bytes, identities: Identities, *, what: str) -> bytes:
     """The plaintext of a whole age file; DecryptionFailed or CorruptedCiphertext as decrypt_stream."""
     out = bytearray()
-    decrypt_stream(_BytesReader(data), identities, out.extend, what=what)
+    decrypt_stream([data], identities, out.extend, what=what)
     return bytes(out)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
-
-    def read(self, size: int = -1) -> bytes:
-        taken = self._view if size < 0 else self._view[:size]
-        self._view = self._view[len(taken) :]
-        return bytes(taken)
 
 
 class _PipeReader:
@@ -301,19 +291,17 @@ class EncryptingWriter:
             raise self._error
 
 
-class Readable(Protocol):
-    def read(self, size: int = ..., /) -> bytes: ...
-
-
-def decrypt_stream(source: Readable, identities: Identities, sink: Callable[[bytes], None], *, what: str) -> None:
-    """Decrypt the age file `source` into `sink`, chunk by authenticated chunk.
+def decrypt_stream(
+    chunks: Iterable[bytes], identities: Identities, sink: Callable[[bytes], None], *, what: str
+) -> None:
+    """Decrypt the age file that `chunks` make up into `sink`, chunk by authenticated chunk.
 
     Raises DecryptionFailed when no identity opens the header (nothing reached the sink), and
     CorruptedCiphertext when a later chunk does not authenticate (the object was cut or altered; the
     chunks before it did reach the sink, so the caller must not commit what it made of them). What the
-    sink raises comes through unchanged.
+    sink or the chunks' source raises comes through unchanged.
     """
-    reader, writer = _RecordingReader(source), _CallbackWriter(sink)
+    reader, writer = _ChunkReader(chunks), _CallbackWriter(sink)
     try:
         pyrage.decrypt_io(reader, writer, list(identities.keys))
     except BaseException as exc:
@@ -330,16 +318,22 @@ def decrypt_stream(source: Readable, identities: Identities, sink: Callable[[byt
         raise
 
 
-class _RecordingReader:
-    """A source as pyrage reads it, keeping what its read raised (pyrage would reword it)."""
+class _ChunkReader:
+    """Chunks as the file pyrage reads (read(n), a few KiB at a time). What the chunks' source raises is
+    kept: pyrage would reword it."""
 
-    def __init__(self, source: Readable) -> None:
-        self._source = source
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = memoryview(b"")
         self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            return self._source.read(size)
-        except BaseException as exc:
-            self.error = exc
-            raise
+        if not self._buffer:
+            try:
+                self._buffer = memoryview(next(self._chunks, b""))
+            except BaseException as exc:
+                self.error = exc
+                raise
+        taken = self._buffer if size < 0 else self._buffer[:size]
+        self._buffer = self._buffer[len(taken) :]
+        return bytes(taken)

@@ -98,22 +98,7 @@ def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identi
     except (ClientError, BotoCoreError) as exc:
         raise translate_storage_error(exc, "cannot read", store.bucket, manifest.data_key) from None
     with contextlib.suppress(CorruptedCiphertext):  # the header opened; the probe ends before the object
-        decrypt_stream(_ChunkReader(iter([head])), identities, lambda _: None, what=manifest.data_key)
-
-
-class _ChunkReader:
-    """A stream of chunks as a file-like read(n), for pyrage (which asks for a few KiB at a time)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = memoryview(b"")
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._buffer:
-            self._buffer = memoryview(next(self._chunks, b""))
-        taken = self._buffer if size < 0 else self._buffer[:size]
-        self._buffer = self._buffer[len(taken) :]
-        return bytes(taken)
+        decrypt_stream([head], identities, lambda _: None, what=manifest.data_key)
 
 
 class _HeldBackSink:
@@ -222,7 +207,7 @@ def decode_into(
         elif identities is None:
             raise DecryptionFailed(f"backup {manifest.backup_id} is encrypted and no identity was given")
         else:
-            decrypt_stream(_ChunkReader(stored.chunks()), identities, sink, what=manifest.data_key)
+            decrypt_stream(stored.chunks(), identities, sink, what=manifest.data_key)
     except CorruptedCiphertext as exc:
         raise ChecksumMismatch(f"{exc}; the object is corrupted and was not restored") from None
     except (ClientError, BotoCoreError) as exc:
@@ -283,6 +268,17 @@ def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identiti
         stop_process(process)
 
 
+def pg_restore_command(
+    plan: RestorePlan, target: DatabaseSettings, arguments: Sequence[str], application_name: str
+) -> tuple[list[str], dict[str, str]]:
+    """The plan's pg_restore into `target` with `arguments`, and its environment (the connection in libpq's
+    variables, the database by --dbname)."""
+    argv = [plan.tools.path("pg_restore"), "--exit-on-error", "--no-password", f"--dbname={target.dbname}"]
+    env = {**os.environ, **libpq_environment(target, application_name=application_name)}
+    env.pop("PGDATABASE", None)
+    return [*argv, *arguments], env
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -304,16 +300,7 @@ def restore_from_storage(
     """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
     has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
-    argv = [
-        plan.tools.path("pg_restore"),
-        "--single-transaction",
-        "--exit-on-error",
-        "--no-password",
-        f"--dbname={target.dbname}",
-        *options,
-    ]
-    env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-    env.pop("PGDATABASE", None)
+    argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert process.stdin is not None
     assert process.stderr is not None

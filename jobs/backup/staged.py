@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.config import DatabaseSettings
-from common.db import libpq_environment
 from common.encryption import Identities
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore import RestoreFailed, RestorePlan, RestoreResult, StoredObject, decode_into
+from jobs.backup.restore import (
+    RestoreFailed,
+    RestorePlan,
+    RestoreResult,
+    StoredObject,
+    decode_into,
+    pg_restore_command,
+)
 from jobs.backup.status import human_size
 
 STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
@@ -77,17 +82,7 @@ def restore_staged(
                 reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
             ) from None
         stored.check()  # before pg_restore reads a byte of it
-        argv = [
-            plan.tools.path("pg_restore"),
-            f"--jobs={jobs}",
-            "--exit-on-error",
-            "--no-password",
-            f"--dbname={target.dbname}",
-            *options,
-            str(staged),
-        ]
-        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-        env.pop("PGDATABASE", None)
+        argv, env = pg_restore_command(plan, target, [f"--jobs={jobs}", *options, str(staged)], application_name)
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
         )

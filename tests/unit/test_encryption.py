@@ -4,7 +4,6 @@ with a message that names the field and never quotes a private key."""
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from typing import Any
@@ -90,21 +89,21 @@ def test_decrypt_stream_tells_a_wrong_key_from_a_damaged_object(keys: tuple[Any,
     encrypted = encrypt_in_pieces([recipient], [plaintext])
     mine = parse_identities(str(identity), "spec.key")
     out = bytearray()
-    decrypt_stream(io.BytesIO(encrypted), mine, out.extend, what="obj")
+    decrypt_stream([encrypted], mine, out.extend, what="obj")
     assert bytes(out) == plaintext
 
     stranger = parse_identities(str(pyrage.x25519.Identity.generate()), "spec.key")
     reached: list[bytes] = []
     with pytest.raises(DecryptionFailed, match="none of the identities given"):
-        decrypt_stream(io.BytesIO(encrypted), stranger, reached.append, what="obj")
+        decrypt_stream([encrypted], stranger, reached.append, what="obj")
     assert reached == []  # nothing reached the sink with the wrong key
 
     altered = bytearray(encrypted)
     altered[300_000] ^= 1
     with pytest.raises(CorruptedCiphertext):
-        decrypt_stream(io.BytesIO(bytes(altered)), mine, lambda _: None, what="obj")
+        decrypt_stream([bytes(altered)], mine, lambda _: None, what="obj")
     with pytest.raises(CorruptedCiphertext):
-        decrypt_stream(io.BytesIO(encrypted[:-100]), mine, lambda _: None, what="obj")
+        decrypt_stream([encrypted[:-100]], mine, lambda _: None, what="obj")
 
 
 def test_recipients_file_and_fingerprints(keys: tuple[Any, str]) -> None:
