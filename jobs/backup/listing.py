@@ -21,7 +21,7 @@ from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest, take_inventory
 from jobs.backup.job import open_storage
 from jobs.backup.retention import retention_reasons
-from jobs.backup.settings import parse_backup_spec
+from jobs.backup.settings import BackupSettings, parse_backup_spec
 from jobs.backup.status import human_size
 
 
@@ -42,8 +42,9 @@ class ListedBackup:
     key: str
 
 
-def list_backups(store: ObjectStore, spec: dict[str, Any], status: dict[str, Any], now: datetime) -> list[ListedBackup]:
-    settings = parse_backup_spec(spec)
+def list_backups(
+    store: ObjectStore, settings: BackupSettings, status: dict[str, Any], now: datetime
+) -> list[ListedBackup]:
     inventory = take_inventory(store)
     reasons = retention_reasons(inventory.backups, settings.retention, now)
     verification = status.get("lastVerification") or {}
@@ -126,9 +127,10 @@ class ListJob:
         )
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
-        store = open_storage(ctx, parse_backup_spec(ctx.spec))
+        settings = parse_backup_spec(ctx.spec)
+        store = open_storage(ctx, settings)
         store.check_access()
-        backups = list_backups(store, dict(ctx.spec), dict(ctx.resource.get("status") or {}), datetime.now(UTC))
+        backups = list_backups(store, settings, dict(ctx.resource.get("status") or {}), datetime.now(UTC))
         if args.output == "json":
             document = {"resource": f"{ctx.ref.namespace}/{ctx.ref.name}", "backups": [asdict(b) for b in backups]}
             sys.stdout.write(json.dumps(document, indent=2) + "\n")

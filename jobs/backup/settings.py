@@ -114,6 +114,7 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
     reader = SpecReader(spec, "spec")
     verify = reader.child("verify")
     dump = reader.child("dump")
+    globals_ = reader.child("globals")
     encryption = parse_encryption_spec(reader.child("encryption"))
     if encryption is not None and encryption.identity is None and verify.boolean("enabled"):
         raise InvalidSpec(
@@ -136,11 +137,7 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
             no_privileges=dump.boolean("noPrivileges"),
         ),
         encryption=encryption,
-        globals=(
-            GlobalsOptions(reader.child("globals").boolean("noRolePasswords"))
-            if reader.child("globals").boolean("enabled")
-            else None
-        ),
+        globals=GlobalsOptions(globals_.boolean("noRolePasswords")) if globals_.boolean("enabled") else None,
     )
 
 
