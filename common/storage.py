@@ -243,6 +243,14 @@ class ObjectStore:
                 raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
         return None
 
+    def delete_leftover(self, key: str) -> bool:
+        """Delete a crashed run's leftover; one an object lock still holds stays, logged, and goes in the
+        first run after its lock ends. Whether it was deleted."""
+        lock = self.delete(key)
+        if lock is not None:
+            log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
+        return lock is None
+
     def _versions(self, key: str) -> list[str]:
         """The version ids (and delete markers) of exactly `key`, oldest first."""
         found: list[str] = []

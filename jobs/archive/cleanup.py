@@ -112,24 +112,15 @@ def clean_leftovers(
                 )
                 kept_batches.add(batch)
                 continue
-        if _delete_unless_locked(store, key):
+        if store.delete_leftover(key):
             deleted.append(key)
         else:
             kept_batches.add(batch)
     for manifest_key in manifest_keys:
         batch = manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
         # A batch that never committed, and none of its objects is left.
-        if batch not in committed_batches and batch not in kept_batches and _delete_unless_locked(store, manifest_key):
+        if batch not in committed_batches and batch not in kept_batches and store.delete_leftover(manifest_key):
             deleted.append(manifest_key)
     if deleted:
         log.info("cleaned up leftovers of crashed runs", extra={"keys": deleted})
     return deleted
-
-
-def _delete_unless_locked(store: ObjectStore, key: str) -> bool:
-    """Delete a leftover; one an object lock still holds stays (its rows are also in the table, which
-    was checked) and goes in the first run after its lock ends."""
-    lock = store.delete(key)
-    if lock is not None:
-        log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
-    return lock is None

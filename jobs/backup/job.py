@@ -127,12 +127,7 @@ def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) 
                 break
             outcome.deleted.append(key)
             failpoint("backup.retention")
-    for key in leftovers:
-        lock = store.delete(key)
-        if lock is None:
-            outcome.deleted.append(key)
-        else:
-            log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
+    outcome.deleted += [key for key in leftovers if store.delete_leftover(key)]
     if outcome.deleted:
         log.info("retention deleted", extra={"keys": outcome.deleted})
     if outcome.locked:
