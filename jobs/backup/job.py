@@ -32,7 +32,6 @@ from jobs.backup.catalog import (
     QUARANTINE_DIR,
     Encryption,
     GlobalsObject,
-    Inventory,
     Manifest,
     backup_id,
     find_backup,
@@ -41,7 +40,7 @@ from jobs.backup.catalog import (
 from jobs.backup.dump import ServerFacts, dump_globals, dump_to_storage, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.restore import BackupUnsound
-from jobs.backup.retention import backups_to_keep
+from jobs.backup.retention import RetentionOutcome, apply_retention
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import BackupRun, SuccessfulBackup, Verification, backup_fields, human_size, ready_condition
 from jobs.backup.verify import VerificationResult, quarantine, verify_backup
@@ -88,73 +87,6 @@ def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
         },
     )
     return Preflight(database, store, facts, tools, recipients, identities)
-
-
-@dataclass
-class RetentionOutcome:
-    """What retention left: the complete backups, the keys it deleted (or, in a dry run, would), and the
-    backups it let go but an object lock keeps, with until when."""
-
-    inventory: Inventory
-    deleted: list[str]
-    locked: dict[str, str]  # backup id -> "kept until ... by object lock"
-
-    def describe_locked(self) -> str:
-        return "; ".join(f"backup {backup} {why}" for backup, why in sorted(self.locked.items()))
-
-
-def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionOutcome:
-    """Delete what the policy lets go, and leftovers older than its safety window. A manifest goes before
-    its object, so a crash in between leaves an orphan object (cleaned later), never a manifest without
-    its data. A backup whose manifest an object lock still holds stays a complete backup, and is deleted
-    by the first run after its lock ends."""
-    inventory = take_inventory(store)
-    keep = backups_to_keep(inventory.backups, policy, now)
-    doomed = [m for m in inventory.backups if m.backup_id not in keep]
-    cutoff = now - policy.incomplete_after
-    leftovers = [o["Key"] for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
-    outcome = RetentionOutcome(inventory, [], {})
-    if policy.dry_run:
-        outcome.deleted = [key for m in doomed for key in (m.manifest_key, *m.object_keys)] + leftovers
-        log.info("retention dry run: would delete", extra={"keys": outcome.deleted})
-        return outcome
-    for manifest in doomed:
-        for key in (manifest.manifest_key, *manifest.object_keys):
-            lock = store.delete(key)
-            if lock is not None:  # the manifest: the backup stays whole; its object: a leftover for later
-                if key == manifest.manifest_key:
-                    outcome.locked[manifest.backup_id] = lock.describe()
-                break
-            outcome.deleted.append(key)
-            failpoint("backup.retention")
-    outcome.deleted += [key for key in leftovers if store.delete_leftover(key)]
-    if outcome.deleted:
-        log.info("retention deleted", extra={"keys": outcome.deleted})
-    if outcome.locked:
-        log.info("retention let these backups go, but object lock keeps them", extra={"backups": outcome.locked})
-    abort_stale_uploads(store, cutoff)
-    inventory.backups = [m for m in inventory.backups if m.backup_id in keep or m.backup_id in outcome.locked]
-    return outcome
-
-
-def abort_stale_uploads(store: ObjectStore, cutoff: datetime) -> None:
-    """Multipart uploads a killed run left open (SIGKILL gives no chance to abort) are aborted here.
-
-    The bucket's uploads are listed whole, every page, and ours picked by key here: MinIO answers a
-    listing with a Prefix only with uploads of exactly that key ("working as intended",
-    https://github.com/minio/minio/issues/20989), so a Prefix of our data directory found none there.
-    """
-    ours = store.key(DATA_DIR) + "/"
-    pages = store.client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket)
-    stale = [
-        upload
-        for page in pages
-        for upload in page.get("Uploads", [])
-        if upload["Key"].startswith(ours) and upload["Initiated"] < cutoff
-    ]
-    for upload in stale:
-        store.client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        log.info("aborted a stale multipart upload", extra={"key": upload["Key"]})
 
 
 def restore_test(

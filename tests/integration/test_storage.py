@@ -135,7 +135,8 @@ def test_stale_uploads_under_the_data_directory_are_aborted_and_no_others(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from jobs.backup.job import DATA_DIR, abort_stale_uploads
+    from jobs.backup.catalog import DATA_DIR
+    from jobs.backup.retention import abort_stale_uploads
 
     store = _store(stack, bucket, prefix="team")
     ours = [store.key(DATA_DIR, f"killed-{n}.dump") for n in range(3)]
