@@ -2,6 +2,7 @@
 
 Layout under the resource's prefix:
   data/<backup-id>.pgdump[.zst|.gz][.age]   the dump (compressed, then encrypted), written first
+  data/<backup-id>.db.<name>.pgdump[...]   with spec.databases: one dump per database (name URL-quoted)
   data/<backup-id>.globals.sql[.zst|.gz][.age]   the server's roles and tablespaces, with spec.globals
   manifests/<backup-id>.json           written last; its existence is what makes a backup exist
   rejected/<backup-id>.json            a backup that failed its restore test: it no longer counts
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +23,10 @@ from common.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# 2: the object may be encrypted (`encryption`); a manifest of an unencrypted backup still says 1, so
-# that every cellar that reads 1 restores it, and an older one refuses an encrypted backup cleanly.
-FORMAT_VERSION = 2
+# 2: the object may be encrypted (`encryption`), the globals may be stored (`globals`); 3: several databases
+# (`databases`, spec.databases). A manifest says the lowest version that describes it, so that every
+# cellar that reads it restores it, and an older one refuses what it cannot restore cleanly.
+FORMAT_VERSION = 3
 DATA_DIR = "data"
 MANIFEST_DIR = "manifests"
 # A backup that failed its restore test: a copy of its manifest here takes it out of the catalog, whether
@@ -82,63 +84,137 @@ class GlobalsObject:
         )
 
 
+@dataclass(frozen=True)
+class DatabaseDump:
+    """One database's custom-format dump object, and the row counts taken in its snapshot."""
+
+    database: str
+    data_key: str
+    bytes_raw: int
+    bytes_stored: int
+    sha256: str
+    tables: list[TableCount]
+    counts_in_dump_snapshot: bool = True
+    owner: str = ""  # the database's owner on the source (spec.databases; a dump does not carry it)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **({"owner": self.owner} if self.owner else {}),
+            "dataKey": self.data_key,
+            "database": self.database,
+            "bytesRaw": self.bytes_raw,
+            "bytesStored": self.bytes_stored,
+            "sha256": self.sha256,
+            "tables": [{"schema": t.schema, "name": t.name, "rows": t.rows} for t in self.tables],
+            "countsInDumpSnapshot": self.counts_in_dump_snapshot,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> DatabaseDump:
+        return cls(
+            database=body["database"],
+            data_key=body["dataKey"],
+            bytes_raw=int(body["bytesRaw"]),
+            bytes_stored=int(body["bytesStored"]),
+            sha256=body["sha256"],
+            tables=[TableCount(t["schema"], t["name"], int(t["rows"])) for t in body["tables"]],
+            counts_in_dump_snapshot=bool(body.get("countsInDumpSnapshot", True)),
+            owner=str(body.get("owner", "")),
+        )
+
+
 @dataclass
 class Manifest:
-    """Everything a restore or an audit needs to know about one backup."""
+    """Everything a restore or an audit needs to know about one backup: one run's dumps (one database's,
+    or with `server_wide` each database spec.databases named), and the globals when it has them."""
 
     backup_id: str
-    data_key: str
-    database: str
+    dumps: list[DatabaseDump]
     server_version: str
     pg_dump_version: str
     start_time: str
     end_time: str
-    bytes_raw: int
-    bytes_stored: int
-    sha256: str
     compression: str
     compression_level: int
-    tables: list[TableCount]
     generation: int | None
     resource: str
     run_id: str
     standby: bool = False
-    counts_in_dump_snapshot: bool = True
     encryption: Encryption | None = None
     globals: GlobalsObject | None = None
+    # spec.databases: each database restores into the one of its own name, not the target Secret's.
+    server_wide: bool = False
     format_version: int = 0  # 0: the lowest that describes this manifest (see FORMAT_VERSION)
     manifest_key: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.format_version:
-            self.format_version = 2 if self.encryption is not None or self.globals is not None else 1
+            if self.server_wide:
+                self.format_version = 3
+            elif self.encryption is not None or self.globals is not None:
+                self.format_version = 2
+            else:
+                self.format_version = 1
+
+    @property
+    def data_key(self) -> str:
+        """The first (for most backups the only) dump's key: what status and `spec.backup.key` name."""
+        return self.dumps[0].data_key
+
+    @property
+    def databases(self) -> list[str]:
+        return [d.database for d in self.dumps]
+
+    @property
+    def bytes_raw(self) -> int:
+        return sum(d.bytes_raw for d in self.dumps)
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(d.bytes_stored for d in self.dumps)
+
+    @property
+    def dump(self) -> DatabaseDump:
+        """The one dump a restore of a single database reads (see for_database)."""
+        if len(self.dumps) != 1:
+            raise ValueError(f"backup {self.backup_id} holds {len(self.dumps)} databases; choose one")
+        return self.dumps[0]
+
+    def for_database(self, name: str) -> Manifest:
+        """The backup as if it held only database `name`: what restore, verify and staging read."""
+        chosen = [d for d in self.dumps if d.database == name]
+        if not chosen:
+            raise KeyError(name)
+        return replace(self, dumps=chosen, manifest_key=self.manifest_key)
+
+    def describe_databases(self) -> str:
+        names = self.databases
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        return f"{len(names)} databases ({shown})" if len(names) > 1 else f"database {names[0]}"
 
     @property
     def object_keys(self) -> list[str]:
-        """Every object of the backup: the dump, and the globals when it has them."""
-        return [self.data_key, *([self.globals.data_key] if self.globals else [])]
+        """Every object of the backup: the dumps, and the globals when it has them."""
+        return [*(d.data_key for d in self.dumps), *([self.globals.data_key] if self.globals else [])]
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
             "formatVersion": self.format_version,
             "backupId": self.backup_id,
-            "dataKey": self.data_key,
-            "database": self.database,
             "serverVersion": self.server_version,
             "pgDumpVersion": self.pg_dump_version,
             "startTime": self.start_time,
             "endTime": self.end_time,
-            "bytesRaw": self.bytes_raw,
-            "bytesStored": self.bytes_stored,
-            "sha256": self.sha256,
             "compression": {"algorithm": self.compression, "level": self.compression_level},
-            "tables": [{"schema": t.schema, "name": t.name, "rows": t.rows} for t in self.tables],
-            "countsInDumpSnapshot": self.counts_in_dump_snapshot,
             "standby": self.standby,
             "generation": self.generation,
             "resource": self.resource,
             "runId": self.run_id,
         }
+        if self.server_wide:
+            body["databases"] = [d.to_json() for d in self.dumps]
+        else:  # formats 1 and 2: the one dump's fields at the top
+            body.update(self.dump.to_json())
         if self.encryption is not None:
             body["encryption"] = {"format": self.encryption.format, "recipients": list(self.encryption.recipients)}
         if self.globals is not None:
@@ -155,25 +231,28 @@ class Manifest:
                     f"{FORMAT_VERSION}: upgrade cellar",
                     reason=Reason.UNSUPPORTED_MANIFEST,
                 )
+            server_wide = "databases" in body
+            dumps = (
+                [DatabaseDump.from_json(d) for d in body["databases"]]
+                if server_wide
+                else [DatabaseDump.from_json(body)]
+            )
+            if not dumps:
+                raise ValueError("it lists no database")
             return cls(
                 backup_id=body["backupId"],
-                data_key=body["dataKey"],
-                database=body["database"],
+                dumps=dumps,
                 server_version=body["serverVersion"],
                 pg_dump_version=body["pgDumpVersion"],
                 start_time=body["startTime"],
                 end_time=body["endTime"],
-                bytes_raw=int(body["bytesRaw"]),
-                bytes_stored=int(body["bytesStored"]),
-                sha256=body["sha256"],
                 compression=body["compression"]["algorithm"],
                 compression_level=int(body["compression"]["level"]),
-                tables=[TableCount(t["schema"], t["name"], int(t["rows"])) for t in body["tables"]],
                 generation=body.get("generation"),
                 resource=body.get("resource", ""),
                 run_id=body["runId"],
                 standby=bool(body.get("standby", False)),
-                counts_in_dump_snapshot=bool(body.get("countsInDumpSnapshot", True)),
+                server_wide=server_wide,
                 encryption=(
                     Encryption(body["encryption"]["format"], tuple(body["encryption"]["recipients"]))
                     if body.get("encryption")
@@ -223,7 +302,7 @@ def take_inventory(store: ObjectStore) -> Inventory:
             log.warning("ignoring unreadable manifest", extra={"key": listed["Key"], "error": str(exc)})
             broken.append(listed)
             continue
-        expected = {manifest.data_key: manifest.bytes_stored}
+        expected = {d.data_key: d.bytes_stored for d in manifest.dumps}
         if manifest.globals:
             expected[manifest.globals.data_key] = manifest.globals.bytes_stored
         if any(key not in data or int(data[key]["Size"]) != size for key, size in expected.items()):
@@ -249,7 +328,7 @@ def find_backup(store: ObjectStore, key: str | None) -> Manifest:
     if key is None:
         return inventory.backups[0]
     for manifest in inventory.backups:
-        if key in (manifest.data_key, manifest.backup_id, manifest.manifest_key):
+        if key in (manifest.backup_id, manifest.manifest_key, *(d.data_key for d in manifest.dumps)):
             return manifest
     raise PermanentError(
         f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "

@@ -5,40 +5,33 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.conditions import Condition, format_time
 from common.config import (
     DatabaseSettings,
-    resolve_database_settings,
-    resolve_storage_credentials,
 )
-from common.db import connect
-from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
-from common.encryption import Identities, fingerprint, resolve_keys
+from common.encryption import Identities, fingerprint
 from common.errors import CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
-from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.runtime import RunContext
-from common.storage import ObjectStore, build_client
+from common.storage import ObjectStore
 from jobs.backup.catalog import (
-    DATA_DIR,
     MANIFEST_DIR,
     QUARANTINE_DIR,
     Encryption,
-    GlobalsObject,
     Manifest,
     backup_id,
     find_backup,
     take_inventory,
 )
-from jobs.backup.dump import ServerFacts, dump_globals, dump_to_storage, server_facts
-from jobs.backup.pgtools import ClientTools, tools_for_dump
+from jobs.backup.dumps import data_key_for, discard, dump_databases, dump_server_globals
+from jobs.backup.preflight import APPLICATION, describe_choice, preflight
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import RetentionOutcome, apply_retention
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
@@ -46,47 +39,6 @@ from jobs.backup.status import BackupRun, SuccessfulBackup, Verification, backup
 from jobs.backup.verify import VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
-APPLICATION = "cellar-backup"
-
-
-def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
-    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
-    return ObjectStore(build_client(settings.storage, credentials), settings.storage)
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What a run checked before writing anything, and what it will use."""
-
-    database: DatabaseSettings
-    store: ObjectStore
-    server: ServerFacts
-    tools: ClientTools
-    recipients: list[str]  # age recipients to encrypt to; none: not encrypted
-    identities: Identities | None  # what the restore test decrypts with
-
-
-def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
-    """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
-    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
-    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
-    store = open_storage(ctx, settings)
-    store.check_access()
-    with connect(database, application_name=APPLICATION) as conn:
-        facts = server_facts(conn)
-    tools = tools_for_dump(facts.version_num, facts.version)
-    log.info(
-        "preflight passed",
-        extra={
-            "server_version": facts.version,
-            "pg_dump": tools.describe("pg_dump"),
-            "database_bytes": facts.database_size,
-            "standby": facts.standby,
-            "bucket": store.bucket,
-            "encrypted_to": [fingerprint(r) for r in recipients],
-        },
-    )
-    return Preflight(database, store, facts, tools, recipients, identities)
 
 
 def restore_test(
@@ -140,81 +92,49 @@ class BackupJob:
                 f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
                 f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
                 f"retention would delete {len(planned.deleted)} objects"
+                + (f"; would dump {describe_choice(settings, checked)}" if settings.databases else "")
             )
 
         started = datetime.now(UTC)
         clock = time.monotonic()
         identifier = backup_id(started, ctx.run_id)
-        encrypted = ENCRYPTED_EXTENSION if checked.recipients else ""
-        data_key = store.key(DATA_DIR, f"{identifier}.pgdump{settings.compression.extension}{encrypted}")
-        run = BackupRun(ctx.run_id, format_time(started), key=data_key)
+        what = describe_choice(settings, checked)
+        run = BackupRun(ctx.run_id, format_time(started), key=data_key_for(store, settings, checked, identifier, None))
         ctx.update_status(
-            [Condition("Progressing", "True", Reason.RUNNING, f"dumping {database.describe()} to {data_key}")],
+            [Condition("Progressing", "True", Reason.RUNNING, f"dumping {what} to {run.key}")],
             fields={"lastRun": run.to_status()},
         )
-        ctx.event(Reason.STARTED, f"backup {identifier} of {database.describe()} started", action="Backup")
-
-        progress = ProgressReporter(
-            "bytes", facts.database_size, lambda figures: ctx.update_status(fields={"progress": figures})
-        )
-        dumped = dump_to_storage(
-            database,
-            store,
-            data_key,
-            settings.compression,
-            settings.dump,
-            tools=tools,
-            server_version=facts.version,
-            application_name=APPLICATION,
-            on_progress=progress.update,
-            recipients=checked.recipients,
-        )
-        globals_object = None
-        if settings.globals is not None:
-            globals_key = store.key(DATA_DIR, f"{identifier}.globals.sql{settings.compression.extension}{encrypted}")
-            dumped_globals = dump_globals(
-                database,
-                store,
-                globals_key,
-                settings.compression,
-                tools=tools,
-                no_role_passwords=settings.globals.no_role_passwords,
-                application_name=APPLICATION,
-                recipients=checked.recipients,
+        ctx.event(Reason.STARTED, f"backup {identifier} of {what} started", action="Backup")
+        written: list[str] = []
+        try:
+            dumps = dump_databases(ctx, store, settings, checked, identifier, written)
+            globals_object = (
+                dump_server_globals(store, settings, checked, identifier, written) if settings.globals else None
             )
-            globals_object = GlobalsObject(
-                globals_key,
-                dumped_globals.bytes_raw,
-                dumped_globals.upload.size,
-                dumped_globals.upload.sha256,
-                settings.globals.no_role_passwords,
-            )
+        except BaseException:
+            discard(store, written)  # a run is a backup only when every database it names was dumped
+            raise
         ended = datetime.now(UTC)
         manifest = Manifest(
             backup_id=identifier,
-            data_key=data_key,
-            database=database.dbname,
+            dumps=dumps,
             server_version=facts.version,
             pg_dump_version=tools.describe("pg_dump"),
             start_time=format_time(started),
             end_time=format_time(ended),
-            bytes_raw=dumped.bytes_raw,
-            bytes_stored=dumped.upload.size,
-            sha256=dumped.upload.sha256,
             compression=settings.compression.algorithm,
             compression_level=settings.compression.level,
-            tables=dumped.tables,
             generation=ctx.generation,
             resource=f"{ctx.ref.namespace}/{ctx.ref.name}",
             run_id=ctx.run_id,
             standby=facts.standby,
-            counts_in_dump_snapshot=dumped.counts_in_dump_snapshot,
             encryption=(
                 Encryption(ENCRYPTION_FORMAT, tuple(fingerprint(r) for r in checked.recipients))
                 if checked.recipients
                 else None
             ),
             globals=globals_object,
+            server_wide=settings.databases is not None,
             manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
         )
         failpoint("backup.before-manifest")
@@ -223,12 +143,12 @@ class BackupJob:
         log.info(
             "backup published",
             extra={
-                "key": data_key,
-                "bytes_raw": dumped.bytes_raw,
-                "bytes_stored": dumped.upload.size,
-                "sha256": dumped.upload.sha256,
+                "manifest": manifest.manifest_key,
+                "databases": manifest.databases,
+                "bytes_raw": manifest.bytes_raw,
+                "bytes_stored": manifest.bytes_stored,
                 "seconds": round(duration, 3),
-                "tables": len(dumped.tables),
+                "tables": sum(len(d.tables) for d in dumps),
             },
         )
 
@@ -242,7 +162,8 @@ class BackupJob:
                     "Verified",
                     "True",
                     Reason.RESTORE_TEST_PASSED,
-                    f"backup {identifier} restored with {tested.restored_with} and every table's row count matched",
+                    f"backup {identifier} ({manifest.describe_databases()}) restored with {tested.restored_with} "
+                    "and every table's row count matched",
                 )
             )
         retained = (
@@ -252,7 +173,8 @@ class BackupJob:
         )
         inventory, deleted = retained.inventory, retained.deleted
         message = (
-            f"backup {identifier} of PostgreSQL {facts.version} with {tools.describe('pg_dump')}: "
+            f"backup {identifier} of {manifest.describe_databases()} on PostgreSQL {facts.version} with "
+            f"{tools.describe('pg_dump')}: "
             f"{human_size(manifest.bytes_stored)} stored "
             f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
             f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
@@ -274,7 +196,7 @@ class BackupJob:
         }
         if verified:
             fields["lastVerification"] = Verification(
-                format_time(datetime.now(UTC)), data_key, "Passed", "row counts matched"
+                format_time(datetime.now(UTC)), manifest.data_key, "Passed", "row counts matched"
             ).to_status()
         ctx.update_status(
             [

@@ -19,7 +19,7 @@ from common.kube import DATABASE_BACKUP
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest, take_inventory
-from jobs.backup.job import open_storage
+from jobs.backup.preflight import open_storage
 from jobs.backup.retention import retention_reasons
 from jobs.backup.settings import BackupSettings, parse_backup_spec
 from jobs.backup.status import human_size
@@ -29,7 +29,7 @@ from jobs.backup.status import human_size
 class ListedBackup:
     backup_id: str
     completed: str
-    database: str
+    databases: list[str]
     server_version: str
     bytes_stored: int
     bytes_raw: int
@@ -55,7 +55,7 @@ def list_backups(
             ListedBackup(
                 backup_id=manifest.backup_id,
                 completed=manifest.end_time,
-                database=manifest.database,
+                databases=manifest.databases,
                 server_version=manifest.server_version,
                 bytes_stored=manifest.bytes_stored,
                 bytes_raw=manifest.bytes_raw,
@@ -81,7 +81,7 @@ def render_table(backups: list[ListedBackup]) -> str:
     headers = [
         "COMPLETED",
         "BACKUP",
-        "DATABASE",
+        "DATABASES",
         "SIZE",
         "RAW",
         "COMPRESSION",
@@ -94,7 +94,7 @@ def render_table(backups: list[ListedBackup]) -> str:
         [
             b.completed,
             b.backup_id,
-            b.database,
+            ",".join(b.databases) if len(b.databases) <= 3 else f"{len(b.databases)} databases",
             human_size(b.bytes_stored),
             human_size(b.bytes_raw),
             b.compression + (" +roles" if b.with_globals else ""),

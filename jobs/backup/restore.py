@@ -129,10 +129,11 @@ class _HeldBackSink:
 
 
 class StoredObject:
-    """The backup's object as it streams in, with the SHA-256 and size of what came so far."""
+    """The backup's object as it streams in, with the SHA-256 and size of what came so far. A backup of
+    several databases is read one database at a time (Manifest.for_database)."""
 
     def __init__(self, store: ObjectStore, manifest: Manifest, on_progress: Callable[[int], None]) -> None:
-        self._store, self._manifest, self._on_progress = store, manifest, on_progress
+        self._store, self._dump, self._on_progress = store, manifest.dump, on_progress
         self._digest = hashlib.sha256()
         self._stream: Iterator[bytes] | None = None
         self.bucket = store.bucket
@@ -147,7 +148,7 @@ class StoredObject:
     def _download(self) -> Iterator[bytes]:
         """The object's chunks, read ahead on a thread of its own (at most PREFETCH_CHUNKS), so that the
         download overlaps the decompression and the writes into pg_restore."""
-        body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._manifest.data_key)["Body"]
+        body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._dump.data_key)["Body"]
         fetched: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=PREFETCH_CHUNKS)
         stop = threading.Event()
 
@@ -183,15 +184,15 @@ class StoredObject:
             for _ in self.chunks():
                 pass
         except (ClientError, BotoCoreError) as exc:
-            raise translate_storage_error(exc, "cannot read", self.bucket, self._manifest.data_key) from None
+            raise translate_storage_error(exc, "cannot read", self.bucket, self._dump.data_key) from None
 
     def check(self) -> None:
         """The whole object matched the manifest, or ChecksumMismatch."""
-        manifest, digest = self._manifest, self._digest.hexdigest()
-        if self.read != manifest.bytes_stored or digest != manifest.sha256:
+        dump, digest = self._dump, self._digest.hexdigest()
+        if self.read != dump.bytes_stored or digest != dump.sha256:
             raise ChecksumMismatch(
-                f"{manifest.data_key}: SHA-256 {digest} ({self.read} bytes) does not match the manifest's "
-                f"{manifest.sha256} ({manifest.bytes_stored} bytes); the object is corrupted and was not restored"
+                f"{dump.data_key}: SHA-256 {digest} ({self.read} bytes) does not match the manifest's "
+                f"{dump.sha256} ({dump.bytes_stored} bytes); the object is corrupted and was not restored"
             )
 
 

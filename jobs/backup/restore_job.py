@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -24,7 +25,7 @@ from common.reasons import Reason
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest, find_backup
-from jobs.backup.job import open_storage
+from jobs.backup.preflight import open_storage
 from jobs.backup.restore import (
     RestorePlan,
     RestoreResult,
@@ -44,12 +45,22 @@ APPLICATION = "cellar-restore"
 Connection = psycopg.Connection[tuple[object, ...]]
 
 
-def create_database(target: DatabaseSettings) -> None:
-    """CREATE DATABASE on the target's server, connecting to its `postgres` maintenance database."""
+def create_database(target: DatabaseSettings, owner: str = "") -> None:
+    """CREATE DATABASE on the target's server, connecting to its `postgres` maintenance database; owned by
+    `owner` when that role exists there (a dump restored without --create does not carry its database's owner)."""
     maintenance = replace(target, dbname="postgres")
     with connect(maintenance, application_name=APPLICATION, autocommit=True) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname))
+        if owner:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
+                statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
+            else:
+                log.warning(
+                    "the database's owner is not a role on the target; it is owned by the connecting role",
+                    extra={"database": target.dbname, "owner": owner},
+                )
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+            conn.execute(statement)
         except psycopg.errors.DuplicateDatabase:
             raise PermanentError(
                 f"spec.createDatabase: database {target.dbname!r} already exists; restore into a new name, or "
@@ -170,7 +181,7 @@ def _restore(
             list_file.write_text(selected.list_file(), encoding="utf-8")
             options.append(f"--use-list={list_file}")
         if settings.create_database:
-            create_database(target)
+            create_database(target, "" if settings.no_owner else manifest.dump.owner)
         try:
             if settings.staging_path is not None:
                 staged = restore_staged(
@@ -202,6 +213,92 @@ def _restore(
             if settings.create_database:  # leave nothing half-made behind
                 drop_database(target)
             raise
+
+
+def restore_targets(
+    manifest: Manifest, target: DatabaseSettings, settings: RestoreSettings
+) -> list[tuple[Manifest, DatabaseSettings]]:
+    """Which database of the backup goes where: a one-database backup into the target Secret's database; each
+    database of a several-database backup (those spec.databases names) into the one of its own name."""
+    if not manifest.server_wide:
+        if settings.databases and list(settings.databases) != manifest.databases:
+            raise InvalidSpec(
+                f"spec.databases: backup {manifest.backup_id} holds one database ({manifest.databases[0]}), "
+                "restored into the target's database; leave spec.databases out"
+            )
+        return [(manifest, target)]
+    missing = [name for name in settings.databases if name not in manifest.databases]
+    if missing:
+        raise InvalidSpec(
+            f"spec.databases: backup {manifest.backup_id} holds no {', '.join(missing)}; "
+            f"it holds {', '.join(manifest.databases)}"
+        )
+    names = list(settings.databases) or manifest.databases
+    if settings.selection is not None and len(names) != 1:
+        raise InvalidSpec(
+            f"spec.select: backup {manifest.backup_id} holds {len(names)} databases ({', '.join(names)}); name the "
+            "one to take from in spec.databases"
+        )
+    return [(manifest.for_database(name), replace(target, dbname=name)) for name in names]
+
+
+def check_target_databases(server: DatabaseSettings, targets: list[DatabaseSettings], *, created: bool) -> None:
+    """Before anything is written: with createDatabase none of the databases may exist; without it, all must."""
+    with connect(server, application_name=APPLICATION) as conn:
+        names = [str(row[0]) for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
+    present = [t.dbname for t in targets if t.dbname in names]
+    absent = [t.dbname for t in targets if t.dbname not in names]
+    if created and present:
+        raise PermanentError(
+            f"spec.createDatabase: the target server already has {', '.join(present)}; drop them first, choose the "
+            "others in spec.databases, or set createDatabase: false (and clean: true) to restore into them",
+            reason=Reason.TARGET_EXISTS,
+        )
+    if not created and absent:
+        raise PermanentError(
+            f"the target server has no database {', '.join(absent)}; set spec.createDatabase: true to create them",
+            reason=Reason.DATABASE_NOT_FOUND,
+        )
+
+
+def describe_targets(targets: list[tuple[Manifest, DatabaseSettings]]) -> str:
+    if len(targets) == 1:
+        return targets[0][1].describe()
+    names = [into.dbname for _, into in targets]
+    return f"{len(names)} databases ({', '.join(names)}) on {targets[0][1].describe().rsplit(' on ', 1)[-1]}"
+
+
+def restore_all(
+    store: ObjectStore,
+    targets: list[tuple[Manifest, DatabaseSettings]],
+    plan: RestorePlan,
+    settings: RestoreSettings,
+    selected: SelectedRestore | None,
+    identities: Identities | None,
+    progress: ProgressReporter,
+) -> tuple[int, str]:
+    """Restore each database in turn; with createDatabase a failure drops the ones restored before it too
+    (all or nothing). The bytes read, and how it restored."""
+    bytes_read, how = 0, ""
+    restored: list[DatabaseSettings] = []
+    try:
+        for view, into in targets:
+            log.info("restoring database", extra={"key": view.data_key, "into": into.describe()})
+            result, how = _restore(
+                store, view, into, plan, settings, selected, identities, partial(_add_to, progress, bytes_read)
+            )
+            bytes_read += result.bytes_read
+            restored.append(into)
+    except BaseException:
+        if settings.create_database:
+            for into in restored:
+                drop_database(into)
+        raise
+    return bytes_read, how
+
+
+def _add_to(progress: ProgressReporter, offset: int, count: int) -> None:
+    progress.update(offset + count)
 
 
 class RestoreJob:
@@ -236,13 +333,18 @@ class RestoreJob:
                 f"spec.globals: backup {manifest.backup_id} holds no roles or tablespaces; turn on "
                 "spec.globals.enabled in the DatabaseBackup for the next backups, or leave globals out"
             )
+        targets = restore_targets(manifest, target, settings)
+        if manifest.server_wide:
+            check_target_databases(server, [t for _, t in targets], created=settings.create_database)
         selected = None
         if settings.selection is not None:
-            selected = choose_entries(store, manifest, plan, identities, settings.selection)
-            selected = check_target(target, selected, clean=settings.clean, created=settings.create_database)
+            (one, into), *_ = targets
+            selected = choose_entries(store, one, plan, identities, settings.selection)
+            selected = check_target(into, selected, clean=settings.clean, created=settings.create_database)
         what = f"{selected.describe()} of " if selected else ""
+        into_what = describe_targets(targets)
         if ctx.dry_run:
-            return f"dry run: would restore {what}{manifest.backup_id} into {target.describe()} with {plan.describe()}"
+            return f"dry run: would restore {what}{manifest.backup_id} into {into_what} with {plan.describe()}"
 
         started = datetime.now(UTC)
         ctx.update_status(
@@ -251,12 +353,12 @@ class RestoreJob:
                     "Succeeded",
                     "Unknown",
                     Reason.RUNNING,
-                    f"restoring {manifest.backup_id} into {target.describe()} with {plan.describe()}",
+                    f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
                 )
             ],
             fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
         )
-        ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {target.describe()} started", action="Restore")
+        ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {into_what} started", action="Restore")
         roles = ""
         if settings.globals:
             applied = apply_globals(store, manifest, server, plan, identities=identities, application_name=APPLICATION)
@@ -266,19 +368,19 @@ class RestoreJob:
                 "roles and tablespaces applied", extra={"statements": applied.statements, "errors": applied.errors}
             )
         progress = ProgressReporter(
-            "bytes", manifest.bytes_stored, lambda figures: ctx.update_status(fields={"progress": figures})
+            "bytes",
+            sum(view.bytes_stored for view, _ in targets),
+            lambda figures: ctx.update_status(fields={"progress": figures}),
         )
-        result, how = _restore(store, manifest, target, plan, settings, selected, identities, progress.update)
+        bytes_read, how = restore_all(store, targets, plan, settings, selected, identities, progress)
         message = (
-            f"restored {what}{manifest.backup_id} ({result.bytes_read} bytes, SHA-256 verified) into "
-            f"{target.describe()} with {plan.describe()}, {how}{roles}"
+            f"restored {what}{manifest.backup_id} ({bytes_read} bytes, SHA-256 verified) into "
+            f"{into_what} with {plan.describe()}, {how}{roles}"
         )
         ctx.update_status(
             [Condition("Succeeded", "True", Reason.COMPLETED, message)],
             fields={
-                **RestoreOutcome(
-                    completion_time=format_time(datetime.now(UTC)), bytes_read=result.bytes_read
-                ).to_status(),
+                **RestoreOutcome(completion_time=format_time(datetime.now(UTC)), bytes_read=bytes_read).to_status(),
                 "progress": None,
             },
         )

@@ -73,6 +73,20 @@ class GlobalsOptions:
 
 
 @dataclass(frozen=True)
+class DatabaseChoice:
+    """spec.databases: which databases of the server one run dumps, each into its own object."""
+
+    names: tuple[str, ...] = ()  # these, in this order
+    every: bool = False  # every connectable database that is not a template
+    exclude: tuple[str, ...] = ()  # with `every`: names or shell patterns left out
+
+    def describe(self) -> str:
+        if not self.every:
+            return ", ".join(self.names)
+        return "every database" + (f" except {', '.join(self.exclude)}" if self.exclude else "")
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     database: DatabaseSpec
     storage: StorageSpec
@@ -84,6 +98,22 @@ class BackupSettings:
     dump: DumpOptions
     encryption: EncryptionSpec | None = None
     globals: GlobalsOptions | None = None
+    databases: DatabaseChoice | None = None  # None: the one database the Secret names
+
+
+def parse_database_choice(reader: SpecReader) -> DatabaseChoice:
+    names = reader.string_list("names")
+    every = reader.boolean("all")
+    exclude = reader.string_list("exclude")
+    if every == bool(names):
+        raise InvalidSpec(
+            f"{reader.path}: set either names (a list of databases) or all: true (every database of the server)"
+        )
+    if exclude and not every:
+        raise InvalidSpec(f"{reader.path}.exclude: only applies with all: true; list the names you want instead")
+    if len(set(names)) != len(names):
+        raise InvalidSpec(f"{reader.path}.names: a database is named twice")
+    return DatabaseChoice(names, every, exclude)
 
 
 def parse_compression(reader: SpecReader) -> Compression:
@@ -138,6 +168,7 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
         ),
         encryption=encryption,
         globals=GlobalsOptions(globals_.boolean("noRolePasswords")) if globals_.boolean("enabled") else None,
+        databases=parse_database_choice(reader.child("databases")) if reader.has("databases") else None,
     )
 
 
@@ -154,6 +185,7 @@ class RestoreSettings:
     selection: Selection | None = None  # spec.select; None: everything
     parallelism: int = 1  # spec.parallelism: pg_restore -j, from a staged copy of the dump
     staging_path: str | None = None  # spec.staging.path: where the staged copy goes (a mounted volume)
+    databases: tuple[str, ...] = ()  # spec.databases: of a several-database backup, these; (): all of them
 
 
 def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
@@ -167,6 +199,7 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
         clean=reader.boolean("clean"),
         no_owner=reader.boolean("noOwner"),
         globals=reader.boolean("globals"),
+        databases=reader.string_list("databases"),
         identity=(
             SecretKeyRef.parse(reader.child("decryption").child("identitySecretRef", required=True))
             if reader.has("decryption")

@@ -69,6 +69,7 @@ class SuccessfulBackup(StatusRecord):
 
     key: str
     manifest_key: str | None = None
+    databases: list[str] | None = None
     size_bytes: int | None = None
     size: str | None = None
     sha256: str | None = None
@@ -111,9 +112,10 @@ def backup_fields(
         "lastSuccessfulBackup": SuccessfulBackup(
             key=manifest.data_key,
             manifest_key=manifest.manifest_key,
+            databases=manifest.databases,
             size_bytes=manifest.bytes_stored,
             size=human_size(manifest.bytes_stored),
-            sha256=manifest.sha256,
+            sha256=manifest.dumps[0].sha256 if len(manifest.dumps) == 1 else "",
             start_time=manifest.start_time,
             completion_time=manifest.end_time,
             duration_seconds=round(duration_seconds, 3),

@@ -13,7 +13,13 @@ from common.encryption import Identities
 from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
-from jobs.backup.restore import BackupUnsound, check_decryptable, plan_restore, restore_from_storage
+from jobs.backup.restore import (
+    BackupUnsound,
+    RestorePlan,
+    check_decryptable,
+    plan_restore,
+    restore_from_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,34 @@ def verify_backup(
     application_name: str,
     identities: Identities | None = None,
 ) -> VerificationResult:
-    """Restore `manifest` into a new database `scratch_name` on the source's server, count, drop it.
-    `identities` decrypt an encrypted backup."""
+    """Restore each database of `manifest` in turn into a new database `scratch_name` on the source's
+    server, count every table's rows, drop it. `identities` decrypt an encrypted backup."""
     plan = plan_restore(source, manifest, application_name=application_name)
     check_decryptable(store, manifest, identities, field="spec.encryption.identitySecretRef")
+    tables = rows = 0
+    for dump in manifest.dumps:
+        mismatches = _restore_and_count(
+            store, manifest.for_database(dump.database), source, scratch_name, plan, application_name, identities
+        )
+        if mismatches:
+            shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
+            where = f" (database {dump.database})" if len(manifest.dumps) > 1 else ""
+            raise RowCountMismatch(f"backup {manifest.backup_id}{where} restored with different row counts: {shown}")
+        tables += len(dump.tables)
+        rows += sum(t.rows for t in dump.tables)
+    return VerificationResult(tables, rows, plan.describe())
+
+
+def _restore_and_count(
+    store: ObjectStore,
+    manifest: Manifest,
+    source: DatabaseSettings,
+    scratch_name: str,
+    plan: RestorePlan,
+    application_name: str,
+    identities: Identities | None,
+) -> list[str]:
+    """Restore the one dump of `manifest` into scratch database `scratch_name`; the tables whose rows differ."""
     with connect(source, application_name=application_name, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name)))
     try:
@@ -57,7 +87,7 @@ def verify_backup(
         )
         mismatches = []
         with connect(scratch, application_name=application_name) as conn:
-            for table in manifest.tables:
+            for table in manifest.dump.tables:
                 query = sql.SQL("SELECT count(*) FROM {}.{}").format(
                     sql.Identifier(table.schema), sql.Identifier(table.name)
                 )
@@ -65,10 +95,7 @@ def verify_backup(
                 restored = int(str(row[0])) if row else 0
                 if restored != table.rows:
                     mismatches.append(f"{table.schema}.{table.name}: {restored} restored, {table.rows} in manifest")
-        if mismatches:
-            shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
-            raise RowCountMismatch(f"backup {manifest.backup_id} restored with different row counts: {shown}")
-        return VerificationResult(len(manifest.tables), sum(t.rows for t in manifest.tables), plan.describe())
+        return mismatches
     finally:
         with connect(source, application_name=application_name, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch_name)))

@@ -186,5 +186,5 @@ def test_list_shows_every_backup_with_what_keeps_it(backup_env: BackupEnv, capsy
 
     assert backup_env.run("list") == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["COMPLETED", "BACKUP", "DATABASE"]
+    assert table[0].split()[:3] == ["COMPLETED", "BACKUP", "DATABASES"]
     assert [line.split()[1] for line in table[1:]] == [newest["backup_id"], older["backup_id"]]

@@ -129,7 +129,7 @@ def test_backup_restores_into_its_own_major_and_the_newest(
     assert backup["verified"] is True
     assert backup["serverVersion"] == version
     assert backup["pgDumpVersion"].startswith(f"pg_dump {pg_major}.")  # the server's own major
-    assert f"of PostgreSQL {version} with pg_dump {pg_major}." in found["BackupSucceeded"]["message"]
+    assert f"on PostgreSQL {version} with pg_dump {pg_major}." in found["BackupSucceeded"]["message"]
 
     # Stock pg_restore of the server's major reads what cellar wrote.
     dump = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from jobs.backup.catalog import Manifest
+from jobs.backup.catalog import DatabaseDump, Manifest
 from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import RetentionPolicy
 from jobs.backup.status import human_size, ready_condition
@@ -17,18 +17,13 @@ def _backup(day: date, hour: int = 2) -> Manifest:
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     return Manifest(
         backup_id=moment.strftime("%Y%m%dT%H%M%SZ"),
-        data_key="d",
-        database="db",
+        dumps=[DatabaseDump("db", "d", 1, 1, "x", [])],
         server_version="15",
         pg_dump_version="15",
         start_time=stamp,
         end_time=stamp,
-        bytes_raw=1,
-        bytes_stored=1,
-        sha256="x",
         compression="zstd",
         compression_level=3,
-        tables=[],
         generation=1,
         resource="ns/n",
         run_id="r",

@@ -17,8 +17,15 @@ from common.reasons import Reason
 from common.status import Progress, RunRecord, StatusRecord, camel_case
 
 CRDS = Path(__file__).resolve().parents[2] / "cronjobs" / "base" / "crds"
-SAMPLES: dict[type, Any] = {str: "2026-11-29T00:00:00Z", int: 7, float: 1.5, bool: True, Reason: Reason.COMPLETED}
-JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", Reason: "string"}
+SAMPLES: dict[Any, Any] = {
+    str: "2026-11-29T00:00:00Z",
+    int: 7,
+    float: 1.5,
+    bool: True,
+    Reason: Reason.COMPLETED,
+    list[str]: ["app"],
+}
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", Reason: "string", list[str]: "array"}
 
 
 def _records() -> list[type[StatusRecord]]:

@@ -473,6 +473,26 @@ def database_backup() -> dict[str, Any]:
                 "The Secret key holding an age identity (AGE-SECRET-KEY-1...) of one recipient: needed when "
                 "verify.enabled, to decrypt the restore test's copy.",
             ),
+            "databases": obj(
+                "Back up several databases of the server in one run, each in its own snapshot-consistent dump, "
+                "listed in one manifest: the backup counts only when every one succeeded. Default: the one "
+                "database the Secret names. A restore puts each back into the database of its own name.",
+                {
+                    "names": string_list("These databases, in this order.", 63),
+                    "all": boolean("Every database that allows connections and is not a template.", False),
+                    "exclude": string_list("With all: leave these out (names or shell patterns like tmp_*).", 63),
+                },
+                rules=[
+                    {
+                        "rule": "(has(self.names) && size(self.names) > 0) != self.all",
+                        "message": "set either names or all: true",
+                    },
+                    {
+                        "rule": "!has(self.exclude) || size(self.exclude) == 0 || self.all",
+                        "message": "exclude only applies with all: true",
+                    },
+                ],
+            ),
             "globals": obj(
                 "Back up the server's roles, role memberships, role settings and tablespaces with each backup "
                 "(pg_dumpall --globals-only, stored beside the dump): a rebuilt server gets its roles and grants back.",
@@ -518,11 +538,16 @@ def database_backup() -> dict[str, Any]:
             "lastSuccessfulBackup": obj(
                 "The newest complete backup.",
                 {
-                    "key": string("Object key of the dump."),
+                    "key": string("Object key of the dump (with several databases: the first one's)."),
                     "manifestKey": string("Object key of its manifest."),
+                    "databases": {
+                        "type": "array",
+                        "description": "The databases it holds.",
+                        "items": {"type": "string"},
+                    },
                     "sizeBytes": integer("Stored size in bytes.", format="int64"),
                     "size": string("Stored size for people (for example 1.2 GiB)."),
-                    "sha256": string("SHA-256 of the stored object, hex."),
+                    "sha256": string("SHA-256 of the stored object, hex (empty with several databases)."),
                     "startTime": string("When the dump started.", format="date-time"),
                     "completionTime": string("When the manifest was written.", format="date-time"),
                     "durationSeconds": {"type": "number", "description": "Wall time of the dump."},
@@ -598,6 +623,11 @@ def database_restore() -> dict[str, Any]:
                 "Apply the backup's roles, memberships, role settings and tablespaces to the target server first "
                 "(statements that fail, such as a role that exists already, are reported, not fatal).",
                 False,
+            ),
+            "databases": string_list(
+                "Of a backup of several databases (spec.databases in the DatabaseBackup), restore these, each into "
+                "the database of its own name on the target's server. Default: every one it holds.",
+                63,
             ),
             "select": obj(
                 "Restore only part of the backup, chosen from pg_restore's table of contents: whole schemas, "

@@ -1,0 +1,75 @@
+"""What a backup run checks before it writes anything, and what it found: the Secrets and keys, the bucket,
+the server and its databases, the client tools."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from common.config import DatabaseSettings, resolve_database_settings, resolve_storage_credentials
+from common.db import connect
+from common.encryption import Identities, fingerprint, resolve_keys
+from common.runtime import RunContext
+from common.storage import ObjectStore, build_client
+from jobs.backup.databases import ChosenDatabase, choose_databases
+from jobs.backup.dump import ServerFacts, server_facts
+from jobs.backup.pgtools import ClientTools, tools_for_dump
+from jobs.backup.settings import BackupSettings
+
+log = logging.getLogger(__name__)
+APPLICATION = "cellar-backup"
+
+
+def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
+    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+    return ObjectStore(build_client(settings.storage, credentials), settings.storage)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a run checked before writing anything, and what it will use."""
+
+    database: DatabaseSettings
+    store: ObjectStore
+    server: ServerFacts
+    tools: ClientTools
+    recipients: list[str]  # age recipients to encrypt to; none: not encrypted
+    identities: Identities | None  # what the restore test decrypts with
+    databases: list[ChosenDatabase]  # what the run dumps, in this order
+
+
+def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
+    """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
+    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
+    store = open_storage(ctx, settings)
+    store.check_access()
+    with connect(database, application_name=APPLICATION) as conn:
+        facts = server_facts(conn)
+        databases = (
+            choose_databases(conn, settings.databases)
+            if settings.databases is not None
+            else [ChosenDatabase(database.dbname, facts.database_size)]
+        )
+    tools = tools_for_dump(facts.version_num, facts.version)
+    log.info(
+        "preflight passed",
+        extra={
+            "server_version": facts.version,
+            "pg_dump": tools.describe("pg_dump"),
+            "databases": [d.name for d in databases],
+            "database_bytes": sum(d.size for d in databases),
+            "standby": facts.standby,
+            "bucket": store.bucket,
+            "encrypted_to": [fingerprint(r) for r in recipients],
+        },
+    )
+    return Preflight(database, store, facts, tools, recipients, identities, databases)
+
+
+def describe_choice(settings: BackupSettings, checked: Preflight) -> str:
+    if settings.databases is None:
+        return checked.database.describe()
+    names = [d.name for d in checked.databases]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"{len(names)} databases ({shown}) on {checked.database.describe()}"
