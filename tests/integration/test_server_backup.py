@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -112,6 +113,7 @@ def test_a_whole_server_comes_back_on_a_fresh_server(
     matrix_tools: None,
     backup_env: BackupEnv,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     source_server, target_server = pg_servers(16), pg_servers(17)
     tag = f"srv{uuid.uuid4().hex[:6]}"
@@ -148,7 +150,8 @@ def test_a_whole_server_comes_back_on_a_fresh_server(
         # A fresh server: none of the roles or databases exist there.
         target = superuser(target_server, "postgres")
         drop_everything(target_server, roles, databases)
-        env.create_restore("rebuild", target, "postgres", globals=True, databases=kept)
+        staging = {"parallelism": 2, "staging": {"path": str(tmp_path)}}
+        env.create_restore("rebuild", target, "postgres", globals=True, databases=kept, **staging)
         assert env.run("restore", name="rebuild") == 0
         assert (
             f"3 databases ({', '.join(kept)})" in env.conditions("DatabaseRestore", "rebuild")["Succeeded"]["message"]
