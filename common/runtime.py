@@ -30,6 +30,7 @@ from common.config import Invocation, add_invocation_arguments, resolve_invocati
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
+from common.metrics import RunMetrics, start_run_metrics
 from common.reasons import Reason
 from common.redact import redact
 
@@ -100,6 +101,7 @@ class RunContext:
     resource: dict[str, Any]
     interrupts: Interrupts
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    metrics: RunMetrics | None = None  # pushed when the run ends, when an OTLP endpoint is configured
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -240,9 +242,23 @@ def run_job(
         resource = kube.get(ref)
         ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
         log.info("run started", extra={"generation": ctx.generation, "dry_run": invocation.dry_run})
+        if not invocation.dry_run and not getattr(job, "output_on_stdout", False):
+            ctx.metrics = start_run_metrics(
+                ctx.spec,
+                operation=job.name,
+                kind=job.kind.kind,
+                namespace=ref.namespace,
+                name=ref.name,
+                run_id=run_id,
+                at=ctx.started,
+            )
         summary = job.run(ctx, args)
         log.info("run finished", extra={"summary": summary, "seconds": round(time.monotonic() - started, 3)})
         write_termination_log(summary)
+        if ctx.metrics is not None:
+            ctx.metrics.finish(
+                succeeded=True, reason=Reason.COMPLETED, started=ctx.started, status=ctx.resource.get("status") or {}
+            )
         return EXIT_OK
     except CellarError as error:
         return _fail(job, ctx, error, started)
@@ -271,6 +287,10 @@ def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) 
         except Exception as status_error:  # noqa: BLE001 (keep the original failure as the outcome)
             log.error("could not record the failure in status", extra={"error": redact(str(status_error))})
     write_termination_log(f"{error.reason}: {error}")
+    if ctx is not None and ctx.metrics is not None:
+        ctx.metrics.finish(
+            succeeded=False, reason=error.reason, started=ctx.started, status=ctx.resource.get("status") or {}
+        )
     return code
 
 

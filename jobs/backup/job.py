@@ -61,8 +61,8 @@ def restore_test(
         ctx.update_status(
             [Condition("Verified", "False", error.reason, str(error))],
             fields={
-                "lastVerification": Verification(
-                    format_time(datetime.now(UTC)), manifest.data_key, "Failed", str(error)
+                "lastVerification": Verification.of(
+                    format_time(datetime.now(UTC)), manifest.data_key, False, str(error)
                 ).to_status()
             },
         )
@@ -195,8 +195,8 @@ class BackupJob:
             "progress": None,
         }
         if verified:
-            fields["lastVerification"] = Verification(
-                format_time(datetime.now(UTC)), manifest.data_key, "Passed", "row counts matched"
+            fields["lastVerification"] = Verification.of(
+                format_time(datetime.now(UTC)), manifest.data_key, True, "row counts matched"
             ).to_status()
         ctx.update_status(
             [
@@ -254,8 +254,8 @@ class VerifyJob:
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
         )
         fields: dict[str, Any] = {
-            "lastVerification": Verification(
-                format_time(datetime.now(UTC)), manifest.data_key, "Passed", message
+            "lastVerification": Verification.of(
+                format_time(datetime.now(UTC)), manifest.data_key, True, message
             ).to_status()
         }
         last = (ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {}

@@ -91,6 +91,11 @@ class Verification(StatusRecord):
     key: str
     result: str  # Passed or Failed
     message: str
+    passed: bool  # result as a boolean: what kube-state-metrics can turn into a number
+
+    @classmethod
+    def of(cls, time: str, key: str, passed: bool, message: str) -> Verification:
+        return cls(time, key, "Passed" if passed else "Failed", message, passed)
 
 
 @dataclass(frozen=True)

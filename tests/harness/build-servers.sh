@@ -12,6 +12,10 @@ KUBE_VERSION="${CELLAR_KUBE_VERSION:-v1.34.4}"
 ETCD_VERSION="${CELLAR_ETCD_VERSION:-v3.6.16}"
 # MinIO's upstream repository is no longer maintained: pin one commit (pseudo-version).
 MINIO_VERSION="${CELLAR_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
+# Prometheus 3.x's Go module is versioned v0.3xx (v0.316.0 is Prometheus 3.16); the alert tests run it.
+PROMETHEUS_VERSION="${CELLAR_PROMETHEUS_VERSION:-v0.316.0}"
+# Only the CRDs of prometheus-operator are used (PrometheusRule), read from its module.
+PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -96,6 +100,33 @@ build_minio() {
   echo "minio=$out"
 }
 
+build_prometheus() {
+  local name=$1 out="$CACHE/bin/prometheus-$PROMETHEUS_VERSION/$1"
+  if [[ -x "$out" ]]; then log "$name $PROMETHEUS_VERSION: cached at $out"; echo "$name=$out"; return; fi
+  mkdir -p "$(dirname "$out")"
+  local gobin; gobin=$(mktemp -d)
+  log "$name $PROMETHEUS_VERSION: compiling with go install (several minutes the first time)"
+  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/$name@$PROMETHEUS_VERSION" 2>&1) | progress "$name"
+  [[ -x "$gobin/$name" ]] || die "building $name $PROMETHEUS_VERSION failed (see the compiler output above)"
+  mv "$gobin/$name" "$out"; rmdir "$gobin"
+  echo "$name=$out"
+}
+
+fetch_prometheus_operator_crds() {
+  local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [[ ! -f "$out/.ready" ]]; then
+    local dir
+    dir=$(cd "$(mktemp -d)" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+      | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -d "$dir/example/prometheus-operator-crd" ]] || die "could not download prometheus-operator $PROMETHEUS_OPERATOR_VERSION through the Go module proxy"
+    mkdir -p "$out"
+    cp "$dir"/example/prometheus-operator-crd/*.yaml "$out/"
+    touch "$out/.ready"
+  fi
+  log "prometheus-operator $PROMETHEUS_OPERATOR_VERSION CRDs in $out"
+  echo "prometheus-operator-crds=$out"
+}
+
 components=("$@")
 (( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kubectl)
 for c in "${components[@]}"; do
@@ -103,6 +134,8 @@ for c in "${components[@]}"; do
     etcd) build_etcd ;;
     minio) build_minio ;;
     kube-apiserver|kube-controller-manager|kubectl) build_kube "$c" ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl)" ;;
+    prometheus|promtool) build_prometheus "$c" ;;
+    prometheus-operator-crds) fetch_prometheus_operator_crds ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl prometheus promtool prometheus-operator-crds)" ;;
   esac
 done

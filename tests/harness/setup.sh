@@ -2,7 +2,7 @@
 # Installs everything the tests and the demo need on a fresh machine, idempotently:
 #   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench, age, zstd
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
-#   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO), cached outside the clone
+#   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO, Prometheus and promtool), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
 set -euo pipefail
@@ -50,7 +50,8 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
   log "go $go_version is older than 1.24: using toolchain $GOTOOLCHAIN from the Go module proxy"
 fi
 
-bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kubectl >/dev/null
+bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kubectl \
+  prometheus promtool prometheus-operator-crds >/dev/null
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -111,6 +111,21 @@ def encryption(description: str, identity: str) -> Schema:
     )
 
 
+def metrics_push() -> Schema:
+    return obj(
+        "Where each run pushes its metrics (OTLP/HTTP), instead of or besides the standard OTEL_EXPORTER_OTLP_* "
+        "variables of the Job's container. Without either, nothing is pushed.",
+        {
+            "otlpEndpoint": string(
+                "The receiver's OTLP/HTTP base URL; /v1/metrics is appended. For Prometheus 3 started with "
+                "--web.enable-otlp-receiver: http://prometheus:9090/api/v1/otlp.",
+                pattern=r"^https?://",
+                maxLength=2048,
+            )
+        },
+    )
+
+
 def database_connection() -> Schema:
     return obj(
         "How to reach the PostgreSQL database. Credentials come only from a Secret: the Secret named by "
@@ -506,6 +521,7 @@ def database_backup() -> dict[str, Any]:
                 },
                 default={},
             ),
+            "metrics": metrics_push(),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
                 "when the CronJob never ran. Default 26h (a daily schedule plus slack).",
@@ -563,6 +579,7 @@ def database_backup() -> dict[str, Any]:
                     "key": string("The backup tested."),
                     "result": string("Passed or Failed."),
                     "message": string("What it found."),
+                    "passed": boolean("Whether it passed (result as a boolean, for metrics).", False),
                 },
             ),
             "backupsKept": integer("Complete backups in storage after retention."),
@@ -662,6 +679,7 @@ def database_restore() -> dict[str, Any]:
                 {"path": string("Where the volume is mounted, for example /staging.", pattern=r"^/.*", maxLength=1024)},
                 required=["path"],
             ),
+            "metrics": metrics_push(),
             "decryption": obj(
                 "For a backup encrypted with age: the identity that decrypts it.",
                 {
@@ -722,6 +740,7 @@ def table_archive() -> dict[str, Any]:
         "table (mode Move) once they are safely in storage.",
         {
             "database": database_connection(),
+            "metrics": metrics_push(),
             "storage": object_storage(),
             "table": obj(
                 "The table to archive.",
