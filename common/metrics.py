@@ -83,6 +83,13 @@ STATUS_METRICS = (
         ("lastSuccessfulBackup", "sizeBytes"),
     ),
     StatusMetric(
+        "cellar.backup.raw_size",
+        "By",
+        "size of the newest good backup's dumps before compression",
+        BACKUP,
+        ("lastSuccessfulBackup", "rawSizeBytes"),
+    ),
+    StatusMetric(
         "cellar.backup.duration",
         "s",
         "how long the newest good backup took",

@@ -71,6 +71,7 @@ class SuccessfulBackup(StatusRecord):
     manifest_key: str | None = None
     databases: list[str] | None = None
     size_bytes: int | None = None
+    raw_size_bytes: int | None = None
     size: str | None = None
     sha256: str | None = None
     start_time: str | None = None
@@ -119,6 +120,7 @@ def backup_fields(
             manifest_key=manifest.manifest_key,
             databases=manifest.databases,
             size_bytes=manifest.bytes_stored,
+            raw_size_bytes=manifest.bytes_raw,
             size=human_size(manifest.bytes_stored),
             sha256=manifest.dumps[0].sha256 if len(manifest.dumps) == 1 else "",
             start_time=manifest.start_time,

@@ -66,6 +66,7 @@ def test_a_backup_pushes_the_documented_series_with_the_status_values(
     assert value_of(pushing, f'cellar_run_success{{{where}, operation="backup", kind="DatabaseBackup"}}') == 1
     last = status["lastSuccessfulBackup"]
     assert value_of(pushing, f"cellar_backup_size_bytes{{{where}}}") == last["sizeBytes"]
+    assert value_of(pushing, f"cellar_backup_raw_size_bytes{{{where}}}") == last["rawSizeBytes"] > last["sizeBytes"]
     assert value_of(pushing, f"cellar_backup_last_success_seconds{{{where}}}") == seconds(last["completionTime"])
     assert value_of(pushing, f"cellar_backup_fresh_until_seconds{{{where}}}") == seconds(status["freshUntil"])
     assert value_of(pushing, f"cellar_backup_kept{{{where}}}") == status["backupsKept"]
@@ -86,6 +87,7 @@ def test_a_backup_pushes_the_documented_series_with_the_status_values(
     assert value_of(pushing, f"cellar_run_success{{{where_restore}}}") == 1
     read = env.status("DatabaseRestore", "orders-restore")["bytesRead"]
     assert value_of(pushing, f'cellar_restore_read_bytes{{namespace="{env.namespace}", name="orders-restore"}}') == read
+    assert not {m.prometheus_name for m in STATUS_METRICS if m.kind == "DatabaseRestore"} - pushing.series_names()
 
 
 def test_a_failed_backup_pushes_its_reason_and_fires_the_alert(backup_env: BackupEnv, pushing: Prometheus) -> None:

@@ -562,6 +562,7 @@ def database_backup() -> dict[str, Any]:
                         "items": {"type": "string"},
                     },
                     "sizeBytes": integer("Stored size in bytes.", format="int64"),
+                    "rawSizeBytes": integer("Size of the dumps before compression, in bytes.", format="int64"),
                     "size": string("Stored size for people (for example 1.2 GiB)."),
                     "sha256": string("SHA-256 of the stored object, hex (empty with several databases)."),
                     "startTime": string("When the dump started.", format="date-time"),
