@@ -107,3 +107,18 @@ def translate_connect_error(exc: psycopg.Error, settings: DatabaseSettings) -> E
         f"cannot reach {where}: {detail}. Check the host and port, that the server is running, and any "
         f"NetworkPolicy between this Pod and the database"
     )
+
+
+def lost_connection(error: BaseException) -> ConnectionFailed | None:
+    """A connection that died under a run (a failover, pg_terminate_backend, a network cut) as the
+    retryable failure it is, rather than an unexpected error; None for anything else."""
+    if isinstance(error, psycopg.OperationalError) and (
+        isinstance(error, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown)
+        or error.sqlstate is None
+        or str(error.sqlstate).startswith("08")
+    ):
+        return ConnectionFailed(
+            f"the database connection was lost during the run ({redact(str(error).strip())}); what the run had "
+            "not committed was rolled back, and the next run carries on"
+        )
+    return None

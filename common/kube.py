@@ -72,10 +72,20 @@ class ResourceRef:
 class KubeApiError(Exception):
     """One failed API call: `status` is the HTTP status, 0 when the server was not reached."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it did
+
+
+def _retry_after(headers: Any) -> float | None:
+    """A Retry-After header in seconds (the API server sends seconds, never a date)."""
+    try:
+        value = (headers or {}).get("Retry-After")
+        return min(float(value), 60.0) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 class KubeTransport(Protocol):
@@ -113,7 +123,7 @@ class ClientTransport:
         try:
             return fn(*args, _request_timeout=(10, 60), **kwargs)
         except ApiException as exc:
-            raise KubeApiError(int(exc.status or 0), _api_message(exc)) from exc
+            raise KubeApiError(int(exc.status or 0), _api_message(exc), _retry_after(exc.headers)) from exc
         except (HTTPError, OSError) as exc:
             raise KubeApiError(0, f"cannot reach the Kubernetes API server: {exc}") from exc
 
@@ -252,16 +262,25 @@ class Kube:
         self.instance = (instance or os.environ.get("POD_NAME") or socket.gethostname())[:128]
         self._sleep = sleep
 
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Jittered exponential backoff, or longer when the server said how long (429 with Retry-After)."""
+        backoff = tenacity.wait_exponential_jitter(multiplier=self.retry.initial_wait, max=self.retry.max_wait)(state)
+        error = state.outcome.exception() if state.outcome else None
+        asked = error.retry_after if isinstance(error, KubeApiError) else None
+        return max(backoff, asked or 0.0)
+
     def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, KubeApiError) and e.status in RETRYABLE_STATUSES),
             stop=tenacity.stop_after_attempt(self.retry.attempts),
-            wait=tenacity.wait_exponential_jitter(multiplier=self.retry.initial_wait, max=self.retry.max_wait),
+            wait=self._wait,
             before_sleep=lambda state: log.warning(
                 "retrying Kubernetes call",
                 extra={
                     "call": what,
                     "attempt": state.attempt_number,
+                    "of": self.retry.attempts,
+                    "wait_seconds": round(state.upcoming_sleep, 2),
                     "error": str(state.outcome.exception()) if state.outcome else "",
                 },
             ),

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from common.conditions import Condition, set_condition
 from common.config import Invocation, add_invocation_arguments, resolve_invocation
+from common.db import lost_connection
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
@@ -263,6 +264,9 @@ def run_job(
     except CellarError as error:
         return _fail(job, ctx, error, started)
     except Exception as error:
+        lost = lost_connection(error)
+        if lost is not None:
+            return _fail(job, ctx, lost, started)
         log.exception("unexpected failure")
         wrapped = CellarError(f"unexpected {type(error).__name__}: {redact(str(error))}", reason=Reason.INTERNAL_ERROR)
         return _fail(job, ctx, wrapped, started)

@@ -43,6 +43,10 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 GROWTH_STEPS = 10
 
 
+RETRY_ATTEMPTS = 5
+RETRIED_STATUSES = (429, 500, 502, 503, 504)
+
+
 def build_client(spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> S3Client:
     """A boto3 S3 client for AWS, MinIO, Ceph RGW or IBM COS, configured from the spec.
 
@@ -56,7 +60,7 @@ def build_client(spec: StorageSpec, credentials: StorageCredentials, *, concurre
     config = Config(
         region_name=spec.region,
         s3={"addressing_style": "path" if spec.force_path_style else "auto"},
-        retries={"max_attempts": 5, "mode": "standard"},
+        retries={"max_attempts": RETRY_ATTEMPTS, "mode": "standard"},
         request_checksum_calculation=checksum_mode,
         response_checksum_validation=checksum_mode,
         connect_timeout=10,
@@ -71,7 +75,7 @@ def build_client(spec: StorageSpec, credentials: StorageCredentials, *, concurre
             ca.write(credentials.ca_bundle_pem)
         verify = ca.name
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=spec.endpoint,
         aws_access_key_id=credentials.access_key_id,
@@ -79,6 +83,25 @@ def build_client(spec: StorageSpec, credentials: StorageCredentials, *, concurre
         aws_session_token=credentials.session_token,
         config=config,
         verify=verify,
+    )
+    client.meta.events.register_last("needs-retry.s3", log_retryable_failure)
+    return client
+
+
+def log_retryable_failure(
+    response: Any = None, caught_exception: Exception | None = None, attempts: int = 0, operation: Any = None, **_: Any
+) -> None:
+    """Say in the log what botocore is about to retry (its standard mode retries throttling, 5xx and
+    dropped connections up to 5 attempts, with jittered backoff): one line per failed attempt."""
+    if caught_exception is not None:
+        what = type(caught_exception).__name__
+    elif response is not None and int(response[0].status_code) in RETRIED_STATUSES:
+        what = f"{response[0].status_code} {(response[1].get('Error') or {}).get('Code', '')}".strip()
+    else:
+        return
+    log.warning(
+        "storage request failed; retried while attempts remain",
+        extra={"operation": getattr(operation, "name", ""), "attempt": attempts, "of": RETRY_ATTEMPTS, "error": what},
     )
 
 

@@ -16,6 +16,8 @@ MINIO_VERSION="${CELLAR_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 PROMETHEUS_VERSION="${CELLAR_PROMETHEUS_VERSION:-v0.316.0}"
 # Only the CRDs of prometheus-operator are used (PrometheusRule), read from its module.
 PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+# Shopify's toxiproxy: TCP faults (latency, bandwidth, resets) between the jobs and the servers.
+TOXIPROXY_VERSION="${CELLAR_TOXIPROXY_VERSION:-v2.5.0}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -112,6 +114,18 @@ build_prometheus() {
   echo "$name=$out"
 }
 
+build_toxiproxy() {
+  local out="$CACHE/bin/toxiproxy-$TOXIPROXY_VERSION/toxiproxy-server"
+  if [[ -x "$out" ]]; then log "toxiproxy-server $TOXIPROXY_VERSION: cached at $out"; echo "toxiproxy-server=$out"; return; fi
+  mkdir -p "$(dirname "$out")"
+  local gobin; gobin=$(mktemp -d)
+  log "toxiproxy-server $TOXIPROXY_VERSION: compiling with go install"
+  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" 2>&1) | progress toxiproxy
+  [[ -x "$gobin/server" ]] || die "building toxiproxy $TOXIPROXY_VERSION failed (see the compiler output above)"
+  mv "$gobin/server" "$out"; rmdir "$gobin"
+  echo "toxiproxy-server=$out"
+}
+
 fetch_prometheus_operator_crds() {
   local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   if [[ ! -f "$out/.ready" ]]; then
@@ -136,6 +150,7 @@ for c in "${components[@]}"; do
     kube-apiserver|kube-controller-manager|kubectl) build_kube "$c" ;;
     prometheus|promtool) build_prometheus "$c" ;;
     prometheus-operator-crds) fetch_prometheus_operator_crds ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl prometheus promtool prometheus-operator-crds)" ;;
+    toxiproxy-server) build_toxiproxy ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl prometheus promtool prometheus-operator-crds toxiproxy-server)" ;;
   esac
 done

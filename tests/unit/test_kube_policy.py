@@ -88,6 +88,16 @@ def test_transient_errors_are_retried(status: int) -> None:
     assert transport.calls == ["get", "get", "get"]
 
 
+def test_a_retry_after_from_the_server_is_waited_out() -> None:
+    transport = FakeTransport()
+    transport.get_failures = [KubeApiError(429, "slow down", retry_after=7), KubeApiError(503, "busy")]
+    waited: list[float] = []
+    kube = Kube(transport, retry=RetryPolicy(attempts=4, initial_wait=0.1, max_wait=1), sleep=waited.append)
+    assert kube.get(REF)["metadata"]["name"] == "orders"
+    assert waited[0] == 7  # what the server asked for, not the 0.1 s backoff
+    assert 0 < waited[1] <= 1.0 + 1.0  # backoff (with up to 1 s of jitter) when the server said nothing
+
+
 @pytest.mark.parametrize(
     ("status", "error"), [(400, PermanentError), (403, Forbidden), (404, NotFound), (422, PermanentError)]
 )
