@@ -100,7 +100,7 @@ def log_retryable_failure(
     else:
         return
     log.warning(
-        "storage request failed; retried while attempts remain",
+        "storage request failed; retrying" if attempts < RETRY_ATTEMPTS else "storage request failed; no attempts left",
         extra={"operation": getattr(operation, "name", ""), "attempt": attempts, "of": RETRY_ATTEMPTS, "error": what},
     )
 

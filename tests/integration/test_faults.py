@@ -84,7 +84,7 @@ def test_throttling_errors_and_a_reset_part_are_retried_and_the_backup_is_identi
     env.setup(storage=via(env, s3_proxy.url, partSizeMiB=5), compression={"algorithm": "none"})
     assert env.run() == 0
     injected = s3_proxy.faults()
-    retried = log_lines(capsys, "storage request failed; retried")
+    retried = log_lines(capsys, "storage request failed; retrying")
     print(f"S3 faults injected: {len(injected)}; retries logged: {len(retried)}; part attempts: {parts}")
     assert len(injected) >= 5
     assert len(retried) >= len(injected)
@@ -112,7 +112,7 @@ def test_storage_failing_beyond_the_retry_budget_publishes_nothing(
     print(f"beyond the budget: {len(s3_proxy.faults())} faults; reason {failed['reason']}: {failed['message']}")
     assert failed["status"] == "False"
     assert failed["reason"] in ("UploadFailed", "StorageUnavailable")
-    assert len(log_lines(capsys, "storage request failed; retried")) >= 5
+    assert len(log_lines(capsys, "storage request failed; retrying")) >= 4
     assert objects(env, "test/manifests/") == []
     assert objects(env, "test/data/") == []
     assert open_uploads(env) == []  # aborted by the failing run itself
@@ -309,3 +309,65 @@ def test_an_archive_batch_killed_midway_rolls_back_and_the_next_run_archives_eac
         for i in table.column("id").to_pylist()
     ]
     assert len(archived) == len(set(archived)) == 200000  # every row once, none twice
+
+
+def make_events(env: ArchiveEnv, rows: int) -> None:
+    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text)")
+        conn.execute(
+            "INSERT INTO events SELECT g, now() - interval '200 days' + g * interval '10 seconds', md5(g::text) "
+            f"FROM generate_series(1, {rows}) g"
+        )
+        conn.execute("INSERT INTO events VALUES (999999, now(), 'recent')")
+        conn.execute("CREATE INDEX ON events (created_at)")
+
+
+def test_an_archive_whose_uploads_keep_failing_keeps_every_row_in_the_table(
+    archive_env: ArchiveEnv, s3_proxy: FaultProxy
+) -> None:
+    env = archive_env
+    make_events(env, 20000)
+    s3_proxy.script = lambda r: s3_error(500, "InternalError", "internal error") if r.method == "PUT" else None
+    through_proxy = {**env.storage_spec, "endpoint": s3_proxy.url}
+    setup_archive(env, table="events", name="events", storage=through_proxy, batch={"rows": 5000})
+    assert run_archive_job(env.kubeconfig, env.namespace, name="events") == 1
+    failed = env.conditions("TableArchive", "events")["ArchiveSucceeded"]
+    print(f"archive beyond the budget: {len(s3_proxy.faults())} faults; {failed['reason']}: {failed['message']}")
+    assert failed["reason"] in ("UploadFailed", "StorageUnavailable")
+    assert len(ids_in_table(env.database, "events")) == 20001  # no row left the table
+    s3_proxy.script = lambda r: None
+    assert run_archive_job(env.kubeconfig, env.namespace, name="events") == 0
+    archived = [
+        i for t in archived_objects(env.s3, env.bucket, "public.events").values() for i in t.column("id").to_pylist()
+    ]
+    assert len(archived) == len(set(archived)) == 20000
+
+
+def test_unarchive_and_a_restore_test_ride_through_throttling(
+    archive_env: ArchiveEnv, backup_env: BackupEnv, s3_proxy: FaultProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = archive_env
+    make_events(env, 5000)
+    through_proxy = {**env.storage_spec, "endpoint": s3_proxy.url}
+    setup_archive(env, table="events", name="events", storage=through_proxy)
+    assert run_archive_job(env.kubeconfig, env.namespace, name="events") == 0
+    s3_proxy.script = lambda r: s3_error(503, "SlowDown", "reduce your request rate") if r.number % 3 == 0 else None
+    assert (
+        run_archive_job(
+            env.kubeconfig, env.namespace, "unarchive", "--from", "2000-01-01", "--to", "2100-01-01", name="events"
+        )
+        == 0
+    )
+    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*), count(DISTINCT id) FROM events_unarchived").fetchone()
+    assert row == (5000, 5000)
+
+    backup_env.setup(storage={**backup_env.storage_spec, "endpoint": s3_proxy.url})
+    assert backup_env.run() == 0
+    assert backup_env.run("verify") == 0
+    assert backup_env.conditions("DatabaseBackup", "orders")["Verified"]["status"] == "True"
+    retried = log_lines(capsys, "storage request failed; retrying")
+    print(f"unarchive, backup and verify under 503s: {len(s3_proxy.faults())} faults, {len(retried)} retries logged")
+    assert len(retried) >= len(s3_proxy.faults()) > 3
