@@ -117,8 +117,9 @@ def lost_connection(error: BaseException) -> ConnectionFailed | None:
         or error.sqlstate is None
         or str(error.sqlstate).startswith("08")
     ):
+        detail = redact(" ".join(str(error).split()))
         return ConnectionFailed(
-            f"the database connection was lost during the run ({redact(str(error).strip())}); what the run had "
-            "not committed was rolled back, and the next run carries on"
+            f"the database connection was lost during the run ({detail}); what the run had not committed was "
+            "rolled back, and the next run carries on"
         )
     return None

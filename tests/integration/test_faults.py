@@ -371,3 +371,51 @@ def test_unarchive_and_a_restore_test_ride_through_throttling(
     retried = log_lines(capsys, "storage request failed; retrying")
     print(f"unarchive, backup and verify under 503s: {len(s3_proxy.faults())} faults, {len(retried)} retries logged")
     assert len(retried) >= len(s3_proxy.faults()) > 3
+
+
+def test_a_network_cut_to_the_database_mid_archive_rolls_back_and_the_next_run_finishes(
+    archive_env: ArchiveEnv, toxiproxy: Toxiproxy, stack: LocalStack
+) -> None:
+    env = archive_env
+    make_events(env, 100000)
+    name = f"pg-{env.namespace}"
+    port = toxiproxy.proxy(name, f"127.0.0.1:{env.database['port']}")
+    direct = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
+    env.database = {**env.database, "port": str(port)}  # the Secret points the job at toxiproxy
+    toxic_s3 = f"s3-{env.namespace}"
+    s3_port = toxiproxy.proxy(toxic_s3, stack.s3_endpoint.removeprefix("http://"))
+    toxiproxy.add_toxic(toxic_s3, "slow", "bandwidth", stream="upstream", rate=1024)
+    toxiproxy.add_toxic(name, "lag", "latency", latency=20, jitter=10)  # a slow network, survived
+    setup_archive(
+        env,
+        table="events",
+        name="events",
+        batch={"rows": 5000},
+        storage={**env.storage_spec, "endpoint": f"http://127.0.0.1:{s3_port}"},
+    )
+
+    def cut_after_a_batch() -> None:
+        deadline = time.monotonic() + 60
+        with psycopg.connect(direct, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT count(*) FROM events").fetchone()
+                if row is not None and row[0] < 100001:
+                    toxiproxy.add_toxic(name, "cut", "reset_peer", timeout=0)  # every connection reset
+                    return
+                time.sleep(0.05)
+
+    cutter = threading.Thread(target=cut_after_a_batch, daemon=True)
+    cutter.start()
+    outcome = run_archive_job(env.kubeconfig, env.namespace, name="events")
+    cutter.join(timeout=90)
+    failed = env.conditions("TableArchive", "events")["ArchiveSucceeded"]
+    print(f"network cut mid-archive: exit {outcome}, {failed['reason']}: {failed['message']}")
+    assert outcome == 1
+    assert failed["reason"] == "ConnectionFailed"
+    toxiproxy.remove_toxic(name, "cut")
+    toxiproxy.remove_toxic(toxic_s3, "slow")
+    assert run_archive_job(env.kubeconfig, env.namespace, name="events") == 0
+    archived = [
+        i for t in archived_objects(env.s3, env.bucket, "public.events").values() for i in t.column("id").to_pylist()
+    ]
+    assert len(archived) == len(set(archived)) == 100000
