@@ -40,8 +40,10 @@ _ARROW_SCALARS: dict[str, Any] = {
 def arrow_type(column: Column) -> Any:
     kind = column.arrow_kind
     if kind.startswith("list:"):
-        element = kind.removeprefix("list:")
-        return pa.list_(_ARROW_SCALARS.get(element, pa.string()))
+        nested = _ARROW_SCALARS.get(kind.removeprefix("list:"), pa.string())
+        for _ in range(max(column.dimensions, 1)):
+            nested = pa.list_(nested)
+        return nested
     if kind == "timestamp":
         return pa.timestamp("us")
     if kind == "timestamptz":
@@ -135,18 +137,59 @@ def _finish(column: Column, array: Any) -> Any:
         return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=target)
     if kind.startswith("list:"):
         values = [None if v is None else json.loads(v) for v in array.to_pylist()]
-        if any(value and isinstance(value[0], list) for value in values):
-            # PostgreSQL keeps no dimensions in a column's type: an integer[] may hold {{1,2},{3,4}}, and
-            # all of an array's elements are at the same depth, so the first one tells.
-            quoted = '"' + column.name.replace('"', '""') + '"'
+        if kind in ("list:float32", "list:float64"):  # to_json writes Infinity and NaN as strings
+            values = [_special_floats(v) for v in values]
+        if any(value and _depth(value) != column.dimensions for value in values):
+            # Checked for the rows due before the first batch (with_array_dimensions): only a row written
+            # into the range since then gets here, and its batch rolls back.
             raise PermanentError(
-                f"column {column.name!r} ({column.pg_type}) holds a multi-dimensional array, which a list of "
-                f"its elements cannot store; leave those rows out with spec.filter, for example "
-                f"'coalesce(array_ndims({quoted}), 1) = 1'",
+                f"column {column.name!r} ({column.pg_type}) holds an array of other dimensions than the "
+                f"{column.dimensions} the run found before it started; the next run looks again",
                 reason=Reason.ENCODING_FAILED,
             )
-        return pa.array(values, type=target)
+        try:
+            return pa.array(values, type=target)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) holds a value its Parquet type cannot: {exc}",
+                reason=Reason.ENCODING_FAILED,
+            ) from exc
     return array
+
+
+_SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _special_floats(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return _SPECIAL_FLOATS.get(value, value) if isinstance(value, str) else value
+
+
+def _depth(value: Any) -> int:
+    """How deep a (non-empty) nested list goes: a PostgreSQL array's elements all sit at one depth."""
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return depth
+
+
+def pg_array_literal(value: list[Any]) -> str:
+    """A nested list as PostgreSQL's array text ({{1,2},{3,4}}, quoted strings), which casts back exactly."""
+    return "{" + ",".join(_pg_array_element(v) for v in value) + "}"
+
+
+def _pg_array_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, list):
+        return pg_array_literal(value)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int | float | Decimal):
+        return repr(value) if isinstance(value, float) else str(value)  # repr: the shortest exact float
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def schema_for(columns: Sequence[Column]) -> pa.Schema:
@@ -219,15 +262,28 @@ def _lists_as_json(table: pa.Table) -> pa.Table:
     return table
 
 
+def _arrays_as_pg_text(table: pa.Table, array_columns: Sequence[str]) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if field.name not in array_columns and not pa.types.is_list(field.type):
+            continue
+        values = table.column(index).to_pylist()
+        if not pa.types.is_list(field.type):  # a CSV-format file holds the JSON text of each array
+            values = [None if v is None else json.loads(v) for v in values]
+        texts = [None if v is None else pg_array_literal(v) for v in values]
+        table = table.set_column(index, field.name, pa.array(texts, type=pa.string()))
+    return table
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(type(value).__name__)
 
 
-def table_to_copy_csv(table: pa.Table) -> bytes:
-    """CSV for `COPY staging FROM STDIN (FORMAT csv)`: lists as JSON arrays, bytea as \\x hex."""
-    prepared = _lists_as_json(_binary_as_hex(table))
+def table_to_copy_csv(table: pa.Table, array_columns: Sequence[str] = ()) -> bytes:
+    """CSV for `COPY staging FROM STDIN (FORMAT csv)`: arrays (lists, or the JSON text of a CSV-format file)
+    as PostgreSQL array text at any depth, bytea as \\x hex."""
+    prepared = _arrays_as_pg_text(_binary_as_hex(table), array_columns)
     # Timestamps without zone must not gain a 'Z'; tz-aware ones print with it, which PostgreSQL reads.
     buffer = io.BytesIO()
     pacsv.write_csv(prepared, buffer, write_options=pacsv.WriteOptions(include_header=False))

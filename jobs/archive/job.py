@@ -31,7 +31,7 @@ from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.standbys import check_lag_visible
-from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock
+from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
 from jobs.archive.status import ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
     Connection,
@@ -125,6 +125,7 @@ class ArchiveJob:
         self.open_connection = opened.open_connection
         with conn:
             cutoff = datetime.now(UTC) - settings.older_than
+            info = with_array_dimensions(conn, settings, info, cutoff)  # refuses before any batch
             scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)
             if scan_warning:
                 log.warning("no index on the timestamp column", extra={"detail": scan_warning})

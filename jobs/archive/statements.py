@@ -7,12 +7,15 @@ filter, which the CRD documents as trusted.
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
 from common.conditions import format_time
+from common.errors import PermanentError
+from common.reasons import Reason
 from jobs.archive.encoding import select_list
 from jobs.archive.lanes import Lane
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
@@ -242,3 +245,50 @@ def oldest_row_time(conn: Connection, settings: ArchiveSettings, info: TableInfo
     ).fetchone()
     conn.rollback()
     return format_time(row[0]) if row and row[0] else None  # type: ignore[arg-type]
+
+
+def with_array_dimensions(conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> TableInfo:
+    """The table with each array column's dimensions as the rows due hold them, so that Parquet lists nest as
+    deep as the arrays do. Arrays that no one Parquet type stores exactly (a column whose due rows mix
+    dimensions, or lower bounds other than 1, as in '[0:2]={1,2,3}') are refused here, before the first batch.
+    One read of the rows due, only for a table with array columns."""
+    arrays = [c for c in info.columns if c.is_array]
+    if not arrays:
+        return info
+    measures = []
+    for column in arrays:
+        name = sql.Identifier(column.name)
+        measures.append(
+            sql.SQL("min(array_ndims({0})), max(array_ndims({0})), bool_or(array_dims({0}) !~ {1})").format(
+                name, sql.Literal(r"^(\[1:[0-9]+\])+$")
+            )
+        )
+    holds = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()  # none before a run
+    condition = eligible_condition(settings, info, cutoff, holds=bool(holds and holds[0]))
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(sql.SQL(", ").join(measures), table_name(settings), condition)
+    ).fetchone()
+    conn.rollback()
+    assert row is not None  # an aggregate always returns one row
+    dimensions: dict[str, int] = {}
+    for index, column in enumerate(arrays):
+        least, most, shifted = row[3 * index : 3 * index + 3]
+        quoted = '"' + column.name.replace('"', '""') + '"'
+        if least is not None and least != most:
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) holds arrays of {least} to {most} dimensions in the rows "
+                f"due; a Parquet list nests one depth. Archive one kind at a time with spec.filter, for example "
+                f"'coalesce(array_ndims({quoted}), {most}) = {most}'",
+                reason=Reason.ENCODING_FAILED,
+            )
+        if shifted:
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) holds arrays whose subscripts do not start at 1 "
+                f"(array_dims like [0:2]), which a Parquet list cannot keep; leave them out with spec.filter, for "
+                f"example 'array_lower({quoted}, 1) = 1'",
+                reason=Reason.ENCODING_FAILED,
+            )
+        dimensions[column.name] = int(str(most)) if most is not None else 1
+    columns = [replace(c, dimensions=dimensions[c.name]) if c.is_array else c for c in info.columns]
+    timestamp = next(c for c in columns if c.name == info.timestamp_column.name)
+    return replace(info, columns=columns, timestamp_column=timestamp)

@@ -61,6 +61,9 @@ class Column:
     # pg_attribute.attgenerated: "" for an ordinary column, "s" stored, "v" virtual (PostgreSQL 18's
     # default). Its values are archived; a load back leaves it out and the table computes it again.
     generated: str = ""
+    # For arrays: the dimensions of the values due (statements.with_array_dimensions); a Parquet list nests
+    # that deep. PostgreSQL keeps no dimensions in a column's type: an integer[] may hold {{1,2},{3,4}}.
+    dimensions: int = 1
 
     @property
     def arrow_kind(self) -> str:

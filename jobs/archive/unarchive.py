@@ -184,13 +184,9 @@ def _load(
     for column in columns:
         name = sql.Identifier(column.name)
         pg_type = _checked_type(column.pg_type, key)
-        if column.is_array:
-            staging_columns.append(sql.SQL("{} jsonb").format(name))
-            conversions.append(
-                sql.SQL(
-                    "CASE WHEN s.{0} IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(s.{0}))::{1} END"
-                ).format(name, pg_type)
-            )
+        if column.is_array:  # staged as PostgreSQL's array text, at any depth (table_to_copy_csv)
+            staging_columns.append(sql.SQL("{} text").format(name))
+            conversions.append(sql.SQL("s.{}::{}").format(name, pg_type))
         else:
             staging_columns.append(sql.SQL("{} {}").format(name, pg_type))
             conversions.append(sql.SQL("s.{}").format(name))
@@ -202,7 +198,7 @@ def _load(
         conn.cursor() as cursor,
         cursor.copy(sql.SQL("COPY cellar_staging ({}) FROM STDIN (FORMAT csv)").format(names)) as copy,
     ):
-        copy.write(table_to_copy_csv(table.select([c.name for c in columns])))
+        copy.write(table_to_copy_csv(table.select([c.name for c in columns]), [c.name for c in columns if c.is_array]))
     staged = conn.execute("SELECT count(*) FROM cellar_staging").fetchone()
     if not staged or int(str(staged[0])) != described["rows"]:
         raise PermanentError(
