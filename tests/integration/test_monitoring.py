@@ -19,7 +19,7 @@ import yaml
 
 from common.metrics import RUN_FAILURE, RUN_LAST_SUCCESS, RUN_METRICS, STATUS_METRICS
 from tests.harness.prometheus import Prometheus, rule_groups
-from tests.harness.stack import REPO, LocalStack, built_binaries
+from tests.harness.stack import REPO, LocalStack, built_binaries, free_port
 from tests.integration.archive_helpers import dsn, setup_archive
 from tests.integration.environments import ArchiveEnv, BackupEnv
 
@@ -149,6 +149,19 @@ def test_without_an_endpoint_nothing_is_pushed_or_loaded(backup_env: BackupEnv, 
     probe = "import sys, jobs.backup.__main__; print('opentelemetry.sdk' in sys.modules)"
     loaded = subprocess.run([".venv/bin/python", "-c", probe], cwd=REPO, capture_output=True, text=True)
     assert loaded.stdout == "False\n"
+
+
+def test_a_receiver_that_is_down_costs_a_warning_not_the_run(
+    backup_env: BackupEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed = free_port()  # nothing listens there
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    backup_env.setup("unheard")
+    assert backup_env.run(name="unheard") == 0
+    out = capsys.readouterr().out
+    assert '"msg": "metrics were not pushed' in out
+    assert "Completed" in str(backup_env.conditions("DatabaseBackup", "unheard")["BackupSucceeded"]["reason"])
 
 
 def test_promtool_checks_and_unit_tests_every_alert(tmp_path: Path) -> None:
