@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -44,10 +45,10 @@ def arrow_type(column: Column) -> Any:
         for _ in range(max(column.dimensions, 1)):
             nested = pa.list_(nested)
         return nested
-    if kind == "timestamp":
-        return pa.timestamp("us")
-    if kind == "timestamptz":
-        return pa.timestamp("us", tz="UTC")
+    if kind == "struct":
+        return pa.struct([pa.field(name, _ARROW_SCALARS[field_kind]) for name, field_kind in column.fields])
+    if kind in ("timestamp", "timestamptz"):
+        return pa.timestamp("us", tz="UTC" if kind == "timestamptz" else None)
     if kind == "decimal":
         return pa.decimal128(column.numeric_precision or 38, column.numeric_scale or 0)
     if kind == "binary":
@@ -68,7 +69,7 @@ def select_list(columns: Sequence[Column]) -> sql.Composed:
             expression = sql.SQL("encode({}, 'hex')").format(name)
         elif kind.startswith("list:string"):
             expression = sql.SQL("to_json({}::text[])").format(name)
-        elif kind.startswith("list:"):
+        elif kind.startswith("list:") or kind == "struct":
             expression = sql.SQL("to_json({})").format(name)
         elif kind == "string" and column.base not in ("text", "varchar", "bpchar", "name"):
             expression = sql.SQL("{}::text").format(name)
@@ -82,7 +83,7 @@ def _csv_read_type(column: Column) -> Any:
     kind = column.arrow_kind
     if kind in ("timestamp", "timestamptz"):
         return pa.timestamp("us")
-    if kind in ("decimal", "binary") or kind.startswith("list:"):
+    if kind in ("decimal", "binary", "struct") or kind.startswith("list:"):
         return pa.string()
     return arrow_type(column)
 
@@ -135,6 +136,8 @@ def _finish(column: Column, array: Any) -> Any:
             ) from exc
     if kind == "binary":
         return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=target)
+    if kind == "struct":
+        return _structs(column, array, target)
     if kind.startswith("list:"):
         values = [None if v is None else json.loads(v) for v in array.to_pylist()]
         if kind in ("list:float32", "list:float64"):  # to_json writes Infinity and NaN as strings
@@ -155,6 +158,47 @@ def _finish(column: Column, array: Any) -> Any:
                 reason=Reason.ENCODING_FAILED,
             ) from exc
     return array
+
+
+def _structs(column: Column, array: Any, target: Any) -> Any:
+    """to_json's objects as struct values: numbers and booleans as they are, every other field as its exact
+    text (a numeric keeps its digits: JSON numbers are read as Decimal)."""
+    values: list[dict[str, Any] | None] = []
+    for text in array.to_pylist():
+        if text is None:
+            values.append(None)
+            continue
+        record = json.loads(text, parse_float=Decimal)
+        value: dict[str, Any] = {}
+        for name, kind in column.fields:
+            field = record.get(name)
+            if field is None or kind in ("int16", "int32", "int64", "bool"):
+                value[name] = field
+            elif kind in ("float32", "float64"):
+                value[name] = _SPECIAL_FLOATS.get(field, field) if isinstance(field, str) else float(field)
+            else:
+                value[name] = field if isinstance(field, str) else str(field)
+        values.append(value)
+    try:
+        return pa.array(values, type=target)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PermanentError(
+            f"column {column.name!r} ({column.pg_type}) holds a value its Parquet struct cannot: {exc}",
+            reason=Reason.ENCODING_FAILED,
+        ) from exc
+
+
+def struct_as_json(value: dict[str, Any]) -> str:
+    """A struct value as the JSON jsonb_populate_record reads: non-finite floats as PostgreSQL spells them."""
+    return json.dumps({k: _json_float(v) if isinstance(v, float) else v for k, v in value.items()})
+
+
+def _json_float(value: float) -> Any:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
 
 _SPECIAL_FLOATS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
@@ -225,7 +269,7 @@ def encode(table: pa.Table, file_format: str, dictionary_columns: list[str] | No
         body: bytes = sink.getvalue().to_pybytes()
         return body
     text = io.BytesIO()
-    pacsv.write_csv(_lists_as_json(_binary_as_hex(table)), text)
+    pacsv.write_csv(_structs_as_json(_lists_as_json(_binary_as_hex(table))), text)
     return gzip.compress(text.getvalue(), compresslevel=6)
 
 
@@ -262,6 +306,14 @@ def _lists_as_json(table: pa.Table) -> pa.Table:
     return table
 
 
+def _structs_as_json(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_struct(field.type):
+            values = [None if v is None else struct_as_json(v) for v in table.column(index).to_pylist()]
+            table = table.set_column(index, field.name, pa.array(values, type=pa.string()))
+    return table
+
+
 def _arrays_as_pg_text(table: pa.Table, array_columns: Sequence[str]) -> pa.Table:
     for index, field in enumerate(table.schema):
         if field.name not in array_columns and not pa.types.is_list(field.type):
@@ -283,7 +335,7 @@ def _json_default(value: Any) -> Any:
 def table_to_copy_csv(table: pa.Table, array_columns: Sequence[str] = ()) -> bytes:
     """CSV for `COPY staging FROM STDIN (FORMAT csv)`: arrays (lists, or the JSON text of a CSV-format file)
     as PostgreSQL array text at any depth, bytea as \\x hex."""
-    prepared = _arrays_as_pg_text(_binary_as_hex(table), array_columns)
+    prepared = _structs_as_json(_arrays_as_pg_text(_binary_as_hex(table), array_columns))
     # Timestamps without zone must not gain a 'Z'; tz-aware ones print with it, which PostgreSQL reads.
     buffer = io.BytesIO()
     pacsv.write_csv(prepared, buffer, write_options=pacsv.WriteOptions(include_header=False))

@@ -64,10 +64,14 @@ class Column:
     # For arrays: the dimensions of the values due (statements.with_array_dimensions); a Parquet list nests
     # that deep. PostgreSQL keeps no dimensions in a column's type: an integer[] may hold {{1,2},{3,4}}.
     dimensions: int = 1
+    # A composite type whose fields are all scalars: (field, kind) pairs, stored as a Parquet struct.
+    fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def arrow_kind(self) -> str:
-        """How the column is stored: a key of NATIVE's values, `list:<elem>`, or `string`."""
+        """How the column is stored: a key of NATIVE's values, `list:<elem>`, `struct`, or `string`."""
+        if self.fields:
+            return "struct"
         if self.is_array:
             return f"list:{NATIVE[self.base]}" if self.base in LIST_ELEMENTS else "list:string"
         kind = NATIVE.get(self.base, "string")
@@ -100,13 +104,23 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod),
        t.typcategory = 'A',
        CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
        CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod > 0 THEN (a.atttypmod - 4) & 65535 END,
-       a.attgenerated::text
+       a.attgenerated::text,
+       CASE WHEN t.typtype = 'c' THEN t.typrelid END
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
+
+# A composite's fields; one that is an array, a composite, or JSON makes the whole value travel as text.
+_FIELDS = """
+SELECT a.attname, t.typname, t.typtype IN ('b', 'e', 'r', 'm', 'd') AND t.typcategory <> 'A'
+       AND t.typname NOT IN ('json', 'jsonb')
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+STRUCT_FIELD_KINDS = ("int16", "int32", "int64", "float32", "float64", "bool")
 
 _PRIMARY_KEY = """
 SELECT a.attname FROM pg_index i
@@ -120,6 +134,18 @@ SELECT format('%%I.%%I', n.nspname, c.relname), con.conname
 FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE con.contype = 'f' AND con.confrelid = %s AND con.confdeltype = 'c'
 """
+
+
+def composite_fields(conn: Connection, relid: int) -> tuple[tuple[str, str], ...]:
+    """A flat composite's fields and how each is stored (a number or boolean natively, else its exact text);
+    () when a field is itself an array, a composite or JSON: the value then travels as its text."""
+    rows = conn.execute(_FIELDS, (relid,)).fetchall()
+    if not rows or not all(bool(r[2]) for r in rows):
+        return ()
+    kinds = [NATIVE.get(str(r[1]), "string") for r in rows]
+    return tuple(
+        (str(r[0]), kind if kind in STRUCT_FIELD_KINDS else "string") for r, kind in zip(rows, kinds, strict=True)
+    )
 
 
 def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
@@ -139,6 +165,7 @@ def describe_table(conn: Connection, settings: ArchiveSettings) -> TableInfo:
             int(str(r[4])) if r[4] is not None else None,
             int(str(r[5])) if r[5] is not None else None,
             str(r[6] or ""),
+            fields=composite_fields(conn, int(str(r[7]))) if r[7] is not None else (),
         )
         for r in conn.execute(_COLUMNS, (oid,)).fetchall()
     ]

@@ -160,6 +160,7 @@ def _manifest_columns(manifest: dict[str, Any], key: str, info: TableInfo) -> li
                 column.numeric_precision,
                 column.numeric_scale,
                 column.generated,
+                fields=column.fields,
             )
         )
     return columns
@@ -187,6 +188,14 @@ def _load(
         if column.is_array:  # staged as PostgreSQL's array text, at any depth (table_to_copy_csv)
             staging_columns.append(sql.SQL("{} text").format(name))
             conversions.append(sql.SQL("s.{}::{}").format(name, pg_type))
+        elif column.fields:  # a composite: JSON from a struct, or its text from a file written before structs
+            staging_columns.append(sql.SQL("{} text").format(name))
+            conversions.append(
+                sql.SQL(
+                    "CASE WHEN left(s.{0}, 1) = '{{' THEN jsonb_populate_record(NULL::{1}, s.{0}::jsonb) "
+                    "ELSE s.{0}::{1} END"
+                ).format(name, pg_type)
+            )
         else:
             staging_columns.append(sql.SQL("{} {}").format(name, pg_type))
             conversions.append(sql.SQL("s.{}").format(name))

@@ -17,6 +17,8 @@ from tests.integration.environments import ArchiveEnv
 EVERY_TYPE = r"""
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE TYPE point3 AS (x double precision, y double precision, label text);
+CREATE TYPE detail AS (amount numeric(12,3), at timestamptz, m mood, ok boolean, n int, f real);
+CREATE TYPE nested AS (p point3, tag text);
 CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
 CREATE DOMAIN pair AS integer[] CHECK (cardinality(VALUE) = 2);
 CREATE TABLE things (
@@ -24,7 +26,8 @@ CREATE TABLE things (
     grid integer[][], matrix float8[], cube text[], moods mood[], amounts numeric(10,2)[], stamps timestamptz[],
     spans int4range[], period tstzrange, money_spans nummultirange, gap interval, price money,
     host inet, net cidr, mac macaddr, mac8 macaddr8, flags bit(8), bits varbit, doc xml, words tsvector,
-    place point3, places point3[], count positive, two pair, nothing text, nothing_array integer[]
+    place point3, places point3[], info detail, deep nested, count positive, two pair, nothing text,
+    nothing_array integer[]
 );
 INSERT INTO things
 SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
@@ -40,6 +43,10 @@ SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
        (g % 256)::bit(8), B'10101', xmlparse(document '<a b="1">t &amp; ' || g || '</a>'),
        to_tsvector('english', 'the quick brown foxes jumped ' || g),
        ROW(g, -g, 'label, "quoted"')::point3, ARRAY[ROW(1, 2, 'x')::point3, NULL],
+       CASE g % 5 WHEN 0 THEN NULL WHEN 1 THEN ROW(NULL, NULL, NULL, NULL, NULL, NULL)::detail
+            ELSE ROW(g * 1.001, '2024-01-01'::timestamptz + g * interval '1 minute', 'ok', g % 2 = 0, -g,
+                     CASE WHEN g % 7 = 0 THEN 'NaN'::real ELSE g / 3.0 END)::detail END,
+       ROW(ROW(g, 0, NULL)::point3, 'tag ' || g)::nested,
        g, ARRAY[g, g + 1], NULL, NULL
 FROM generate_series(1, 50) g;
 INSERT INTO things (id, created_at, grid, cube) VALUES (1000, '2024-06-01', '{}', '{}');  -- empty arrays
@@ -67,6 +74,9 @@ def test_every_type_archives_reads_in_duckdb_and_unarchives_equal(archive_env: A
     assert schema.field("matrix").type == pa.list_(pa.list_(pa.list_(pa.float64())))
     assert schema.field("cube").type == pa.list_(pa.list_(pa.string()))
     assert schema.field("moods").type == pa.list_(pa.string())
+    assert schema.field("place").type == pa.struct([("x", pa.float64()), ("y", pa.float64()), ("label", pa.string())])
+    assert schema.field("info").type.get_field_index("amount") == 0  # a struct; its numeric as exact text
+    assert schema.field("deep").type == pa.string()  # a composite holding a composite: its exact text
 
     local = Path(env.kubeconfig).parent / "lake-types"
     for key in objects:
@@ -76,12 +86,12 @@ def test_every_type_archives_reads_in_duckdb_and_unarchives_equal(archive_env: A
     found = (
         duckdb.connect()
         .execute(
-            "SELECT grid[2][1], matrix[1][1][2], cube[2][2] "
+            "SELECT grid[2][1], matrix[1][1][2], cube[2][2], place.x, info.amount "
             f"FROM read_parquet('{local}/test/public.things/*/*.parquet') WHERE id = 7"
         )
         .fetchone()
     )
-    assert found == (-7, float("inf"), "new\nline, {braces}")
+    assert found == (-7, float("inf"), "new\nline, {braces}", 7.0, "7.007")
 
     assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", name="things") == 0
     restored = rows(env.database, "things_unarchived")
@@ -111,3 +121,14 @@ def test_arrays_no_parquet_type_stores_exactly_are_refused_before_the_first_batc
     assert env.run(name="shapes") == 3
     assert "do not start at 1" in env.conditions("TableArchive", "shapes")["ArchiveSucceeded"]["message"]
     assert len(ids_in_table(env.database, "shapes")) == 20
+
+
+def test_every_type_round_trips_through_gzip_csv_files_too(archive_env: ArchiveEnv) -> None:
+    env = archive_env
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute(EVERY_TYPE)
+    before = rows(env.database, "things")
+    setup_archive(env, table="things", name="things", format="CSVGzip")
+    assert env.run(name="things") == 0
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", name="things") == 0
+    assert rows(env.database, "things_unarchived") == before[:-1]
