@@ -25,6 +25,7 @@ from common.runtime import Interrupts
 from common.storage import ObjectStore
 from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunTotals, rollback_quietly
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
+from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, live_changes, parse_archive_spec
 from jobs.archive.standbys import StandbyGate
 from jobs.archive.statements import due_range
@@ -71,6 +72,7 @@ class Archiver:
         self.on_progress = on_progress
         self.tuning = tuning
         self.batches = BatchWorker(conn, store, settings, info, cutoff, run_id, tuning, recipients)
+        self.run_id = run_id
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         self._totals_lock = threading.Lock()
@@ -93,11 +95,38 @@ class Archiver:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
         self._started = self._settings_read_at = time.monotonic()
         try:
+            whole = self._whole_partitions()
             if self._open_connection is None:
-                return self._run_one_at_a_time()
-            return self._run_lanes(self._lanes(), self._open_connection)
+                totals, stopped = self._run_one_at_a_time()
+            else:
+                totals, stopped = self._run_lanes(self._lanes(), self._open_connection)
+            for result in whole:
+                totals.add(as_batch_result(result))
+                totals.partitions += 1
+            return totals, stopped
         finally:
             self.batches.close()
+
+    def _whole_partitions(self) -> list[PartitionResult]:
+        """Partitions wholly before the cutoff go first, each read once and dropped (partitions.py); the row
+        batches then take what is left (partitions that straddle the cutoff, the default partition)."""
+        if self._open_connection is None:
+            return []
+        whole = PartitionArchiver(
+            self.conn,
+            self._open_connection,
+            self.batches,
+            self.settings,
+            self.info,
+            self.cutoff,
+            self.run_id,
+            keep_detached=self.settings.keep_detached,
+        )
+        done = whole.run(self._stopping)
+        self.interrupts.check()
+        if done:
+            self.on_progress(sum(r.rows for r in done))
+        return done
 
     def _lanes(self) -> list[Lane]:
         if self.settings.parallelism <= 1:

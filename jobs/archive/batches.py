@@ -65,6 +65,7 @@ class RunTotals:
     batches: int = 0
     objects: int = 0  # data files, manifests not counted
     longest_transaction_seconds: float = 0.0
+    partitions: int = 0  # of the batches: partitions archived whole (partitions.py)
 
     def add(self, result: BatchResult) -> None:
         self.rows += result.rows
@@ -266,6 +267,12 @@ class BatchWorker:
             },
         )
         return result
+
+    def publish_rows(self, batch_id: str, table: pa.Table) -> list[ledger.LedgerEntry]:
+        """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction
+        (a whole partition's day: partitions.py records them and commits)."""
+        dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
+        return self._publish_batch(batch_id, self._pieces(table), dictionary)
 
     def _pieces(self, table: pa.Table) -> list[tuple[str | None, pa.Table]]:
         pieces: list[tuple[str | None, pa.Table]] = []

@@ -27,6 +27,19 @@ from jobs.archive.table import Connection, TableInfo
 log = logging.getLogger(__name__)
 
 
+def detached_partitions(conn: Connection, settings: ArchiveSettings) -> list[str]:
+    """Partitions a run detached and has not archived yet (state `detaching`, detached from the parent)."""
+    found = conn.execute("SELECT to_regclass('cellar.archive_partitions') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        return []
+    rows = conn.execute(
+        "SELECT p.partition FROM cellar.archive_partitions p JOIN pg_class c ON c.oid = to_regclass(p.partition) "
+        "WHERE p.relation = %s AND p.state = 'detaching' AND NOT c.relispartition",
+        (settings.relation,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: TableInfo, table: pa.Table) -> int:
     """How many of `table`'s rows (by primary key) are in the source table."""
     keys = list(info.primary_key)
@@ -38,9 +51,12 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
         for k in keys
     )
     join = sql.SQL(" AND ").join(sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k)) for k in keys)
-    query = sql.SQL("SELECT count(*) FROM {} t JOIN unnest({}) AS k({}) ON {}").format(
-        table_name(settings), arrays, sql.SQL(", ").join(sql.Identifier(k) for k in keys), join
-    )
+    columns = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
+    # A partition archived whole is detached before it is read: a crashed run's objects of it have their rows
+    # there (partitions.py), not in the parent.
+    sources = [table_name(settings), *(sql.SQL(name) for name in detached_partitions(conn, settings))]
+    union = sql.SQL(" UNION ").join(sql.SQL("SELECT {} FROM {}").format(columns, source) for source in sources)
+    query = sql.SQL("SELECT count(*) FROM ({}) t JOIN unnest({}) AS k({}) ON {}").format(union, arrays, columns, join)
     row = conn.execute(query).fetchone()
     return int(str(row[0])) if row else 0
 

@@ -29,6 +29,7 @@ from jobs.archive import ledger
 from jobs.archive.archiver import Archiver
 from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.standbys import check_lag_visible
 from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
@@ -193,6 +194,7 @@ class ArchiveJob:
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
                 f"{settings.relation} in {duration:.1f}s"
+                + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
                 + archiver.standbys.waited_note()
                 + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
                 + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
@@ -323,6 +325,7 @@ class ArchiveJob:
         scan_warning: str | None = None,
     ) -> str:
         report = dry_run_report(conn, settings, info, cutoff)
+        whole = [p.name for p in due_partitions(conn, settings, info, cutoff)]
         log.info(
             "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
         )
@@ -334,6 +337,7 @@ class ArchiveJob:
             f"{report['oldest']} to {report['newest']}) of {settings.relation} are older than "
             f"{format_time(cutoff)}; nothing was changed."
             + (f" Warning: {scan_warning}" if scan_warning else "")
+            + (f" Partitions archived whole (detached, read once, dropped): {', '.join(whole)}." if whole else "")
             + (f" Layout: {advice}." if advice else "")
             + f" Plan of one batch:\n{report['plan']}"
         )

@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS cellar.archive_holds (
     key      text NOT NULL,
     PRIMARY KEY (relation, key)
 );
+CREATE TABLE IF NOT EXISTS cellar.archive_partitions (
+    relation   text NOT NULL,
+    partition  text NOT NULL,
+    state      text NOT NULL,
+    run_id     text NOT NULL,
+    rows       bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relation, partition)
+);
+COMMENT ON TABLE cellar.archive_partitions IS
+    'Partitions archived whole: detaching (a run is on it, or crashed on it), archived (dropped) or kept';
 COMMENT ON TABLE cellar.archive_holds IS
     'Rows brought back into their source table by cellar unarchive; the archiver does not archive them again';
 """

@@ -41,6 +41,8 @@ class ArchiveSettings:
     dry_run: bool
     allow_cascade: bool
     encryption: EncryptionSpec | None = None
+    whole_partitions: bool = True  # spec.partitions.archiveWhole
+    keep_detached: bool = False  # spec.partitions.keepDetached
 
     @property
     def relation(self) -> str:
@@ -93,6 +95,8 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
         encryption=parse_encryption_spec(reader.child("encryption")),
+        whole_partitions=reader.child("partitions").boolean("archiveWhole", True),
+        keep_detached=reader.child("partitions").boolean("keepDetached"),
     )
 
 

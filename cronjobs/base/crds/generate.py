@@ -741,6 +741,18 @@ def table_archive() -> dict[str, Any]:
         "table (mode Move) once they are safely in storage.",
         {
             "database": database_connection(),
+            "partitions": obj(
+                "For a table range-partitioned on timestampColumn (declarative, pg_partman too): partitions whose "
+                "whole range lies before the cutoff are detached, read once and dropped instead of deleted row by "
+                "row; the rest goes in batches. Not in Copy mode, with a filter, or while unarchived rows are held.",
+                {
+                    "archiveWhole": boolean("Archive whole partitions (default true).", True),
+                    "keepDetached": boolean(
+                        "Keep each archived partition as a detached table instead of dropping it.", False
+                    ),
+                },
+                default={},
+            ),
             "metrics": metrics_push(),
             "storage": object_storage(),
             "table": obj(

@@ -1,0 +1,172 @@
+"""Partition benchmark: cellar archiving whole partitions against the floor, in one run.
+
+A table of --rows rows (default 5 million) of the archive benchmark's columns, range-partitioned by month on
+created_at over 5 years, about 80% of the rows in partitions wholly older than the cutoff (365 days). Each
+variant runs on its own copy of the database (CREATE DATABASE ... TEMPLATE), dropped once measured:
+
+  (a) the floor: for each partition wholly before the cutoff, COPY it TO STDOUT into /dev/null, then DROP it
+  (c) cellar's archiver with its defaults: those partitions detached, read once into Parquet, dropped; the
+      due rows of the partition that straddles the cutoff in row batches
+
+(a) and (c) take turns for --rounds rounds. Printed: rows per second of each, (c)'s rows per second over
+(a)'s (target: at least 0.8), and the longest time any transaction held an ACCESS EXCLUSIVE lock on the
+parent table while (c) ran, sampled every 20 ms from pg_locks (target: under 1 s). Run:
+
+    .venv/bin/python -m benchmarks.partition_bench              (--rows 1000000 for a quicker look)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from benchmarks.archive_bench import COLUMNS, cellar, drop, fresh_copy
+from benchmarks.measure import install_cellar
+from tests.harness.stack import LocalStack, s3_client
+
+TEMPLATE = "partition_template"
+CUTOFF_AGE_DAYS = 365
+
+
+def generate(stack: LocalStack, rows: int) -> None:
+    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    with psycopg.connect(stack.pg_dsn(TEMPLATE), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id bigint, created_at timestamptz NOT NULL, customer int, amount numeric(12, 2), "
+            "status text, note text, payload jsonb, ref uuid, PRIMARY KEY (id, created_at)) "
+            "PARTITION BY RANGE (created_at)"
+        )
+        conn.execute(
+            "DO $$ DECLARE m timestamptz; BEGIN "
+            "FOR m IN SELECT generate_series(date_trunc('month', now() - interval '1830 days'), "
+            "date_trunc('month', now() + interval '31 days'), interval '1 month') LOOP "
+            "EXECUTE format('CREATE TABLE %I PARTITION OF orders FOR VALUES FROM (%L) TO (%L)', "
+            "'orders_' || to_char(m, 'YYYYMM'), m, m + interval '1 month'); END LOOP; END $$"
+        )
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - (g::float8 / %s) * interval '1825 days', "
+            "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
+            "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
+            "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
+            "md5(g::text || 'x')::uuid FROM generate_series(1, %s) g",
+            (rows, rows),
+        )
+        conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
+        conn.execute("VACUUM ANALYZE orders")
+
+
+def whole_partitions(dsn: str) -> list[tuple[str, int]]:
+    """The partitions wholly before the cutoff and their rows."""
+    with psycopg.connect(dsn) as conn:
+        names = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'orders'::regclass AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), "
+            "'TO \\(''(.*)''\\)'))[1]::timestamptz <= now() - %s * interval '1 day' ORDER BY 1",
+            (CUTOFF_AGE_DAYS,),
+        ).fetchall()
+        found = []
+        for (name,) in names:
+            counted = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+            found.append((str(name), int(str(counted[0])) if counted else 0))
+        return found
+
+
+def floor(stack: LocalStack, attempt: int) -> dict[str, Any]:
+    database = f"partition_a_{attempt}"
+    dsn = fresh_copy(stack, database, TEMPLATE)
+    partitions = whole_partitions(dsn)
+    started = time.monotonic()
+    with psycopg.connect(dsn) as conn:
+        for name, _ in partitions:
+            with conn.cursor().copy(f"COPY (SELECT {COLUMNS} FROM {name}) TO STDOUT") as copy:
+                for _chunk in copy:
+                    pass
+            conn.execute(f"DROP TABLE {name}")
+            conn.commit()
+    wall = time.monotonic() - started
+    drop(stack, database)
+    rows = sum(n for _, n in partitions)
+    return {"wall": wall, "rows": rows, "rows_per_second": rows / wall, "partitions": len(partitions)}
+
+
+class ParentLockWatch(threading.Thread):
+    """Samples pg_locks every 20 ms for an ACCESS EXCLUSIVE lock on the parent; the longest hold seen."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.stop, self.longest = dsn, threading.Event(), 0.0
+
+    def run(self) -> None:
+        held_since: float | None = None
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass "
+                    "AND mode = 'AccessExclusiveLock' AND granted"
+                ).fetchone()
+                now = time.monotonic()
+                if row and row[0]:
+                    held_since = held_since or now
+                    self.longest = max(self.longest, now - held_since)
+                else:
+                    held_since = None
+                time.sleep(0.02)
+
+
+def cellar_run(stack: LocalStack, kubeconfig: Any, api: Any, attempt: int) -> dict[str, Any]:
+    database = f"partition_c_{attempt}"
+    dsn = fresh_copy(stack, database, TEMPLATE)
+    whole = sum(n for _, n in whole_partitions(dsn))
+    watch = ParentLockWatch(dsn)
+    watch.start()
+    result = cellar(stack, database, "partition-bench", kubeconfig, api, "Daily", attempt, {}, name=f"part-{attempt}")
+    watch.stop.set()
+    watch.join()
+    drop(stack, database)
+    return {
+        **result,
+        "whole_partition_rows": whole,
+        "rows_per_second": result["rows"] / result["wall"],
+        "parent_exclusive_seconds": watch.longest,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    stack = LocalStack().start()
+    try:
+        s3_client(stack.s3_endpoint).create_bucket(Bucket="partition-bench")
+        kubeconfig, api = install_cellar(stack, "archive")
+        started = time.monotonic()
+        generate(stack, args.rows)
+        print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        for attempt in range(1, args.rounds + 1):
+            a = floor(stack, attempt)
+            c = cellar_run(stack, kubeconfig, api, attempt)
+            print(
+                json.dumps(
+                    {
+                        "round": attempt,
+                        "floor": {k: round(v, 2) if isinstance(v, float) else v for k, v in a.items()},
+                        "cellar": {k: round(v, 2) if isinstance(v, float) else v for k, v in c.items()},
+                        "ratio_rows_per_second": round(c["rows_per_second"] / a["rows_per_second"], 2),
+                    }
+                )
+            )
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

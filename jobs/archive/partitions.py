@@ -1,0 +1,269 @@
+"""Whole partitions: a partition of a table range-partitioned on its timestamp column whose whole range lies
+before the cutoff is archived with one read per day (no row locks, no deletes), then dropped.
+
+Each partition, with the guarantee of archiver.md at every step:
+1. cellar.archive_partitions records that it is being detached (state `detaching`), committed.
+2. DETACH PARTITION: CONCURRENTLY (the parent stays open to readers and writers) unless the table has a default
+   partition, which forbids it; then a plain DETACH, which holds the parent's ACCESS EXCLUSIVE lock for a
+   moment, under lockTimeout. The rows are now in a table of their own, still in the database.
+3. One transaction: LOCK that table EXCLUSIVE (a writer that names it waits, so no row arrives after it was
+   read), read it day by day with COPY, publish each day's rows exactly as a batch does (encode, upload and
+   verify, manifest, ledger rows), check that the ledger rows add up to its count, DROP it (or keep it, with
+   spec.partitions.keepDetached), mark it `archived`, COMMIT. A crash before the COMMIT leaves the table with
+   every row, and objects no ledger row describes, which cleanup removes after finding their rows in that
+   table; after the COMMIT the rows are in recorded objects only.
+A run first finishes what a crashed one left `detaching`: FINALIZE a concurrent detach the crash cut short,
+detach one still attached, then step 3. Rows a writer sends through the parent into a detached range fail, or
+land in the default partition, which row batches archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from psycopg import sql
+
+from common.errors import PermanentError
+from common.failpoints import failpoint
+from common.reasons import Reason
+from jobs.archive import ledger
+from jobs.archive.batches import BatchResult, BatchWorker, rollback_quietly
+from jobs.archive.encoding import csv_to_table, select_list
+from jobs.archive.objects import sort_batch
+from jobs.archive.settings import ArchiveSettings
+from jobs.archive.statements import copy_out, table_name
+from jobs.archive.table import Connection, TableInfo
+
+log = logging.getLogger(__name__)
+
+_UPPER_BOUND = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$")
+
+_CHILDREN = """
+SELECT format('%%I.%%I', n.nspname, c.relname), pg_get_expr(c.relpartbound, c.oid)
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.inhparent = %s AND NOT i.inhdetachpending
+"""
+
+_RANGE_ON_TIMESTAMP = """
+SELECT pt.partdefid <> 0 FROM pg_partitioned_table pt
+JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+WHERE pt.partrelid = %s AND pt.partstrat = 'r' AND pt.partnatts = 1 AND a.attname = %s
+"""
+
+
+@dataclass(frozen=True)
+class WholePartition:
+    name: str  # schema-qualified and quoted, as format('%I.%I') writes it
+    upper: str  # the bound's literal, as pg_get_expr writes it
+
+
+def applies(conn: Connection, settings: ArchiveSettings, info: TableInfo) -> bool | None:
+    """Whether the table can have partitions archived whole: None when it is not range-partitioned on the
+    timestamp column; else whether it has a default partition."""
+    row = conn.execute(_RANGE_ON_TIMESTAMP, (info.oid, info.timestamp_column.name)).fetchone()
+    conn.rollback()
+    return None if row is None else bool(row[0])
+
+
+def due_partitions(
+    conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime
+) -> list[WholePartition]:
+    """The parent's partitions whose whole range lies before the cutoff, oldest first. None in Copy mode,
+    with a filter (rows it leaves out must stay), or while unarchived rows of the table are held."""
+    if settings.mode != "Move" or settings.filter_sql or not settings.whole_partitions:
+        return []
+    if applies(conn, settings, info) is None:
+        return []
+    ledger_exists = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()
+    if ledger_exists and ledger_exists[0]:  # none before the first run
+        held = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM cellar.archive_holds WHERE relation = %s)", (settings.relation,)
+        ).fetchone()
+        if held and held[0]:
+            conn.rollback()
+            return []
+    found = []
+    for name, bound in conn.execute(_CHILDREN, (info.oid,)).fetchall():
+        matched = _UPPER_BOUND.match(str(bound))
+        if matched is None or "MAXVALUE" in matched.group(2):
+            continue  # the default partition, or one open above: never whole
+        upper = matched.group(2)
+        before = conn.execute(
+            sql.SQL("SELECT ({}::{})::timestamptz <= {}").format(
+                sql.SQL(upper), sql.SQL(info.timestamp_column.pg_type), sql.Literal(cutoff)
+            )
+        ).fetchone()
+        if before and before[0]:
+            found.append(WholePartition(str(name), upper))
+    conn.rollback()
+    return sorted(found, key=lambda p: p.upper)
+
+
+def pending(conn: Connection, settings: ArchiveSettings) -> list[str]:
+    """Partitions a crashed run left `detaching` whose table still exists."""
+    rows = conn.execute(
+        "SELECT partition FROM cellar.archive_partitions WHERE relation = %s AND state = 'detaching' "
+        "AND to_regclass(partition) IS NOT NULL ORDER BY updated_at",
+        (settings.relation,),
+    ).fetchall()
+    conn.rollback()
+    return [str(r[0]) for r in rows]
+
+
+@dataclass
+class PartitionResult:
+    name: str
+    rows: int
+    objects: int
+    bytes: int
+    seconds: float
+
+
+class PartitionArchiver:
+    def __init__(
+        self,
+        conn: Connection,
+        open_connection: Callable[[], Connection],
+        worker: BatchWorker,
+        settings: ArchiveSettings,
+        info: TableInfo,
+        cutoff: datetime,
+        run_id: str,
+        keep_detached: bool,
+    ) -> None:
+        self.conn, self.open_connection, self.worker = conn, open_connection, worker
+        self.settings, self.info, self.cutoff, self.run_id = settings, info, cutoff, run_id
+        self.keep_detached = keep_detached
+
+    def run(self, should_stop: Callable[[], bool]) -> list[PartitionResult]:
+        """Finish what a crashed run left, then archive every due partition whole; stops between partitions."""
+        done: list[PartitionResult] = []
+        for name in pending(self.conn, self.settings):
+            if should_stop():
+                return done
+            self._detach(name)
+            done.append(self._archive(name))
+        for partition in due_partitions(self.conn, self.settings, self.info, self.cutoff):
+            if should_stop():
+                return done
+            self.conn.execute(
+                "INSERT INTO cellar.archive_partitions (relation, partition, state, run_id) VALUES (%s, %s, "
+                "'detaching', %s) ON CONFLICT (relation, partition) DO UPDATE SET state = 'detaching', "
+                "run_id = excluded.run_id, updated_at = now()",
+                (self.settings.relation, partition.name, self.run_id),
+            )
+            self.conn.commit()
+            self._detach(partition.name)
+            done.append(self._archive(partition.name))
+        return done
+
+    def _detach(self, name: str) -> None:
+        """Detach `name` from the parent if it still hangs there (or FINALIZE a detach a crash interrupted)."""
+        row = self.conn.execute(
+            "SELECT i.inhdetachpending FROM pg_inherits i WHERE i.inhrelid = to_regclass(%s) AND i.inhparent = %s",
+            (name, self.info.oid),
+        ).fetchone()
+        self.conn.rollback()
+        if row is None:
+            return  # detached already
+        parent, child = table_name(self.settings), sql.SQL(name)
+        with self.open_connection() as admin:
+            admin.autocommit = True  # DETACH CONCURRENTLY cannot run in a transaction block
+            lock_timeout = sql.Literal(f"{self.settings.lock_timeout.total_seconds()}s")
+            admin.execute(sql.SQL("SET lock_timeout = {}").format(lock_timeout))
+            if row[0]:
+                admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(parent, child))
+            elif applies(admin, self.settings, self.info):  # a default partition forbids CONCURRENTLY
+                admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, child))
+            else:
+                admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(parent, child))
+        log.info("partition detached", extra={"partition": name})
+        failpoint("archive.partition-detached")
+
+    def _archive(self, name: str) -> PartitionResult:
+        conn, began = self.conn, time.monotonic()
+        child = sql.SQL(name)
+        ts = sql.Identifier(self.info.timestamp_column.name)
+        try:
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0").format(
+                    sql.Literal(f"{self.settings.lock_timeout.total_seconds()}s")
+                )
+            )
+            conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(child))
+            bounds = conn.execute(
+                sql.SQL("SELECT min({0})::timestamptz, max({0})::timestamptz, count(*) FROM {1}").format(ts, child)
+            ).fetchone()
+            assert bounds is not None  # an aggregate
+            rows = objects = size = 0
+            oldest, newest = bounds[0], bounds[1]
+            day = _utc_day(oldest) if isinstance(oldest, datetime) else None
+            while day is not None and isinstance(newest, datetime) and day <= newest:
+                following = day + timedelta(days=1)
+                query = sql.SQL("SELECT {} FROM {} WHERE {}::timestamptz >= {} AND {}::timestamptz < {}").format(
+                    select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
+                )
+                with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
+                    data = b"".join(bytes(block) for block in copy)
+                table = sort_batch(csv_to_table(data, self.info.columns), self.info)
+                if table.num_rows:
+                    entries = self.worker.publish_rows(str(uuid.uuid4()), table)
+                    ledger.record(
+                        conn,
+                        entries,
+                        relation=self.settings.relation,
+                        cutoff=self.cutoff,
+                        mode="Move",
+                        run_id=self.run_id,
+                    )
+                    rows += table.num_rows
+                    objects += len(entries)
+                    size += sum(e.bytes for e in entries)
+                day = following
+            if rows != int(str(bounds[2])):
+                raise PermanentError(
+                    f"partition {name}: {rows} rows read day by day, {bounds[2]} in it; nothing was dropped",
+                    reason=Reason.VERIFICATION_FAILED,
+                )
+            if not self.keep_detached:
+                conn.execute(sql.SQL("DROP TABLE {}").format(child))
+            conn.execute(
+                "UPDATE cellar.archive_partitions SET state = %s, rows = %s, updated_at = now() "
+                "WHERE relation = %s AND partition = %s",
+                ("kept" if self.keep_detached else "archived", rows, self.settings.relation, name),
+            )
+            failpoint("archive.partition-before-commit")
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+        conn.commit()
+        result = PartitionResult(name, rows, objects, size, time.monotonic() - began)
+        log.info(
+            "partition archived whole",
+            extra={
+                "partition": name,
+                "rows": rows,
+                "objects": objects,
+                "bytes": size,
+                "seconds": round(result.seconds, 3),
+                "dropped": not self.keep_detached,
+            },
+        )
+        return result
+
+
+def as_batch_result(result: PartitionResult) -> BatchResult:
+    outcome = BatchResult(rows=result.rows)
+    outcome.bytes, outcome.objects, outcome.transaction_seconds = result.bytes, result.objects, result.seconds
+    return outcome
+
+
+def _utc_day(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -1,0 +1,191 @@
+"""Whole partitions against the real server: a table range-partitioned on its timestamp archives the partitions
+wholly before the cutoff by detaching, reading and dropping them, and the rest in row batches; DuckDB reads
+the files and unarchive brings the rows back; a default partition and a sub-partitioned partition are
+handled; SIGKILL at the failpoints and at random, with writers busy in the current partition, never loses or
+doubles a row."""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pytest
+
+from tests.integration.archive_helpers import archived_objects, dsn, setup_archive
+from tests.integration.environments import ArchiveEnv
+from tests.integration.processes import run_until_failpoint, start_job
+
+
+def make_events(database: dict[str, Any], *, days: int, per_day: int, default: bool, sub: bool = False) -> set[int]:
+    """events partitioned by day over the last `days` days plus today's and tomorrow's partitions; the ids of
+    the rows older than 30 days (due)."""
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE events (id bigint, created_at timestamptz NOT NULL, note text, PRIMARY KEY (id, created_at)) "
+            "PARTITION BY RANGE (created_at)"
+        )
+        conn.execute("CREATE INDEX ON events (created_at)")
+        for back in range(days, -2, -1):
+            start = f"date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '{back} days'"
+            name = f"events_d{back + 1}"
+            spec = "PARTITION BY HASH (id)" if sub and back == days else ""
+            conn.execute(
+                f"DO $$ BEGIN EXECUTE format('CREATE TABLE {name} PARTITION OF events FOR VALUES FROM (%L) TO (%L) "
+                f"{spec}', {start}, {start} + interval '1 day'); END $$"
+            )
+            if spec:
+                for remainder in range(2):
+                    conn.execute(
+                        f"CREATE TABLE {name}_h{remainder} PARTITION OF {name} "
+                        f"FOR VALUES WITH (MODULUS 2, REMAINDER {remainder})"
+                    )
+        if default:
+            conn.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
+        # Rows at ages spread over every day (half a day into it), older than 30 days or not.
+        conn.execute(
+            "INSERT INTO events SELECT g, now() - ((g %% %s) + 0.5) * interval '1 day', 'old ' || g "
+            "FROM generate_series(1, %s) g",
+            (days, per_day * days),
+        )
+        rows = conn.execute("SELECT id FROM events WHERE created_at < now() - interval '30 days'").fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def archived_ids(env: ArchiveEnv) -> collections.Counter[int]:
+    return collections.Counter(
+        i for t in archived_objects(env.s3, env.bucket, "public.events").values() for i in t.column("id").to_pylist()
+    )
+
+
+def table_ids(database: dict[str, Any]) -> set[int]:
+    with psycopg.connect(dsn(database)) as conn:
+        return {int(r[0]) for r in conn.execute("SELECT id FROM events").fetchall()}
+
+
+def partition_states(database: dict[str, Any]) -> dict[str, str]:
+    with psycopg.connect(dsn(database)) as conn:
+        return {str(r[0]): str(r[1]) for r in conn.execute("SELECT partition, state FROM cellar.archive_partitions")}
+
+
+def test_whole_partitions_are_detached_read_once_and_dropped(
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = archive_env
+    due = make_events(env.database, days=45, per_day=40, default=False)
+    everything = table_ids(env.database)
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"])
+    assert env.run("--dry-run", name="events") == 0
+    assert "Partitions archived whole (detached, read once, dropped): public.events_d46" in capsys.readouterr().out
+    assert env.run(name="events") == 0
+    message = env.conditions("TableArchive", "events")["ArchiveSucceeded"]["message"]
+    print(message)
+    assert "whole partitions" in message
+    archived = archived_ids(env)
+    assert set(archived) == due
+    assert max(archived.values()) == 1  # each once
+    assert table_ids(env.database) == everything - due
+    states = partition_states(env.database)
+    assert len(states) >= 10
+    assert set(states.values()) == {"archived"}
+    with psycopg.connect(dsn(env.database)) as conn:
+        left = {str(r[0]) for r in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits")}
+    assert not left & {name.split(".")[-1] for name in states}  # dropped, not just detached
+
+    local = Path(env.kubeconfig).parent / "lake-partitions"
+    for key in archived_objects(env.s3, env.bucket, "public.events"):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(env.s3.get_object(Bucket=env.bucket, Key=key)["Body"].read())
+    count, total = duckdb.connect().execute(
+        f"SELECT count(*), sum(id) FROM read_parquet('{local}/test/public.events/*/*.parquet')"
+    ).fetchone() or (0, 0)
+    assert (count, total) == (len(due), sum(due))
+
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", name="events") == 0
+    with psycopg.connect(dsn(env.database)) as conn:
+        back = {int(r[0]) for r in conn.execute("SELECT id FROM events_unarchived").fetchall()}
+    assert back == due
+
+
+def test_a_default_partition_and_a_sub_partitioned_one(archive_env: ArchiveEnv) -> None:
+    env = archive_env
+    due = make_events(env.database, days=40, per_day=30, default=True, sub=True)
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:  # old rows no partition covers
+        conn.execute("INSERT INTO events VALUES (900001, now() - interval '400 days', 'in default')")
+    due |= {900001}
+    keep = {"keepDetached": True}
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"], partitions=keep)
+    assert env.run(name="events") == 0
+    archived = archived_ids(env)
+    assert set(archived) == due
+    assert max(archived.values()) == 1
+    states = partition_states(env.database)
+    assert set(states.values()) == {"kept"}
+    with psycopg.connect(dsn(env.database)) as conn:
+        kept = conn.execute("SELECT count(*) FROM events_d41").fetchone()  # the sub-partitioned one, detached
+    assert kept is not None
+    assert kept[0] > 0
+
+
+def test_a_run_killed_after_the_detach_or_before_the_commit_is_finished_by_the_next(
+    archive_env: ArchiveEnv,
+) -> None:
+    env = archive_env
+    due = make_events(env.database, days=40, per_day=30, default=False)
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"])
+    for point in ("archive.partition-detached", "archive.partition-before-commit"):
+        job = run_until_failpoint("jobs.archive", env.kubeconfig, env.namespace, "events", point)
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert "detaching" in partition_states(env.database).values()
+    assert env.run(name="events") == 0
+    archived = archived_ids(env)
+    assert set(archived) == due
+    assert max(archived.values()) == 1  # the killed run's objects were removed as leftovers
+    assert set(partition_states(env.database).values()) == {"archived"}
+
+
+def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_env: ArchiveEnv) -> None:
+    env = archive_env
+    due = make_events(env.database, days=60, per_day=20, default=True)
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"], batch={"rows": 50})
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writers() -> None:
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO events VALUES (%s, now(), 'live')", (5_000_000 + n,))
+                written.append(5_000_000 + n)
+                time.sleep(0.005)
+
+    traffic = threading.Thread(target=writers, daemon=True)
+    traffic.start()
+    rng = random.Random(20261129)
+    outcomes: collections.Counter[str] = collections.Counter()
+    try:
+        for _ in range(30):
+            job = start_job("jobs.archive", env.kubeconfig, env.namespace, "events")
+            time.sleep(rng.uniform(0.6, 1.6))
+            job.send_signal(signal.SIGKILL)
+            job.wait()
+            outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
+        assert env.run(name="events") == 0
+    finally:
+        stop.set()
+        traffic.join()
+    print(f"outcomes over 30 runs: {dict(outcomes)}; rows written meanwhile: {len(written)}")
+    archived = archived_ids(env)
+    in_table = table_ids(env.database)
+    assert not [i for i, n in archived.items() if n > 1], "archived twice"
+    assert set(archived) == due, "every due row archived once"
+    assert not set(archived) & in_table
+    assert set(written) <= in_table
