@@ -194,9 +194,11 @@ def cellar(
     name: str = "",
     job: tuple[str, ...] = ("jobs.archive",),
     env: dict[str, str] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """(c): a TableArchive over `database` with the given partitioning, run as the archive job's account.
-    `job`: the module to run and its first arguments; `env`: added to the job's environment."""
+    `job`: the module to run and its first arguments; `env`: added to the job's environment; `spec`: more
+    fields of the TableArchive's spec."""
     name = name or f"orders-{partitioning.lower()}-{attempt}"
     create_database_secret(api, stack, name, database)
     credentials = {
@@ -227,6 +229,7 @@ def cellar(
                 "partitioning": partitioning,
                 "maxRunTime": "2h",
                 **({"batch": batch} if batch else {}),
+                **(spec or {}),
             },
         },
     )

@@ -5,10 +5,11 @@ created_at over 5 years, about 80% of the rows in partitions wholly older than t
 variant runs on its own copy of the database (CREATE DATABASE ... TEMPLATE), dropped once measured:
 
   (a) the floor: for each partition wholly before the cutoff, COPY it TO STDOUT into /dev/null, then DROP it
+  (b) cellar with partitions.archiveWhole: false: every due row in row batches (what partition mode replaces)
   (c) cellar's archiver with its defaults: those partitions detached, read once into Parquet, dropped; the
       due rows of the partition that straddles the cutoff in row batches
 
-(a) and (c) take turns for --rounds rounds. Printed: rows per second of each, (c)'s rows per second over
+(a), (b) and (c) take turns for --rounds rounds. Printed: rows per second of each, (c)'s rows per second over
 (a)'s (target: at least 0.8), and the longest time any transaction held an ACCESS EXCLUSIVE lock on the
 parent table while (c) ran, sampled every 20 ms from pg_locks (target: under 1 s). Run:
 
@@ -120,19 +121,30 @@ class ParentLockWatch(threading.Thread):
                 time.sleep(0.02)
 
 
-def cellar_run(stack: LocalStack, kubeconfig: Any, api: Any, attempt: int) -> dict[str, Any]:
-    database = f"partition_c_{attempt}"
+def cellar_run(stack: LocalStack, kubeconfig: Any, api: Any, attempt: int, whole: bool = True) -> dict[str, Any]:
+    database = f"partition_{'c' if whole else 'b'}_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
-    whole = sum(n for _, n in whole_partitions(dsn))
+    whole_rows = sum(n for _, n in whole_partitions(dsn))
     watch = ParentLockWatch(dsn)
     watch.start()
-    result = cellar(stack, database, "partition-bench", kubeconfig, api, "Daily", attempt, {}, name=f"part-{attempt}")
+    result = cellar(
+        stack,
+        database,
+        "partition-bench",
+        kubeconfig,
+        api,
+        "Daily",
+        attempt,
+        {},
+        name=f"part-{'c' if whole else 'b'}-{attempt}",
+        spec={"partitions": {"archiveWhole": whole}},
+    )
     watch.stop.set()
     watch.join()
     drop(stack, database)
     return {
         **result,
-        "whole_partition_rows": whole,
+        "whole_partition_rows": whole_rows,
         "rows_per_second": result["rows"] / result["wall"],
         "parent_exclusive_seconds": watch.longest,
     }
@@ -152,17 +164,17 @@ def main() -> int:
         print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", file=sys.stderr)
         for attempt in range(1, args.rounds + 1):
             a = floor(stack, attempt)
+            b = cellar_run(stack, kubeconfig, api, attempt, whole=False)
             c = cellar_run(stack, kubeconfig, api, attempt)
-            print(
-                json.dumps(
-                    {
-                        "round": attempt,
-                        "floor": {k: round(v, 2) if isinstance(v, float) else v for k, v in a.items()},
-                        "cellar": {k: round(v, 2) if isinstance(v, float) else v for k, v in c.items()},
-                        "ratio_rows_per_second": round(c["rows_per_second"] / a["rows_per_second"], 2),
-                    }
-                )
-            )
+            shown = {
+                name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+                for name, figures in (("a_floor", a), ("b_row_batches", b), ("c_whole_partitions", c))
+            }
+            ratios = {
+                "c_over_a_rows_per_second": round(c["rows_per_second"] / a["rows_per_second"], 2),
+                "c_over_b_rows_per_second": round(c["rows_per_second"] / b["rows_per_second"], 2),
+            }
+            print(json.dumps({"round": attempt, **shown, **ratios}))
     finally:
         stack.stop()
     return 0

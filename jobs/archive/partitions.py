@@ -7,11 +7,11 @@ Each partition, with the guarantee of archiver.md at every step:
    partition, which forbids it; then a plain DETACH, which holds the parent's ACCESS EXCLUSIVE lock for a
    moment, under lockTimeout. The rows are now in a table of their own, still in the database.
 3. One transaction: LOCK that table EXCLUSIVE (a writer that names it waits, so no row arrives after it was
-   read), read it day by day with COPY, publish each day's rows exactly as a batch does (encode, upload and
-   verify, manifest, ledger rows), check that the ledger rows add up to its count, DROP it (or keep it, with
-   spec.partitions.keepDetached), mark it `archived`, COMMIT. A crash before the COMMIT leaves the table with
-   every row, and objects no ledger row describes, which cleanup removes after finding their rows in that
-   table; after the COMMIT the rows are in recorded objects only.
+   read), read it with COPY (as many days at a time as fit batch.maxBytesMiB), publish those rows exactly as
+   a batch does (encode, upload and verify, manifest, ledger rows), check that the ledger rows add up to its
+   count, DROP it (or keep it, with spec.partitions.keepDetached), mark it `archived`, COMMIT. A crash before
+   the COMMIT leaves the table with every row, and objects no ledger row describes, which cleanup removes
+   after finding their rows in that table; after the COMMIT the rows are in recorded objects only.
 A run first finishes what a crashed one left `detaching`: FINALIZE a concurrent detach the crash cut short,
 detach one still attached, then step 3. Rows a writer sends through the parent into a detached range fail, or
 land in the default partition, which row batches archive.
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -142,16 +144,13 @@ class PartitionArchiver:
         self.keep_detached = keep_detached
 
     def run(self, should_stop: Callable[[], bool]) -> list[PartitionResult]:
-        """Finish what a crashed run left, then archive every due partition whole; stops between partitions."""
-        done: list[PartitionResult] = []
-        for name in pending(self.conn, self.settings):
-            if should_stop():
-                return done
-            self._detach(name)
-            done.append(self._archive(name))
+        """Finish what a crashed run left, then archive every due partition whole; stops between partitions.
+
+        Every partition is detached first, then they are read `batch.parallelism` at a time, each worker on a
+        connection of its own: a concurrent detach waits for every older transaction, so detaching while
+        another partition's long transaction runs would wait for it."""
+        names = pending(self.conn, self.settings)
         for partition in due_partitions(self.conn, self.settings, self.info, self.cutoff):
-            if should_stop():
-                return done
             self.conn.execute(
                 "INSERT INTO cellar.archive_partitions (relation, partition, state, run_id) VALUES (%s, %s, "
                 "'detaching', %s) ON CONFLICT (relation, partition) DO UPDATE SET state = 'detaching', "
@@ -159,9 +158,38 @@ class PartitionArchiver:
                 (self.settings.relation, partition.name, self.run_id),
             )
             self.conn.commit()
-            self._detach(partition.name)
-            done.append(self._archive(partition.name))
-        return done
+            names.append(partition.name)
+        detached = []
+        for name in names:
+            if should_stop():
+                break
+            self._detach(name)
+            detached.append(name)
+        if not detached:
+            return []
+        queue, guard = list(detached), threading.Lock()
+
+        def work(conn: Connection) -> list[PartitionResult]:
+            results: list[PartitionResult] = []
+            while True:
+                with guard:
+                    if not queue or should_stop():
+                        return results
+                    name = queue.pop(0)
+                results.append(self._archive(conn, name))
+
+        extra = [self.open_connection() for _ in range(min(self.settings.parallelism, len(detached)) - 1)]
+        try:
+            with ThreadPoolExecutor(max_workers=1 + len(extra), thread_name_prefix="archive-partition") as pool:
+                futures = [pool.submit(work, conn) for conn in [self.conn, *extra]]
+                wait(futures)
+            failures = [f.exception() for f in futures if f.exception() is not None]
+            if failures:
+                raise failures[0]  # type: ignore[misc]
+            return [result for f in futures for result in f.result()]
+        finally:
+            for conn in extra:
+                conn.close()
 
     def _detach(self, name: str) -> None:
         """Detach `name` from the parent if it still hangs there (or FINALIZE a detach a crash interrupted)."""
@@ -186,8 +214,24 @@ class PartitionArchiver:
         log.info("partition detached", extra={"partition": name})
         failpoint("archive.partition-detached")
 
-    def _archive(self, name: str) -> PartitionResult:
-        conn, began = self.conn, time.monotonic()
+    def _days_per_read(self, conn: Connection, name: str, oldest: object, newest: object) -> int:
+        """How many days one COPY reads: about batch.maxBytesMiB of the partition's heap (its leaves' when it
+        is sub-partitioned) shared by the workers, so that a month of a modest table is one read and one
+        manifest, not thirty, and memory stays near a row batch's."""
+        if not isinstance(oldest, datetime) or not isinstance(newest, datetime):
+            return 1
+        row = self.conn.execute(
+            "SELECT coalesce(sum(pg_relation_size(relid)), 0) FROM pg_partition_tree(to_regclass(%s)) WHERE isleaf",
+            (name,),
+        ).fetchone()
+        heap = int(str(row[0])) if row else 0
+        days = (newest - oldest).days + 1
+        per_day = max(heap // days, 1)
+        budget = self.settings.batch_max_bytes // self.settings.parallelism  # the workers' reads share it
+        return max(1, min(days, budget // per_day))
+
+    def _archive(self, conn: Connection, name: str) -> PartitionResult:
+        began = time.monotonic()
         child = sql.SQL(name)
         ts = sql.Identifier(self.info.timestamp_column.name)
         try:
@@ -204,8 +248,9 @@ class PartitionArchiver:
             rows = objects = size = 0
             oldest, newest = bounds[0], bounds[1]
             day = _utc_day(oldest) if isinstance(oldest, datetime) else None
+            span = self._days_per_read(conn, name, oldest, newest)
             while day is not None and isinstance(newest, datetime) and day <= newest:
-                following = day + timedelta(days=1)
+                following = day + timedelta(days=span)
                 query = sql.SQL("SELECT {} FROM {} WHERE {}::timestamptz >= {} AND {}::timestamptz < {}").format(
                     select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
                 )
@@ -228,7 +273,7 @@ class PartitionArchiver:
                 day = following
             if rows != int(str(bounds[2])):
                 raise PermanentError(
-                    f"partition {name}: {rows} rows read day by day, {bounds[2]} in it; nothing was dropped",
+                    f"partition {name}: {rows} rows read, {bounds[2]} in it; nothing was dropped",
                     reason=Reason.VERIFICATION_FAILED,
                 )
             if not self.keep_detached:

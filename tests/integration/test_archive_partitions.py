@@ -153,7 +153,7 @@ def test_a_run_killed_after_the_detach_or_before_the_commit_is_finished_by_the_n
 
 def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_env: ArchiveEnv) -> None:
     env = archive_env
-    due = make_events(env.database, days=60, per_day=20, default=True)
+    due = make_events(env.database, days=60, per_day=400, default=True)
     setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"], batch={"rows": 50})
     stop = threading.Event()
     written: list[int] = []
@@ -174,7 +174,7 @@ def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_
     try:
         for _ in range(30):
             job = start_job("jobs.archive", env.kubeconfig, env.namespace, "events")
-            time.sleep(rng.uniform(0.6, 1.6))
+            time.sleep(rng.uniform(0.3, 1.5))
             job.send_signal(signal.SIGKILL)
             job.wait()
             outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
