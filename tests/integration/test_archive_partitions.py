@@ -189,3 +189,45 @@ def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_
     assert set(archived) == due, "every due row archived once"
     assert not set(archived) & in_table
     assert set(written) <= in_table
+
+
+def test_writers_into_the_partition_being_archived_lose_nothing(archive_env: ArchiveEnv) -> None:
+    """A writer inserting old rows straight into a due partition (by its name) while the run detaches, reads
+    and drops it: each insert either lands before the read and is archived, or fails (the table is gone); none
+    succeeds and vanishes."""
+    env = archive_env
+    due = make_events(env.database, days=45, per_day=300, default=False)
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"])
+    stop = threading.Event()
+    landed: list[int] = []
+    refused: list[str] = []
+
+    def writer() -> None:
+        n = 0
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            while not stop.is_set():
+                n += 1
+                try:  # half a day into the oldest partition's day, which is due
+                    conn.execute(
+                        "INSERT INTO events_d46 VALUES (%s, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE "
+                        "'UTC' - interval '45 days' + interval '12 hours', 'late')",
+                        (7_000_000 + n,),
+                    )
+                    landed.append(7_000_000 + n)
+                except psycopg.Error as exc:
+                    refused.append(type(exc).__name__)
+                    if len(refused) > 20:
+                        return
+                time.sleep(0.002)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert env.run(name="events") == 0
+    stop.set()
+    thread.join()
+    print(f"late rows landed: {len(landed)}; inserts refused once the partition was gone: {set(refused)}")
+    archived = archived_ids(env)
+    assert max(archived.values()) == 1
+    assert set(archived) == due | set(landed)  # every insert that succeeded was archived
+    assert refused  # the writer saw the partition go, as an error
