@@ -1,7 +1,8 @@
 """Whole partitions: a partition of a table range-partitioned on its timestamp column whose whole range lies
 before the cutoff is archived with one read per day (no row locks, no deletes), then dropped.
 
-Each partition, with the guarantee of archiver.md at every step:
+Each partition, keeping the archiver's guarantee (every row in the table, or in a verified object a committed
+ledger row describes) at every step:
 1. cellar.archive_partitions records that it is being detached (state `detaching`), committed.
 2. DETACH PARTITION: CONCURRENTLY (the parent stays open to readers and writers) unless the table has a default
    partition, which forbids it; then a plain DETACH, which holds the parent's ACCESS EXCLUSIVE lock for a
