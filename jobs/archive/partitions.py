@@ -1,5 +1,5 @@
 """Whole partitions: a partition of a table range-partitioned on its timestamp column whose whole range lies
-before the cutoff is archived with one read per day (no row locks, no deletes), then dropped.
+before the cutoff is archived by reading it once (no row locks, no deletes), then dropped.
 
 Each partition, keeping the archiver's guarantee (every row in the table, or in a verified object a committed
 ledger row describes) at every step:
