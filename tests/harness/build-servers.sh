@@ -90,40 +90,31 @@ build_etcd() {
   echo "etcd=$out"
 }
 
-build_minio() {
-  local out="$CACHE/bin/minio-$MINIO_VERSION/minio"
-  if [[ -x "$out" ]]; then log "minio $MINIO_VERSION: cached at $out"; echo "minio=$out"; return; fi
+# go_install NAME VERSION PACKAGE@VERSION BINARY [DIR]: `go install` a module's command into the cache as
+# DIR-VERSION/NAME (DIR: NAME by default)
+# (BINARY: the name go install gives it), unless it is there already; prints NAME=PATH.
+go_install() {
+  local name=$1 version=$2 package=$3 binary=$4
+  local out="$CACHE/bin/${5:-$name}-$version/$name"
+  if [[ -x "$out" ]]; then log "$name $version: cached at $out"; echo "$name=$out"; return; fi
   mkdir -p "$(dirname "$out")"
   local gobin; gobin=$(mktemp -d)
-  log "minio $MINIO_VERSION: compiling with go install (several minutes the first time)"
-  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION" 2>&1) | progress minio
-  [[ -x "$gobin/minio" ]] || die "building minio $MINIO_VERSION failed (see the compiler output above)"
-  mv "$gobin/minio" "$out"; rmdir "$gobin"
-  echo "minio=$out"
-}
-
-build_prometheus() {
-  local name=$1 out="$CACHE/bin/prometheus-$PROMETHEUS_VERSION/$1"
-  if [[ -x "$out" ]]; then log "$name $PROMETHEUS_VERSION: cached at $out"; echo "$name=$out"; return; fi
-  mkdir -p "$(dirname "$out")"
-  local gobin; gobin=$(mktemp -d)
-  log "$name $PROMETHEUS_VERSION: compiling with go install (several minutes the first time)"
-  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/$name@$PROMETHEUS_VERSION" 2>&1) | progress "$name"
-  [[ -x "$gobin/$name" ]] || die "building $name $PROMETHEUS_VERSION failed (see the compiler output above)"
-  mv "$gobin/$name" "$out"; rmdir "$gobin"
+  log "$name $version: compiling with go install (several minutes the first time)"
+  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "$package" 2>&1) | progress "$name"
+  [[ -x "$gobin/$binary" ]] || die "building $name $version failed (see the compiler output above)"
+  mv "$gobin/$binary" "$out"; rmdir "$gobin"
   echo "$name=$out"
 }
 
+build_minio() { go_install minio "$MINIO_VERSION" "github.com/minio/minio@$MINIO_VERSION" minio; }
+
+build_prometheus() {
+  go_install "$1" "$PROMETHEUS_VERSION" "github.com/prometheus/prometheus/cmd/$1@$PROMETHEUS_VERSION" "$1" prometheus
+}
+
 build_toxiproxy() {
-  local out="$CACHE/bin/toxiproxy-$TOXIPROXY_VERSION/toxiproxy-server"
-  if [[ -x "$out" ]]; then log "toxiproxy-server $TOXIPROXY_VERSION: cached at $out"; echo "toxiproxy-server=$out"; return; fi
-  mkdir -p "$(dirname "$out")"
-  local gobin; gobin=$(mktemp -d)
-  log "toxiproxy-server $TOXIPROXY_VERSION: compiling with go install"
-  (GOBIN="$gobin" go install -v -trimpath -ldflags "-s -w" "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" 2>&1) | progress toxiproxy
-  [[ -x "$gobin/server" ]] || die "building toxiproxy $TOXIPROXY_VERSION failed (see the compiler output above)"
-  mv "$gobin/server" "$out"; rmdir "$gobin"
-  echo "toxiproxy-server=$out"
+  go_install toxiproxy-server "$TOXIPROXY_VERSION" "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" \
+    server toxiproxy
 }
 
 fetch_prometheus_operator_crds() {
