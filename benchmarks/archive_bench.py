@@ -60,17 +60,22 @@ def generate(stack: LocalStack, rows: int, template: str = "archive_template", a
             "CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, customer int, "
             "amount numeric(12, 2), status text, note text, payload jsonb, ref uuid)"
         )
-        # 80% of the rows are older than the cutoff (365 days): spread over 5 years, newest 1 year old.
-        conn.execute(
-            f"INSERT INTO orders SELECT g, now() - ({age}) * interval '1825 days', "
-            "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
-            "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
-            "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
-            "md5(g::text || 'x')::uuid FROM generate_series(1, %s) g",
-            (rows, rows),
-        )
-        conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
-        conn.execute("VACUUM ANALYZE orders")
+        fill_orders(conn, rows, age)
+
+
+def fill_orders(conn: psycopg.Connection[Any], rows: int, age: str = UNIFORM) -> None:
+    """`rows` rows into `orders` (plain or partitioned), indexed on created_at and analyzed. With UNIFORM ages
+    80% are older than the cutoff (365 days): spread over 5 years, the newest 1 year old."""
+    conn.execute(
+        f"INSERT INTO orders SELECT g, now() - ({age}) * interval '1825 days', "
+        "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
+        "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
+        "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
+        "md5(g::text || 'x')::uuid FROM generate_series(1, %s) g",
+        (rows, rows),
+    )
+    conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
+    conn.execute("VACUUM ANALYZE orders")
 
 
 def cpu_spent(job: float, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.archive_bench import COLUMNS, cellar, drop, fresh_copy
+from benchmarks.archive_bench import COLUMNS, cellar, drop, fill_orders, fresh_copy
 from benchmarks.measure import install_cellar
 from tests.harness.stack import LocalStack, s3_client
 
@@ -51,16 +51,7 @@ def generate(stack: LocalStack, rows: int) -> None:
             "EXECUTE format('CREATE TABLE %I PARTITION OF orders FOR VALUES FROM (%L) TO (%L)', "
             "'orders_' || to_char(m, 'YYYYMM'), m, m + interval '1 month'); END LOOP; END $$"
         )
-        conn.execute(
-            "INSERT INTO orders SELECT g, now() - (g::float8 / %s) * interval '1825 days', "
-            "(random() * 100000)::int, round((random() * 10000)::numeric, 2), "
-            "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], 'order ' || g || ' ' || md5(g::text), "
-            "jsonb_build_object('sku', md5((g %% 5000)::text), 'qty', 1 + g %% 9, 'gift', g %% 7 = 0), "
-            "md5(g::text || 'x')::uuid FROM generate_series(1, %s) g",
-            (rows, rows),
-        )
-        conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
-        conn.execute("VACUUM ANALYZE orders")
+        fill_orders(conn, rows)  # the archive benchmark's rows, uniform over 5 years
 
 
 def whole_partitions(dsn: str) -> list[tuple[str, int]]:

@@ -58,6 +58,11 @@ class ProgressReporter:
             eta = format_time(now + timedelta(seconds=(total - self.done) / rate))
         return Progress(self.done, self.unit, round(rate, 1), format_time(now), total, eta).to_status()
 
+    def after(self, offset: int) -> Callable[[int], None]:
+        """An `update` for one part of the work whose own count starts at `offset` of the whole (one database
+        of several, one object of several)."""
+        return lambda done: self.update(offset + done)
+
     def update(self, done: int) -> None:
         self.done = done
         now = self.clock()

@@ -20,24 +20,12 @@ from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import decode
 from jobs.archive.objects import ObjectLayout, batch_of, decrypt_object, read_verified
+from jobs.archive.partitions import pending
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
 from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
-
-
-def detached_partitions(conn: Connection, settings: ArchiveSettings) -> list[str]:
-    """Partitions a run detached and has not archived yet (state `detaching`, detached from the parent)."""
-    found = conn.execute("SELECT to_regclass('cellar.archive_partitions') IS NOT NULL").fetchone()
-    if not found or not found[0]:
-        return []
-    rows = conn.execute(
-        "SELECT p.partition FROM cellar.archive_partitions p JOIN pg_class c ON c.oid = to_regclass(p.partition) "
-        "WHERE p.relation = %s AND p.state = 'detaching' AND NOT c.relispartition",
-        (settings.relation,),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
 
 
 def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: TableInfo, table: pa.Table) -> int:
@@ -54,7 +42,7 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
     columns = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     # A partition archived whole is detached before it is read: a crashed run's objects of it have their rows
     # there (partitions.py), not in the parent.
-    sources = [table_name(settings), *(sql.SQL(name) for name in detached_partitions(conn, settings))]
+    sources = [table_name(settings), *(sql.SQL(name) for name in pending(conn, settings, detached_only=True))]
     union = sql.SQL(" UNION ").join(sql.SQL("SELECT {} FROM {}").format(columns, source) for source in sources)
     query = sql.SQL("SELECT count(*) FROM ({}) t JOIN unnest({}) AS k({}) ON {}").format(union, arrays, columns, join)
     row = conn.execute(query).fetchone()

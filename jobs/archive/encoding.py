@@ -150,14 +150,19 @@ def _finish(column: Column, array: Any) -> Any:
                 f"{column.dimensions} the run found before it started; the next run looks again",
                 reason=Reason.ENCODING_FAILED,
             )
-        try:
-            return pa.array(values, type=target)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise PermanentError(
-                f"column {column.name!r} ({column.pg_type}) holds a value its Parquet type cannot: {exc}",
-                reason=Reason.ENCODING_FAILED,
-            ) from exc
+        return _typed_array(column, values, target)
     return array
+
+
+def _typed_array(column: Column, values: list[Any], target: Any) -> Any:
+    """`values` as an Arrow array of the column's type; a value that does not fit fails its batch clearly."""
+    try:
+        return pa.array(values, type=target)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PermanentError(
+            f"column {column.name!r} ({column.pg_type}) holds a value its Parquet type cannot: {exc}",
+            reason=Reason.ENCODING_FAILED,
+        ) from exc
 
 
 def _structs(column: Column, array: Any, target: Any) -> Any:
@@ -179,13 +184,7 @@ def _structs(column: Column, array: Any, target: Any) -> Any:
             else:
                 value[name] = field if isinstance(field, str) else str(field)
         values.append(value)
-    try:
-        return pa.array(values, type=target)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise PermanentError(
-            f"column {column.name!r} ({column.pg_type}) holds a value its Parquet struct cannot: {exc}",
-            reason=Reason.ENCODING_FAILED,
-        ) from exc
+    return _typed_array(column, values, target)
 
 
 def struct_as_json(value: dict[str, Any]) -> str:

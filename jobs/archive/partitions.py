@@ -66,7 +66,7 @@ class WholePartition:
     upper: str  # the bound's literal, as pg_get_expr writes it
 
 
-def applies(conn: Connection, settings: ArchiveSettings, info: TableInfo) -> bool | None:
+def applies(conn: Connection, info: TableInfo) -> bool | None:
     """Whether the table can have partitions archived whole: None when it is not range-partitioned on the
     timestamp column; else whether it has a default partition."""
     row = conn.execute(_RANGE_ON_TIMESTAMP, (info.oid, info.timestamp_column.name)).fetchone()
@@ -81,7 +81,7 @@ def due_partitions(
     with a filter (rows it leaves out must stay), or while unarchived rows of the table are held."""
     if settings.mode != "Move" or settings.filter_sql or not settings.whole_partitions:
         return []
-    if applies(conn, settings, info) is None:
+    if applies(conn, info) is None:
         return []
     ledger_exists = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()
     if ledger_exists and ledger_exists[0]:  # none before the first run
@@ -108,12 +108,16 @@ def due_partitions(
     return sorted(found, key=lambda p: p.upper)
 
 
-def pending(conn: Connection, settings: ArchiveSettings) -> list[str]:
-    """Partitions a crashed run left `detaching` whose table still exists."""
+def pending(conn: Connection, settings: ArchiveSettings, *, detached_only: bool = False) -> list[str]:
+    """Partitions a run recorded `detaching` and did not finish whose table still exists (`detached_only`:
+    those already detached from the parent, where a rolled-back read left its rows)."""
+    exists = conn.execute("SELECT to_regclass('cellar.archive_partitions') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return []
     rows = conn.execute(
-        "SELECT partition FROM cellar.archive_partitions WHERE relation = %s AND state = 'detaching' "
-        "AND to_regclass(partition) IS NOT NULL ORDER BY updated_at",
-        (settings.relation,),
+        "SELECT p.partition FROM cellar.archive_partitions p JOIN pg_class c ON c.oid = to_regclass(p.partition) "
+        "WHERE p.relation = %s AND p.state = 'detaching' AND (NOT %s OR NOT c.relispartition) ORDER BY p.updated_at",
+        (settings.relation, detached_only),
     ).fetchall()
     conn.rollback()
     return [str(r[0]) for r in rows]
@@ -208,7 +212,7 @@ class PartitionArchiver:
             admin.execute(sql.SQL("SET lock_timeout = {}").format(lock_timeout))
             if row[0]:
                 admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(parent, child))
-            elif applies(admin, self.settings, self.info):  # a default partition forbids CONCURRENTLY
+            elif applies(admin, self.info):  # a default partition forbids CONCURRENTLY
                 admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, child))
             else:
                 admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(parent, child))

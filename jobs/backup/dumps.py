@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import partial
 
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.errors import CellarError
@@ -21,11 +20,16 @@ from jobs.backup.settings import BackupSettings
 log = logging.getLogger(__name__)
 
 
+def _stored_suffix(settings: BackupSettings, checked: Preflight) -> str:
+    """How every object of a run ends: its compression's extension, then .age when encrypted."""
+    return settings.compression.extension + (ENCRYPTED_EXTENSION if checked.recipients else "")
+
+
 def data_key_for(
     store: ObjectStore, settings: BackupSettings, checked: Preflight, identifier: str, database: str | None
 ) -> str:
     """The key of a database's dump; with spec.databases each has its own (database None: the prefix they share)."""
-    suffix = settings.compression.extension + (ENCRYPTED_EXTENSION if checked.recipients else "")
+    suffix = _stored_suffix(settings, checked)
     if settings.databases is None:
         return store.key(DATA_DIR, f"{identifier}.pgdump{suffix}")
     if database is None:
@@ -62,7 +66,7 @@ def dump_databases(
                 tools=checked.tools,
                 server_version=checked.server.version,
                 application_name=APPLICATION,
-                on_progress=partial(_add_to, progress, done),
+                on_progress=progress.after(done),
                 recipients=checked.recipients,
             )
         except CellarError as error:
@@ -86,16 +90,11 @@ def dump_databases(
     return dumps
 
 
-def _add_to(progress: ProgressReporter, offset: int, count: int) -> None:
-    progress.update(offset + count)
-
-
 def dump_server_globals(
     store: ObjectStore, settings: BackupSettings, checked: Preflight, identifier: str, written: list[str]
 ) -> GlobalsObject:
     assert settings.globals is not None
-    suffix = settings.compression.extension + (ENCRYPTED_EXTENSION if checked.recipients else "")
-    key = store.key(DATA_DIR, f"{identifier}.globals.sql{suffix}")
+    key = store.key(DATA_DIR, f"{identifier}.globals.sql{_stored_suffix(settings, checked)}")
     written.append(key)
     dumped = dump_globals(
         checked.database,

@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -284,9 +283,7 @@ def restore_all(
     try:
         for view, into in targets:
             log.info("restoring database", extra={"key": view.data_key, "into": into.describe()})
-            result, how = _restore(
-                store, view, into, plan, settings, selected, identities, partial(_add_to, progress, bytes_read)
-            )
+            result, how = _restore(store, view, into, plan, settings, selected, identities, progress.after(bytes_read))
             bytes_read += result.bytes_read
             restored.append(into)
     except BaseException:
@@ -295,10 +292,6 @@ def restore_all(
                 drop_database(into)
         raise
     return bytes_read, how
-
-
-def _add_to(progress: ProgressReporter, offset: int, count: int) -> None:
-    progress.update(offset + count)
 
 
 class RestoreJob:

@@ -17,7 +17,7 @@ import yaml
 
 from tests.harness.faults import FaultProxy, Request, Reset, Toxiproxy, Truncate, kube_error, s3_error
 from tests.harness.stack import LocalStack
-from tests.integration.archive_helpers import archived_objects, ids_in_table, run_archive_job, setup_archive
+from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, run_archive_job, setup_archive
 from tests.integration.backup_helpers import get_status, run_backup_job
 from tests.integration.environments import ArchiveEnv, BackupEnv
 from tests.integration.test_server_backup import checksums
@@ -39,8 +39,7 @@ def toxiproxy() -> Iterator[Toxiproxy]:
 
 def fill(database: dict[str, Any], megabytes: int) -> None:
     """A table of `megabytes` of text that compresses about 2:1."""
-    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in database.items())
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS body "
             f"FROM generate_series(1, {megabytes * 1024 * 1024 // 64}) g"
@@ -199,9 +198,8 @@ def kill_when(
     database: dict[str, Any], application: str, ready: Callable[[psycopg.Connection[Any]], bool], doing: str = "%"
 ) -> str:
     """Wait until a backend of `application` is at work, then pg_terminate_backend it; what it was doing."""
-    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in database.items())
     deadline = time.monotonic() + 60
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn(database), autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT pid, left(query, 60) FROM pg_stat_activity WHERE application_name LIKE %s AND query LIKE %s "
@@ -268,8 +266,7 @@ def test_an_archive_batch_killed_midway_rolls_back_and_the_next_run_archives_eac
     archive_env: ArchiveEnv, toxiproxy: Toxiproxy, stack: LocalStack
 ) -> None:
     env = archive_env
-    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
         conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text)")
         conn.execute(
             "INSERT INTO events SELECT g, now() - interval '200 days' + g * interval '10 seconds', repeat('x', 200) "
@@ -312,8 +309,7 @@ def test_an_archive_batch_killed_midway_rolls_back_and_the_next_run_archives_eac
 
 
 def make_events(env: ArchiveEnv, rows: int) -> None:
-    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
         conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text)")
         conn.execute(
             "INSERT INTO events SELECT g, now() - interval '200 days' + g * interval '10 seconds', md5(g::text) "
@@ -359,8 +355,7 @@ def test_unarchive_and_a_restore_test_ride_through_throttling(
         )
         == 0
     )
-    dsn = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn(env.database)) as conn:
         row = conn.execute("SELECT count(*), count(DISTINCT id) FROM events_unarchived").fetchone()
     assert row == (5000, 5000)
 
@@ -380,7 +375,7 @@ def test_a_network_cut_to_the_database_mid_archive_rolls_back_and_the_next_run_f
     make_events(env, 100000)
     name = f"pg-{env.namespace}"
     port = toxiproxy.proxy(name, f"127.0.0.1:{env.database['port']}")
-    direct = " ".join(f"{k if k != 'username' else 'user'}={v}" for k, v in env.database.items())
+    direct = dsn(env.database)
     env.database = {**env.database, "port": str(port)}  # the Secret points the job at toxiproxy
     toxic_s3 = f"s3-{env.namespace}"
     s3_port = toxiproxy.proxy(toxic_s3, stack.s3_endpoint.removeprefix("http://"))
