@@ -32,6 +32,7 @@ from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Inte
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
 from common.metrics import RunMetrics, start_run_metrics
+from common.process import process_identity
 from common.reasons import Reason
 from common.redact import redact
 
@@ -242,7 +243,10 @@ def run_job(
         kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
         resource = kube.get(ref)
         ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
-        log.info("run started", extra={"generation": ctx.generation, "dry_run": invocation.dry_run})
+        log.info(
+            "run started",
+            extra={"generation": ctx.generation, "dry_run": invocation.dry_run, "identity": process_identity()},
+        )
         if not invocation.dry_run and not getattr(job, "output_on_stdout", False):
             ctx.metrics = start_run_metrics(
                 ctx.spec,

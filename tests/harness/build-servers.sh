@@ -18,6 +18,8 @@ PROMETHEUS_VERSION="${CELLAR_PROMETHEUS_VERSION:-v0.316.0}"
 PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 # Shopify's toxiproxy: TCP faults (latency, bandwidth, resets) between the jobs and the servers.
 TOXIPROXY_VERSION="${CELLAR_TOXIPROXY_VERSION:-v2.5.0}"
+# rhysd/actionlint: lints the hosted CI workflow (.github/workflows), which cannot run on these machines.
+ACTIONLINT_VERSION="${CELLAR_ACTIONLINT_VERSION:-v1.7.12}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -44,7 +46,8 @@ build_kube() {
   local staging="v0.${KUBE_VERSION#v1.}"
   local mod="$CACHE/src/kubernetes-$KUBE_VERSION"
   mkdir -p "$mod" "$(dirname "$out")"
-  if [[ ! -f "$mod/.ready" ]]; then
+  # The marker names the commands resolved, so adding one (kubelet, kube-scheduler) resolves again on an older cache.
+  if [[ ! -f "$mod/.ready-with-node" ]]; then
     log "$name $KUBE_VERSION: preparing a scratch module (k8s.io/kubernetes replaces its staging modules with local paths)"
     local gomod
     gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
@@ -60,8 +63,10 @@ build_kube() {
     log "$name $KUBE_VERSION: resolving modules (go get; downloads a few hundred MB the first time)"
     (cd "$mod" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
         "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
-        "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" 2>&1 | tail -n 3 >&2)
-    touch "$mod/.ready"
+        "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubelet@$KUBE_VERSION" \
+        "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" 2>&1 \
+        | tail -n 3 >&2)
+    touch "$mod/.ready-with-node"
   fi
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   log "$name $KUBE_VERSION: compiling (several minutes on two cores the first time)"
@@ -117,6 +122,10 @@ build_toxiproxy() {
     server toxiproxy
 }
 
+build_actionlint() {
+  go_install actionlint "$ACTIONLINT_VERSION" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" actionlint
+}
+
 fetch_prometheus_operator_crds() {
   local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   if [[ ! -f "$out/.ready" ]]; then
@@ -133,15 +142,16 @@ fetch_prometheus_operator_crds() {
 }
 
 components=("$@")
-(( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kubectl)
+(( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 for c in "${components[@]}"; do
   case "$c" in
     etcd) build_etcd ;;
     minio) build_minio ;;
-    kube-apiserver|kube-controller-manager|kubectl) build_kube "$c" ;;
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler) build_kube "$c" ;;
     prometheus|promtool) build_prometheus "$c" ;;
     prometheus-operator-crds) fetch_prometheus_operator_crds ;;
     toxiproxy-server) build_toxiproxy ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl prometheus promtool prometheus-operator-crds toxiproxy-server)" ;;
+    actionlint) build_actionlint ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint)" ;;
   esac
 done

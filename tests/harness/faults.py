@@ -271,10 +271,10 @@ class Toxiproxy:
             raw = answer.read()
         return json.loads(raw) if raw.strip() else None
 
-    def proxy(self, name: str, upstream: str) -> int:
-        """A proxy to `upstream` (host:port); its listening port."""
-        port = free_port()
-        self._call("POST", "/proxies", {"name": name, "listen": f"127.0.0.1:{port}", "upstream": upstream})
+    def proxy(self, name: str, upstream: str, *, host: str = "127.0.0.1", port: int | None = None) -> int:
+        """A proxy to `upstream` (host:port) listening on `host` (a free port unless given); its port."""
+        port = port or free_port()
+        self._call("POST", "/proxies", {"name": name, "listen": f"{host}:{port}", "upstream": upstream})
         return port
 
     def add_toxic(self, proxy: str, name: str, kind: str, stream: str = "downstream", **attributes: Any) -> None:

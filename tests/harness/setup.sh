@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh machine, idempotently:
-#   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench, age, zstd
+#   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench, age, zstd, and for
+#     the real node containerd, runc, the CNI plugins and debootstrap
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
-#   - the Go-built servers (kube-apiserver, kubectl, etcd, MinIO, Prometheus and promtool), cached outside the clone
+#   - the Go-built servers (kube-apiserver, kube-scheduler, kubelet, kubectl, etcd, MinIO, Prometheus, promtool,
+#     actionlint), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
 set -euo pipefail
@@ -22,6 +24,15 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # The packaging test installs the wheel into a venv of the system Python, as the images do.
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v sudo >/dev/null 2>&1 || command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The real node of the end-to-end tests (tests/harness/realnode.py): a container runtime, CNI plugins, the
+# root filesystem cellar's test image is built on (tests/harness/image.py), and the shell linter actionlint uses.
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || need_apt+=(containernetworking-plugins)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 # The libraries the builds of PostgreSQL 14 to 18 in the version matrix link against (postgres-majors.sh).
 for lib in libicu72 libssl3 libxml2 liblz4-1 libzstd1 libgssapi-krb5-2 libreadline8; do
   dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$lib")
@@ -50,8 +61,8 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
   log "go $go_version is older than 1.24: using toolchain $GOTOOLCHAIN from the Go module proxy"
 fi
 
-bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kubectl \
-  prometheus promtool prometheus-operator-crds toxiproxy-server >/dev/null
+bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl \
+  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint >/dev/null
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

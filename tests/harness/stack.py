@@ -66,7 +66,7 @@ def free_port() -> int:
 
 
 def built_binaries(components: list[str] | None = None) -> dict[str, Path]:
-    """Build (or find cached) etcd, MinIO, kube-apiserver and kubectl (or `components`); name -> path."""
+    """Build (or find cached) etcd, MinIO and the Kubernetes servers (or `components`); name -> path."""
     try:
         result = subprocess.run(
             ["bash", str(BUILD_SCRIPT), *(components or [])], check=True, stdout=subprocess.PIPE, text=True
@@ -353,7 +353,6 @@ class LocalStack:
                 "--advertise-address=127.0.0.1",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=RBAC",
-                "--disable-admission-plugins=ServiceAccount",
                 f"--tls-cert-file={self.certificates['serving.crt']}",
                 f"--tls-private-key-file={self.certificates['serving.key']}",
                 f"--client-ca-file={self.certificates['ca.crt']}",
@@ -361,6 +360,7 @@ class LocalStack:
                 f"--service-account-key-file={self.certificates['sa.pub']}",
                 f"--service-account-signing-key-file={self.certificates['sa.key']}",
                 "--allow-privileged=true",
+                "--kubelet-preferred-address-types=InternalIP",  # a test node's name is not in DNS
                 "--v=1",
             ],
         )
@@ -388,19 +388,35 @@ class LocalStack:
 
     def start_controller_manager(self) -> None:
         """kube-controller-manager with the CronJob and Job controllers, so CronJobs create Jobs and Jobs Pods."""
-        port = free_port()
-        manager = self._spawn(
+        self._start_control_plane_component(
             "kube-controller-manager",
             [
-                str(self._binary("kube-controller-manager")),
+                # serviceaccount and root-ca-cert-publisher: what a Pod's token volume needs (the default
+                # ServiceAccount, and the kube-root-ca.crt ConfigMap its ca.crt comes from); nodelifecycle: a
+                # new node's not-ready taint is lifted once it is Ready.
+                "--controllers=cronjob,job,serviceaccount,root-ca-cert-publisher,nodelifecycle",
+                f"--root-ca-file={self.certificates['ca.crt']}",
+                "--use-service-account-credentials=false",
+            ],
+        )
+
+    def start_scheduler(self) -> None:
+        """kube-scheduler, so Pods are bound to a (real) node."""
+        self._start_control_plane_component("kube-scheduler", [])
+
+    def _start_control_plane_component(self, name: str, flags: list[str]) -> None:
+        port = free_port()
+        process = self._spawn(
+            name,
+            [
+                str(self._binary(name)),
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                "--controllers=cronjob,job",
+                *flags,
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
-                "--use-service-account-credentials=false",
                 "--v=1",
             ],
         )
@@ -412,8 +428,8 @@ class LocalStack:
             with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=3) as response:
                 return bool(response.status == 200)
 
-        _wait("kube-controller-manager /healthz", healthy, manager, timeout=120)
-        log(f"kube-controller-manager ready on 127.0.0.1:{port}")
+        _wait(f"{name} /healthz", healthy, process, timeout=120)
+        log(f"{name} ready on 127.0.0.1:{port}")
 
     def kubeconfig_for(self, *, user: str, credentials: dict[str, str], namespace: str = "default") -> str:
         return yaml.safe_dump(

@@ -1,53 +1,158 @@
-"""End to end: the shipped CronJob fires on a real kube-controller-manager, a Job and a Pod appear, our job
-runs with the ServiceAccount's permissions (a stand-in kubelet runs the Pod), the resource becomes Ready;
-a Pod that exits 3 fails its Job at once (podFailurePolicy); a Job made from the CronJob runs a manual backup."""
+"""End to end on a real node: the shipped CronJobs, applied with `kubectl apply -k` through an overlay that only
+swaps the image, fire on a real kube-controller-manager; kube-scheduler binds their Pods to a real kubelet, which
+runs cellar's image (built from the project's wheel, tests/harness/image.py) as containers of containerd and runc,
+in a namespace that admits only Pods of the restricted Pod Security profile.
+
+- the backup and the archive succeed, their resources turn Ready, and the process in the container reports that
+  it ran with a read-only root, a non-root UID in group 0, no capabilities, no_new_privs and a seccomp filter;
+- a Job whose activeDeadlineSeconds passes mid-dump: the kubelet sends SIGTERM, the run records Interrupted, no
+  object or multipart upload is left, and `kubectl describe pod` shows the termination message;
+- exit 3 fails its Job at once through podFailurePolicy; `kubectl create job --from=cronjob/...` backs up now.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.harness.cluster import REPO, apply_manifests
-from tests.harness.node import PodRunner
-from tests.harness.stack import LocalStack
-from tests.integration.archive_helpers import dsn
+from tests.harness.cluster import REPO
+from tests.harness.image import DOCKERFILES, image_name, layout_from_dockerfile
+from tests.harness.image import build as build_images
+from tests.harness.realnode import NODE_NAME, RealNode
+from tests.harness.stack import LocalStack, built_binaries, log
+from tests.integration.archive_helpers import dsn, list_all
 from tests.integration.backup_helpers import conditions, get_status
-from tests.integration.environments import BackupEnv
+from tests.integration.environments import JobEnvironment
 
-CRONJOB = REPO / "cronjobs" / "base" / "jobs" / "backup-cronjob.yaml"
+KEEP = "cellar.dev/e2e-keep"  # a finalizer the test puts on a Pod so that it can still describe it
 
 
-@pytest.fixture(scope="session")
-def controller_manager(stack: LocalStack) -> LocalStack:
+@pytest.fixture(scope="module")
+def images() -> Iterator[Path]:
+    """cellar's two images and the pause image, built from the project's wheel, as one OCI archive."""
+    archive = Path(tempfile.mkdtemp(prefix="cellar-images-", dir="/tmp")) / "cellar-images.tar"
+    build_images(archive)
+    yield archive
+    archive.unlink(missing_ok=True)
+    archive.parent.rmdir()
+
+
+@pytest.fixture(scope="module")
+def node(stack: LocalStack, images: Path) -> Iterator[RealNode]:
     stack.start_controller_manager()
-    return stack
+    stack.start_scheduler()
+    real = RealNode(stack, images).start()
+    try:
+        yield real
+    finally:
+        real.stop()
+
+
+def _read_oci(archive: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, tarfile.TarInfo]]]]:
+    """image name -> (config, each layer's entries by name), read back from the archive."""
+    result = {}
+    with tarfile.open(archive) as outer:
+
+        def blob(digest: str) -> Any:
+            return outer.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+
+        index = json.load(outer.extractfile("index.json"))
+        for descriptor in index["manifests"]:
+            manifest = json.load(blob(descriptor["digest"]))
+            layers = []
+            for layer in manifest["layers"]:
+                with tarfile.open(fileobj=blob(layer["digest"])) as entries:
+                    layers.append({member.name: member for member in entries.getmembers()})
+            config = json.load(blob(manifest["config"]["digest"]))
+            result[descriptor["annotations"]["io.containerd.image.name"]] = (config, layers)
+    return result
+
+
+def test_the_image_is_laid_out_as_the_dockerfiles_say(images: Path) -> None:
+    """What the kubelet runs is what the UBI Dockerfiles build, but for the base: the venv at the same path,
+    owned by root and read-only for everyone else, without pip, the same USER, HOME, ENV and entrypoints."""
+    read = _read_oci(images)
+    shared_layers: set[tuple[str, ...]] = set()
+    for title, dockerfile in DOCKERFILES.items():
+        layout = layout_from_dockerfile(dockerfile)
+        config, (base, venv) = read[image_name(title)]
+        settings = config["config"]
+        assert settings["User"] == layout.user
+        assert settings["WorkingDir"] == layout.workdir
+        assert settings["Entrypoint"] == layout.entrypoint
+        assert settings["Cmd"] == layout.cmd
+        assert {k: v for k, v in (e.split("=", 1) for e in settings["Env"])} == layout.env
+        shared_layers.add(tuple(config["rootfs"]["diff_ids"]))
+        members = list(venv.values())
+        prefix = layout.venv.lstrip("/")
+        assert all(m.name == prefix or m.name.startswith(prefix + "/") for m in members)
+        for member in members:
+            assert (member.uid, member.gid) == layout.venv_owner, member.name
+            if not member.issym():
+                assert member.mode == layout.venv_mode, (member.name, oct(member.mode))
+        names = set(venv)
+        assert f"{prefix}/bin/{layout.entrypoint[0]}" in names
+        assert not any(name.startswith(f"{prefix}/bin/pip") for name in names), "pip is removed, as in the build"
+        assert any(name.endswith(".pyc") for name in names), "byte-compiled: nothing is written at run time"
+        assert base["./tmp"].mode == 0o1777  # the emptyDir mounted there takes this mode
+        assert "./usr/lib/postgresql/15/bin/pg_dump" in base
+    assert len(shared_layers) == 1, "both images share their layers, as the UBI images share their runtime stages"
 
 
 @pytest.fixture
-def node(controller_manager: LocalStack, admin_api: Any, namespace: str) -> Iterator[PodRunner]:
-    runner = PodRunner(admin_api, controller_manager, namespace)
-    runner.start()
-    yield runner
-    runner.stop.set()
-    runner.join(timeout=10)
+def cluster(node: RealNode, job_env: JobEnvironment) -> JobEnvironment:
+    """The test's namespace made restricted, cellar applied into it from an overlay, and the database and
+    storage Secrets pointing where a Pod reaches the servers."""
+    core = client.CoreV1Api(job_env.admin_api)
+    core.patch_namespace(
+        job_env.namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    overlay = Path(tempfile.mkdtemp(prefix="cellar-overlay-", dir="/tmp"))
+    images = "\n".join(
+        f"  - name: ghcr.io/cellar-dev/{title}\n    newName: {image_name(title).rsplit(':', 1)[0]}\n    newTag: test"
+        for title in ("cellar-backup", "cellar-archive")
+    )
+    base = os.path.relpath(REPO / "cronjobs" / "base", overlay)
+    (overlay / "kustomization.yaml").write_text(
+        f"# The way users pin their registry: only the images change.\n"
+        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {job_env.namespace}\n"
+        f"resources:\n  - {base}\nimages:\n{images}\n"
+    )
+    kubectl(job_env.stack, "apply", "--server-side", "--force-conflicts", "-k", str(overlay))
+    host, port = node.forward(int(job_env.database["port"]))
+    job_env.create_secret("cellar-database", {**job_env.database, "host": host, "port": str(port)})
+    s3_port = int(job_env.stack.s3_endpoint.rsplit(":", 1)[1])
+    s3_host, s3_forwarded = node.forward(s3_port)
+    job_env.storage_spec["endpoint"] = f"http://{s3_host}:{s3_forwarded}"
+    return job_env
 
 
-def _cronjob(name: str, resource: str, schedule: str) -> dict[str, Any]:
-    cronjob = yaml.safe_load(CRONJOB.read_text())
-    cronjob["metadata"]["name"] = name
-    cronjob["spec"]["schedule"] = schedule
-    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    container["image"] = "cellar-backup:test"
-    for variable in container["env"]:
-        if variable["name"] == "CELLAR_RESOURCE_NAME":
-            variable["value"] = resource
-    return dict(cronjob)
+@functools.cache
+def _kubectl_binary() -> Path:
+    return built_binaries(["kubectl"])["kubectl"]
+
+
+def kubectl(stack: LocalStack, *argv: str) -> str:
+    binary = _kubectl_binary()
+    result = subprocess.run(
+        [str(binary), f"--kubeconfig={stack.kubeconfig}", *argv], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(argv)} failed: {result.stderr}")
+    return result.stdout
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -66,72 +171,236 @@ def _finished_job(batch: client.BatchV1Api, namespace: str, name: str) -> Any:
     return job if ("Complete" in types or "Failed" in types) else None
 
 
-def test_cronjob_fires_runs_the_backup_and_failures_fail_fast(node: PodRunner, backup_env: BackupEnv) -> None:
-    admin_api, namespace = backup_env.admin_api, backup_env.namespace
-    database, storage_spec = backup_env.database, backup_env.storage_spec
-    create_resource = backup_env.create_resource
-    with psycopg.connect(dsn(database), autocommit=True) as conn:
-        conn.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
-    apply_manifests(admin_api, REPO / "cronjobs" / "base" / "rbac" / "backup.yaml", namespace)
-    backup_env.setup()
-    batch = client.BatchV1Api(admin_api)
-    batch.create_namespaced_cron_job(namespace, _cronjob("cellar-backup", "orders", "* * * * *"))
+def _pods_of(env: JobEnvironment, job: str) -> list[Any]:
+    core = client.CoreV1Api(env.admin_api)
+    return list(core.list_namespaced_pod(env.namespace, label_selector=f"job-name={job}").items)
 
-    # The controller creates a Job at the next minute, the Job a Pod; the node runs it.
-    job = _wait("the CronJob's first Job", lambda: next(iter(batch.list_namespaced_job(namespace).items), None), 90)
-    finished = _wait("the Job to finish", lambda: _finished_job(batch, namespace, job.metadata.name), 120)
-    assert finished.status.succeeded == 1, node.exit_codes
-    assert list(node.exit_codes.values()) == [0]
-    assert conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]["status"] == "True"
-    batch.patch_namespaced_cron_job("cellar-backup", namespace, {"spec": {"suspend": True}})
 
-    # A permanent failure (exit 3: the storage Secret lacks the key the spec names) fails the Job at once.
-    create_resource(
+def _logs_of(env: JobEnvironment, pods: list[Any]) -> str:
+    return "\n".join(
+        f"--- {pod.metadata.name}:\n" + kubectl(env.stack, "logs", "-n", env.namespace, pod.metadata.name)[-3000:]
+        for pod in pods
+    )
+
+
+def _terminated(pod: Any) -> Any:
+    state = pod.status.container_statuses[0].state if pod.status.container_statuses else None
+    return state.terminated if state else None
+
+
+def _assert_ran_on_the_real_node(pod: Any) -> None:
+    """The Pod ran as a container of the runtime on the real node, from cellar's image."""
+    assert pod.spec.node_name == NODE_NAME
+    status = pod.status.container_statuses[0]
+    assert status.container_id.startswith("containerd://"), status.container_id
+    assert status.image.startswith("localhost/cellar-e2e/"), status.image
+    assert status.image_id.startswith("sha256:"), status.image_id
+    log(f"pod {pod.metadata.name}: container {status.container_id} of {status.image} ({status.image_id})")
+
+
+def _run_started(env: JobEnvironment, pod: Any) -> dict[str, Any]:
+    """The run's "run started" log line, through the API server and the kubelet (kubectl logs)."""
+    lines = kubectl(env.stack, "logs", "-n", env.namespace, pod.metadata.name).splitlines()
+    started = [json.loads(line) for line in lines if line.startswith("{") and '"run started"' in line]
+    assert len(started) == 1, lines[:20]
+    return dict(started[0])
+
+
+def _cronjob_now(env: JobEnvironment, name: str, resource: str) -> None:
+    """The shipped CronJob, scheduled every minute for the test, for `resource`."""
+    batch = client.BatchV1Api(env.admin_api)
+    cronjob = batch.read_namespaced_cron_job(name, env.namespace)
+    container = cronjob.spec.job_template.spec.template.spec.containers[0]
+    variables = [{"name": v.name, "value": v.value} for v in container.env if v.name == "CELLAR_RESOURCE_NAME"]
+    assert variables, "the CronJob names its resource in CELLAR_RESOURCE_NAME"
+    variable = _env_index(container, "CELLAR_RESOURCE_NAME")
+    env_patch = [
+        {"op": "replace", "path": "/spec/schedule", "value": "* * * * *"},
+        {
+            "op": "replace",
+            "path": f"/spec/jobTemplate/spec/template/spec/containers/0/env/{variable}/value",
+            "value": resource,
+        },
+    ]
+    batch.patch_namespaced_cron_job(name, env.namespace, env_patch)
+
+
+def _env_index(container: Any, name: str) -> int:
+    return next(i for i, v in enumerate(container.env) if v.name == name)
+
+
+def _database_with(env: JobEnvironment, statements: list[str]) -> None:
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _backup_resource(env: JobEnvironment, name: str, **spec: Any) -> None:
+    env.create_resource(
         "DatabaseBackup",
         {
-            "metadata": {"name": "broken"},
+            "metadata": {"name": name},
             "spec": {
                 "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
-                "storage": {
-                    **storage_spec,
-                    "credentials": {
-                        **storage_spec["credentials"],
-                        "secretAccessKey": {"name": "cellar-object-storage", "key": "no-such-key"},
-                    },
-                },
+                "storage": env.storage_spec,
+                **spec,
             },
         },
     )
-    broken = _cronjob("cellar-backup-broken", "broken", "0 0 1 1 *")
-    batch.create_namespaced_cron_job(namespace, broken)
-    manual = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "broken-now"},
-        "spec": broken["spec"]["jobTemplate"]["spec"],
-    }
-    batch.create_namespaced_job(namespace, manual)
-    failed = _wait("the broken Job to fail", lambda: _finished_job(batch, namespace, "broken-now"), 120)
+
+
+def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) -> None:
+    env = cluster
+    batch = client.BatchV1Api(env.admin_api)
+    _database_with(
+        env,
+        [
+            "CREATE TABLE accounts AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 1000) g",
+            "CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, payload text)",
+            "INSERT INTO events SELECT g, now() - interval '90 days' + g * interval '1 second', md5(g::text)"
+            " FROM generate_series(1, 500) g",
+            "INSERT INTO events SELECT g, now(), md5(g::text) FROM generate_series(501, 600) g",
+        ],
+    )
+    _backup_resource(env, "nightly")
+    env.create_resource(
+        "TableArchive",
+        {
+            "metadata": {"name": "events"},
+            "spec": {
+                "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+                "storage": env.storage_spec,
+                "table": {"schema": "public", "name": "events"},
+                "timestampColumn": "created_at",
+                "olderThan": "30d",
+            },
+        },
+    )
+    _cronjob_now(env, "cellar-backup", "nightly")
+    _cronjob_now(env, "cellar-archive", "events")
+
+    # The controller creates a Job at the next minute, the Job a Pod, the scheduler binds it, the kubelet runs it.
+    for cronjob, kind, resource in (
+        ("cellar-backup", "databasebackups", "nightly"),
+        ("cellar-archive", "tablearchives", "events"),
+    ):
+        job = _wait(
+            f"the first Job of {cronjob}",
+            lambda c=cronjob: next(
+                (j for j in batch.list_namespaced_job(env.namespace).items if j.metadata.name.startswith(c + "-")),
+                None,
+            ),
+            150,
+        )
+        finished = _wait(
+            f"{job.metadata.name} to finish", lambda j=job: _finished_job(batch, env.namespace, j.metadata.name), 240
+        )
+        pods = _pods_of(env, job.metadata.name)
+        assert finished.status.succeeded == 1, _logs_of(env, pods)
+        assert len(pods) == 1, f"one Pod, not retried: {_logs_of(env, pods)}"
+        pod = pods[0]
+        assert conditions(get_status(env.admin_api, env.namespace, kind, resource))["Ready"]["status"] == "True"
+        _assert_ran_on_the_real_node(pod)
+        process = _run_started(env, pod)["identity"]
+        log(f"{pod.metadata.name} ran with {json.dumps(process)}")
+        assert process["uid"] == 1001, process  # the image's USER
+        assert process["gid"] == 0, process  # group 0, as OpenShift runs it
+        assert process["capabilities"] == "0000000000000000", process
+        assert process["no_new_privs"] is True, process
+        assert process["seccomp"] == "filter", process  # RuntimeDefault
+        assert process["read_only_root"] is True, process
+        assert _terminated(pod).exit_code == 0
+        batch.patch_namespaced_cron_job(cronjob, env.namespace, {"spec": {"suspend": True}})
+    with psycopg.connect(dsn(env.database)) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (100,)
+
+    # A permanent failure (exit 3: the storage Secret lacks the key the spec names) fails its Job at once.
+    _backup_resource(
+        env,
+        "broken",
+        storage={
+            **env.storage_spec,
+            "credentials": {
+                **env.storage_spec["credentials"],
+                "secretAccessKey": {"name": "cellar-object-storage", "key": "no-such-key"},
+            },
+        },
+    )
+    template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
+    container = template.spec.template.spec.containers[0]
+    container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = "broken"
+    batch.create_namespaced_job(
+        env.namespace, client.V1Job(metadata=client.V1ObjectMeta(name="broken-now"), spec=template.spec)
+    )
+    failed = _wait("the broken Job to fail", lambda: _finished_job(batch, env.namespace, "broken-now"), 180)
     reasons = {c.type: c.reason for c in failed.status.conditions if c.status == "True"}
     assert reasons.get("Failed") == "PodFailurePolicy", reasons
-    pods = client.CoreV1Api(admin_api).list_namespaced_pod(namespace, label_selector="job-name=broken-now").items
+    pods = _pods_of(env, "broken-now")
     assert len(pods) == 1, "exit 3 is not retried"
-    assert node.exit_codes[pods[0].metadata.name] == 3
-    assert conditions(get_status(admin_api, namespace, "databasebackups", "broken"))["Ready"]["reason"] == (
+    terminated = _terminated(pods[0])
+    assert terminated.exit_code == 3, terminated
+    assert terminated.message.startswith("InvalidSpec"), terminated.message  # the termination log
+    assert conditions(get_status(env.admin_api, env.namespace, "databasebackups", "broken"))["Ready"]["reason"] == (
         "InvalidSpec"
     )
 
-    # kubectl create job --from=cronjob/cellar-backup, through the API: a manual backup.
-    template = batch.read_namespaced_cron_job("cellar-backup", namespace).spec.job_template
-    batch.create_namespaced_job(
-        namespace,
-        client.V1Job(
-            metadata=client.V1ObjectMeta(
-                name="backup-now", annotations={"cronjob.kubernetes.io/instantiate": "manual"}
-            ),
-            spec=template.spec,
-        ),
-    )
-    done = _wait("the manual Job", lambda: _finished_job(batch, namespace, "backup-now"), 120)
+    # A manual backup, as the README says: kubectl create job --from=cronjob/cellar-backup.
+    kubectl(env.stack, "create", "job", "-n", env.namespace, "backup-now", "--from=cronjob/cellar-backup")
+    done = _wait("the manual Job", lambda: _finished_job(batch, env.namespace, "backup-now"), 180)
     assert done.status.succeeded == 1
-    assert get_status(admin_api, namespace, "databasebackups", "orders")["backupsKept"] == 2
+    assert get_status(env.admin_api, env.namespace, "databasebackups", "nightly")["backupsKept"] == 2
+
+
+def test_a_deadline_mid_dump_sends_sigterm_and_leaves_nothing(cluster: JobEnvironment, node: RealNode) -> None:
+    env = cluster
+    batch = client.BatchV1Api(env.admin_api)
+    core = client.CoreV1Api(env.admin_api)
+    # About 24 MiB that zstd cannot shrink, sent through a link of 256 KiB/s: the dump takes minutes.
+    _database_with(
+        env,
+        [
+            "CREATE TABLE blobs AS SELECT g AS id, decode(string_agg(md5(g::text || ':' || h::text), ''), 'hex')"
+            " AS body FROM generate_series(1, 3000) g, generate_series(1, 512) h GROUP BY g",
+        ],
+    )
+    _backup_resource(env, "slow")
+    s3_port = int(env.stack.s3_endpoint.rsplit(":", 1)[1])
+    proxy = f"pods-to-{s3_port}"
+    node.proxy.add_toxic(proxy, "slow-uploads", "bandwidth", stream="upstream", rate=256)
+    try:
+        template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
+        container = template.spec.template.spec.containers[0]
+        container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = "slow"
+        template.spec.active_deadline_seconds = 25
+        template.spec.template.metadata.finalizers = [KEEP]  # so that the Pod can be described after it ends
+        batch.create_namespaced_job(
+            env.namespace, client.V1Job(metadata=client.V1ObjectMeta(name="slow-now"), spec=template.spec)
+        )
+        failed = _wait("the deadline to fail the Job", lambda: _finished_job(batch, env.namespace, "slow-now"), 240)
+        reasons = {c.type: c.reason for c in failed.status.conditions if c.status == "True"}
+        assert reasons.get("Failed") == "DeadlineExceeded", reasons
+        (pod,) = _pods_of(env, "slow-now")
+        pod = _wait(
+            "the container to end",
+            lambda: next((p for p in _pods_of(env, "slow-now") if _terminated(p) is not None), None),
+            120,
+        )
+        terminated = _terminated(pod)
+        _assert_ran_on_the_real_node(pod)
+        # The kubelet has removed the deleted Pod's container, and its log with it: the termination message,
+        # which the process wrote on SIGTERM, is what is left, as on any cluster.
+        assert terminated.exit_code == 143, terminated  # 128 + SIGTERM: cellar's exit code for Interrupted
+        assert terminated.message.startswith("Interrupted"), terminated.message
+        described = kubectl(env.stack, "describe", "pod", "-n", env.namespace, pod.metadata.name)
+        log(f"kubectl describe pod {pod.metadata.name}:\n{described}")
+        assert "Message:" in described, described
+        assert "Interrupted: interrupted by SIGTERM" in described, described
+        status = get_status(env.admin_api, env.namespace, "databasebackups", "slow")
+        assert conditions(status)["Ready"]["reason"] == "Interrupted", status
+    finally:
+        node.proxy.remove_toxic(proxy, "slow-uploads")
+        for leftover in _pods_of(env, "slow-now"):
+            core.patch_namespaced_pod(leftover.metadata.name, env.namespace, {"metadata": {"finalizers": None}})
+    assert list_all(env.s3, env.bucket, "") == [], "no object is left"
+    uploads = env.s3.list_multipart_uploads(Bucket=env.bucket).get("Uploads", [])
+    assert uploads == [], "no multipart upload is left open"
