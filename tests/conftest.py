@@ -70,6 +70,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
     for major, server in sorted(_SERVERS.items()):
         terminalreporter.write_line(f"version matrix: PostgreSQL {major}: {server.pg_version}")
+    from tests.harness.realnode import REPORT
+
+    for line in REPORT:
+        terminalreporter.write_line(f"real node: {line}")
 
 
 @pytest.fixture(autouse=True)

@@ -48,6 +48,8 @@ BRIDGE_ADDRESS = "10.88.0.1"
 POD_SUBNET = "10.88.0.0/16"
 SERVICE_ADDRESS = "10.0.0.1"  # the first address of the API server's --service-cluster-ip-range
 NODE_NAME = "cellar-node"
+# What ran on the node, printed at the end of the test run (conftest.py): evidence, not logs.
+REPORT: list[str] = []
 # What the kubelet and the bridge plugin write on the host, put back as found when the node stops.
 HOST_SYSCTLS = (
     "vm/overcommit_memory",
@@ -329,7 +331,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 raise StackError(f"node {NODE_NAME} not Ready after 120 s ({state}):\n{self._tail('kubelet.log')}")
             time.sleep(0.5)
         info = node.status.node_info
-        log(f"node {NODE_NAME} Ready: kubelet {info.kubelet_version}, {info.container_runtime_version}")
+        ready_line = f"node {NODE_NAME} Ready: kubelet {info.kubelet_version}, {info.container_runtime_version}"
+        ready_line += f", {info.kernel_version}, cgroup v1 (hybrid), runc {self._runc_version()}"
+        log(ready_line)
+        REPORT.append(ready_line)
+
+    def _runc_version(self) -> str:
+        first = _run(["runc", "--version"]).stdout.splitlines()[0]
+        return first.rsplit(" ", 1)[-1]
 
     def _tail(self, name: str, lines: int = 40) -> str:
         path = self.root / name

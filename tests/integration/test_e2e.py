@@ -7,35 +7,42 @@ in a namespace that admits only Pods of the restricted Pod Security profile.
   it ran with a read-only root, a non-root UID in group 0, no capabilities, no_new_privs and a seccomp filter;
 - a Job whose activeDeadlineSeconds passes mid-dump: the kubelet sends SIGTERM, the run records Interrupted, no
   object or multipart upload is left, and `kubectl describe pod` shows the termination message;
+- `kubectl drain` evicts a backup mid-upload: SIGTERM, Interrupted, and the shipped podFailurePolicy ignores the
+  failure (DisruptionTarget), so the Job runs it again, as an arbitrary UID in group 0, once the node is uncordoned;
 - exit 3 fails its Job at once through podFailurePolicy; `kubectl create job --from=cronjob/...` backs up now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from kubernetes import client
+import urllib3
+from kubernetes import client, watch
 
 from tests.harness.cluster import REPO
 from tests.harness.image import DOCKERFILES, image_name, layout_from_dockerfile
 from tests.harness.image import build as build_images
-from tests.harness.realnode import NODE_NAME, RealNode
+from tests.harness.realnode import NODE_NAME, REPORT, RealNode
 from tests.harness.stack import LocalStack, built_binaries, log
 from tests.integration.archive_helpers import dsn, list_all
 from tests.integration.backup_helpers import conditions, get_status
 from tests.integration.environments import JobEnvironment
 
+ARBITRARY_UID = 1000770000  # the kind of UID OpenShift's restricted SCC assigns, in group 0
 KEEP = "cellar.dev/e2e-keep"  # a finalizer the test puts on a Pod so that it can still describe it
 
 
@@ -195,7 +202,13 @@ def _assert_ran_on_the_real_node(pod: Any) -> None:
     assert status.container_id.startswith("containerd://"), status.container_id
     assert status.image.startswith("localhost/cellar-e2e/"), status.image
     assert status.image_id.startswith("sha256:"), status.image_id
-    log(f"pod {pod.metadata.name}: container {status.container_id} of {status.image} ({status.image_id})")
+    terminated = status.state.terminated
+    line = (
+        f"pod {pod.metadata.name}: container {status.container_id} of {status.image} ({status.image_id}), "
+        f"exit {terminated.exit_code} ({terminated.reason})"
+    )
+    log(line)
+    REPORT.append(line)
 
 
 def _run_started(env: JobEnvironment, pod: Any) -> dict[str, Any]:
@@ -227,6 +240,75 @@ def _cronjob_now(env: JobEnvironment, name: str, resource: str) -> None:
 
 def _env_index(container: Any, name: str) -> int:
     return next(i for i, v in enumerate(container.env) if v.name == name)
+
+
+def _job_from_cronjob(
+    env: JobEnvironment,
+    name: str,
+    resource: str,
+    pod_finalizers: list[str] | None = None,
+    run_as_user: int | None = None,
+    **spec: Any,
+) -> None:
+    """A Job from the shipped backup CronJob's template, for `resource`, with `spec` changed."""
+    batch = client.BatchV1Api(env.admin_api)
+    template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
+    container = template.spec.template.spec.containers[0]
+    container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = resource
+    template.spec.template.metadata.finalizers = pod_finalizers
+    template.spec.template.spec.security_context.run_as_user = run_as_user
+    for key, value in spec.items():
+        setattr(template.spec, key, value)
+    batch.create_namespaced_job(
+        env.namespace, client.V1Job(metadata=client.V1ObjectMeta(name=name), spec=template.spec)
+    )
+
+
+class PodWatch(threading.Thread):
+    """The last state the API server reported of each Pod matching `selector`, deleted ones included."""
+
+    def __init__(self, env: JobEnvironment, selector: str) -> None:
+        super().__init__(daemon=True)
+        self.core = client.CoreV1Api(env.admin_api)
+        self.namespace, self.selector = env.namespace, selector
+        self.pods: dict[str, Any] = {}
+        self.watch = watch.Watch()
+        self.start()
+
+    def run(self) -> None:
+        events = self.watch.stream(
+            self.core.list_namespaced_pod, self.namespace, label_selector=self.selector, timeout_seconds=900
+        )
+        # A stopped watch ends at its next event, or when the API server closes the stream (end of session).
+        with contextlib.suppress(urllib3.exceptions.ProtocolError):
+            for event in events:
+                self.pods[event["object"].metadata.name] = event["object"]
+
+    def stop(self) -> None:
+        self.watch.stop()
+
+
+def _release(env: JobEnvironment, pods: list[Any]) -> None:
+    """Take the test's finalizer off Pods, so that their deletion completes."""
+    core = client.CoreV1Api(env.admin_api)
+    for pod in pods:
+        core.patch_namespaced_pod(pod.metadata.name, env.namespace, {"metadata": {"finalizers": None}})
+
+
+def _slow_backup(env: JobEnvironment, node: RealNode, name: str) -> str:
+    """A DatabaseBackup `name` of about 24 MiB that zstd cannot shrink, and the Pods' link to the object store
+    slowed to 256 KiB/s, so that its upload takes minutes; returns the toxiproxy proxy to undo it on."""
+    _database_with(
+        env,
+        [
+            "CREATE TABLE blobs AS SELECT g AS id, decode(string_agg(md5(g::text || ':' || h::text), ''), 'hex')"
+            " AS body FROM generate_series(1, 3000) g, generate_series(1, 512) h GROUP BY g",
+        ],
+    )
+    _backup_resource(env, name)
+    proxy = f"pods-to-{int(env.stack.s3_endpoint.rsplit(':', 1)[1])}"
+    node.proxy.add_toxic(proxy, "slow-uploads", "bandwidth", stream="upstream", rate=256)
+    return proxy
 
 
 def _database_with(env: JobEnvironment, statements: list[str]) -> None:
@@ -326,18 +408,14 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
             },
         },
     )
-    template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
-    container = template.spec.template.spec.containers[0]
-    container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = "broken"
-    batch.create_namespaced_job(
-        env.namespace, client.V1Job(metadata=client.V1ObjectMeta(name="broken-now"), spec=template.spec)
-    )
+    _job_from_cronjob(env, "broken-now", "broken")
     failed = _wait("the broken Job to fail", lambda: _finished_job(batch, env.namespace, "broken-now"), 180)
     reasons = {c.type: c.reason for c in failed.status.conditions if c.status == "True"}
     assert reasons.get("Failed") == "PodFailurePolicy", reasons
     pods = _pods_of(env, "broken-now")
     assert len(pods) == 1, "exit 3 is not retried"
     terminated = _terminated(pods[0])
+    _assert_ran_on_the_real_node(pods[0])
     assert terminated.exit_code == 3, terminated
     assert terminated.message.startswith("InvalidSpec"), terminated.message  # the termination log
     assert conditions(get_status(env.admin_api, env.namespace, "databasebackups", "broken"))["Ready"]["reason"] == (
@@ -348,38 +426,21 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
     kubectl(env.stack, "create", "job", "-n", env.namespace, "backup-now", "--from=cronjob/cellar-backup")
     done = _wait("the manual Job", lambda: _finished_job(batch, env.namespace, "backup-now"), 180)
     assert done.status.succeeded == 1
+    _assert_ran_on_the_real_node(_pods_of(env, "backup-now")[0])
     assert get_status(env.admin_api, env.namespace, "databasebackups", "nightly")["backupsKept"] == 2
 
 
 def test_a_deadline_mid_dump_sends_sigterm_and_leaves_nothing(cluster: JobEnvironment, node: RealNode) -> None:
     env = cluster
     batch = client.BatchV1Api(env.admin_api)
-    core = client.CoreV1Api(env.admin_api)
-    # About 24 MiB that zstd cannot shrink, sent through a link of 256 KiB/s: the dump takes minutes.
-    _database_with(
-        env,
-        [
-            "CREATE TABLE blobs AS SELECT g AS id, decode(string_agg(md5(g::text || ':' || h::text), ''), 'hex')"
-            " AS body FROM generate_series(1, 3000) g, generate_series(1, 512) h GROUP BY g",
-        ],
-    )
-    _backup_resource(env, "slow")
-    s3_port = int(env.stack.s3_endpoint.rsplit(":", 1)[1])
-    proxy = f"pods-to-{s3_port}"
-    node.proxy.add_toxic(proxy, "slow-uploads", "bandwidth", stream="upstream", rate=256)
+    proxy = _slow_backup(env, node, "slow")
     try:
-        template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
-        container = template.spec.template.spec.containers[0]
-        container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = "slow"
-        template.spec.active_deadline_seconds = 25
-        template.spec.template.metadata.finalizers = [KEEP]  # so that the Pod can be described after it ends
-        batch.create_namespaced_job(
-            env.namespace, client.V1Job(metadata=client.V1ObjectMeta(name="slow-now"), spec=template.spec)
-        )
+        # The Pod is kept (a finalizer) so that it can still be described once the Job controller deletes it.
+        _job_from_cronjob(env, "slow-now", "slow", pod_finalizers=[KEEP], active_deadline_seconds=25)
         failed = _wait("the deadline to fail the Job", lambda: _finished_job(batch, env.namespace, "slow-now"), 240)
         reasons = {c.type: c.reason for c in failed.status.conditions if c.status == "True"}
         assert reasons.get("Failed") == "DeadlineExceeded", reasons
-        (pod,) = _pods_of(env, "slow-now")
+        assert len(_pods_of(env, "slow-now")) == 1
         pod = _wait(
             "the container to end",
             lambda: next((p for p in _pods_of(env, "slow-now") if _terminated(p) is not None), None),
@@ -399,8 +460,67 @@ def test_a_deadline_mid_dump_sends_sigterm_and_leaves_nothing(cluster: JobEnviro
         assert conditions(status)["Ready"]["reason"] == "Interrupted", status
     finally:
         node.proxy.remove_toxic(proxy, "slow-uploads")
-        for leftover in _pods_of(env, "slow-now"):
-            core.patch_namespaced_pod(leftover.metadata.name, env.namespace, {"metadata": {"finalizers": None}})
+        _release(env, _pods_of(env, "slow-now"))
     assert list_all(env.s3, env.bucket, "") == [], "no object is left"
     uploads = env.s3.list_multipart_uploads(Bucket=env.bucket).get("Uploads", [])
     assert uploads == [], "no multipart upload is left open"
+
+
+def test_a_node_drain_interrupts_the_backup_and_the_job_runs_it_again(cluster: JobEnvironment, node: RealNode) -> None:
+    """`kubectl drain` evicts the Pod mid-upload: SIGTERM, Interrupted, and the shipped podFailurePolicy ignores
+    the failure (DisruptionTarget), so the Job runs a new Pod once the node is schedulable again."""
+    env = cluster
+    batch = client.BatchV1Api(env.admin_api)
+    proxy = _slow_backup(env, node, "drained")
+    seen = PodWatch(env, "job-name=drain-now")
+    try:
+        # backoffLimit 0: a failure that counted would fail the Job. The UID is one OpenShift would assign.
+        _job_from_cronjob(env, "drain-now", "drained", run_as_user=ARBITRARY_UID, backoff_limit=0)
+        _wait(
+            "the backup to be dumping",
+            lambda: (
+                conditions(get_status(env.admin_api, env.namespace, "databasebackups", "drained"))
+                .get("Progressing", {})
+                .get("status")
+                == "True"
+            ),
+            120,
+        )
+        kubectl(
+            env.stack,
+            "drain",
+            NODE_NAME,
+            "--pod-selector=job-name=drain-now",
+            "--delete-emptydir-data",
+            "--timeout=120s",
+        )
+        # kubectl drain returns once the evicted Pod is gone; the watch saw its last state.
+        evicted = next(p for p in seen.pods.values() if p.metadata.deletion_timestamp and _terminated(p))
+        assert _terminated(evicted).exit_code == 143, _terminated(evicted)
+        disruption = {c.type: c for c in evicted.status.conditions}.get("DisruptionTarget")
+        assert disruption is not None, evicted.status.conditions
+        assert disruption.status == "True", disruption
+        status = get_status(env.admin_api, env.namespace, "databasebackups", "drained")
+        assert conditions(status)["Ready"]["reason"] == "Interrupted", status
+        node.proxy.remove_toxic(proxy, "slow-uploads")
+        kubectl(env.stack, "uncordon", NODE_NAME)
+        done = _wait("the Job to run it again", lambda: _finished_job(batch, env.namespace, "drain-now"), 240)
+        assert done.status.succeeded == 1, {c.type: c.reason for c in done.status.conditions}
+        pods = _pods_of(env, "drain-now")
+        assert len(pods) == 1, [p.metadata.name for p in pods]
+        assert pods[0].metadata.name != evicted.metadata.name
+        for pod in [evicted, *pods]:
+            _assert_ran_on_the_real_node(pod)
+        retried = next(pod for pod in pods if _terminated(pod).exit_code == 0)
+        identity = _run_started(env, retried)["identity"]
+        assert identity["uid"] == ARBITRARY_UID, identity
+        assert identity["gid"] == 0, identity
+    finally:
+        kubectl(env.stack, "uncordon", NODE_NAME)
+        with contextlib.suppress(urllib.error.HTTPError):  # removed above unless the test failed first
+            node.proxy.remove_toxic(proxy, "slow-uploads")
+        seen.stop()
+    assert conditions(get_status(env.admin_api, env.namespace, "databasebackups", "drained"))["Ready"]["status"] == (
+        "True"
+    )
+    assert env.s3.list_multipart_uploads(Bucket=env.bucket).get("Uploads", []) == [], "the evicted upload was aborted"
