@@ -228,10 +228,14 @@ def base_rootfs() -> tuple[Path, Layer]:
 
 def _wheelhouse(directory: Path) -> None:
     """The project's wheel and every dependency's, for the image's Python (same minor as the tests')."""
-    subprocess.run(
+    result = subprocess.run(
         [str(REPO / ".venv/bin/python"), "-m", "pip", "wheel", "-q", "--wheel-dir", str(directory), f"{REPO}[binary]"],
-        check=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"pip wheel failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
 def venv_layer(rootfs: Path, layout: ImageLayout, work: Path) -> Layer:

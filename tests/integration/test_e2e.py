@@ -119,7 +119,7 @@ def test_the_image_is_laid_out_as_the_dockerfiles_say(images: Path) -> None:
 
 
 @pytest.fixture
-def cluster(node: RealNode, job_env: JobEnvironment) -> JobEnvironment:
+def cluster(node: RealNode, job_env: JobEnvironment, tmp_path: Path) -> JobEnvironment:
     """The test's namespace made restricted, cellar applied into it from an overlay, and the database and
     storage Secrets pointing where a Pod reaches the servers."""
     core = client.CoreV1Api(job_env.admin_api)
@@ -127,7 +127,8 @@ def cluster(node: RealNode, job_env: JobEnvironment) -> JobEnvironment:
         job_env.namespace,
         {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
     )
-    overlay = Path(tempfile.mkdtemp(prefix="cellar-overlay-", dir="/tmp"))
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
     images = "\n".join(
         f"  - name: ghcr.io/cellar-dev/{title}\n    newName: {image_name(title).rsplit(':', 1)[0]}\n    newTag: test"
         for title in ("cellar-backup", "cellar-archive")
@@ -138,7 +139,7 @@ def cluster(node: RealNode, job_env: JobEnvironment) -> JobEnvironment:
         f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {job_env.namespace}\n"
         f"resources:\n  - {base}\nimages:\n{images}\n"
     )
-    kubectl(job_env.stack, "apply", "--server-side", "--force-conflicts", "-k", str(overlay))
+    kubectl(job_env.stack, "apply", "-k", str(overlay))  # as the README installs it
     host, port = node.forward(int(job_env.database["port"]))
     job_env.create_secret("cellar-database", {**job_env.database, "host": host, "port": str(port)})
     s3_port = int(job_env.stack.s3_endpoint.rsplit(":", 1)[1])
