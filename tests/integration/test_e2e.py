@@ -437,7 +437,7 @@ def test_a_deadline_mid_dump_sends_sigterm_and_leaves_nothing(cluster: JobEnviro
     proxy = _slow_backup(env, node, "slow")
     try:
         # The Pod is kept (a finalizer) so that it can still be described once the Job controller deletes it.
-        _job_from_cronjob(env, "slow-now", "slow", pod_finalizers=[KEEP], active_deadline_seconds=25)
+        _job_from_cronjob(env, "slow-now", "slow", pod_finalizers=[KEEP], active_deadline_seconds=40)
         failed = _wait("the deadline to fail the Job", lambda: _finished_job(batch, env.namespace, "slow-now"), 240)
         reasons = {c.type: c.reason for c in failed.status.conditions if c.status == "True"}
         assert reasons.get("Failed") == "DeadlineExceeded", reasons
