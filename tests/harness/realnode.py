@@ -41,7 +41,7 @@ import yaml
 
 from tests.harness.faults import Toxiproxy
 from tests.harness.image import IMAGE_REGISTRY, PAUSE_IMAGE
-from tests.harness.stack import LocalStack, StackError, built_binaries, free_port, log
+from tests.harness.stack import LocalStack, Process, StackError, built_binaries, free_port, log, spawn, wait_for
 
 BRIDGE = "cellar0"
 BRIDGE_ADDRESS = "10.88.0.1"
@@ -83,8 +83,8 @@ class RealNode:
         self.socket = self.root / "containerd.sock"
         self.proxy = Toxiproxy()
         self.sysctls: dict[str, str] = {}
-        self.containerd: subprocess.Popen[bytes] | None = None
-        self.kubelet: subprocess.Popen[bytes] | None = None
+        self.containerd: Process | None = None
+        self.kubelet: Process | None = None
         self.forwarded: dict[int, int] = {}
         # The kubelet's device manager uses /var/lib/kubelet/device-plugins whatever --root-dir says.
         self.made_var_lib_kubelet = not KUBELET_FIXED_DIR.exists()
@@ -112,12 +112,8 @@ class RealNode:
 
     def stop(self) -> None:
         for process in (self.kubelet, self.containerd):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            if process is not None:
+                process.stop()
         # The runtime's shims outlive containerd by design; ours name our socket on their command line.
         subprocess.run(["pkill", "-KILL", "-f", str(self.socket)], check=False)
         self.proxy.stop()
@@ -220,18 +216,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "{root}/cni"
 """
         )
-        output = (self.root / "containerd.log").open("wb")
-        self.containerd = subprocess.Popen(
+        self.containerd = spawn(
+            "containerd",
             ["unshare", "--mount", "--propagation", "shared", "--", "containerd", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.root,
         )
-        deadline = time.monotonic() + 60
-        while self._ctr("version", check=False).returncode != 0:
-            if self.containerd.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"containerd did not start:\n{self._tail('containerd.log')}")
-            time.sleep(0.2)
+        wait_for("containerd", lambda: self._ctr("version", check=False).returncode == 0, self.containerd, 60)
         log(f"containerd ready at {self.socket}")
 
     def _ctr(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -241,13 +231,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _import_images(self) -> None:
         started = time.monotonic()
         self._ctr("images", "import", "--all-platforms", str(self.images))
-        for name in self.image_names():
-            self._ctr("images", "label", name, "io.cri-containerd.pinned=pinned")
-        log(f"images imported into containerd in {time.monotonic() - started:.0f} s: {', '.join(self.image_names())}")
-
-    def image_names(self) -> list[str]:
         listed = self._ctr("images", "list", "--quiet").stdout.split()
-        return [name for name in listed if name.startswith(IMAGE_REGISTRY)]
+        names = [name for name in listed if name.startswith(IMAGE_REGISTRY)]
+        for name in names:
+            self._ctr("images", "label", name, "io.cri-containerd.pinned=pinned")
+        log(f"images imported into containerd in {time.monotonic() - started:.0f} s: {', '.join(names)}")
 
     def _start_kubelet(self) -> None:
         port, healthz = free_port(), free_port()
@@ -288,12 +276,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             )
         )
         kubelet = built_binaries(["kubelet"])["kubelet"]
-        output = (self.root / "kubelet.log").open("wb")
         assert self.containerd is not None
-        self.kubelet = subprocess.Popen(
+        self.kubelet = spawn(
+            "kubelet",
             [
                 "nsenter",
-                f"--mount=/proc/{self.containerd.pid}/ns/mnt",
+                f"--mount=/proc/{self.containerd.popen.pid}/ns/mnt",
                 "--",
                 str(kubelet),
                 f"--config={config}",
@@ -304,32 +292,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"--node-ip={BRIDGE_ADDRESS}",
                 "--v=1",
             ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.root,
         )
         from kubernetes import client
 
         from tests.harness.cluster import admin_client
 
         core = client.CoreV1Api(admin_client(self.stack.kubeconfig))
-        deadline = time.monotonic() + 120
-        while True:
-            if self.kubelet.poll() is not None:
-                raise StackError(f"kubelet exited ({self.kubelet.returncode}):\n{self._tail('kubelet.log')}")
+
+        def ready() -> bool:
+            """True once Ready and untainted; otherwise raises what it is waiting for (wait_for reports it)."""
             try:
                 node = core.read_node(NODE_NAME)
-                ready = {c.type: c for c in node.status.conditions or []}.get("Ready")
-                taints = [taint.key for taint in node.spec.taints or []]
-                if ready is not None and ready.status == "True" and not taints:
-                    break
-                state = f"{ready.reason}: {ready.message}" if ready else "no Ready condition"
-                state += f"; taints {taints}" if taints else ""
             except client.ApiException as exc:
-                state = f"not registered ({exc.status})"
-            if time.monotonic() > deadline:
-                raise StackError(f"node {NODE_NAME} not Ready after 120 s ({state}):\n{self._tail('kubelet.log')}")
-            time.sleep(0.5)
+                raise StackError(f"not registered ({exc.status})") from None
+            condition = {c.type: c for c in node.status.conditions or []}.get("Ready")
+            taints = [taint.key for taint in node.spec.taints or []]
+            if condition is not None and condition.status == "True" and not taints:
+                return True
+            state = f"{condition.reason}: {condition.message}" if condition else "no Ready condition"
+            raise StackError(state + (f"; taints {taints}" if taints else ""))
+
+        wait_for(f"node {NODE_NAME} Ready", ready, self.kubelet, 120)
+        node = core.read_node(NODE_NAME)
         info = node.status.node_info
         ready_line = f"node {NODE_NAME} Ready: kubelet {info.kubelet_version}, {info.container_runtime_version}"
         ready_line += f", {info.kernel_version}, cgroup v1 (hybrid), runc {self._runc_version()}"
@@ -339,7 +324,3 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _runc_version(self) -> str:
         first = _run(["runc", "--version"]).stdout.splitlines()[0]
         return first.rsplit(" ", 1)[-1]
-
-    def _tail(self, name: str, lines: int = 40) -> str:
-        path = self.root / name
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

@@ -146,7 +146,16 @@ class Process:
                 self.popen.wait()
 
 
-def _wait(what: str, check: Any, process: Process | None, timeout: float = 90.0) -> None:
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    """Start a server in its own session, its output in `log_dir`/`name`.log."""
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Process(name, popen, log_path)
+
+
+def wait_for(what: str, check: Any, process: Process | None, timeout: float = 90.0) -> None:
+    """Poll `check` until it is true; fail early if `process` exits, naming the last error and its log."""
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
@@ -292,10 +301,7 @@ class LocalStack:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
-        log_path = self.root / f"{name}.log"
-        with log_path.open("wb") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        process = Process(name, popen, log_path)
+        process = spawn(name, argv, self.root, env)
         self.processes.append(process)
         return process
 
@@ -335,7 +341,7 @@ class LocalStack:
                 "warn",
             ],
         )
-        _wait("etcd", lambda: urllib.request.urlopen(f"{etcd_url}/health", timeout=2).status == 200, etcd)
+        wait_for("etcd", lambda: urllib.request.urlopen(f"{etcd_url}/health", timeout=2).status == 200, etcd)
 
         certs_dir = self.root / "pki"
         certs_dir.mkdir()
@@ -371,7 +377,7 @@ class LocalStack:
             with urllib.request.urlopen(f"{self.kube_url}/readyz", context=context, timeout=3) as response:
                 return bool(response.status == 200)
 
-        _wait("kube-apiserver /readyz", ready, apiserver, timeout=180)
+        wait_for("kube-apiserver /readyz", ready, apiserver, timeout=180)
         with urllib.request.urlopen(f"{self.kube_url}/version", context=context, timeout=3) as response:
             self.kube_version = yaml.safe_load(response.read())["gitVersion"]
         self.kubeconfig = self.root / "admin.kubeconfig"
@@ -428,7 +434,7 @@ class LocalStack:
             with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=3) as response:
                 return bool(response.status == 200)
 
-        _wait(f"{name} /healthz", healthy, process, timeout=120)
+        wait_for(f"{name} /healthz", healthy, process, timeout=120)
         log(f"{name} ready on 127.0.0.1:{port}")
 
     def kubeconfig_for(self, *, user: str, credentials: dict[str, str], namespace: str = "default") -> str:
@@ -570,5 +576,5 @@ class LocalStack:
             except urllib.error.HTTPError:
                 return False
 
-        _wait("MinIO", live, minio)
+        wait_for("MinIO", live, minio)
         log(f"MinIO ready at {self.s3_endpoint}")

@@ -225,8 +225,6 @@ def _cronjob_now(env: JobEnvironment, name: str, resource: str) -> None:
     batch = client.BatchV1Api(env.admin_api)
     cronjob = batch.read_namespaced_cron_job(name, env.namespace)
     container = cronjob.spec.job_template.spec.template.spec.containers[0]
-    variables = [{"name": v.name, "value": v.value} for v in container.env if v.name == "CELLAR_RESOURCE_NAME"]
-    assert variables, "the CronJob names its resource in CELLAR_RESOURCE_NAME"
     variable = _env_index(container, "CELLAR_RESOURCE_NAME")
     env_patch = [
         {"op": "replace", "path": "/spec/schedule", "value": "* * * * *"},
@@ -240,7 +238,9 @@ def _cronjob_now(env: JobEnvironment, name: str, resource: str) -> None:
 
 
 def _env_index(container: Any, name: str) -> int:
-    return next(i for i, v in enumerate(container.env) if v.name == name)
+    indexes = [i for i, v in enumerate(container.env) if v.name == name]
+    assert indexes, f"the CronJob names its resource in {name}"
+    return indexes[0]
 
 
 def _job_from_cronjob(
