@@ -8,10 +8,13 @@ variant runs on its own copy of the database (CREATE DATABASE ... TEMPLATE), dro
   (b) cellar with partitions.archiveWhole: false: every due row in row batches (what partition mode replaces)
   (c) cellar's archiver with its defaults: those partitions detached, read once into Parquet, dropped; the
       due rows of the partition that straddles the cutoff in row batches
+  (d) (c) with partitioning: Monthly: one file per month instead of one per day (a thirtieth of the objects)
 
-(a), (b) and (c) take turns for --rounds rounds. Printed: rows per second of each, (c)'s rows per second over
-(a)'s (target: at least 0.8), and the longest time any transaction held an ACCESS EXCLUSIVE lock on the
-parent table while (c) ran, sampled every 20 ms from pg_locks (target: under 1 s). Run:
+(a) to (d) take turns for --rounds rounds. Printed: rows per second of each; (c)'s and (d)'s rows per second
+over (a)'s (target: at least 0.8); the most that ratio could be on this machine (the CPU seconds the variant
+needed, spread perfectly over the cores, against (a)'s wall time); and the longest time any transaction held
+an ACCESS EXCLUSIVE lock on the parent table while (c) ran, sampled every 20 ms from pg_locks (target: under
+1 s). Run:
 
     .venv/bin/python -m benchmarks.partition_bench              (--rows 1000000 for a quicker look)
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -27,8 +31,8 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.archive_bench import COLUMNS, cellar, drop, fill_orders, fresh_copy
-from benchmarks.measure import install_cellar
+from benchmarks.archive_bench import COLUMNS, cellar, cpu_spent, drop, fill_orders, fresh_copy
+from benchmarks.measure import install_cellar, server_cpu
 from tests.harness.stack import LocalStack, s3_client
 
 TEMPLATE = "partition_template"
@@ -74,6 +78,7 @@ def floor(stack: LocalStack, attempt: int) -> dict[str, Any]:
     database = f"partition_a_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
     partitions = whole_partitions(dsn)
+    before, client_before = server_cpu(stack), time.process_time()
     started = time.monotonic()
     with psycopg.connect(dsn) as conn:
         for name, _ in partitions:
@@ -83,9 +88,16 @@ def floor(stack: LocalStack, attempt: int) -> dict[str, Any]:
             conn.execute(f"DROP TABLE {name}")
             conn.commit()
     wall = time.monotonic() - started
+    spent = cpu_spent(time.process_time() - client_before, before, server_cpu(stack))
     drop(stack, database)
     rows = sum(n for _, n in partitions)
-    return {"wall": wall, "rows": rows, "rows_per_second": rows / wall, "partitions": len(partitions)}
+    return {"wall": wall, "rows": rows, "rows_per_second": rows / wall, "partitions": len(partitions), **spent}
+
+
+def cpu_bound_wall(figures: dict[str, Any]) -> float:
+    """The shortest wall time the CPU seconds a variant needed allow on this machine's cores."""
+    spent = figures["job_cpu"] + figures["postgres_cpu"] + figures["minio_cpu"]
+    return spent / (os.cpu_count() or 1)
 
 
 class ParentLockWatch(threading.Thread):
@@ -112,8 +124,11 @@ class ParentLockWatch(threading.Thread):
                 time.sleep(0.02)
 
 
-def cellar_run(stack: LocalStack, kubeconfig: Any, api: Any, attempt: int, whole: bool = True) -> dict[str, Any]:
-    database = f"partition_{'c' if whole else 'b'}_{attempt}"
+def cellar_run(
+    stack: LocalStack, kubeconfig: Any, api: Any, attempt: int, whole: bool = True, partitioning: str = "Daily"
+) -> dict[str, Any]:
+    variant = ("c" if partitioning == "Daily" else "d") if whole else "b"
+    database = f"partition_{variant}_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
     whole_rows = sum(n for _, n in whole_partitions(dsn))
     watch = ParentLockWatch(dsn)
@@ -124,10 +139,10 @@ def cellar_run(stack: LocalStack, kubeconfig: Any, api: Any, attempt: int, whole
         "partition-bench",
         kubeconfig,
         api,
-        "Daily",
+        partitioning,
         attempt,
         {},
-        name=f"part-{'c' if whole else 'b'}-{attempt}",
+        name=f"part-{variant}-{attempt}",
         spec={"partitions": {"archiveWhole": whole}},
     )
     watch.stop.set()
@@ -157,13 +172,24 @@ def main() -> int:
             a = floor(stack, attempt)
             b = cellar_run(stack, kubeconfig, api, attempt, whole=False)
             c = cellar_run(stack, kubeconfig, api, attempt)
+            d = cellar_run(stack, kubeconfig, api, attempt, partitioning="Monthly")
             shown = {
                 name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
-                for name, figures in (("a_floor", a), ("b_row_batches", b), ("c_whole_partitions", c))
+                for name, figures in (
+                    ("a_floor", a),
+                    ("b_row_batches", b),
+                    ("c_whole_partitions", c),
+                    ("d_whole_partitions_monthly_files", d),
+                )
             }
             ratios = {
                 "c_over_a_rows_per_second": round(c["rows_per_second"] / a["rows_per_second"], 2),
+                "d_over_a_rows_per_second": round(d["rows_per_second"] / a["rows_per_second"], 2),
                 "c_over_b_rows_per_second": round(c["rows_per_second"] / b["rows_per_second"], 2),
+                # the most (c) and (d) could reach here: their CPU seconds (job, PostgreSQL, MinIO) spread
+                # perfectly over this machine's cores, against the floor's wall time
+                "c_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(c), 2),
+                "d_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(d), 2),
             }
             print(json.dumps({"round": attempt, **shown, **ratios}))
     finally:

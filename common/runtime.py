@@ -302,11 +302,20 @@ def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) 
     return code
 
 
+def print_usage(usage: str) -> None:
+    """The usage on stdout; a reader that stopped early (`--help | head -1`) is no error."""
+    try:
+        print(usage, flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit: point it at /dev/null so that flush has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run_command(commands: Mapping[str, Job], default: str, usage: str, argv: Sequence[str] | None, *, prog: str) -> int:
     """`prog [command] [options]`: pick a job by its first argument (default `default`) and run it."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in ("-h", "--help", "help"):
-        print(usage)
+        print_usage(usage)
         return 0
     command = default
     if arguments and not arguments[0].startswith("-"):

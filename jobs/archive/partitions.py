@@ -36,7 +36,7 @@ from common.errors import PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from jobs.archive import ledger
-from jobs.archive.batches import BatchResult, BatchWorker, rollback_quietly
+from jobs.archive.batches import BatchResult, BatchWorker, read_copy, rollback_quietly
 from jobs.archive.encoding import csv_to_table, select_list
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
@@ -260,7 +260,7 @@ class PartitionArchiver:
                     select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
                 )
                 with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
-                    data = b"".join(bytes(block) for block in copy)
+                    data = read_copy(conn, copy)
                 table = sort_batch(csv_to_table(data, self.info.columns), self.info)
                 if table.num_rows:
                     entries = self.worker.publish_rows(str(uuid.uuid4()), table)

@@ -24,8 +24,8 @@ from tests.integration.processes import run_until_failpoint, start_job
 
 
 def make_events(database: dict[str, Any], *, days: int, per_day: int, default: bool, sub: bool = False) -> set[int]:
-    """events partitioned by day over the last `days` days plus today's and tomorrow's partitions; the ids of
-    the rows older than 30 days (due)."""
+    """events partitioned by day over the last `days` days plus today's and tomorrow's partitions, `per_day`
+    rows in each day before today; the ids of the rows older than 30 days (due)."""
     with psycopg.connect(dsn(database), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE events (id bigint, created_at timestamptz NOT NULL, note text, PRIMARY KEY (id, created_at)) "
@@ -48,10 +48,11 @@ def make_events(database: dict[str, Any], *, days: int, per_day: int, default: b
                     )
         if default:
             conn.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
-        # Rows at ages spread over every day (half a day into it), older than 30 days or not.
+        # Rows at noon UTC of every day before today, older than 30 days or not. At ages counted from now
+        # instead, the oldest partition held rows only in the mornings.
         conn.execute(
-            "INSERT INTO events SELECT g, now() - ((g %% %s) + 0.5) * interval '1 day', 'old ' || g "
-            "FROM generate_series(1, %s) g",
+            "INSERT INTO events SELECT g, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+            "- ((g %% %s) + 0.5) * interval '1 day', 'old ' || g FROM generate_series(1, %s) g",
             (days, per_day * days),
         )
         rows = conn.execute("SELECT id FROM events WHERE created_at < now() - interval '30 days'").fetchall()

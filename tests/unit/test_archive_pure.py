@@ -12,7 +12,7 @@ from common.errors import InvalidSpec, PermanentError
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
 from jobs.archive.job import layout_advice
 from jobs.archive.lanes import Lane, aligned_batch_end, split_into_lanes
-from jobs.archive.objects import partitions, split_by_size
+from jobs.archive.objects import partitions, sort_batch, split_by_size
 from jobs.archive.settings import Tuning, live_changes, parse_archive_spec
 from jobs.archive.table import Column, TableInfo
 
@@ -156,6 +156,24 @@ def test_partitions_and_size_split() -> None:
     pieces = split_by_size(pa.table({"x": list(range(1000))}), 1000)
     assert sum(p.num_rows for p in pieces) == 1000
     assert all(p.nbytes <= 1000 for p in pieces)
+
+
+@pytest.mark.parametrize(
+    ("ids", "hours"),
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4]),  # already in order: kept as it is
+        ([4, 3, 2, 1], [4, 3, 2, 1]),  # newest first
+        ([7, 2, 9, 5], [3, 1, 3, 1]),  # shared timestamps: the key orders them
+        ([2, 1, 3, 4], [1, 1, 2, 2]),  # in time order, but not by key where the time is shared
+    ],
+)
+def test_a_batch_is_sorted_by_time_then_key(ids: list[int], hours: list[int]) -> None:
+    info = TableInfo(oid=1, columns=COLUMNS[:2], primary_key=("id",), timestamp_column=COLUMNS[1])
+    at = [datetime(2024, 1, 1, h, tzinfo=UTC) for h in hours]
+    table = pa.table({"id": ids, "at": pa.array(at, type=pa.timestamp("us", tz="UTC"))}).slice(0)
+    rows = sort_batch(table, info).to_pylist()
+    assert [(r["at"], r["id"]) for r in rows] == sorted(zip(at, ids, strict=True))
+    assert sort_batch(table.slice(0, 1), info).num_rows == 1
 
 
 NEWEST = datetime(2025, 1, 1, tzinfo=UTC)

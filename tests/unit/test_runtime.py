@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -89,3 +91,17 @@ def test_an_estimated_total_that_the_work_passes_shows_the_work_done_and_no_eta(
     passed = reporter.snapshot()
     assert passed["total"] == 1200
     assert "eta" not in passed
+
+
+@pytest.mark.parametrize("job", ["jobs.backup", "jobs.archive"])
+def test_usage_into_a_closed_pipe_is_no_error(job: str) -> None:
+    """`cellar-backup --help | head -1`: the reader is gone before the usage is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", job, "--help"], stdout=write_end, stderr=subprocess.PIPE, text=True, check=False
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
