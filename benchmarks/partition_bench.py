@@ -9,8 +9,10 @@ variant runs on its own copy of the database (CREATE DATABASE ... TEMPLATE), dro
   (c) cellar's archiver with its defaults: those partitions detached, read once into Parquet, dropped; the
       due rows of the partition that straddles the cutoff in row batches
   (d) (c) with partitioning: Monthly: one file per month instead of one per day (a thirtieth of the objects)
+  (e) (d) with the partitions read through COPY CSV instead of in binary (Tuning.arrow_reads off)
+  (r) a diagnostic: the whole partitions only read, both ways, nothing written: what each read costs
 
-(a) to (d) take turns for --rounds rounds. Printed: rows per second of each; (c)'s and (d)'s rows per second
+(a) to (e) take turns for --rounds rounds. Printed: rows per second of each; (c)'s and (d)'s rows per second
 over (a)'s (target: at least 0.8); the most that ratio could be on this machine (the CPU seconds the variant
 needed, spread perfectly over the cores, against (a)'s wall time); and the longest time any transaction held
 an ACCESS EXCLUSIVE lock on the parent table while (c) ran, sampled every 20 ms from pg_locks (target: under
@@ -29,13 +31,23 @@ import threading
 import time
 from typing import Any
 
+import adbc_driver_postgresql.dbapi as adbc
 import psycopg
+from psycopg import sql
 
 from benchmarks.archive_bench import COLUMNS, cellar, cpu_spent, drop, fill_orders, fresh_copy
 from benchmarks.measure import install_cellar, server_cpu
+from jobs.archive.arrow_reads import ArrowReader
+from jobs.archive.batches import read_copy
+from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
+from jobs.archive.settings import parse_archive_spec
+from jobs.archive.statements import copy_out
+from jobs.archive.table import describe_table
 from tests.harness.stack import LocalStack, s3_client
 
 TEMPLATE = "partition_template"
+# The archive job with Tuning(arrow_reads=False), as the scheduler benchmark switches parts off.
+CSV_READS_JOB = ("benchmarks.scheduler_bench", "job", json.dumps({"arrow_reads": False}))
 CUTOFF_AGE_DAYS = 365
 
 
@@ -94,10 +106,52 @@ def floor(stack: LocalStack, attempt: int) -> dict[str, Any]:
     return {"wall": wall, "rows": rows, "rows_per_second": rows / wall, "partitions": len(partitions), **spent}
 
 
+def rounded(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+
+
 def cpu_bound_wall(figures: dict[str, Any]) -> float:
     """The shortest wall time the CPU seconds a variant needed allow on this machine's cores."""
     spent = figures["job_cpu"] + figures["postgres_cpu"] + figures["minio_cpu"]
     return spent / (os.cpu_count() or 1)
+
+
+def reads_only(stack: LocalStack, attempt: int) -> dict[str, Any]:
+    """(r), a diagnostic: every whole partition read as the job reads it, nothing written: through COPY CSV and
+    parsed (Tuning.arrow_reads off), and in binary through ADBC (the default); what each read costs."""
+    database = f"partition_r_{attempt}"
+    dsn = fresh_copy(stack, database, TEMPLATE)
+    spec = {
+        "database": {"secretRef": {"name": "unused"}},
+        "storage": {"bucket": "unused", "credentials": {"accessKeyId": {"name": "unused", "key": "unused"}}},
+        "table": {"name": "orders"},
+        "timestampColumn": "created_at",
+        "olderThan": f"{CUTOFF_AGE_DAYS}d",
+    }
+    spec["storage"]["credentials"]["secretAccessKey"] = {"name": "unused", "key": "unused"}
+    partitions = whole_partitions(dsn)
+    figures: dict[str, Any] = {}
+    with psycopg.connect(dsn) as conn:
+        info = describe_table(conn, parse_archive_spec(spec))
+        conn.rollback()
+        queries = [sql.SQL("SELECT {} FROM {}").format(select_list(info.columns), sql.SQL(n)) for n, _ in partitions]
+        reader = ArrowReader(adbc.connect(f"{dsn} sslmode=disable", autocommit=True))
+        for path in ("csv", "binary"):
+            before, client_before, started = server_cpu(stack), time.process_time(), time.monotonic()
+            rows = 0
+            for query in queries:
+                if path == "binary":
+                    rows += arrow_to_table(reader.fetch(query.as_string(conn)), info.columns).num_rows
+                    continue
+                with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
+                    rows += csv_to_table(read_copy(conn, copy), info.columns).num_rows
+            wall = time.monotonic() - started
+            spent = cpu_spent(time.process_time() - client_before, before, server_cpu(stack))
+            figures[path] = {"wall": wall, "rows": rows, **spent}
+            conn.rollback()
+        reader.close()
+    drop(stack, database)
+    return figures
 
 
 class ParentLockWatch(threading.Thread):
@@ -125,9 +179,15 @@ class ParentLockWatch(threading.Thread):
 
 
 def cellar_run(
-    stack: LocalStack, kubeconfig: Any, api: Any, attempt: int, whole: bool = True, partitioning: str = "Daily"
+    stack: LocalStack,
+    kubeconfig: Any,
+    api: Any,
+    attempt: int,
+    whole: bool = True,
+    partitioning: str = "Daily",
+    csv_reads: bool = False,
 ) -> dict[str, Any]:
-    variant = ("c" if partitioning == "Daily" else "d") if whole else "b"
+    variant = ("e" if csv_reads else "c" if partitioning == "Daily" else "d") if whole else "b"
     database = f"partition_{variant}_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
     whole_rows = sum(n for _, n in whole_partitions(dsn))
@@ -144,6 +204,7 @@ def cellar_run(
         {},
         name=f"part-{variant}-{attempt}",
         spec={"partitions": {"archiveWhole": whole}},
+        job=CSV_READS_JOB if csv_reads else ("jobs.archive",),
     )
     watch.stop.set()
     watch.join()
@@ -170,28 +231,35 @@ def main() -> int:
         print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", file=sys.stderr)
         for attempt in range(1, args.rounds + 1):
             a = floor(stack, attempt)
+            r = reads_only(stack, attempt)
             b = cellar_run(stack, kubeconfig, api, attempt, whole=False)
             c = cellar_run(stack, kubeconfig, api, attempt)
             d = cellar_run(stack, kubeconfig, api, attempt, partitioning="Monthly")
+            e = cellar_run(stack, kubeconfig, api, attempt, partitioning="Monthly", csv_reads=True)
             shown = {
-                name: {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+                name: rounded(figures)
                 for name, figures in (
                     ("a_floor", a),
                     ("b_row_batches", b),
                     ("c_whole_partitions", c),
                     ("d_whole_partitions_monthly_files", d),
+                    ("e_as_d_read_as_copy_csv", e),
                 )
             }
             ratios = {
                 "c_over_a_rows_per_second": round(c["rows_per_second"] / a["rows_per_second"], 2),
                 "d_over_a_rows_per_second": round(d["rows_per_second"] / a["rows_per_second"], 2),
+                "e_over_a_rows_per_second": round(e["rows_per_second"] / a["rows_per_second"], 2),
                 "c_over_b_rows_per_second": round(c["rows_per_second"] / b["rows_per_second"], 2),
                 # the most (c) and (d) could reach here: their CPU seconds (job, PostgreSQL, MinIO) spread
                 # perfectly over this machine's cores, against the floor's wall time
                 "c_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(c), 2),
                 "d_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(d), 2),
             }
-            print(json.dumps({"round": attempt, **shown, **ratios}))
+            reads = {
+                path: {k: round(v, 2) if isinstance(v, float) else v for k, v in f.items()} for path, f in r.items()
+            }
+            print(json.dumps({"round": attempt, **shown, **ratios, "r_reads_only": reads}))
     finally:
         stack.stop()
     return 0

@@ -85,7 +85,8 @@ def connect(
         raise translate_connect_error(exc, settings) from None
 
 
-def translate_connect_error(exc: psycopg.Error, settings: DatabaseSettings) -> Exception:
+def translate_connect_error(exc: Exception, settings: DatabaseSettings) -> Exception:
+    """A failed connection (psycopg's, or the Arrow driver's libpq) as the error that says what to fix."""
     where = settings.describe()
     detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     sqlstate = getattr(exc, "sqlstate", None)

@@ -23,6 +23,7 @@ import psycopg
 from common.errors import CellarError, InvalidSpec
 from common.runtime import Interrupts
 from common.storage import ObjectStore
+from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunTotals, rollback_quietly
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
 from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
@@ -61,10 +62,11 @@ class Archiver:
         on_standby_hold: Callable[[str | None], None] = lambda _: None,
         tuning: Tuning = DEFAULT_TUNING,
         recipients: Sequence[str] = (),
+        open_reader: Callable[[], ArrowReader] | None = None,
     ) -> None:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
         apply from the next batch on. `on_standby_hold`: see StandbyGate. `recipients`: the age
-        recipients every object is encrypted to, if any."""
+        recipients every object is encrypted to, if any. `open_reader`: binary reads of whole partitions."""
         self.conn = conn
         self.info = info
         self.cutoff = cutoff
@@ -75,6 +77,7 @@ class Archiver:
         self.run_id = run_id
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
+        self._open_reader = open_reader
         self._totals_lock = threading.Lock()
         self.standbys = StandbyGate(settings.max_replication_lag, on_standby_hold)
         self._reread_spec = reread_spec
@@ -121,6 +124,7 @@ class Archiver:
             self.cutoff,
             self.run_id,
             keep_detached=self.settings.keep_detached,
+            open_reader=self._open_reader,
         )
         done = whole.run(self._stopping)
         self.interrupts.check()

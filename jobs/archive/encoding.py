@@ -114,10 +114,63 @@ def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table
         raise PermanentError(
             f"a value cannot be stored in Parquet as its column's type: {exc}", reason=Reason.ENCODING_FAILED
         ) from exc
+    return _typed(table.columns, columns)
+
+
+def _typed(arrays: Sequence[Any], columns: Sequence[Column]) -> pa.Table:
+    """The columns as read (each of _csv_read_type's type) as an Arrow table typed after `columns`."""
+    finished = [_finish(column, array) for column, array in zip(columns, arrays, strict=True)]
+    return pa.Table.from_arrays(finished, schema=schema_for(columns))
+
+
+# The years a timestamp or date may have: what PostgreSQL prints with four digits and no era, which the CSV
+# reader parses. infinity, BC and years past 9999 are refused alike on both paths.
+_LOWEST_MICROSECOND = -62_135_596_800_000_000  # 0001-01-01 00:00:00
+_HIGHEST_MICROSECOND = 253_402_300_799_999_999  # 9999-12-31 23:59:59.999999
+_LOWEST_DAY, _HIGHEST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31 in days from 1970-01-01
+
+
+def arrow_to_table(table: pa.Table, columns: Sequence[Column]) -> pa.Table:
+    """Rows of `SELECT select_list(columns)` as the ADBC PostgreSQL driver returns them (COPY in binary),
+    typed after `columns` exactly as csv_to_table types the same rows read as CSV.
+
+    The driver wraps some types (numeric, json) in extension types over strings: their strings are what COPY
+    CSV would send. Any other type than csv_to_table's reader would have produced raises PermanentError;
+    `arrow_reads.readable` asks for that before a run reads a row."""
     arrays = []
-    for column, array in zip(columns, table.columns, strict=True):
-        arrays.append(_finish(column, array))
-    return pa.Table.from_arrays(arrays, schema=schema_for(columns))
+    for column, received in zip(columns, table.columns, strict=True):
+        array = received
+        if isinstance(array.type, pa.BaseExtensionType):
+            array = pa.chunked_array([chunk.storage for chunk in array.chunks], type=array.type.storage_type)
+        expected = _csv_read_type(column)
+        if array.type != expected:
+            raise PermanentError(
+                f"column {column.name!r} ({column.pg_type}) arrived as {array.type} from the server, not as {expected}",
+                reason=Reason.ENCODING_FAILED,
+            )
+        _check_years(column, array)
+        arrays.append(array)
+    return _typed(arrays, columns)
+
+
+def _check_years(column: Column, array: Any) -> None:
+    """The binary COPY hands over infinity and BC values that the CSV path refuses: refuse them too."""
+    if array.null_count == len(array):
+        return
+    if pa.types.is_timestamp(array.type):
+        low, high = _LOWEST_MICROSECOND, _HIGHEST_MICROSECOND
+        bounds = pc.min_max(array.cast(pa.int64()))
+    elif pa.types.is_date32(array.type):
+        low, high = _LOWEST_DAY, _HIGHEST_DAY
+        bounds = pc.min_max(pa.chunked_array([chunk.view(pa.int32()) for chunk in array.chunks], type=pa.int32()))
+    else:
+        return
+    if bounds["min"].as_py() < low or bounds["max"].as_py() > high:
+        raise PermanentError(
+            f"column {column.name!r} ({column.pg_type}) holds a value outside the years 1 to 9999 (infinity, or "
+            "a date BC), which Parquet readers cannot hold; filter those rows out (spec.filter) or change them",
+            reason=Reason.ENCODING_FAILED,
+        )
 
 
 def _finish(column: Column, array: Any) -> Any:

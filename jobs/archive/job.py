@@ -27,6 +27,7 @@ from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
 from jobs.archive import ledger
 from jobs.archive.archiver import Archiver
+from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.partitions import due_partitions
@@ -84,6 +85,7 @@ class OpenedTable:
     open_connection: Callable[[], Connection]
     recipients: list[str]  # spec.encryption: what new objects are encrypted to (none: not encrypted)
     identities: Identities | None  # what reads encrypted objects back (unarchive, leftovers)
+    open_reader: Callable[[], ArrowReader] | None = None  # whole partitions' binary reads (arrow_reads.py)
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
@@ -104,7 +106,14 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
         conn.close()
         raise
     return OpenedTable(
-        settings, conn, store, info, lambda: connect(database, application_name=APPLICATION), recipients, identities
+        settings,
+        conn,
+        store,
+        info,
+        lambda: connect(database, application_name=APPLICATION),
+        recipients,
+        identities,
+        (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
     )
 
 
@@ -172,6 +181,7 @@ class ArchiveJob:
                 on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
                 tuning=self.tuning,
                 recipients=opened.recipients,
+                open_reader=opened.open_reader,
             )
             with self._counting_due(settings, info, cutoff, progress):
                 totals, stopped = archiver.run()

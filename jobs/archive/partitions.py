@@ -8,7 +8,8 @@ ledger row describes) at every step:
    partition, which forbids it; then a plain DETACH, which holds the parent's ACCESS EXCLUSIVE lock for a
    moment, under lockTimeout. The rows are now in a table of their own, still in the database.
 3. One transaction: LOCK that table EXCLUSIVE (a writer that names it waits, so no row arrives after it was
-   read), read it with COPY (as many days at a time as fit batch.maxBytesMiB), publish those rows exactly as
+   read), read it with COPY (as many days at a time as fit batch.maxBytesMiB; in binary on a connection of
+   its own while the lock is held, see arrow_reads.py, or as CSV in this transaction), publish those rows as
    a batch does (encode, upload and verify, manifest, ledger rows), check that the ledger rows add up to its
    count, DROP it (or keep it, with spec.partitions.keepDetached), mark it `archived`, COMMIT. A crash before
    the COMMIT leaves the table with every row, and objects no ledger row describes, which cleanup removes
@@ -32,12 +33,13 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import sql
 
-from common.errors import PermanentError
+from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from jobs.archive import ledger
+from jobs.archive.arrow_reads import ArrowReader, readable
 from jobs.archive.batches import BatchResult, BatchWorker, read_copy, rollback_quietly
-from jobs.archive.encoding import csv_to_table, select_list
+from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import copy_out, table_name
@@ -58,6 +60,15 @@ SELECT pt.partdefid <> 0 FROM pg_partitioned_table pt
 JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
 WHERE pt.partrelid = %s AND pt.partstrat = 'r' AND pt.partnatts = 1 AND a.attname = %s
 """
+
+
+# A partition's oldest and newest timestamp, its rows, and how many of them Parquet readers cannot hold (those
+# psycopg cannot load either: before year 1, after 9999, infinity).
+_BOUNDS = sql.SQL(
+    "SELECT min(t) FILTER (WHERE held), max(t) FILTER (WHERE held), count(*), count(*) FILTER (WHERE NOT held) "
+    "FROM (SELECT {0}::timestamptz AS t, {0}::timestamptz >= '0001-01-01 00:00:00+00' "
+    "AND {0}::timestamptz < '10000-01-01 00:00:00+00' AS held FROM {1}) AS timestamps"
+)
 
 
 @dataclass(frozen=True)
@@ -143,10 +154,14 @@ class PartitionArchiver:
         cutoff: datetime,
         run_id: str,
         keep_detached: bool,
+        open_reader: Callable[[], ArrowReader] | None = None,
     ) -> None:
+        """`open_reader`: connections that read partitions in binary straight into Arrow (arrow_reads.py);
+        without it, or when it cannot read the table's columns as cellar stores them, COPY CSV."""
         self.conn, self.open_connection, self.worker = conn, open_connection, worker
         self.settings, self.info, self.cutoff, self.run_id = settings, info, cutoff, run_id
         self.keep_detached = keep_detached
+        self.open_reader = open_reader
 
     def run(self, should_stop: Callable[[], bool]) -> list[PartitionResult]:
         """Finish what a crashed run left, then archive every due partition whole; stops between partitions.
@@ -174,19 +189,22 @@ class PartitionArchiver:
             return []
         queue, guard = list(detached), threading.Lock()
 
-        def work(conn: Connection) -> list[PartitionResult]:
+        def work(conn: Connection, reader: ArrowReader | None) -> list[PartitionResult]:
             results: list[PartitionResult] = []
             while True:
                 with guard:
                     if not queue or should_stop():
                         return results
                     name = queue.pop(0)
-                results.append(self._archive(conn, name))
+                results.append(self._archive(conn, name, reader))
 
         extra = [self.open_connection() for _ in range(min(self.settings.parallelism, len(detached)) - 1)]
+        readers: list[ArrowReader] = []
         try:
-            with ThreadPoolExecutor(max_workers=1 + len(extra), thread_name_prefix="archive-partition") as pool:
-                futures = [pool.submit(work, conn) for conn in [self.conn, *extra]]
+            readers = self._open_readers(1 + len(extra))
+            workers = [self.conn, *extra]
+            with ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="archive-partition") as pool:
+                futures = [pool.submit(work, conn, readers[i] if readers else None) for i, conn in enumerate(workers)]
                 wait(futures)
             failures = [f.exception() for f in futures if f.exception() is not None]
             if failures:
@@ -195,6 +213,31 @@ class PartitionArchiver:
         finally:
             for conn in extra:
                 conn.close()
+            for reader in readers:
+                reader.close()
+
+    def _open_readers(self, count: int) -> list[ArrowReader]:
+        """One Arrow reader per worker, or none (COPY CSV) when they cannot be opened or would return a column
+        otherwise than cellar stores it."""
+        if self.open_reader is None:
+            return []
+        readers: list[ArrowReader] = []
+        try:
+            for _ in range(count):
+                readers.append(self.open_reader())
+        except CellarError as exc:
+            why: str | None = str(exc)
+        else:
+            probe = sql.SQL("SELECT {} FROM {} LIMIT 0").format(
+                select_list(self.info.columns), table_name(self.settings)
+            )
+            why = readable(readers[0], probe.as_string(self.conn), self.info.columns)
+        if why is None:
+            return readers
+        for reader in readers:
+            reader.close()
+        log.warning("whole partitions are read through COPY CSV, not in binary", extra={"error": why})
+        return []
 
     def _detach(self, name: str) -> None:
         """Detach `name` from the parent if it still hangs there (or FINALIZE a detach a crash interrupted)."""
@@ -235,7 +278,7 @@ class PartitionArchiver:
         budget = self.settings.batch_max_bytes // self.settings.parallelism  # the workers' reads share it
         return max(1, min(days, budget // per_day))
 
-    def _archive(self, conn: Connection, name: str) -> PartitionResult:
+    def _archive(self, conn: Connection, name: str, reader: ArrowReader | None) -> PartitionResult:
         began = time.monotonic()
         child = sql.SQL(name)
         ts = sql.Identifier(self.info.timestamp_column.name)
@@ -246,10 +289,15 @@ class PartitionArchiver:
                 )
             )
             conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(child))
-            bounds = conn.execute(
-                sql.SQL("SELECT min({0})::timestamptz, max({0})::timestamptz, count(*) FROM {1}").format(ts, child)
-            ).fetchone()
+            bounds = conn.execute(_BOUNDS.format(ts, child)).fetchone()
             assert bounds is not None  # an aggregate
+            if bounds[3]:
+                raise PermanentError(
+                    f"partition {name}: {bounds[3]} rows have a {self.info.timestamp_column.name} outside the years "
+                    "1 to 9999 (infinity, or a date BC), which Parquet readers cannot hold; nothing was dropped. "
+                    "Change those rows, or archive this table with a spec.filter that leaves them out",
+                    reason=Reason.ENCODING_FAILED,
+                )
             rows = objects = size = 0
             oldest, newest = bounds[0], bounds[1]
             day = _utc_day(oldest) if isinstance(oldest, datetime) else None
@@ -259,9 +307,12 @@ class PartitionArchiver:
                 query = sql.SQL("SELECT {} FROM {} WHERE {}::timestamptz >= {} AND {}::timestamptz < {}").format(
                     select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
                 )
-                with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
-                    data = read_copy(conn, copy)
-                table = sort_batch(csv_to_table(data, self.info.columns), self.info)
+                if reader is not None:  # after the LOCK above: the read sees every row the COMMIT below drops
+                    table = arrow_to_table(reader.fetch(query.as_string(conn)), self.info.columns)
+                else:
+                    with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
+                        table = csv_to_table(read_copy(conn, copy), self.info.columns)
+                table = sort_batch(table, self.info)
                 if table.num_rows:
                     entries = self.worker.publish_rows(str(uuid.uuid4()), table)
                     ledger.record(
@@ -303,6 +354,7 @@ class PartitionArchiver:
                 "bytes": size,
                 "seconds": round(result.seconds, 3),
                 "dropped": not self.keep_detached,
+                "read": "binary" if reader is not None else "csv",
             },
         )
         return result

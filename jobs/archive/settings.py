@@ -160,6 +160,7 @@ class Tuning:
     # Off only to measure what each earns (benchmarks/scheduler_bench.py; the figures are in docs/design.md).
     align_batch_ends: bool = True  # a batch stops at a partition boundary when a whole one fits
     read_buffered_copy: bool = True  # take the COPY rows libpq already holds without psycopg's per-row wait
+    arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
 
 
 DEFAULT_TUNING = Tuning()
