@@ -1,8 +1,8 @@
 """Whole partitions read straight into Arrow columns through Apache Arrow's ADBC PostgreSQL driver.
 
 The driver asks the server for `COPY ... TO STDOUT (FORMAT binary)` and builds the columns in C++. On the CSV
-path the server formats every value as text and the job parses it back: for the same rows PostgreSQL spends
-about half the CPU on the binary read, and the job less too (benchmarks/RESULTS.md, "Whole partitions").
+path the server formats every value as text and the job parses it back: read in binary, the same rows cost
+PostgreSQL a fifth to a quarter less CPU and take about two thirds of the time (benchmarks/RESULTS.md).
 
 The reads run on connections of their own, next to the transaction that holds the partition's EXCLUSIVE lock:
 a read (ACCESS SHARE) does not conflict with that lock, and no writer can change the table while it is held,

@@ -178,7 +178,8 @@ class PartitionArchiver:
                 (self.settings.relation, partition.name, self.run_id),
             )
             self.conn.commit()
-            names.append(partition.name)
+            if partition.name not in names:  # a crash between its record and its DETACH left it pending too
+                names.append(partition.name)
         detached = []
         for name in names:
             if should_stop():

@@ -152,6 +152,29 @@ def test_a_run_killed_after_the_detach_or_before_the_commit_is_finished_by_the_n
     assert set(partition_states(env.database).values()) == {"archived"}
 
 
+def test_a_crash_between_recording_partitions_and_detaching_them_is_resumed_once(archive_env: ArchiveEnv) -> None:
+    """Killed after its first DETACH: the other partitions are recorded `detaching` but still attached, so the
+    next run finds each of them both pending and due, and must archive each once."""
+    env = archive_env
+    due = make_events(env.database, days=40, per_day=30, default=False)
+    setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"])
+    job = run_until_failpoint("jobs.archive", env.kubeconfig, env.namespace, "events", "archive.partition-detached")
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    with psycopg.connect(dsn(env.database)) as conn:
+        attached = conn.execute(
+            "SELECT count(*) FROM cellar.archive_partitions p "
+            "JOIN pg_inherits i ON i.inhrelid = to_regclass(p.partition) WHERE p.state = 'detaching'"
+        ).fetchone()
+    assert attached is not None
+    assert attached[0] > 1  # recorded, still attached
+    assert env.run(name="events") == 0
+    archived = archived_ids(env)
+    assert set(archived) == due
+    assert max(archived.values()) == 1
+    assert set(partition_states(env.database).values()) == {"archived"}
+
+
 def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_env: ArchiveEnv) -> None:
     env = archive_env
     due = make_events(env.database, days=60, per_day=400, default=True)
