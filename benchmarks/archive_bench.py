@@ -114,6 +114,23 @@ def floor(dsn: str, cutoff: str) -> None:
     )
 
 
+def orders_settings(storage: dict[str, Any], older_than: str) -> Any:
+    """ArchiveSettings of a TableArchive over `orders`, for the archiver's parts a benchmark calls in its own
+    process (nothing reads the Secrets it names)."""
+    from jobs.archive.settings import parse_archive_spec
+
+    reference = {"name": "unused", "key": "unused"}
+    return parse_archive_spec(
+        {
+            "database": {"secretRef": {"name": "unused"}},
+            "storage": {**storage, "credentials": {"accessKeyId": reference, "secretAccessKey": reference}},
+            "table": {"name": "orders"},
+            "timestampColumn": "created_at",
+            "olderThan": older_than,
+        }
+    )
+
+
 def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     """(d), a diagnostic: cellar's capture step alone, batch after batch (its DELETE statement, reading and
     parsing the rows, COMMIT), with no files written. What the server side allows cellar at most."""
@@ -123,24 +140,9 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     from jobs.archive import ledger
     from jobs.archive.archiver import Archiver
     from jobs.archive.lanes import Lane
-    from jobs.archive.settings import parse_archive_spec
     from jobs.archive.table import describe_table
 
-    reference = {"name": "unused", "key": "unused"}
-    settings = parse_archive_spec(
-        {
-            "database": {"secretRef": {"name": "unused"}},
-            "storage": {
-                "bucket": bucket,
-                "endpoint": endpoint,
-                "forcePathStyle": True,
-                "credentials": {"accessKeyId": reference, "secretAccessKey": reference},
-            },
-            "table": {"name": "orders"},
-            "timestampColumn": "created_at",
-            "olderThan": "1d",
-        }
-    )
+    settings = orders_settings({"bucket": bucket, "endpoint": endpoint, "forcePathStyle": True}, "1d")
     rows = 0
     longest = 0.0
     with psycopg.connect(dsn) as conn:

@@ -35,12 +35,11 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 from psycopg import sql
 
-from benchmarks.archive_bench import COLUMNS, cellar, cpu_spent, drop, fill_orders, fresh_copy
+from benchmarks.archive_bench import COLUMNS, cellar, cpu_spent, drop, fill_orders, fresh_copy, orders_settings
 from benchmarks.measure import install_cellar, server_cpu
 from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.batches import read_copy
 from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
-from jobs.archive.settings import parse_archive_spec
 from jobs.archive.statements import copy_out
 from jobs.archive.table import describe_table
 from tests.harness.stack import LocalStack, s3_client
@@ -121,18 +120,10 @@ def reads_only(stack: LocalStack, attempt: int) -> dict[str, Any]:
     parsed (Tuning.arrow_reads off), and in binary through ADBC (the default); what each read costs."""
     database = f"partition_r_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
-    spec = {
-        "database": {"secretRef": {"name": "unused"}},
-        "storage": {"bucket": "unused", "credentials": {"accessKeyId": {"name": "unused", "key": "unused"}}},
-        "table": {"name": "orders"},
-        "timestampColumn": "created_at",
-        "olderThan": f"{CUTOFF_AGE_DAYS}d",
-    }
-    spec["storage"]["credentials"]["secretAccessKey"] = {"name": "unused", "key": "unused"}
     partitions = whole_partitions(dsn)
     figures: dict[str, Any] = {}
     with psycopg.connect(dsn) as conn:
-        info = describe_table(conn, parse_archive_spec(spec))
+        info = describe_table(conn, orders_settings({"bucket": "unused"}, f"{CUTOFF_AGE_DAYS}d"))
         conn.rollback()
         queries = [sql.SQL("SELECT {} FROM {}").format(select_list(info.columns), sql.SQL(n)) for n, _ in partitions]
         reader = ArrowReader(adbc.connect(f"{dsn} sslmode=disable", autocommit=True))
@@ -256,9 +247,7 @@ def main() -> int:
                 "c_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(c), 2),
                 "d_cpu_bound_over_a": round(a["wall"] / cpu_bound_wall(d), 2),
             }
-            reads = {
-                path: {k: round(v, 2) if isinstance(v, float) else v for k, v in f.items()} for path, f in r.items()
-            }
+            reads = {path: rounded(figures) for path, figures in r.items()}
             print(json.dumps({"round": attempt, **shown, **ratios, "r_reads_only": reads}))
     finally:
         stack.stop()

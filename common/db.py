@@ -118,9 +118,13 @@ def lost_connection(error: BaseException) -> ConnectionFailed | None:
         or error.sqlstate is None
         or str(error.sqlstate).startswith("08")
     ):
-        detail = redact(" ".join(str(error).split()))
-        return ConnectionFailed(
-            f"the database connection was lost during the run ({detail}); what the run had not committed was "
-            "rolled back, and the next run carries on"
-        )
+        return connection_failure("the database connection was lost", error)
     return None
+
+
+def connection_failure(what: str, error: BaseException) -> ConnectionFailed:
+    """`what` happened under a run, as the retryable failure it is; the error's text on one line, masked."""
+    detail = redact(" ".join(str(error).split()))
+    return ConnectionFailed(
+        f"{what} during the run ({detail}); what the run had not committed was rolled back, and the next run carries on"
+    )

@@ -21,8 +21,8 @@ import pyarrow as pa
 from psycopg.conninfo import make_conninfo
 
 from common.config import DatabaseSettings
-from common.db import libpq_params, translate_connect_error
-from common.errors import CellarError, ConnectionFailed
+from common.db import connection_failure, libpq_params, translate_connect_error
+from common.errors import CellarError
 from common.redact import redact
 from jobs.archive.encoding import arrow_to_table
 from jobs.archive.table import Column
@@ -42,10 +42,7 @@ class ArrowReader:
                 table: pa.Table = cursor.fetch_arrow_table()
                 return table
         except adbc_driver_manager.OperationalError as exc:
-            raise ConnectionFailed(
-                f"reading rows through the Arrow connection failed ({redact(' '.join(str(exc).split()))}); what "
-                "the run had not committed was rolled back, and the next run carries on"
-            ) from None
+            raise connection_failure("reading rows through the Arrow connection failed", exc) from None
 
     def close(self) -> None:
         with contextlib.suppress(adbc_driver_manager.Error):  # a connection that died has nothing to close

@@ -13,10 +13,27 @@ from typing import Any, Self
 
 from kubernetes import client
 
+from common.config import DatabaseSettings, DatabaseSpec, SpecReader, resolve_database
+from common.redact import register_secret
 from jobs.archive.settings import DEFAULT_TUNING, Tuning
 from tests.harness.stack import LocalStack
 
 PLURALS = {"DatabaseBackup": "databasebackups", "DatabaseRestore": "databaserestores", "TableArchive": "tablearchives"}
+
+
+def database_settings(database: dict[str, Any], **secret_overrides: str) -> DatabaseSettings:
+    """What a job resolves from a database Secret holding `database` (the fixture's keys), with overrides;
+    every value registered for redaction, as the job registers the Secret's."""
+    spec = DatabaseSpec.parse(
+        SpecReader(
+            {"secretRef": {"name": "cellar-database"}, "sslMode": "disable", "connectTimeoutSeconds": 3},
+            "spec.database",
+        )
+    )
+    secret = {**database, **secret_overrides}
+    for value in secret.values():
+        register_secret(value)
+    return resolve_database(spec, secret)
 
 
 @dataclass

@@ -9,12 +9,11 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from common.config import DatabaseSettings
 from jobs.archive.arrow_reads import open_reader, readable
 from jobs.archive.settings import Tuning
 from jobs.archive.table import Column
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, json_log_lines, setup_archive
-from tests.integration.environments import ArchiveEnv
+from tests.integration.environments import ArchiveEnv, database_settings
 from tests.integration.test_archive_types import EVERY_TYPE, rows
 
 CSV_READS = Tuning(arrow_reads=False)
@@ -107,18 +106,7 @@ def test_a_value_parquet_readers_cannot_hold_is_refused_on_both_paths(
 
 
 def test_a_column_the_driver_types_otherwise_is_found_before_any_read(archive_env: ArchiveEnv) -> None:
-    database = archive_env.database
-    settings = DatabaseSettings(
-        host=database["host"],
-        port=int(database["port"]),
-        dbname=database["dbname"],
-        user=database["username"],
-        password=database["password"],
-        ssl_mode="disable",
-        ssl_root_cert=None,
-        connect_timeout=10,
-    )
-    reader = open_reader(settings, application_name="cellar-test")
+    reader = open_reader(database_settings(archive_env.database), application_name="cellar-test")
     try:
         as_int4 = [Column("n", "integer", "int4", False, None, None)]
         assert readable(reader, "SELECT 1::int4 AS n LIMIT 0", as_int4) is None

@@ -6,30 +6,16 @@ from typing import Any
 
 import pytest
 
-from common.config import DatabaseSpec, SpecReader, resolve_database
 from common.db import connect
 from common.errors import ConnectionFailed, PermanentError
-from common.redact import register_secret
 from tests.harness.stack import free_port
-
-
-def _settings(database: dict[str, Any], **secret_overrides: str) -> Any:
-    spec = DatabaseSpec.parse(
-        SpecReader(
-            {"secretRef": {"name": "cellar-database"}, "sslMode": "disable", "connectTimeoutSeconds": 3},
-            "spec.database",
-        )
-    )
-    secret = {**database, **secret_overrides}
-    for value in secret.values():
-        register_secret(value)
-    return resolve_database(spec, secret)
+from tests.integration.environments import database_settings
 
 
 def test_connects_with_timeouts_and_application_name(database: dict[str, Any]) -> None:
     from datetime import timedelta
 
-    settings = _settings(database)
+    settings = database_settings(database)
     with connect(
         settings,
         application_name="cellar-test",
@@ -44,7 +30,7 @@ def test_connects_with_timeouts_and_application_name(database: dict[str, Any]) -
 
 
 def test_wrong_password_is_a_clear_permanent_error(database: dict[str, Any]) -> None:
-    settings = _settings(database, password="definitely-wrong-password")
+    settings = database_settings(database, password="definitely-wrong-password")
     with pytest.raises(PermanentError) as raised:
         connect(settings, application_name="cellar-test")
     message = str(raised.value)
@@ -57,7 +43,7 @@ def test_wrong_password_is_a_clear_permanent_error(database: dict[str, Any]) -> 
 
 
 def test_unreachable_host_is_a_retryable_connection_failure(database: dict[str, Any]) -> None:
-    settings = _settings(database, port=str(free_port()))
+    settings = database_settings(database, port=str(free_port()))
     with pytest.raises(ConnectionFailed) as raised:
         connect(settings, application_name="cellar-test")
     message = str(raised.value)
