@@ -80,7 +80,7 @@ def column_description(column: Column) -> dict[str, str]:
 def sort_batch(table: pa.Table, info: TableInfo) -> pa.Table:
     """A batch in (timestamp, key) order: partitions become contiguous slices and files sort by time.
 
-    Arrow's sort on several keys costs about eight times its sort on one, so the key takes part only when
+    Arrow's sort on several keys costs several times its sort on one, so the key takes part only when
     two rows share a timestamp; rows already in order (as a table filled over time often reads) stay as
     they are."""
     if table.num_rows < 2:
