@@ -102,11 +102,22 @@ class SpecReader:
             raise InvalidSpec(f"{self.path}.{key}: must be true or false, got {value!r}")
         return value
 
-    def duration(self, key: str, default: str | None = None) -> timedelta | None:
+    def duration(self, key: str, default: str | None = None, *, positive: bool = False) -> timedelta | None:
+        """The duration at `key` (or `default`); None where neither is set. `positive`: 0s is refused, for
+        fields where zero has no meaning (in the others, 0s means what the field's description says)."""
         value = self.data.get(key, default)
         if value is None:
             return None
-        return parse_duration(value, f"{self.path}.{key}")
+        parsed = parse_duration(value, f"{self.path}.{key}")
+        if positive and not parsed:
+            raise InvalidSpec(f"{self.path}.{key}: must be more than 0s (got {value!r})")
+        return parsed
+
+    def duration_or(self, key: str, default: str, *, positive: bool = False) -> timedelta:
+        """The duration at `key`, or `default` where it is not set (never where it is set to 0s)."""
+        parsed = self.duration(key, default, positive=positive)
+        assert parsed is not None  # the default is a duration
+        return parsed
 
     def string_list(self, key: str) -> tuple[str, ...]:
         value = self.data.get(key) or []
@@ -249,7 +260,7 @@ class ObjectLock:
     @classmethod
     def parse(cls, reader: SpecReader) -> ObjectLock:
         mode = reader.string("mode", required=True, choices=("Governance", "Compliance"))
-        retain_for = reader.duration("retainFor")
+        retain_for = reader.duration("retainFor", positive=True)
         if retain_for is None:
             raise InvalidSpec(f"{reader.path}.retainFor: required (for example 30d)")
         if retain_for < timedelta(seconds=1):

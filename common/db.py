@@ -85,6 +85,16 @@ def connect(
         raise translate_connect_error(exc, settings) from None
 
 
+# What libpq says when TLS verification fails: a person must fix the CA or the mode; a retry cannot.
+_CERTIFICATE_REJECTED = (
+    "certificate verify failed",
+    "does not match host name",
+    "root certificate file",
+    "could not read root certificate",
+    "no certificate in the root certificate file",
+)
+
+
 def translate_connect_error(exc: Exception, settings: DatabaseSettings) -> Exception:
     """A failed connection (psycopg's, or the Arrow driver's libpq) as the error that says what to fix."""
     where = settings.describe()
@@ -101,6 +111,16 @@ def translate_connect_error(exc: Exception, settings: DatabaseSettings) -> Excep
         return PermanentError(
             f"cannot connect to {where}: the database does not exist. Server said: {detail}",
             reason=Reason.DATABASE_NOT_FOUND,
+        )
+    if any(sign in text for sign in _CERTIFICATE_REJECTED):
+        ca = "the CA in the database Secret's sslrootcert key" if settings.ssl_root_cert else "no CA (sslrootcert)"
+        return PermanentError(
+            f"cannot connect to {where}: the server's certificate was not accepted with sslMode "
+            f"{settings.ssl_mode} and {ca} ({detail}). Put the CA that signed the server's certificate in the "
+            "Secret's sslrootcert key; with verify-full the certificate must also name the host cellar connects to "
+            "(spec.database.host or the Secret's host). To encrypt without verifying, set spec.database.sslMode to "
+            "require",
+            reason=Reason.CERTIFICATE_REJECTED,
         )
     if sqlstate in _PERMANENT_SQLSTATES:
         return PermanentError(f"cannot connect to {where}: {detail}", reason=Reason.DATABASE_ACCESS_DENIED)

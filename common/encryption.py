@@ -32,6 +32,9 @@ from common.redact import register_secret
 FORMAT = "age"
 EXTENSION = ".age"
 RECIPIENT_PREFIX = "age1"
+# Public keys printed in age's own README (https://github.com/FiloSottile/age#readme): copied into a spec, they
+# encrypt backups to an identity no one has.
+DOCUMENTATION_EXAMPLES = frozenset({"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"})
 IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 # An age header with a few dozen recipients fits here; the restore checks the identity on it first.
 HEADER_PROBE_BYTES = 64 * 1024
@@ -76,6 +79,12 @@ def check_recipient(text: str, field: str) -> str:
         )
     if not value.startswith(RECIPIENT_PREFIX):
         raise InvalidSpec(f"{field}: not an age X25519 recipient; expected a public key starting with age1")
+    if value in DOCUMENTATION_EXAMPLES:
+        raise InvalidSpec(
+            f"{field}: {value[:16]}… is the example public key of age's documentation; no one holds its identity, "
+            "so backups encrypted to it could never be read. Give a public key of your own (age-keygen -o key.txt "
+            "writes a key pair; age-keygen -y key.txt prints its public key)"
+        )
     try:
         pyrage.x25519.Recipient.from_str(value)
     except Exception as exc:  # noqa: BLE001 (pyrage's RecipientError: a bad Bech32 string)

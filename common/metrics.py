@@ -51,6 +51,11 @@ class StatusMetric(Metric):
 
     kind: str = ""
     path: tuple[str, ...] = ()
+    # The condition's reason as the label `reason` (path ends in a condition's status).
+    with_reason: bool = False
+    # Where kube-state-metrics reads it: `status`, or `metadata` for facts no run pushes (only kube-state-metrics
+    # sees a resource that never ran).
+    root: str = "status"
 
 
 RUN_SUCCESS = Metric("cellar.run.success", "", "1 when the run succeeded, 0 when it failed")
@@ -65,6 +70,22 @@ BACKUP, RESTORE, ARCHIVE = "DatabaseBackup", "DatabaseRestore", "TableArchive"
 READY = ("conditions", "[type=Ready]", "status")
 STATUS_METRICS = (
     StatusMetric("cellar.backup.ready", "", "1 when Ready is True", BACKUP, READY),
+    StatusMetric(
+        "cellar.backup.succeeded",
+        "",
+        "1 when the last run's BackupSucceeded is True, with its `reason`",
+        BACKUP,
+        ("conditions", "[type=BackupSucceeded]", "status"),
+        with_reason=True,
+    ),
+    StatusMetric(
+        "cellar.resource.created",
+        "s",
+        "when the resource was created (kube-state-metrics only)",
+        BACKUP,
+        ("creationTimestamp",),
+        root="metadata",
+    ),
     StatusMetric(
         "cellar.backup.last_success",
         "s",
@@ -104,6 +125,22 @@ STATUS_METRICS = (
         "cellar.verify.passed", "", "1 when the last restore test passed", BACKUP, ("lastVerification", "passed")
     ),
     StatusMetric("cellar.archive.ready", "", "1 when Ready is True", ARCHIVE, READY),
+    StatusMetric(
+        "cellar.archive.succeeded",
+        "",
+        "1 when the last run's ArchiveSucceeded is True, with its `reason`",
+        ARCHIVE,
+        ("conditions", "[type=ArchiveSucceeded]", "status"),
+        with_reason=True,
+    ),
+    StatusMetric(
+        "cellar.resource.created",
+        "s",
+        "when the resource was created (kube-state-metrics only)",
+        ARCHIVE,
+        ("creationTimestamp",),
+        root="metadata",
+    ),
     StatusMetric("cellar.archive.last_run.rows", "", "rows the last run moved", ARCHIVE, ("lastRun", "rows")),
     StatusMetric(
         "cellar.archive.last_run.size", "By", "Parquet bytes the last run wrote", ARCHIVE, ("lastRun", "bytes")
@@ -145,6 +182,16 @@ STATUS_METRICS = (
 
 def status_value(status: Mapping[str, Any], path: Sequence[str]) -> float | None:
     """The number a status field stands for, or None when it is not there (or not a number, time or flag)."""
+    return _as_number(_walk(status, path))
+
+
+def condition_reason(status: Mapping[str, Any], path: Sequence[str]) -> str:
+    """The reason of the condition whose status `path` reads ('' when there is none)."""
+    condition = _walk(status, path[:-1])
+    return str(condition.get("reason", "")) if isinstance(condition, Mapping) else ""
+
+
+def _walk(status: Mapping[str, Any], path: Sequence[str]) -> Any:
     value: Any = status
     for step in path:
         if step.startswith("[") and step.endswith("]") and "=" in step:
@@ -152,7 +199,7 @@ def status_value(status: Mapping[str, Any], path: Sequence[str]) -> float | None
             value = next((e for e in value or [] if isinstance(e, Mapping) and str(e.get(key)) == wanted), None)
         else:
             value = value.get(step) if isinstance(value, Mapping) else None
-    return _as_number(value)
+    return value
 
 
 def _as_number(value: Any) -> float | None:
@@ -239,9 +286,11 @@ class RunMetrics:
             else:
                 self._set(RUN_FAILURE, ended, reason=reason)
             for metric in STATUS_METRICS:
-                value = status_value(status, metric.path) if metric.kind == self._kind else None
+                pushed_here = metric.kind == self._kind and metric.root == "status"
+                value = status_value(status, metric.path) if pushed_here else None
                 if value is not None:
-                    self._set(metric, value)
+                    labels = {"reason": condition_reason(status, metric.path)} if metric.with_reason else {}
+                    self._set(metric, value, **labels)
             failed_before = self._exporter.failed
             pushed = self._provider.force_flush(timeout_millis=PUSH_TIMEOUT_MILLIS)
             pushed = pushed and self._exporter.failed == failed_before
@@ -279,7 +328,13 @@ def markdown_table() -> str:
     """The README's table of metrics, as Prometheus names them."""
     rows = ["| metric | of | what |", "|---|---|---|"]
     rows += [f"| `{m.prometheus_name}` | every run (pushed only) | {m.description} |" for m in RUN_METRICS]
-    rows += [f"| `{m.prometheus_name}` | {m.kind} | {m.description} |" for m in STATUS_METRICS]
+    shown: set[str] = set()
+    for metric in STATUS_METRICS:
+        if metric.prometheus_name in shown:
+            continue
+        shown.add(metric.prometheus_name)
+        kinds = ", ".join(m.kind for m in STATUS_METRICS if m.prometheus_name == metric.prometheus_name)
+        rows.append(f"| `{metric.prometheus_name}` | {kinds} | {metric.description} |")
     return "\n".join(rows) + "\n"
 
 

@@ -82,12 +82,22 @@ class Reason(StrEnum):
     AUTHENTICATION_FAILED = "AuthenticationFailed", EXIT_PERMANENT, "the database rejected the username or password"
     DATABASE_NOT_FOUND = "DatabaseNotFound", EXIT_PERMANENT, "the database named in the Secret does not exist"
     DATABASE_ACCESS_DENIED = "DatabaseAccessDenied", EXIT_PERMANENT, "the role may not connect to the database"
+    CERTIFICATE_REJECTED = (
+        "CertificateRejected",
+        EXIT_PERMANENT,
+        "TLS verification of the database server failed: the CA in sslrootcert or the host does not match",
+    )
     BUCKET_NOT_FOUND = "BucketNotFound", EXIT_PERMANENT, "the bucket does not exist"
     STORAGE_ACCESS_DENIED = "StorageAccessDenied", EXIT_PERMANENT, "the object store refused the access keys"
     UPLOAD_REJECTED = (
         "UploadRejected",
         EXIT_PERMANENT,
         "the object store refused a request as invalid, or it is too big",
+    )
+    PREFIX_IN_USE = (
+        "PrefixInUse",
+        EXIT_PERMANENT,
+        "another resource owns the storage prefix (cellar-owner.json); the message says how to hand it over",
     )
     OBJECT_LOCK_DISABLED = (
         "ObjectLockDisabled",

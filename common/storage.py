@@ -234,6 +234,43 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot read", self.bucket, key) from None
 
+    def get_if_exists(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None where there is no such key."""
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=key)
+            return found["Body"].read(), str(found["ETag"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise translate_storage_error(exc, "cannot read", self.bucket, key) from None
+        except BotoCoreError as exc:
+            raise translate_storage_error(exc, "cannot read", self.bucket, key) from None
+
+    def put_if(self, key: str, body: bytes, *, etag: str | None) -> bool:
+        """A conditional write: where `etag` is None only if `key` does not exist yet, else only if it still has
+        that ETag. False where the condition failed (another writer got there first). Locked like every object
+        cellar writes (spec.storage.objectLock): a lock holds versions, so a later conditional write still goes."""
+        locked = self.write_arguments()
+        try:
+            if etag is None:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*", **locked
+                )
+            else:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfMatch=etag, **locked
+                )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            # 412: the condition failed; 409 ConditionalRequestConflict: a concurrent conditional write won.
+            if status in (409, 412) or error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise translate_storage_error(exc, "cannot write", self.bucket, key) from None
+        except BotoCoreError as exc:
+            raise translate_storage_error(exc, "cannot write", self.bucket, key) from None
+        return True
+
     def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
         try:
             paginator = self.client.get_paginator("list_objects_v2")

@@ -24,6 +24,7 @@ from tests.harness.cluster import (
     install_crds,
     service_account_kubeconfig,
 )
+from tests.harness.faults import Toxiproxy
 from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
 from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
 
@@ -210,6 +211,14 @@ def database(stack: LocalStack) -> Iterator[dict[str, Any]]:
     yield settings
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {settings['dbname']} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def toxiproxy() -> Iterator[Toxiproxy]:
+    """Shopify's toxiproxy on loopback: TCP faults (latency, bandwidth, resets) between a job and a server."""
+    server = Toxiproxy().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

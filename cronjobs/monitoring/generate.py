@@ -28,11 +28,11 @@ HEADER = (
 
 
 def metric(entry: StatusMetric) -> dict[str, Any]:
-    return {
-        "name": entry.prometheus_name,
-        "help": entry.description,
-        "each": {"type": "Gauge", "gauge": {"path": ["status", *entry.path]}},
-    }
+    path = [entry.root, *entry.path]
+    gauge: dict[str, Any] = {"path": path}
+    if entry.with_reason:  # the condition itself, its status as the value and its reason as a label
+        gauge = {"path": path[:-1], "valueFrom": path[-1:], "labelsFromPath": {"reason": ["reason"]}}
+    return {"name": entry.prometheus_name, "help": entry.description, "each": {"type": "Gauge", "gauge": gauge}}
 
 
 def configuration() -> dict[str, Any]:

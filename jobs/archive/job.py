@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
@@ -20,6 +20,7 @@ from common.db import connect
 from common.encryption import Identities, resolve_keys
 from common.errors import CellarError
 from common.kube import TABLE_ARCHIVE
+from common.ownership import Area, Owner, claim_prefix, released_on_failure, take_over_from
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.redact import redact
@@ -30,6 +31,7 @@ from jobs.archive.archiver import Archiver
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.objects import ObjectLayout
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.standbys import check_lag_visible
@@ -86,6 +88,8 @@ class OpenedTable:
     recipients: list[str]  # spec.encryption: what new objects are encrypted to (none: not encrypted)
     identities: Identities | None  # what reads encrypted objects back (unarchive, leftovers)
     open_reader: Callable[[], ArrowReader] | None = None  # whole partitions' binary reads (arrow_reads.py)
+    # Wraps the run: a failed first run takes back the owner record it wrote while nothing else is there.
+    owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
@@ -102,9 +106,15 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
         info = describe_table(conn, settings)
         check_cascades(conn, info, settings)
         conn.rollback()
+        # Before the first write (leftovers of crashed runs are deleted next): a prefix another TableArchive
+        # owns holds objects its ledger, not this one's, describes.
+        me = Owner.of(TABLE_ARCHIVE.kind, ctx.ref.namespace, ctx.ref.name, ctx.resource)
+        area = Area.of_archive(store, settings.relation)
+        claimed = claim_prefix(area, me, take_over=take_over_from(ctx.resource), dry_run=ctx.dry_run)
     except BaseException:
         conn.close()
         raise
+    layout = ObjectLayout(store, settings)
     return OpenedTable(
         settings,
         conn,
@@ -114,6 +124,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
         recipients,
         identities,
         (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
+        released_on_failure(area, me, claimed, [layout.data_prefix, layout.manifest_prefix]),
     )
 
 
@@ -133,7 +144,7 @@ class ArchiveJob:
         opened = open_table(ctx, self.tuning)
         settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
         self.open_connection = opened.open_connection
-        with conn:
+        with conn, opened.owning:
             cutoff = datetime.now(UTC) - settings.older_than
             info = with_array_dimensions(conn, settings, info, cutoff)  # refuses before any batch
             scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)

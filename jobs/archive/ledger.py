@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS cellar.archive_partitions (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (relation, partition)
 );
+-- How to create the partition again (bound, sub-partitioning, children), for unarchive into the source.
+ALTER TABLE cellar.archive_partitions ADD COLUMN IF NOT EXISTS definition jsonb;
 COMMENT ON TABLE cellar.archive_partitions IS
     'Partitions archived whole: detaching (a run is on it, or crashed on it), archived (dropped) or kept';
 COMMENT ON TABLE cellar.archive_holds IS

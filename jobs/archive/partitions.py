@@ -30,8 +30,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
@@ -119,6 +121,25 @@ def due_partitions(
     return sorted(found, key=lambda p: p.upper)
 
 
+def definition(conn: Connection, name: str) -> dict[str, Any]:
+    """What creates partition `name` again as it is now: its bound, its own partitioning and its children's
+    (recursively). Recorded before the partition is detached; unarchive into the source reads it."""
+    row = conn.execute(
+        "SELECT c.oid, pg_get_expr(c.relpartbound, c.oid), "
+        "CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return {"name": name}
+    children = conn.execute(_CHILDREN, (row[0],)).fetchall() if row[2] else []
+    return {
+        "name": name,
+        "bound": str(row[1]),
+        "partitionBy": row[2],
+        "children": [definition(conn, str(child)) for child, _ in children],
+    }
+
+
 def pending(conn: Connection, settings: ArchiveSettings, *, detached_only: bool = False) -> list[str]:
     """Partitions a run recorded `detaching` and did not finish whose table still exists (`detached_only`:
     those already detached from the parent, where a rolled-back read left its rows)."""
@@ -172,10 +193,10 @@ class PartitionArchiver:
         names = pending(self.conn, self.settings)
         for partition in due_partitions(self.conn, self.settings, self.info, self.cutoff):
             self.conn.execute(
-                "INSERT INTO cellar.archive_partitions (relation, partition, state, run_id) VALUES (%s, %s, "
-                "'detaching', %s) ON CONFLICT (relation, partition) DO UPDATE SET state = 'detaching', "
-                "run_id = excluded.run_id, updated_at = now()",
-                (self.settings.relation, partition.name, self.run_id),
+                "INSERT INTO cellar.archive_partitions (relation, partition, state, run_id, definition) VALUES "
+                "(%s, %s, 'detaching', %s, %s) ON CONFLICT (relation, partition) DO UPDATE SET state = 'detaching', "
+                "run_id = excluded.run_id, updated_at = now(), definition = excluded.definition",
+                (self.settings.relation, partition.name, self.run_id, Jsonb(definition(self.conn, partition.name))),
             )
             self.conn.commit()
             if partition.name not in names:  # a crash between its record and its DETACH left it pending too
@@ -252,7 +273,7 @@ class PartitionArchiver:
         parent, child = table_name(self.settings), sql.SQL(name)
         with self.open_connection() as admin:
             admin.autocommit = True  # DETACH CONCURRENTLY cannot run in a transaction block
-            lock_timeout = sql.Literal(f"{self.settings.lock_timeout.total_seconds()}s")
+            lock_timeout = sql.Literal(f"{int(self.settings.lock_timeout.total_seconds() * 1000)}ms")
             admin.execute(sql.SQL("SET lock_timeout = {}").format(lock_timeout))
             if row[0]:
                 admin.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(parent, child))
@@ -286,7 +307,7 @@ class PartitionArchiver:
         try:
             conn.execute(
                 sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0").format(
-                    sql.Literal(f"{self.settings.lock_timeout.total_seconds()}s")
+                    sql.Literal(f"{int(self.settings.lock_timeout.total_seconds() * 1000)}ms")
                 )
             )
             conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(child))

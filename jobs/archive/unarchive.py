@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from common.conditions import format_time
 from common.encryption import DecryptionFailed, Identities
 from common.errors import CellarError, InvalidSpec, PermanentError, UsageError
+from common.failpoints import failpoint
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
 from common.runtime import RunContext
@@ -28,6 +30,7 @@ from jobs.archive import ledger
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.job import open_table
 from jobs.archive.objects import MANIFEST_FORMAT_VERSION, ObjectLayout, read_verified
+from jobs.archive.repartition import Repartitioner
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import StandbyGate, check_lag_visible
 from jobs.archive.statements import table_name
@@ -119,6 +122,8 @@ def unarchive(
         )
     target = prepare_target(conn, settings, into, side_table)
     conn.commit()
+    spans = [(max(_aware(d["minTimestamp"]), start), min(_aware(d["maxTimestamp"]), end)) for _, d in chosen]
+    repartition = Repartitioner.plan(conn, settings, info, spans) if into == "source" else None
     for manifest, described in chosen:
         if standbys is not None:
             standbys.wait(conn, lambda: False)  # SIGTERM interrupts the wait (it is not deferred here)
@@ -126,9 +131,20 @@ def unarchive(
         columns = _manifest_columns(manifest, key, info)
         table = read_verified(store, manifest, described, columns, identities)
         inserted, in_range = _load(
-            conn, settings, info, described, columns, table, target, start, end, hold=hold and into == "source"
+            conn,
+            settings,
+            info,
+            described,
+            columns,
+            table,
+            target,
+            start,
+            end,
+            hold=hold and into == "source",
+            repartition=repartition,
         )
         conn.execute("UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (key,))
+        failpoint("archive.unarchive-before-commit")
         conn.commit()
         result.objects += 1
         result.rows_read += table.num_rows
@@ -178,6 +194,7 @@ def _load(
     end: datetime,
     *,
     hold: bool,
+    repartition: Repartitioner | None = None,
 ) -> tuple[int, int]:
     key = described["objectKey"]
     staging_columns = []
@@ -224,13 +241,35 @@ def _load(
     in_range = conn.execute(
         sql.SQL("SELECT count(*) FROM cellar_staging s WHERE {}").format(in_range_condition)
     ).fetchone()
-    cursor = conn.execute(
-        sql.SQL(
-            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM cellar_staging s WHERE {} "
-            "ON CONFLICT ({}) DO NOTHING"
-        ).format(target, inserted_names, sql.SQL(", ").join(c for _, c in stored), in_range_condition, keys)
-    )
+    created = []
+    if repartition is not None:  # the partitions these rows go to, made again in their transaction
+        span = conn.execute(
+            sql.SQL("SELECT min(s.{0})::timestamptz, max(s.{0})::timestamptz FROM cellar_staging s WHERE {1}").format(
+                ts, in_range_condition
+            )
+        ).fetchone()
+        if span is not None and isinstance(span[0], datetime) and isinstance(span[1], datetime):
+            created = repartition.create_for(span[0], span[1])
+    try:
+        cursor = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM cellar_staging s WHERE {} "
+                "ON CONFLICT ({}) DO NOTHING"
+            ).format(target, inserted_names, sql.SQL(", ").join(c for _, c in stored), in_range_condition, keys)
+        )
+    except psycopg.errors.CheckViolation as exc:
+        if "no partition of relation" not in str(exc):
+            raise
+        raise PermanentError(
+            f"{key}: {exc.diag.message_primary}; cellar has no record of a partition it archived for these rows "
+            "(the table was partitioned otherwise then, or archived by a cellar that did not record partition "
+            "bounds): create a partition for them and run unarchive again (objects already loaded are skipped)",
+            reason=Reason.SCHEMA_MISMATCH,
+        ) from None
     inserted = cursor.rowcount
+    if created:
+        assert repartition is not None
+        log.info("partitions created again", extra={"partitions": repartition.drop_empty(created)})
     if hold:
         conn.execute(
             sql.SQL(
@@ -286,7 +325,7 @@ class UnarchiveJob:
             raise UsageError("--to must be after --from")
         opened = open_table(ctx, self.tuning)
         settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
-        with conn:
+        with conn, opened.owning:
             if ctx.dry_run:
                 return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
             check_lag_visible(conn, settings.max_replication_lag)

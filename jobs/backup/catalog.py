@@ -274,15 +274,19 @@ class Manifest:
 
 @dataclass
 class Inventory:
-    """Complete backups, newest first, and objects that belong to no complete backup."""
+    """Complete backups of the resource, newest first, and objects that belong to no complete backup.
+    `others` are complete backups other resources wrote under the prefix (before it had one owner): never
+    listed, restored, thinned out or deleted here, and their objects are not leftovers."""
 
     backups: list[Manifest]
     orphan_data: list[dict[str, Any]]
     broken_manifests: list[dict[str, Any]]
+    others: list[Manifest] = field(default_factory=list)
 
 
-def take_inventory(store: ObjectStore) -> Inventory:
-    """List storage and sort it into complete backups and leftovers.
+def take_inventory(store: ObjectStore, readable: frozenset[str]) -> Inventory:
+    """List storage and sort it into the complete backups of the resources in `readable` (what
+    common.ownership says the resource may read), other resources' backups, and leftovers.
 
     A manifest counts only when the object it names exists with the size it records; a data object
     no complete manifest names is a leftover of a crashed run (or of a half-done deletion).
@@ -315,23 +319,45 @@ def take_inventory(store: ObjectStore) -> Inventory:
     named = {key for b in backups for key in b.object_keys}
     orphans = [o for key, o in data.items() if key not in named]
     backups.sort(key=lambda m: (m.end_time, m.backup_id), reverse=True)
-    return Inventory(backups=backups, orphan_data=orphans, broken_manifests=broken)
+    others = [m for m in backups if m.resource not in readable]
+    if others:
+        log.warning(
+            "backups of other resources under this prefix are left alone",
+            extra={"resources": sorted({m.resource for m in others}), "backups": len(others)},
+        )
+    return Inventory(
+        backups=[m for m in backups if m.resource in readable],
+        orphan_data=orphans,
+        broken_manifests=broken,
+        others=others,
+    )
 
 
-def find_backup(store: ObjectStore, key: str | None) -> Manifest:
-    """The backup whose data key (or backup id) is `key`, or the newest complete one."""
-    inventory = take_inventory(store)
+def find_backup(store: ObjectStore, readable: frozenset[str], key: str | None) -> Manifest:
+    """The backup whose data key (or backup id) is `key`, or the newest complete one, of the resources in
+    `readable`."""
+    inventory = take_inventory(store, readable)
+    others = f" ({len(inventory.others)} of other resources are left alone)" if inventory.others else ""
     if not inventory.backups:
         raise PermanentError(
-            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/", reason=Reason.BACKUP_NOT_FOUND
+            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/{others}",
+            reason=Reason.BACKUP_NOT_FOUND,
         )
     if key is None:
         return inventory.backups[0]
+
+    def named(manifest: Manifest) -> bool:
+        return key in (manifest.backup_id, manifest.manifest_key, *(d.data_key for d in manifest.dumps))
+
     for manifest in inventory.backups:
-        if key in (manifest.backup_id, manifest.manifest_key, *(d.data_key for d in manifest.dumps)):
+        if named(manifest):
             return manifest
+    foreign = next((m for m in inventory.others if named(m)), None)
     raise PermanentError(
-        f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "
+        f"backup {key!r} in s3://{store.bucket}/{store.key()} was written by {foreign.resource}, not by this "
+        "resource: restore it through that DatabaseBackup"
+        if foreign is not None
+        else f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "
         "spec.backup.key must name the data object, the backup id or the manifest",
         reason=Reason.BACKUP_NOT_FOUND,
     )

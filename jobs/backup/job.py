@@ -31,7 +31,7 @@ from jobs.backup.catalog import (
     take_inventory,
 )
 from jobs.backup.dumps import data_key_for, discard, dump_databases, dump_server_globals
-from jobs.backup.preflight import APPLICATION, describe_choice, preflight
+from jobs.backup.preflight import APPLICATION, Preflight, describe_choice, preflight, released_on_failure
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import RetentionOutcome, apply_retention
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
@@ -49,8 +49,8 @@ def restore_test(
     settings: BackupSettings,
     identities: Identities | None,
 ) -> VerificationResult:
-    """Restore-test `manifest` on the source's server. A failure is recorded in status before it is
-    raised, and a backup found unsound (BackupUnsound) is quarantined first."""
+    """Restore-test `manifest` on `database`'s server (the source's, or spec.verify.target's). A failure is
+    recorded in status before it is raised, and a backup found unsound (BackupUnsound) is quarantined first."""
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
     try:
         result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION, identities=identities)
@@ -85,9 +85,15 @@ class BackupJob:
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
         checked = preflight(ctx, settings)
+        with released_on_failure(ctx, checked):
+            return self._back_up(ctx, args, settings, checked)
+
+    def _back_up(self, ctx: RunContext, args: argparse.Namespace, settings: BackupSettings, checked: Preflight) -> str:
         database, store, facts, tools = checked.database, checked.store, checked.server, checked.tools
         if ctx.dry_run:
-            planned = apply_retention(store, _as_dry_run(settings.retention), datetime.now(UTC))
+            planned = apply_retention(
+                store, checked.claimed.readable, _as_dry_run(settings.retention), datetime.now(UTC)
+            )
             return (
                 f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
                 f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
@@ -95,6 +101,17 @@ class BackupJob:
                 + (f"; would dump {describe_choice(settings, checked)}" if settings.databases else "")
             )
 
+        unreadable_here = ""
+        if checked.recipients and checked.identities is None:
+            unreadable_here = (
+                "; encrypted with no identity in the cluster (spec.encryption.identitySecretRef), so no restore "
+                "test can read these backups: only the holder of the identity can"
+            )
+            log.warning(
+                "backups are encrypted to recipients whose identity is not in the cluster; no restore test can "
+                "read them",
+                extra={"recipients": [fingerprint(r) for r in checked.recipients]},
+            )
         started = datetime.now(UTC)
         clock = time.monotonic()
         identifier = backup_id(started, ctx.run_id)
@@ -155,7 +172,7 @@ class BackupJob:
         conditions: list[Condition] = []
         verified = False
         if settings.verify:
-            tested = restore_test(ctx, store, manifest, database, settings, checked.identities)
+            tested = restore_test(ctx, store, manifest, checked.restore_test_server, settings, checked.identities)
             verified = True
             conditions.append(
                 Condition(
@@ -167,9 +184,9 @@ class BackupJob:
                 )
             )
         retained = (
-            RetentionOutcome(take_inventory(store), [], {})
+            RetentionOutcome(take_inventory(store, checked.claimed.readable), [], {})
             if args.skip_retention
-            else apply_retention(store, settings.retention, datetime.now(UTC))
+            else apply_retention(store, checked.claimed.readable, settings.retention, datetime.now(UTC))
         )
         inventory, deleted = retained.inventory, retained.deleted
         message = (
@@ -180,7 +197,9 @@ class BackupJob:
             f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
             f"{', with the roles and tablespaces' if globals_object else ''}) "
             f"in {duration:.1f}s; "
-            f"{len(deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
+            f"{len(deleted)} old objects deleted"
+            + (f"; {retained.describe_locked()}" if retained.locked else "")
+            + unreadable_here
         )
         fields = {
             **backup_fields(manifest, duration, verified, settings.stale_after),
@@ -245,11 +264,15 @@ class VerifyJob:
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
         checked = preflight(ctx, settings)
-        database, store = checked.database, checked.store
-        manifest = find_backup(store, args.key)
+        with released_on_failure(ctx, checked):
+            return self._verify(ctx, args, settings, checked)
+
+    def _verify(self, ctx: RunContext, args: argparse.Namespace, settings: BackupSettings, checked: Preflight) -> str:
+        store = checked.store
+        manifest = find_backup(store, checked.claimed.readable, args.key)
         if ctx.dry_run:
             return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
-        tested = restore_test(ctx, store, manifest, database, settings, checked.identities)
+        tested = restore_test(ctx, store, manifest, checked.restore_test_server, settings, checked.identities)
         message = (
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
         )

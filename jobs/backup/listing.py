@@ -16,10 +16,11 @@ from typing import Any
 
 from common.errors import CellarError
 from common.kube import DATABASE_BACKUP
+from common.ownership import Area, readable_by, take_over_from
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest, take_inventory
-from jobs.backup.preflight import open_storage
+from jobs.backup.preflight import me, open_storage
 from jobs.backup.retention import retention_reasons
 from jobs.backup.settings import BackupSettings, parse_backup_spec
 from jobs.backup.status import human_size
@@ -43,9 +44,9 @@ class ListedBackup:
 
 
 def list_backups(
-    store: ObjectStore, settings: BackupSettings, status: dict[str, Any], now: datetime
+    store: ObjectStore, readable: frozenset[str], settings: BackupSettings, status: dict[str, Any], now: datetime
 ) -> list[ListedBackup]:
-    inventory = take_inventory(store)
+    inventory = take_inventory(store, readable)
     reasons = retention_reasons(inventory.backups, settings.retention, now)
     verification = status.get("lastVerification") or {}
     listed = []
@@ -130,7 +131,9 @@ class ListJob:
         settings = parse_backup_spec(ctx.spec)
         store = open_storage(ctx, settings)
         store.check_access()
-        backups = list_backups(store, settings, dict(ctx.resource.get("status") or {}), datetime.now(UTC))
+        readable = readable_by(Area.of_backups(store), me(ctx), take_over_from(ctx.resource))
+        status = dict(ctx.resource.get("status") or {})
+        backups = list_backups(store, readable, settings, status, datetime.now(UTC))
         if args.output == "json":
             document = {"resource": f"{ctx.ref.namespace}/{ctx.ref.name}", "backups": [asdict(b) for b in backups]}
             sys.stdout.write(json.dumps(document, indent=2) + "\n")

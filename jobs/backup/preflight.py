@@ -3,14 +3,19 @@ the server and its databases, the client tools."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
+from common import ownership
 from common.config import DatabaseSettings, resolve_database_settings, resolve_storage_credentials
 from common.db import connect
 from common.encryption import Identities, fingerprint, resolve_keys
+from common.kube import DATABASE_BACKUP
+from common.ownership import Area, Claimed, Owner, claim_prefix, take_over_from
 from common.runtime import RunContext
 from common.storage import ObjectStore, build_client
+from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR
 from jobs.backup.databases import ChosenDatabase, choose_databases
 from jobs.backup.dump import ServerFacts, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
@@ -36,11 +41,18 @@ class Preflight:
     recipients: list[str]  # age recipients to encrypt to; none: not encrypted
     identities: Identities | None  # what the restore test decrypts with
     databases: list[ChosenDatabase]  # what the run dumps, in this order
+    claimed: Claimed  # the prefix is this resource's; whose backups under it it reads (common.ownership)
+    restore_test_server: DatabaseSettings  # where restore tests make their scratch database (spec.verify.target)
 
 
 def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
     """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    restore_test_server = (
+        resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.verify_target)
+        if settings.verify_target is not None
+        else database
+    )
     recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
     store = open_storage(ctx, settings)
     store.check_access()
@@ -52,6 +64,8 @@ def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
             else [ChosenDatabase(database.dbname, facts.database_size)]
         )
     tools = tools_for_dump(facts.version_num, facts.version)
+    # Last, so that a resource whose Secrets or database are unusable claims nothing.
+    claimed = claim_prefix(Area.of_backups(store), me(ctx), take_over=take_over_from(ctx.resource), dry_run=ctx.dry_run)
     log.info(
         "preflight passed",
         extra={
@@ -64,7 +78,19 @@ def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
             "encrypted_to": [fingerprint(r) for r in recipients],
         },
     )
-    return Preflight(database, store, facts, tools, recipients, identities, databases)
+    return Preflight(database, store, facts, tools, recipients, identities, databases, claimed, restore_test_server)
+
+
+def released_on_failure(ctx: RunContext, checked: Preflight) -> contextlib.AbstractContextManager[None]:
+    """A failed first run takes back the owner record it wrote while no backup is under the prefix."""
+    store = checked.store
+    contents = [store.key(part) + "/" for part in (DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR)]
+    return ownership.released_on_failure(Area.of_backups(store), me(ctx), checked.claimed, contents)
+
+
+def me(ctx: RunContext) -> Owner:
+    """The DatabaseBackup of this run, as the owner of its prefix."""
+    return Owner.of(DATABASE_BACKUP.kind, ctx.ref.namespace, ctx.ref.name, ctx.resource)
 
 
 def describe_choice(settings: BackupSettings, checked: Preflight) -> str:

@@ -19,6 +19,7 @@ from common.db import connect
 from common.encryption import Identities, resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
+from common.ownership import Area, Owner, readable_by, take_over_from
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.runtime import RunContext
@@ -314,7 +315,9 @@ class RestoreJob:
             raise InvalidSpec(f"spec.backup.name: {exc}") from exc
         store = open_storage(ctx, parse_backup_spec(backup_resource.get("spec") or {}))
         store.check_access()
-        manifest = find_backup(store, settings.backup_key)
+        backup_owner = Owner.of(DATABASE_BACKUP.kind, ctx.ref.namespace, settings.backup_name, backup_resource)
+        readable = readable_by(Area.of_backups(store), backup_owner, take_over_from(backup_resource))
+        manifest = find_backup(store, readable, settings.backup_key)
         target = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.target)
         # With createDatabase the target does not exist yet: ask its server through `postgres`.
         server = replace(target, dbname="postgres") if settings.create_database else target

@@ -81,12 +81,14 @@ class RetentionOutcome:
         return "; ".join(f"backup {backup} {why}" for backup, why in sorted(self.locked.items()))
 
 
-def apply_retention(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionOutcome:
+def apply_retention(
+    store: ObjectStore, readable: frozenset[str], policy: RetentionPolicy, now: datetime
+) -> RetentionOutcome:
     """Delete what the policy lets go, and leftovers older than its safety window. A manifest goes before
     its object, so a crash in between leaves an orphan object (cleaned later), never a manifest without
     its data. A backup whose manifest an object lock still holds stays a complete backup, and is deleted
     by the first run after its lock ends."""
-    inventory = take_inventory(store)
+    inventory = take_inventory(store, readable)
     keep = backups_to_keep(inventory.backups, policy, now)
     doomed = [m for m in inventory.backups if m.backup_id not in keep]
     cutoff = now - policy.incomplete_after

@@ -99,6 +99,7 @@ class BackupSettings:
     encryption: EncryptionSpec | None = None
     globals: GlobalsOptions | None = None
     databases: DatabaseChoice | None = None  # None: the one database the Secret names
+    verify_target: DatabaseSpec | None = None  # spec.verify.target; None: restore tests on the source's server
 
 
 def parse_database_choice(reader: SpecReader) -> DatabaseChoice:
@@ -130,11 +131,11 @@ def parse_compression(reader: SpecReader) -> Compression:
 def parse_retention(reader: SpecReader) -> RetentionPolicy:
     return RetentionPolicy(
         keep_last=reader.integer("keepLast", minimum=1),
-        max_age=reader.duration("maxAge"),
+        max_age=reader.duration("maxAge", positive=True),
         keep_daily=reader.integer("keepDaily", 0, minimum=0) or 0,
         keep_weekly=reader.integer("keepWeekly", 0, minimum=0) or 0,
         keep_monthly=reader.integer("keepMonthly", 0, minimum=0) or 0,
-        incomplete_after=reader.duration("incompleteAfter", "24h") or timedelta(hours=24),
+        incomplete_after=reader.duration_or("incompleteAfter", "24h", positive=True),
         dry_run=reader.boolean("dryRun"),
     )
 
@@ -157,8 +158,9 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
         compression=parse_compression(reader.child("compression")),
         retention=parse_retention(reader.child("retention")),
         verify=verify.boolean("enabled"),
+        verify_target=DatabaseSpec.parse(verify.child("target")) if verify.has("target") else None,
         scratch_prefix=verify.string("scratchDatabasePrefix", "cellar_verify_", pattern=_SCRATCH_PREFIX),
-        stale_after=reader.duration("staleAfter", "26h") or timedelta(hours=26),
+        stale_after=reader.duration_or("staleAfter", "26h", positive=True),
         dump=DumpOptions(
             schemas=dump.string_list("schemas"),
             exclude_schemas=dump.string_list("excludeSchemas"),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -539,6 +540,39 @@ class LocalStack:
         finally:
             self._as_postgres([str(self.pg_bin / "pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], check=False)
             shutil.rmtree(data, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def tls(self) -> Iterator[str]:
+        """TLS on the PostgreSQL server (besides plain connections) for as long as the block runs, with a
+        self-signed certificate for 127.0.0.1; yields that certificate (the CA a client verifies it with)."""
+        from tests.harness.faults import self_signed
+
+        certificate, key = self_signed("cellar test PostgreSQL", self.pg_data)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            for path in (certificate, key):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        key.chmod(0o600)
+        with psycopg.connect(self.pg_dsn(), autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET ssl_cert_file = '{certificate}'")
+            conn.execute(f"ALTER SYSTEM SET ssl_key_file = '{key}'")
+            conn.execute("ALTER SYSTEM SET ssl = on")
+            conn.execute("SELECT pg_reload_conf()")
+        try:
+            wait_for("TLS on PostgreSQL", lambda: self._speaks_tls(certificate), None)
+            yield certificate.read_text()
+        finally:
+            with psycopg.connect(self.pg_dsn(), autocommit=True) as conn:
+                for setting in ("ssl", "ssl_cert_file", "ssl_key_file"):
+                    conn.execute(f"ALTER SYSTEM RESET {setting}")
+                conn.execute("SELECT pg_reload_conf()")
+
+    def _speaks_tls(self, certificate: Path) -> bool:
+        try:
+            with psycopg.connect(f"{self.pg_dsn()} sslmode=verify-full sslrootcert={certificate}"):
+                return True
+        except psycopg.OperationalError:
+            return False
 
     # ---- S3 (MinIO) ----------------------------------------------------------------------------------
     def start_minio(self) -> None:

@@ -694,7 +694,7 @@ def test_a_running_archive_takes_a_new_batch_size_and_pause_from_its_spec(
     archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tuning = Tuning(settings_reread_seconds=0.0)  # read at every batch boundary
-    _simple(archive_env, old=600, batch={"rows": 100, "pause": "2s"})
+    _simple(archive_env, old=600, batch={"rows": 100, "pause": "5s"})  # the patch lands in this pause
     patcher = _patch_spec_after_the_first_batch(
         archive_env, {"batch": {"rows": 1000, "pause": "0s"}, "olderThan": "0d"}
     )
@@ -744,3 +744,34 @@ def test_a_spec_changed_into_an_invalid_one_leaves_the_run_on_its_settings(
     warned = [entry for entry in logged if entry["msg"].startswith("the spec was changed into an invalid one")]
     assert len(warned) == 1  # once, not at every batch
     assert warned[0]["detail"].startswith("spec.filter: must be one boolean expression")
+
+
+def test_the_shipped_sample_only_reports_until_its_dry_run_is_turned_off(archive_env: ArchiveEnv) -> None:
+    import yaml
+
+    from tests.conftest import SAMPLES_DIR
+
+    sample = yaml.safe_load((SAMPLES_DIR / "tablearchive.yaml").read_text())
+    assert sample["spec"]["dryRun"] is True
+    with psycopg.connect(dsn(archive_env.database), autocommit=True) as conn:
+        conn.execute(SIMPLE_TABLE.format(old=300))
+        conn.execute("UPDATE orders SET created_at = created_at - interval '400 days' WHERE id < 1000000")
+    before = ids_in_table(archive_env.database)
+    archive_env.create_secret("cellar-database", archive_env.database)
+    spec = {
+        **sample["spec"],  # the sample as shipped, pointed at the test's database and bucket
+        "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+        "storage": archive_env.storage_spec,
+        "batch": {"rows": 1000},
+    }
+    archive_env.create_resource("TableArchive", {"metadata": {"name": "sample"}, "spec": spec})
+    assert archive_env.run(name="sample") == 0
+    assert ids_in_table(archive_env.database) == before  # nothing moved
+    assert archived_objects(archive_env.s3, archive_env.bucket) == {}
+    reported = archive_env.conditions("TableArchive", "sample")["ArchiveSucceeded"]
+    assert reported["reason"] == "DryRunCompleted"
+    assert "rows" in reported["message"]
+    assert "nothing was changed" in reported["message"]
+    patch_spec(archive_env.admin_api, archive_env.namespace, {"dryRun": False}, name="sample")
+    assert archive_env.run(name="sample") == 0
+    assert len(ids_in_table(archive_env.database)) < len(before)

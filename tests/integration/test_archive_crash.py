@@ -13,10 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.harness.faults import Toxiproxy
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, setup_archive
 from tests.integration.backup_helpers import conditions, get_status
 from tests.integration.environments import ArchiveEnv
-from tests.integration.processes import run_until_failpoint, start_job, wait_for_line
+from tests.integration.processes import KillStorm, run_until_failpoint, start_job
 
 OLD_ROWS = 60000
 KILLS = 20
@@ -62,8 +63,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(archive_env: A
     setup_archive(archive_env, batch={"rows": 50})
     traffic = LiveTraffic(dsn(database))
     traffic.start()
-    rng = random.Random(20261122)
-    outcomes = collections.Counter()
+    storm = KillStorm(work=('"batch committed"', "FAILPOINT archive.before-commit"), seed=20261122)
     try:
         for attempt in range(KILLS):
             at_commit = attempt % 4 == 0  # every fourth kill lands exactly between upload and COMMIT
@@ -75,18 +75,19 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(archive_env: A
                 failpoint="archive.before-commit" if at_commit else "",
             )
             if at_commit:
-                wait_for_line(job, "FAILPOINT archive.before-commit")
-            else:
-                time.sleep(rng.uniform(0.9, 1.8))
-            job.send_signal(signal.SIGKILL)
-            job.wait()
-            outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
+                job.wait_for_line("FAILPOINT archive.before-commit")
+                storm.kill(job)
+            elif attempt % 4 == 1:  # somewhere after the first committed batch
+                storm.kill_mid_work(job, seconds=0.5)
+            else:  # anywhere after start-up: cleanup of leftovers, planning, a batch
+                storm.kill_at_random(job, seconds=1.0)
         assert archive_env.run() == 0  # to completion
     finally:
         traffic.stop.set()
         traffic.join()
-    print(f"outcomes over {KILLS} runs: {dict(outcomes)}; live rows inserted meanwhile: {traffic.inserted}")
-    assert outcomes["killed"] >= KILLS // 2, outcomes
+    print(f"where {KILLS} kills landed: {storm}; live rows inserted meanwhile: {traffic.inserted}")
+    # Half the kills wait for a batch (at the failpoint or after a commit): each of those landed mid-work.
+    assert storm.landings["mid-work"] >= KILLS // 2, storm
 
     in_table = ids_in_table(database)
     archived = collections.Counter(
@@ -109,16 +110,25 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_row(archive_env: A
     assert recorded == set(archived_objects(s3_admin, bucket)), "every object in storage has a ledger row"
 
 
-def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(archive_env: ArchiveEnv) -> None:
+def test_sigterm_finishes_the_batch_in_flight_and_records_interrupted(
+    archive_env: ArchiveEnv, toxiproxy: Toxiproxy
+) -> None:
     bucket, s3_admin, admin_api = archive_env.bucket, archive_env.s3, archive_env.admin_api
     namespace, database, kubeconfig = archive_env.namespace, archive_env.database, archive_env.kubeconfig
 
     make_old_orders(database, 30_000)
-    setup_archive(archive_env, batch={"rows": 50})
+    # Every request to the store 100 ms late: 600 batches take minutes, so SIGTERM lands mid-run however
+    # slowly this test's thread reads the job's first lines.
+    name = f"s3-late-{namespace}"
+    port = toxiproxy.proxy(name, archive_env.stack.s3_endpoint.removeprefix("http://"))
+    toxiproxy.add_toxic(name, "late", "latency", latency=100)
+    setup_archive(
+        archive_env, batch={"rows": 50}, storage={**archive_env.storage_spec, "endpoint": f"http://127.0.0.1:{port}"}
+    )
     job = start_job("jobs.archive", kubeconfig, namespace, "orders")
-    wait_for_line(job, '"batch committed"')
+    job.wait_for_line('"batch committed"')
     job.send_signal(signal.SIGTERM)
-    job.communicate(timeout=30)
+    job.communicate(timeout=60)
     assert job.returncode == 143
     found = conditions(get_status(admin_api, namespace, "tablearchives", "orders"))
     assert found["ArchiveSucceeded"]["reason"] == "Interrupted"
@@ -156,7 +166,7 @@ def test_every_batch_in_flight_is_rolled_back_by_a_kill(archive_env: ArchiveEnv,
     try:
         # In every lane, a batch waits before its COMMIT while the lane's next batch has been deleted on
         # its second connection: two open transactions per lane, each over its own rows.
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         open_transactions: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline and len(open_transactions) < 2 * parallelism:
             with psycopg.connect(dsn(database)) as conn:

@@ -7,10 +7,10 @@ doubles a row."""
 from __future__ import annotations
 
 import collections
-import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.archive_helpers import archived_objects, dsn, setup_archive
 from tests.integration.environments import ArchiveEnv
-from tests.integration.processes import run_until_failpoint, start_job
+from tests.integration.processes import KillStorm, run_until_failpoint, start_job
 
 
 def make_events(database: dict[str, Any], *, days: int, per_day: int, default: bool, sub: bool = False) -> set[int]:
@@ -57,6 +57,13 @@ def make_events(database: dict[str, Any], *, days: int, per_day: int, default: b
         )
         rows = conn.execute("SELECT id FROM events WHERE created_at < now() - interval '30 days'").fetchall()
     return {int(r[0]) for r in rows}
+
+
+def until(happened: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not happened():
+        assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}"
+        time.sleep(0.02)
 
 
 def archived_ids(env: ArchiveEnv) -> collections.Counter[int]:
@@ -193,20 +200,22 @@ def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_
 
     traffic = threading.Thread(target=writers, daemon=True)
     traffic.start()
-    rng = random.Random(20261129)
-    outcomes: collections.Counter[str] = collections.Counter()
+    storm = KillStorm(work=('"partition detached"', '"partition archived whole"', '"batch committed"'), seed=20261129)
     try:
-        for _ in range(30):
+        for attempt in range(30):
             job = start_job("jobs.archive", env.kubeconfig, env.namespace, "events")
-            time.sleep(rng.uniform(0.3, 1.5))
-            job.send_signal(signal.SIGKILL)
-            job.wait()
-            outcomes["killed" if job.returncode == -signal.SIGKILL else f"exited {job.returncode}"] += 1
+            if attempt % 2 == 0:  # somewhere after the first partition detached (or the first batch)
+                storm.kill_mid_work(job, seconds=0.5)
+            else:  # anywhere after start-up
+                storm.kill_at_random(job, seconds=1.2)
         assert env.run(name="events") == 0
     finally:
         stop.set()
         traffic.join()
-    print(f"outcomes over 30 runs: {dict(outcomes)}; rows written meanwhile: {len(written)}")
+    print(f"where 30 kills landed: {storm}; rows written meanwhile: {len(written)}")
+    # The work is finite (30 partitions due): the first kills that wait for it land in it, later runs may
+    # find nothing left to do.
+    assert storm.landings["mid-work"] >= 3, storm
     archived = archived_ids(env)
     in_table = table_ids(env.database)
     assert not [i for i, n in archived.items() if n > 1], "archived twice"
@@ -246,8 +255,9 @@ def test_writers_into_the_partition_being_archived_lose_nothing(archive_env: Arc
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    time.sleep(0.3)
+    until(lambda: len(landed) >= 1, "a late row landed before the run")
     assert env.run(name="events") == 0
+    until(lambda: bool(refused), "an insert refused once the partition is gone")
     stop.set()
     thread.join()
     print(f"late rows landed: {len(landed)}; inserts refused once the partition was gone: {set(refused)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -39,6 +39,41 @@ def _old_orders(env: ArchiveEnv, *, pg_monitor: bool = True) -> None:
             admin.execute(f"GRANT pg_monitor TO {database['username']}")
 
 
+HOLD_SECONDS = 3.0
+
+
+class ResumeWhenHeld(threading.Thread):
+    """Beside the job: waits (bounded) until `held()` says the job waits for the standby, keeps it waiting
+    HOLD_SECONDS more, records `observe()` (what the job did meanwhile), then resumes the standby's replay.
+    Replay is resumed whatever happens here, so a failure fails the test instead of hanging the job."""
+
+    def __init__(self, standby: psycopg.Connection[Any], held: Callable[[], bool], observe: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.standby, self.held, self.observe = standby, held, observe
+        self.observed: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while not self.held():
+                assert time.monotonic() < deadline, "the job was not seen waiting for the standby within 120 s"
+                time.sleep(0.1)
+            time.sleep(HOLD_SECONDS)  # not a wait for state: the hold the job must report lasting at least this
+            self.observed = self.observe()
+        except BaseException as exc:  # noqa: BLE001 (raised on the test's thread by result())
+            self.error = exc
+        finally:
+            self.standby.execute("SELECT pg_wal_replay_resume()")
+
+    def result(self) -> Any:
+        self.join(timeout=180)
+        if self.error is not None:
+            raise self.error
+        return self.observed
+
+
 @pytest.fixture
 def lagging_standby(stack: LocalStack) -> Iterator[psycopg.Connection[Any]]:
     """A standby whose replay is paused, at least 3 seconds behind by the primary's pg_stat_replication;
@@ -68,22 +103,20 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     database = archive_env.database
     _old_orders(archive_env)
     setup_archive(archive_env, batch={"rows": 100, "maxReplicationLag": "2s"})
-    seen_while_held: list[Any] = []
 
-    def resume_later() -> None:
-        time.sleep(3)
-        seen_while_held.append(len(ids_in_table(database)))
+    def waiting_for_the_standby() -> bool:
         status = get_status(admin_api, archive_env.namespace, "tablearchives", "orders")
-        seen_while_held.append(conditions(status)["Progressing"])
-        lagging_standby.execute("SELECT pg_wal_replay_resume()")
+        return conditions(status).get("Progressing", {}).get("reason") == "WaitingForStandby"
 
-    resumer = threading.Thread(target=resume_later)
-    resumer.start()
+    def rows_and_progress() -> tuple[int, dict[str, Any]]:
+        status = get_status(admin_api, archive_env.namespace, "tablearchives", "orders")
+        return len(ids_in_table(database)), conditions(status)["Progressing"]
+
+    resumer = ResumeWhenHeld(lagging_standby, waiting_for_the_standby, rows_and_progress)
     try:
         assert archive_env.run() == 0
     finally:
-        resumer.join()
-    rows_while_held, progressing_while_held = seen_while_held
+        rows_while_held, progressing_while_held = resumer.result()
     assert rows_while_held == OLD_ROWS  # nothing moved while the standby was behind
     assert progressing_while_held["reason"] == "WaitingForStandby"
     assert progressing_while_held["message"].startswith("waiting for standby walreceiver: it replays")
@@ -96,7 +129,7 @@ def test_batches_wait_while_a_standby_is_behind_and_resume_once_it_catches_up(
     assert any(entry["msg"] == "the standbys caught up; batches resume" for entry in logged)
     summary = next(entry for entry in logged if entry["msg"] == "archive run summary")
     assert summary["rows"] == OLD_ROWS
-    assert summary["standby_wait_seconds"] >= 2.5
+    assert summary["standby_wait_seconds"] >= HOLD_SECONDS
 
 
 def test_the_run_time_ends_a_run_that_waits_for_a_standby(
@@ -108,7 +141,7 @@ def test_the_run_time_ends_a_run_that_waits_for_a_standby(
     setup_archive(archive_env, maxRunTime="3s", batch={"maxReplicationLag": "1s", "parallelism": 1})
     started = time.monotonic()
     assert archive_env.run() == 0
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # the standby never catches up: maxRunTime ended the run
     assert len(ids_in_table(database)) == OLD_ROWS
     outcome = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))
     assert outcome["ArchiveSucceeded"]["reason"] == "StandbyBehind"
@@ -139,22 +172,22 @@ def test_unarchive_waits_for_a_standby_behind_too(
     assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     patch_spec(admin_api, namespace, {"batch": {"maxReplicationLag": "2s"}})
-    restored_while_held: list[int] = []
 
-    def resume_later() -> None:
-        time.sleep(3)
+    def side_table_made() -> bool:  # made and committed before the first object waits for the standby
         with psycopg.connect(dsn(database)) as conn:
-            restored_while_held.append(len(conn.execute("SELECT id FROM orders_unarchived").fetchall()))
-        lagging_standby.execute("SELECT pg_wal_replay_resume()")
+            return conn.execute("SELECT to_regclass('orders_unarchived')").fetchone() != (None,)
 
-    resumer = threading.Thread(target=resume_later)
-    resumer.start()
+    def rows_restored() -> int:
+        with psycopg.connect(dsn(database)) as conn:
+            return len(conn.execute("SELECT id FROM orders_unarchived").fetchall())
+
+    resumer = ResumeWhenHeld(lagging_standby, side_table_made, rows_restored)
     try:
         unarchive = ["unarchive", "--from", "2000-01-01", "--to", "2100-01-01"]
         assert archive_env.run(*unarchive) == 0
     finally:
-        resumer.join()
-    assert restored_while_held == [0]  # the side table exists, and nothing was loaded while held
+        restored_while_held = resumer.result()
+    assert restored_while_held == 0  # the side table exists, and nothing was loaded while held
     assert ids_in_table(database, "orders_unarchived") == set(range(1, OLD_ROWS + 1))
     message = get_status(admin_api, namespace, "tablearchives", "orders")["lastUnarchive"]["message"]
     assert "for standbys" in message

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from tests.integration.backup_helpers import conditions, get_status, run_backup_job, setup_backup
 from tests.integration.environments import BackupEnv
-from tests.integration.processes import run_until_failpoint
+from tests.integration.processes import Job, run_until_failpoint
 
 
 def _fill(database: dict[str, Any], rows: int = 200_000) -> None:
@@ -31,7 +30,7 @@ def _fill(database: dict[str, Any], rows: int = 200_000) -> None:
         )
 
 
-def _run_until_failpoint(kubeconfig: Path, namespace: str, failpoint: str) -> subprocess.Popen[str]:
+def _run_until_failpoint(kubeconfig: Path, namespace: str, failpoint: str) -> Job:
     return run_until_failpoint("jobs.backup", kubeconfig, namespace, "orders", failpoint)
 
 
@@ -93,7 +92,8 @@ def test_kills_at_every_stage_never_publish_a_broken_backup_nor_delete_a_good_on
     final = _published_backups(s3_admin, bucket)
     assert len(final) == 1
     (manifest,) = final.values()
-    assert _keys(s3_admin, bucket) == sorted([manifest["dataKey"], f"test/manifests/{manifest['backupId']}.json"])
+    expected = [manifest["dataKey"], f"test/manifests/{manifest['backupId']}.json", "test/cellar-owner.json"]
+    assert _keys(s3_admin, bucket) == sorted(expected)
     assert not s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert conditions(get_status(admin_api, namespace, "databasebackups", "orders"))["Ready"]["status"] == "True"
 
@@ -197,3 +197,33 @@ def test_a_pg_dump_older_than_the_server_is_refused(
     assert ready["reason"] == "PgDumpTooOld"
     assert ready["message"].startswith("pg_dump 9 is older than the server (15.")
     assert _keys(s3_admin, bucket) == []
+
+
+def test_a_server_certificate_the_secrets_ca_did_not_sign_is_permanent_and_says_what_to_fix(
+    backup_env: BackupEnv, tmp_path: Path
+) -> None:
+    from tests.harness.faults import self_signed
+
+    env = backup_env
+    other_ca, _ = self_signed("some other CA", tmp_path)
+    with env.stack.tls() as server_ca:
+        env.database = {**env.database, "sslrootcert": other_ca.read_text()}
+        env.setup()
+        env.create_resource(  # the same, verifying the server's certificate and name
+            "DatabaseBackup",
+            {"metadata": {"name": "verified"}, "spec": {**_verify_full(env), "storage": env.storage_spec}},
+        )
+        assert env.run(name="verified") == 3  # not retried: a person must fix the CA
+        refused = env.conditions("DatabaseBackup", "verified")["BackupSucceeded"]
+        print(f"wrong CA: {refused['reason']}: {refused['message']}")
+        assert refused["reason"] == "CertificateRejected"
+        assert "sslrootcert" in refused["message"]
+        assert "sslMode verify-full" in refused["message"]
+        assert "BEGIN CERTIFICATE" not in refused["message"]
+
+        env.create_secret("cellar-database", {**env.database, "sslrootcert": server_ca})
+        assert env.run(name="verified") == 0  # the right CA: verify-full passes
+
+
+def _verify_full(env: BackupEnv) -> dict[str, Any]:
+    return {"database": {"secretRef": {"name": "cellar-database"}, "sslMode": "verify-full"}}

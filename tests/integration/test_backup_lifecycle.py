@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,19 +49,37 @@ def _manifest_ids(s3_admin: Any, bucket: str, prefix: str = "test/manifests/") -
     }
 
 
+INCOMPLETE_AFTER = timedelta(seconds=20)
+
+
+def _wait_until_older_than(s3_admin: Any, bucket: str, key: str, age: timedelta) -> None:
+    """Until the store's LastModified of `key` (second precision) is more than `age` ago (bounded)."""
+    written = s3_admin.head_object(Bucket=bucket, Key=key)["LastModified"]
+    deadline = time.monotonic() + age.total_seconds() + 60
+    while datetime.now(UTC) - written <= age + timedelta(seconds=1):
+        assert time.monotonic() < deadline, f"{key} written at {written} never grew {age} old"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_retention_deletes_exactly_what_the_policy_says(dry_run: bool, backup_env: BackupEnv) -> None:
     namespace = backup_env.namespace
     bucket, s3_admin = backup_env.bucket, backup_env.s3
     admin_api = backup_env.admin_api
+    s3_admin.put_object(Bucket=bucket, Key="test/data/crashed-long-ago.pgdump.zst", Body=b"partial")
     now = datetime.now(UTC)
     days_ago = [1, 2, 3, 10, 40, 70, 100]
     old = {d: _put_old_backup(s3_admin, bucket, now - timedelta(days=d)) for d in days_ago}
-    s3_admin.put_object(Bucket=bucket, Key="test/data/crashed-long-ago.pgdump.zst", Body=b"partial")
-    time.sleep(5.5)  # the leftover above is now older than incompleteAfter
+    _wait_until_older_than(s3_admin, bucket, "test/data/crashed-long-ago.pgdump.zst", INCOMPLETE_AFTER)
+    # Written now: the run below, however slow, finishes well inside INCOMPLETE_AFTER of it.
     s3_admin.put_object(Bucket=bucket, Key="test/data/in-flight-elsewhere.pgdump.zst", Body=b"partial")
     backup_env.setup(
-        retention={"keepLast": 2, "keepMonthly": 3, "incompleteAfter": "5s", "dryRun": dry_run},
+        retention={
+            "keepLast": 2,
+            "keepMonthly": 3,
+            "incompleteAfter": f"{INCOMPLETE_AFTER.seconds}s",
+            "dryRun": dry_run,
+        },
     )
     assert backup_env.run() == 0
 
@@ -188,3 +207,45 @@ def test_list_shows_every_backup_with_what_keeps_it(backup_env: BackupEnv, capsy
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["COMPLETED", "BACKUP", "DATABASES"]
     assert [line.split()[1] for line in table[1:]] == [newest["backup_id"], older["backup_id"]]
+
+
+def _wal_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_restore_test_on_another_server_costs_the_source_nothing(
+    backup_env: BackupEnv, pg_servers: Callable[[int], LocalStack], matrix_client_tools: str, monkeypatch: Any
+) -> None:
+    """spec.verify.target: the scratch database is made on a second real server (PostgreSQL 17, newer than the
+    source); the source writes no WAL for it (CREATE DATABASE alone logs the whole template there otherwise)."""
+    from tests.conftest import new_database
+
+    monkeypatch.setenv("CELLAR_PG_BINDIR", matrix_client_tools)
+    env = backup_env
+    load_sample_data(env.stack, env.database)
+    scratch_server = pg_servers(17)
+    target = {**new_database(scratch_server), "dbname": "postgres"}
+    env.create_secret("cellar-verify-target", target)
+    verify = {
+        "enabled": True,
+        "target": {"secretRef": {"name": "cellar-verify-target"}, "sslMode": "disable"},
+    }
+    env.setup(verify=verify)
+    source_before, target_before = _wal_lsn(env.stack.pg_dsn()), _wal_lsn(scratch_server.pg_dsn())
+    assert env.run() == 0
+    source_wal = _wal_lsn(env.stack.pg_dsn()) - source_before
+    target_wal = _wal_lsn(scratch_server.pg_dsn()) - target_before
+    verified = env.conditions("DatabaseBackup", "orders")["Verified"]
+    print(
+        f"restore test on the scratch server: WAL on the source {source_wal} bytes, on the scratch server "
+        f"{target_wal} bytes; {verified['message']}"
+    )
+    assert verified["reason"] == "RestoreTestPassed"
+    assert "into PostgreSQL 17" in verified["message"]
+    assert target_wal > 4 * 1024 * 1024  # the scratch database and the restore were written there
+    assert source_wal < target_wal / 4  # and not on the source
+    for server in (env.stack, scratch_server):
+        assert _scratch_databases(server) == []  # dropped after the test

@@ -155,6 +155,13 @@ def test_without_the_right_identity_nothing_is_written_and_a_damaged_object_is_r
     assert env.run() == 0
     key = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]["key"]
     target = f"{database['dbname']}_never"
+    # Allowed, but said: with no identity in the cluster, no restore test can read these backups.
+    assert (
+        "no restore test can read these backups"
+        in env.conditions("DatabaseBackup", "orders")["BackupSucceeded"]["message"]
+    )
+    logged = capsys.readouterr().out
+    assert logged.count("no restore test can read them") == 1  # logged once
 
     def target_exists() -> bool:
         with psycopg.connect(env.stack.pg_dsn()) as conn:

@@ -72,11 +72,12 @@ def test_a_backup_pushes_the_documented_series_with_the_status_values(
     assert value_of(pushing, f"cellar_backup_kept{{{where}}}") == status["backupsKept"]
     assert value_of(pushing, f"cellar_backup_ready{{{where}}}") == 1
     assert value_of(pushing, f"cellar_verify_passed{{{where}}}") == 1
+    assert value_of(pushing, f'cellar_backup_succeeded{{{where}, reason="Completed"}}') == 1
     run_seconds = value_of(pushing, f"cellar_run_duration_seconds{{{where}}}")
     assert 0 < run_seconds < 120
     # Every documented series a successful backup pushes is there, under the documented name.
     documented = {m.prometheus_name for m in RUN_METRICS if m is not RUN_FAILURE}
-    documented |= {m.prometheus_name for m in STATUS_METRICS if m.kind == "DatabaseBackup"}
+    documented |= {m.prometheus_name for m in STATUS_METRICS if m.kind == "DatabaseBackup" and m.root == "status"}
     missing = documented - pushing.series_names()
     assert not missing, f"documented but not in Prometheus: {sorted(missing)}"
 
@@ -99,6 +100,7 @@ def test_a_failed_backup_pushes_its_reason_and_fires_the_alert(backup_env: Backu
     failure = pushing.wait_for("the failure", lambda: pushing.query(f"cellar_run_failure_seconds{{{where}}}"))
     assert failure[0]["metric"]["reason"] == "BucketNotFound"
     assert not pushing.query(f"{RUN_LAST_SUCCESS.prometheus_name}{{{where}}}")  # only successes push it
+    assert value_of(pushing, f'cellar_backup_succeeded{{{where}, reason="BucketNotFound"}}') == 0
 
     def firing() -> list[dict[str, Any]]:
         return [
@@ -134,7 +136,7 @@ def test_archives_push_rows_and_a_failing_one_is_seen(archive_env: ArchiveEnv, p
     assert value_of(pushing, f"cellar_archive_moved_rows{{{where}}}") == 500
     assert value_of(pushing, f"cellar_archive_oldest_row_seconds{{{where}}}") == seconds(status["oldestRowTime"])
     assert value_of(pushing, f"cellar_archive_cutoff_seconds{{{where}}}") == seconds(status["cutoff"])
-    documented = {m.prometheus_name for m in STATUS_METRICS if m.kind == "TableArchive"}
+    documented = {m.prometheus_name for m in STATUS_METRICS if m.kind == "TableArchive" and m.root == "status"}
     assert not documented - pushing.series_names()
 
     setup_archive(env, table="no_such_table", name="gone")

@@ -73,6 +73,11 @@ def test_missing_required_field_is_rejected_by_the_server(create_resource: Any) 
             "set either inheritFromIAMRole: true, or both accessKeyId and secretAccessKey",
         ),
         ({"staleAfter": "tomorrow"}, "spec.staleAfter"),
+        ({"staleAfter": "0s"}, '"field":"spec.staleAfter"'),
+        ({"staleAfter": "0s"}, "must be more than 0s"),
+        ({"retention": {"incompleteAfter": "0h"}}, '"field":"spec.retention.incompleteAfter"'),
+        ({"retention": {"maxAge": "0d"}}, "must be more than 0s"),
+        ({"retention": {"incompleteAfter": "10m"}}, None),
         ({"database": {"secretRef": {"name": "db"}, "port": 70000}}, "spec.database.port"),
     ],
 )
@@ -110,6 +115,19 @@ def test_restore_and_archive_rules(create_resource: Any) -> None:
         },
     )
     assert "spec.olderThan: Required value" in body
+    archive = {
+        "database": {"secretRef": {"name": "d"}},
+        "storage": MINIMAL_BACKUP_SPEC["storage"],
+        "table": {"name": "orders"},
+        "timestampColumn": "created_at",
+        "olderThan": "0d",  # every row older than now
+    }
+    body = _rejection(create_resource, "TableArchive", {**archive, "maxRunTime": "0s"})
+    assert "spec.maxRunTime: Invalid value" in body
+    assert "must be more than 0s" in body
+    zero = {**archive, "lockTimeout": "0s", "statementTimeout": "0s", "batch": {"pause": "0s"}}
+    created = create_resource("TableArchive", {"metadata": {"name": "zeros"}, "spec": zero})
+    assert created["spec"]["lockTimeout"] == created["spec"]["statementTimeout"] == "0s"  # kept, not defaulted
 
 
 def test_lookup_found_and_not_found(stack: LocalStack, namespace: str, create_resource: Any) -> None:

@@ -14,30 +14,14 @@ from typing import Any
 from kubernetes import client
 
 from tests.conftest import REPO
+from tests.integration.processes import Job, start_process
 from tests.integration.test_resources import MINIMAL_BACKUP_SPEC
 
 
-def _start_probe(kubeconfig: Path, namespace: str, termination_log: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "CELLAR_TERMINATION_LOG": str(termination_log), "KUBERNETES_SERVICE_HOST": ""}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.probe_job",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--namespace",
-            namespace,
-            "--name",
-            "probe",
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start_probe(kubeconfig: Path, namespace: str, termination_log: Path, *extra: str) -> Job:
+    env = {"CELLAR_TERMINATION_LOG": str(termination_log), "KUBERNETES_SERVICE_HOST": ""}
+    where = ["--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", "probe"]
+    return start_process("tests.integration.probe_job", *where, *extra, env=env)
 
 
 def _status(admin_api: Any, namespace: str) -> dict[str, Any]:
@@ -53,15 +37,10 @@ def test_sigterm_records_interrupted_and_exits_143(
     create_resource("DatabaseBackup", {"metadata": {"name": "probe"}, "spec": MINIMAL_BACKUP_SPEC})
     termination_log = tmp_path / "termination-log"
     probe = _start_probe(job_kubeconfig("backup"), namespace, termination_log, "--seconds", "60")
-    assert probe.stdout is not None
-    lines = []
-    for line in probe.stdout:
-        lines.append(line)
-        if "PROBE-READY" in line:
-            break
+    probe.wait_for_line("PROBE-READY")
     probe.send_signal(signal.SIGTERM)
     out, err = probe.communicate(timeout=30)
-    lines.extend(out.splitlines())
+    lines = out.splitlines()
     assert probe.returncode == 143, (out, err)
     conditions = _status(admin_api, namespace)
     assert conditions["Ready"]["reason"] == "Interrupted"

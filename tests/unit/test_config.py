@@ -152,3 +152,67 @@ def test_invocation_errors_are_usage_errors() -> None:
         resolve_invocation(_args("--namespace", "n"), {})
     with pytest.raises(UsageError, match="is not a valid Kubernetes name"):
         resolve_invocation(_args("--name", "Bad_Name", "--namespace", "n"), {})
+
+
+POSITIVE_DURATIONS = [
+    ("DatabaseBackup", ("staleAfter",)),
+    ("DatabaseBackup", ("retention", "incompleteAfter")),
+    ("DatabaseBackup", ("retention", "maxAge")),
+    ("DatabaseBackup", ("storage", "objectLock", "retainFor")),
+    ("TableArchive", ("maxRunTime",)),
+]
+ZERO_MEANS_SOMETHING = [
+    ("lockTimeout", "lock_timeout"),
+    ("statementTimeout", "statement_timeout"),
+    ("olderThan", "older_than"),
+]
+
+
+def _spec(kind: str, path: tuple[str, ...], value: str) -> dict[str, Any]:
+    storage: dict[str, Any] = {"bucket": "some-bucket", "credentials": {"inheritFromIAMRole": True}}
+    spec: dict[str, Any] = {"database": {"secretRef": {"name": "db"}}, "storage": storage}
+    if kind == "TableArchive":
+        spec.update(table={"name": "orders"}, timestampColumn="created_at", olderThan="30d")
+    if path[-1] == "retainFor":
+        storage["objectLock"] = {"mode": "Governance"}
+    place = spec
+    for key in path[:-1]:
+        place = place.setdefault(key, {})
+    place[path[-1]] = value
+    return spec
+
+
+def _parse(kind: str, spec: dict[str, Any]) -> Any:
+    from jobs.archive.settings import parse_archive_spec
+    from jobs.backup.settings import parse_backup_spec
+
+    return parse_archive_spec(spec) if kind == "TableArchive" else parse_backup_spec(spec)
+
+
+@pytest.mark.parametrize(("kind", "path"), POSITIVE_DURATIONS)
+@pytest.mark.parametrize("zero", ["0s", "0d", "0h0m"])
+def test_a_zero_duration_where_zero_means_nothing_is_refused_naming_the_field(
+    kind: str, path: tuple[str, ...], zero: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=rf"^spec\.{'.'.join(path)}: must be more than 0s"):
+        _parse(kind, _spec(kind, path, zero))
+    assert _parse(kind, _spec(kind, path, "1s")) is not None
+
+
+@pytest.mark.parametrize(("field", "attribute"), ZERO_MEANS_SOMETHING)
+def test_a_zero_duration_where_zero_has_a_meaning_is_kept(field: str, attribute: str) -> None:
+    """Was: `lockTimeout: 0s` (PostgreSQL's "no timeout") silently became the default 5s."""
+    settings = _parse("TableArchive", _spec("TableArchive", (field,), "0s"))
+    assert getattr(settings, attribute) == timedelta(0)
+    assert _parse("TableArchive", _spec("TableArchive", ("batch", "pause"), "0s")).pause == timedelta(0)
+
+
+def test_durations_left_out_take_their_defaults() -> None:
+    archive = _parse("TableArchive", _spec("TableArchive", ("filter",), "true"))
+    assert (archive.lock_timeout, archive.statement_timeout, archive.max_run_time) == (
+        timedelta(seconds=5),
+        timedelta(seconds=60),
+        timedelta(hours=1),
+    )
+    backup = _parse("DatabaseBackup", _spec("DatabaseBackup", ("dump",), {}))  # type: ignore[arg-type]
+    assert (backup.stale_after, backup.retention.incomplete_after) == (timedelta(hours=26), timedelta(hours=24))

@@ -192,3 +192,19 @@ def test_restore_spec_decryption() -> None:
     assert (settings.identity.name, settings.identity.key) == ("id", "key.txt")
     with pytest.raises(InvalidSpec, match=r"spec.decryption.identitySecretRef: required"):
         parse_restore_spec({**base, "decryption": {"other": 1}})
+
+
+def test_the_example_key_of_ages_documentation_is_refused_naming_the_field(keys: tuple[Any, str]) -> None:
+    from jobs.backup.settings import parse_backup_spec
+
+    example = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    pyrage.x25519.Recipient.from_str(example)  # a valid key: only its being everyone's example is wrong
+    spec = {
+        "database": {"secretRef": {"name": "db"}},
+        "storage": {"bucket": "some-bucket", "credentials": {"inheritFromIAMRole": True}},
+        "encryption": {"recipients": [keys[1], example]},
+    }
+    with pytest.raises(InvalidSpec, match=r"^spec\.encryption\.recipients\[1\]: age1ql3z7hjy54pw… is the example"):
+        parse_backup_spec(spec)
+    with pytest.raises(InvalidSpec, match=r"recipientsFrom \(line 1\): .* is the example public key"):
+        parse_recipients(f"{example}\n", "spec.encryption.recipientsFrom")

@@ -35,6 +35,9 @@ def status_schema(kind: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("metric", STATUS_METRICS, ids=lambda m: m.prometheus_name)
 def test_every_status_field_a_metric_reads_is_in_the_crd_schema(metric: Any) -> None:
+    if metric.root == "metadata":  # every object's, not the CRD's schema
+        assert metric.path == ("creationTimestamp",)
+        return
     schema = status_schema(metric.kind)
     for step in metric.path:
         if step.startswith("["):

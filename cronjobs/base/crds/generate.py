@@ -45,8 +45,12 @@ def string_list(description: str, max_length: int) -> Schema:
     }
 
 
-def duration(description: str, **extra: Any) -> Schema:
-    return string(f"{description} {DURATION_HELP}", pattern=DURATION_PATTERN, maxLength=32, **extra)
+def duration(description: str, *, positive: bool = False, **extra: Any) -> Schema:
+    """A duration string; `positive`: 0s (in any spelling, 0h, 0d0s) is refused, as the job refuses it."""
+    schema = string(f"{description} {DURATION_HELP}", pattern=DURATION_PATTERN, maxLength=32, **extra)
+    if positive:
+        schema["x-kubernetes-validations"] = [{"rule": "self.matches('[1-9]')", "message": "must be more than 0s"}]
+    return schema
 
 
 def obj(
@@ -267,7 +271,7 @@ def object_storage() -> Schema:
                         "(no one may, not even the account's root user, until the date).",
                         enum=["Governance", "Compliance"],
                     ),
-                    "retainFor": duration("How long after it is written each object is locked."),
+                    "retainFor": duration("How long after it is written each object is locked.", positive=True),
                     "legalHold": boolean(
                         "Also place a legal hold on every object: it stays, whatever the date, until the hold "
                         "is removed.",
@@ -449,7 +453,7 @@ def database_backup() -> dict[str, Any]:
                 "never deleted. With no rule set, nothing is deleted.",
                 {
                     "keepLast": integer("Keep the newest N backups.", minimum=1, maximum=100000),
-                    "maxAge": duration("Keep backups younger than this."),
+                    "maxAge": duration("Keep backups younger than this.", positive=True),
                     "keepDaily": integer(
                         "Keep the newest backup of each of the last N days (UTC).", minimum=0, maximum=100000
                     ),
@@ -460,8 +464,10 @@ def database_backup() -> dict[str, Any]:
                         "Keep the newest backup of each of the last N months.", minimum=0, maximum=100000
                     ),
                     "incompleteAfter": duration(
-                        "Objects without a manifest (a crashed run's leftovers) older than this are deleted.",
+                        "Objects without a manifest (a crashed run's leftovers) older than this are deleted. "
+                        "Longer than any backup takes, or a running backup's upload is taken for a leftover.",
                         default="24h",
+                        positive=True,
                     ),
                     "dryRun": boolean("List what retention would delete without deleting it.", False),
                 },
@@ -469,9 +475,19 @@ def database_backup() -> dict[str, Any]:
             ),
             "verify": obj(
                 "Restore each new backup into a scratch database and compare every table's row count with "
-                "the manifest. Needs CREATEDB for the connecting role.",
+                "the manifest. Needs CREATEDB for the connecting role. Without target the scratch database "
+                "is made on the source's own server: a full copy of the data on its disk, its WAL shipped to "
+                "its standbys and WAL archive, at the busiest time of the night.",
                 {
                     "enabled": boolean("Verify every backup after it is written.", False),
+                    "target": {
+                        **database_connection(),
+                        "description": "Another PostgreSQL server to run the restore test on (a small scratch "
+                        "server, or a CloudNativePG cluster kept for it), so that it costs the source nothing; "
+                        "its role needs CREATEDB, and its major must be the source's or newer. The Secret names "
+                        "the database cellar connects to first (for example postgres). Secrets as in "
+                        "spec.database.",
+                    },
                     "scratchDatabasePrefix": string(
                         "Prefix of the scratch database's name; it is dropped after.",
                         pattern=r"^[a-z_][a-z0-9_]{0,30}$",
@@ -526,6 +542,7 @@ def database_backup() -> dict[str, Any]:
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
                 "when the CronJob never ran. Default 26h (a daily schedule plus slack).",
                 default="26h",
+                positive=True,
             ),
             "dump": obj(
                 "What pg_dump includes.",
@@ -815,9 +832,18 @@ def table_archive() -> dict[str, Any]:
                 },
                 default={},
             ),
-            "maxRunTime": duration("A run stops after the batch in flight once it has run this long.", default="1h"),
-            "lockTimeout": duration("SET LOCAL lock_timeout for each batch.", default="5s"),
-            "statementTimeout": duration("SET LOCAL statement_timeout for each batch.", default="60s"),
+            "maxRunTime": duration(
+                "A run stops after the batch in flight once it has run this long.", default="1h", positive=True
+            ),
+            "lockTimeout": duration(
+                "SET LOCAL lock_timeout for each batch (and the partition detaches): how long a batch waits for a "
+                "row or table lock before it fails. 0s waits without limit, as in PostgreSQL.",
+                default="5s",
+            ),
+            "statementTimeout": duration(
+                "SET LOCAL statement_timeout for each batch's statements. 0s: no limit, as in PostgreSQL.",
+                default="60s",
+            ),
             "format": string(
                 "Parquet (zstd, queryable in place) or CSVGzip.", enum=["Parquet", "CSVGzip"], default="Parquet"
             ),
