@@ -34,13 +34,15 @@ def setup_archive(archive_env: ArchiveEnv, table: str = "orders", name: str = "o
     return dict(archive_env.create_resource("TableArchive", {"metadata": {"name": name}, "spec": body}))
 
 
-def patch_spec(admin_api: Any, namespace: str, spec: dict[str, Any], name: str = "orders") -> None:
-    """Merge `spec` into a TableArchive's spec, as `kubectl patch --type merge` does."""
+def patch_spec(
+    admin_api: Any, namespace: str, spec: dict[str, Any], name: str = "orders", plural: str = "tablearchives"
+) -> None:
+    """Merge `spec` into a resource's spec (a TableArchive's unless told), as `kubectl patch --type merge` does."""
     client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
         "cellar.dev",
         "v1alpha1",
         namespace,
-        "tablearchives",
+        plural,
         name,
         {"spec": spec},
         _content_type="application/merge-patch+json",
