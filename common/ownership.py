@@ -12,7 +12,8 @@ the owner's uid. The hand-over is a conditional write too (If-Match on the recor
 ETag), and the record keeps every earlier owner, so the new owner keeps managing (and restoring) their backups.
 
 Readers (list, restore, restore tests, retention) take only the backups their resource wrote, or an earlier
-owner of its prefix wrote: `Claim.readable_by`.
+owner of its prefix wrote: `Claim.readable_by`. Unarchive writes nothing to the store and claims nothing: it
+may load another TableArchive's archive of the same table (into another database).
 """
 
 from __future__ import annotations

@@ -92,7 +92,10 @@ class OpenedTable:
     owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
 
 
-def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
+def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
+    """`writes_to_store`: the run writes (and deletes leftovers) under the prefix, so it must own the table's
+    folder there (common.ownership); unarchive only reads it, so it may load another resource's archive (into
+    another database, say) and claims nothing."""
     settings = parse_archive_spec(ctx.spec)
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
     credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
@@ -106,15 +109,19 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
         info = describe_table(conn, settings)
         check_cascades(conn, info, settings)
         conn.rollback()
-        # Before the first write (leftovers of crashed runs are deleted next): a prefix another TableArchive
-        # owns holds objects its ledger, not this one's, describes.
-        me = Owner.of(TABLE_ARCHIVE.kind, ctx.ref.namespace, ctx.ref.name, ctx.resource)
-        area = Area.of_archive(store, settings.relation)
-        claimed = claim_prefix(area, me, take_over=take_over_from(ctx.resource), dry_run=ctx.dry_run)
+        owning: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if writes_to_store:
+            # Before the first write (leftovers of crashed runs are deleted next): a prefix another TableArchive
+            # owns holds objects its ledger, not this one's, describes.
+            me = Owner.of(TABLE_ARCHIVE.kind, ctx.ref.namespace, ctx.ref.name, ctx.resource)
+            area = Area.of_archive(store, settings.relation)
+            dry_run = ctx.dry_run or settings.dry_run
+            claimed = claim_prefix(area, me, take_over=take_over_from(ctx.resource), dry_run=dry_run)
+            layout = ObjectLayout(store, settings)
+            owning = released_on_failure(area, me, claimed, [layout.data_prefix, layout.manifest_prefix])
     except BaseException:
         conn.close()
         raise
-    layout = ObjectLayout(store, settings)
     return OpenedTable(
         settings,
         conn,
@@ -124,7 +131,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING) -> OpenedTable:
         recipients,
         identities,
         (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
-        released_on_failure(area, me, claimed, [layout.data_prefix, layout.manifest_prefix]),
+        owning,
     )
 
 

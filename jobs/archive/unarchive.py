@@ -323,7 +323,7 @@ class UnarchiveJob:
         start, end = _date(args.start, "--from"), _date(args.end, "--to")
         if end <= start:
             raise UsageError("--to must be after --from")
-        opened = open_table(ctx, self.tuning)
+        opened = open_table(ctx, self.tuning, writes_to_store=False)
         settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
         with conn, opened.owning:
             if ctx.dry_run:
