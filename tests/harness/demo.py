@@ -227,10 +227,17 @@ def archive_demo(stack: LocalStack, api: Any, s3: Any, database: dict[str, str])
     archive["spec"]["database"]["sslMode"] = "disable"
     archive["spec"]["batch"] = {"rows": 2000}
     archive["spec"]["storage"].update({"bucket": BUCKET, "prefix": "demo/archive", "endpoint": stack.s3_endpoint})
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        "cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", archive
+    objects = client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object("cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", archive)
+    step("the sample ships with dryRun: true; its first run only reports what it would move")
+    run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
+    stored = objects.get_namespaced_custom_object("cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", "documents")
+    report = next(c for c in stored["status"]["conditions"] if c["type"] == "ArchiveSucceeded")["message"]
+    print(f"  {report.split(' Plan of one batch')[0]}")
+    step("read it; now dryRun: false, and the archive job moves the rows")
+    objects.patch_namespaced_custom_object(
+        "cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", "documents", {"spec": {"dryRun": False}}
     )
-    step("running the archive job as ServiceAccount cellar-archive")
     seconds = run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
     after = row_counts(dsn)["documents"]
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="demo/archive/public.documents/")
