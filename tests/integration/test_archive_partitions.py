@@ -49,11 +49,16 @@ def make_events(database: dict[str, Any], *, days: int, per_day: int, default: b
                     )
         if default:
             conn.execute("CREATE TABLE events_default PARTITION OF events DEFAULT")
-        # Rows at noon UTC of every day before today, older than 30 days or not. At ages counted from now
-        # instead, the oldest partition held rows only in the mornings.
+        # Rows in every day before today, each at the time of day twelve hours from now's: every partition
+        # holds rows (at ages counted from now, the oldest one was empty in the afternoons), and every row is
+        # half a day from the cutoff (now - 30 days) for the next twelve hours, so no row turns due mid-test
+        # (at noon, they all did at 12:00 UTC).
         conn.execute(
-            "INSERT INTO events SELECT g, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
-            "- ((g %% %s) + 0.5) * interval '1 day', 'old ' || g FROM generate_series(1, %s) g",
+            "WITH today AS (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS midnight), "
+            "at AS (SELECT midnight, (now() - midnight + interval '12 hours') AS shift FROM today) "
+            "INSERT INTO events SELECT g, midnight - ((g %% %s) + 1) * interval '1 day' "
+            "+ CASE WHEN shift >= interval '1 day' THEN shift - interval '1 day' ELSE shift END, 'old ' || g "
+            "FROM at, generate_series(1, %s) g",
             (days, per_day * days),
         )
         rows = conn.execute("SELECT id FROM events WHERE created_at < now() - interval '30 days'").fetchall()
@@ -224,8 +229,8 @@ def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_
     archived = archived_ids(env)
     in_table = table_ids(env.database)
     assert not [i for i, n in archived.items() if n > 1], "archived twice"
-    # Rows at noon UTC turn due while the storm runs when it spans 12:00 UTC: what the last run must have
-    # archived is what was due when it started, and nothing younger than what was due when it ended.
+    # What the last run must have archived is what was due when it started, and nothing younger than what was
+    # due when it ended (make_events keeps rows half a day from the cutoff; this holds however long it runs).
     due_by_then = {i for i, at in created.items() if at < before_last_run - timedelta(days=30)}
     due_at_most = {i for i, at in created.items() if at < after_last_run - timedelta(days=30)}
     assert due_by_then <= set(archived) <= due_at_most, "every due row archived once"
