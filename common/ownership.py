@@ -8,8 +8,8 @@ design, one folder each, as a data lake lays them out; two of one table must not
 (If-None-Match: *) so that two first runs at once cannot both win. Every later run, of any resource, reads
 it before writing anything; a run of another resource (a copied spec, or the same name re-created with a new
 uid) is refused with `PrefixInUse` until a person hands the prefix over by annotating the new resource with
-the owner's uid. The hand-over is a conditional write too (If-Match on the record's
-ETag), and the record keeps every earlier owner, so the new owner keeps managing (and restoring) their backups.
+the owner's uid. The hand-over is a conditional write too (If-Match on the record's ETag), and the record keeps
+every earlier owner, so the new owner keeps managing (and restoring) their backups.
 
 Readers (list, restore, restore tests, retention) take only the backups their resource wrote, or an earlier
 owner of its prefix wrote: `Claim.readable_by`. Unarchive writes nothing to the store and claims nothing: it
@@ -129,11 +129,15 @@ class Claim:
                 reason=Reason.PREFIX_IN_USE,
             ) from exc
 
+    def handed_over_by(self, take_over: str) -> bool:
+        """Whether a take-over annotation's value names this record's owner."""
+        return bool(take_over) and take_over == self.owner.uid
+
     def readable_by(self, me: Owner, take_over: str = "") -> frozenset[str]:
         """The `resource` values of the manifests `me` may read and manage: its own, those of manifests written
         before cellar recorded one, and (when `me` owns the prefix, or may take it over) its earlier owners'."""
         mine = {me.resource, UNRECORDED}
-        if self.owner == me or (take_over and take_over == self.owner.uid):
+        if self.owner == me or self.handed_over_by(take_over):
             mine |= {o.resource for o in (self.owner, *self.previous)}
         return frozenset(mine)
 
@@ -141,9 +145,7 @@ class Claim:
 def readable_by(area: Area, me: Owner, take_over: str = "") -> frozenset[str]:
     """For readers that write nothing (list, restore): whose manifests `me` may read in `area`."""
     claim, _ = _read(area)
-    if claim is None:
-        return frozenset({me.resource, UNRECORDED})
-    return claim.readable_by(me, take_over)
+    return (claim or Claim(me, "")).readable_by(me, take_over)
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def claim_prefix(area: Area, me: Owner, *, take_over: str = "", dry_run: bool = 
         claim, etag = _read(area)
         if claim is not None and claim.owner == me:
             return Claimed(claim.readable_by(me))
-        if claim is not None and not (take_over and take_over == claim.owner.uid):
+        if claim is not None and not claim.handed_over_by(take_over):
             raise PermanentError(_refusal(area, me, claim), reason=Reason.PREFIX_IN_USE)
         if dry_run:
             return Claimed((claim or Claim(me, "")).readable_by(me, take_over))

@@ -122,8 +122,10 @@ def unarchive(
         )
     target = prepare_target(conn, settings, into, side_table)
     conn.commit()
-    spans = [(max(_aware(d["minTimestamp"]), start), min(_aware(d["maxTimestamp"]), end)) for _, d in chosen]
-    repartition = Repartitioner.plan(conn, settings, info, spans) if into == "source" else None
+    repartition = None
+    if into == "source":  # the spans of timestamps about to be loaded
+        spans = [(max(_aware(d["minTimestamp"]), start), min(_aware(d["maxTimestamp"]), end)) for _, d in chosen]
+        repartition = Repartitioner.plan(conn, settings, info, spans)
     for manifest, described in chosen:
         if standbys is not None:
             standbys.wait(conn, lambda: False)  # SIGTERM interrupts the wait (it is not deferred here)

@@ -10,7 +10,6 @@ import collections
 import signal
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import duckdb
 import psycopg
 import pytest
 
+from tests.harness.stack import wait_for
 from tests.integration.archive_helpers import archived_objects, dsn, setup_archive
 from tests.integration.environments import ArchiveEnv
 from tests.integration.processes import KillStorm, run_until_failpoint, start_job
@@ -63,13 +63,6 @@ def make_events(database: dict[str, Any], *, days: int, per_day: int, default: b
         )
         rows = conn.execute("SELECT id FROM events WHERE created_at < now() - interval '30 days'").fetchall()
     return {int(r[0]) for r in rows}
-
-
-def until(happened: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not happened():
-        assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}"
-        time.sleep(0.02)
 
 
 def archived_ids(env: ArchiveEnv) -> collections.Counter[int]:
@@ -269,9 +262,9 @@ def test_writers_into_the_partition_being_archived_lose_nothing(archive_env: Arc
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    until(lambda: len(landed) >= 1, "a late row landed before the run")
+    wait_for("a late row landed before the run", lambda: len(landed) >= 1, None, timeout=60)
     assert env.run(name="events") == 0
-    until(lambda: bool(refused), "an insert refused once the partition is gone")
+    wait_for("an insert refused once the partition is gone", lambda: bool(refused), None, timeout=60)
     stop.set()
     thread.join()
     print(f"late rows landed: {len(landed)}; inserts refused once the partition was gone: {set(refused)}")

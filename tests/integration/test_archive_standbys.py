@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.harness.stack import LocalStack
+from tests.harness.stack import LocalStack, wait_for
 from tests.integration.archive_helpers import (
     dsn,
     ids_in_table,
@@ -56,10 +56,7 @@ class ResumeWhenHeld(threading.Thread):
 
     def run(self) -> None:
         try:
-            deadline = time.monotonic() + 120
-            while not self.held():
-                assert time.monotonic() < deadline, "the job was not seen waiting for the standby within 120 s"
-                time.sleep(0.1)
+            wait_for("the job to be seen waiting for the standby", self.held, None, timeout=120)
             time.sleep(HOLD_SECONDS)  # not a wait for state: the hold the job must report lasting at least this
             self.observed = self.observe()
         except BaseException as exc:  # noqa: BLE001 (raised on the test's thread by result())

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.harness.stack import LocalStack
+from tests.harness.stack import LocalStack, wait_for
 from tests.integration.backup_helpers import conditions, get_status, load_sample_data, run_backup_job
 from tests.integration.environments import BackupEnv
 
@@ -55,10 +55,11 @@ INCOMPLETE_AFTER = timedelta(seconds=20)
 def _wait_until_older_than(s3_admin: Any, bucket: str, key: str, age: timedelta) -> None:
     """Until the store's LastModified of `key` (second precision) is more than `age` ago (bounded)."""
     written = s3_admin.head_object(Bucket=bucket, Key=key)["LastModified"]
-    deadline = time.monotonic() + age.total_seconds() + 60
-    while datetime.now(UTC) - written <= age + timedelta(seconds=1):
-        assert time.monotonic() < deadline, f"{key} written at {written} never grew {age} old"
-        time.sleep(0.2)
+
+    def older() -> bool:
+        return datetime.now(UTC) - written > age + timedelta(seconds=1)
+
+    wait_for(f"{key} (written at {written}) to grow {age} old", older, None, timeout=age.total_seconds() + 60)
 
 
 @pytest.mark.parametrize("dry_run", [False, True])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.harness.stack import wait_for
 from tests.integration.archive_helpers import archived_objects, dsn, setup_archive
 from tests.integration.backup_helpers import load_sample_data
 from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
@@ -80,10 +80,11 @@ def test_locked_backups_outlive_their_retention_until_the_lock_ends(backup_env: 
         env.s3.head_object(Bucket=env.bucket, Key=v["Key"], VersionId=v["VersionId"])["ObjectLockRetainUntilDate"]
         for v in versions(env, "test/")
     )
-    deadline = time.monotonic() + LOCK_SECONDS + 60
-    while datetime.now(UTC) <= last_lock_ends + timedelta(seconds=1):
-        assert time.monotonic() < deadline, f"the locks never ended (the last at {last_lock_ends})"
-        time.sleep(0.2)
+
+    def ended() -> bool:
+        return datetime.now(UTC) > last_lock_ends + timedelta(seconds=1)
+
+    wait_for(f"the locks to end (the last at {last_lock_ends})", ended, None, timeout=LOCK_SECONDS + 60)
     assert env.run() == 0
     status = env.status("DatabaseBackup", "orders")
     assert status["backupsKept"] == 1
