@@ -292,10 +292,16 @@ class Kube:
     def _translate(self, exc: KubeApiError, verb: str, ref: ResourceRef, *, subresource: str = "") -> Exception:
         target = f"{ref.kind.resource}{'/' + subresource if subresource else ''}"
         if exc.status == 403:
+            grant = f"Grant the job's ServiceAccount '{verb}' on '{target}' in its Role (the Helm chart renders it)"
+            if ref.kind.resource in ("secrets", "configmaps"):
+                grant = (
+                    "The Helm chart's Roles name the Secrets and ConfigMaps of the specs in its values file: name "
+                    "it in the spec of a resource under backups:, archives: or restores:"
+                    + (", or under extraSecrets" if ref.kind.resource == "secrets" else "")
+                )
             return Forbidden(
                 f'permission denied: cannot {verb} {target} "{ref.name}" in namespace "{ref.namespace}". '
-                f"Grant the job's ServiceAccount '{verb}' on '{target}' in its Role "
-                f"(cronjobs/ ships one). Server said: {exc.message}"
+                f"{grant}. Server said: {exc.message}"
             )
         if exc.status == 404:
             return NotFound(f'{ref.kind.kind} "{ref.name}" was not found in namespace "{ref.namespace}"')

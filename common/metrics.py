@@ -8,7 +8,7 @@ imported and nothing is pushed. A push that fails is a warning, never the run's 
 Two kinds of metric, one table each:
 - RUN_METRICS: what the run itself knows (outcome, times), pushed only.
 - STATUS_METRICS: read from the resource's status after the run. kube-state-metrics reads the same fields
-  into series of the same names (cronjobs/monitoring, generated from this table), so every alert works from
+  into series of the same names (the chart's monitoring, generated from this table), so every alert works from
   either path.
 """
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from common.conditions import Condition, set_condition
 from common.config import Invocation, add_invocation_arguments, resolve_invocation
 from common.db import lost_connection
-from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, UsageError
+from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, NotFound, UsageError
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
 from common.metrics import RunMetrics, start_run_metrics
@@ -186,6 +186,30 @@ def write_termination_log(message: str) -> None:
         pass
 
 
+def _wait_for_resource_seconds() -> float:
+    value = os.environ.get("CELLAR_WAIT_FOR_RESOURCE_SECONDS", "0")
+    if not value.isdigit():
+        raise UsageError(f"CELLAR_WAIT_FOR_RESOURCE_SECONDS={value!r}: give a whole number of seconds")
+    return float(value)
+
+
+def _get_resource(kube: Kube, ref: ResourceRef, wait_seconds: float) -> dict[str, Any]:
+    """The custom resource the run is for. A Pod may start before it exists (Helm creates a chart's Jobs
+    before its custom resources), so a Job may ask to wait for it: CELLAR_WAIT_FOR_RESOURCE_SECONDS."""
+    deadline = time.monotonic() + wait_seconds
+    waiting = False
+    while True:
+        try:
+            return kube.get(ref)
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                log.info("waiting for the resource to be created", extra={"seconds": wait_seconds})
+                waiting = True
+            time.sleep(1)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would print and sys.exit(2) itself
         raise UsageError(f"{message} (see --help)")
@@ -241,7 +265,7 @@ def run_job(
         bind_resource(invocation.namespace, invocation.name)
         ref = ResourceRef(job.kind, invocation.namespace, invocation.name)
         kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
-        resource = kube.get(ref)
+        resource = _get_resource(kube, ref, _wait_for_resource_seconds())
         ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
         log.info(
             "run started",

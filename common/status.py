@@ -2,7 +2,7 @@
 
 A record's fields are snake_case here and camelCase in status (a trailing underscore is dropped:
 `from_` is `from`); a field left None is left out. Each record names the CRD schema it is written to,
-and a test checks every record against the CRDs in cronjobs/, so a misspelt or mistyped field fails
+and a test checks every record against the chart's CRDs, so a misspelt or mistyped field fails
 there instead of being dropped silently by the API server.
 """
 

@@ -18,7 +18,6 @@ import pytest
 from common.redact import forget_all_secrets
 from tests.harness.cluster import (
     REPO,
-    SAMPLES_DIR,
     admin_client,
     apply_manifests,
     install_crds,
@@ -28,7 +27,7 @@ from tests.harness.faults import Toxiproxy
 from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
 from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
 
-__all__ = ["REPO", "SAMPLES_DIR", "apply_manifests"]
+__all__ = ["REPO", "apply_manifests"]
 
 _STACK: LocalStack | None = None
 _SERVERS: dict[int, LocalStack] = {}
@@ -136,7 +135,7 @@ def admin_api(stack: LocalStack) -> Any:
 
 @pytest.fixture(scope="session")
 def crds(admin_api: Any) -> list[str]:
-    """cellar's CRDs from cronjobs/, installed and Established."""
+    """cellar's CRDs from the chart, installed and Established."""
     return install_crds(admin_api)
 
 
@@ -151,8 +150,9 @@ def namespace(admin_api: Any, crds: list[str]) -> str:
 
 @pytest.fixture
 def job_kubeconfig(stack: LocalStack, admin_api: Any, namespace: str, tmp_path: Path) -> Callable[[str], Path]:
-    """Factory: apply cronjobs/base/rbac/<job>.yaml and return a kubeconfig holding a token minted for
-    that job's ServiceAccount through the TokenRequest API, so the job runs with its real permissions."""
+    """Factory: apply the chart's RBAC of <job> (backup, archive or restore) and return a kubeconfig holding a
+    token minted for that job's ServiceAccount through the TokenRequest API, so the job runs with its real
+    permissions."""
 
     made: dict[str, Path] = {}
 

@@ -84,7 +84,7 @@ class BackupJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        checked = preflight(ctx, settings)
+        checked = preflight(ctx, settings, restore_test=settings.verify)
         with released_on_failure(ctx, checked):
             return self._back_up(ctx, args, settings, checked)
 
@@ -102,7 +102,7 @@ class BackupJob:
             )
 
         unreadable_here = ""
-        if checked.recipients and checked.identities is None:
+        if checked.recipients and (settings.encryption is None or settings.encryption.identity is None):
             unreadable_here = (
                 "; encrypted with no identity in the cluster (spec.encryption.identitySecretRef), so no restore "
                 "test can read these backups: only the holder of the identity can"
@@ -263,7 +263,7 @@ class VerifyJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        checked = preflight(ctx, settings)
+        checked = preflight(ctx, settings, restore_test=True)
         with released_on_failure(ctx, checked):
             return self._verify(ctx, args, settings, checked)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common import ownership
 from common.config import DatabaseSettings, resolve_database_settings, resolve_storage_credentials
@@ -45,15 +45,21 @@ class Preflight:
     restore_test_server: DatabaseSettings  # where restore tests make their scratch database (spec.verify.target)
 
 
-def preflight(ctx: RunContext, settings: BackupSettings) -> Preflight:
-    """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools."""
+def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool) -> Preflight:
+    """Everything checked before anything is written: Secrets, keys, bucket, database, the client tools.
+
+    The identity and the restore test's server are read only when a restore test runs (`restore_test`),
+    so a backup Pod whose ServiceAccount may not read them (the chart grants them only then) works."""
     database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
     restore_test_server = (
         resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.verify_target)
-        if settings.verify_target is not None
+        if restore_test and settings.verify_target is not None
         else database
     )
-    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
+    encryption = settings.encryption
+    if encryption is not None and not restore_test:
+        encryption = replace(encryption, identity=None)
+    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, encryption)
     store = open_storage(ctx, settings)
     store.check_access()
     with connect(database, application_name=APPLICATION) as conn:

@@ -20,6 +20,8 @@ PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 TOXIPROXY_VERSION="${CELLAR_TOXIPROXY_VERSION:-v2.5.0}"
 # rhysd/actionlint: lints the hosted CI workflow (.github/workflows), which cannot run on these machines.
 ACTIONLINT_VERSION="${CELLAR_ACTIONLINT_VERSION:-v1.7.12}"
+# Helm renders, lints and installs charts/cellar; its chart (apiVersion v2) renders with Helm 3 too.
+HELM_VERSION="${CELLAR_HELM_VERSION:-v4.3.1}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -126,6 +128,11 @@ build_actionlint() {
   go_install actionlint "$ACTIONLINT_VERSION" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" actionlint
 }
 
+build_helm() {
+  local major=${HELM_VERSION%%.*}
+  go_install helm "$HELM_VERSION" "helm.sh/helm/$major/cmd/helm@$HELM_VERSION" helm
+}
+
 fetch_prometheus_operator_crds() {
   local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   if [[ ! -f "$out/.ready" ]]; then
@@ -152,6 +159,7 @@ for c in "${components[@]}"; do
     prometheus-operator-crds) fetch_prometheus_operator_crds ;;
     toxiproxy-server) build_toxiproxy ;;
     actionlint) build_actionlint ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint)" ;;
+    helm) build_helm ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm)" ;;
   esac
 done

@@ -11,10 +11,9 @@ from typing import Any
 
 import yaml
 
+from tests.harness.chart import CRD_DIR, job_rbac
+
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / "cronjobs" / "base" / "crds"
-RBAC_DIR = REPO / "cronjobs" / "base" / "rbac"
-SAMPLES_DIR = REPO / "cronjobs" / "samples"
 
 
 def admin_client(kubeconfig: Path) -> Any:
@@ -48,12 +47,11 @@ def install_crds(api_client: Any, timeout: float = 60) -> list[str]:
     return names
 
 
-def apply_manifests(api_client: Any, path: Path, namespace: str) -> list[dict[str, Any]]:
-    """Create every document of a YAML file in `namespace`, whatever its kind (discovery decides)."""
+def apply_manifests(api_client: Any, documents: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """Create every document in `namespace`, whatever its kind (discovery decides)."""
     from kubernetes.dynamic import DynamicClient
 
     dynamic = DynamicClient(api_client)
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
     for document in documents:
         document.setdefault("metadata", {})["namespace"] = namespace
         api = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
@@ -61,12 +59,16 @@ def apply_manifests(api_client: Any, path: Path, namespace: str) -> list[dict[st
     return documents
 
 
-def service_account_kubeconfig(api_client: Any, stack: Any, namespace: str, job: str, path: Path) -> Path:
-    """Apply cronjobs/base/rbac/<job>.yaml, mint a token for its ServiceAccount (TokenRequest API) and
-    write a kubeconfig with it, so the job runs with exactly the permissions it has in a cluster."""
+def service_account_kubeconfig(
+    api_client: Any, stack: Any, namespace: str, job: str, path: Path, rbac: list[dict[str, Any]] | None = None
+) -> Path:
+    """Apply the chart's ServiceAccount, Role and RoleBinding of `job` (backup, archive or restore), mint a token
+    for the ServiceAccount (TokenRequest API) and write a kubeconfig with it, so the job runs with exactly the
+    permissions the chart gives it in a cluster. `rbac`: those documents as another values file renders them
+    (default: the chart with tests/harness/chart-values.yaml)."""
     from kubernetes import client
 
-    apply_manifests(api_client, RBAC_DIR / f"{job}.yaml", namespace)
+    apply_manifests(api_client, rbac if rbac is not None else job_rbac(job), namespace)
     account = f"cellar-{job}"
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
     token = (

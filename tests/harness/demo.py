@@ -1,10 +1,10 @@
 """The demo: cellar's backup and restore against a local stack it brings up and tears down itself.
 
 1. starts kube-apiserver + etcd, PostgreSQL and MinIO on loopback (built on first use);
-2. installs cellar's CRDs and the backup job's ServiceAccount and Role;
-3. creates a database with data (pgbench tables plus text, jsonb and bytea), a bucket, the Secrets
-   and a DatabaseBackup;
-4. runs the backup job as that ServiceAccount, then a DatabaseRestore into a new database;
+2. installs cellar from its Helm chart: the CRDs, and what `helm template` renders from a values file of one
+   backup, one archive and one restore (the ServiceAccounts, their Roles, the three resources);
+3. creates a database with data (pgbench tables plus text, jsonb and bytea), a bucket and the Secrets;
+4. runs the backup job as ServiceAccount cellar-backup, then the restore as cellar-restore into a new database;
 5. compares the two databases and shows the backup's status the way `kubectl describe` does;
 6. archives the documents older than 30 days with a TableArchive (the archive job, as its own
    ServiceAccount), reads the Parquet files back, and brings one month back into a side table;
@@ -27,7 +27,8 @@ import psycopg
 import yaml
 from kubernetes import client
 
-from tests.harness.cluster import REPO, SAMPLES_DIR, admin_client, install_crds, service_account_kubeconfig
+from tests.harness.chart import render, rendered
+from tests.harness.cluster import REPO, admin_client, apply_manifests, install_crds, service_account_kubeconfig
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
 NAMESPACE = "demo"
@@ -119,6 +120,73 @@ def row_counts(dsn: str) -> dict[str, int]:
         return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables}  # type: ignore[index]
 
 
+def values(stack: LocalStack) -> dict[str, Any]:
+    """The demo's values file: what a user writes for one database, one table and one restore."""
+    return {
+        "defaults": {
+            "storage": {
+                "bucket": BUCKET,
+                "endpoint": stack.s3_endpoint,
+                "forcePathStyle": True,
+                "credentials": {
+                    "accessKeyId": {"name": "cellar-object-storage", "key": "AWS_ACCESS_KEY_ID"},
+                    "secretAccessKey": {"name": "cellar-object-storage", "key": "AWS_SECRET_ACCESS_KEY"},
+                },
+            },
+            "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+        },
+        "backups": {
+            "orders": {
+                "spec": {
+                    "storage": {"prefix": "demo/shop"},
+                    "verify": {"enabled": True},
+                    "retention": {"keepLast": 7, "keepDaily": 14},
+                }
+            }
+        },
+        "archives": {
+            "documents": {
+                "spec": {
+                    "storage": {"prefix": "demo/archive"},
+                    "table": {"schema": "public", "name": "documents"},
+                    "timestampColumn": "created",
+                    "olderThan": "30d",
+                    "batch": {"rows": 2000},
+                    "dryRun": True,
+                }
+            }
+        },
+        "restores": {
+            "orders-restore-test": {
+                "spec": {
+                    "backup": {"name": "orders"},
+                    "target": {"secretRef": {"name": "cellar-restore-target"}, "dbname": "shop_restored"},
+                    "createDatabase": True,
+                }
+            }
+        },
+    }
+
+
+def install(api: Any, stack: LocalStack) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Render the chart with the demo's values; create its ServiceAccounts and Roles and return its documents
+    and a kubeconfig per job. The demo runs the jobs itself, so the CronJobs and the restore Job are not made."""
+    workdir = Path(tempfile.mkdtemp())
+    values_file = workdir / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values(stack)))
+    documents = render(values_file, namespace=NAMESPACE)
+    print("$ helm template cellar charts/cellar -f values.yaml   # one backup, one archive, one restore")
+    kubeconfigs = {}
+    for job in ("backup", "archive", "restore"):
+        rbac = [
+            d
+            for d in documents
+            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding") and d["metadata"]["name"] == f"cellar-{job}"
+        ]
+        kubeconfigs[job] = service_account_kubeconfig(api, stack, NAMESPACE, job, workdir / f"{job}.kubeconfig", rbac)
+    return documents, kubeconfigs
+
+
 def create_secret(api: Any, name: str, data: dict[str, str]) -> None:
     client.CoreV1Api(api).create_namespaced_secret(NAMESPACE, {"metadata": {"name": name}, "stringData": data})
 
@@ -128,12 +196,11 @@ def main() -> int:
     stack = LocalStack().start()
     try:
         api = admin_client(stack.kubeconfig)
-        step(f"installing cellar into kube-apiserver {stack.kube_version}")
+        step(f"installing cellar into kube-apiserver {stack.kube_version} from its Helm chart")
         install_crds(api)
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        kubeconfig = service_account_kubeconfig(
-            api, stack, NAMESPACE, "backup", Path(tempfile.mkdtemp()) / "backup.kubeconfig"
-        )
+        documents, kubeconfigs = install(api, stack)
+        kubeconfig = kubeconfigs["backup"]
 
         step("creating database 'shop' (pgbench scale 5 + documents with jsonb and bytea), a bucket and Secrets")
         database = make_database(stack)
@@ -145,13 +212,8 @@ def main() -> int:
             api, "cellar-object-storage", {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
         )
 
-        step("creating DatabaseBackup 'orders' from cronjobs/samples/databasebackup.yaml")
-        backup = yaml.safe_load((SAMPLES_DIR / "databasebackup.yaml").read_text())
-        backup["spec"]["database"]["sslMode"] = "disable"
-        backup["spec"]["storage"].update({"bucket": BUCKET, "prefix": "demo/shop", "endpoint": stack.s3_endpoint})
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "cellar.dev", "v1alpha1", NAMESPACE, "databasebackups", backup
-        )
+        step("creating DatabaseBackup 'orders' as the chart renders it")
+        apply_manifests(api, [rendered(documents, "DatabaseBackup", "orders")], NAMESPACE)
         step("running the backup job as ServiceAccount cellar-backup")
         seconds = run_job(kubeconfig, "backup", "--name", "orders")
         stored = client.CustomObjectsApi(api).get_namespaced_custom_object(
@@ -167,12 +229,9 @@ def main() -> int:
         )
 
         step("restoring the newest backup into a new database 'shop_restored'")
-        restore = yaml.safe_load((SAMPLES_DIR / "databaserestore.yaml").read_text())
-        restore["spec"]["target"].update({"dbname": "shop_restored", "sslMode": "disable"})
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "cellar.dev", "v1alpha1", NAMESPACE, "databaserestores", restore
-        )
-        seconds = run_job(kubeconfig, "restore", "--name", "orders-restore-test")
+        apply_manifests(api, [rendered(documents, "DatabaseRestore", "orders-restore-test")], NAMESPACE)
+        step("running the restore as ServiceAccount cellar-restore (the one that may read the restore target)")
+        seconds = run_job(kubeconfigs["restore"], "restore", "--name", "orders-restore-test")
 
         step("comparing row counts: shop vs shop_restored")
         original = row_counts(stack.pg_dsn("shop", "shop", database["password"]))
@@ -196,7 +255,7 @@ def main() -> int:
             [*kubectl, "describe", "databasebackup", "orders"], check=True, capture_output=True, text=True
         ).stdout
         print(described[described.index("Status:") :] if "Status:" in described else described)
-        archive_demo(stack, api, s3, database)
+        archive_demo(api, s3, database, rendered(documents, "TableArchive", "documents"), kubeconfigs["archive"], stack)
         print_summary(kubectl)
         print(
             "\nThe demo worked: backup written, verified by a restore test, restored, and identical; old rows "
@@ -208,28 +267,19 @@ def main() -> int:
         stack.stop()
 
 
-def archive_demo(stack: LocalStack, api: Any, s3: Any, database: dict[str, str]) -> None:
+def archive_demo(
+    api: Any, s3: Any, database: dict[str, str], archive: dict[str, Any], kubeconfig: Path, stack: LocalStack
+) -> None:
     import io
 
     import pyarrow.parquet as pq
 
-    kubeconfig = service_account_kubeconfig(
-        api, stack, NAMESPACE, "archive", Path(tempfile.mkdtemp()) / "archive.kubeconfig"
-    )
     dsn = stack.pg_dsn("shop", "shop", database["password"])
     before = row_counts(dsn)["documents"]
-    step("creating TableArchive 'documents' from cronjobs/samples/tablearchive.yaml: rows older than 30 days")
-    archive = yaml.safe_load((SAMPLES_DIR / "tablearchive.yaml").read_text())
-    archive["metadata"]["name"] = "documents"
-    archive["spec"].update(
-        {"table": {"schema": "public", "name": "documents"}, "timestampColumn": "created", "olderThan": "30d"}
-    )
-    archive["spec"]["database"]["sslMode"] = "disable"
-    archive["spec"]["batch"] = {"rows": 2000}
-    archive["spec"]["storage"].update({"bucket": BUCKET, "prefix": "demo/archive", "endpoint": stack.s3_endpoint})
+    step("creating TableArchive 'documents' as the chart renders it: rows older than 30 days")
+    apply_manifests(api, [archive], NAMESPACE)
     objects = client.CustomObjectsApi(api)
-    objects.create_namespaced_custom_object("cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", archive)
-    step("the sample ships with dryRun: true; its first run only reports what it would move")
+    step("the values say dryRun: true, as the example does; the first run only reports what it would move")
     run_job(kubeconfig, "archive", "--name", "documents", module="jobs.archive")
     stored = objects.get_namespaced_custom_object("cellar.dev", "v1alpha1", NAMESPACE, "tablearchives", "documents")
     report = next(c for c in stored["status"]["conditions"] if c["type"] == "ArchiveSucceeded")["message"]

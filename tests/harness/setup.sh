@@ -62,7 +62,7 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
 fi
 
 bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl \
-  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint >/dev/null
+  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm >/dev/null
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

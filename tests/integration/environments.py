@@ -90,7 +90,7 @@ class BackupEnv(JobEnvironment):
         self, name: str, target: dict[str, Any], dbname: str, *, backup: str = "orders", **spec: Any
     ) -> None:
         """A DatabaseRestore `name` of `backup` into a new database `dbname` on `target`'s server (whose
-        settings go into the Secret cellar-restore-target, the name the backup job's Role may read)."""
+        settings go into the Secret cellar-restore-target, the name the restore job's Role may read)."""
         self.create_secret("cellar-restore-target", target)
         self.create_resource(
             "DatabaseRestore",
@@ -106,9 +106,12 @@ class BackupEnv(JobEnvironment):
         )
 
     def run(self, *args: str, name: str = "orders") -> int:
+        """The backup image's command `args[0]` (default backup) as the ServiceAccount the chart runs it with:
+        cellar-restore for a restore, cellar-backup otherwise."""
         from tests.integration.backup_helpers import run_backup_job
 
-        return run_backup_job(self.kubeconfig, self.namespace, *args, name=name)
+        account = "restore" if args[:1] == ("restore",) else "backup"
+        return run_backup_job(self.job_kubeconfig(account), self.namespace, *args, name=name)
 
 
 @dataclass

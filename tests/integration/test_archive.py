@@ -746,12 +746,10 @@ def test_a_spec_changed_into_an_invalid_one_leaves_the_run_on_its_settings(
     assert warned[0]["detail"].startswith("spec.filter: must be one boolean expression")
 
 
-def test_the_shipped_sample_only_reports_until_its_dry_run_is_turned_off(archive_env: ArchiveEnv) -> None:
-    import yaml
+def test_the_shipped_example_only_reports_until_its_dry_run_is_turned_off(archive_env: ArchiveEnv) -> None:
+    from tests.harness.chart import FLEET_EXAMPLE, render, rendered
 
-    from tests.conftest import SAMPLES_DIR
-
-    sample = yaml.safe_load((SAMPLES_DIR / "tablearchive.yaml").read_text())
+    sample = rendered(render(FLEET_EXAMPLE), "TableArchive", "orders-created-at")
     assert sample["spec"]["dryRun"] is True
     with psycopg.connect(dsn(archive_env.database), autocommit=True) as conn:
         conn.execute(SIMPLE_TABLE.format(old=300))
@@ -759,7 +757,7 @@ def test_the_shipped_sample_only_reports_until_its_dry_run_is_turned_off(archive
     before = ids_in_table(archive_env.database)
     archive_env.create_secret("cellar-database", archive_env.database)
     spec = {
-        **sample["spec"],  # the sample as shipped, pointed at the test's database and bucket
+        **sample["spec"],  # the example as the chart renders it, pointed at the test's database and bucket
         "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
         "storage": archive_env.storage_spec,
         "batch": {"rows": 1000},

@@ -51,7 +51,7 @@ def test_round_trip_backup_then_restore_gives_identical_schema_and_data(backup_e
 
     # Restore into a new database through a DatabaseRestore.
     backup_env.create_restore("orders-restore", {**database, "dbname": "unused"}, f"{database['dbname']}_restored")
-    assert run_backup_job(kubeconfig, namespace, "restore", name="orders-restore") == 0
+    assert backup_env.run("restore", name="orders-restore") == 0
     restore_status = get_status(admin_api, namespace, "databaserestores", "orders-restore")
     assert conditions(restore_status)["Succeeded"]["status"] == "True"
     assert restore_status["key"] == backup["key"]

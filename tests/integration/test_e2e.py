@@ -1,10 +1,12 @@
-"""End to end on a real node: the shipped CronJobs, applied with `kubectl apply -k` through an overlay that only
-swaps the image, fire on a real kube-controller-manager; kube-scheduler binds their Pods to a real kubelet, which
-runs cellar's image (built from the project's wheel, tests/harness/image.py) as containers of containerd and runc,
-in a namespace that admits only Pods of the restricted Pod Security profile.
+"""End to end on a real node: cellar installed with `helm install` from its chart (a values file of two backups,
+one sealed with age and one of a whole server, and one archive, with only the image registry and tag set), its
+CronJobs fire on a real kube-controller-manager; kube-scheduler binds their Pods to a real kubelet, which runs
+cellar's image (built from the project's wheel, tests/harness/image.py) as containers of containerd and runc, in a
+namespace that admits only Pods of the restricted Pod Security profile.
 
-- the backup and the archive succeed, their resources turn Ready, and the process in the container reports that
+- the backups and the archive succeed, their resources turn Ready, and the process in the container reports that
   it ran with a read-only root, a non-root UID in group 0, no capabilities, no_new_privs and a seccomp filter;
+- a restore added under restores: by `helm upgrade` runs once as the ServiceAccount cellar-restore;
 - a Job whose activeDeadlineSeconds passes mid-dump: the kubelet sends SIGTERM, the run records Interrupted, no
   object or multipart upload is left, and `kubectl describe pod` shows the termination message;
 - `kubectl drain` evicts a backup mid-upload: SIGTERM, Interrupted, and the shipped podFailurePolicy ignores the
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import subprocess
 import tarfile
 import tempfile
@@ -31,10 +32,11 @@ from typing import Any
 import psycopg
 import pytest
 import urllib3
+import yaml
 from kubernetes import client, watch
 
-from tests.harness.cluster import REPO
-from tests.harness.image import DOCKERFILES, image_name, layout_from_dockerfile
+from tests.harness.chart import CHART, helm
+from tests.harness.image import DOCKERFILES, IMAGE_TAG, image_name, layout_from_dockerfile
 from tests.harness.image import build as build_images
 from tests.harness.realnode import NODE_NAME, REPORT, RealNode
 from tests.harness.stack import LocalStack, built_binaries, log
@@ -118,33 +120,90 @@ def test_the_image_is_laid_out_as_the_dockerfiles_say(images: Path) -> None:
     assert len(shared_layers) == 1, "both images share their layers, as the UBI images share their runtime stages"
 
 
+def _values(env: JobEnvironment, **sections: Any) -> dict[str, Any]:
+    """A values file as a user writes it, with the test's images, database and bucket."""
+    return {
+        "image": {"registry": image_name("cellar-backup").rsplit("/", 1)[0], "tag": IMAGE_TAG},
+        "defaults": {
+            "storage": {k: v for k, v in env.storage_spec.items() if k != "prefix"},  # each its own: <ns>/<name>
+            "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+        },
+        **sections,
+    }
+
+
+def _fleet(env: JobEnvironment, recipient: str) -> dict[str, Any]:
+    """Two backups (the test's database sealed with age, and a whole server: its databases and roles) and one
+    archive, each at the schedule a user leaves to the chart."""
+    return {
+        "backups": {
+            "nightly": {"spec": {"encryption": {"recipients": [recipient]}}},
+            "server": {
+                "schedule": "@hourly",
+                "spec": {
+                    "databases": {"names": [env.database["dbname"], "postgres"]},
+                    "globals": {"enabled": True, "noRolePasswords": True},
+                },
+            },
+        },
+        "archives": {
+            "events": {
+                "spec": {
+                    "table": {"schema": "public", "name": "events"},
+                    "timestampColumn": "created_at",
+                    "olderThan": "30d",
+                }
+            }
+        },
+    }
+
+
+def _recipient(tmp_path: Path) -> str:
+    """The public key of the identity the cluster fixture made (age-keygen -y)."""
+    identity = tmp_path / "identity.txt"
+    return subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def helm_install(env: JobEnvironment, tmp_path: Path, verb: str, values: dict[str, Any], *flags: str) -> str:
+    """`helm install` or `helm upgrade` of the chart into the test's namespace, as the README says."""
+    values_file = tmp_path / f"values-{verb}.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    return helm(
+        verb,
+        "cellar",
+        str(CHART),
+        "--namespace",
+        env.namespace,
+        "--values",
+        str(values_file),
+        *flags,
+        kubeconfig=env.stack.kubeconfig,
+    ).stdout
+
+
 @pytest.fixture
 def cluster(node: RealNode, job_env: JobEnvironment, tmp_path: Path) -> JobEnvironment:
-    """The test's namespace made restricted, cellar applied into it from an overlay, and the database and
+    """The test's namespace made restricted, cellar installed into it with `helm install` (two backups, one of a
+    whole server, a sealed one, one archive, and three backups the failure tests use), and the database and
     storage Secrets pointing where a Pod reaches the servers."""
     core = client.CoreV1Api(job_env.admin_api)
     core.patch_namespace(
         job_env.namespace,
         {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
     )
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    images = "\n".join(
-        f"  - name: ghcr.io/cellar-dev/{title}\n    newName: {image_name(title).rsplit(':', 1)[0]}\n    newTag: test"
-        for title in ("cellar-backup", "cellar-archive")
-    )
-    base = os.path.relpath(REPO / "cronjobs" / "base", overlay)
-    (overlay / "kustomization.yaml").write_text(
-        f"# The way users pin their registry: only the images change.\n"
-        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {job_env.namespace}\n"
-        f"resources:\n  - {base}\nimages:\n{images}\n"
-    )
-    kubectl(job_env.stack, "apply", "-k", str(overlay))  # as the README installs it
     host, port = node.forward(int(job_env.database["port"]))
     job_env.create_secret("cellar-database", {**job_env.database, "host": host, "port": str(port)})
+    job_env.create_secret("cellar-restore-target", {**job_env.database, "host": host, "port": str(port)})
     s3_port = int(job_env.stack.s3_endpoint.rsplit(":", 1)[1])
     s3_host, s3_forwarded = node.forward(s3_port)
     job_env.storage_spec["endpoint"] = f"http://{s3_host}:{s3_forwarded}"
+    identity = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    job_env.create_secret("cellar-backup-identity", {"identity.txt": identity.read_text()})
+    installed = helm_install(job_env, tmp_path, "install", _values(job_env, **_fleet(job_env, _recipient(tmp_path))))
+    log(f"helm install:\n{installed}")
     return job_env
 
 
@@ -220,21 +279,9 @@ def _run_started(env: JobEnvironment, pod: Any) -> dict[str, Any]:
     return dict(started[0])
 
 
-def _cronjob_now(env: JobEnvironment, name: str, resource: str) -> None:
-    """The shipped CronJob, scheduled every minute for the test, for `resource`."""
-    batch = client.BatchV1Api(env.admin_api)
-    cronjob = batch.read_namespaced_cron_job(name, env.namespace)
-    container = cronjob.spec.job_template.spec.template.spec.containers[0]
-    variable = _env_index(container, "CELLAR_RESOURCE_NAME")
-    env_patch = [
-        {"op": "replace", "path": "/spec/schedule", "value": "* * * * *"},
-        {
-            "op": "replace",
-            "path": f"/spec/jobTemplate/spec/template/spec/containers/0/env/{variable}/value",
-            "value": resource,
-        },
-    ]
-    batch.patch_namespaced_cron_job(name, env.namespace, env_patch)
+def _cronjob_now(env: JobEnvironment, name: str) -> None:
+    """The chart's CronJob `name`, scheduled every minute for the test."""
+    client.BatchV1Api(env.admin_api).patch_namespaced_cron_job(name, env.namespace, {"spec": {"schedule": "* * * * *"}})
 
 
 def _env_index(container: Any, name: str) -> int:
@@ -251,9 +298,9 @@ def _job_from_cronjob(
     run_as_user: int | None = None,
     **spec: Any,
 ) -> None:
-    """A Job from the shipped backup CronJob's template, for `resource`, with `spec` changed."""
+    """A Job from the template of the chart's CronJob cellar-backup-nightly, for `resource`, with `spec` changed."""
     batch = client.BatchV1Api(env.admin_api)
-    template = batch.read_namespaced_cron_job("cellar-backup", env.namespace).spec.job_template
+    template = batch.read_namespaced_cron_job("cellar-backup-nightly", env.namespace).spec.job_template
     container = template.spec.template.spec.containers[0]
     container.env[_env_index(container, "CELLAR_RESOURCE_NAME")].value = resource
     template.spec.template.metadata.finalizers = pod_finalizers
@@ -332,7 +379,7 @@ def _backup_resource(env: JobEnvironment, name: str, **spec: Any) -> None:
     )
 
 
-def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) -> None:
+def test_the_charts_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment, tmp_path: Path) -> None:
     env = cluster
     batch = client.BatchV1Api(env.admin_api)
     _database_with(
@@ -345,27 +392,14 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
             "INSERT INTO events SELECT g, now(), md5(g::text) FROM generate_series(501, 600) g",
         ],
     )
-    _backup_resource(env, "nightly")
-    env.create_resource(
-        "TableArchive",
-        {
-            "metadata": {"name": "events"},
-            "spec": {
-                "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
-                "storage": env.storage_spec,
-                "table": {"schema": "public", "name": "events"},
-                "timestampColumn": "created_at",
-                "olderThan": "30d",
-            },
-        },
-    )
-    _cronjob_now(env, "cellar-backup", "nightly")
-    _cronjob_now(env, "cellar-archive", "events")
+    for cronjob in ("cellar-backup-nightly", "cellar-backup-server", "cellar-archive-events"):
+        _cronjob_now(env, cronjob)
 
     # The controller creates a Job at the next minute, the Job a Pod, the scheduler binds it, the kubelet runs it.
     for cronjob, kind, resource in (
-        ("cellar-backup", "databasebackups", "nightly"),
-        ("cellar-archive", "tablearchives", "events"),
+        ("cellar-backup-nightly", "databasebackups", "nightly"),
+        ("cellar-backup-server", "databasebackups", "server"),
+        ("cellar-archive-events", "tablearchives", "events"),
     ):
         job = _wait(
             f"the first Job of {cronjob}",
@@ -375,6 +409,7 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
             ),
             150,
         )
+        batch.patch_namespaced_cron_job(cronjob, env.namespace, {"spec": {"suspend": True}})
         finished = _wait(
             f"{job.metadata.name} to finish", lambda j=job: _finished_job(batch, env.namespace, j.metadata.name), 240
         )
@@ -393,7 +428,12 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
         assert process["seccomp"] == "filter", process  # RuntimeDefault
         assert process["read_only_root"] is True, process
         assert _terminated(pod).exit_code == 0
-        batch.patch_namespaced_cron_job(cronjob, env.namespace, {"spec": {"suspend": True}})
+    server = get_status(env.admin_api, env.namespace, "databasebackups", "server")["lastSuccessfulBackup"]
+    assert sorted(server["databases"]) == sorted([env.database["dbname"], "postgres"]), server
+    nightly = get_status(env.admin_api, env.namespace, "databasebackups", "nightly")["lastSuccessfulBackup"]
+    assert nightly["key"].startswith(f"{env.namespace}/nightly/"), nightly  # the prefix the chart gave it
+    sealed = env.s3.get_object(Bucket=env.bucket, Key=nightly["key"])["Body"].read(64)
+    assert sealed.startswith(b"age-encryption.org/v1"), sealed[:32]
     with psycopg.connect(dsn(env.database)) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (100,)
 
@@ -423,12 +463,39 @@ def test_shipped_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironment) 
         "InvalidSpec"
     )
 
-    # A manual backup, as the README says: kubectl create job --from=cronjob/cellar-backup.
-    kubectl(env.stack, "create", "job", "-n", env.namespace, "backup-now", "--from=cronjob/cellar-backup")
+    # A manual backup, as NOTES.txt says: kubectl create job --from=cronjob/cellar-backup-nightly.
+    kubectl(env.stack, "create", "job", "-n", env.namespace, "backup-now", "--from=cronjob/cellar-backup-nightly")
     done = _wait("the manual Job", lambda: _finished_job(batch, env.namespace, "backup-now"), 180)
     assert done.status.succeeded == 1
     _assert_ran_on_the_real_node(_pods_of(env, "backup-now")[0])
     assert get_status(env.admin_api, env.namespace, "databasebackups", "nightly")["backupsKept"] == 2
+
+    # A restore from restores:, added by helm upgrade: the chart's Job runs it once, as cellar-restore, the
+    # one ServiceAccount that reads the restore target and the identity the sealed backup needs.
+    copy = f"{env.database['dbname']}_copy"
+    restores = {
+        "nightly-copy": {
+            "spec": {
+                "backup": {"name": "nightly"},
+                "target": {"secretRef": {"name": "cellar-restore-target"}, "dbname": copy, "sslMode": "disable"},
+                "createDatabase": True,
+                "decryption": {"identitySecretRef": {"name": "cellar-backup-identity", "key": "identity.txt"}},
+            }
+        }
+    }
+    fleet = _fleet(env, _recipient(tmp_path))
+    # The test set the CronJobs' schedule and suspend with kubectl: Helm 4's server-side apply takes those fields
+    # back only with --force-conflicts, as for a user who did the same (the README: suspend through the values).
+    helm_install(env, tmp_path, "upgrade", _values(env, **fleet, restores=restores), "--force-conflicts")
+    restored = _wait("the restore Job", lambda: _finished_job(batch, env.namespace, "cellar-restore-nightly-copy"), 240)
+    pods = _pods_of(env, "cellar-restore-nightly-copy")
+    assert restored.status.succeeded == 1, _logs_of(env, pods)
+    _assert_ran_on_the_real_node(pods[0])
+    assert pods[0].spec.service_account_name == "cellar-restore"
+    status = get_status(env.admin_api, env.namespace, "databaserestores", "nightly-copy")
+    assert conditions(status)["Succeeded"]["status"] == "True", status
+    with psycopg.connect(dsn({**env.database, "dbname": copy})) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (1000,)
 
 
 def test_a_deadline_mid_dump_sends_sigterm_and_leaves_nothing(cluster: JobEnvironment, node: RealNode) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from common.metrics import RUN_FAILURE, RUN_LAST_SUCCESS, RUN_METRICS, STATUS_METRICS
+from tests.harness.chart import render
 from tests.harness.prometheus import Prometheus, rule_groups
 from tests.harness.stack import REPO, LocalStack, built_binaries, free_port
 from tests.integration.archive_helpers import dsn, setup_archive
@@ -182,7 +183,9 @@ def test_promtool_checks_and_unit_tests_every_alert(tmp_path: Path) -> None:
     assert not untested
 
 
-def test_the_monitoring_component_applies_with_the_prometheus_operator_crds(stack: LocalStack) -> None:
+def test_the_charts_monitoring_applies_with_the_prometheus_operator_crds(
+    stack: LocalStack, namespace: str, tmp_path: Path
+) -> None:
     kubectl = [str(stack.binaries["kubectl"]), "--kubeconfig", str(stack.kubeconfig)]
     crds = built_binaries(["prometheus-operator-crds"])["prometheus-operator-crds"]
     for name in ("monitoring.coreos.com_prometheusrules.yaml",):
@@ -192,19 +195,24 @@ def test_the_monitoring_component_applies_with_the_prometheus_operator_crds(stac
         check=True,
         capture_output=True,
     )
-    namespace = yaml.safe_load((REPO / "cronjobs" / "overlays" / "monitoring" / "kustomization.yaml").read_text())[
-        "namespace"
-    ]
-    subprocess.run([*kubectl, "create", "namespace", namespace], capture_output=True)  # exists already: fine
-    applied = subprocess.run(
-        [*kubectl, "apply", "-k", str(REPO / "cronjobs" / "overlays" / "monitoring")], capture_output=True, text=True
+    documents = render(
+        namespace=namespace, settings=("monitoring.enabled=true", "monitoring.prometheusRuleLabels.release=prom")
     )
+    manifest = tmp_path / "monitoring.yaml"
+    manifest.write_text(
+        yaml.safe_dump_all([d for d in documents if d["kind"] not in ("ServiceAccount", "Role", "RoleBinding")])
+    )
+    applied = subprocess.run([*kubectl, "-n", namespace, "apply", "-f", str(manifest)], capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
     assert "prometheusrule.monitoring.coreos.com/cellar" in applied.stdout
+    assert "configmap/cellar-kube-state-metrics" in applied.stdout
+    assert "configmap/cellar-grafana-dashboard" in applied.stdout
     stored = subprocess.run(
         [*kubectl, "-n", namespace, "get", "prometheusrule", "cellar", "-o", "yaml"],
         check=True,
         capture_output=True,
         text=True,
     )
-    assert yaml.safe_load(stored.stdout)["spec"] == rule_groups()
+    rule = yaml.safe_load(stored.stdout)
+    assert rule["spec"] == rule_groups()  # the alerts' {{ $labels }} reach Prometheus as written
+    assert rule["metadata"]["labels"]["release"] == "prom"

@@ -1,15 +1,21 @@
-"""The job's ServiceAccount, bound to the Role cronjobs/ ships, can do its work and nothing more."""
+"""Each job's ServiceAccount, bound to the Role the chart renders, can do its work and nothing more."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from common.errors import Forbidden, InvalidSpec
-from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, Kube, ResourceRef, connect
+from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, TABLE_ARCHIVE, Kube, ResourceRef, connect
+from tests.harness.chart import render
+from tests.harness.cluster import service_account_kubeconfig
+from tests.integration.backup_helpers import run_backup_job
+from tests.integration.environments import BackupEnv
 from tests.integration.test_resources import MINIMAL_BACKUP_SPEC
 
 MINIMAL_ARCHIVE_SPEC = {
@@ -97,3 +103,69 @@ def test_archive_account_reaches_its_own_kind_only(
         kube.get(ResourceRef(DATABASE_BACKUP, namespace, "b"))
     with pytest.raises(Forbidden, match='cannot get secrets "cellar-restore-target"'):
         kube.read_secret(namespace, "cellar-restore-target", field="spec.database.secretRef")
+
+
+def test_a_backup_without_restore_tests_runs_without_its_key_and_only_the_restore_reads_the_target(
+    backup_env: BackupEnv, tmp_path: Path
+) -> None:
+    """The chart's Roles, computed from a values file: the nightly backup (encrypted, not restore-tested) may not
+    read the age identity nor the restore target, and runs without them; the restore's ServiceAccount reads both."""
+    env = backup_env
+    key_file = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(key_file)], check=True, capture_output=True, text=True).stdout
+    identity = {"name": "cellar-backup-identity", "key": "identity.txt"}
+    encryption = {"recipients": [public.strip()], "identitySecretRef": identity}
+    values = {
+        "backups": {
+            "orders": {
+                "spec": {
+                    "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
+                    "storage": env.storage_spec,
+                    "encryption": encryption,
+                }
+            }
+        },
+        "restores": {
+            "back": {
+                "spec": {
+                    "backup": {"name": "orders"},
+                    "target": {"secretRef": {"name": "cellar-restore-target"}},
+                    "decryption": {"identitySecretRef": identity},
+                }
+            }
+        },
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    documents = render(values_file, namespace=env.namespace)
+
+    def kubeconfig(job: str) -> Path:
+        rbac = [
+            d
+            for d in documents
+            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding") and d["metadata"]["name"] == f"cellar-{job}"
+        ]
+        return service_account_kubeconfig(env.admin_api, env.stack, env.namespace, job, tmp_path / job, rbac)
+
+    backup_config, restore_config = kubeconfig("backup"), kubeconfig("restore")
+    env.setup(encryption=encryption)
+    env.create_secret("cellar-backup-identity", {"identity.txt": key_file.read_text()})
+    env.create_restore(
+        "back", env.database, f"{env.database['dbname']}_back", decryption={"identitySecretRef": identity}
+    )
+
+    backup_kube = Kube(connect(str(backup_config)))
+    for secret in ("cellar-backup-identity", "cellar-restore-target"):
+        with pytest.raises(Forbidden, match=f'cannot get secrets "{secret}"'):
+            backup_kube.read_secret(env.namespace, secret, field="spec")
+    with pytest.raises(Forbidden, match=r'cannot get databaserestores\.cellar\.dev "back"'):
+        backup_kube.get(ResourceRef(DATABASE_RESTORE, env.namespace, "back"))
+    assert run_backup_job(backup_config, env.namespace) == 0
+
+    restore_kube = Kube(connect(str(restore_config)))
+    with pytest.raises(Forbidden, match='cannot get secrets "cellar-database"'):
+        restore_kube.read_secret(env.namespace, "cellar-database", field="spec")
+    with pytest.raises(Forbidden, match=r'cannot patch databasebackups\.cellar\.dev/status "orders"'):
+        restore_kube.update_status(ResourceRef(DATABASE_BACKUP, env.namespace, "orders"), lambda r: {"backupsKept": 0})
+    assert run_backup_job(restore_config, env.namespace, "restore", name="back") == 0

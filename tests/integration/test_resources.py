@@ -12,7 +12,8 @@ from kubernetes.client.exceptions import ApiException
 
 from common.errors import NotFound
 from common.kube import DATABASE_BACKUP, Kube, ResourceRef, connect
-from tests.conftest import SAMPLES_DIR, apply_manifests
+from tests.conftest import apply_manifests
+from tests.harness.chart import FLEET_EXAMPLE, render
 from tests.harness.stack import LocalStack
 
 MINIMAL_BACKUP_SPEC: dict[str, Any] = {
@@ -31,10 +32,11 @@ def test_server_is_a_real_kube_apiserver_of_at_least_1_34(stack: LocalStack, adm
     assert int(version.minor.rstrip("+")) >= 34
 
 
-def test_every_sample_applies(admin_api: Any, namespace: str) -> None:
-    for path in sorted(p for p in SAMPLES_DIR.glob("*.yaml") if p.name != "kustomization.yaml"):
-        created = apply_manifests(admin_api, path, namespace)
-        assert created, path
+def test_every_resource_of_the_fleet_example_applies(admin_api: Any, namespace: str) -> None:
+    documents = render(FLEET_EXAMPLE, namespace=namespace)
+    resources = [d for d in documents if d["apiVersion"] == "cellar.dev/v1alpha1"]
+    assert len(resources) == 8
+    assert apply_manifests(admin_api, resources, namespace)
     stored = client.CustomObjectsApi(admin_api).get_namespaced_custom_object(
         "cellar.dev", "v1alpha1", namespace, "databasebackups", "orders"
     )
@@ -42,6 +44,7 @@ def test_every_sample_applies(admin_api: Any, namespace: str) -> None:
     assert stored["spec"]["compression"] == {"algorithm": "zstd", "workers": 0}
     assert stored["spec"]["database"]["connectTimeoutSeconds"] == 10
     assert stored["spec"]["storage"]["requestChecksum"] == "WhenSupported"
+    assert stored["spec"]["storage"]["prefix"] == f"{namespace}/orders"
 
 
 def _rejection(create: Callable[[str, dict[str, Any]], Any], kind: str, spec: dict[str, Any]) -> str:

@@ -83,3 +83,25 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "unrecognized arguments: --bogus" in result.stdout
+
+
+def test_a_run_asked_to_wait_for_its_resource_starts_once_it_is_created(
+    job_kubeconfig: Callable[[str], Path], namespace: str, create_resource: Any, admin_api: Any, tmp_path: Path
+) -> None:
+    """Helm creates a chart's restore Job before its DatabaseRestore: the Job's run waits for the resource."""
+    kubeconfig = job_kubeconfig("backup")
+    where = ["--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", "probe"]
+    env = {"CELLAR_TERMINATION_LOG": str(tmp_path / "termination-log"), "KUBERNETES_SERVICE_HOST": ""}
+    impatient = start_process("tests.integration.probe_job", *where, env=env)
+    out, err = impatient.communicate(timeout=60)
+    assert impatient.returncode == 3, (out, err)  # NotFound is permanent without the wait
+    assert 'DatabaseBackup \\"probe\\" was not found' in out  # as the JSON log line escapes it
+
+    waiting = start_process(
+        "tests.integration.probe_job", *where, env={**env, "CELLAR_WAIT_FOR_RESOURCE_SECONDS": "120"}
+    )
+    waiting.wait_for_line("waiting for the resource to be created")
+    create_resource("DatabaseBackup", {"metadata": {"name": "probe"}, "spec": MINIMAL_BACKUP_SPEC})
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, (out, err)
+    assert _status(admin_api, namespace)["Ready"]["status"] == "True"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-GENERATOR = Path(__file__).resolve().parents[2] / "cronjobs" / "base" / "crds" / "generate.py"
+GENERATOR = Path(__file__).resolve().parents[2] / "charts" / "generate_crds.py"
 
 
 def _generator() -> Any:
@@ -25,8 +25,8 @@ def _generator() -> Any:
 def test_crd_yaml_is_generated_from_the_generator() -> None:
     module = _generator()
     for file_name, builder in module.DEFINITIONS.items():
-        assert (GENERATOR.parent / file_name).read_text() == module.render(builder), (
-            f"{file_name} is stale: run python cronjobs/base/crds/generate.py"
+        assert (module.OUTPUT / file_name).read_text() == module.render(builder), (
+            f"{file_name} is stale: run python charts/generate_crds.py"
         )
 
 

@@ -17,8 +17,8 @@ import yaml
 from common.metrics import RUN_METRICS, STATUS_METRICS, configured_endpoint, markdown_table, status_value
 
 REPO = Path(__file__).resolve().parents[2]
-MONITORING = REPO / "cronjobs" / "monitoring"
-CRDS = REPO / "cronjobs" / "base" / "crds"
+MONITORING = REPO / "charts" / "cellar" / "files"
+CRDS = REPO / "charts" / "cellar" / "crds"
 CRD_FILES = {
     "DatabaseBackup": "databasebackups.yaml",
     "DatabaseRestore": "databaserestores.yaml",
@@ -83,7 +83,7 @@ def test_the_readme_table_is_the_declared_list() -> None:
 
 def test_the_kube_state_metrics_configuration_is_generated() -> None:
     checked = subprocess.run(
-        [sys.executable, str(MONITORING / "generate.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(REPO / "charts" / "generate_monitoring.py"), "--check"], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stderr
     configuration = yaml.safe_load((MONITORING / "custom-resource-state.yaml").read_text())

@@ -1,0 +1,358 @@
+"""charts/cellar with the real Helm (built by the harness): lint, what a fleet values file renders, the errors a bad
+values file gets, and install, upgrade and uninstall on the real kube-apiserver, CRD upgrades included."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.harness.chart import CHART, CRD_DIR, FLEET_EXAMPLE, helm, render, rendered
+from tests.harness.stack import LocalStack
+
+STORAGE = {
+    "bucket": "cellar",
+    "credentials": {
+        "accessKeyId": {"name": "object-storage", "key": "id"},
+        "secretAccessKey": {"name": "object-storage", "key": "secret"},
+    },
+}
+RECIPIENT = "age1yalfykae8edwcd84sjcq5tvqtz0r8mz97fvt6pv05c9h7az4z9gq7zpzhg"
+
+
+def write_values(tmp_path: Path, values: dict[str, Any], name: str = "values.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def spread(namespace: str, name: str) -> tuple[int, int]:
+    """The minute and hour the chart derives from a resource's name (adler32, as Helm's adler32sum)."""
+    hashed = zlib.adler32(f"{namespace}/{name}".encode())
+    return hashed % 60, hashed // 60 % 24
+
+
+def kinds(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def pods_of(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every Pod spec the chart renders: the CronJobs' and the Jobs'."""
+    pods = [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in documents if d["kind"] == "CronJob"]
+    return pods + [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Job"]
+
+
+def readable(documents: list[dict[str, Any]], job: str, resource: str = "secrets") -> set[str]:
+    """The names the Role of `job` may get of `resource`; a rule without resourceNames would be all of them."""
+    role = rendered(documents, "Role", f"cellar-{job}")
+    names: set[str] = set()
+    for rule in role["rules"]:
+        if resource in rule["resources"]:
+            assert rule.get("resourceNames"), f"cellar-{job} may read every one of {resource}: {rule}"
+            names |= set(rule["resourceNames"])
+    return names
+
+
+def test_the_chart_lints_with_its_defaults_and_the_fleet_example() -> None:
+    for values in ([], ["--values", str(FLEET_EXAMPLE)]):
+        linted = helm("lint", "--strict", str(CHART), *values, check=False)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+        assert "0 chart(s) failed" in linted.stdout
+
+
+def test_the_fleet_example_renders_eight_resources_and_their_cronjobs() -> None:
+    documents = render(
+        FLEET_EXAMPLE, namespace="shop", settings=("image.registry=registry.example/mirror", "image.tag=1.2.3")
+    )
+    cronjobs = kinds(documents, "CronJob")
+    backups, archives = kinds(documents, "DatabaseBackup"), kinds(documents, "TableArchive")
+    assert sorted(backups) == ["analytics-server", "billing", "customers", "inventory", "orders"]
+    assert sorted(archives) == ["audit-log", "events", "orders-created-at"]
+    assert sorted(cronjobs) == sorted(
+        [f"cellar-backup-{n}" for n in backups] + [f"cellar-archive-{n}" for n in archives]
+    )
+    assert all(len(name) <= 52 for name in cronjobs)
+    assert backups["analytics-server"]["spec"]["databases"] == {"all": True}
+    # Every Pod runs the one image value.
+    images = {c["image"] for pod in pods_of(documents) for c in pod["containers"]}
+    assert images == {"registry.example/mirror/cellar-backup:1.2.3", "registry.example/mirror/cellar-archive:1.2.3"}
+    # Each resource gets its own prefix, and the defaults' storage otherwise.
+    prefixes = [r["spec"]["storage"]["prefix"] for r in [*backups.values(), *archives.values()]]
+    assert sorted(prefixes) == sorted(f"shop/{n}" for n in [*backups, *archives])
+    assert {r["spec"]["storage"]["bucket"] for r in [*backups.values(), *archives.values()]} == {"cellar"}
+    # @daily and @hourly are spread by a hash of the name; five fields are kept.
+    for name, schedule in (("orders", "{m} {h} * * *"), ("customers", "{m} * * * *"), ("inventory", "{m} {h} * * *")):
+        minute, hour = spread("shop", name)
+        assert cronjobs[f"cellar-backup-{name}"]["spec"]["schedule"] == schedule.format(m=minute, h=hour)
+    assert cronjobs["cellar-backup-billing"]["spec"]["schedule"] == "15 1 * * *"
+    assert len({c["spec"]["schedule"] for c in cronjobs.values()}) == len(cronjobs), "no two start together"
+    # staleAfter: one period of the schedule plus the Job's deadline (6h).
+    assert backups["orders"]["spec"]["staleAfter"] == "30h"
+    assert backups["customers"]["spec"]["staleAfter"] == "7h"
+    # The Roles name exactly the Secrets the specs use; nothing reads a restore target or an identity.
+    assert readable(documents, "backup") == {
+        "analytics-db-superuser",
+        "billing-db-app",
+        "cellar-object-storage",
+        "customers-db-app",
+        "inventory-db-app",
+        "orders-db-app",
+    }
+    assert readable(documents, "archive") == {
+        "billing-db-app",
+        "cellar-object-storage",
+        "inventory-db-app",
+        "orders-db-app",
+    }
+    assert readable(documents, "restore") == set()
+    # Resources outlive the release; the data in storage is never the chart's.
+    assert all(r["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for r in backups.values())
+
+
+def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None:
+    identity = {"name": "backup-identity", "key": "key.txt"}
+    values = {
+        "defaults": {"storage": STORAGE},
+        "backups": {
+            "tested": {
+                "spec": {
+                    "database": {"secretRef": {"name": "tested-db"}},
+                    "encryption": {"recipients": [RECIPIENT], "identitySecretRef": identity},
+                    "verify": {"enabled": True, "target": {"secretRef": {"name": "scratch-server"}}},
+                }
+            },
+            "sealed": {
+                "spec": {
+                    "database": {"secretRef": {"name": "sealed-db"}},
+                    "encryption": {
+                        "recipientsFrom": {"configMapKeyRef": {"name": "recipients", "key": "r.txt"}},
+                        "identitySecretRef": {"name": "sealed-identity", "key": "key.txt"},
+                    },
+                }
+            },
+        },
+        "restores": {
+            "copy": {
+                "spec": {
+                    "backup": {"name": "sealed"},
+                    "target": {"secretRef": {"name": "restore-target"}},
+                    "decryption": {"identitySecretRef": {"name": "sealed-identity", "key": "key.txt"}},
+                },
+                "staging": {"sizeLimit": "5Gi"},
+            }
+        },
+    }
+    documents = render(write_values(tmp_path, values))
+    # sealed is not restore-tested: its backups never read its identity, only the restore does.
+    assert readable(documents, "backup") == {
+        "backup-identity",
+        "object-storage",
+        "scratch-server",
+        "sealed-db",
+        "tested-db",
+    }
+    assert readable(documents, "backup", "configmaps") == {"recipients"}
+    assert readable(documents, "restore") == {"object-storage", "restore-target", "sealed-identity"}
+    assert readable(documents, "archive") == set()
+    job = rendered(documents, "Job", "cellar-restore-copy")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "cellar-restore"
+    assert {"name": "staging", "emptyDir": {"sizeLimit": "5Gi"}} in pod["volumes"]
+    assert rendered(documents, "DatabaseRestore", "copy")["spec"]["staging"] == {"path": "/staging"}
+    restore_rules = rendered(documents, "Role", "cellar-restore")["rules"]
+    assert {"apiGroups": ["cellar.dev"], "resources": ["databaserestores", "databasebackups"], "verbs": ["get"]} in (
+        restore_rules
+    )
+    backup_rules = rendered(documents, "Role", "cellar-backup")["rules"]
+    assert not any("databaserestores" in rule["resources"] for rule in backup_rules)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"backups": {"Orders": {}}}, "backups.Orders: a name is lowercase letters, digits and '-'"),
+        ({"backups": {"a" * 38: {}}}, f"backups.{'a' * 38}: use at most 37 characters"),
+        (
+            {"backups": {"orders": {"schedule": "every night"}}},
+            'backups.orders.schedule: "every night" is not a schedule',
+        ),
+        (
+            {"archives": {"events": {"activeDeadline": "6 hours"}}},
+            'archives.events.activeDeadline: "6 hours" is not a duration',
+        ),
+        (
+            {"restores": {"copy": {"spec": {"backup": {"name": "elsewhere"}}}}},
+            'restores.copy: spec.backup.name "elsewhere" is not under backups:',
+        ),
+    ],
+)
+def test_a_bad_values_file_fails_with_what_to_fix(tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    failed = helm("template", "cellar", str(CHART), "--values", str(write_values(tmp_path, values)), check=False)
+    assert failed.returncode != 0
+    assert message in failed.stderr, failed.stderr
+
+
+@pytest.fixture
+def release_namespace(admin_api: Any, crds: list[str], namespace: str, stack: LocalStack) -> Iterator[str]:
+    """The test's namespace; the release in it is uninstalled at the end, whatever happened."""
+    yield namespace
+    helm("uninstall", "cellar", "--namespace", namespace, kubeconfig=stack.kubeconfig, check=False)
+
+
+def installed(admin_api: Any, namespace: str) -> tuple[dict[str, str], set[str], set[str]]:
+    """CronJob name -> schedule, the DatabaseBackups and the Roles in the namespace."""
+    batch, rbac = client.BatchV1Api(admin_api), client.RbacAuthorizationV1Api(admin_api)
+    cronjobs = {c.metadata.name: c.spec.schedule for c in batch.list_namespaced_cron_job(namespace).items}
+    backups = client.CustomObjectsApi(admin_api).list_namespaced_custom_object(
+        "cellar.dev", "v1alpha1", namespace, "databasebackups"
+    )["items"]
+    roles = {r.metadata.name for r in rbac.list_namespaced_role(namespace).items}
+    return cronjobs, {b["metadata"]["name"] for b in backups}, roles
+
+
+def test_install_upgrade_and_uninstall_on_the_real_api_server(
+    stack: LocalStack, admin_api: Any, release_namespace: str, tmp_path: Path
+) -> None:
+    namespace = release_namespace
+    fleet = yaml.safe_load(FLEET_EXAMPLE.read_text())
+    out = helm(
+        "install",
+        "cellar",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--values",
+        str(FLEET_EXAMPLE),
+        kubeconfig=stack.kubeconfig,
+    ).stdout
+    assert f"kubectl -n {namespace} create job --from=cronjob/cellar-backup-" in out  # NOTES.txt
+    cronjobs, backups, roles = installed(admin_api, namespace)
+    assert len(cronjobs) == 8
+    assert backups == set(fleet["backups"])
+    assert roles == {"cellar-backup", "cellar-archive", "cellar-restore"}
+    minute, hour = spread(namespace, "orders")
+    assert cronjobs["cellar-backup-orders"] == f"{minute} {hour} * * *"
+
+    # A schedule changed and a database added.
+    fleet["backups"]["orders"]["schedule"] = "45 3 * * *"
+    fleet["backups"]["payments"] = {"spec": {"database": {"secretRef": {"name": "payments-db-app"}}}}
+    helm(
+        "upgrade",
+        "cellar",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--values",
+        str(write_values(tmp_path, fleet)),
+        kubeconfig=stack.kubeconfig,
+    )
+    cronjobs, backups, _ = installed(admin_api, namespace)
+    assert cronjobs["cellar-backup-orders"] == "45 3 * * *"
+    assert "cellar-backup-payments" in cronjobs
+    assert "payments" in backups
+    role = client.RbacAuthorizationV1Api(admin_api).read_namespaced_role("cellar-backup", namespace)
+    assert "payments-db-app" in {n for rule in role.rules for n in (rule.resource_names or [])}
+    stored = client.CustomObjectsApi(admin_api).get_namespaced_custom_object(
+        "cellar.dev", "v1alpha1", namespace, "databasebackups", "orders"
+    )
+    assert stored["spec"]["staleAfter"] == "30h"  # the new schedule's period is a day too
+
+    helm("uninstall", "cellar", "--namespace", namespace, kubeconfig=stack.kubeconfig)
+    cronjobs, backups, roles = installed(admin_api, namespace)
+    assert cronjobs == {}
+    assert roles == set()
+    assert backups == set(fleet["backups"]), "the resources and their history stay"
+    crds = client.ApiextensionsV1Api(admin_api).list_custom_resource_definition().items
+    assert {"databasebackups.cellar.dev", "databaserestores.cellar.dev", "tablearchives.cellar.dev"} <= {
+        c.metadata.name for c in crds
+    }
+
+
+def test_a_crd_that_gained_a_field_reaches_the_cluster_by_the_documented_apply(
+    stack: LocalStack, admin_api: Any, release_namespace: str, tmp_path: Path
+) -> None:
+    """Helm never upgrades crds/: the README's `kubectl apply --server-side --force-conflicts -f crds/` does."""
+    namespace = release_namespace
+    newer = tmp_path / "cellar"
+    shutil.copytree(CHART, newer)
+    crd_file = newer / "crds" / "databasebackups.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["note"] = {"type": "string", "description": "A field a newer chart added."}
+    crd_file.write_text(yaml.safe_dump(crd))
+    older = {
+        "defaults": {"storage": STORAGE},
+        "backups": {"orders": {"spec": {"database": {"secretRef": {"name": "db"}}}}},
+    }
+    helm(
+        "install",
+        "cellar",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--values",
+        str(write_values(tmp_path, older, "older.yaml")),
+        kubeconfig=stack.kubeconfig,
+    )
+    older["backups"]["orders"]["spec"]["note"] = "from the newer chart"  # what a user of the newer chart writes
+    values_file = write_values(tmp_path, older)
+
+    def note() -> Any:
+        return (
+            client.CustomObjectsApi(admin_api)
+            .get_namespaced_custom_object("cellar.dev", "v1alpha1", namespace, "databasebackups", "orders")["spec"]
+            .get("note")
+        )
+
+    kubectl = [str(stack.binaries["kubectl"]), f"--kubeconfig={stack.kubeconfig}"]
+    try:
+        upgraded = helm(
+            "upgrade",
+            "cellar",
+            str(newer),
+            "--namespace",
+            namespace,
+            "--values",
+            str(values_file),
+            kubeconfig=stack.kubeconfig,
+            check=False,
+        )
+        # The old CRD stays: the server drops the unknown field, or refuses it (strict field validation).
+        assert upgraded.returncode == 0 or "note" in upgraded.stderr, upgraded.stderr
+        assert note() is None
+        applied = subprocess.run(
+            [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(newer / "crds")],
+            capture_output=True,
+            text=True,
+        )
+        assert applied.returncode == 0, applied.stderr
+        subprocess.run(
+            [*kubectl, "wait", "--for=condition=Established", "crd/databasebackups.cellar.dev", "--timeout=60s"],
+            check=True,
+            capture_output=True,
+        )
+        helm(
+            "upgrade",
+            "cellar",
+            str(newer),
+            "--namespace",
+            namespace,
+            "--values",
+            str(values_file),
+            kubeconfig=stack.kubeconfig,
+        )
+        assert note() == "from the newer chart"
+    finally:
+        restored = subprocess.run(
+            [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR)],
+            capture_output=True,
+            text=True,
+        )
+        assert restored.returncode == 0, restored.stderr
