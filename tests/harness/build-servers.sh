@@ -20,8 +20,9 @@ PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 TOXIPROXY_VERSION="${CELLAR_TOXIPROXY_VERSION:-v2.5.0}"
 # rhysd/actionlint: lints the hosted CI workflow (.github/workflows), which cannot run on these machines.
 ACTIONLINT_VERSION="${CELLAR_ACTIONLINT_VERSION:-v1.7.12}"
-# Helm renders, lints and installs charts/cellar; its chart (apiVersion v2) renders with Helm 3 too.
+# Helm renders, lints and installs charts/cellar; Helm 3 renders it too (a test compares the two).
 HELM_VERSION="${CELLAR_HELM_VERSION:-v4.3.1}"
+HELM3_VERSION="${CELLAR_HELM3_VERSION:-v3.22.0}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -133,6 +134,8 @@ build_helm() {
   go_install helm "$HELM_VERSION" "helm.sh/helm/$major/cmd/helm@$HELM_VERSION" helm
 }
 
+build_helm3() { go_install helm3 "$HELM3_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM3_VERSION" helm; }
+
 fetch_prometheus_operator_crds() {
   local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   if [[ ! -f "$out/.ready" ]]; then
@@ -160,6 +163,7 @@ for c in "${components[@]}"; do
     toxiproxy-server) build_toxiproxy ;;
     actionlint) build_actionlint ;;
     helm) build_helm ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm)" ;;
+    helm3) build_helm3 ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3)" ;;
   esac
 done

@@ -23,13 +23,16 @@ TEST_VALUES = Path(__file__).resolve().parent / "chart-values.yaml"
 
 
 @functools.cache
-def helm_binary() -> Path:
-    return built_binaries(["helm"])["helm"]
+def helm_binary(component: str = "helm") -> Path:
+    """Helm 4 (`helm`), or Helm 3 (`helm3`)."""
+    return built_binaries([component])[component]
 
 
-def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run helm; with `check`, a failure raises with what helm printed."""
-    command = [str(helm_binary()), *args]
+def helm(
+    *args: str, kubeconfig: Path | None = None, check: bool = True, component: str = "helm"
+) -> subprocess.CompletedProcess[str]:
+    """Run helm (Helm 3 with component="helm3"); with `check`, a failure raises with what helm printed."""
+    command = [str(helm_binary(component)), *args]
     if kubeconfig is not None:
         command.append(f"--kubeconfig={kubeconfig}")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -39,7 +42,12 @@ def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subp
 
 
 def render(
-    *values: Path, namespace: str = "default", chart: Path = CHART, settings: tuple[str, ...] = (), show_only: str = ""
+    *values: Path,
+    namespace: str = "default",
+    chart: Path = CHART,
+    settings: tuple[str, ...] = (),
+    show_only: str = "",
+    component: str = "helm",
 ) -> list[dict[str, Any]]:
     """`helm template` of the chart: its documents, CRDs left out."""
     args = ["template", "cellar", str(chart), "--namespace", namespace]
@@ -49,7 +57,7 @@ def render(
         args += ["--set", setting]
     if show_only:
         args += ["--show-only", show_only]
-    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+    return [d for d in yaml.safe_load_all(helm(*args, component=component).stdout) if d]
 
 
 @functools.cache
@@ -57,10 +65,15 @@ def _test_rbac() -> tuple[str, ...]:
     return tuple(yaml.safe_dump(d) for d in render(TEST_VALUES, show_only="templates/rbac.yaml"))
 
 
+def rbac_of(documents: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
+    """The ServiceAccount, Role and RoleBinding of one job (backup, archive or restore) among rendered documents."""
+    kinds = ("ServiceAccount", "Role", "RoleBinding")
+    return [d for d in documents if d["kind"] in kinds and d["metadata"]["name"] == f"cellar-{job}"]
+
+
 def job_rbac(job: str) -> list[dict[str, Any]]:
-    """The ServiceAccount, Role and RoleBinding of one job (backup, archive or restore) as the chart renders them."""
-    documents = [yaml.safe_load(text) for text in _test_rbac()]
-    return [d for d in documents if d["metadata"]["name"] == f"cellar-{job}"]
+    """The RBAC of one job as the chart renders it for the Secret names the tests use (chart-values.yaml)."""
+    return rbac_of([yaml.safe_load(text) for text in _test_rbac()], job)
 
 
 def rendered(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

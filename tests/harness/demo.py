@@ -27,7 +27,7 @@ import psycopg
 import yaml
 from kubernetes import client
 
-from tests.harness.chart import render, rendered
+from tests.harness.chart import rbac_of, render, rendered
 from tests.harness.cluster import REPO, admin_client, apply_manifests, install_crds, service_account_kubeconfig
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
@@ -178,12 +178,9 @@ def install(api: Any, stack: LocalStack) -> tuple[list[dict[str, Any]], dict[str
     print("$ helm template cellar charts/cellar -f values.yaml   # one backup, one archive, one restore")
     kubeconfigs = {}
     for job in ("backup", "archive", "restore"):
-        rbac = [
-            d
-            for d in documents
-            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding") and d["metadata"]["name"] == f"cellar-{job}"
-        ]
-        kubeconfigs[job] = service_account_kubeconfig(api, stack, NAMESPACE, job, workdir / f"{job}.kubeconfig", rbac)
+        kubeconfigs[job] = service_account_kubeconfig(
+            api, stack, NAMESPACE, job, workdir / f"{job}.kubeconfig", rbac_of(documents, job)
+        )
     return documents, kubeconfigs
 
 

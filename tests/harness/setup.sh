@@ -3,8 +3,8 @@
 #   - Debian packages: PostgreSQL server and client (pg_dump, pg_restore, initdb), pgbench, age, zstd, and for
 #     the real node containerd, runc, the CNI plugins and debootstrap
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
-#   - the Go-built servers (kube-apiserver, kube-scheduler, kubelet, kubectl, etcd, MinIO, Prometheus, promtool,
-#     actionlint), cached outside the clone
+#   - the Go-built servers and tools (kube-apiserver, kube-scheduler, kubelet, kubectl, etcd, MinIO, Prometheus,
+#     promtool, actionlint, Helm 4 and 3), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
 set -euo pipefail
@@ -62,7 +62,7 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
 fi
 
 bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl \
-  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm >/dev/null
+  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 >/dev/null
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

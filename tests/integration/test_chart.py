@@ -67,6 +67,17 @@ def test_the_chart_lints_with_its_defaults_and_the_fleet_example() -> None:
         assert "0 chart(s) failed" in linted.stdout
 
 
+def test_helm_3_renders_what_helm_4_renders() -> None:
+    """The chart is apiVersion v2 and uses only what both majors have: the same documents, lint clean."""
+    settings = ("monitoring.enabled=true",)
+    helm4 = render(FLEET_EXAMPLE, namespace="shop", settings=settings)
+    helm3 = render(FLEET_EXAMPLE, namespace="shop", settings=settings, component="helm3")
+    assert len(helm4) == len(helm3) > 20
+    assert helm3 == helm4
+    linted = helm("lint", "--strict", str(CHART), "--values", str(FLEET_EXAMPLE), component="helm3", check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
 def test_the_fleet_example_renders_eight_resources_and_their_cronjobs() -> None:
     documents = render(
         FLEET_EXAMPLE, namespace="shop", settings=("image.registry=registry.example/mirror", "image.tag=1.2.3")

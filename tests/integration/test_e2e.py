@@ -141,7 +141,7 @@ def _fleet(env: JobEnvironment, recipient: str) -> dict[str, Any]:
             "server": {
                 "schedule": "@hourly",
                 "spec": {
-                    "databases": {"names": [env.database["dbname"], "postgres"]},
+                    "databases": {"names": [env.database["dbname"], _second_database(env)]},
                     "globals": {"enabled": True, "noRolePasswords": True},
                 },
             },
@@ -156,6 +156,11 @@ def _fleet(env: JobEnvironment, recipient: str) -> dict[str, Any]:
             }
         },
     }
+
+
+def _second_database(env: JobEnvironment) -> str:
+    """The other database of the whole-server backup: the test's role made it (it may create databases)."""
+    return f"{env.database['dbname']}_b"
 
 
 def _recipient(tmp_path: Path) -> str:
@@ -184,7 +189,7 @@ def helm_install(env: JobEnvironment, tmp_path: Path, verb: str, values: dict[st
 
 
 @pytest.fixture
-def cluster(node: RealNode, job_env: JobEnvironment, tmp_path: Path) -> JobEnvironment:
+def cluster(node: RealNode, job_env: JobEnvironment, tmp_path: Path) -> Iterator[JobEnvironment]:
     """The test's namespace made restricted, cellar installed into it with `helm install` (two backups, one of a
     whole server, a sealed one, one archive, and three backups the failure tests use), and the database and
     storage Secrets pointing where a Pod reaches the servers."""
@@ -202,9 +207,15 @@ def cluster(node: RealNode, job_env: JobEnvironment, tmp_path: Path) -> JobEnvir
     identity = tmp_path / "identity.txt"
     subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
     job_env.create_secret("cellar-backup-identity", {"identity.txt": identity.read_text()})
+    with psycopg.connect(dsn(job_env.database), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {_second_database(job_env)}")
+    with psycopg.connect(dsn({**job_env.database, "dbname": _second_database(job_env)}), autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices AS SELECT g AS id FROM generate_series(1, 10) g")
     installed = helm_install(job_env, tmp_path, "install", _values(job_env, **_fleet(job_env, _recipient(tmp_path))))
     log(f"helm install:\n{installed}")
-    return job_env
+    yield job_env
+    with psycopg.connect(dsn(job_env.database), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {_second_database(job_env)} WITH (FORCE)")
 
 
 @functools.cache
@@ -429,7 +440,7 @@ def test_the_charts_cronjobs_run_the_image_on_a_real_node(cluster: JobEnvironmen
         assert process["read_only_root"] is True, process
         assert _terminated(pod).exit_code == 0
     server = get_status(env.admin_api, env.namespace, "databasebackups", "server")["lastSuccessfulBackup"]
-    assert sorted(server["databases"]) == sorted([env.database["dbname"], "postgres"]), server
+    assert sorted(server["databases"]) == sorted([env.database["dbname"], _second_database(env)]), server
     nightly = get_status(env.admin_api, env.namespace, "databasebackups", "nightly")["lastSuccessfulBackup"]
     assert nightly["key"].startswith(f"{env.namespace}/nightly/"), nightly  # the prefix the chart gave it
     sealed = env.s3.get_object(Bucket=env.bucket, Key=nightly["key"])["Body"].read(64)

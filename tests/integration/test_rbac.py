@@ -12,7 +12,7 @@ import yaml
 
 from common.errors import Forbidden, InvalidSpec
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, TABLE_ARCHIVE, Kube, ResourceRef, connect
-from tests.harness.chart import render
+from tests.harness.chart import rbac_of, render
 from tests.harness.cluster import service_account_kubeconfig
 from tests.integration.backup_helpers import run_backup_job
 from tests.integration.environments import BackupEnv
@@ -141,11 +141,7 @@ def test_a_backup_without_restore_tests_runs_without_its_key_and_only_the_restor
     documents = render(values_file, namespace=env.namespace)
 
     def kubeconfig(job: str) -> Path:
-        rbac = [
-            d
-            for d in documents
-            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding") and d["metadata"]["name"] == f"cellar-{job}"
-        ]
+        rbac = rbac_of(documents, job)
         return service_account_kubeconfig(env.admin_api, env.stack, env.namespace, job, tmp_path / job, rbac)
 
     backup_config, restore_config = kubeconfig("backup"), kubeconfig("restore")
