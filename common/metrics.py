@@ -325,7 +325,7 @@ def start_run_metrics(
 
 
 def markdown_table() -> str:
-    """The README's table of metrics, as Prometheus names them."""
+    """docs/monitoring.md's table of metrics, as Prometheus names them."""
     rows = ["| metric | of | what |", "|---|---|---|"]
     rows += [f"| `{m.prometheus_name}` | every run (pushed only) | {m.description} |" for m in RUN_METRICS]
     shown: set[str] = set()

@@ -1,8 +1,8 @@
 """Every reason cellar writes into a condition or an Event, declared once with what it means.
 
 A failure's reason decides the run's exit code (so the Job's podFailurePolicy) and nothing else does:
-one reason is never retryable in one place and permanent in another. The README's table of reasons is
-this list: the user guide's table (`python -m common.reasons`) and the README's list by exit code
+one reason is never retryable in one place and permanent in another. The documents' tables of reasons are
+this list: the user guide's table (`python -m common.reasons`) and docs/monitoring.md's list by exit code
 (`python -m common.reasons --by-exit-code`); a test compares both.
 """
 
@@ -160,7 +160,7 @@ def markdown_table() -> str:
 
 
 def by_exit_code() -> str:
-    """The README's short list: the reasons of each exit code, by name."""
+    """docs/monitoring.md's short list: the reasons of each exit code, by name."""
     lines = []
     for code, label in _CLASS_NAMES.items():
         names = ", ".join(f"`{r.value}`" for r in Reason if r.exit_code == code)

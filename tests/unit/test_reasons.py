@@ -1,4 +1,4 @@
-"""One declared list of reasons: the exit codes follow it, and the README says what it says."""
+"""One declared list of reasons: the exit codes follow it, and the documents say what it says."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from common.reasons import EXIT_PERMANENT, EXIT_RETRYABLE, Reason, by_exit_code,
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 GUIDE = (REPO / "docs" / "guide.md").read_text()
+MONITORING = (REPO / "docs" / "monitoring.md").read_text()
 
 
 def _generated(text: str, marker: str, end: str) -> str:
@@ -27,9 +28,9 @@ def test_the_guide_table_of_reasons_is_the_declared_list() -> None:
     )
 
 
-def test_the_readme_reasons_by_exit_code_are_the_declared_list() -> None:
-    assert _generated(README, "reasons by exit code", "end of reasons by exit code") == by_exit_code(), (
-        "run python -m common.reasons --by-exit-code into the README"
+def test_the_reasons_by_exit_code_are_the_declared_list() -> None:
+    assert _generated(MONITORING, "reasons by exit code", "end of reasons by exit code") == by_exit_code(), (
+        "run python -m common.reasons --by-exit-code into docs/monitoring.md"
     )
 
 
@@ -37,7 +38,7 @@ def test_every_reason_the_documents_name_is_declared() -> None:
     # Reasons appear in backquotes beside the words reason(s); a typo or a removed reason fails here.
     declared = {r.value for r in Reason}
     named = set()
-    for paragraph in f"{README}\n\n{GUIDE}".split("\n\n"):
+    for paragraph in f"{README}\n\n{GUIDE}\n\n{MONITORING}".split("\n\n"):
         if re.search(r"\breasons?\b", paragraph):
             named |= set(re.findall(r"`([A-Z][a-z]+(?:[A-Z][a-z]*)+)`", paragraph))
     condition_types = {"BackupSucceeded", "ArchiveSucceeded"}
