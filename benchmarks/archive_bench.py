@@ -136,7 +136,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     parsing the rows, COMMIT), with no files written. What the server side allows cellar at most."""
     from common.config import StorageCredentials
     from common.runtime import Interrupts
-    from common.storage import ObjectStore, build_client
+    from common.storage import ObjectStore
     from jobs.archive import ledger
     from jobs.archive.archiver import Archiver
     from jobs.archive.lanes import Lane
@@ -150,7 +150,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
         conn.rollback()
         ledger.ensure_ledger(conn)
         credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
-        store = ObjectStore(build_client(settings.storage, credentials), settings.storage)  # never written to
+        store = ObjectStore.open(settings.storage, credentials)  # never written to
         archiver = Archiver(conn, store, settings, info, datetime.fromisoformat(cutoff), "bench", Interrupts())
         lane = Lane()
         while (captured := archiver.capture(conn, lane)) is not None:

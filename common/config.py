@@ -20,12 +20,19 @@ from urllib.parse import unquote, urlsplit
 from common.errors import InvalidSpec, UsageError
 from common.kube import Kube, in_cluster_namespace
 from common.redact import register_secret
+from common.schema import (
+    BUCKET_NAME,
+    DNS_SUBDOMAIN,
+    OBJECT_LOCK_MODES,
+    REQUEST_CHECKSUMS,
+    SSE_ALGORITHMS,
+    SSL_MODES,
+)
 
 _DURATION_PART = re.compile(r"([0-9]+)(s|m|h|d|w)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_BUCKET = re.compile(BUCKET_NAME)
+_NAME = re.compile(DNS_SUBDOMAIN)
 
 
 def parse_duration(text: str, field: str) -> timedelta:
@@ -259,7 +266,7 @@ class ObjectLock:
 
     @classmethod
     def parse(cls, reader: SpecReader) -> ObjectLock:
-        mode = reader.string("mode", required=True, choices=("Governance", "Compliance"))
+        mode = reader.string("mode", required=True, choices=OBJECT_LOCK_MODES)
         retain_for = reader.duration("retainFor", positive=True)
         if retain_for is None:
             raise InvalidSpec(f"{reader.path}.retainFor: required (for example 30d)")
@@ -303,9 +310,7 @@ class StorageSpec:
                 "references), or inheritFromIAMRole: true"
             )
         sse = reader.child("serverSideEncryption")
-        algorithm = (
-            sse.string("algorithm", choices=("AES256", "aws:kms")) if reader.has("serverSideEncryption") else None
-        )
+        algorithm = sse.string("algorithm", choices=SSE_ALGORITHMS) if reader.has("serverSideEncryption") else None
         kms_key = sse.optional_string("kmsKeyId")
         if kms_key and algorithm != "aws:kms":
             raise InvalidSpec(f"{sse.path}.kmsKeyId: only allowed with algorithm aws:kms")
@@ -334,9 +339,7 @@ class StorageSpec:
             sse_algorithm=algorithm,
             sse_kms_key_id=kms_key,
             storage_class=reader.optional_string("storageClass"),
-            checksum_when_required=reader.string(
-                "requestChecksum", "WhenSupported", choices=("WhenSupported", "WhenRequired")
-            )
+            checksum_when_required=reader.string("requestChecksum", "WhenSupported", choices=REQUEST_CHECKSUMS)
             == "WhenRequired",
             max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
             part_size=(reader.integer("partSizeMiB", 8, minimum=5, maximum=5120) or 8) * 1024 * 1024,

@@ -26,11 +26,10 @@ import tenacity
 from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError, UsageError
 from common.reasons import Reason
 from common.redact import redact, redact_nested, register_secret
+from common.schema import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
-GROUP = "cellar.dev"
-VERSION = "v1alpha1"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 

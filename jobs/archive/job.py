@@ -25,7 +25,7 @@ from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.redact import redact
 from common.runtime import RunContext
-from common.storage import ObjectStore, build_client
+from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.archiver import Archiver
 from jobs.archive.arrow_reads import ArrowReader, open_reader
@@ -101,7 +101,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
     # Requests at once: a batch's objects (tuning.upload_concurrency) and each lane's manifest.
     concurrency = tuning.upload_concurrency + settings.parallelism
-    store = ObjectStore(build_client(settings.storage, credentials, concurrency=concurrency), settings.storage)
+    store = ObjectStore.open(settings.storage, credentials, concurrency=concurrency)
     store.check_access()
     recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
     conn = connect(database, application_name=APPLICATION)

@@ -8,7 +8,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from botocore.exceptions import BotoCoreError, ClientError
 
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
@@ -21,7 +20,7 @@ from common.encryption import (
 )
 from common.errors import PermanentError
 from common.reasons import Reason
-from common.storage import ObjectStore, translate_storage_error
+from common.storage import ObjectStore
 from jobs.archive.encoding import arrow_type, decode
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo
@@ -141,27 +140,19 @@ def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) 
     size and the ETag, which for a single PUT is the MD5 of the body.
     """
     checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
-    arguments: dict[str, Any] = {"Bucket": store.bucket, "Key": key, "Body": body, **store.write_arguments()}
-    if not store.spec.checksum_when_required:
-        arguments["ChecksumSHA256"] = checksum
-    try:
-        put = store.client.put_object(**arguments)
-        if put.get("ChecksumSHA256") == checksum:
-            return
-        head = store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
-    except (ClientError, BotoCoreError) as exc:
-        raise translate_storage_error(exc, "cannot upload", store.bucket, key) from None
-    stored_checksum = head.get("ChecksumSHA256")
-    etag = str(head.get("ETag", "")).strip('"')
+    sent = None if store.spec.checksum_when_required else checksum
+    if store.put_with_checksum(key, body, sent) == checksum:
+        return
+    stored = store.stat(key)
     md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
     if (
-        head["ContentLength"] != len(body)
-        or (stored_checksum and stored_checksum.split("-")[0] != checksum)
-        or (not stored_checksum and "-" not in etag and etag != md5)
+        stored.size != len(body)
+        or (stored.sha256 and stored.sha256.split("-")[0] != checksum)
+        or (not stored.sha256 and "-" not in stored.etag and stored.etag != md5)
     ):
         raise VerificationFailed(
             f"s3://{store.bucket}/{key}: the stored object does not match what was uploaded "
-            f"(size {head['ContentLength']} of {len(body)}, checksum {stored_checksum or etag})"
+            f"(size {stored.size} of {len(body)}, checksum {stored.sha256 or stored.etag})"
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from common.config import DatabaseSpec, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
+from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
@@ -89,9 +90,9 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         max_run_time=reader.duration_or("maxRunTime", "1h", positive=True),
         lock_timeout=reader.duration_or("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
         statement_timeout=reader.duration_or("statementTimeout", "60s"),
-        format=reader.string("format", "Parquet", choices=("Parquet", "CSVGzip")),
-        partitioning=reader.string("partitioning", "Daily", choices=("Daily", "Monthly", "None")),
-        mode=reader.string("mode", "Move", choices=("Move", "Copy")),
+        format=reader.string("format", "Parquet", choices=ARCHIVE_FORMATS),
+        partitioning=reader.string("partitioning", "Daily", choices=PARTITIONINGS),
+        mode=reader.string("mode", "Move", choices=ARCHIVE_MODES),
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
         encryption=parse_encryption_spec(reader.child("encryption")),

@@ -14,7 +14,7 @@ from common.encryption import Identities, fingerprint, resolve_keys
 from common.kube import DATABASE_BACKUP
 from common.ownership import Area, Claimed, Owner, claim_prefix, take_over_from
 from common.runtime import RunContext
-from common.storage import ObjectStore, build_client
+from common.storage import ObjectStore
 from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR
 from jobs.backup.databases import ChosenDatabase, choose_databases
 from jobs.backup.dump import ServerFacts, server_facts
@@ -27,7 +27,7 @@ APPLICATION = "cellar-backup"
 
 def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
     credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
-    return ObjectStore(build_client(settings.storage, credentials), settings.storage)
+    return ObjectStore.open(settings.storage, credentials)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.encryption import (
@@ -34,7 +32,7 @@ from common.encryption import (
 )
 from common.errors import CellarError, PermanentError
 from common.reasons import Reason
-from common.storage import ObjectStore, translate_storage_error
+from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
@@ -91,12 +89,7 @@ def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identi
             f"{', '.join(manifest.encryption.recipients)}); name the Secret holding an identity of one of "
             f"these recipients in {field}"
         )
-    try:
-        head = store.client.get_object(
-            Bucket=store.bucket, Key=manifest.data_key, Range=f"bytes=0-{HEADER_PROBE_BYTES - 1}"
-        )["Body"].read()
-    except (ClientError, BotoCoreError) as exc:
-        raise translate_storage_error(exc, "cannot read", store.bucket, manifest.data_key) from None
+    head = store.get_range(manifest.data_key, 0, HEADER_PROBE_BYTES)
     with contextlib.suppress(CorruptedCiphertext):  # the header opened; the probe ends before the object
         decrypt_stream([head], identities, lambda _: None, what=manifest.data_key)
 
@@ -148,13 +141,13 @@ class StoredObject:
     def _download(self) -> Iterator[bytes]:
         """The object's chunks, read ahead on a thread of its own (at most PREFETCH_CHUNKS), so that the
         download overlaps the decompression and the writes into pg_restore."""
-        body = self._store.client.get_object(Bucket=self._store.bucket, Key=self._dump.data_key)["Body"]
+        chunks = self._store.read_chunks(self._dump.data_key, CHUNK)
         fetched: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=PREFETCH_CHUNKS)
         stop = threading.Event()
 
         def fetch() -> None:
             try:
-                for chunk in body.iter_chunks(CHUNK):
+                for chunk in chunks:
                     if stop.is_set():
                         return
                     fetched.put(chunk)
@@ -180,11 +173,8 @@ class StoredObject:
 
     def drain(self) -> None:
         """Read what is left of the object, for its checksum only."""
-        try:
-            for _ in self.chunks():
-                pass
-        except (ClientError, BotoCoreError) as exc:
-            raise translate_storage_error(exc, "cannot read", self.bucket, self._dump.data_key) from None
+        for _ in self.chunks():
+            pass
 
     def check(self) -> None:
         """The whole object matched the manifest, or ChecksumMismatch."""
@@ -211,8 +201,6 @@ def decode_into(
             decrypt_stream(stored.chunks(), identities, sink, what=manifest.data_key)
     except CorruptedCiphertext as exc:
         raise ChecksumMismatch(f"{exc}; the object is corrupted and was not restored") from None
-    except (ClientError, BotoCoreError) as exc:
-        raise translate_storage_error(exc, "cannot read", stored.bucket, manifest.data_key) from None
     except (CellarError, BrokenPipeError):
         raise
     except Exception as exc:  # a decompressor error means the bytes are not what was written

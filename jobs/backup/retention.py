@@ -118,20 +118,8 @@ def apply_retention(
 
 
 def abort_stale_uploads(store: ObjectStore, cutoff: datetime) -> None:
-    """Multipart uploads a killed run left open (SIGKILL gives no chance to abort) are aborted here.
-
-    The bucket's uploads are listed whole, every page, and ours picked by key here: MinIO answers a
-    listing with a Prefix only with uploads of exactly that key ("working as intended",
-    https://github.com/minio/minio/issues/20989), so a Prefix of our data directory found none there.
-    """
-    ours = store.key(DATA_DIR) + "/"
-    pages = store.client.get_paginator("list_multipart_uploads").paginate(Bucket=store.bucket)
-    stale = [
-        upload
-        for page in pages
-        for upload in page.get("Uploads", [])
-        if upload["Key"].startswith(ours) and upload["Initiated"] < cutoff
-    ]
-    for upload in stale:
-        store.client.abort_multipart_upload(Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        log.info("aborted a stale multipart upload", extra={"key": upload["Key"]})
+    """Multipart uploads a killed run left open (SIGKILL gives no chance to abort) are aborted here."""
+    for upload in store.pending_uploads(store.key(DATA_DIR) + "/"):
+        if upload.initiated < cutoff:
+            store.abort_upload(upload)
+            log.info("aborted a stale multipart upload", extra={"key": upload.key})

@@ -11,12 +11,12 @@ from typing import Any
 from common.config import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
+from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
 from jobs.backup.toc import Selection
 
-COMPRESSIONS = ("zstd", "gzip", "none")
 # zstd level 1: faster than level 3 and no larger on realistic data (docs/design.md).
 DEFAULT_LEVELS = {"zstd": 1, "gzip": 6, "none": 0}
-_SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+_SCRATCH_PREFIX = re.compile(SCRATCH_DATABASE_PREFIX)
 
 
 @dataclass(frozen=True)

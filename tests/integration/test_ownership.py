@@ -16,7 +16,7 @@ from kubernetes import client
 from common.config import SpecReader, StorageCredentials, StorageSpec
 from common.errors import PermanentError
 from common.ownership import Area, Owner, claim_prefix
-from common.storage import ObjectStore, build_client
+from common.storage import ObjectStore
 from tests.conftest import new_database
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, setup_archive
@@ -51,13 +51,13 @@ def second_backup(env: BackupEnv, name: str, **spec: Any) -> dict[str, Any]:
     other = new_database(env.stack)
     with psycopg.connect(_dsn(other), autocommit=True) as conn:
         conn.execute("CREATE TABLE b_only AS SELECT g AS id FROM generate_series(1, 10) g")
-    env.create_secret("cellar-restore-target", other)
+    env.create_secret("cellar-verify-target", other)
     env.create_resource(
         "DatabaseBackup",
         {
             "metadata": {"name": name},
             "spec": {
-                "database": {"secretRef": {"name": "cellar-restore-target"}, "sslMode": "disable"},
+                "database": {"secretRef": {"name": "cellar-verify-target"}, "sslMode": "disable"},
                 "storage": env.storage_spec,
                 **spec,
             },
@@ -168,7 +168,7 @@ def test_two_first_runs_at_once_claim_a_prefix_once(backup_env: BackupEnv) -> No
     barrier = threading.Barrier(8)
 
     def first_run(n: int) -> None:
-        store = ObjectStore(build_client(spec, credentials), spec)
+        store = ObjectStore.open(spec, credentials)
         barrier.wait(timeout=60)
         try:
             claim_prefix(Area.of_backups(store), Owner("DatabaseBackup", env.namespace, f"r{n}", f"uid-{n}"))

@@ -13,7 +13,7 @@ import pytest
 
 from common.config import SpecReader, StorageCredentials, StorageSpec
 from common.errors import PermanentError
-from common.storage import MIN_PART_SIZE, ObjectStore, build_client
+from common.storage import MIN_PART_SIZE, ObjectStore
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 
@@ -33,8 +33,8 @@ def _store(stack: LocalStack, bucket: str, concurrency: int | None = None, **ove
     )
     credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
     if concurrency is None:
-        return ObjectStore(build_client(spec, credentials), spec)
-    return ObjectStore(build_client(spec, credentials, concurrency=concurrency), spec)
+        return ObjectStore.open(spec, credentials)
+    return ObjectStore.open(spec, credentials, concurrency=concurrency)
 
 
 def _chunks(total: int, chunk: int = 1_000_003) -> Any:
@@ -123,7 +123,7 @@ def test_wrong_keys_are_reported_without_the_secret(stack: LocalStack, bucket: s
     from common.redact import register_secret
 
     register_secret("wrong-secret-key-value")
-    store = ObjectStore(build_client(spec, StorageCredentials("wrong-id", "wrong-secret-key-value", None, None)), spec)
+    store = ObjectStore.open(spec, StorageCredentials("wrong-id", "wrong-secret-key-value", None, None))
     with pytest.raises(PermanentError) as raised:
         store.check_access()
     assert "check the access keys" in str(raised.value)

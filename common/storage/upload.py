@@ -1,0 +1,220 @@
+"""The streaming multipart upload: a stream of unknown length as one object, with bounded memory.
+
+`StreamingUpload` uploads it as one multipart upload. The part size grows with the part count, so a
+multi-terabyte stream still fits in `max_parts` parts (10,000 on AWS). It hashes what it writes with SHA-256
+and aborts the multipart upload on any failure, so a partial object never becomes visible. A stream smaller
+than one part is sent with a single PutObject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from common.errors import PermanentError
+from common.reasons import Reason
+from common.redact import redact
+from common.storage.errors import STORE_ERRORS, translate_storage_error, translated
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+log = logging.getLogger("common.storage")
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+# The part size doubles every max_parts / GROWTH_STEPS parts: with 8 MiB parts and 10,000 parts that
+# covers about 8 TiB, past S3's 5 TiB object limit, while the first 8 GiB use 8 MiB parts.
+GROWTH_STEPS = 10
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    size: int
+    sha256: str
+    parts: int
+
+
+def part_size_for(part_number: int, base_size: int, max_parts: int) -> int:
+    """Size of part `part_number` (1-based): `base_size`, doubled every max_parts/GROWTH_STEPS parts."""
+    step = max(1, max_parts // GROWTH_STEPS)
+    return min(MAX_PART_SIZE, max(MIN_PART_SIZE, base_size) << ((part_number - 1) // step))
+
+
+class StreamingUpload:
+    """Upload a stream of unknown length; use as a context manager so that failures abort.
+
+    Memory: the part being filled plus up to `concurrency` parts in flight.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int,
+        max_parts: int,
+        extra_arguments: dict[str, Any] | None = None,
+        content_type: str = "application/octet-stream",
+        checksums: bool = True,
+        concurrency: int = 2,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.base_part_size = part_size
+        self.max_parts = max_parts
+        self.extra_arguments = dict(extra_arguments or {})
+        self.content_type = content_type
+        self.checksums = checksums
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="s3-part")
+        self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
+        self._finished = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._size
+
+    def __enter__(self) -> StreamingUpload:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._finished:
+            self.abort()
+
+    def _current_part_size(self) -> int:
+        return part_size_for(len(self._parts) + 1, self.base_part_size, self.max_parts)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._finished:
+            raise RuntimeError("write after the upload was completed or aborted")
+        self._hash.update(data)
+        self._size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= self._current_part_size():
+            size = self._current_part_size()
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:size])  # one copy: a bytearray slice would make two
+            del self._buffer[:size]
+            self._send_part(part)
+
+    def _start(self) -> str:
+        if self._upload_id is None:
+            arguments: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self.key,
+                "ContentType": self.content_type,
+                **self.extra_arguments,
+            }
+            if self.checksums:
+                arguments["ChecksumAlgorithm"] = "CRC32"
+            with translated("cannot start the upload of", self.bucket, self.key):
+                self._upload_id = self.client.create_multipart_upload(**arguments)["UploadId"]
+        return self._upload_id
+
+    def _send_part(self, body: bytes) -> None:
+        upload_id = self._start()
+        number = len(self._parts) + 1
+        if number > self.max_parts:
+            raise PermanentError(
+                f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
+                "spec.storage.partSizeMiB or maxParts",
+                reason=Reason.UPLOAD_REJECTED,
+            )
+        self._raise_failed_parts()
+        self._in_flight.acquire()
+        future = self._pool.submit(self._upload_part, upload_id, number, body)
+        future.add_done_callback(lambda _: self._in_flight.release())
+        self._parts.append(future)
+
+    def _upload_part(self, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
+        if self.checksums:
+            arguments["ChecksumAlgorithm"] = "CRC32"
+        response = self.client.upload_part(**arguments)
+        part: dict[str, Any] = {"PartNumber": number, "ETag": response["ETag"]}
+        if self.checksums and response.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return part
+
+    def _raise_failed_parts(self) -> None:
+        for future in self._parts:
+            if future.done() and future.exception() is not None:
+                error = future.exception()
+                if isinstance(error, Exception):
+                    raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
+
+    def complete(self) -> UploadResult:
+        """Send what is buffered and make the object visible; only now does it exist."""
+        if self._finished:
+            raise RuntimeError("the upload was already completed or aborted")
+        try:
+            if self._upload_id is None:
+                # Smaller than one part: one PutObject, no multipart upload to leave behind.
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=bytes(self._buffer),
+                    ContentType=self.content_type,
+                    **self.extra_arguments,
+                )
+                parts = 1
+            else:
+                if self._buffer:
+                    self._send_part(bytes(self._buffer))
+                    self._buffer.clear()
+                completed = [future.result() for future in self._parts]
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": completed},  # type: ignore[typeddict-item]
+                )
+                parts = len(completed)
+        except STORE_ERRORS as exc:
+            raise translate_storage_error(exc, "cannot complete the upload of", self.bucket, self.key) from None
+        self._finished = True
+        self._pool.shutdown(wait=True)
+        return UploadResult(key=self.key, size=self._size, sha256=self._hash.hexdigest(), parts=parts)
+
+    def abort(self) -> None:
+        """Abort the multipart upload so no partial object ever becomes visible. Never raises."""
+        self._finished = True
+        for future in self._parts:
+            future.cancel()
+        # A part still being sent could land after the abort and keep the upload alive: wait first.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buffer.clear()
+        if self._upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+            log.info("aborted multipart upload", extra={"key": self.key, "bytes_discarded": self._size})
+        except Exception as exc:  # noqa: BLE001 (abort is cleanup on an error path; report, don't mask)
+            log.error(
+                "could not abort multipart upload; a bucket lifecycle rule "
+                "(AbortIncompleteMultipartUpload) will remove it",
+                extra={"key": self.key, "error": redact(str(exc))},
+            )
