@@ -153,7 +153,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
         store = ObjectStore.open(settings.storage, credentials)  # never written to
         archiver = Archiver(conn, store, settings, info, datetime.fromisoformat(cutoff), "bench", Interrupts())
         lane = Lane()
-        while (captured := archiver.capture(conn, lane)) is not None:
+        while (captured := archiver.batches.capture(conn, lane)) is not None:
             conn.commit()
             rows += captured.table.num_rows
             longest = max(longest, time.monotonic() - captured.began)

@@ -1,9 +1,9 @@
 """What each part of the archive job's scheduler earns: the job with one part off against all of them on.
 
 The parts: lanes side by side (spec.batch.parallelism, 2 by default), batch ends aligned to partition
-boundaries (Tuning.align_batch_ends), reading libpq's buffered COPY rows directly
-(Tuning.read_buffered_copy), and one malloc arena (jobs/archive/__init__.py). Each is switched off
-in turn; every configuration runs on its own copy of the same table, and the configurations take turns,
+boundaries, reading libpq's buffered COPY rows directly, and one malloc arena (jobs/archive/__init__.py).
+Each is switched off in turn (the two in the middle replaced in the benchmark's own process); every
+configuration runs on its own copy of the same table, and the configurations take turns,
 round after round, so that a slow minute on shared cores weighs on all alike. docs/design.md keeps the
 figures, and those of the parts measured here and removed (lanes split by the column's statistics, and
 lane take-over).
@@ -41,11 +41,15 @@ GROWING = "1 - cbrt(g::float8 / %s)"
 GLIBC_DEFAULT_ARENAS = str(8 * (os.cpu_count() or 1))  # what glibc allows without a limit
 
 
+UNALIGNED = "unaligned_batch_ends"  # the benchmark's own switches, besides Tuning's
+PLAIN_COPY_READ = "plain_copy_read"
+
+
 @dataclass
 class Configuration:
     label: str
     table: str
-    tuning: dict[str, bool] = field(default_factory=dict)  # Tuning fields switched off
+    tuning: dict[str, bool] = field(default_factory=dict)  # Tuning fields switched off, or the bench's own parts
     env: dict[str, str] = field(default_factory=dict)
     batch: dict[str, int] = field(default_factory=dict)  # spec.batch
 
@@ -55,18 +59,34 @@ CONFIGURATIONS = [
     Configuration("growing: one lane", "growing", batch={"parallelism": 1}),
     Configuration("uniform: all on", "uniform"),
     Configuration("uniform: one lane", "uniform", batch={"parallelism": 1}),
-    Configuration("uniform: batch ends not aligned", "uniform", {"align_batch_ends": False}),
-    Configuration("uniform: psycopg's COPY read", "uniform", {"read_buffered_copy": False}),
+    Configuration("uniform: batch ends not aligned", "uniform", {UNALIGNED: True}),
+    Configuration("uniform: psycopg's COPY read", "uniform", {PLAIN_COPY_READ: True}),
     Configuration("uniform: glibc's default arenas", "uniform", env={"MALLOC_ARENA_MAX": GLIBC_DEFAULT_ARENAS}),
 ]
 
 
 def job_with_tuning(switches: str, argv: list[str]) -> int:
-    """The archive job with the given Tuning fields (a JSON object), as `python -m jobs.archive` runs it."""
+    """The archive job with the given Tuning fields (a JSON object), as `python -m jobs.archive` runs it. Two
+    parts production always runs are replaced here, in the benchmark's own process, to measure what they earn:
+    batch ends aligned to partitions, and the COPY read that takes the rows libpq already holds."""
     import jobs.archive.__main__ as archive
+    from jobs.archive import batches
     from jobs.archive.settings import Tuning
 
-    return archive.main(argv, tuning=Tuning(**json.loads(switches)))
+    chosen = json.loads(switches)
+    if chosen.pop(UNALIGNED, False):
+        batches.aligned_batch_end = lambda *_: None  # type: ignore[assignment]
+    if chosen.pop(PLAIN_COPY_READ, False):
+        batches.read_copy = _read_copy_plainly  # type: ignore[assignment]
+    return archive.main(argv, tuning=Tuning(**chosen))
+
+
+def _read_copy_plainly(conn: Any, copy: Any) -> bytearray:
+    """All the data of a COPY TO through psycopg's own read, chunk by chunk."""
+    data = bytearray()
+    while chunk := copy.read():
+        data += chunk
+    return data
 
 
 def main() -> int:

@@ -5,6 +5,8 @@ with them again as they read it (a resource written before a CRD change, or a sp
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 GROUP = "cellar.dev"
 VERSION = "v1alpha1"
 
@@ -18,6 +20,9 @@ OBJECT_LOCK_MODES = ("Governance", "Compliance")
 SSE_ALGORITHMS = ("AES256", "aws:kms")
 REQUEST_CHECKSUMS = ("WhenSupported", "WhenRequired")
 COMPRESSIONS = ("zstd", "gzip", "none")
-ARCHIVE_FORMATS = ("Parquet", "CSVGzip")
-PARTITIONINGS = ("Daily", "Monthly", "None")
-ARCHIVE_MODES = ("Move", "Copy")
+ArchiveFormat = Literal["Parquet", "CSVGzip"]
+Partitioning = Literal["Daily", "Monthly", "None"]
+ArchiveMode = Literal["Move", "Copy"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = get_args(ArchiveFormat)
+PARTITIONINGS: tuple[Partitioning, ...] = get_args(Partitioning)
+ARCHIVE_MODES: tuple[ArchiveMode, ...] = get_args(ArchiveMode)

@@ -10,6 +10,7 @@ docs/design.md.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 import time
@@ -33,6 +34,13 @@ from jobs.archive.statements import due_range
 from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
+
+
+class Stopped(enum.Enum):
+    """Why a run's batches ended (SIGTERM and failures leave by an exception instead)."""
+
+    DONE = "done"  # nothing more was due
+    MAX_RUN_TIME = "maxRunTime"  # spec.maxRunTime was up, or a standby held the batches until then
 
 
 class Archiver:
@@ -90,11 +98,7 @@ class Archiver:
         """The run's settings as they are now (a spec read again may change them between batches)."""
         return self.batches.settings
 
-    def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
-        """One batch's rows in an open transaction (BatchWorker.capture)."""
-        return self.batches.capture(conn, lane)
-
-    def run(self) -> tuple[RunTotals, str]:
+    def run(self) -> tuple[RunTotals, Stopped]:
         """Batches until nothing is due, the run time is up, or SIGTERM; returns totals and why it stopped."""
         self._started = self._settings_read_at = time.monotonic()
         try:
@@ -140,14 +144,14 @@ class Archiver:
         log.info("lanes", extra={"lanes": [[jsonable(lane.start), jsonable(lane.end)] for lane in lanes]})
         return lanes
 
-    def _run_one_at_a_time(self) -> tuple[RunTotals, str]:
+    def _run_one_at_a_time(self) -> tuple[RunTotals, Stopped]:
         totals = RunTotals()
         lane = Lane()
         while True:
             self._refresh_settings()
             if not self.standbys.wait(self.conn, self._stopping):
                 self.interrupts.check()  # SIGTERM while waiting: record Interrupted
-                return totals, "maxRunTime"
+                return totals, Stopped.MAX_RUN_TIME
             with self.interrupts.deferred():
                 captured = self.batches.capture(self.conn, lane)
                 result = self.batches.publish(captured) if captured is not None else BatchResult()
@@ -155,13 +159,13 @@ class Archiver:
             self.on_progress(totals.rows)
             self.interrupts.check()  # SIGTERM during the batch: it finished (or rolled back); stop here
             if result.rows == 0:
-                return totals, "done"
+                return totals, Stopped.DONE
             if time.monotonic() >= self._deadline():
-                return totals, "maxRunTime"
+                return totals, Stopped.MAX_RUN_TIME
             self._pause(self.interrupts.requested.is_set)
             self.interrupts.check()  # SIGTERM during the pause: stop before the next batch
 
-    def _run_lanes(self, lanes: list[Lane], open_connection: Callable[[], Connection]) -> tuple[RunTotals, str]:
+    def _run_lanes(self, lanes: list[Lane], open_connection: Callable[[], Connection]) -> tuple[RunTotals, Stopped]:
         """Every lane on a thread of its own with two connections (the first lane's first one is the run's
         own); the run ends when every lane has. SIGTERM, the run time, or a lane's failure stops every
         lane after its batches in flight have committed or rolled back."""
@@ -188,13 +192,13 @@ class Archiver:
                 raise failures[0]  # type: ignore[misc]
             self.interrupts.check()  # SIGTERM: every lane's batches ended cleanly; record Interrupted
             stopped = [f.result() for f in running]
-            return totals, "maxRunTime" if "maxRunTime" in stopped else "done"
+            return totals, Stopped.MAX_RUN_TIME if Stopped.MAX_RUN_TIME in stopped else Stopped.DONE
         finally:
             for conn in opened:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
 
-    def _run_lane(self, lane: Lane, connections: list[Connection], totals: RunTotals, halt: threading.Event) -> str:
+    def _run_lane(self, lane: Lane, connections: list[Connection], totals: RunTotals, halt: threading.Event) -> Stopped:
         idle = list(connections)
         pending: Future[BatchResult] | None = None  # the batch being published on the lane's publisher
         unpublished: CapturedBatch | None = None  # captured here, not yet handed to the publisher
@@ -216,18 +220,18 @@ class Archiver:
                 if not self.standbys.wait(conn, lambda: halt.is_set() or self._stopping()):
                     idle.append(conn)
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
-                    return "maxRunTime"
+                    return Stopped.MAX_RUN_TIME
                 unpublished = self.batches.capture(conn, lane)
                 collect()
                 stopping = halt.is_set() or self._stopping()
                 if unpublished is None:
                     idle.append(conn)
-                    return "done"
+                    return Stopped.DONE
                 captured, unpublished = unpublished, None
                 pending = publisher.submit(self._publish_and_release, captured, idle)
                 if stopping:
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
-                    return "maxRunTime"
+                    return Stopped.MAX_RUN_TIME
                 # A pause set while the run goes on (spec re-read): each lane pauses between its batches.
                 self._pause(lambda: halt.is_set() or self._stopping())
         except BaseException:
@@ -275,13 +279,8 @@ class Archiver:
                 return
             updated, applied, later = live_changes(self.settings, changed)
             if applied:
-                if (
-                    updated.batch_rows != self.settings.batch_rows
-                    or updated.batch_max_bytes != self.settings.batch_max_bytes
-                ):
-                    self.batches.batch_rows = updated.batch_rows  # shrunk again for wide rows
                 self.standbys.limit = updated.max_replication_lag
-                self.batches.settings = updated
+                self.batches.live.apply(updated)
                 log.info("settings changed; the next batches use them", extra={"changed": applied})
             if later:
                 self._notice("the spec changed; these fields take effect at the next run", ", ".join(later))

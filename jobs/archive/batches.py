@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -32,8 +31,8 @@ from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
 from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
+from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import (
-    MANIFEST_FORMAT_VERSION,
     ObjectLayout,
     column_description,
     encryption_record,
@@ -43,7 +42,7 @@ from jobs.archive.objects import (
     split_by_size,
     upload_verified,
 )
-from jobs.archive.settings import ArchiveSettings, Tuning
+from jobs.archive.settings import ArchiveSettings, LiveSettings, Tuning
 from jobs.archive.statements import batch_query, copy_out, sql_settings
 from jobs.archive.table import Connection, TableInfo
 
@@ -119,14 +118,6 @@ def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
         data += waited
 
 
-def read_copy_plainly(copy: psycopg.Copy) -> bytearray:
-    """All the data of a COPY TO through psycopg's own read (what read_copy is measured against)."""
-    data = bytearray()
-    while chunk := copy.read():
-        data += chunk
-    return data
-
-
 def _finish_copy_out(conn: Connection) -> None:
     """After get_copy_data reported the end of a COPY TO: read its result; raise the server's error."""
     results = []
@@ -168,17 +159,25 @@ class BatchWorker:
         """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none."""
         self.store = store
         self.recipients = list(recipients)
-        self.settings = settings
+        self.live = LiveSettings(settings)
         self.info = info
         self.cutoff = cutoff
         self.run_id = run_id
         self.tuning = tuning
         self.layout = ObjectLayout(store, settings)
-        self.batch_rows = settings.batch_rows
         self.watermark = ledger.copy_watermark(conn, settings.relation) if settings.mode == "Copy" else None
         conn.rollback()
         # A batch's objects (one per partition) upload side by side while its transaction is open.
         self._uploads = ThreadPoolExecutor(max_workers=tuning.upload_concurrency, thread_name_prefix="archive-upload")
+
+    @property
+    def settings(self) -> ArchiveSettings:
+        """The run's settings as they are now (a spec read again may change them between batches)."""
+        return self.live.settings
+
+    @property
+    def batch_rows(self) -> int:
+        return self.live.batch_rows
 
     def close(self) -> None:
         self._uploads.shutdown(wait=True)
@@ -201,26 +200,26 @@ class BatchWorker:
             lane.resume_from = None
 
     def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
+        settings, batch_rows = self.live.snapshot()  # one batch, one version of the settings
         statement = copy_out(
-            batch_query(self.settings, self.info, self.cutoff, self.batch_rows, self.watermark, lane, self.tuning)
+            batch_query(settings, self.info, self.cutoff, batch_rows, self.watermark, lane, self.tuning)
         )
         began = time.monotonic()
         try:
-            sql_settings(conn, self.settings, self.info)
+            sql_settings(conn, settings, self.info)
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                data = read_copy(conn, copy) if self.tuning.read_buffered_copy else read_copy_plainly(copy)
+                data = read_copy(conn, copy)
             table = sort_batch(csv_to_table(data, self.info.columns), self.info)
             if table.num_rows == 0:
                 conn.rollback()
                 return None
-            self._adapt_batch_size(len(data))
-            if self.settings.mode == "Move":
+            self.live.shrink_for(len(data))
+            if settings.mode == "Move":
                 stamps = table.column(self.info.timestamp_column.name)
                 lane.resume_from = stamps[-1].as_py()
-                if self.tuning.align_batch_ends:
-                    lane.until = aligned_batch_end(
-                        stamps[0].as_py(), lane.resume_from, table.num_rows, self.batch_rows, self.settings.partitioning
-                    )
+                lane.until = aligned_batch_end(
+                    stamps[0].as_py(), lane.resume_from, table.num_rows, batch_rows, settings.partitioning
+                )
             return CapturedBatch(conn, str(uuid.uuid4()), began, table)
         except BaseException:
             rollback_quietly(conn)
@@ -280,11 +279,6 @@ class BatchWorker:
             pieces.extend((partition, piece) for piece in split_by_size(part, self.settings.batch_max_bytes))
         return pieces
 
-    def _adapt_batch_size(self, raw_bytes: int) -> None:
-        # Keep a batch's raw rows near the byte limit: a table of wide rows gets fewer rows per batch.
-        if raw_bytes > self.settings.batch_max_bytes and self.batch_rows > 1:
-            self.batch_rows = max(1, int(self.batch_rows * self.settings.batch_max_bytes / raw_bytes))
-
     def _publish_batch(
         self, batch_id: str, pieces: list[tuple[str | None, pa.Table]], dictionary: list[str]
     ) -> list[ledger.LedgerEntry]:
@@ -296,26 +290,23 @@ class BatchWorker:
             for number, (partition, part) in enumerate(pieces)
         ]
         objects = [future.result() for future in published]  # the first failure fails the batch (rollback)
-        manifest = {
-            "formatVersion": MANIFEST_FORMAT_VERSION if self.recipients else 1,
-            "batchId": batch_id,
-            "relation": {"schema": self.settings.schema, "table": self.settings.table},
-            "format": self.settings.format,
-            "compression": "zstd" if self.settings.format == "Parquet" else "gzip",
-            "timestampColumn": self.info.timestamp_column.name,
-            "primaryKey": list(self.info.primary_key),
-            "cutoff": self.cutoff.isoformat(),
-            "runId": self.run_id,
-            "mode": self.settings.mode,
-            "rows": sum(entry.rows for entry, _ in objects),
-            "columns": [column_description(c) for c in self.info.columns],
-            "serverVersion": self.info.server_version,
-            "objects": [description for _, description in objects],
-            "createdAt": datetime.now(UTC).isoformat(),
-        }
-        if self.recipients:
-            manifest["encryption"] = encryption_record(self.recipients)
-        self.store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
+        manifest = BatchManifest(
+            batch_id=batch_id,
+            schema=self.settings.schema,
+            table=self.settings.table,
+            format=self.settings.format,
+            timestamp_column=self.info.timestamp_column.name,
+            primary_key=list(self.info.primary_key),
+            cutoff=self.cutoff.isoformat(),
+            run_id=self.run_id,
+            mode=self.settings.mode,
+            columns=[column_description(c) for c in self.info.columns],
+            server_version=self.info.server_version,
+            objects=[description for _, description in objects],
+            created_at=datetime.now(UTC).isoformat(),
+            encryption=encryption_record(self.recipients) if self.recipients else None,
+        )
+        self.store.put_bytes(manifest_key, manifest.to_bytes())
         return [entry for entry, _ in objects]
 
     def _encode_and_upload(
@@ -326,7 +317,7 @@ class BatchWorker:
         table: pa.Table,
         manifest_key: str,
         dictionary: list[str],
-    ) -> tuple[ledger.LedgerEntry, dict[str, Any]]:
+    ) -> tuple[ledger.LedgerEntry, ArchivedObject]:
         """One object: encode the rows (sorted by timestamp and key), upload and verify it."""
         key = self.layout.data_key(partition, object_name(batch_id, number))
         body = encode(table, self.settings.format, dictionary)
@@ -342,17 +333,7 @@ class BatchWorker:
         last_row = json.dumps(
             {"ts": jsonable(last[ts_name]), "key": [jsonable(last[k]) for k in self.info.primary_key]}
         )
-        description = {
-            "objectKey": key,
-            "partition": partition,
-            "rows": table.num_rows,
-            "bytes": len(body),
-            "sha256": digest,
-            "minTimestamp": low,
-            "maxTimestamp": high,
-            "minKey": min_key,
-            "maxKey": max_key,
-        }
+        description = ArchivedObject(key, partition, table.num_rows, len(body), digest, low, high, min_key, max_key)
         entry = ledger.LedgerEntry(
             object_key=key,
             batch_id=batch_id,

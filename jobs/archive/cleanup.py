@@ -7,9 +7,7 @@ whose rows are not all there is left in place and reported, never deleted.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 import pyarrow as pa
 from psycopg import sql
@@ -19,6 +17,7 @@ from common.encryption import Identities
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import decode
+from jobs.archive.manifest import BatchManifest
 from jobs.archive.objects import ObjectLayout, batch_of, decrypt_object, read_verified
 from jobs.archive.partitions import pending
 from jobs.archive.settings import ArchiveSettings
@@ -54,13 +53,13 @@ def _leftover_rows(
     settings: ArchiveSettings,
     info: TableInfo,
     key: str,
-    manifest: dict[str, Any] | None,
+    manifest: BatchManifest | None,
     identities: Identities | None,
 ) -> pa.Table:
     """A leftover's rows: checked against its batch's manifest when the run got that far, else read as
     they are (a run killed between its objects and their manifest leaves self-describing objects). An
     encrypted one needs `identities` (spec.encryption.identitySecretRef); without, it is kept."""
-    described = next((o for o in (manifest or {}).get("objects", []) if o["objectKey"] == key), None)
+    described = manifest.object(key) if manifest is not None else None
     if manifest is not None and described is not None:
         return read_verified(store, manifest, described, info.columns, identities)
     body = store.get_bytes(key)
@@ -86,7 +85,7 @@ def clean_leftovers(
     conn.rollback()
     committed_batches = {batch_of(k) for k in recorded}
     manifest_keys = {o["Key"] for o in store.list_objects(layout.manifest_prefix)}
-    manifests: dict[str, dict[str, Any] | None] = {}
+    manifests: dict[str, BatchManifest | None] = {}
     deleted: list[str] = []
     kept_batches: set[str | None] = set()
     for listed in list(store.list_objects(layout.data_prefix)):
@@ -100,7 +99,11 @@ def clean_leftovers(
         if settings.mode == "Move":
             manifest_key = layout.manifest_key(batch)
             if batch not in manifests:
-                manifests[batch] = json.loads(store.get_bytes(manifest_key)) if manifest_key in manifest_keys else None
+                manifests[batch] = (
+                    BatchManifest.read(store.get_bytes(manifest_key), manifest_key)
+                    if manifest_key in manifest_keys
+                    else None
+                )
             try:
                 table = _leftover_rows(store, settings, info, key, manifests[batch], identities)
             except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)

@@ -27,7 +27,7 @@ from common.redact import redact
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver
+from jobs.archive.archiver import Archiver, Stopped
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.batches import RunTotals
 from jobs.archive.cleanup import clean_leftovers
@@ -217,14 +217,14 @@ class ArchiveJob:
                 },
             )
             reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
-            if not totals.rows and stopped == "maxRunTime":  # rows were due, but a standby held every batch
+            if not totals.rows and stopped is Stopped.MAX_RUN_TIME:  # rows were due, but a standby held every batch
                 reason = Reason.STANDBY_BEHIND
             message = (
                 f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
                 f"{settings.relation} in {duration:.1f}s"
                 + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
                 + archiver.standbys.waited_note()
-                + ("; stopped at maxRunTime, the rest goes next run" if stopped == "maxRunTime" else "")
+                + ("; stopped at maxRunTime, the rest goes next run" if stopped is Stopped.MAX_RUN_TIME else "")
                 + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
             )
             self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)

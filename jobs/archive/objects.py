@@ -22,12 +22,9 @@ from common.errors import PermanentError
 from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.archive.encoding import arrow_type, decode
+from jobs.archive.manifest import ArchivedColumn, ArchivedObject, BatchManifest
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo
-
-# 2: objects may be encrypted (the manifest's `encryption`); manifests of unencrypted batches still say 1,
-# so that every cellar that reads 1 reads them, and an older one refuses encrypted ones cleanly.
-MANIFEST_FORMAT_VERSION = 2
 
 
 def object_name(batch_id: str, number: int) -> str:
@@ -68,12 +65,10 @@ class ObjectLayout:
         return self.store.key("_cellar_manifests", self.settings.relation, f"{name}.json")
 
 
-def column_description(column: Column) -> dict[str, str]:
+def column_description(column: Column) -> ArchivedColumn:
     """A column as a batch manifest records it: unarchive casts each value back to `type`."""
-    described = {"name": column.name, "type": column.pg_type, "storedAs": str(arrow_type(column))}
-    if column.generated:
-        described["generated"] = "stored" if column.generated == "s" else "virtual"
-    return described
+    generated = ("stored" if column.generated == "s" else "virtual") if column.generated else None
+    return ArchivedColumn(column.name, column.pg_type, str(arrow_type(column)), generated)
 
 
 def sort_batch(table: pa.Table, info: TableInfo) -> pa.Table:
@@ -158,25 +153,23 @@ def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) 
 
 def read_verified(
     store: ObjectStore,
-    manifest: dict[str, Any],
-    described: dict[str, Any],
+    manifest: BatchManifest,
+    described: ArchivedObject,
     columns: list[Column],
     identities: Identities | None = None,
 ) -> pa.Table:
     """Download one object of a batch, check its SHA-256 (of the stored bytes) and row count against the
     manifest, decrypt it when the manifest says it is encrypted, decode it."""
-    key = described["objectKey"]
+    key = described.object_key
     body = store.get_bytes(key)
     digest = hashlib.sha256(body).hexdigest()
-    if digest != described["sha256"]:
-        raise VerificationFailed(f"{key}: SHA-256 {digest} does not match the manifest's {described['sha256']}")
-    if manifest.get("encryption"):
+    if digest != described.sha256:
+        raise VerificationFailed(f"{key}: SHA-256 {digest} does not match the manifest's {described.sha256}")
+    if manifest.encryption:
         body = decrypt_object(body, key, identities)
-    table = decode(body, manifest["format"], columns)
-    if table.num_rows != described["rows"]:
-        raise VerificationFailed(
-            f"{described['objectKey']}: {table.num_rows} rows, the manifest says {described['rows']}"
-        )
+    table = decode(body, manifest.format, columns)
+    if table.num_rows != described.rows:
+        raise VerificationFailed(f"{key}: {table.num_rows} rows, the manifest says {described.rows}")
     return table
 
 

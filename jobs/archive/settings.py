@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from common.config import DatabaseSpec, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
-from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
+from common.schema import (
+    ARCHIVE_FORMATS,
+    ARCHIVE_MODES,
+    PARTITIONINGS,
+    ArchiveFormat,
+    ArchiveMode,
+    Partitioning,
+)
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
@@ -36,9 +44,9 @@ class ArchiveSettings:
     max_run_time: timedelta
     lock_timeout: timedelta
     statement_timeout: timedelta
-    format: str
-    partitioning: str
-    mode: str
+    format: ArchiveFormat
+    partitioning: Partitioning
+    mode: ArchiveMode
     dry_run: bool
     allow_cascade: bool
     encryption: EncryptionSpec | None = None
@@ -90,9 +98,9 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         max_run_time=reader.duration_or("maxRunTime", "1h", positive=True),
         lock_timeout=reader.duration_or("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
         statement_timeout=reader.duration_or("statementTimeout", "60s"),
-        format=reader.string("format", "Parquet", choices=ARCHIVE_FORMATS),
-        partitioning=reader.string("partitioning", "Daily", choices=PARTITIONINGS),
-        mode=reader.string("mode", "Move", choices=ARCHIVE_MODES),
+        format=cast(ArchiveFormat, reader.string("format", "Parquet", choices=ARCHIVE_FORMATS)),
+        partitioning=cast(Partitioning, reader.string("partitioning", "Daily", choices=PARTITIONINGS)),
+        mode=cast(ArchiveMode, reader.string("mode", "Move", choices=ARCHIVE_MODES)),
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
         encryption=parse_encryption_spec(reader.child("encryption")),
@@ -147,6 +155,49 @@ def live_changes(
     return updated, applied, later
 
 
+class LiveSettings:
+    """A run's settings as they are now, and the batch size it adapts to its rows, behind one lock: a spec read
+    again replaces the settings between batches while lanes run, and a lane takes both as one snapshot for a
+    batch (never the new settings with the old size)."""
+
+    def __init__(self, settings: ArchiveSettings) -> None:
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._batch_rows = settings.batch_rows
+
+    def snapshot(self) -> tuple[ArchiveSettings, int]:
+        with self._lock:
+            return self._settings, self._batch_rows
+
+    @property
+    def settings(self) -> ArchiveSettings:
+        with self._lock:
+            return self._settings
+
+    @property
+    def batch_rows(self) -> int:
+        with self._lock:
+            return self._batch_rows
+
+    def shrink_for(self, raw_bytes: int) -> None:
+        """Keep a batch's raw rows near the byte limit: a table of wide rows gets fewer rows per batch."""
+        with self._lock:
+            limit = self._settings.batch_max_bytes
+            if raw_bytes > limit and self._batch_rows > 1:
+                self._batch_rows = max(1, int(self._batch_rows * limit / raw_bytes))
+
+    def apply(self, updated: ArchiveSettings) -> None:
+        """The live fields of a spec read again (settings.live_changes); a new batch size or byte limit starts
+        the adapted size over from the spec's."""
+        with self._lock:
+            if (updated.batch_rows, updated.batch_max_bytes) != (
+                self._settings.batch_rows,
+                self._settings.batch_max_bytes,
+            ):
+                self._batch_rows = updated.batch_rows
+            self._settings = updated
+
+
 @dataclass(frozen=True)
 class Tuning:
     """How a run paces and bounds itself, beside what the spec says: the job passes these to each part
@@ -158,9 +209,7 @@ class Tuning:
     standby_status_interval: float = 30.0  # how often a wait for a standby is written to status
     estimate_from_rows: int = 1_000_000  # from this many rows due, the progress total is the planner's estimate
     unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
-    # Off only to measure what each earns (benchmarks/scheduler_bench.py; the figures are in docs/design.md).
-    align_batch_ends: bool = True  # a batch stops at a partition boundary when a whole one fits
-    read_buffered_copy: bool = True  # take the COPY rows libpq already holds without psycopg's per-row wait
+    # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.
     arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
 
 

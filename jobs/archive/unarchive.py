@@ -8,11 +8,9 @@ source table are put on hold (cellar.archive_holds) so the next run does not arc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -29,7 +27,8 @@ from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.job import open_table
-from jobs.archive.objects import MANIFEST_FORMAT_VERSION, ObjectLayout, read_verified
+from jobs.archive.manifest import ArchivedObject, BatchManifest
+from jobs.archive.objects import ObjectLayout, read_verified
 from jobs.archive.repartition import Repartitioner
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import StandbyGate, check_lag_visible
@@ -60,28 +59,14 @@ def _checked_type(pg_type: str, key: str) -> sql.SQL:
 
 def objects_in_range(
     store: ObjectStore, settings: ArchiveSettings, start: datetime, end: datetime
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+) -> list[tuple[BatchManifest, ArchivedObject]]:
     """(batch manifest, object) for every archived object whose rows may fall in [start, end)."""
     layout = ObjectLayout(store, settings)
     chosen = []
     for listed in store.list_objects(layout.manifest_prefix):
-        manifest = json.loads(store.get_bytes(listed["Key"]))
-        if int(manifest.get("formatVersion", 0)) > MANIFEST_FORMAT_VERSION:
-            raise PermanentError(
-                f"manifest {listed['Key']} has format version {manifest['formatVersion']}; this "
-                f"cellar reads up to {MANIFEST_FORMAT_VERSION}: upgrade cellar",
-                reason=Reason.UNSUPPORTED_MANIFEST,
-            )
-        for described in manifest.get("objects", []):
-            low, high = described.get("minTimestamp"), described.get("maxTimestamp")
-            if low is not None and high is not None and _aware(low) < end and _aware(high) >= start:
-                chosen.append((manifest, described))
-    return sorted(chosen, key=lambda item: (item[1]["minTimestamp"], item[1]["objectKey"]))
-
-
-def _aware(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        manifest = BatchManifest.read(store.get_bytes(listed["Key"]), listed["Key"])
+        chosen += [(manifest, described) for described in manifest.objects if described.spans(start, end)]
+    return sorted(chosen, key=lambda item: (item[1].time_span[0], item[1].object_key))
 
 
 def prepare_target(conn: Connection, settings: ArchiveSettings, into: str, side_table: str | None) -> sql.Composed:
@@ -113,7 +98,7 @@ def unarchive(
         raise InvalidSpec(f"--into must be side or source, not {into!r}")
     result = UnarchiveResult()
     chosen = objects_in_range(store, settings, start, end)
-    encrypted = [d["objectKey"] for m, d in chosen if m.get("encryption")]
+    encrypted = [d.object_key for m, d in chosen if m.encryption]
     if encrypted and identities is None:  # before anything is written, the side table included
         raise DecryptionFailed(
             f"{len(encrypted)} of the {len(chosen)} archived objects in range are encrypted (the first: "
@@ -124,12 +109,12 @@ def unarchive(
     conn.commit()
     repartition = None
     if into == "source":  # the spans of timestamps about to be loaded
-        spans = [(max(_aware(d["minTimestamp"]), start), min(_aware(d["maxTimestamp"]), end)) for _, d in chosen]
+        spans = [(max(d.time_span[0], start), min(d.time_span[1], end)) for _, d in chosen]
         repartition = Repartitioner.plan(conn, settings, info, spans)
     for manifest, described in chosen:
         if standbys is not None:
             standbys.wait(conn, lambda: False)  # SIGTERM interrupts the wait (it is not deferred here)
-        key = described["objectKey"]
+        key = described.object_key
         columns = _manifest_columns(manifest, key, info)
         table = read_verified(store, manifest, described, columns, identities)
         inserted, in_range = _load(
@@ -158,21 +143,20 @@ def unarchive(
     return result
 
 
-def _manifest_columns(manifest: dict[str, Any], key: str, info: TableInfo) -> list[Column]:
+def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> list[Column]:
     by_name = {c.name: c for c in info.columns}
     columns = []
-    for described in manifest["columns"]:
-        column = by_name.get(described["name"])
+    for described in manifest.columns:
+        column = by_name.get(described.name)
         if column is None:
             raise PermanentError(
-                f"{key}: column {described['name']!r} no longer exists in "
-                f"{manifest['relation']['schema']}.{manifest['relation']['table']}",
+                f"{key}: column {described.name!r} no longer exists in {manifest.relation}",
                 reason=Reason.SCHEMA_MISMATCH,
             )
         columns.append(
             Column(
                 column.name,
-                described["type"],
+                described.type,
                 column.base,
                 column.is_array,
                 column.numeric_precision,
@@ -188,7 +172,7 @@ def _load(
     conn: Connection,
     settings: ArchiveSettings,
     info: TableInfo,
-    described: dict[str, Any],
+    described: ArchivedObject,
     columns: list[Column],
     table: pa.Table,
     target: sql.Composed,
@@ -198,7 +182,7 @@ def _load(
     hold: bool,
     repartition: Repartitioner | None = None,
 ) -> tuple[int, int]:
-    key = described["objectKey"]
+    key = described.object_key
     staging_columns = []
     conversions = []
     for column in columns:
@@ -228,9 +212,9 @@ def _load(
     ):
         copy.write(table_to_copy_csv(table.select([c.name for c in columns]), [c.name for c in columns if c.is_array]))
     staged = conn.execute("SELECT count(*) FROM cellar_staging").fetchone()
-    if not staged or int(str(staged[0])) != described["rows"]:
+    if not staged or int(str(staged[0])) != described.rows:
         raise PermanentError(
-            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {described['rows']}",
+            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {described.rows}",
             reason=Reason.VERIFICATION_FAILED,
         )
     ts = sql.Identifier(info.timestamp_column.name)

@@ -13,7 +13,7 @@ from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_cs
 from jobs.archive.job import layout_advice
 from jobs.archive.lanes import Lane, aligned_batch_end, split_into_lanes
 from jobs.archive.objects import partitions, sort_batch, split_by_size
-from jobs.archive.settings import Tuning, live_changes, parse_archive_spec
+from jobs.archive.settings import LiveSettings, Tuning, live_changes, parse_archive_spec
 from jobs.archive.table import Column, TableInfo
 
 MAX_PARTITIONS_PER_BATCH = Tuning().max_partitions_per_batch
@@ -267,3 +267,18 @@ def test_a_dry_run_advises_monthly_partitions_where_a_day_is_a_small_part_of_a_b
     assert layout_advice("Daily", rows=100_000, days=10, months=1, batch_rows=25_000) is None
     assert layout_advice("Monthly", rows=4_000_000, days=1460, months=48, batch_rows=25_000) is None
     assert layout_advice("Daily", rows=0, days=0, months=0, batch_rows=25_000) is None
+
+
+def test_live_settings_change_as_one_snapshot_and_the_batch_size_adapts() -> None:
+    spec = {**SPEC, "batch": {"rows": 1000, "maxBytesMiB": 1}}
+    live = LiveSettings(parse_archive_spec(spec))
+    live.shrink_for(4 * 1024 * 1024)  # rows four times wider than the limit: a quarter of the rows
+    assert live.batch_rows == 250
+    live.shrink_for(512 * 1024)  # under the limit: it does not grow back within a run
+    assert live.batch_rows == 250
+    paced = parse_archive_spec({**spec, "batch": {"rows": 1000, "maxBytesMiB": 1, "pause": "2s"}})
+    live.apply(paced)  # only the pause changed: the adapted size stays
+    assert live.snapshot() == (paced, 250)
+    resized = parse_archive_spec({**spec, "batch": {"rows": 400, "maxBytesMiB": 1}})
+    live.apply(resized)  # a new size starts over from the spec's
+    assert live.snapshot() == (resized, 400)
