@@ -134,11 +134,12 @@ def orders_settings(storage: dict[str, Any], older_than: str) -> Any:
 def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     """(d), a diagnostic: cellar's capture step alone, batch after batch (its DELETE statement, reading and
     parsing the rows, COMMIT), with no files written. What the server side allows cellar at most."""
-    from common.config import StorageCredentials
     from common.runtime import Interrupts
+    from common.secrets import StorageCredentials
     from common.storage import ObjectStore
     from jobs.archive import ledger
     from jobs.archive.archiver import Archiver
+    from jobs.archive.batches import RunScope
     from jobs.archive.lanes import Lane
     from jobs.archive.table import describe_table
 
@@ -151,7 +152,8 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
         ledger.ensure_ledger(conn)
         credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
         store = ObjectStore.open(settings.storage, credentials)  # never written to
-        archiver = Archiver(conn, store, settings, info, datetime.fromisoformat(cutoff), "bench", Interrupts())
+        scope = RunScope(conn, store, info, datetime.fromisoformat(cutoff), "bench")
+        archiver = Archiver(scope, settings, Interrupts())
         lane = Lane()
         while (captured := archiver.batches.capture(conn, lane)) is not None:
             conn.commit()

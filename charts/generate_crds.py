@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]  # common.schema, and the crd_* modules beside this one
+sys.path.insert(0, str(HERE))  # the crd_* modules beside this one
+sys.path.insert(0, str(HERE.parent))  # common.schema
 
 from crd_databasebackup import database_backup  # noqa: E402
 from crd_databaserestore import database_restore  # noqa: E402

@@ -12,7 +12,10 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this one
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # common
+
+from generated import write_or_check
 
 from common.metrics import STATUS_METRICS, StatusMetric
 from common.schema import GROUP, VERSION
@@ -59,14 +62,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if sys.argv[1:] == ["--check"]:
-        if OUTPUT.read_text() != text:
-            print(f"{OUTPUT.name} is out of date: run python charts/generate_monitoring.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    return 0
+    return write_or_check(OUTPUT, render(), "python charts/generate_monitoring.py")
 
 
 if __name__ == "__main__":

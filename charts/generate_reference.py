@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generated import write_or_check
+
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "charts" / "cellar" / "crds"
 OUTPUT = REPO / "docs" / "reference.md"
@@ -83,14 +87,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if sys.argv[1:] == ["--check"]:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT.name} is out of date: run python charts/generate_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    return 0
+    return write_or_check(OUTPUT, render(), "python charts/generate_reference.py")
 
 
 if __name__ == "__main__":

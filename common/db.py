@@ -10,10 +10,10 @@ from datetime import timedelta
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from common.config import DatabaseSettings
 from common.errors import ConnectionFailed, PermanentError
 from common.reasons import Reason
 from common.redact import redact
+from common.secrets import DatabaseSettings
 
 # SQLSTATE classes that retrying cannot fix: bad credentials, unknown database, no privilege.
 _PERMANENT_SQLSTATES = {"28P01", "28000", "3D000", "42501"}

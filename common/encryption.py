@@ -23,11 +23,11 @@ from typing import Any
 
 import pyrage
 
-from common.config import SecretKeyRef, SpecReader
 from common.errors import InvalidSpec, PermanentError
-from common.kube import Kube
 from common.reasons import Reason
 from common.redact import register_secret
+from common.secrets import Secrets
+from common.spec import SecretKeyRef, SpecReader
 
 FORMAT = "age"
 EXTENSION = ".age"
@@ -170,15 +170,15 @@ def parse_encryption_spec(reader: SpecReader) -> EncryptionSpec | None:
     return EncryptionSpec(inline, source, identity)
 
 
-def resolve_recipients(kube: Kube, namespace: str, spec: EncryptionSpec) -> list[str]:
+def resolve_recipients(secrets: Secrets, spec: EncryptionSpec) -> list[str]:
     """Every recipient the spec names: inline, then those of its recipients file."""
     recipients = list(spec.recipients)
     source = spec.recipients_from
     if source is not None:
         if source.kind == "ConfigMap":
-            text = kube.read_config_map_key(namespace, source.name, source.key, field=source.field)
+            text = secrets.config_map_key(source.name, source.key, source.field)
         else:  # a recipients file is public; a Secret is only where the user keeps it
-            text = kube.read_secret_key(namespace, source.name, source.key, field=source.field, sensitive=False)
+            text = secrets.named_key(source.name, source.key, source.field, sensitive=False)
         from_file = parse_recipients(text, f'{source.field}: {source.kind} "{source.name}" key "{source.key}"')
         if not from_file:
             raise InvalidSpec(
@@ -188,18 +188,18 @@ def resolve_recipients(kube: Kube, namespace: str, spec: EncryptionSpec) -> list
     return list(dict.fromkeys(recipients))  # once each, in order
 
 
-def resolve_keys(kube: Kube, namespace: str, spec: EncryptionSpec | None) -> tuple[list[str], Identities | None]:
+def resolve_keys(secrets: Secrets, spec: EncryptionSpec | None) -> tuple[list[str], Identities | None]:
     """What spec.encryption names, read: the recipients to encrypt to (none without encryption), and the
     identities to decrypt with (None unless identitySecretRef is set)."""
     if spec is None:
         return [], None
-    identities = resolve_identities(kube, namespace, spec.identity) if spec.identity else None
-    return resolve_recipients(kube, namespace, spec), identities
+    identities = resolve_identities(secrets, spec.identity) if spec.identity else None
+    return resolve_recipients(secrets, spec), identities
 
 
-def resolve_identities(kube: Kube, namespace: str, ref: SecretKeyRef) -> Identities:
+def resolve_identities(secrets: Secrets, ref: SecretKeyRef) -> Identities:
     """The identities in the Secret key `ref` names, registered for redaction as they are read."""
-    return parse_identities(kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field), ref.field)
+    return parse_identities(secrets.key(ref), ref.field)
 
 
 def encrypt_bytes(data: bytes, recipients: Sequence[str]) -> bytes:

@@ -26,15 +26,16 @@ from types import FrameType
 from typing import Any, Protocol
 
 from common.conditions import Condition, set_condition
-from common.config import Invocation, add_invocation_arguments, resolve_invocation
 from common.db import lost_connection
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, NotFound, UsageError
+from common.invocation import Invocation, add_invocation_arguments, resolve_invocation
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
 from common.metrics import RunMetrics, start_run_metrics
 from common.process import process_identity
 from common.reasons import Reason
 from common.redact import redact
+from common.secrets import Secrets
 
 log = logging.getLogger("cellar")
 
@@ -118,6 +119,11 @@ class RunContext:
     @property
     def dry_run(self) -> bool:
         return self.invocation.dry_run
+
+    @property
+    def secrets(self) -> Secrets:
+        """The Secrets and ConfigMaps of the resource's namespace, the only ones a run reads."""
+        return Secrets(self.kube, self.ref.namespace)
 
     def update_status(
         self,

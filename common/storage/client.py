@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 from botocore.config import Config
 
-from common.config import StorageCredentials, StorageSpec
+from common.secrets import StorageCredentials
+from common.spec import StorageSpec
 from common.storage.errors import RETRY_ATTEMPTS, log_retryable_failure
 
 if TYPE_CHECKING:

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.config import StorageCredentials, StorageSpec
 from common.errors import PermanentError
 from common.reasons import Reason
+from common.secrets import StorageCredentials
+from common.spec import StorageSpec
 from common.storage.client import build_client
 from common.storage.errors import error_code, http_status, translate_storage_error, translated
 from common.storage.upload import StreamingUpload

@@ -16,22 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from common.errors import CellarError, InvalidSpec
 from common.runtime import Interrupts
-from common.storage import ObjectStore
 from jobs.archive.arrow_reads import ArrowReader
-from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunTotals, rollback_quietly
+from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunScope, RunTotals, rollback_quietly
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
 from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, live_changes, parse_archive_spec
 from jobs.archive.standbys import StandbyGate
 from jobs.archive.statements import due_range
-from jobs.archive.table import Connection, TableInfo
+from jobs.archive.table import Connection
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +55,8 @@ class Archiver:
 
     def __init__(
         self,
-        conn: Connection,
-        store: ObjectStore,
+        scope: RunScope,
         settings: ArchiveSettings,
-        info: TableInfo,
-        cutoff: datetime,
-        run_id: str,
         interrupts: Interrupts,
         on_progress: Callable[[int], None] = lambda _: None,
         open_connection: Callable[[], Connection] | None = None,
@@ -75,14 +69,12 @@ class Archiver:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
         apply from the next batch on. `on_standby_hold`: see StandbyGate. `recipients`: the age
         recipients every object is encrypted to, if any. `open_reader`: binary reads of whole partitions."""
-        self.conn = conn
-        self.info = info
-        self.cutoff = cutoff
+        self.scope = scope
+        self.conn, self.info, self.cutoff, self.run_id = scope.conn, scope.info, scope.cutoff, scope.run_id
         self.interrupts = interrupts
         self.on_progress = on_progress
         self.tuning = tuning
-        self.batches = BatchWorker(conn, store, settings, info, cutoff, run_id, tuning, recipients)
-        self.run_id = run_id
+        self.batches = BatchWorker(scope, settings, tuning, recipients)
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         self._open_reader = open_reader
@@ -120,13 +112,10 @@ class Archiver:
         if self._open_connection is None:
             return []
         whole = PartitionArchiver(
-            self.conn,
+            self.scope,
             self._open_connection,
             self.batches,
             self.settings,
-            self.info,
-            self.cutoff,
-            self.run_id,
             keep_detached=self.settings.keep_detached,
             open_reader=self._open_reader,
         )

@@ -20,10 +20,10 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from psycopg.conninfo import make_conninfo
 
-from common.config import DatabaseSettings
 from common.db import connection_failure, libpq_params, translate_connect_error
 from common.errors import CellarError
 from common.redact import redact
+from common.secrets import DatabaseSettings
 from jobs.archive.encoding import arrow_to_table
 from jobs.archive.table import Column
 

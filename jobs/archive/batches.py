@@ -141,22 +141,32 @@ def _timestamp(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class RunScope:
+    """What every part of one archive run works on: the run's own connection, the store, the table as it was
+    described at the start, the cutoff and the run id. The settings are not here: a spec read again changes
+    their live fields mid-run (LiveSettings)."""
+
+    conn: Connection
+    store: ObjectStore
+    info: TableInfo
+    cutoff: datetime
+    run_id: str
+
+
 class BatchWorker:
     """Captures and publishes the batches of one run; shared by its lanes (each batch has its own
     connection). `settings` and `batch_rows` may change between batches (a spec read again)."""
 
     def __init__(
         self,
-        conn: Connection,
-        store: ObjectStore,
+        scope: RunScope,
         settings: ArchiveSettings,
-        info: TableInfo,
-        cutoff: datetime,
-        run_id: str,
         tuning: Tuning,
         recipients: Sequence[str] = (),
     ) -> None:
         """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none."""
+        conn, store, info, cutoff, run_id = scope.conn, scope.store, scope.info, scope.cutoff, scope.run_id
         self.store = store
         self.recipients = list(recipients)
         self.live = LiveSettings(settings)

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import psycopg
 
 from common.conditions import Condition, format_time
-from common.config import resolve_database_settings, resolve_storage_credentials
 from common.db import connect
 from common.encryption import Identities, resolve_keys
 from common.errors import CellarError
@@ -29,7 +28,7 @@ from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, Stopped
 from jobs.archive.arrow_reads import ArrowReader, open_reader
-from jobs.archive.batches import RunTotals
+from jobs.archive.batches import RunScope, RunTotals
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.partitions import due_partitions
@@ -97,13 +96,13 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     folder there (common.ownership); unarchive only reads it, so it may load another resource's archive (into
     another database, say) and claims nothing."""
     settings = parse_archive_spec(ctx.spec)
-    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
-    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+    database = ctx.secrets.database(settings.database)
+    credentials = ctx.secrets.storage_credentials(settings.storage)
     # Requests at once: a batch's objects (tuning.upload_concurrency) and each lane's manifest.
     concurrency = tuning.upload_concurrency + settings.parallelism
     store = ObjectStore.open(settings.storage, credentials, concurrency=concurrency)
     store.check_access()
-    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, settings.encryption)
+    recipients, identities = resolve_keys(ctx.secrets, settings.encryption)
     conn = connect(database, application_name=APPLICATION)
     try:
         info = describe_table(conn, settings)
@@ -186,12 +185,8 @@ class ArchiveJob:
             cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
             progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
             archiver = Archiver(
-                conn,
-                store,
+                RunScope(conn, store, info, cutoff, ctx.run_id),
                 settings,
-                info,
-                cutoff,
-                ctx.run_id,
                 ctx.interrupts,
                 progress.update,
                 open_connection=self.open_connection,

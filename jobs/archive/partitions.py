@@ -40,7 +40,7 @@ from common.failpoints import failpoint
 from common.reasons import Reason
 from jobs.archive import ledger
 from jobs.archive.arrow_reads import ArrowReader, readable
-from jobs.archive.batches import BatchResult, BatchWorker, read_copy, rollback_quietly
+from jobs.archive.batches import BatchResult, BatchWorker, RunScope, read_copy, rollback_quietly
 from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
@@ -167,20 +167,17 @@ class PartitionResult:
 class PartitionArchiver:
     def __init__(
         self,
-        conn: Connection,
+        scope: RunScope,
         open_connection: Callable[[], Connection],
         worker: BatchWorker,
         settings: ArchiveSettings,
-        info: TableInfo,
-        cutoff: datetime,
-        run_id: str,
         keep_detached: bool,
         open_reader: Callable[[], ArrowReader] | None = None,
     ) -> None:
         """`open_reader`: connections that read partitions in binary straight into Arrow (arrow_reads.py);
         without it, or when it cannot read the table's columns as cellar stores them, COPY CSV."""
-        self.conn, self.open_connection, self.worker = conn, open_connection, worker
-        self.settings, self.info, self.cutoff, self.run_id = settings, info, cutoff, run_id
+        self.conn, self.open_connection, self.worker = scope.conn, open_connection, worker
+        self.settings, self.info, self.cutoff, self.run_id = settings, scope.info, scope.cutoff, scope.run_id
         self.keep_detached = keep_detached
         self.open_reader = open_reader
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
 
-from common.config import DatabaseSpec, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
 from common.schema import (
@@ -19,6 +18,7 @@ from common.schema import (
     ArchiveMode,
     Partitioning,
 )
+from common.spec import DatabaseSpec, SpecReader, StorageSpec
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
@@ -90,14 +90,14 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         timestamp_column=_identifier(reader, "timestampColumn", required=True),
         older_than=older_than,
         filter_sql=filter_sql,
-        batch_rows=batch.integer("rows", DEFAULT_BATCH_ROWS, minimum=1, maximum=1_000_000) or DEFAULT_BATCH_ROWS,
-        batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096) or 128) * 1024 * 1024,
-        pause=batch.duration_or("pause", "0s"),
+        batch_rows=batch.integer("rows", DEFAULT_BATCH_ROWS, minimum=1, maximum=1_000_000),
+        batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096)) * 1024 * 1024,
+        pause=batch.duration("pause", "0s"),
         max_replication_lag=batch.duration("maxReplicationLag"),
-        parallelism=batch.integer("parallelism", 2, minimum=1, maximum=8) or 2,
-        max_run_time=reader.duration_or("maxRunTime", "1h", positive=True),
-        lock_timeout=reader.duration_or("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
-        statement_timeout=reader.duration_or("statementTimeout", "60s"),
+        parallelism=batch.integer("parallelism", 2, minimum=1, maximum=8),
+        max_run_time=reader.duration("maxRunTime", "1h", positive=True),
+        lock_timeout=reader.duration("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
+        statement_timeout=reader.duration("statementTimeout", "60s"),
         format=cast(ArchiveFormat, reader.string("format", "Parquet", choices=ARCHIVE_FORMATS)),
         partitioning=cast(Partitioning, reader.string("partitioning", "Daily", choices=PARTITIONINGS)),
         mode=cast(ArchiveMode, reader.string("mode", "Move", choices=ARCHIVE_MODES)),

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.encryption import EncryptingWriter
 from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore, StreamingUpload, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for

@@ -10,9 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.conditions import Condition, format_time
-from common.config import (
-    DatabaseSettings,
-)
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
 from common.encryption import Identities, fingerprint
 from common.errors import CellarError
@@ -20,6 +17,7 @@ from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
 from common.reasons import Reason
 from common.runtime import RunContext
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import (
     MANIFEST_DIR,

@@ -8,12 +8,12 @@ import logging
 from dataclasses import dataclass, replace
 
 from common import ownership
-from common.config import DatabaseSettings, resolve_database_settings, resolve_storage_credentials
 from common.db import connect
 from common.encryption import Identities, fingerprint, resolve_keys
 from common.kube import DATABASE_BACKUP
 from common.ownership import Area, Claimed, Owner, claim_prefix, take_over_from
 from common.runtime import RunContext
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR
 from jobs.backup.databases import ChosenDatabase, choose_databases
@@ -26,7 +26,7 @@ APPLICATION = "cellar-backup"
 
 
 def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
-    credentials = resolve_storage_credentials(ctx.kube, ctx.ref.namespace, settings.storage)
+    credentials = ctx.secrets.storage_credentials(settings.storage)
     return ObjectStore.open(settings.storage, credentials)
 
 
@@ -50,16 +50,16 @@ def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool) 
 
     The identity and the restore test's server are read only when a restore test runs (`restore_test`),
     so a backup Pod whose ServiceAccount may not read them (the chart grants them only then) works."""
-    database = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.database)
+    database = ctx.secrets.database(settings.database)
     restore_test_server = (
-        resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.verify_target)
+        ctx.secrets.database(settings.verify_target)
         if restore_test and settings.verify_target is not None
         else database
     )
     encryption = settings.encryption
     if encryption is not None and not restore_test:
         encryption = replace(encryption, identity=None)
-    recipients, identities = resolve_keys(ctx.kube, ctx.ref.namespace, encryption)
+    recipients, identities = resolve_keys(ctx.secrets, encryption)
     store = open_storage(ctx, settings)
     store.check_access()
     with connect(database, application_name=APPLICATION) as conn:

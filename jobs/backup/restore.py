@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.config import DatabaseSettings
 from common.db import connect, libpq_environment
 from common.encryption import (
     HEADER_PROBE_BYTES,
@@ -32,6 +31,7 @@ from common.encryption import (
 )
 from common.errors import CellarError, PermanentError
 from common.reasons import Reason
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for

@@ -14,7 +14,6 @@ import psycopg
 from psycopg import sql
 
 from common.conditions import Condition, format_time, is_condition_true
-from common.config import DatabaseSettings, resolve_database_settings
 from common.db import connect
 from common.encryption import Identities, resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
@@ -23,6 +22,7 @@ from common.ownership import Area, Owner, readable_by, take_over_from
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.runtime import RunContext
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest, find_backup
 from jobs.backup.preflight import open_storage
@@ -318,11 +318,11 @@ class RestoreJob:
         backup_owner = Owner.of(DATABASE_BACKUP.kind, ctx.ref.namespace, settings.backup_name, backup_resource)
         readable = readable_by(Area.of_backups(store), backup_owner, take_over_from(backup_resource))
         manifest = find_backup(store, readable, settings.backup_key)
-        target = resolve_database_settings(ctx.kube, ctx.ref.namespace, settings.target)
+        target = ctx.secrets.database(settings.target)
         # With createDatabase the target does not exist yet: ask its server through `postgres`.
         server = replace(target, dbname="postgres") if settings.create_database else target
         plan = plan_restore(server, manifest, application_name=APPLICATION)
-        identities = resolve_identities(ctx.kube, ctx.ref.namespace, settings.identity) if settings.identity else None
+        identities = resolve_identities(ctx.secrets, settings.identity) if settings.identity else None
         check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
         if settings.globals and manifest.globals is None:
             raise InvalidSpec(

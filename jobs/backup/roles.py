@@ -8,9 +8,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from common.config import DatabaseSettings
 from common.db import libpq_environment
 from common.encryption import CorruptedCiphertext, DecryptionFailed, Identities, decrypt_bytes
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from common.config import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
 from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
+from common.spec import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
 from jobs.backup.toc import Selection
 
 # zstd level 1: faster than level 3 and no larger on realistic data (docs/design.md).
@@ -124,7 +124,7 @@ def parse_compression(reader: SpecReader) -> Compression:
         raise InvalidSpec(f"{reader.path}.level: gzip levels are 1 to 9, got {level}")
     if level is not None and algorithm == "none":
         raise InvalidSpec(f"{reader.path}.level: has no meaning with algorithm none; remove it")
-    workers = reader.integer("workers", 0, minimum=0, maximum=64) or 0
+    workers = reader.integer("workers", 0, minimum=0, maximum=64)
     return Compression(algorithm, level or DEFAULT_LEVELS[algorithm], workers)
 
 
@@ -132,10 +132,10 @@ def parse_retention(reader: SpecReader) -> RetentionPolicy:
     return RetentionPolicy(
         keep_last=reader.integer("keepLast", minimum=1),
         max_age=reader.duration("maxAge", positive=True),
-        keep_daily=reader.integer("keepDaily", 0, minimum=0) or 0,
-        keep_weekly=reader.integer("keepWeekly", 0, minimum=0) or 0,
-        keep_monthly=reader.integer("keepMonthly", 0, minimum=0) or 0,
-        incomplete_after=reader.duration_or("incompleteAfter", "24h", positive=True),
+        keep_daily=reader.integer("keepDaily", 0, minimum=0),
+        keep_weekly=reader.integer("keepWeekly", 0, minimum=0),
+        keep_monthly=reader.integer("keepMonthly", 0, minimum=0),
+        incomplete_after=reader.duration("incompleteAfter", "24h", positive=True),
         dry_run=reader.boolean("dryRun"),
     )
 
@@ -160,7 +160,7 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
         verify=verify.boolean("enabled"),
         verify_target=DatabaseSpec.parse(verify.child("target")) if verify.has("target") else None,
         scratch_prefix=verify.string("scratchDatabasePrefix", "cellar_verify_", pattern=_SCRATCH_PREFIX),
-        stale_after=reader.duration_or("staleAfter", "26h", positive=True),
+        stale_after=reader.duration("staleAfter", "26h", positive=True),
         dump=DumpOptions(
             schemas=dump.string_list("schemas"),
             exclude_schemas=dump.string_list("excludeSchemas"),
@@ -212,7 +212,7 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
         settings = replace(settings, selection=parse_selection(reader.child("select")))
     if settings.create_database and settings.clean:
         raise InvalidSpec("spec: clean has nothing to drop in a database that createDatabase just made; set one")
-    parallelism = reader.integer("parallelism", 1, minimum=1, maximum=64) or 1
+    parallelism = reader.integer("parallelism", 1, minimum=1, maximum=64)
     staging = reader.child("staging").optional_string("path") if reader.has("staging") else None
     if parallelism > 1:
         if not staging:

@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.config import DatabaseSettings
 from common.encryption import Identities
 from common.errors import PermanentError
 from common.reasons import Reason
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for

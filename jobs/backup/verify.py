@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 
 from psycopg import sql
 
-from common.config import DatabaseSettings
 from common.db import connect
 from common.encryption import Identities
 from common.reasons import Reason
+from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
 from jobs.backup.restore import (

@@ -13,8 +13,9 @@ from typing import Any, Self
 
 from kubernetes import client
 
-from common.config import DatabaseSettings, DatabaseSpec, SpecReader, resolve_database
 from common.redact import register_secret
+from common.secrets import DatabaseSettings, resolve_database
+from common.spec import DatabaseSpec, SpecReader
 from jobs.archive.settings import DEFAULT_TUNING, Tuning
 from tests.harness.stack import LocalStack
 

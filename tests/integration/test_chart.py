@@ -210,6 +210,23 @@ def test_a_bad_values_file_fails_with_what_to_fix(tmp_path: Path, values: dict[s
     assert message in failed.stderr, failed.stderr
 
 
+def release(
+    stack: LocalStack, verb: str, namespace: str, values: Path, chart: Path = CHART, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` or `helm upgrade` of release cellar into `namespace` on the real API server."""
+    return helm(
+        verb,
+        "cellar",
+        str(chart),
+        "--namespace",
+        namespace,
+        "--values",
+        str(values),
+        kubeconfig=stack.kubeconfig,
+        check=check,
+    )
+
+
 @pytest.fixture
 def release_namespace(admin_api: Any, crds: list[str], namespace: str, stack: LocalStack) -> Iterator[str]:
     """The test's namespace; the release in it is uninstalled at the end, whatever happened."""
@@ -233,16 +250,7 @@ def test_install_upgrade_and_uninstall_on_the_real_api_server(
 ) -> None:
     namespace = release_namespace
     fleet = yaml.safe_load(FLEET_EXAMPLE.read_text())
-    out = helm(
-        "install",
-        "cellar",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--values",
-        str(FLEET_EXAMPLE),
-        kubeconfig=stack.kubeconfig,
-    ).stdout
+    out = release(stack, "install", namespace, FLEET_EXAMPLE).stdout
     assert f"kubectl -n {namespace} create job --from=cronjob/cellar-backup-" in out  # NOTES.txt
     cronjobs, backups, roles = installed(admin_api, namespace)
     assert len(cronjobs) == 8
@@ -254,16 +262,7 @@ def test_install_upgrade_and_uninstall_on_the_real_api_server(
     # A schedule changed and a database added.
     fleet["backups"]["orders"]["schedule"] = "45 3 * * *"
     fleet["backups"]["payments"] = {"spec": {"database": {"secretRef": {"name": "payments-db-app"}}}}
-    helm(
-        "upgrade",
-        "cellar",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--values",
-        str(write_values(tmp_path, fleet)),
-        kubeconfig=stack.kubeconfig,
-    )
+    release(stack, "upgrade", namespace, write_values(tmp_path, fleet))
     cronjobs, backups, _ = installed(admin_api, namespace)
     assert cronjobs["cellar-backup-orders"] == "45 3 * * *"
     assert "cellar-backup-payments" in cronjobs
@@ -302,16 +301,7 @@ def test_a_crd_that_gained_a_field_reaches_the_cluster_by_the_documented_apply(
         "defaults": {"storage": STORAGE},
         "backups": {"orders": {"spec": {"database": {"secretRef": {"name": "db"}}}}},
     }
-    helm(
-        "install",
-        "cellar",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--values",
-        str(write_values(tmp_path, older, "older.yaml")),
-        kubeconfig=stack.kubeconfig,
-    )
+    release(stack, "install", namespace, write_values(tmp_path, older, "older.yaml"))
     older["backups"]["orders"]["spec"]["note"] = "from the newer chart"  # what a user of the newer chart writes
     values_file = write_values(tmp_path, older)
 
@@ -324,17 +314,7 @@ def test_a_crd_that_gained_a_field_reaches_the_cluster_by_the_documented_apply(
 
     kubectl = [str(stack.binaries["kubectl"]), f"--kubeconfig={stack.kubeconfig}"]
     try:
-        upgraded = helm(
-            "upgrade",
-            "cellar",
-            str(newer),
-            "--namespace",
-            namespace,
-            "--values",
-            str(values_file),
-            kubeconfig=stack.kubeconfig,
-            check=False,
-        )
+        upgraded = release(stack, "upgrade", namespace, values_file, newer, check=False)
         # The old CRD stays: the server drops the unknown field, or refuses it (strict field validation).
         assert upgraded.returncode == 0 or "note" in upgraded.stderr, upgraded.stderr
         assert note() is None
@@ -349,16 +329,7 @@ def test_a_crd_that_gained_a_field_reaches_the_cluster_by_the_documented_apply(
             check=True,
             capture_output=True,
         )
-        helm(
-            "upgrade",
-            "cellar",
-            str(newer),
-            "--namespace",
-            namespace,
-            "--values",
-            str(values_file),
-            kubeconfig=stack.kubeconfig,
-        )
+        release(stack, "upgrade", namespace, values_file, newer)
         assert note() == "from the newer chart"
     finally:
         restored = subprocess.run(

@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from kubernetes import client
 
-from common.config import SpecReader, StorageCredentials, StorageSpec
 from common.errors import PermanentError
 from common.ownership import Area, Owner, claim_prefix
+from common.secrets import StorageCredentials
+from common.spec import SpecReader, StorageSpec
 from common.storage import ObjectStore
 from tests.conftest import new_database
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY

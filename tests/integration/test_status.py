@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes import client
 
 from common.conditions import find_condition
-from common.config import Invocation
+from common.invocation import Invocation
 from common.kube import DATABASE_BACKUP, Kube, ResourceRef, connect
 from common.runtime import Interrupts, RunContext
 from tests.harness.stack import LocalStack

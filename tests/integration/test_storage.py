@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from common.config import SpecReader, StorageCredentials, StorageSpec
 from common.errors import PermanentError
+from common.secrets import StorageCredentials
+from common.spec import SpecReader, StorageSpec
 from common.storage import MIN_PART_SIZE, ObjectStore
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 

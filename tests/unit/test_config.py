@@ -6,16 +6,10 @@ from typing import Any
 
 import pytest
 
-from common.config import (
-    DatabaseSpec,
-    SpecReader,
-    StorageSpec,
-    add_invocation_arguments,
-    parse_duration,
-    resolve_database,
-    resolve_invocation,
-)
 from common.errors import InvalidSpec, UsageError
+from common.invocation import add_invocation_arguments, resolve_invocation
+from common.secrets import resolve_database
+from common.spec import DatabaseSpec, SpecReader, StorageSpec, parse_duration
 
 
 @pytest.mark.parametrize(

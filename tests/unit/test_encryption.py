@@ -11,7 +11,6 @@ from typing import Any
 import pyrage
 import pytest
 
-from common.config import SpecReader
 from common.encryption import (
     CorruptedCiphertext,
     DecryptionFailed,
@@ -24,6 +23,7 @@ from common.encryption import (
 )
 from common.errors import InvalidSpec
 from common.redact import forget_all_secrets, redact
+from common.spec import SpecReader
 from jobs.backup.settings import parse_backup_spec, parse_restore_spec
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from common.config import SpecReader, StorageCredentials, StorageSpec
 from common.errors import CellarError, ConnectionFailed, Forbidden, RetryableError
 from common.reasons import Reason
+from common.secrets import StorageCredentials
+from common.spec import SpecReader, StorageSpec
 from common.storage import ObjectStore
 from common.storage.client import build_client
 

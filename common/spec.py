@@ -1,25 +1,22 @@
-"""A job's settings: the custom resource's spec, the Secrets it names, and the environment.
+"""A resource's spec, read and checked: `SpecReader` gives typed access that names the field path in every
+error, and the records the jobs share (a Secret key reference, the database and object-storage settings) parse
+themselves with it.
 
-Everything is parsed and validated here, before any database, bucket or object is touched. The CRD
-schema already rejects most bad specs at `kubectl apply`; these checks repeat what a job depends on
-(a resource written before a CRD upgrade, a Secret edited later) and cover what a schema cannot see,
-such as a Secret without the key a field names. Errors name the field path and what to do.
+Everything is checked before any database, bucket or object is touched. The CRD schema already rejects most
+bad specs at `kubectl apply` (with the patterns and choices in common.schema, which this module checks with
+too); these checks repeat what a job depends on (a resource written before a CRD upgrade) and cover what a
+schema cannot see. Errors name the field path and what to do.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, overload
 
-from common.errors import InvalidSpec, UsageError
-from common.kube import Kube, in_cluster_namespace
-from common.redact import register_secret
+from common.errors import InvalidSpec
 from common.schema import (
     BUCKET_NAME,
     DNS_SUBDOMAIN,
@@ -88,9 +85,18 @@ class SpecReader:
     def optional_string(self, key: str) -> str | None:
         return self.string(key) if self.has(key) else None
 
+    @overload
+    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int: ...
+
+    @overload
+    def integer(
+        self, key: str, default: None = None, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None: ...
+
     def integer(
         self, key: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None
     ) -> int | None:
+        """The integer at `key`, or `default`: never None where a default is given."""
         value = self.data.get(key, default)
         where = f"{self.path}.{key}"
         if value is None:
@@ -109,6 +115,12 @@ class SpecReader:
             raise InvalidSpec(f"{self.path}.{key}: must be true or false, got {value!r}")
         return value
 
+    @overload
+    def duration(self, key: str, default: str, *, positive: bool = False) -> timedelta: ...
+
+    @overload
+    def duration(self, key: str, default: None = None, *, positive: bool = False) -> timedelta | None: ...
+
     def duration(self, key: str, default: str | None = None, *, positive: bool = False) -> timedelta | None:
         """The duration at `key` (or `default`); None where neither is set. `positive`: 0s is refused, for
         fields where zero has no meaning (in the others, 0s means what the field's description says)."""
@@ -118,12 +130,6 @@ class SpecReader:
         parsed = parse_duration(value, f"{self.path}.{key}")
         if positive and not parsed:
             raise InvalidSpec(f"{self.path}.{key}: must be more than 0s (got {value!r})")
-        return parsed
-
-    def duration_or(self, key: str, default: str, *, positive: bool = False) -> timedelta:
-        """The duration at `key`, or `default` where it is not set (never where it is set to 0s)."""
-        parsed = self.duration(key, default, positive=positive)
-        assert parsed is not None  # the default is a duration
         return parsed
 
     def string_list(self, key: str) -> tuple[str, ...]:
@@ -167,92 +173,9 @@ class DatabaseSpec:
             port=reader.integer("port", minimum=1, maximum=65535),
             dbname=reader.optional_string("dbname"),
             ssl_mode=reader.string("sslMode", "prefer", choices=SSL_MODES),
-            connect_timeout=reader.integer("connectTimeoutSeconds", 10, minimum=1, maximum=300) or 10,
+            connect_timeout=reader.integer("connectTimeoutSeconds", 10, minimum=1, maximum=300),
             field=reader.path,
         )
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """Everything needed to connect; `password` never leaves this process except to libpq."""
-
-    host: str
-    port: int
-    dbname: str
-    user: str
-    password: str
-    ssl_mode: str
-    ssl_root_cert: str | None
-    connect_timeout: int
-
-    def describe(self) -> str:
-        """Where we connect, for messages (no password)."""
-        return f"database {self.dbname!r} on {self.host}:{self.port} as {self.user!r}"
-
-
-def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseSettings:
-    """Combine the spec's overrides with the Secret's keys (CloudNativePG layout, or a `uri`).
-
-    The password (and a uri, which holds it) is registered for redaction; host, port, database and
-    user stay readable in messages, since people need them to fix a connection.
-    """
-    for sensitive in ("password", "uri", "pgpass", "jdbc-uri"):
-        register_secret(secret.get(sensitive))
-    from_uri: dict[str, str] = {}
-    if secret.get("uri"):
-        parts = urlsplit(secret["uri"])
-        if parts.scheme not in ("postgres", "postgresql"):
-            raise InvalidSpec(
-                f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with postgresql://'
-            )
-        register_secret(unquote(parts.password or ""))
-        from_uri = {
-            k: v
-            for k, v in {
-                "host": parts.hostname or "",
-                "port": str(parts.port or ""),
-                "dbname": unquote(parts.path.lstrip("/")),
-                "username": unquote(parts.username or ""),
-                "password": unquote(parts.password or ""),
-            }.items()
-            if v
-        }
-
-    def pick(*keys: str) -> str | None:
-        for key in keys:
-            if secret.get(key):
-                return secret[key]
-            if from_uri.get(key):
-                return from_uri[key]
-        return None
-
-    host = spec.host or pick("host")
-    user = pick("username", "user")
-    password = pick("password")
-    dbname = spec.dbname or pick("dbname", "database")
-    port_text = str(spec.port) if spec.port else (pick("port") or "5432")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidSpec(f'{spec.field}: Secret "{spec.secret_name}" key port is not a TCP port number')
-    if host and user and password and dbname:
-        return DatabaseSettings(
-            host=host,
-            port=int(port_text),
-            dbname=dbname,
-            user=user,
-            password=password,
-            ssl_mode=spec.ssl_mode,
-            ssl_root_cert=secret.get("sslrootcert") or None,
-            connect_timeout=spec.connect_timeout,
-        )
-    missing = [
-        name
-        for name, value in (("host", host), ("username", user), ("password", password), ("dbname", dbname))
-        if not value
-    ]
-    raise InvalidSpec(
-        f'{spec.field}: Secret "{spec.secret_name}" lacks {", ".join(missing)} (give them as Secret keys '
-        f"host/port/dbname/username/password or as a uri key; host and dbname may also be set in the spec)"
-    )
 
 
 @dataclass(frozen=True)
@@ -341,8 +264,8 @@ class StorageSpec:
             storage_class=reader.optional_string("storageClass"),
             checksum_when_required=reader.string("requestChecksum", "WhenSupported", choices=REQUEST_CHECKSUMS)
             == "WhenRequired",
-            max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000) or 10000,
-            part_size=(reader.integer("partSizeMiB", 8, minimum=5, maximum=5120) or 8) * 1024 * 1024,
+            max_parts=reader.integer("maxParts", 10000, minimum=1, maximum=10000),
+            part_size=(reader.integer("partSizeMiB", 8, minimum=5, maximum=5120)) * 1024 * 1024,
             object_lock=ObjectLock.parse(reader.child("objectLock")) if reader.has("objectLock") else None,
         )
 
@@ -352,65 +275,3 @@ class StorageSpec:
             for r in (self.access_key_id, self.secret_access_key, self.session_token, self.endpoint_ca)
             if r is not None
         ]
-
-
-@dataclass(frozen=True)
-class StorageCredentials:
-    access_key_id: str | None
-    secret_access_key: str | None
-    session_token: str | None
-    ca_bundle_pem: str | None
-
-
-def resolve_storage_credentials(kube: Kube, namespace: str, spec: StorageSpec) -> StorageCredentials:
-    def read(ref: SecretKeyRef | None, *, sensitive: bool = True) -> str | None:
-        if ref is None:
-            return None
-        return kube.read_secret_key(namespace, ref.name, ref.key, field=ref.field, sensitive=sensitive)
-
-    return StorageCredentials(
-        read(spec.access_key_id),
-        read(spec.secret_access_key),
-        read(spec.session_token),
-        read(spec.endpoint_ca, sensitive=False),  # a CA certificate is public
-    )
-
-
-def resolve_database_settings(kube: Kube, namespace: str, spec: DatabaseSpec) -> DatabaseSettings:
-    secret = kube.read_secret(namespace, spec.secret_name, field=f"{spec.field}.secretRef")
-    return resolve_database(spec, secret)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """Which resource a run is for and how to reach the API server."""
-
-    name: str
-    namespace: str
-    kubeconfig: str | None
-    dry_run: bool
-
-
-def add_invocation_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", help="name of the custom resource (env CELLAR_RESOURCE_NAME)")
-    parser.add_argument("--namespace", help="its namespace (env CELLAR_NAMESPACE; in a cluster, the Pod's)")
-    parser.add_argument("--kubeconfig", help="kubeconfig to use instead of the in-cluster service account")
-    parser.add_argument("--dry-run", action="store_true", help="check everything, write nothing")
-
-
-def resolve_invocation(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Invocation:
-    """Resource name and namespace from flags, then env, then (namespace) the service-account mount."""
-    env = os.environ if environ is None else environ
-    name = args.name or env.get("CELLAR_RESOURCE_NAME")
-    namespace = args.namespace or env.get("CELLAR_NAMESPACE") or env.get("POD_NAMESPACE") or in_cluster_namespace()
-    if not name:
-        raise UsageError("which resource? pass --name or set CELLAR_RESOURCE_NAME")
-    if not namespace:
-        raise UsageError(
-            "which namespace? pass --namespace or set CELLAR_NAMESPACE (in a cluster it is read "
-            "from the service account)"
-        )
-    for what, value in (("name", name), ("namespace", namespace)):
-        if not _NAME.match(value) or len(value) > 253:
-            raise UsageError(f"--{what} {value!r} is not a valid Kubernetes name")
-    return Invocation(name=name, namespace=namespace, kubeconfig=args.kubeconfig, dry_run=bool(args.dry_run))
