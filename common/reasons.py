@@ -107,7 +107,7 @@ class Reason(StrEnum):
     TOOL_MISSING = "ToolMissing", EXIT_PERMANENT, "no pg_dump or pg_restore where cellar looks for them"
     PG_DUMP_TOO_OLD = "PgDumpTooOld", EXIT_PERMANENT, "every pg_dump installed is older than the server"
     PG_RESTORE_TOO_OLD = "PgRestoreTooOld", EXIT_PERMANENT, "no pg_restore installed reads the backup's format"
-    TARGET_TOO_OLD = "TargetTooOld", EXIT_PERMANENT, "the target server's major cannot take this backup"
+    TARGET_TOO_OLD = "TargetTooOld", EXIT_PERMANENT, "a parallel restore cannot reach a server that old"
     COUNT_FAILED = "CountFailed", EXIT_PERMANENT, "counting a table's rows in the dump's snapshot failed"
     TARGET_EXISTS = "TargetExists", EXIT_PERMANENT, "createDatabase: the target database exists already"
     TABLE_EXISTS = (

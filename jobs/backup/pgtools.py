@@ -147,8 +147,8 @@ def pick_restore_tools(
     newest that can read it.
 
     Into an older major than the dump's, PostgreSQL promises nothing: it works only where the dump uses
-    nothing the older server lacks. A pg_restore of 17 or newer can never restore into a server before
-    17 (transaction_timeout), so that is refused before anything is written.
+    nothing the older server lacks. A pg_restore of 17 or newer cannot connect its restore to a server before
+    17 (it sets transaction_timeout first): such a restore goes through SQL instead (restores_through_sql).
     """
     target_major = target_version_num // 10000
     archive_major = major_of(dumped_by) or 0
@@ -161,28 +161,20 @@ def pick_restore_tools(
             reason=Reason.PG_RESTORE_TOO_OLD,
         )
     at_least_target = [t for t in readable if t.major >= target_major]
-    chosen = at_least_target[0] if at_least_target else readable[-1]
-    if target_major < TRANSACTION_TIMEOUT_SINCE <= chosen.major:
-        cannot = (
-            f"{chosen.describe('pg_restore')} (the oldest here that reads this backup) sets transaction_timeout, "
-            f"which PostgreSQL {target_major} does not have"
-        )
-        if (major_of(dumped_server) or archive_major) > target_major:
-            raise PermanentError(
-                f"the backup of PostgreSQL {dumped_server} was written by {dumped_by} and the target server runs "
-                f"PostgreSQL {target_version}: "
-                f"PostgreSQL supports restoring into the same or a newer major only, and {cannot}. Restore into "
-                f"a server of PostgreSQL {max(archive_major, TRANSACTION_TIMEOUT_SINCE)} or newer",
-                reason=Reason.TARGET_TOO_OLD,
-            )
-        raise PermanentError(
-            f"the backup of PostgreSQL {dumped_server} was written by {dumped_by}, so it cannot be restored into "
-            f"PostgreSQL {target_version}: "
-            f"{cannot}. Back up with the PostgreSQL {target_major} client tools installed (cellar then dumps with "
-            f"them), or restore into PostgreSQL {TRANSACTION_TIMEOUT_SINCE} or newer",
-            reason=Reason.TARGET_TOO_OLD,
-        )
-    return chosen
+    return at_least_target[0] if at_least_target else readable[-1]
+
+
+def restores_through_sql(tools: ClientTools, target_version_num: int) -> bool:
+    """Whether these tools must restore into that server through SQL (`pg_restore -f -` into the target's
+    psql, without the settings the server does not know) rather than connecting themselves: a pg_restore of
+    17 or newer begins every restore with SET transaction_timeout, which servers before 17 reject."""
+    return target_version_num // 10000 < TRANSACTION_TIMEOUT_SINCE <= tools.major
+
+
+def psql_for(target_version_num: int, restoring: ClientTools) -> ClientTools:
+    """The psql that runs SQL on a server: the server's own major where it is installed, else `restoring`'s."""
+    same = [t for t in installed_client_tools() if t.major == target_version_num // 10000]
+    return same[0] if same else restoring
 
 
 class StderrTail:

@@ -3,7 +3,10 @@ nothing on disk.
 
 pg_restore runs with --single-transaction and the last piece of the stream is held back until the
 whole object's SHA-256 has matched the manifest. On a mismatch pg_restore is killed before it can
-commit, so a corrupted backup never lands in the target database. An encrypted backup's identity is
+commit, so a corrupted backup never lands in the target database. Into a server older than the tools that
+can read the backup (a dump of 17 or 18 into 16 or older), pg_restore writes SQL (`-f -`) instead, which
+goes without the settings the server does not know into the server's psql, in one transaction: the same
+hold-back keeps it from committing before the checksum matched. An encrypted backup's identity is
 checked on the object's header (check_decryptable) before the caller writes anything; a chunk that
 fails age's authentication later is a corrupted object like any other.
 """
@@ -15,9 +18,10 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +39,14 @@ from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
-from jobs.backup.pgtools import ClientTools, StderrTail, stop_process, tools_for_restore
+from jobs.backup.pgtools import (
+    ClientTools,
+    StderrTail,
+    psql_for,
+    restores_through_sql,
+    stop_process,
+    tools_for_restore,
+)
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -59,13 +70,27 @@ class RestoreFailed(PermanentError):
 
 @dataclass(frozen=True)
 class RestorePlan:
-    """Which client tools restore a backup into which server."""
+    """Which client tools restore a backup into which server, and how: pg_restore connected to the server, or
+    (`through_sql`) pg_restore's SQL run by `psql` without the settings the server lacks (`known_settings`)."""
 
     tools: ClientTools
     server_version: str
+    through_sql: bool = False
+    psql: ClientTools | None = None
+    known_settings: frozenset[str] = frozenset()
 
     def describe(self) -> str:
+        if self.through_sql and self.psql is not None:
+            return (
+                f"{self.tools.describe('pg_restore')} through {self.psql.describe('psql')} into PostgreSQL "
+                f"{self.server_version}"
+            )
         return f"{self.tools.describe('pg_restore')} into PostgreSQL {self.server_version}"
+
+    @property
+    def sql_client(self) -> ClientTools:
+        """The tools whose psql runs SQL on the target (the roles of a backup, a restore through SQL)."""
+        return self.psql if self.psql is not None else self.tools
 
 
 def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
@@ -73,8 +98,16 @@ def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_na
     anything is written; `server` names any database on it the role may connect to."""
     with connect(server, application_name=application_name) as conn:  # libpq reports the version at login
         version_num, version = conn.info.server_version, conn.info.parameter_status("server_version") or ""
-    tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
-    return RestorePlan(tools, version)
+        tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
+        if not restores_through_sql(tools, version_num):
+            return RestorePlan(tools, version)
+        settings = frozenset(str(row[0]) for row in conn.execute("SELECT name FROM pg_catalog.pg_settings"))
+    psql = psql_for(version_num, tools)
+    log.info(
+        "restoring into an older major through SQL",
+        extra={"pg_restore": tools.describe("pg_restore"), "psql": psql.describe("psql"), "server": version},
+    )
+    return RestorePlan(tools, version, through_sql=True, psql=psql, known_settings=settings)
 
 
 def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identities | None, *, field: str) -> None:
@@ -268,6 +301,99 @@ def pg_restore_command(
     return [*argv, *arguments], env
 
 
+_SET = re.compile(rb"^SET ([A-Za-z_][A-Za-z0-9_.]*) = .*;\r?\n?$")
+_COPY_FROM_STDIN = re.compile(rb"^COPY .* FROM stdin;\r?\n$")
+_END_OF_COPY = (b"\\.\n", b"\\.\r\n")
+
+
+def without_unknown_settings(lines: Iterable[bytes], known: frozenset[str], dropped: set[str]) -> Iterator[bytes]:
+    """pg_restore's SQL as it comes, without the `SET name = ...;` lines of settings the server does not know
+    (`transaction_timeout` for a server before 17); the rows of a COPY pass as they are."""
+    in_copy = False
+    for line in lines:
+        if in_copy:
+            in_copy = line not in _END_OF_COPY
+        elif _COPY_FROM_STDIN.match(line):
+            in_copy = True
+        elif (found := _SET.match(line)) is not None and found.group(1).decode().lower() not in known:
+            dropped.add(found.group(1).decode())
+            continue
+        yield line
+
+
+class SqlRestore:
+    """pg_restore writing SQL (`-f -`) into the server's psql in one transaction (RestorePlan.through_sql).
+
+    psql commits when its input ends, so its input ends only after pg_restore exited 0, which it cannot do
+    before it read the archive's held-back end: a pg_restore that fails, or is killed because the checksum
+    did not match, leaves psql killed and its transaction rolled back."""
+
+    def __init__(self, plan: RestorePlan, target: DatabaseSettings, options: Sequence[str], application_name: str):
+        self.plan = plan
+        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
+        env.pop("PGDATABASE", None)
+        writer = [plan.tools.path("pg_restore"), "--exit-on-error", "--file=-", *options]
+        runner = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction"]
+        runner += ["--set=ON_ERROR_STOP=1", f"--dbname={target.dbname}"]
+        self.writer = subprocess.Popen(
+            writer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        self.runner = subprocess.Popen(
+            runner, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        assert self.writer.stderr is not None
+        assert self.runner.stderr is not None
+        self.writer_errors, self.runner_errors = StderrTail(self.writer.stderr), StderrTail(self.runner.stderr)
+        self.dropped: set[str] = set()
+        self._forwarder = threading.Thread(target=self._forward, name="restore-sql", daemon=True)
+        self._forwarder.start()
+
+    @property
+    def stdin(self) -> Any:
+        return self.writer.stdin
+
+    def _forward(self) -> None:
+        assert self.writer.stdout is not None
+        assert self.runner.stdin is not None
+        try:
+            for line in without_unknown_settings(self.writer.stdout, self.plan.known_settings, self.dropped):
+                self.runner.stdin.write(line)
+        except OSError:  # psql stopped at an error: pg_restore must not block on output no one reads
+            self.writer.kill()
+            return
+        if self.writer.wait() == 0:
+            with contextlib.suppress(OSError):
+                self.runner.stdin.close()  # the end of psql's input: it commits
+        else:
+            self.runner.kill()  # never commit what a failed pg_restore wrote
+
+    def finish(self) -> None:
+        """Wait for both; RestoreFailed naming what failed and what it said."""
+        code = self.writer.wait()
+        self._forwarder.join()
+        ran = self.runner.wait()
+        if self.dropped:
+            log.info("left out settings the server does not know", extra={"settings": sorted(self.dropped)})
+        if ran != 0:
+            raise RestoreFailed(
+                f"PostgreSQL {self.plan.server_version} refused what {self.plan.tools.describe('pg_restore')} wrote "
+                f"(an older major than the backup's, restored through {self.plan.sql_client.describe('psql')}; "
+                f"nothing was committed): {self._refused()}"
+            )
+        if code != 0:
+            raise RestoreFailed(f"{self.plan.describe()} exited with code {code}: {self.writer_errors.error_lines()}")
+
+    def _refused(self) -> str:
+        """psql's error and the statement's line it quotes, each on one line (the caret line left out)."""
+        lines = [" ".join(line.split()) for line in self.runner_errors.text().splitlines()]
+        return " / ".join([line for line in lines if line.strip("^ ")][-3:])
+
+    def stop(self) -> None:
+        stop_process(self.writer)
+        stop_process(self.runner)
+        self._forwarder.join(timeout=30)
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -289,6 +415,10 @@ def restore_from_storage(
     """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
     has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
+    if plan.through_sql:
+        return _restore_through_sql(
+            store, manifest, target, plan, options, application_name, on_progress, identities, verified
+        )
     argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert process.stdin is not None
@@ -318,3 +448,41 @@ def restore_from_storage(
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
         stop_process(process)
+
+
+def _restore_through_sql(
+    store: ObjectStore,
+    manifest: Manifest,
+    target: DatabaseSettings,
+    plan: RestorePlan,
+    options: Sequence[str],
+    application_name: str,
+    on_progress: Callable[[int], None],
+    identities: Identities | None,
+    verified: bool,
+) -> RestoreResult:
+    """restore_from_storage into an older server (RestorePlan.through_sql), with the same hold-back."""
+    restore = SqlRestore(plan, target, options, application_name)
+    sink = _HeldBackSink(decompressor_for(manifest.compression), restore.stdin)
+    stored = StoredObject(store, manifest, on_progress)
+    try:
+        try:
+            decode_into(stored, manifest, identities, sink)
+        except BrokenPipeError:
+            if not verified:  # pg_restore stopped before the end of the archive: it failed
+                restore.writer.wait()
+            restore.finish()
+            if verified:
+                return RestoreResult(stored.read, sink.restored)  # it restored all that its list names
+            raise RestoreFailed(f"{plan.describe()} stopped before the end of the backup") from None
+        stored.check()
+        try:
+            restore.stdin.write(sink.held_back)
+            sink.restored += len(sink.held_back)
+            restore.stdin.close()
+        except BrokenPipeError:
+            pass
+        restore.finish()
+        return RestoreResult(stored.read, sink.restored)
+    finally:
+        restore.stop()

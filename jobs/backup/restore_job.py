@@ -322,6 +322,13 @@ class RestoreJob:
         # With createDatabase the target does not exist yet: ask its server through `postgres`.
         server = replace(target, dbname="postgres") if settings.create_database else target
         plan = plan_restore(server, manifest, application_name=APPLICATION)
+        if plan.through_sql and settings.staging_path is not None:
+            raise PermanentError(
+                f"spec.parallelism: {plan.describe()}: a parallel restore into a server older than the backup's "
+                f"tools cannot run ({plan.tools.describe('pg_restore')} cannot connect to PostgreSQL "
+                f"{plan.server_version} itself); leave parallelism and staging out to restore through SQL",
+                reason=Reason.TARGET_TOO_OLD,
+            )
         identities = resolve_identities(ctx.secrets, settings.identity) if settings.identity else None
         check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
         if settings.globals and manifest.globals is None:

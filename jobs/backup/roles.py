@@ -55,7 +55,7 @@ def apply_globals(
         except CorruptedCiphertext as exc:
             raise ChecksumMismatch(str(exc)) from None
     sql_text = decompressor_for(manifest.compression).decompress(body)
-    argv = [plan.tools.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0"]
+    argv = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0"]
     env = {**os.environ, **libpq_environment(server, application_name=application_name)}
     done = subprocess.run(argv, input=sql_text, capture_output=True, env=env, check=False)
     errors = [
@@ -65,7 +65,8 @@ def apply_globals(
     ]
     if done.returncode != 0:
         raise RestoreFailed(
-            f"{plan.tools.describe('psql')} could not apply the roles and tablespaces (exit code {done.returncode}): "
+            f"{plan.sql_client.describe('psql')} could not apply the roles and tablespaces "
+            f"(exit code {done.returncode}): "
             f"{done.stderr.decode('utf-8', 'replace').strip()[-500:]}"
         )
     statements = sum(1 for line in sql_text.decode("utf-8", "replace").splitlines() if line.rstrip().endswith(";"))

@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from tests.conftest import new_database
-from tests.harness.stack import LocalStack, postgres_majors
+from tests.harness.stack import LocalStack, log, postgres_majors
 from tests.integration.archive_helpers import list_all, manifests, setup_archive
 from tests.integration.backup_helpers import (
     _dsn,
@@ -27,7 +27,6 @@ from tests.integration.backup_helpers import (
     get_status,
     load_sample_data,
     run_backup_job,
-    setup_backup,
     table_contents,
 )
 from tests.integration.environments import ArchiveEnv, BackupEnv
@@ -79,7 +78,7 @@ def _server_version(database: dict[str, Any]) -> str:
 
 
 def replace_secret(admin_api: Any, namespace: str, name: str, data: dict[str, str]) -> None:
-    """Create or replace a Secret: the jobs' Roles grant only the Secret names cronjobs/ ships, so a
+    """Create or replace a Secret: the jobs' Roles grant only the Secret names the tests' values name, so a
     test that points a job at another server rewrites the one it may read."""
     from kubernetes import client
 
@@ -211,49 +210,87 @@ def test_archive_and_unarchive_on_every_major_and_across_majors(
 _ALL_TIME = ("--from", "2000-01-01", "--to", "2100-01-01")
 
 
-def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_cannot(
-    pg_servers: Callable[[int], LocalStack], matrix_tools: None, backup_env: BackupEnv
-) -> None:
-    stack, admin_api, namespace = backup_env.stack, backup_env.admin_api, backup_env.namespace
-    storage_spec, create_secret = backup_env.storage_spec, backup_env.create_secret
-    create_resource, job_kubeconfig = backup_env.create_resource, backup_env.job_kubeconfig
-    kubeconfig = job_kubeconfig("backup")
-    target = new_database(pg_servers(15))
-    target_version = _server_version(target)
-    # A dump of 16 (pg_dump 16 writes nothing 15 lacks here) restores into 15 with pg_restore 16.
-    source = new_database(pg_servers(16))
-    _execute(source, generated_table(16) + ROWS)
-    setup_backup(stack, source, storage_spec, create_secret, create_resource)
-    assert run_backup_job(kubeconfig, namespace) == 0
-    code, name = _restore(backup_env, target, "from16")
-    assert code == 0, conditions(get_status(admin_api, namespace, "databaserestores", name))
-    assert _rows({**target, "dbname": "from16"}) == _rows(source)
-
-    # A dump of 18 cannot go into 15: refused before anything is created, naming both versions.
-    newest = new_database(pg_servers(NEWEST))
-    newest_version = _server_version(newest)
-    _execute(newest, generated_table(NEWEST) + ROWS)
-    replace_secret(admin_api, namespace, "cellar-database", newest)
-    create_resource(
+def _backup_of(env: BackupEnv, source: dict[str, Any], name: str) -> None:
+    """A DatabaseBackup `name` of `source` under a prefix of its own, and one backup of it."""
+    replace_secret(env.admin_api, env.namespace, "cellar-database", source)
+    env.create_resource(
         "DatabaseBackup",
         {
-            "metadata": {"name": "orders18"},
+            "metadata": {"name": name},
             "spec": {
                 "database": {"secretRef": {"name": "cellar-database"}, "sslMode": "disable"},
-                "storage": {**storage_spec, "prefix": "eighteen"},
+                "storage": {**env.storage_spec, "prefix": name},
             },
         },
     )
-    assert run_backup_job(kubeconfig, namespace, name="orders18") == 0
-    code, name = _restore(backup_env, target, "from18", backup="orders18")
+    assert env.run(name=name) == 0
+
+
+def test_restore_into_an_older_major_works_where_it_can_and_is_refused_where_it_cannot(
+    pg_servers: Callable[[int], LocalStack], matrix_tools: None, backup_env: BackupEnv
+) -> None:
+    admin_api, namespace = backup_env.admin_api, backup_env.namespace
+    # A dump of 16 (pg_dump 16 writes nothing 15 lacks here) restores into 15 with pg_restore 16.
+    into15 = new_database(pg_servers(15))
+    source16 = new_database(pg_servers(16))
+    _execute(source16, generated_table(16) + ROWS)
+    _backup_of(backup_env, source16, "from16")
+    code, name = _restore(backup_env, into15, "from16", backup="from16")
+    assert code == 0, conditions(get_status(admin_api, namespace, "databaserestores", name))
+    assert _rows({**into15, "dbname": "from16"}) == _rows(source16)
+
+    # Dumps of 18 into 14 and of 17 into 16: pg_restore 17 and newer cannot connect a restore to a server
+    # before 17, so the restore goes through its SQL into the older server's psql.
+    for newer, older in ((NEWEST, 14), (17, 16)):
+        source = new_database(pg_servers(newer))
+        _execute(source, generated_table(17) + ROWS)  # stored generated columns: every major has them
+        _backup_of(backup_env, source, f"from{newer}")
+        target = new_database(pg_servers(older))
+        code, name = _restore(backup_env, target, f"into{older}", backup=f"from{newer}")
+        status = get_status(admin_api, namespace, "databaserestores", name)
+        assert code == 0, conditions(status)
+        assert _rows({**target, "dbname": f"into{older}"}) == _rows(source)
+        log(f"a backup of {_server_version(source)} restored into {_server_version(target)} through SQL")
+
+    # A parallel restore cannot go through SQL: refused before anything is created.
+    into14 = new_database(pg_servers(14))
+    replacing = dataclasses.replace(
+        backup_env, create_secret=lambda secret, data: replace_secret(admin_api, namespace, secret, data)
+    )
+    replacing.create_restore(
+        "parallel", into14, "parallel", backup=f"from{NEWEST}", parallelism=2, staging={"path": "/tmp"}
+    )
+    assert backup_env.run("restore", name="parallel") == 3
+    refused = conditions(get_status(admin_api, namespace, "databaserestores", "parallel"))["Succeeded"]
+    assert refused["reason"] == "TargetTooOld", refused
+    assert "leave parallelism and staging out" in refused["message"], refused
+
+    # The checksum is held back through SQL too: a backup whose last byte changed is refused, nothing restored.
+    data_key = get_status(admin_api, namespace, "databasebackups", f"from{NEWEST}")["lastSuccessfulBackup"]["key"]
+    stored = bytearray(backup_env.s3.get_object(Bucket=backup_env.bucket, Key=data_key)["Body"].read())
+    stored[-1] ^= 0xFF
+    backup_env.s3.put_object(Bucket=backup_env.bucket, Key=data_key, Body=bytes(stored))
+    code, name = _restore(backup_env, into14, "damaged", backup=f"from{NEWEST}")
+    assert code == 3
+    damaged = conditions(get_status(admin_api, namespace, "databaserestores", name))["Succeeded"]
+    assert damaged["reason"] == "ChecksumMismatch", damaged
+    with psycopg.connect(_dsn(into14)) as conn:
+        gone = conn.execute("SELECT count(*) FROM pg_database WHERE datname IN ('parallel', 'damaged')").fetchone()
+        assert gone == (0,)
+
+    # What an older major cannot take is refused by its server, naming it, and nothing is left: PostgreSQL
+    # 18's virtual generated column (pg_dump 18 writes no VIRTUAL: it is 18's default) into 14.
+    virtual = new_database(pg_servers(NEWEST))
+    _execute(virtual, generated_table(NEWEST) + ROWS)
+    _backup_of(backup_env, virtual, "virtual18")
+    code, name = _restore(backup_env, into14, "virtual", backup="virtual18")
     assert code == 3
     failed = conditions(get_status(admin_api, namespace, "databaserestores", name))["Succeeded"]
-    assert failed["reason"] == "TargetTooOld"
-    assert f"pg_dump {NEWEST}." in failed["message"]
-    assert f"PostgreSQL {target_version}" in failed["message"]
-    assert newest_version.split()[0] in failed["message"]
-    with psycopg.connect(_dsn(target)) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'from18'").fetchone() == (0,)
+    assert failed["reason"] == "RestoreFailed", failed
+    assert f"PostgreSQL {_server_version(into14)} refused what pg_restore {NEWEST}." in failed["message"], failed
+    assert "numeric GENERATED ALWAYS AS ((price * (qty)::numeric))," in failed["message"], failed  # what it refused
+    with psycopg.connect(_dsn(into14)) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'virtual'").fetchone() == (0,)
 
 
 def test_a_server_newer_than_every_installed_pg_dump_is_refused_naming_both(

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import PermanentError
-from jobs.backup.pgtools import ClientTools, major_of, pick_dump_tools, pick_restore_tools
+from jobs.backup.pgtools import ClientTools, major_of, pick_dump_tools, pick_restore_tools, restores_through_sql
+from jobs.backup.restore import without_unknown_settings
 
 RELEASES = {14: "14.23", 15: "15.19", 16: "16.15", 17: "17.11", 18: "18.6"}
 
@@ -59,19 +60,36 @@ def test_a_restore_uses_the_target_major_when_it_reads_the_archive() -> None:
     assert pick_restore_tools(every, 150019, "15.19", "pg_dump 16.15", "16.15").major == 16
 
 
-def test_a_restore_that_cannot_work_is_refused_before_anything_is_written() -> None:
+def test_a_restore_into_a_major_older_than_the_tools_goes_through_sql() -> None:
+    """pg_restore 17 and newer cannot connect a restore to a server before 17 (transaction_timeout): the
+    restore goes through its SQL into the server's psql instead of being refused."""
     every = _tools(14, 15, 16, 17, 18)
-    with pytest.raises(PermanentError) as older:
-        pick_restore_tools(every, 150019, "15.19", "pg_dump 18.6", "18.6 (Debian 18.6-1)")
-    assert older.value.reason == "TargetTooOld"
-    assert "backup of PostgreSQL 18.6 (Debian 18.6-1) was written by pg_dump 18.6" in str(older.value)
-    assert "PostgreSQL 15.19" in str(older.value)
-    assert "pg_restore 18.6" in str(older.value)
-    # A 15 server dumped by pg_dump 18 (its own tools were missing) cannot go back into 15 either.
-    with pytest.raises(PermanentError) as dumped_by_newer:
-        pick_restore_tools(_tools(18), 150019, "15.19", "pg_dump 18.6", "15.19")
-    assert dumped_by_newer.value.reason == "TargetTooOld"
-    assert "Back up with the PostgreSQL 15 client tools installed" in str(dumped_by_newer.value)
+    chosen = pick_restore_tools(every, 150019, "15.19", "pg_dump 18.6", "18.6 (Debian 18.6-1)")
+    assert chosen.major == 18
+    assert restores_through_sql(chosen, 150019)
+    assert not restores_through_sql(pick_restore_tools(every, 150019, "15.19", "pg_dump 16.15", "16.15"), 150019)
+    assert not restores_through_sql(pick_restore_tools(every, 170011, "17.11", "pg_dump 18.6", "18.6"), 170011)
+    # A 15 server dumped by pg_dump 18 (its own tools were missing) goes back into 15 the same way.
+    assert restores_through_sql(pick_restore_tools(_tools(18), 150019, "15.19", "pg_dump 18.6", "15.19"), 150019)
+
+
+def test_what_an_older_server_does_not_know_is_left_out_of_the_sql_but_rows_are_not() -> None:
+    sql = [
+        b"SET statement_timeout = 0;\n",
+        b"SET transaction_timeout = 0;\n",
+        b"COPY public.notes (id, body) FROM stdin;\n",
+        b"1\tSET transaction_timeout = 0;\n",
+        b"\\.\n",
+        b"SET transaction_timeout = 0;\n",
+        b"CREATE INDEX notes_body ON public.notes (body);\n",
+    ]
+    dropped: set[str] = set()
+    kept = list(without_unknown_settings(sql, frozenset({"statement_timeout"}), dropped))
+    assert kept == [sql[0], sql[2], sql[3], sql[4], sql[6]]
+    assert dropped == {"transaction_timeout"}
+
+
+def test_a_restore_that_cannot_read_the_backup_is_refused_before_anything_is_written() -> None:
     with pytest.raises(PermanentError) as unreadable:
         pick_restore_tools(_tools(14, 15, 16), 160000, "16.0", "pg_dump 17.11", "17.11")
     assert unreadable.value.reason == "PgRestoreTooOld"
