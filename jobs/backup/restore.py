@@ -18,10 +18,9 @@ import hashlib
 import logging
 import os
 import queue
-import re
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +126,7 @@ def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identi
         decrypt_stream([head], identities, lambda _: None, what=manifest.data_key)
 
 
-class _HeldBackSink:
+class HeldBackSink:
     """Decompresses what it is given into pg_restore's stdin, always keeping the last HOLD_BACK bytes."""
 
     def __init__(self, decompressor: Decompressor, stdin: Any) -> None:
@@ -301,99 +300,6 @@ def pg_restore_command(
     return [*argv, *arguments], env
 
 
-_SET = re.compile(rb"^SET ([A-Za-z_][A-Za-z0-9_.]*) = .*;\r?\n?$")
-_COPY_FROM_STDIN = re.compile(rb"^COPY .* FROM stdin;\r?\n$")
-_END_OF_COPY = (b"\\.\n", b"\\.\r\n")
-
-
-def without_unknown_settings(lines: Iterable[bytes], known: frozenset[str], dropped: set[str]) -> Iterator[bytes]:
-    """pg_restore's SQL as it comes, without the `SET name = ...;` lines of settings the server does not know
-    (`transaction_timeout` for a server before 17); the rows of a COPY pass as they are."""
-    in_copy = False
-    for line in lines:
-        if in_copy:
-            in_copy = line not in _END_OF_COPY
-        elif _COPY_FROM_STDIN.match(line):
-            in_copy = True
-        elif (found := _SET.match(line)) is not None and found.group(1).decode().lower() not in known:
-            dropped.add(found.group(1).decode())
-            continue
-        yield line
-
-
-class SqlRestore:
-    """pg_restore writing SQL (`-f -`) into the server's psql in one transaction (RestorePlan.through_sql).
-
-    psql commits when its input ends, so its input ends only after pg_restore exited 0, which it cannot do
-    before it read the archive's held-back end: a pg_restore that fails, or is killed because the checksum
-    did not match, leaves psql killed and its transaction rolled back."""
-
-    def __init__(self, plan: RestorePlan, target: DatabaseSettings, options: Sequence[str], application_name: str):
-        self.plan = plan
-        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-        env.pop("PGDATABASE", None)
-        writer = [plan.tools.path("pg_restore"), "--exit-on-error", "--file=-", *options]
-        runner = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction"]
-        runner += ["--set=ON_ERROR_STOP=1", f"--dbname={target.dbname}"]
-        self.writer = subprocess.Popen(
-            writer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
-        self.runner = subprocess.Popen(
-            runner, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-        )
-        assert self.writer.stderr is not None
-        assert self.runner.stderr is not None
-        self.writer_errors, self.runner_errors = StderrTail(self.writer.stderr), StderrTail(self.runner.stderr)
-        self.dropped: set[str] = set()
-        self._forwarder = threading.Thread(target=self._forward, name="restore-sql", daemon=True)
-        self._forwarder.start()
-
-    @property
-    def stdin(self) -> Any:
-        return self.writer.stdin
-
-    def _forward(self) -> None:
-        assert self.writer.stdout is not None
-        assert self.runner.stdin is not None
-        try:
-            for line in without_unknown_settings(self.writer.stdout, self.plan.known_settings, self.dropped):
-                self.runner.stdin.write(line)
-        except OSError:  # psql stopped at an error: pg_restore must not block on output no one reads
-            self.writer.kill()
-            return
-        if self.writer.wait() == 0:
-            with contextlib.suppress(OSError):
-                self.runner.stdin.close()  # the end of psql's input: it commits
-        else:
-            self.runner.kill()  # never commit what a failed pg_restore wrote
-
-    def finish(self) -> None:
-        """Wait for both; RestoreFailed naming what failed and what it said."""
-        code = self.writer.wait()
-        self._forwarder.join()
-        ran = self.runner.wait()
-        if self.dropped:
-            log.info("left out settings the server does not know", extra={"settings": sorted(self.dropped)})
-        if ran != 0:
-            raise RestoreFailed(
-                f"PostgreSQL {self.plan.server_version} refused what {self.plan.tools.describe('pg_restore')} wrote "
-                f"(an older major than the backup's, restored through {self.plan.sql_client.describe('psql')}; "
-                f"nothing was committed): {self._refused()}"
-            )
-        if code != 0:
-            raise RestoreFailed(f"{self.plan.describe()} exited with code {code}: {self.writer_errors.error_lines()}")
-
-    def _refused(self) -> str:
-        """psql's error and the statement's line it quotes, each on one line (the caret line left out)."""
-        lines = [" ".join(line.split()) for line in self.runner_errors.text().splitlines()]
-        return " / ".join([line for line in lines if line.strip("^ ")][-3:])
-
-    def stop(self) -> None:
-        stop_process(self.writer)
-        stop_process(self.runner)
-        self._forwarder.join(timeout=30)
-
-
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -416,7 +322,9 @@ def restore_from_storage(
     has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
     if plan.through_sql:
-        return _restore_through_sql(
+        from jobs.backup.sql_restore import restore_through_sql  # it builds on this module's pieces
+
+        return restore_through_sql(
             store, manifest, target, plan, options, application_name, on_progress, identities, verified
         )
     argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
@@ -424,7 +332,7 @@ def restore_from_storage(
     assert process.stdin is not None
     assert process.stderr is not None
     stderr = StderrTail(process.stderr)
-    sink = _HeldBackSink(decompressor_for(manifest.compression), process.stdin)
+    sink = HeldBackSink(decompressor_for(manifest.compression), process.stdin)
     stored = StoredObject(store, manifest, on_progress)
     try:
         try:
@@ -448,41 +356,3 @@ def restore_from_storage(
     finally:
         # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
         stop_process(process)
-
-
-def _restore_through_sql(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
-    options: Sequence[str],
-    application_name: str,
-    on_progress: Callable[[int], None],
-    identities: Identities | None,
-    verified: bool,
-) -> RestoreResult:
-    """restore_from_storage into an older server (RestorePlan.through_sql), with the same hold-back."""
-    restore = SqlRestore(plan, target, options, application_name)
-    sink = _HeldBackSink(decompressor_for(manifest.compression), restore.stdin)
-    stored = StoredObject(store, manifest, on_progress)
-    try:
-        try:
-            decode_into(stored, manifest, identities, sink)
-        except BrokenPipeError:
-            if not verified:  # pg_restore stopped before the end of the archive: it failed
-                restore.writer.wait()
-            restore.finish()
-            if verified:
-                return RestoreResult(stored.read, sink.restored)  # it restored all that its list names
-            raise RestoreFailed(f"{plan.describe()} stopped before the end of the backup") from None
-        stored.check()
-        try:
-            restore.stdin.write(sink.held_back)
-            sink.restored += len(sink.held_back)
-            restore.stdin.close()
-        except BrokenPipeError:
-            pass
-        restore.finish()
-        return RestoreResult(stored.read, sink.restored)
-    finally:
-        restore.stop()
