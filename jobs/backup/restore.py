@@ -22,7 +22,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from common.db import connect, libpq_environment
 from common.encryption import (
@@ -300,6 +300,46 @@ def pg_restore_command(
     return [*argv, *arguments], env
 
 
+class RestoreProcess(Protocol):
+    """What restore_from_storage streams the archive into: pg_restore connected to the server, or SqlRestore."""
+
+    @property
+    def stdin(self) -> Any: ...
+
+    def finish(self) -> None:
+        """Wait for the restore to end; RestoreFailed where it failed."""
+        ...
+
+    def stop(self) -> None:
+        """Kill what still runs; never commits."""
+        ...
+
+
+class PgRestore:
+    """pg_restore --single-transaction connected to the server, reading the archive on stdin."""
+
+    def __init__(self, plan: RestorePlan, target: DatabaseSettings, options: Sequence[str], application_name: str):
+        self.plan = plan
+        argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        assert self.process.stderr is not None
+        self.errors = StderrTail(self.process.stderr)
+
+    @property
+    def stdin(self) -> Any:
+        return self.process.stdin
+
+    def finish(self) -> None:
+        code = self.process.wait()
+        if code != 0:
+            raise RestoreFailed(f"{self.plan.describe()} exited with code {code}: {self.errors.error_lines()}")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_read: int
@@ -321,27 +361,23 @@ def restore_from_storage(
     """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
     has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
+    process: RestoreProcess
     if plan.through_sql:
-        from jobs.backup.sql_restore import restore_through_sql  # it builds on this module's pieces
+        from jobs.backup.sql_restore import SqlRestore  # it builds on this module's pieces
 
-        return restore_through_sql(
-            store, manifest, target, plan, options, application_name, on_progress, identities, verified
-        )
-    argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert process.stdin is not None
-    assert process.stderr is not None
-    stderr = StderrTail(process.stderr)
+        process = SqlRestore(plan, target, options, application_name)
+    else:
+        process = PgRestore(plan, target, options, application_name)
     sink = HeldBackSink(decompressor_for(manifest.compression), process.stdin)
     stored = StoredObject(store, manifest, on_progress)
     try:
         try:
             decode_into(stored, manifest, identities, sink)
         except BrokenPipeError:
-            code = process.wait()
-            if code == 0 and verified:
+            process.finish()  # it stopped reading: a failure raises here
+            if verified:
                 return RestoreResult(stored.read, sink.restored)  # it restored all that its list names
-            raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}") from None
+            raise RestoreFailed(f"{plan.describe()} stopped before the end of the backup") from None
         stored.check()
         try:
             process.stdin.write(sink.held_back)
@@ -349,10 +385,8 @@ def restore_from_storage(
             process.stdin.close()
         except BrokenPipeError:
             pass
-        code = process.wait()
-        if code != 0:
-            raise RestoreFailed(f"{plan.describe()} exited with code {code}: {stderr.error_lines()}")
+        process.finish()
         return RestoreResult(stored.read, sink.restored)
     finally:
-        # Killing pg_restore before it read the end of the archive leaves its transaction uncommitted.
-        stop_process(process)
+        # Stopped before it read the end of the archive, the restore's transaction stays uncommitted.
+        process.stop()

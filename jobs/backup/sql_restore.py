@@ -11,23 +11,15 @@ import os
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from common.db import libpq_environment
-from common.encryption import Identities
 from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
-from jobs.backup.catalog import Manifest
-from jobs.backup.compression import decompressor_for
 from jobs.backup.pgtools import StderrTail, stop_process
 from jobs.backup.restore import (
-    HeldBackSink,
     RestoreFailed,
     RestorePlan,
-    RestoreResult,
-    StoredObject,
-    decode_into,
 )
 
 log = logging.getLogger(__name__)
@@ -123,41 +115,3 @@ class SqlRestore:
         stop_process(self.writer)
         stop_process(self.runner)
         self._forwarder.join(timeout=30)
-
-
-def restore_through_sql(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
-    options: Sequence[str],
-    application_name: str,
-    on_progress: Callable[[int], None],
-    identities: Identities | None,
-    verified: bool,
-) -> RestoreResult:
-    """restore_from_storage into an older server (RestorePlan.through_sql), with the same hold-back."""
-    restore = SqlRestore(plan, target, options, application_name)
-    sink = HeldBackSink(decompressor_for(manifest.compression), restore.stdin)
-    stored = StoredObject(store, manifest, on_progress)
-    try:
-        try:
-            decode_into(stored, manifest, identities, sink)
-        except BrokenPipeError:
-            if not verified:  # pg_restore stopped before the end of the archive: it failed
-                restore.writer.wait()
-            restore.finish()
-            if verified:
-                return RestoreResult(stored.read, sink.restored)  # it restored all that its list names
-            raise RestoreFailed(f"{plan.describe()} stopped before the end of the backup") from None
-        stored.check()
-        try:
-            restore.stdin.write(sink.held_back)
-            sink.restored += len(sink.held_back)
-            restore.stdin.close()
-        except BrokenPipeError:
-            pass
-        restore.finish()
-        return RestoreResult(stored.read, sink.restored)
-    finally:
-        restore.stop()
