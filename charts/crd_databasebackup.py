@@ -15,7 +15,6 @@ from crd_schema import (
     integer,
     metrics_push,
     obj,
-    object_storage,
     progress,
     ready_column,
     reason_column,
@@ -23,6 +22,7 @@ from crd_schema import (
     string,
     string_list,
 )
+from crd_storage import object_storage
 
 from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
 

@@ -7,13 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from common.schema import (
-    BUCKET_NAME,
     DNS_SUBDOMAIN,
     DURATION_PATTERN,
     GROUP,
-    OBJECT_LOCK_MODES,
-    REQUEST_CHECKSUMS,
-    SSE_ALGORITHMS,
     SSL_MODES,
     VERSION,
 )
@@ -158,135 +154,6 @@ def database_connection() -> Schema:
             "connectTimeoutSeconds": integer("Seconds to wait for a connection.", minimum=1, maximum=300, default=10),
         },
         required=["secretRef"],
-    )
-
-
-def object_storage() -> Schema:
-    return obj(
-        "Where objects are written: any S3-compatible store (AWS S3, MinIO, Ceph RGW, IBM Cloud Object Storage).",
-        {
-            "bucket": string(
-                "Bucket name. It must exist: cellar never creates buckets.",
-                pattern=BUCKET_NAME,
-            ),
-            "prefix": string(
-                "Key prefix under which everything is written, without a leading slash (for example "
-                "prod/orders). Default: no prefix.",
-                pattern=r"^$|^[^/].*$",
-                maxLength=512,
-                default="",
-            ),
-            "endpoint": string(
-                "Endpoint URL for stores other than AWS S3 (https://minio.example:9000, "
-                "https://s3.us-south.cloud-object-storage.appdomain.cloud). Default: AWS S3 for the region.",
-                pattern=r"^https?://[^\s/]+(/.*)?$",
-                maxLength=2048,
-            ),
-            "region": string(
-                "Region. Default us-east-1, which MinIO and Ceph accept.",
-                default="us-east-1",
-                pattern=r"^[a-z0-9-]+$",
-                maxLength=64,
-            ),
-            "forcePathStyle": boolean(
-                "Address buckets as endpoint/bucket instead of bucket.endpoint. MinIO and Ceph usually need true.",
-                False,
-            ),
-            "endpointCA": secret_key_selector(
-                "A Secret key holding the PEM CA bundle that signed the endpoint's certificate (private CA)."
-            ),
-            "insecureSkipTLSVerify": boolean(
-                "Do not verify the endpoint's TLS certificate. For tests only; prefer endpointCA.", False
-            ),
-            "credentials": obj(
-                "Access keys by Secret reference, or inheritFromIAMRole to use the environment's own "
-                "identity (IRSA, EKS Pod Identity, instance profile).",
-                {
-                    "accessKeyId": secret_key_selector("The Secret key holding the access key id."),
-                    "secretAccessKey": secret_key_selector("The Secret key holding the secret access key."),
-                    "sessionToken": secret_key_selector("The Secret key holding a session token (optional)."),
-                    "inheritFromIAMRole": boolean(
-                        "Use boto3's default credential chain instead of keys from Secrets.", False
-                    ),
-                },
-                rules=[
-                    {
-                        "rule": "self.inheritFromIAMRole == true ? (!has(self.accessKeyId) && "
-                        "!has(self.secretAccessKey)) : (has(self.accessKeyId) && has(self.secretAccessKey))",
-                        "message": "set either inheritFromIAMRole: true, or both accessKeyId and secretAccessKey",
-                    }
-                ],
-            ),
-            "serverSideEncryption": obj(
-                "Server-side encryption of every object written.",
-                {
-                    "algorithm": string("AES256 (SSE-S3) or aws:kms (SSE-KMS).", enum=list(SSE_ALGORITHMS)),
-                    "kmsKeyId": string(
-                        "KMS key id or ARN; only with aws:kms (default: the account's key).",
-                        minLength=1,
-                        maxLength=2048,
-                    ),
-                },
-                required=["algorithm"],
-                rules=[
-                    {
-                        "rule": "!has(self.kmsKeyId) || self.algorithm == 'aws:kms'",
-                        "message": "kmsKeyId is only allowed with algorithm aws:kms",
-                    }
-                ],
-            ),
-            "storageClass": string(
-                "Storage class of written objects (STANDARD, STANDARD_IA, ...). Default: the bucket's.",
-                pattern=r"^[A-Za-z0-9_-]+$",
-                maxLength=64,
-            ),
-            "requestChecksum": string(
-                "WhenSupported sends a CRC checksum with every upload (boto3's default since 1.36); "
-                "WhenRequired sends one only where the API requires it, for stores that reject the newer "
-                "checksum headers (older Ceph, some IBM COS and MinIO releases).",
-                enum=list(REQUEST_CHECKSUMS),
-                default="WhenSupported",
-            ),
-            "maxParts": integer(
-                "Most parts one multipart upload may have: 10000 on AWS; lower it for stores with a smaller "
-                "limit. The part size grows as a stream grows so that it never runs out of parts.",
-                minimum=1,
-                maximum=10000,
-                default=10000,
-            ),
-            "partSizeMiB": integer(
-                "Starting part size in MiB (at least 5, the S3 minimum). Memory holds about three parts.",
-                minimum=5,
-                maximum=5120,
-                default=8,
-            ),
-            "objectLock": obj(
-                "Write every object (data, manifests, archive files) with S3 Object Lock, so that no one, "
-                "cellar's own retention included, can delete or overwrite it before retainFor has passed. "
-                "The bucket must have been created with object lock enabled; the run checks before writing.",
-                {
-                    "mode": string(
-                        "Governance (users with s3:BypassGovernanceRetention may still delete) or Compliance "
-                        "(no one may, not even the account's root user, until the date).",
-                        enum=list(OBJECT_LOCK_MODES),
-                    ),
-                    "retainFor": duration("How long after it is written each object is locked.", positive=True),
-                    "legalHold": boolean(
-                        "Also place a legal hold on every object: it stays, whatever the date, until the hold "
-                        "is removed.",
-                        False,
-                    ),
-                },
-                required=["mode", "retainFor"],
-            ),
-        },
-        required=["bucket", "credentials"],
-        rules=[
-            {
-                "rule": "!(has(self.endpointCA) && self.insecureSkipTLSVerify)",
-                "message": "endpointCA and insecureSkipTLSVerify exclude each other",
-            }
-        ],
     )
 
 

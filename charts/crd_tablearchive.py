@@ -15,13 +15,13 @@ from crd_schema import (
     integer,
     metrics_push,
     obj,
-    object_storage,
     progress,
     ready_column,
     reason_column,
     run_record,
     string,
 )
+from crd_storage import object_storage
 
 from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
 

@@ -233,6 +233,10 @@ class _CallbackWriter:
         self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
+        if self.error is not None:
+            # pyrage writes again after a write raised (the same bytes, or the next): the sink must not see
+            # them, or a decompressor behind it would take them as corruption and hide the first error.
+            raise self.error
         try:
             self._sink(bytes(data))
         except BaseException as exc:

@@ -82,18 +82,18 @@ class Area:
 
     store: ObjectStore
     record_key: str  # the owner record's key
-    where: str  # for messages: s3://bucket/prefix/ (and the table)
+    where: str  # for messages: s3://bucket/prefix/ (or azure://, gs://; and the table)
 
     @classmethod
     def of_backups(cls, store: ObjectStore) -> Area:
-        return cls(store, store.key(OWNER_OBJECT), f"s3://{store.bucket}/{store.key()}/")
+        return cls(store, store.key(OWNER_OBJECT), store.url(store.key()) + "/")
 
     @classmethod
     def of_archive(cls, store: ObjectStore, relation: str) -> Area:
         return cls(
             store,
             store.key(ARCHIVE_OWNERS, f"{relation}.json"),
-            f"s3://{store.bucket}/{store.key(relation)}/ (the archive of {relation})",
+            f"{store.url(store.key(relation))}/ (the archive of {relation})",
         )
 
 
@@ -201,7 +201,7 @@ def released_on_failure(area: Area, me: Owner, claimed: Claimed, contents: Seque
 
 def _release_if_unused(area: Area, me: Owner, contents: Sequence[str]) -> None:
     store = area.store
-    if any(o["Key"] != area.record_key for prefix in contents for o in store.list_objects(prefix)):
+    if any(o.key != area.record_key for prefix in contents for o in store.list_objects(prefix)):
         return
     claim, _ = _read(area)
     if claim is not None and claim.owner == me:
@@ -214,7 +214,7 @@ def _read(area: Area) -> tuple[Claim | None, str | None]:
     if found is None:
         return None, None
     raw, etag = found
-    return Claim.from_json(raw, f"s3://{area.store.bucket}/{area.record_key}"), etag
+    return Claim.from_json(raw, area.store.url(area.record_key)), etag
 
 
 def _refusal(area: Area, me: Owner, claim: Claim) -> str:

@@ -87,8 +87,12 @@ class Reason(StrEnum):
         EXIT_PERMANENT,
         "TLS verification of the database server failed: the CA in sslrootcert or the host does not match",
     )
-    BUCKET_NOT_FOUND = "BucketNotFound", EXIT_PERMANENT, "the bucket does not exist"
-    STORAGE_ACCESS_DENIED = "StorageAccessDenied", EXIT_PERMANENT, "the object store refused the access keys"
+    BUCKET_NOT_FOUND = "BucketNotFound", EXIT_PERMANENT, "the bucket (or Azure container) does not exist"
+    STORAGE_ACCESS_DENIED = (
+        "StorageAccessDenied",
+        EXIT_PERMANENT,
+        "the object store refused the credentials (keys, SAS token, workload identity)",
+    )
     UPLOAD_REJECTED = (
         "UploadRejected",
         EXIT_PERMANENT,

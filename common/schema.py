@@ -13,6 +13,11 @@ VERSION = "v1alpha1"
 DURATION_PATTERN = r"^([0-9]+(s|m|h|d|w))+$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# Azure: storage account names are 3-24 lowercase letters and digits; container names 3-63 of lowercase
+# letters, digits and single hyphens. GCS bucket names may also hold underscores, and dots up to 222.
+AZURE_ACCOUNT_NAME = r"^[a-z0-9]{3,24}$"
+AZURE_CONTAINER_NAME = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+GCS_BUCKET_NAME = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"
 SCRATCH_DATABASE_PREFIX = r"^[a-z_][a-z0-9_]{0,30}$"
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -20,6 +25,24 @@ OBJECT_LOCK_MODES = ("Governance", "Compliance")
 SSE_ALGORITHMS = ("AES256", "aws:kms")
 REQUEST_CHECKSUMS = ("WhenSupported", "WhenRequired")
 COMPRESSIONS = ("zstd", "gzip", "none")
+StorageProvider = Literal["S3", "AzureBlob", "GCS"]
+STORAGE_PROVIDERS: tuple[StorageProvider, ...] = get_args(StorageProvider)
+# The spec.storage fields that only S3 reads, with the default the CRD fills in (None: no default); set to
+# anything else with another provider, they are refused rather than ignored.
+S3_ONLY_FIELDS: dict[str, object] = {
+    "bucket": None,
+    "endpoint": None,
+    "region": "us-east-1",
+    "forcePathStyle": False,
+    "endpointCA": None,
+    "insecureSkipTLSVerify": False,
+    "credentials": None,
+    "serverSideEncryption": None,
+    "storageClass": None,
+    "requestChecksum": "WhenSupported",
+    "maxParts": 10000,
+    "objectLock": None,
+}
 ArchiveFormat = Literal["Parquet", "CSVGzip"]
 Partitioning = Literal["Daily", "Monthly", "None"]
 ArchiveMode = Literal["Move", "Copy"]

@@ -42,11 +42,15 @@ class Secrets:
         def read(ref: SecretKeyRef | None, *, sensitive: bool = True) -> str | None:
             return None if ref is None else self.key(ref, sensitive=sensitive)
 
+        azure, gcs = spec.azure_blob, spec.gcs
         return StorageCredentials(
             read(spec.access_key_id),
             read(spec.secret_access_key),
             read(spec.session_token),
             read(spec.endpoint_ca, sensitive=False),  # a CA certificate is public
+            azure_account_key=read(azure.account_key) if azure else None,
+            azure_sas_token=read(azure.sas_token) if azure else None,
+            gcs_service_account_json=read(gcs.service_account_key) if gcs else None,
         )
 
 
@@ -135,7 +139,13 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
 
 @dataclass(frozen=True)
 class StorageCredentials:
+    """What spec.storage's Secrets hold: S3 keys and CA, an Azure account key or SAS token, a GCS service
+    account key (JSON). None where the spec names none."""
+
     access_key_id: str | None
     secret_access_key: str | None
     session_token: str | None
     ca_bundle_pem: str | None
+    azure_account_key: str | None = None
+    azure_sas_token: str | None = None
+    gcs_service_account_json: str | None = None

@@ -23,6 +23,7 @@ from tests.harness.cluster import (
     install_crds,
     service_account_kubeconfig,
 )
+from tests.harness.emulators import Azurite, FakeGcs
 from tests.harness.faults import Toxiproxy
 from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
 from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
@@ -217,6 +218,22 @@ def database(stack: LocalStack) -> Iterator[dict[str, Any]]:
 def toxiproxy() -> Iterator[Toxiproxy]:
     """Shopify's toxiproxy on loopback: TCP faults (latency, bandwidth, resets) between a job and a server."""
     server = Toxiproxy().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's Blob service on loopback (Azure Blob Storage's emulator)."""
+    server = Azurite().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs() -> Iterator[FakeGcs]:
+    """fake-gcs-server on loopback (Google Cloud Storage's JSON API)."""
+    server = FakeGcs().start()
     yield server
     server.stop()
 

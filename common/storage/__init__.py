@@ -1,20 +1,32 @@
-"""S3-compatible object storage, behind one seam: `ObjectStore` (store), the streaming multipart upload
-(upload), the translation of every store failure into cellar's reasons (errors), and the boto3 client they
-share (client), which nothing outside this package touches."""
+"""Object storage behind one seam: `ObjectStore` (base) and its verbs, given by S3 (s3, with the streaming
+multipart upload in upload, the boto3 client in client and its failures in errors), Azure Blob Storage (azure)
+and Google Cloud Storage (gcs). The jobs use the verbs only; each SDK stays inside its module, and every
+failure leaves as one of cellar's reasons."""
 
-from common.storage.errors import translate_storage_error
-from common.storage.store import Lock, ObjectStore, PendingUpload, StoredObject
-from common.storage.upload import MAX_PART_SIZE, MIN_PART_SIZE, StreamingUpload, UploadResult, part_size_for
+from common.storage.base import (
+    MAX_PART_SIZE,
+    MIN_PART_SIZE,
+    ListedObject,
+    Lock,
+    ObjectStore,
+    PendingUpload,
+    StoredObject,
+    Upload,
+    UploadResult,
+    VerificationFailed,
+    part_size_for,
+)
 
 __all__ = [
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
+    "ListedObject",
     "Lock",
     "ObjectStore",
     "PendingUpload",
     "StoredObject",
-    "StreamingUpload",
+    "Upload",
     "UploadResult",
+    "VerificationFailed",
     "part_size_for",
-    "translate_storage_error",
 ]

@@ -8,17 +8,15 @@ than one part is sent with a single PutObject.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.redact import redact
+from common.storage.base import Upload, part_size_for
 from common.storage.errors import STORE_ERRORS, translate_storage_error, translated
 
 if TYPE_CHECKING:
@@ -28,28 +26,8 @@ else:
 
 log = logging.getLogger("common.storage")
 
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
-# The part size doubles every max_parts / GROWTH_STEPS parts: with 8 MiB parts and 10,000 parts that
-# covers about 8 TiB, past S3's 5 TiB object limit, while the first 8 GiB use 8 MiB parts.
-GROWTH_STEPS = 10
 
-
-@dataclass(frozen=True)
-class UploadResult:
-    key: str
-    size: int
-    sha256: str
-    parts: int
-
-
-def part_size_for(part_number: int, base_size: int, max_parts: int) -> int:
-    """Size of part `part_number` (1-based): `base_size`, doubled every max_parts/GROWTH_STEPS parts."""
-    step = max(1, max_parts // GROWTH_STEPS)
-    return min(MAX_PART_SIZE, max(MIN_PART_SIZE, base_size) << ((part_number - 1) // step))
-
-
-class StreamingUpload:
+class StreamingUpload(Upload):
     """Upload a stream of unknown length; use as a context manager so that failures abort.
 
     Memory: the part being filled plus up to `concurrency` parts in flight.
@@ -68,6 +46,7 @@ class StreamingUpload:
         checksums: bool = True,
         concurrency: int = 2,
     ) -> None:
+        super().__init__()
         self.client = client
         self.bucket = bucket
         self.key = key
@@ -76,36 +55,16 @@ class StreamingUpload:
         self.extra_arguments = dict(extra_arguments or {})
         self.content_type = content_type
         self.checksums = checksums
-        self._hash = hashlib.sha256()
         self._buffer = bytearray()
-        self._size = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="s3-part")
         self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
-        self._finished = False
-
-    @property
-    def bytes_written(self) -> int:
-        return self._size
-
-    def __enter__(self) -> StreamingUpload:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._finished:
-            self.abort()
 
     def _current_part_size(self) -> int:
         return part_size_for(len(self._parts) + 1, self.base_part_size, self.max_parts)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._finished:
-            raise RuntimeError("write after the upload was completed or aborted")
-        self._hash.update(data)
-        self._size += len(data)
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
         while len(self._buffer) >= self._current_part_size():
             size = self._current_part_size()
@@ -166,10 +125,7 @@ class StreamingUpload:
                 if isinstance(error, Exception):
                     raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
 
-    def complete(self) -> UploadResult:
-        """Send what is buffered and make the object visible; only now does it exist."""
-        if self._finished:
-            raise RuntimeError("the upload was already completed or aborted")
+    def _complete(self) -> int:
         try:
             if self._upload_id is None:
                 # Smaller than one part: one PutObject, no multipart upload to leave behind.
@@ -195,13 +151,10 @@ class StreamingUpload:
                 parts = len(completed)
         except STORE_ERRORS as exc:
             raise translate_storage_error(exc, "cannot complete the upload of", self.bucket, self.key) from None
-        self._finished = True
         self._pool.shutdown(wait=True)
-        return UploadResult(key=self.key, size=self._size, sha256=self._hash.hexdigest(), parts=parts)
+        return parts
 
-    def abort(self) -> None:
-        """Abort the multipart upload so no partial object ever becomes visible. Never raises."""
-        self._finished = True
+    def _abort(self) -> None:
         for future in self._parts:
             future.cancel()
         # A part still being sent could land after the abort and keep the upload alive: wait first.

@@ -84,12 +84,12 @@ def clean_leftovers(
     recorded = ledger.recorded_keys(conn, settings.relation)
     conn.rollback()
     committed_batches = {batch_of(k) for k in recorded}
-    manifest_keys = {o["Key"] for o in store.list_objects(layout.manifest_prefix)}
+    manifest_keys = {o.key for o in store.list_objects(layout.manifest_prefix)}
     manifests: dict[str, BatchManifest | None] = {}
     deleted: list[str] = []
     kept_batches: set[str | None] = set()
     for listed in list(store.list_objects(layout.data_prefix)):
-        key = listed["Key"]
+        key = listed.key
         batch = batch_of(key)
         if key in recorded:
             continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any
 
@@ -18,9 +17,7 @@ from common.encryption import (
     decrypt_bytes,
     fingerprint,
 )
-from common.errors import PermanentError
-from common.reasons import Reason
-from common.storage import ObjectStore
+from common.storage import ObjectStore, VerificationFailed
 from jobs.archive.encoding import arrow_type, decode
 from jobs.archive.manifest import ArchivedColumn, ArchivedObject, BatchManifest
 from jobs.archive.settings import ArchiveSettings
@@ -38,10 +35,6 @@ def batch_of(object_key: str) -> str | None:
         return None
     stem = name.removeprefix("part-").split(".", 1)[0]
     return stem.rsplit("-", 1)[0] or None
-
-
-class VerificationFailed(PermanentError):
-    reason = Reason.VERIFICATION_FAILED
 
 
 class ObjectLayout:
@@ -127,28 +120,8 @@ def split_by_size(table: pa.Table, max_bytes: int) -> list[pa.Table]:
 
 
 def upload_verified(store: ObjectStore, key: str, body: bytes, sha256_hex: str) -> None:
-    """PUT with a SHA-256 checksum and verify what the store says it stored.
-
-    A store that checks x-amz-checksum-sha256 rejects a corrupted body (BadDigest) and returns the
-    checksum it computed: a match is its own statement of what it holds, so no HEAD is needed. A store
-    that returns no checksum (requestChecksum: WhenRequired, or no support) is asked with HEAD for the
-    size and the ETag, which for a single PUT is the MD5 of the body.
-    """
-    checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
-    sent = None if store.spec.checksum_when_required else checksum
-    if store.put_with_checksum(key, body, sent) == checksum:
-        return
-    stored = store.stat(key)
-    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-    if (
-        stored.size != len(body)
-        or (stored.sha256 and stored.sha256.split("-")[0] != checksum)
-        or (not stored.sha256 and "-" not in stored.etag and stored.etag != md5)
-    ):
-        raise VerificationFailed(
-            f"s3://{store.bucket}/{key}: the stored object does not match what was uploaded "
-            f"(size {stored.size} of {len(body)}, checksum {stored.sha256 or stored.etag})"
-        )
+    """PUT with a checksum the store checks, and verify what the store says it stored."""
+    store.put_verified(key, body, sha256_hex)
 
 
 def read_verified(

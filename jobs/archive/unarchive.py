@@ -64,7 +64,7 @@ def objects_in_range(
     layout = ObjectLayout(store, settings)
     chosen = []
     for listed in store.list_objects(layout.manifest_prefix):
-        manifest = BatchManifest.read(store.get_bytes(listed["Key"]), listed["Key"])
+        manifest = BatchManifest.read(store.get_bytes(listed.key), listed.key)
         chosen += [(manifest, described) for described in manifest.objects if described.spans(start, end)]
     return sorted(chosen, key=lambda item: (item[1].time_span[0], item[1].object_key))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from common.errors import PermanentError
 from common.reasons import Reason
-from common.storage import ObjectStore
+from common.storage import ListedObject, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -279,46 +279,46 @@ class Inventory:
     listed, restored, thinned out or deleted here, and their objects are not leftovers."""
 
     backups: list[Manifest]
-    orphan_data: list[dict[str, Any]]
-    broken_manifests: list[dict[str, Any]]
+    orphan_data: list[ListedObject]
+    broken_manifests: list[ListedObject]
     others: list[Manifest] = field(default_factory=list)
 
 
-def take_inventory(store: ObjectStore, readable: frozenset[str]) -> Inventory:
+def take_inventory(store: ObjectStore, readable: frozenset[str], *, newest: str | None = None) -> Inventory:
     """List storage and sort it into the complete backups of the resources in `readable` (what
     common.ownership says the resource may read), other resources' backups, and leftovers.
 
     A manifest counts only when the object it names exists with the size it records; a data object
-    no complete manifest names is a leftover of a crashed run (or of a half-done deletion).
+    no complete manifest names is a leftover of a crashed run (or of a half-done deletion). `newest`: the
+    backup the run just wrote, which counts as the newest even where another ended in the same second.
     """
-    data = {o["Key"]: o for o in store.list_objects(store.key(DATA_DIR) + "/")}
+    data = {o.key: o for o in store.list_objects(store.key(DATA_DIR) + "/")}
     manifests = list(store.list_objects(store.key(MANIFEST_DIR) + "/"))
-    rejected = {o["Key"].rsplit("/", 1)[-1] for o in store.list_objects(store.key(QUARANTINE_DIR) + "/")}
+    rejected = {o.key.rsplit("/", 1)[-1] for o in store.list_objects(store.key(QUARANTINE_DIR) + "/")}
     backups: list[Manifest] = []
-    broken: list[dict[str, Any]] = []
+    broken: list[ListedObject] = []
     for listed in manifests:
-        if listed["Key"].rsplit("/", 1)[-1] in rejected:
+        if listed.key.rsplit("/", 1)[-1] in rejected:
             broken.append(listed)  # quarantined; its manifest outlived the move (an object lock held it)
             continue
         try:
-            manifest = Manifest.from_json(store.get_bytes(listed["Key"]), listed["Key"])
+            manifest = Manifest.from_json(store.get_bytes(listed.key), listed.key)
         except PermanentError as exc:
-            log.warning("ignoring unreadable manifest", extra={"key": listed["Key"], "error": str(exc)})
+            log.warning("ignoring unreadable manifest", extra={"key": listed.key, "error": str(exc)})
             broken.append(listed)
             continue
         expected = {d.data_key: d.bytes_stored for d in manifest.dumps}
         if manifest.globals:
             expected[manifest.globals.data_key] = manifest.globals.bytes_stored
-        if any(key not in data or int(data[key]["Size"]) != size for key, size in expected.items()):
-            log.warning(
-                "manifest does not match its object", extra={"key": listed["Key"], "data_key": manifest.data_key}
-            )
+        if any(key not in data or data[key].size != size for key, size in expected.items()):
+            log.warning("manifest does not match its object", extra={"key": listed.key, "data_key": manifest.data_key})
             broken.append(listed)
             continue
         backups.append(manifest)
     named = {key for b in backups for key in b.object_keys}
     orphans = [o for key, o in data.items() if key not in named]
-    backups.sort(key=lambda m: (m.end_time, m.backup_id), reverse=True)
+    # Newest first; `newest` (the run's own backup) before others that ended in the same second.
+    backups.sort(key=lambda m: (m.end_time, m.backup_id == newest, m.backup_id), reverse=True)
     others = [m for m in backups if m.resource not in readable]
     if others:
         log.warning(
@@ -340,7 +340,7 @@ def find_backup(store: ObjectStore, readable: frozenset[str], key: str | None) -
     others = f" ({len(inventory.others)} of other resources are left alone)" if inventory.others else ""
     if not inventory.backups:
         raise PermanentError(
-            f"no complete backup under s3://{store.bucket}/{store.key(MANIFEST_DIR)}/{others}",
+            f"no complete backup under {store.url(store.key(MANIFEST_DIR))}/{others}",
             reason=Reason.BACKUP_NOT_FOUND,
         )
     if key is None:
@@ -354,10 +354,10 @@ def find_backup(store: ObjectStore, readable: frozenset[str], key: str | None) -
             return manifest
     foreign = next((m for m in inventory.others if named(m)), None)
     raise PermanentError(
-        f"backup {key!r} in s3://{store.bucket}/{store.key()} was written by {foreign.resource}, not by this "
+        f"backup {key!r} in {store.url(store.key())} was written by {foreign.resource}, not by this "
         "resource: restore it through that DatabaseBackup"
         if foreign is not None
-        else f"no complete backup with key {key!r} in s3://{store.bucket}/{store.key()}; "
+        else f"no complete backup with key {key!r} in {store.url(store.key())}; "
         "spec.backup.key must name the data object, the backup id or the manifest",
         reason=Reason.BACKUP_NOT_FOUND,
     )

@@ -27,7 +27,7 @@ from common.errors import CellarError, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
-from common.storage import ObjectStore, StreamingUpload, UploadResult
+from common.storage import ObjectStore, Upload, UploadResult
 from jobs.backup.catalog import TableCount
 from jobs.backup.compression import compressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process
@@ -181,7 +181,7 @@ class CompressedUpload:
     `recipients` when there are any, the multipart upload. finish() ends the compressed (and encrypted)
     stream; complete() makes the object visible."""
 
-    def __init__(self, upload: StreamingUpload, compression: Compression, recipients: Sequence[str]) -> None:
+    def __init__(self, upload: Upload, compression: Compression, recipients: Sequence[str]) -> None:
         self._upload = upload
         self._compressor = compressor_for(compression)
         self._encryptor = EncryptingWriter(recipients, upload.write) if recipients else None

@@ -93,7 +93,7 @@ class BackupJob:
                 store, checked.claimed.readable, _as_dry_run(settings.retention), datetime.now(UTC)
             )
             return (
-                f"dry run: resource, Secrets, {database.describe()} ({facts.version}), bucket {store.bucket} "
+                f"dry run: resource, Secrets, {database.describe()} ({facts.version}), {store.url()} "
                 f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
                 f"retention would delete {len(planned.deleted)} objects"
                 + (f"; would dump {describe_choice(settings, checked)}" if settings.databases else "")
@@ -182,9 +182,11 @@ class BackupJob:
                 )
             )
         retained = (
-            RetentionOutcome(take_inventory(store, checked.claimed.readable), [], {})
+            RetentionOutcome(take_inventory(store, checked.claimed.readable, newest=identifier), [], {})
             if args.skip_retention
-            else apply_retention(store, checked.claimed.readable, settings.retention, datetime.now(UTC))
+            else apply_retention(
+                store, checked.claimed.readable, settings.retention, datetime.now(UTC), newest=identifier
+            )
         )
         inventory, deleted = retained.inventory, retained.deleted
         message = (

@@ -80,7 +80,7 @@ def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool) 
             "databases": [d.name for d in databases],
             "database_bytes": sum(d.size for d in databases),
             "standby": facts.standby,
-            "bucket": store.bucket,
+            "bucket": store.url(),
             "encrypted_to": [fingerprint(r) for r in recipients],
         },
     )

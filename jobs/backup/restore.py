@@ -161,7 +161,6 @@ class StoredObject:
         self._store, self._dump, self._on_progress = store, manifest.dump, on_progress
         self._digest = hashlib.sha256()
         self._stream: Iterator[bytes] | None = None
-        self.bucket = store.bucket
         self.read = 0
 
     def chunks(self) -> Iterator[bytes]:

@@ -82,17 +82,17 @@ class RetentionOutcome:
 
 
 def apply_retention(
-    store: ObjectStore, readable: frozenset[str], policy: RetentionPolicy, now: datetime
+    store: ObjectStore, readable: frozenset[str], policy: RetentionPolicy, now: datetime, *, newest: str | None = None
 ) -> RetentionOutcome:
     """Delete what the policy lets go, and leftovers older than its safety window. A manifest goes before
     its object, so a crash in between leaves an orphan object (cleaned later), never a manifest without
     its data. A backup whose manifest an object lock still holds stays a complete backup, and is deleted
     by the first run after its lock ends."""
-    inventory = take_inventory(store, readable)
+    inventory = take_inventory(store, readable, newest=newest)
     keep = backups_to_keep(inventory.backups, policy, now)
     doomed = [m for m in inventory.backups if m.backup_id not in keep]
     cutoff = now - policy.incomplete_after
-    leftovers = [o["Key"] for o in inventory.orphan_data + inventory.broken_manifests if o["LastModified"] < cutoff]
+    leftovers = [o.key for o in inventory.orphan_data + inventory.broken_manifests if o.last_modified < cutoff]
     outcome = RetentionOutcome(inventory, [], {})
     if policy.dry_run:
         outcome.deleted = [key for m in doomed for key in (m.manifest_key, *m.object_keys)] + leftovers

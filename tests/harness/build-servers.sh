@@ -23,6 +23,13 @@ ACTIONLINT_VERSION="${CELLAR_ACTIONLINT_VERSION:-v1.7.12}"
 # Helm renders, lints and installs charts/cellar; Helm 3 renders it too (a test compares the two).
 HELM_VERSION="${CELLAR_HELM_VERSION:-v4.3.1}"
 HELM3_VERSION="${CELLAR_HELM3_VERSION:-v3.22.0}"
+# The storage emulators the Azure Blob and GCS suites run against: fsouza/fake-gcs-server (Go) and
+# Microsoft's Azurite (npm); and the clients no one here wrote that read back what cellar wrote there
+# (the Azure CLI and gsutil, from PyPI, each in a virtualenv of its own, as their dependencies clash).
+FAKE_GCS_VERSION="${CELLAR_FAKE_GCS_VERSION:-v1.56.1}"
+AZURITE_VERSION="${CELLAR_AZURITE_VERSION:-3.37.0}"
+AZURE_CLI_VERSION="${CELLAR_AZURE_CLI_VERSION:-2.91.0}"
+GSUTIL_VERSION="${CELLAR_GSUTIL_VERSION:-5.38}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -136,6 +143,39 @@ build_helm() {
 
 build_helm3() { go_install helm3 "$HELM3_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM3_VERSION" helm; }
 
+build_fake_gcs() {
+  go_install fake-gcs-server "$FAKE_GCS_VERSION" "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION" fake-gcs-server
+}
+
+install_azurite() {
+  local out="$CACHE/bin/azurite-$AZURITE_VERSION"
+  if [[ ! -x "$out/node_modules/.bin/azurite-blob" ]]; then
+    command -v npm >/dev/null 2>&1 || die "npm is not installed: install Node.js 20 or newer with npm, then rerun."
+    log "azurite $AZURITE_VERSION: installing with npm"
+    rm -rf "$out"; mkdir -p "$out"
+    npm install --prefix "$out" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2 \
+      || die "npm install azurite@$AZURITE_VERSION failed (see npm's output above)"
+  fi
+  log "azurite $AZURITE_VERSION: $out/node_modules/.bin/azurite-blob"
+  echo "azurite-blob=$out/node_modules/.bin/azurite-blob"
+}
+
+# pip_tool NAME PACKAGE==VERSION: a PyPI command line tool in a virtualenv of its own under the cache.
+pip_tool() {
+  local name=$1 requirement=$2 python=${PYTHON:-python3}
+  local out="$CACHE/tools/$name-${requirement##*==}"
+  if [[ ! -f "$out/.ready" ]]; then
+    log "$requirement: installing into a virtualenv of its own (a few minutes the first time)"
+    rm -rf "$out"
+    "$python" -m venv "$out" >&2
+    "$out/bin/python" -m pip install -q --disable-pip-version-check "$requirement" >&2 \
+      || die "pip install $requirement failed (see pip's output above)"
+    touch "$out/.ready"
+  fi
+  log "$name: $out/bin/$name"
+  echo "$name=$out/bin/$name"
+}
+
 fetch_prometheus_operator_crds() {
   local out="$CACHE/share/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
   if [[ ! -f "$out/.ready" ]]; then
@@ -164,6 +204,10 @@ for c in "${components[@]}"; do
     actionlint) build_actionlint ;;
     helm) build_helm ;;
     helm3) build_helm3 ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3)" ;;
+    fake-gcs-server) build_fake_gcs ;;
+    azurite) install_azurite ;;
+    az) pip_tool az "azure-cli==$AZURE_CLI_VERSION" ;;
+    gsutil) pip_tool gsutil "gsutil==$GSUTIL_VERSION" ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server azurite az gsutil)" ;;
   esac
 done

@@ -4,7 +4,8 @@
 #     the real node containerd, runc, the CNI plugins and debootstrap
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
 #   - the Go-built servers and tools (kube-apiserver, kube-scheduler, kubelet, kubectl, etcd, MinIO, Prometheus,
-#     promtool, actionlint, Helm 4 and 3), cached outside the clone
+#     promtool, actionlint, Helm 4 and 3, fake-gcs-server), Azurite (npm), the Azure CLI and gsutil (PyPI), cached
+#     outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
 set -euo pipefail
@@ -61,8 +62,24 @@ if [[ "$(printf '%s\n1.24\n' "$go_version" | sort -V | head -n 1)" != "1.24" ]];
   log "go $go_version is older than 1.24: using toolchain $GOTOOLCHAIN from the Go module proxy"
 fi
 
+command -v npm >/dev/null 2>&1 || need_node=1
+if [[ -n "${need_node:-}" ]]; then
+  [[ $(id -u) -eq 0 ]] || die "npm is not installed (Azurite, the Azure Blob Storage emulator, comes from npm): sudo apt-get install -y nodejs npm"
+  log "installing Debian packages: nodejs npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
+fi
+# The Go builds, and beside them the emulators and the clients that read back what cellar wrote to them
+# (npm and pip downloads, which overlap the compiling).
+bash tests/harness/build-servers.sh azurite az gsutil >/tmp/cellar-setup-emulators.$$ 2>&1 &
+emulators=$!
 bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl \
-  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 >/dev/null
+  prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server >/dev/null
+if ! wait "$emulators"; then
+  cat /tmp/cellar-setup-emulators.$$ >&2; rm -f /tmp/cellar-setup-emulators.$$
+  die "installing Azurite, the Azure CLI or gsutil failed (see above)"
+fi
+grep -v '=' /tmp/cellar-setup-emulators.$$ >&2 || true
+rm -f /tmp/cellar-setup-emulators.$$
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

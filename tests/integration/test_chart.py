@@ -185,6 +185,61 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
     assert not any("databaserestores" in rule["resources"] for rule in backup_rules)
 
 
+def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> None:
+    gke = {"iam.gke.io/gcp-service-account": "cellar@acme.iam.gserviceaccount.com"}
+    values = {
+        "serviceAccountAnnotations": gke,
+        "backups": {
+            "on-azure": {
+                "spec": {
+                    "database": {"secretRef": {"name": "azure-db"}},
+                    "storage": {
+                        "provider": "AzureBlob",
+                        "azureBlob": {
+                            "account": "acme1",
+                            "container": "backups",
+                            "credentials": {"sasToken": {"name": "azure-sas", "key": "token"}},
+                        },
+                    },
+                }
+            },
+            "on-gke": {
+                "spec": {
+                    "database": {"secretRef": {"name": "gke-db"}},
+                    "storage": {
+                        "provider": "GCS",
+                        "gcs": {"bucket": "acme-backups", "credentials": {"workloadIdentity": True}},
+                    },
+                }
+            },
+        },
+        "archives": {
+            "events": {
+                "spec": {
+                    "database": {"secretRef": {"name": "azure-db"}},
+                    "storage": {
+                        "provider": "GCS",
+                        "gcs": {
+                            "bucket": "acme-lake",
+                            "credentials": {"serviceAccountKey": {"name": "gcs-key", "key": "k"}},
+                        },
+                    },
+                    "table": {"name": "events"},
+                    "timestampColumn": "at",
+                    "olderThan": "90d",
+                }
+            }
+        },
+    }
+    documents = render(write_values(tmp_path, values))
+    assert readable(documents, "backup") == {"azure-db", "azure-sas", "gke-db"}  # workload identity: no Secret
+    assert readable(documents, "archive") == {"azure-db", "gcs-key"}
+    storage = rendered(documents, "DatabaseBackup", "on-azure")["spec"]["storage"]
+    assert (storage["provider"], storage["prefix"]) == ("AzureBlob", "default/on-azure")
+    for job in ("backup", "archive", "restore"):  # workload identity binds to the ServiceAccount
+        assert rendered(documents, "ServiceAccount", f"cellar-{job}")["metadata"]["annotations"] == gke
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

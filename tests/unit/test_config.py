@@ -126,6 +126,78 @@ def test_iam_role_needs_no_keys() -> None:
     assert spec.secret_refs() == []
 
 
+AZURE = {
+    "provider": "AzureBlob",
+    "prefix": "team/orders",
+    "azureBlob": {
+        "account": "acme1",
+        "container": "backups",
+        "credentials": {"accountKey": {"name": "az", "key": "k"}},
+    },
+}
+GCS = {
+    "provider": "GCS",
+    "gcs": {"bucket": "acme_backups", "credentials": {"serviceAccountKey": {"name": "gcs", "key": "key.json"}}},
+}
+
+
+def test_azure_and_gcs_specs_read_their_blocks() -> None:
+    azure = StorageSpec.parse(SpecReader(AZURE, "spec.storage"))
+    assert (azure.provider, azure.bucket, azure.prefix) == ("AzureBlob", "backups", "team/orders")
+    assert azure.azure_blob is not None
+    assert azure.azure_blob.endpoint == "https://acme1.blob.core.windows.net"
+    assert [(r.name, r.field) for r in azure.secret_refs()] == [("az", "spec.storage.azureBlob.credentials.accountKey")]
+    gcs = StorageSpec.parse(SpecReader(GCS, "spec.storage"))
+    assert (gcs.provider, gcs.bucket, gcs.gcs and gcs.gcs.endpoint) == ("GCS", "acme_backups", None)
+    assert [r.name for r in gcs.secret_refs()] == ["gcs"]
+    # What the API server fills in for S3's fields (their defaults) is no setting of another provider.
+    defaulted = {**GCS, "region": "us-east-1", "forcePathStyle": False, "maxParts": 10000, "partSizeMiB": 16}
+    assert StorageSpec.parse(SpecReader(defaulted, "spec.storage")).part_size == 16 * 1024 * 1024
+    identity = {**GCS, "gcs": {"bucket": "b-1", "credentials": {"workloadIdentity": True, "anonymous": False}}}
+    assert StorageSpec.parse(SpecReader(identity, "spec.storage")).secret_refs() == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {**AZURE, "bucket": "backups"},
+            r"spec\.storage\.bucket: not a setting of provider AzureBlob; its settings go in",
+        ),
+        ({**AZURE, "region": "eu-west-1"}, r"spec\.storage\.region: not a setting of provider AzureBlob"),
+        ({**AZURE, "objectLock": {"mode": "Governance", "retainFor": "7d"}}, "immutability polic"),
+        ({**AZURE, "gcs": GCS["gcs"]}, r"spec\.storage\.gcs: not a setting of provider AzureBlob"),
+        ({**STORAGE, "gcs": GCS["gcs"]}, r"spec\.storage\.gcs: only with provider: GCS"),
+        ({"provider": "AzureBlob"}, r"spec\.storage\.azureBlob: required"),
+        ({**AZURE, "provider": "Azure"}, r"'Azure' is not one of S3, AzureBlob, GCS"),
+        (
+            {**AZURE, "azureBlob": {**AZURE["azureBlob"], "account": "Acme-1"}},  # type: ignore[dict-item]
+            r"azureBlob\.account: 'Acme-1' does not match",
+        ),
+        (
+            {**AZURE, "azureBlob": {"account": "acme1", "container": "c-1", "credentials": {}}},
+            r"azureBlob\.credentials: set exactly one of accountKey, sasToken, workloadIdentity \(found none\)",
+        ),
+        (
+            {
+                **AZURE,
+                "azureBlob": {
+                    "account": "acme1",
+                    "container": "c-1",
+                    "credentials": {"accountKey": {"name": "a", "key": "k"}, "workloadIdentity": True},
+                },
+            },
+            r"set exactly one of .* \(found accountKey, workloadIdentity\)",
+        ),
+        ({**GCS, "gcs": {"bucket": "b-1", "credentials": {"anonymous": True}}}, r"anonymous: only with .*endpoint"),
+        ({**GCS, "gcs": {"bucket": "b-1", "endpoint": "gcs:4443", "credentials": {"anonymous": True}}}, "http://"),
+    ],
+)
+def test_provider_errors_name_the_field_and_the_fix(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        StorageSpec.parse(SpecReader(spec, "spec.storage"))
+
+
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_invocation_arguments(parser)

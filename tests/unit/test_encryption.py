@@ -106,6 +106,24 @@ def test_decrypt_stream_tells_a_wrong_key_from_a_damaged_object(keys: tuple[Any,
         decrypt_stream([encrypted[:-100]], mine, lambda _: None, what="obj")
 
 
+def test_a_sink_that_failed_is_not_written_again(keys: tuple[Any, str]) -> None:
+    """pyrage writes again after a write raised; the sink sees nothing more, and its own error comes out (a
+    decompressor fed the retried bytes would report corruption instead: a partial restore of an encrypted
+    backup failed so when pg_restore closed its input after the table of contents)."""
+    identity, recipient = keys
+    encrypted = encrypt_in_pieces([recipient], [os.urandom(200_000)])
+    calls: list[int] = []
+
+    def sink(data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        decrypt_stream([encrypted], parse_identities(str(identity), "spec.key"), sink, what="obj")
+    assert len(calls) == 2
+
+
 def test_recipients_file_and_fingerprints(keys: tuple[Any, str]) -> None:
     _, recipient = keys
     text = f"# team keys\n\n{recipient}\n  {recipient}  \n"

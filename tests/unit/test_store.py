@@ -4,7 +4,9 @@ client): each verb's request, and every failure of the store leaving as one of c
 from __future__ import annotations
 
 import ast
+import base64
 import gc
+import hashlib
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,8 +20,9 @@ from common.errors import CellarError, ConnectionFailed, Forbidden, RetryableErr
 from common.reasons import Reason
 from common.secrets import StorageCredentials
 from common.spec import SpecReader, StorageSpec
-from common.storage import ObjectStore
+from common.storage import VerificationFailed
 from common.storage.client import build_client
+from common.storage.s3 import S3Store
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = StorageSpec.parse(
@@ -104,16 +107,16 @@ def client() -> FakeClient:
 
 
 @pytest.fixture
-def store(client: FakeClient) -> ObjectStore:
-    return ObjectStore(client, SPEC)  # type: ignore[arg-type]
+def store(client: FakeClient) -> S3Store:
+    return S3Store(client, SPEC)  # type: ignore[arg-type]
 
 
-def test_a_ranged_read_asks_for_the_range(store: ObjectStore, client: FakeClient) -> None:
+def test_a_ranged_read_asks_for_the_range(store: S3Store, client: FakeClient) -> None:
     assert store.get_range("k", 0, 100) == b"abcdef"
     assert client.calls == [("get_object", {"Bucket": "bucket", "Key": "k", "Range": "bytes=0-99"})]
 
 
-def test_a_read_cut_short_is_storage_unavailable(store: ObjectStore, client: FakeClient) -> None:
+def test_a_read_cut_short_is_storage_unavailable(store: S3Store, client: FakeClient) -> None:
     client.body = Body([b"abc", b"def", b"ghi"], fail_after=1)
     chunks = store.read_chunks("k", 3)
     assert next(chunks) == b"abc"
@@ -123,14 +126,14 @@ def test_a_read_cut_short_is_storage_unavailable(store: ObjectStore, client: Fak
     assert "s3://bucket/k" in str(raised.value)
 
 
-def test_a_read_refused_before_the_first_byte_is_access_denied(store: ObjectStore, client: FakeClient) -> None:
+def test_a_read_refused_before_the_first_byte_is_access_denied(store: S3Store, client: FakeClient) -> None:
     client.fail["get_object"] = client_error(403, "AccessDenied")
     with pytest.raises(Forbidden) as raised:
         list(store.read_chunks("k", 3))
     assert raised.value.reason == Reason.STORAGE_ACCESS_DENIED
 
 
-def test_pending_uploads_are_picked_by_key_from_the_whole_listing(store: ObjectStore, client: FakeClient) -> None:
+def test_pending_uploads_are_picked_by_key_from_the_whole_listing(store: S3Store, client: FakeClient) -> None:
     started = datetime(2026, 1, 1, tzinfo=UTC)
     client.uploads = [
         {"Key": "p/data/1", "UploadId": "u1", "Initiated": started},
@@ -151,7 +154,7 @@ def test_pending_uploads_are_picked_by_key_from_the_whole_listing(store: ObjectS
     ],
 )
 def test_a_failed_listing_of_uploads_is_one_of_cellars_reasons(
-    store: ObjectStore, client: FakeClient, error: Exception, kind: type[CellarError], reason: Reason
+    store: S3Store, client: FakeClient, error: Exception, kind: type[CellarError], reason: Reason
 ) -> None:
     """Once an InternalError: retention lists the uploads after a backup was published, past the seam."""
     client.fail["list_multipart_uploads"] = error
@@ -161,19 +164,28 @@ def test_a_failed_listing_of_uploads_is_one_of_cellars_reasons(
     assert "multipart uploads of bucket 'bucket'" in str(raised.value)
 
 
-def test_put_with_checksum_sends_it_and_stat_reads_what_is_stored(store: ObjectStore, client: FakeClient) -> None:
-    assert store.put_with_checksum("k", b"body", "c2hhMjU2") == "c2hhMjU2"
+def test_a_verified_put_sends_the_checksum_and_checks_what_is_stored(store: S3Store, client: FakeClient) -> None:
+    body = b"body"
+    sha256 = hashlib.sha256(body).hexdigest()
+    store.put_verified("k", body, sha256)
     name, arguments = client.calls[-1]
-    assert (name, arguments["ChecksumSHA256"], arguments["Body"]) == ("put_object", "c2hhMjU2", b"body")
+    assert (name, arguments["Body"]) == ("put_object", b"body")
+    assert base64.b64decode(arguments["ChecksumSHA256"]).hex() == sha256
+    # A store that answers with no checksum is asked with HEAD; an ETag that is not the body's MD5 fails.
+    client.put_object = lambda **arguments: {}  # type: ignore[method-assign]
     client.head = {"ContentLength": 4, "ETag": '"0123"'}
+    with pytest.raises(VerificationFailed, match="does not match what was uploaded"):
+        store.put_verified("k", body, sha256)
+    client.head = {"ContentLength": 4, "ETag": f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'}
+    store.put_verified("k", body, sha256)
     stored = store.stat("k")
-    assert (stored.size, stored.etag, stored.sha256) == (4, "0123", None)
+    assert (stored.size, stored.etag, stored.sha256) == (4, hashlib.md5(body, usedforsecurity=False).hexdigest(), None)
     client.fail["head_object"] = client_error(500, "InternalError")
     with pytest.raises(RetryableError):
         store.stat("k")
 
 
-def test_conditional_writes_and_reads_of_what_may_not_exist(store: ObjectStore, client: FakeClient) -> None:
+def test_conditional_writes_and_reads_of_what_may_not_exist(store: S3Store, client: FakeClient) -> None:
     client.fail["put_object"] = client_error(412, "PreconditionFailed")
     assert store.put_if("k", b"{}", etag=None) is False
     assert client.calls[-1][1]["IfNoneMatch"] == "*"
@@ -194,8 +206,9 @@ def test_the_ca_file_a_client_needs_goes_with_the_client() -> None:
     assert not os.path.exists(path)
 
 
-def test_nothing_outside_the_storage_package_reaches_boto3() -> None:
-    """The seam is closed: no module of common/ or jobs/ imports boto3 or botocore, or takes the store's client."""
+def test_nothing_outside_the_storage_package_reaches_an_sdk() -> None:
+    """The seam is closed: no module of common/ or jobs/ imports boto3, botocore or the Azure or Google SDKs, or
+    takes the store's client."""
     storage = REPO / "common" / "storage"
     for path in [*(REPO / "common").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]:
         if storage in path.parents:
@@ -203,6 +216,6 @@ def test_nothing_outside_the_storage_package_reaches_boto3() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(m.split(".")[0] in ("boto3", "botocore") for m in modules), path
+                assert not any(m.split(".")[0] in ("boto3", "botocore", "azure", "google") for m in modules), path
             if isinstance(node, ast.Attribute) and node.attr in ("client", "_client"):
                 assert not (isinstance(node.value, ast.Name) and "store" in node.value.id), f"{path}:{node.lineno}"

@@ -98,13 +98,19 @@ storage.prefix defaulted to <namespace>/<name>. (dict "root" $ "name" name "entr
 {{- toYaml $spec -}}
 {{- end }}
 
-{{/* Names of the Secrets a storage block reads, one a line. */}}
+{{/* Names of the Secrets a storage block reads, one a line: S3's keys and CA, Azure's account key or SAS
+token, GCS's service account key. */}}
 {{- define "cellar.storageSecrets" -}}
 {{- with .endpointCA }}{{ .name }}{{ "\n" }}{{ end -}}
 {{- $credentials := .credentials | default dict -}}
 {{- range $field := list "accessKeyId" "secretAccessKey" "sessionToken" -}}
 {{- with get $credentials $field }}{{ .name }}{{ "\n" }}{{ end -}}
 {{- end -}}
+{{- $azure := (.azureBlob | default dict).credentials | default dict -}}
+{{- range $field := list "accountKey" "sasToken" -}}
+{{- with get $azure $field }}{{ .name }}{{ "\n" }}{{ end -}}
+{{- end -}}
+{{- with ((.gcs | default dict).credentials | default dict).serviceAccountKey }}{{ .name }}{{ "\n" }}{{ end -}}
 {{- end }}
 
 {{/* What each job's ServiceAccount reads, computed from the rendered specs: "secrets" and "configMaps",

@@ -1,12 +1,12 @@
-"""ObjectStore: a bucket and prefix, with the verbs the jobs need. The one way to the object store: every verb
-translates the store's failures into cellar's reasons (common.storage.errors), and the boto3 client stays
-inside (tests fake it at this seam, as KubeTransport is faked for the Kubernetes client)."""
+"""S3Store: the store verbs on an S3 bucket (AWS, MinIO, Ceph RGW, IBM COS). Every verb translates the store's
+failures into cellar's reasons (common.storage.errors), and the boto3 client stays inside (tests fake it at
+this seam, as KubeTransport is faked for the Kubernetes client)."""
 
 from __future__ import annotations
 
-import logging
+import base64
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from common.errors import PermanentError
 from common.reasons import Reason
 from common.secrets import StorageCredentials
 from common.spec import StorageSpec
+from common.storage.base import ListedObject, Lock, ObjectStore, PendingUpload, StoredObject, stored_differs
 from common.storage.client import build_client
 from common.storage.errors import error_code, http_status, translate_storage_error, translated
 from common.storage.upload import StreamingUpload
@@ -25,43 +26,19 @@ if TYPE_CHECKING:
 else:
     S3Client = Any
 
-log = logging.getLogger("common.storage")
 
+class S3Store(ObjectStore):
+    """An S3 bucket and prefix."""
 
-@dataclass(frozen=True)
-class StoredObject:
-    """What the store says it holds under a key."""
-
-    size: int
-    etag: str
-    sha256: str | None  # base64, as x-amz-checksum-sha256; None where the store keeps none
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    """A multipart upload that was started and neither completed nor aborted."""
-
-    key: str
-    upload_id: str
-    initiated: datetime
-
-
-class ObjectStore:
-    """A bucket and prefix, with the operations jobs need."""
+    scheme = "s3"
 
     def __init__(self, client: S3Client, spec: StorageSpec) -> None:
+        super().__init__(spec)
         self._client = client
-        self.spec = spec
-        self.bucket = spec.bucket
 
     @classmethod
-    def open(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> ObjectStore:
-        """The store of a resource's spec.storage; `concurrency`: the most requests the caller makes at once."""
+    def connect(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> S3Store:
         return cls(build_client(spec, credentials, concurrency=concurrency), spec)
-
-    def key(self, *parts: str) -> str:
-        """A key under the resource's prefix."""
-        return "/".join(p.strip("/") for p in (self.spec.prefix, *parts) if p)
 
     def write_arguments(self) -> dict[str, Any]:
         """Encryption, storage class and object lock for every object written (call it per object: the
@@ -152,15 +129,26 @@ class ObjectStore:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
             yield from body.iter_chunks(chunk_size)
 
-    def put_with_checksum(self, key: str, body: bytes, sha256_base64: str | None) -> str | None:
-        """PUT `body`, with its SHA-256 for the store to check where given (a store that checks it refuses a
-        corrupted body); the checksum the store says it computed, if it says one."""
+    def put_verified(self, key: str, body: bytes, sha256_hex: str) -> None:
+        """PUT with x-amz-checksum-sha256: a store that checks it rejects a corrupted body (BadDigest) and
+        returns the checksum it computed, its own statement of what it holds, so no HEAD is needed. A store
+        that returns none (requestChecksum: WhenRequired, or no support) is asked with HEAD for the size and
+        the ETag, which for a single PUT is the MD5 of the body."""
+        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, **self.write_arguments()}
-        if sha256_base64 is not None:
-            arguments["ChecksumSHA256"] = sha256_base64
+        if not self.spec.checksum_when_required:
+            arguments["ChecksumSHA256"] = checksum
         with translated("cannot upload", self.bucket, key):
-            found = self._client.put_object(**arguments).get("ChecksumSHA256")
-        return str(found) if found else None
+            if self._client.put_object(**arguments).get("ChecksumSHA256") == checksum:
+                return
+        stored = self.stat(key)
+        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        if (
+            stored.size != len(body)
+            or (stored.sha256 and stored.sha256.split("-")[0] != checksum)
+            or (not stored.sha256 and "-" not in stored.etag and stored.etag != md5)
+        ):
+            raise stored_differs(self.url(key), stored.size, len(body), stored.sha256 or stored.etag)
 
     def stat(self, key: str) -> StoredObject:
         """Size, ETag and SHA-256 checksum of what the store holds under `key`."""
@@ -224,11 +212,12 @@ class ObjectStore:
             raise translate_storage_error(exc, "cannot write", self.bucket, key) from None
         return True
 
-    def list_objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield from page.get("Contents", [])  # type: ignore[misc]
+                for found in page.get("Contents", []):
+                    yield ListedObject(str(found["Key"]), int(found["Size"]), found["LastModified"])
         except (ClientError, BotoCoreError) as exc:
             raise translate_storage_error(exc, "cannot list", self.bucket, prefix) from None
 
@@ -256,14 +245,6 @@ class ObjectStore:
                 raise translate_storage_error(exc, "cannot delete", self.bucket, key) from None
         return None
 
-    def delete_leftover(self, key: str) -> bool:
-        """Delete a crashed run's leftover; one an object lock still holds stays, logged, and goes in the
-        first run after its lock ends. Whether it was deleted."""
-        lock = self.delete(key)
-        if lock is not None:
-            log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
-        return lock is None
-
     def _versions(self, key: str) -> list[str]:
         """The version ids (and delete markers) of exactly `key`, oldest first."""
         found: list[str] = []
@@ -290,17 +271,3 @@ class ObjectStore:
         if legal_hold or (until is not None and until > datetime.now(UTC)):
             return Lock(until, legal_hold)
         return None
-
-
-@dataclass(frozen=True)
-class Lock:
-    """Why the store keeps an object cellar would delete: its retention date, or a legal hold."""
-
-    until: datetime | None
-    legal_hold: bool = False
-
-    def describe(self) -> str:
-        if self.legal_hold:
-            return "kept by a legal hold (remove it to let cellar delete the object)"
-        assert self.until is not None
-        return f"kept until {self.until.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} by object lock"

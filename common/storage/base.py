@@ -1,0 +1,255 @@
+"""The store verbs every provider gives the jobs (S3 in common.storage.s3, Azure Blob Storage in
+common.storage.azure, Google Cloud Storage in common.storage.gcs), and the records they answer with. The jobs
+see only these: each provider's SDK stays inside its module, and every failure leaves as one of cellar's
+reasons."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+from common.errors import PermanentError
+from common.reasons import Reason
+from common.secrets import StorageCredentials
+from common.spec import StorageSpec
+
+log = logging.getLogger("common.storage")
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+# The part size doubles every max_parts / GROWTH_STEPS parts: with 8 MiB parts and 10,000 parts that
+# covers about 8 TiB, past S3's 5 TiB object limit, while the first 8 GiB use 8 MiB parts.
+GROWTH_STEPS = 10
+
+
+def part_size_for(part_number: int, base_size: int, max_parts: int, largest: int = MAX_PART_SIZE) -> int:
+    """Size of part `part_number` (1-based): `base_size`, doubled every max_parts/GROWTH_STEPS parts."""
+    step = max(1, max_parts // GROWTH_STEPS)
+    return min(largest, max(MIN_PART_SIZE, base_size) << ((part_number - 1) // step))
+
+
+class VerificationFailed(PermanentError):
+    """What the store holds, or what was read back, is not what was written."""
+
+    reason = Reason.VERIFICATION_FAILED
+
+
+def stored_differs(url: str, stored_size: int, expected_size: int, checksum: str) -> VerificationFailed:
+    return VerificationFailed(
+        f"{url}: the stored object does not match what was uploaded "
+        f"(size {stored_size} of {expected_size}, checksum {checksum})"
+    )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the store says it holds under a key."""
+
+    size: int
+    etag: str
+    sha256: str | None  # base64, as x-amz-checksum-sha256; None where the store keeps none
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    size: int
+    sha256: str
+    parts: int
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Why the store keeps an object cellar would delete: its retention date, or a legal hold."""
+
+    until: datetime | None
+    legal_hold: bool = False
+
+    def describe(self) -> str:
+        if self.legal_hold:
+            return "kept by a legal hold (remove it to let cellar delete the object)"
+        assert self.until is not None
+        return f"kept until {self.until.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} by object lock"
+
+
+class Upload(ABC):
+    """A stream of unknown length written as one object with bounded memory; nothing is visible until
+    complete(). Use as a context manager: leaving it without complete() aborts."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._finished = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._size
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._finished:
+            self.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._finished:
+            raise RuntimeError("write after the upload was completed or aborted")
+        self._hash.update(data)
+        self._size += len(data)
+        self._write(data)
+
+    def complete(self) -> UploadResult:
+        """Send what is buffered and make the object visible; only now does it exist."""
+        if self._finished:
+            raise RuntimeError("the upload was already completed or aborted")
+        parts = self._complete()
+        self._finished = True
+        return UploadResult(key=self.key, size=self._size, sha256=self._hash.hexdigest(), parts=parts)
+
+    def abort(self) -> None:
+        """Discard what was sent so that no partial object ever becomes visible. Never raises."""
+        self._finished = True
+        self._abort()
+
+    key: str
+
+    @abstractmethod
+    def _write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abstractmethod
+    def _complete(self) -> int:
+        """Make the object visible; the number of parts it was sent in."""
+
+    @abstractmethod
+    def _abort(self) -> None: ...
+
+
+class ObjectStore(ABC):
+    """A bucket (or container) and prefix of one provider, with the verbs jobs need. Every verb raises
+    cellar's errors only."""
+
+    scheme = ""  # of the URLs in messages: s3, azure, gs
+
+    def __init__(self, spec: StorageSpec) -> None:
+        self.spec = spec
+        self.bucket = spec.bucket
+
+    @classmethod
+    def open(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> ObjectStore:
+        """The store of a resource's spec.storage; `concurrency`: the most requests the caller makes at once.
+        Each provider's SDK is imported only here, when a spec names that provider."""
+        if spec.provider == "AzureBlob":
+            from common.storage.azure import AzureBlobStore
+
+            return AzureBlobStore.connect(spec, credentials, concurrency=concurrency)
+        if spec.provider == "GCS":
+            from common.storage.gcs import GcsStore
+
+            return GcsStore.connect(spec, credentials)
+        from common.storage.s3 import S3Store
+
+        return S3Store.connect(spec, credentials, concurrency=concurrency)
+
+    def key(self, *parts: str) -> str:
+        """A key under the resource's prefix."""
+        return "/".join(p.strip("/") for p in (self.spec.prefix, *parts) if p)
+
+    def url(self, key: str = "") -> str:
+        """Where `key` (default: the bucket) is, for messages: s3://bucket/key, azure://account/container/key,
+        gs://bucket/key."""
+        return f"{self.scheme}://{self.bucket}/{key}" if key else f"{self.scheme}://{self.bucket}"
+
+    def delete_leftover(self, key: str) -> bool:
+        """Delete a crashed run's leftover; one an object lock still holds stays, logged, and goes in the
+        first run after its lock ends. Whether it was deleted."""
+        lock = self.delete(key)
+        if lock is not None:
+            log.info("leftover kept by object lock", extra={"key": key, "lock": lock.describe()})
+        return lock is None
+
+    @abstractmethod
+    def put_verified(self, key: str, body: bytes, sha256_hex: str) -> None:
+        """PUT `body` with a checksum the store checks on the way in, and make sure, from what the store
+        answers, that it holds exactly `body`; VerificationFailed where it does not."""
+
+    @abstractmethod
+    def check_access(self) -> None:
+        """Fail early, with a clear message, when the bucket is missing or the credentials are refused."""
+
+    @abstractmethod
+    def open_upload(self, key: str, *, content_type: str = "application/octet-stream", concurrency: int = 2) -> Upload:
+        """A streaming upload of `key`, at most `concurrency` parts in flight."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, body: bytes, *, content_type: str = "application/json") -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from `start` (fewer where it ends first)."""
+
+    @abstractmethod
+    def read_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        """The object's bytes as they arrive, about `chunk_size` at a time; a failure on the way (the
+        connection dropped, the body cut short) is cellar's error, like one before the first byte."""
+
+    @abstractmethod
+    def stat(self, key: str) -> StoredObject:
+        """Size, ETag and checksum of what the store holds under `key`."""
+
+    @abstractmethod
+    def pending_uploads(self, key_prefix: str) -> list[PendingUpload]:
+        """Uploads under `key_prefix` left open by a killed run, which cost storage until aborted."""
+
+    @abstractmethod
+    def abort_upload(self, upload: PendingUpload) -> None: ...
+
+    @abstractmethod
+    def get_if_exists(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version token for put_if, or None where there is no such key."""
+
+    @abstractmethod
+    def put_if(self, key: str, body: bytes, *, etag: str | None) -> bool:
+        """A conditional write: where `etag` is None only if `key` does not exist yet, else only if it is still
+        the version get_if_exists gave that token. False where the condition failed (another writer got there
+        first)."""
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> Lock | None:
+        """Delete `key` (a missing key is no error). A version the store keeps because a lock holds it stays,
+        and its Lock is returned. None: deleted."""
+
+    @abstractmethod
+    def lock_of(self, key: str, version_id: str | None = None) -> Lock | None:
+        """The lock that holds a version (default: the current one) now, if any."""

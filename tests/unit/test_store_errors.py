@@ -1,0 +1,102 @@
+"""Each provider's failures as cellar's reasons: the Azure SDK's and Google's exceptions, translated with what
+to fix (the real services' refusals are in tests/integration/test_stores.py; these are the ones an emulator
+cannot produce, and the exact mapping)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+from google.api_core import exceptions as api
+from google.auth import exceptions as auth
+
+from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentError, RetryableError
+from common.reasons import Reason
+from common.storage.azure import translate_azure_error
+from common.storage.gcs import translate_gcs_error
+
+
+def azure_error(kind: type[HttpResponseError], status: int, code: str) -> HttpResponseError:
+    error = kind(message=f"{code} happened")
+    error.status_code = status
+    error.error_code = code  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "reason", "says"),
+    [
+        (
+            azure_error(ResourceNotFoundError, 404, "ContainerNotFound"),
+            PermanentError,
+            Reason.BUCKET_NOT_FOUND,
+            "spec.storage.azureBlob.container",
+        ),
+        (
+            azure_error(ClientAuthenticationError, 403, "AuthenticationFailed"),
+            Forbidden,
+            Reason.STORAGE_ACCESS_DENIED,
+            "account key or SAS token",
+        ),
+        (
+            azure_error(HttpResponseError, 403, "AuthorizationPermissionMismatch"),
+            Forbidden,
+            Reason.STORAGE_ACCESS_DENIED,
+            "Storage Blob Data Contributor",
+        ),
+        (azure_error(HttpResponseError, 503, "ServerBusy"), RetryableError, Reason.UPLOAD_FAILED, "ServerBusy"),
+        (
+            azure_error(HttpResponseError, 400, "InvalidBlockList"),
+            PermanentError,
+            Reason.UPLOAD_REJECTED,
+            "InvalidBlockList",
+        ),
+        (ServiceRequestError("connection refused"), ConnectionFailed, Reason.STORAGE_UNAVAILABLE, "cannot reach Azure"),
+    ],
+)
+def test_azure_failures(error: Exception, kind: type[CellarError], reason: Reason, says: str) -> None:
+    translated = translate_azure_error(error, "cannot write", "azure://acme1/backups/p/k")
+    assert type(translated) is kind
+    assert translated.reason == reason
+    assert says in str(translated)
+    assert "azure://acme1/backups/p/k" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "reason", "says"),
+    [
+        (
+            api.NotFound("The specified bucket does not exist."),
+            PermanentError,
+            Reason.BUCKET_NOT_FOUND,
+            "spec.storage.gcs.bucket",
+        ),
+        (api.NotFound("No such object: b/k"), PermanentError, Reason.UPLOAD_REJECTED, "No such object"),
+        (
+            api.Forbidden("cellar@acme.iam does not have storage.objects.create"),
+            Forbidden,
+            Reason.STORAGE_ACCESS_DENIED,
+            "roles/storage.objectAdmin",
+        ),
+        (auth.RefreshError("invalid_grant"), Forbidden, Reason.STORAGE_ACCESS_DENIED, "service account key"),
+        (api.TooManyRequests("rateLimitExceeded"), RetryableError, Reason.UPLOAD_FAILED, "429"),
+        (api.ServiceUnavailable("backendError"), RetryableError, Reason.UPLOAD_FAILED, "503"),
+        (
+            requests.ConnectionError("refused"),
+            ConnectionFailed,
+            Reason.STORAGE_UNAVAILABLE,
+            "cannot reach Google Cloud Storage",
+        ),
+    ],
+)
+def test_gcs_failures(error: Exception, kind: type[CellarError], reason: Reason, says: str) -> None:
+    translated = translate_gcs_error(error, "cannot write", "gs://b/p/k")
+    assert type(translated) is kind
+    assert translated.reason == reason
+    assert says in str(translated)
+    assert "gs://b/p/k" in str(translated)
