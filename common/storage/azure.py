@@ -123,7 +123,15 @@ def _credential(spec: StorageSpec, credentials: StorageCredentials) -> Any:
         # AKS's workload identity webhook sets AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE.
         from azure.identity import WorkloadIdentityCredential
 
-        token_credential: TokenCredential = WorkloadIdentityCredential()
+        try:
+            token_credential: TokenCredential = WorkloadIdentityCredential()
+        except ValueError as exc:  # the webhook did not inject the identity's settings
+            raise Forbidden(
+                f"spec.storage.azureBlob.credentials.workloadIdentity: {exc}. On AKS, label the Pods "
+                'azure.workload.identity/use: "true" (chart: podLabels) and annotate the ServiceAccount with '
+                "azure.workload.identity/client-id (chart: serviceAccountAnnotations)",
+                reason=Reason.STORAGE_ACCESS_DENIED,
+            ) from None
         return token_credential
     if credentials.azure_sas_token:
         return AzureSasCredential(credentials.azure_sas_token.lstrip("?"))
@@ -168,8 +176,8 @@ class AzureBlobStore(ObjectStore):
 
     def check_access(self) -> None:
         with self._translated("cannot access"):
-            self._container.get_container_properties()
-            # Properties need only read: listing proves the credential may also list (a SAS may not).
+            # A listing, not Get Container Properties, which a container SAS may not call: it proves the
+            # container exists (ContainerNotFound otherwise) and that the credential may list.
             next(iter(self._container.list_blobs(name_starts_with=self.key() + "/", results_per_page=1)), None)
 
     def open_upload(

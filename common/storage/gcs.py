@@ -130,7 +130,15 @@ def _credentials(spec: StorageSpec, credentials: StorageCredentials) -> tuple[Cr
         return AnonymousCredentials(), "cellar"  # type: ignore[no-untyped-call]
     if gcs.workload_identity:
         # GKE workload identity: the metadata server answers for the Pod's Kubernetes ServiceAccount.
-        found, project = google.auth.default(scopes=SCOPES)
+        try:
+            found, project = google.auth.default(scopes=SCOPES)
+        except auth.DefaultCredentialsError as exc:
+            raise Forbidden(
+                f"spec.storage.gcs.credentials.workloadIdentity: no Application Default Credentials ({exc}). On "
+                "GKE, enable Workload Identity on the node pool and annotate the ServiceAccount with "
+                "iam.gke.io/gcp-service-account (chart: serviceAccountAnnotations)",
+                reason=Reason.STORAGE_ACCESS_DENIED,
+            ) from None
         return found, project or "cellar"
     field = gcs.service_account_key.field if gcs.service_account_key else "spec.storage.gcs.credentials"
     try:

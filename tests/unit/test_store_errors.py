@@ -100,3 +100,26 @@ def test_gcs_failures(error: Exception, kind: type[CellarError], reason: Reason,
     assert translated.reason == reason
     assert says in str(translated)
     assert "gs://b/p/k" in str(translated)
+
+
+def test_workload_identity_without_its_settings_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.secrets import StorageCredentials
+    from common.spec import SpecReader, StorageSpec
+    from common.storage import ObjectStore
+
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # no metadata server here: google.auth must not wait for one
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")
+    nothing = StorageCredentials(None, None, None, None)
+    azure = {"account": "acme1", "container": "c-1", "credentials": {"workloadIdentity": True}}
+    gcs = {"bucket": "b-1", "credentials": {"workloadIdentity": True}}
+    for provider, block, says in (
+        ("AzureBlob", {"azureBlob": azure}, "podLabels"),
+        ("GCS", {"gcs": gcs}, "iam.gke.io"),
+    ):
+        spec = StorageSpec.parse(SpecReader({"provider": provider, **block}, "spec.storage"))
+        with pytest.raises(Forbidden) as refused:
+            ObjectStore.open(spec, nothing)
+        assert refused.value.reason == Reason.STORAGE_ACCESS_DENIED
+        assert says in str(refused.value)
