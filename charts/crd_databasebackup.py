@@ -237,7 +237,7 @@ def database_backup() -> dict[str, Any]:
         "DatabaseBackup",
         "databasebackups",
         ["dbbackup", "dbb"],
-        "A PostgreSQL database backed up by cellar's backup job to S3-compatible storage.",
+        "A PostgreSQL database backed up by cellar's backup job to object storage (S3, Azure Blob Storage or GCS).",
         spec,
         status,
         columns,

@@ -215,7 +215,7 @@ def table_archive() -> dict[str, Any]:
         "TableArchive",
         "tablearchives",
         ["tarchive"],
-        "A table whose old rows cellar's archive job moves to Parquet in S3-compatible storage.",
+        "A table whose old rows cellar's archive job moves to Parquet in object storage (S3, Azure Blob or GCS).",
         spec,
         status,
         columns,

@@ -86,6 +86,13 @@ class LoggedRetry(ExponentialRetry):
         return retrying
 
 
+def _pieces(data: bytes, size: int) -> Iterator[bytes]:
+    """`data` in pieces of at most `size` bytes: a reader holds what it asked for, whatever the SDK fetched."""
+    with memoryview(data) as view:
+        for offset in range(0, len(data), max(1, size)):
+            yield bytes(view[offset : offset + size])
+
+
 def translate_azure_error(exc: Exception, action: str, where: str) -> CellarError:
     """An Azure SDK failure as cellar's error, with what to fix. `where`: azure://account/container[/key]."""
     code = str(getattr(exc, "error_code", "") or "")
@@ -233,7 +240,7 @@ class AzureBlobStore(ObjectStore):
         with self._translated("cannot read", key):
             downloader = self._container.download_blob(key, max_concurrency=1)
             for chunk in downloader.chunks():
-                yield bytes(chunk)
+                yield from _pieces(chunk, chunk_size)
 
     def stat(self, key: str) -> StoredObject:
         with self._translated("cannot read", key):
@@ -343,7 +350,8 @@ class BlockUpload(Upload):
     def _send(self, body: bytes) -> None:
         for sent in self._blocks:
             if sent.done() and sent.exception() is not None:
-                sent.result()  # raises the failure of an earlier block
+                with self._store._translated("cannot upload a block of", self.key):
+                    sent.result()  # raises the failure of an earlier block
         # Block ids: base64 of the same length for every block of a blob.
         block_id = base64.b64encode(f"cellar-{len(self._blocks) + 1:08d}".encode()).decode()
         self._in_flight.acquire()

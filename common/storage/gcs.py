@@ -192,7 +192,7 @@ class GcsStore(ObjectStore):
     def _put(self, key: str, body: bytes, content_type: str, action: str, **conditions: Any) -> storage.Blob:
         blob = self._bucket.blob(key)
         with self._translated(action, key):
-            # MD5 is sent with the object for the service to check; the client also compares the CRC32C.
+            # The MD5 goes with the object for the service to check; the client compares the one it answers.
             blob.upload_from_string(body, content_type=content_type, checksum="md5", retry=RETRY, **conditions)
         return blob
 
@@ -234,7 +234,9 @@ class GcsStore(ObjectStore):
                 if not chunk:
                     raise ConnectionError(f"the download of {key} stopped at byte {offset} of {size}")
                 offset += len(chunk)
-                yield bytes(chunk)
+                with memoryview(chunk) as view:  # in pieces of chunk_size: a reader holds what it asked for
+                    for start in range(0, len(chunk), max(1, chunk_size)):
+                        yield bytes(view[start : start + chunk_size])
 
     def stat(self, key: str) -> StoredObject:
         with self._translated("cannot read", key):

@@ -189,6 +189,7 @@ def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> Non
     gke = {"iam.gke.io/gcp-service-account": "cellar@acme.iam.gserviceaccount.com"}
     values = {
         "serviceAccountAnnotations": gke,
+        "defaults": {"storage": STORAGE},  # S3 for the others; a resource on another provider takes none of it
         "backups": {
             "on-azure": {
                 "spec": {
@@ -236,6 +237,8 @@ def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> Non
     assert readable(documents, "archive") == {"azure-db", "gcs-key"}
     storage = rendered(documents, "DatabaseBackup", "on-azure")["spec"]["storage"]
     assert (storage["provider"], storage["prefix"]) == ("AzureBlob", "default/on-azure")
+    assert "bucket" not in storage
+    assert "credentials" not in storage
     for job in ("backup", "archive", "restore"):  # workload identity binds to the ServiceAccount
         assert rendered(documents, "ServiceAccount", f"cellar-{job}")["metadata"]["annotations"] == gke
 

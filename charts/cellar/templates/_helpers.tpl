@@ -84,11 +84,18 @@ taken as they are. (dict "field" ... "schedule" ... "key" ...) */}}
 {{- end }}
 
 {{/* A backup's or archive's spec: its own over defaults.storage and defaults.database, key by key, and
-storage.prefix defaulted to <namespace>/<name>. (dict "root" $ "name" name "entry" entry) */}}
+storage.prefix defaulted to <namespace>/<name>. A storage block naming another provider than the defaults'
+takes nothing from defaults.storage (one provider's fields are no setting of another).
+(dict "root" $ "name" name "entry" entry) */}}
 {{- define "cellar.mergedSpec" -}}
 {{- $root := .root -}}
 {{- $spec := deepCopy (.entry.spec | default dict) -}}
-{{- $storage := deepCopy ($root.Values.defaults.storage | default dict) -}}
+{{- $defaults := $root.Values.defaults.storage | default dict -}}
+{{- $own := $spec.storage | default dict -}}
+{{- if ne ($own.provider | default $defaults.provider | default "S3") ($defaults.provider | default "S3") -}}
+{{- $defaults = dict -}}
+{{- end -}}
+{{- $storage := deepCopy $defaults -}}
 {{- range $key, $value := ($spec.storage | default dict) }}{{ $_ := set $storage $key $value }}{{ end -}}
 {{- if not (hasKey $storage "prefix") -}}{{ $_ := set $storage "prefix" (printf "%s/%s" $root.Release.Namespace .name) }}{{ end -}}
 {{- $_ := set $spec "storage" $storage -}}
