@@ -12,7 +12,8 @@ from urllib.parse import unquote, urlsplit
 from common.errors import InvalidSpec
 from common.kube import Kube
 from common.redact import register_secret
-from common.spec import DatabaseSpec, SecretKeyRef, StorageSpec
+from common.spec import DatabaseSpec, SecretKeyRef
+from common.storage_spec import StorageSpec
 
 
 class Secrets:

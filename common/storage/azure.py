@@ -35,7 +35,6 @@ from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentErr
 from common.reasons import Reason
 from common.redact import redact
 from common.secrets import StorageCredentials
-from common.spec import StorageSpec
 from common.storage.base import (
     ListedObject,
     Lock,
@@ -46,6 +45,7 @@ from common.storage.base import (
     part_size_for,
     stored_differs,
 )
+from common.storage_spec import StorageSpec
 
 log = logging.getLogger("common.storage")
 # The SDK logs every request and response at INFO; cellar's own lines say what matters.

@@ -16,7 +16,7 @@ from types import TracebackType
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.secrets import StorageCredentials
-from common.spec import StorageSpec
+from common.storage_spec import StorageSpec
 
 log = logging.getLogger("common.storage")
 

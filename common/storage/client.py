@@ -13,8 +13,8 @@ import boto3
 from botocore.config import Config
 
 from common.secrets import StorageCredentials
-from common.spec import StorageSpec
 from common.storage.errors import RETRY_ATTEMPTS, log_retryable_failure
+from common.storage_spec import StorageSpec
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

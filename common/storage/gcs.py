@@ -33,7 +33,6 @@ from common.errors import CellarError, ConnectionFailed, Forbidden, InvalidSpec,
 from common.reasons import Reason
 from common.redact import redact, register_secret
 from common.secrets import StorageCredentials
-from common.spec import StorageSpec
 from common.storage.base import (
     ListedObject,
     Lock,
@@ -44,6 +43,7 @@ from common.storage.base import (
     VerificationFailed,
     stored_differs,
 )
+from common.storage_spec import StorageSpec
 
 log = logging.getLogger("common.storage")
 

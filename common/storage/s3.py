@@ -15,11 +15,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.secrets import StorageCredentials
-from common.spec import StorageSpec
 from common.storage.base import ListedObject, Lock, ObjectStore, PendingUpload, StoredObject, stored_differs
 from common.storage.client import build_client
 from common.storage.errors import error_code, http_status, translate_storage_error, translated
 from common.storage.upload import StreamingUpload
+from common.storage_spec import StorageSpec
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -18,7 +18,8 @@ from common.schema import (
     ArchiveMode,
     Partitioning,
 )
-from common.spec import DatabaseSpec, SpecReader, StorageSpec
+from common.spec import DatabaseSpec, SpecReader
+from common.storage_spec import StorageSpec
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under

@@ -11,7 +11,8 @@ from typing import Any
 from common.encryption import EncryptionSpec, parse_encryption_spec
 from common.errors import InvalidSpec
 from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
-from common.spec import DatabaseSpec, SecretKeyRef, SpecReader, StorageSpec
+from common.spec import DatabaseSpec, SecretKeyRef, SpecReader
+from common.storage_spec import StorageSpec
 from jobs.backup.toc import Selection
 
 # zstd level 1: faster than level 3 and no larger on realistic data (docs/design.md).

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from common.secrets import StorageCredentials
-from common.spec import SpecReader, StorageSpec
+from common.spec import SpecReader
 from common.storage import ObjectStore
+from common.storage_spec import StorageSpec
 from tests.harness.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, FakeGcs
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 

@@ -16,8 +16,9 @@ from kubernetes import client
 from common.errors import PermanentError
 from common.ownership import Area, Owner, claim_prefix
 from common.secrets import StorageCredentials
-from common.spec import SpecReader, StorageSpec
+from common.spec import SpecReader
 from common.storage import ObjectStore
+from common.storage_spec import StorageSpec
 from tests.conftest import new_database
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.archive_helpers import archived_objects, dsn, ids_in_table, setup_archive

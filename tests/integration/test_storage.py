@@ -13,8 +13,9 @@ import pytest
 
 from common.errors import PermanentError
 from common.secrets import StorageCredentials
-from common.spec import SpecReader, StorageSpec
+from common.spec import SpecReader
 from common.storage import MIN_PART_SIZE, ObjectStore
+from common.storage_spec import StorageSpec
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
 

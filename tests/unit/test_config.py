@@ -9,7 +9,8 @@ import pytest
 from common.errors import InvalidSpec, UsageError
 from common.invocation import add_invocation_arguments, resolve_invocation
 from common.secrets import resolve_database
-from common.spec import DatabaseSpec, SpecReader, StorageSpec, parse_duration
+from common.spec import DatabaseSpec, SpecReader, parse_duration
+from common.storage_spec import StorageSpec
 
 
 @pytest.mark.parametrize(

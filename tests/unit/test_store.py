@@ -19,10 +19,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from common.errors import CellarError, ConnectionFailed, Forbidden, RetryableError
 from common.reasons import Reason
 from common.secrets import StorageCredentials
-from common.spec import SpecReader, StorageSpec
+from common.spec import SpecReader
 from common.storage import VerificationFailed
 from common.storage.client import build_client
 from common.storage.s3 import S3Store
+from common.storage_spec import StorageSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = StorageSpec.parse(

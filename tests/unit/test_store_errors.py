@@ -104,8 +104,9 @@ def test_gcs_failures(error: Exception, kind: type[CellarError], reason: Reason,
 
 def test_workload_identity_without_its_settings_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from common.secrets import StorageCredentials
-    from common.spec import SpecReader, StorageSpec
+    from common.spec import SpecReader
     from common.storage import ObjectStore
+    from common.storage_spec import StorageSpec
 
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
         monkeypatch.delenv(name, raising=False)
