@@ -90,6 +90,16 @@ class Seen:
     fault: Fault | None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client hanging up a kept-alive connection is no error of the proxy's: say nothing of it."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class FaultProxy:
     upstream: str  # http://127.0.0.1:9000 or https://127.0.0.1:6443
@@ -168,7 +178,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _handle  # noqa: N815 (http.server's names)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         if self.tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
