@@ -124,3 +124,44 @@ def test_workload_identity_without_its_settings_says_what_to_set(monkeypatch: py
             ObjectStore.open(spec, nothing)
         assert refused.value.reason == Reason.STORAGE_ACCESS_DENIED
         assert says in str(refused.value)
+
+
+def test_a_service_account_key_is_read_from_its_secret_and_a_malformed_one_is_refused() -> None:
+    """The key signs its own token requests (no request is made here); what is not a key says so."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from common.errors import InvalidSpec
+    from common.redact import redact
+    from common.secrets import StorageCredentials
+    from common.spec import SpecReader
+    from common.storage import ObjectStore
+    from common.storage.gcs import GcsStore
+    from common.storage_spec import StorageSpec
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    key = {
+        "type": "service_account",
+        "project_id": "acme-prod",
+        "private_key_id": "0123",
+        "private_key": pem,
+        "client_email": "cellar@acme-prod.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    block = {"bucket": "b-1", "credentials": {"serviceAccountKey": {"name": "gcs", "key": "key.json"}}}
+    spec = StorageSpec.parse(SpecReader({"provider": "GCS", "gcs": block}, "spec.storage"))
+    store = ObjectStore.open(spec, StorageCredentials(None, None, None, None, gcs_service_account_json=json.dumps(key)))
+    assert isinstance(store, GcsStore)
+    assert store.url("k") == "gs://b-1/k"
+    assert pem.splitlines()[1] not in redact(pem)  # the private key is registered as a secret
+    with pytest.raises(
+        InvalidSpec, match=r"spec\.storage\.gcs\.credentials\.serviceAccountKey: the Secret key does not"
+    ):
+        ObjectStore.open(spec, StorageCredentials(None, None, None, None, gcs_service_account_json="not json"))
