@@ -43,6 +43,7 @@ from common.storage.base import (
     StoredObject,
     Upload,
     part_size_for,
+    pieces,
     stored_differs,
 )
 from common.storage_spec import StorageSpec
@@ -84,13 +85,6 @@ class LoggedRetry(ExponentialRetry):
             },
         )
         return retrying
-
-
-def _pieces(data: bytes, size: int) -> Iterator[bytes]:
-    """`data` in pieces of at most `size` bytes: a reader holds what it asked for, whatever the SDK fetched."""
-    with memoryview(data) as view:
-        for offset in range(0, len(data), max(1, size)):
-            yield bytes(view[offset : offset + size])
 
 
 def translate_azure_error(exc: Exception, action: str, where: str) -> CellarError:
@@ -151,10 +145,9 @@ class AzureBlobStore(ObjectStore):
     scheme = "azure"
 
     def __init__(self, container: ContainerClient, spec: StorageSpec) -> None:
-        super().__init__(spec)
         assert spec.azure_blob is not None
+        super().__init__(spec, f"{spec.azure_blob.account}/{spec.bucket}")
         self._container = container
-        self.account = spec.azure_blob.account
 
     @classmethod
     def connect(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> AzureBlobStore:
@@ -170,9 +163,6 @@ class AzureBlobStore(ObjectStore):
             connection_pool_maxsize=max(concurrency, 10),
         )
         return cls(service.get_container_client(spec.azure_blob.container), spec)
-
-    def url(self, key: str = "") -> str:
-        return f"azure://{self.account}/{self.bucket}/{key}" if key else f"azure://{self.account}/{self.bucket}"
 
     @contextmanager
     def _translated(self, action: str, key: str = "") -> Iterator[None]:
@@ -238,7 +228,7 @@ class AzureBlobStore(ObjectStore):
         with self._translated("cannot read", key):
             downloader = self._container.download_blob(key, max_concurrency=1)
             for chunk in downloader.chunks():
-                yield from _pieces(chunk, chunk_size)
+                yield from pieces(chunk, chunk_size)
 
     def stat(self, key: str) -> StoredObject:
         with self._translated("cannot read", key):
@@ -318,6 +308,11 @@ class AzureBlobStore(ObjectStore):
         )
 
 
+def block_id(number: int) -> str:
+    """Block `number`'s id: base64 of the same length for every block of a blob, as Azure requires."""
+    return base64.b64encode(f"cellar-{number:08d}".encode()).decode()
+
+
 class BlockUpload(Upload):
     """A stream staged as blocks and committed at the end; memory: the block being filled plus up to
     `concurrency` blocks in flight. The block size grows as StreamingUpload's part size does, so that 50,000
@@ -350,10 +345,8 @@ class BlockUpload(Upload):
             if sent.done() and sent.exception() is not None:
                 with self._store._translated("cannot upload a block of", self.key):
                     sent.result()  # raises the failure of an earlier block
-        # Block ids: base64 of the same length for every block of a blob.
-        block_id = base64.b64encode(f"cellar-{len(self._blocks) + 1:08d}".encode()).decode()
         self._in_flight.acquire()
-        future = self._pool.submit(self._store._stage, self.key, block_id, body)
+        future = self._pool.submit(self._store._stage, self.key, block_id(len(self._blocks) + 1), body)
         future.add_done_callback(lambda _: self._in_flight.release())
         self._blocks.append(future)
 
@@ -366,10 +359,9 @@ class BlockUpload(Upload):
             if self._buffer:
                 self._send(bytes(self._buffer))
                 self._buffer.clear()
-            block_ids = []
-            for number, sent in enumerate(self._blocks, start=1):
+            for sent in self._blocks:
                 sent.result()
-                block_ids.append(base64.b64encode(f"cellar-{number:08d}".encode()).decode())
+            block_ids = [block_id(number) for number in range(1, len(self._blocks) + 1)]
             self._store._commit(self.key, block_ids, self._content_type)
         self._pool.shutdown(wait=True)
         return len(block_ids)

@@ -33,6 +33,13 @@ def part_size_for(part_number: int, base_size: int, max_parts: int, largest: int
     return min(largest, max(MIN_PART_SIZE, base_size) << ((part_number - 1) // step))
 
 
+def pieces(data: bytes, size: int) -> Iterator[bytes]:
+    """`data` in pieces of at most `size` bytes: a reader holds what it asked for, whatever the SDK fetched."""
+    with memoryview(data) as view:
+        for offset in range(0, len(data), max(1, size)):
+            yield bytes(view[offset : offset + size])
+
+
 class VerificationFailed(PermanentError):
     """What the store holds, or what was read back, is not what was written."""
 
@@ -156,9 +163,10 @@ class ObjectStore(ABC):
 
     scheme = ""  # of the URLs in messages: s3, azure, gs
 
-    def __init__(self, spec: StorageSpec) -> None:
+    def __init__(self, spec: StorageSpec, location: str | None = None) -> None:
         self.spec = spec
         self.bucket = spec.bucket
+        self._location = location or spec.bucket  # after the scheme in url(): the bucket, or account/container
 
     @classmethod
     def open(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> ObjectStore:
@@ -183,7 +191,7 @@ class ObjectStore(ABC):
     def url(self, key: str = "") -> str:
         """Where `key` (default: the bucket) is, for messages: s3://bucket/key, azure://account/container/key,
         gs://bucket/key."""
-        return f"{self.scheme}://{self.bucket}/{key}" if key else f"{self.scheme}://{self.bucket}"
+        return f"{self.scheme}://{self._location}/{key}" if key else f"{self.scheme}://{self._location}"
 
     def delete_leftover(self, key: str) -> bool:
         """Delete a crashed run's leftover; one an object lock still holds stays, logged, and goes in the

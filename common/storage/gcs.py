@@ -41,6 +41,7 @@ from common.storage.base import (
     StoredObject,
     Upload,
     VerificationFailed,
+    pieces,
     stored_differs,
 )
 from common.storage_spec import StorageSpec
@@ -234,9 +235,7 @@ class GcsStore(ObjectStore):
                 if not chunk:
                     raise ConnectionError(f"the download of {key} stopped at byte {offset} of {size}")
                 offset += len(chunk)
-                with memoryview(chunk) as view:  # in pieces of chunk_size: a reader holds what it asked for
-                    for start in range(0, len(chunk), max(1, chunk_size)):
-                        yield bytes(view[start : start + chunk_size])
+                yield from pieces(chunk, chunk_size)
 
     def stat(self, key: str) -> StoredObject:
         with self._translated("cannot read", key):
