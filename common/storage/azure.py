@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,10 +37,9 @@ from common.storage.base import (
     ListedObject,
     Lock,
     ObjectStore,
+    PartedUpload,
     PendingUpload,
     StoredObject,
-    Upload,
-    part_size_for,
     pieces,
     stored_differs,
 )
@@ -313,65 +310,43 @@ def block_id(number: int) -> str:
     return base64.b64encode(f"cellar-{number:08d}".encode()).decode()
 
 
-class BlockUpload(Upload):
+class BlockUpload(PartedUpload):
     """A stream staged as blocks and committed at the end; memory: the block being filled plus up to
     `concurrency` blocks in flight. The block size grows as StreamingUpload's part size does, so that 50,000
     blocks hold any stream."""
 
     def __init__(self, store: AzureBlobStore, key: str, *, content_type: str, concurrency: int) -> None:
-        super().__init__()
-        self.key = key
+        super().__init__(
+            key,
+            part_size=store.spec.part_size,
+            max_parts=MAX_BLOCKS,
+            largest=MAX_BLOCK_SIZE,
+            concurrency=concurrency,
+            thread_name="azure-block",
+        )
         self._store = store
         self._content_type = content_type
-        self._buffer = bytearray()
-        self._blocks: list[Future[None]] = []
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="azure-block")
-        self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
 
-    def _block_size(self) -> int:
-        return part_size_for(len(self._blocks) + 1, self._store.spec.part_size, MAX_BLOCKS, MAX_BLOCK_SIZE)
+    def _send_part(self, number: int, body: bytes) -> None:
+        self._store._stage(self.key, block_id(number), body)
 
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._block_size():
-            size = self._block_size()
-            with memoryview(self._buffer) as view:
-                block = bytes(view[:size])
-            del self._buffer[:size]
-            self._send(block)
-
-    def _send(self, body: bytes) -> None:
-        for sent in self._blocks:
-            if sent.done() and sent.exception() is not None:
-                with self._store._translated("cannot upload a block of", self.key):
-                    sent.result()  # raises the failure of an earlier block
-        self._in_flight.acquire()
-        future = self._pool.submit(self._store._stage, self.key, block_id(len(self._blocks) + 1), body)
-        future.add_done_callback(lambda _: self._in_flight.release())
-        self._blocks.append(future)
+    def _part_failed(self, error: Exception) -> CellarError:
+        return translate_azure_error(error, "cannot upload a block of", self._store.url(self.key))
 
     def _complete(self) -> int:
         with self._store._translated("cannot complete the upload of", self.key):
-            if not self._blocks:
+            if not self._parts:
                 self._store._put(self.key, bytes(self._buffer), self._content_type, "cannot upload")
                 self._pool.shutdown(wait=True)
                 return 1
-            if self._buffer:
-                self._send(bytes(self._buffer))
-                self._buffer.clear()
-            for sent in self._blocks:
-                sent.result()
-            block_ids = [block_id(number) for number in range(1, len(self._blocks) + 1)]
-            self._store._commit(self.key, block_ids, self._content_type)
+            blocks = len(self._sent_parts())
+            self._store._commit(self.key, [block_id(number) for number in range(1, blocks + 1)], self._content_type)
         self._pool.shutdown(wait=True)
-        return len(block_ids)
+        return blocks
 
     def _abort(self) -> None:
-        for sent in self._blocks:
-            sent.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._buffer.clear()
-        if self._blocks:
+        self._stop_sending()
+        if self._parts:
             log.info(
                 "upload abandoned; its uncommitted blocks are not an object and Azure discards them within a week",
                 extra={"key": self.key, "bytes_discarded": self._size},

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
-from common.errors import PermanentError
+from common.errors import CellarError, PermanentError
 from common.reasons import Reason
 from common.secrets import StorageCredentials
 from common.storage_spec import StorageSpec
@@ -155,6 +158,72 @@ class Upload(ABC):
 
     @abstractmethod
     def _abort(self) -> None: ...
+
+
+class PartedUpload(Upload):
+    """An upload sent in numbered parts (S3 parts, Azure blocks), up to `concurrency` at a time, whose size
+    grows with their count (part_size_for) so that `max_parts` hold any stream. Memory: the part being filled
+    plus the parts in flight."""
+
+    def __init__(
+        self, key: str, *, part_size: int, max_parts: int, largest: int, concurrency: int, thread_name: str
+    ) -> None:
+        super().__init__()
+        self.key = key
+        self._part_size, self._max_parts, self._largest = part_size, max_parts, largest
+        self._buffer = bytearray()
+        self._parts: list[Future[Any]] = []
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=thread_name)
+        self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
+
+    def _next_part_size(self) -> int:
+        return part_size_for(len(self._parts) + 1, self._part_size, self._max_parts, self._largest)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self._next_part_size():
+            size = self._next_part_size()
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:size])  # one copy: a bytearray slice would make two
+            del self._buffer[:size]
+            self._send(part)
+
+    def _send(self, body: bytes) -> None:
+        number = len(self._parts) + 1
+        self._before_part(number)
+        for sent in self._parts:
+            error = sent.exception() if sent.done() else None
+            if isinstance(error, Exception):
+                raise self._part_failed(error)  # an earlier part's failure stops the stream
+        self._in_flight.acquire()
+        future = self._pool.submit(self._send_part, number, body)
+        future.add_done_callback(lambda _: self._in_flight.release())
+        self._parts.append(future)
+
+    def _sent_parts(self) -> list[Any]:
+        """Send what is buffered as the last part and wait for every part: what each one's sending returned."""
+        if self._buffer:
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+        return [sent.result() for sent in self._parts]
+
+    def _stop_sending(self) -> None:
+        """Cancel the parts not sent yet and wait for those on their way: none lands after this."""
+        for sent in self._parts:
+            sent.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buffer.clear()
+
+    def _before_part(self, number: int) -> None:
+        """Called before part `number` is handed to a thread (S3 starts its multipart upload here)."""
+
+    @abstractmethod
+    def _send_part(self, number: int, body: bytes) -> Any:
+        """Send part `number`, on a thread of the pool."""
+
+    @abstractmethod
+    def _part_failed(self, error: Exception) -> CellarError:
+        """A part's failure as cellar's error."""
 
 
 class ObjectStore(ABC):

@@ -9,14 +9,12 @@ than one part is sent with a single PutObject.
 from __future__ import annotations
 
 import logging
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from common.errors import PermanentError
+from common.errors import CellarError, PermanentError
 from common.reasons import Reason
 from common.redact import redact
-from common.storage.base import Upload, part_size_for
+from common.storage.base import MAX_PART_SIZE, PartedUpload
 from common.storage.errors import STORE_ERRORS, translate_storage_error, translated
 
 if TYPE_CHECKING:
@@ -27,7 +25,7 @@ else:
 log = logging.getLogger("common.storage")
 
 
-class StreamingUpload(Upload):
+class StreamingUpload(PartedUpload):
     """Upload a stream of unknown length; use as a context manager so that failures abort.
 
     Memory: the part being filled plus up to `concurrency` parts in flight.
@@ -46,34 +44,23 @@ class StreamingUpload(Upload):
         checksums: bool = True,
         concurrency: int = 2,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            key,
+            part_size=part_size,
+            max_parts=max_parts,
+            largest=MAX_PART_SIZE,
+            concurrency=concurrency,
+            thread_name="s3-part",
+        )
         self.client = client
         self.bucket = bucket
-        self.key = key
-        self.base_part_size = part_size
         self.max_parts = max_parts
         self.extra_arguments = dict(extra_arguments or {})
         self.content_type = content_type
         self.checksums = checksums
-        self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: list[Future[dict[str, Any]]] = []
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="s3-part")
-        self._in_flight = threading.BoundedSemaphore(max(1, concurrency))
 
-    def _current_part_size(self) -> int:
-        return part_size_for(len(self._parts) + 1, self.base_part_size, self.max_parts)
-
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._current_part_size():
-            size = self._current_part_size()
-            with memoryview(self._buffer) as view:
-                part = bytes(view[:size])  # one copy: a bytearray slice would make two
-            del self._buffer[:size]
-            self._send_part(part)
-
-    def _start(self) -> str:
+    def _before_part(self, number: int) -> None:
         if self._upload_id is None:
             arguments: dict[str, Any] = {
                 "Bucket": self.bucket,
@@ -85,28 +72,18 @@ class StreamingUpload(Upload):
                 arguments["ChecksumAlgorithm"] = "CRC32"
             with translated("cannot start the upload of", self.bucket, self.key):
                 self._upload_id = self.client.create_multipart_upload(**arguments)["UploadId"]
-        return self._upload_id
-
-    def _send_part(self, body: bytes) -> None:
-        upload_id = self._start()
-        number = len(self._parts) + 1
         if number > self.max_parts:
             raise PermanentError(
                 f"s3://{self.bucket}/{self.key}: more than {self.max_parts} parts; raise "
                 "spec.storage.partSizeMiB or maxParts",
                 reason=Reason.UPLOAD_REJECTED,
             )
-        self._raise_failed_parts()
-        self._in_flight.acquire()
-        future = self._pool.submit(self._upload_part, upload_id, number, body)
-        future.add_done_callback(lambda _: self._in_flight.release())
-        self._parts.append(future)
 
-    def _upload_part(self, upload_id: str, number: int, body: bytes) -> dict[str, Any]:
+    def _send_part(self, number: int, body: bytes) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self.key,
-            "UploadId": upload_id,
+            "UploadId": self._upload_id,
             "PartNumber": number,
             "Body": body,
         }
@@ -118,12 +95,8 @@ class StreamingUpload(Upload):
             part["ChecksumCRC32"] = response["ChecksumCRC32"]
         return part
 
-    def _raise_failed_parts(self) -> None:
-        for future in self._parts:
-            if future.done() and future.exception() is not None:
-                error = future.exception()
-                if isinstance(error, Exception):
-                    raise translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
+    def _part_failed(self, error: Exception) -> CellarError:
+        return translate_storage_error(error, "cannot upload a part of", self.bucket, self.key)
 
     def _complete(self) -> int:
         try:
@@ -138,15 +111,12 @@ class StreamingUpload(Upload):
                 )
                 parts = 1
             else:
-                if self._buffer:
-                    self._send_part(bytes(self._buffer))
-                    self._buffer.clear()
-                completed = [future.result() for future in self._parts]
+                completed = self._sent_parts()
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=self.key,
                     UploadId=self._upload_id,
-                    MultipartUpload={"Parts": completed},  # type: ignore[typeddict-item]
+                    MultipartUpload={"Parts": completed},
                 )
                 parts = len(completed)
         except STORE_ERRORS as exc:
@@ -155,11 +125,8 @@ class StreamingUpload(Upload):
         return parts
 
     def _abort(self) -> None:
-        for future in self._parts:
-            future.cancel()
-        # A part still being sent could land after the abort and keep the upload alive: wait first.
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._buffer.clear()
+        # A part still being sent could land after the abort and keep the upload alive: stop them first.
+        self._stop_sending()
         if self._upload_id is None:
             return
         try:
