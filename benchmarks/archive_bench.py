@@ -137,10 +137,10 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     from common.runtime import Interrupts
     from common.secrets import StorageCredentials
     from common.storage import ObjectStore
-    from jobs.archive import ledger
     from jobs.archive.archiver import Archiver
     from jobs.archive.batches import RunScope
     from jobs.archive.lanes import Lane
+    from jobs.archive.ledger_schema import ensure_ledger
     from jobs.archive.table import describe_table
 
     settings = orders_settings({"bucket": bucket, "endpoint": endpoint, "forcePathStyle": True}, "1d")
@@ -149,7 +149,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     with psycopg.connect(dsn) as conn:
         info = describe_table(conn, settings)
         conn.rollback()
-        ledger.ensure_ledger(conn)
+        ensure_ledger(conn)
         credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
         store = ObjectStore.open(settings.storage, credentials)  # never written to
         scope = RunScope(conn, store, info, datetime.fromisoformat(cutoff), "bench")

@@ -63,32 +63,21 @@ def ensure_awscli() -> Path:
     return aws
 
 
+def pgbench_init(stack: LocalStack, database: str, *, scale: int) -> None:
+    """pgbench's tables at `scale` (about 15 MiB a unit), in `database` on the stack's server."""
+    env = {**os.environ, "PGPASSWORD": stack.pg_dsn().split("password=")[1]}
+    where = ["-h", "127.0.0.1", "-p", str(stack.pg_port), "-U", "postgres", database]
+    subprocess.run(
+        [str(stack.pg_bin / "pgbench"), "-i", "-s", str(scale), "-q", *where], env=env, check=True, capture_output=True
+    )
+
+
 def generate_database(stack: LocalStack, gigabytes: float) -> tuple[str, int]:
     """pgbench tables plus a table of text, jsonb and bytea; returns (name, size in bytes)."""
     name = f"bench_{str(gigabytes).replace('.', '_')}gb"
     with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    scale = max(1, int(52 * gigabytes))
-    env = {**os.environ, "PGPASSWORD": stack.pg_dsn().split("password=")[1]}
-    subprocess.run(
-        [
-            str(stack.pg_bin / "pgbench"),
-            "-i",
-            "-s",
-            str(scale),
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(stack.pg_port),
-            "-U",
-            "postgres",
-            name,
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    pgbench_init(stack, name, scale=max(1, int(52 * gigabytes)))
     rows = int(300_000 * gigabytes)
     with psycopg.connect(stack.pg_dsn(name), autocommit=True) as conn:
         conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, title text, body jsonb, attachment bytea)")

@@ -215,6 +215,22 @@ def database_backup() -> dict[str, Any]:
                     "passed": boolean("Whether it passed (result as a boolean, for metrics).", False),
                 },
             ),
+            "leftoverDatabases": {
+                "type": "array",
+                "description": (
+                    "Scratch databases of restore tests that could not be dropped in time (sessions stayed connected "
+                    "to them); the next run drops them."
+                ),
+                "items": obj(
+                    "A scratch database left on a server.",
+                    {
+                        "name": string("The database."),
+                        "server": string("The server it is on."),
+                        "since": string("When its restore test ended.", format="date-time"),
+                        "why": string("Why it could not be dropped."),
+                    },
+                ),
+            },
             "backupsKept": integer("Complete backups in storage after retention."),
             "freshUntil": string(
                 "When Ready turns stale unless a newer backup succeeds: the newest good backup's completion "

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from common.errors import ConnectionFailed, PermanentError
+from common.errors import ConnectionFailed, PermanentError, RetryableError
 from common.reasons import Reason
 from common.redact import redact
 from common.secrets import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempt: int, *, cap: float, first: float = 0.5) -> float:
+    """How long to wait before try `attempt` + 1 of something another session holds up: doubling from `first`
+    up to `cap`, with full jitter so that runs that failed together do not come back together."""
+    return random.uniform(first, max(first, min(cap, first * 2**attempt)))  # noqa: S311 (jitter, not secrecy)
+
 
 # SQLSTATE classes that retrying cannot fix: bad credentials, unknown database, no privilege.
 _PERMANENT_SQLSTATES = {"28P01", "28000", "3D000", "42501"}
@@ -79,10 +93,60 @@ def connect(
         f"-c statement_timeout={_milliseconds(statement_timeout)} -c lock_timeout={_milliseconds(lock_timeout)}"
     )
     params.update(extra or {})
+    conninfo = make_conninfo(**params)
+    waited_since = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return psycopg.connect(conninfo, autocommit=autocommit)
+        except psycopg.Error as exc:
+            if not _server_full(exc):
+                raise translate_connect_error(exc, settings) from None
+            waited = time.monotonic() - waited_since
+            budget = connect_wait_seconds()
+            if waited >= budget:
+                raise _too_many_connections(exc, settings, waited) from None
+            attempt += 1
+            pause = min(budget - waited, backoff_seconds(attempt, cap=10.0))
+            log.warning(
+                "the database server refused a connection for lack of slots; waiting for one",
+                extra={"server": settings.describe(), "attempt": attempt, "waited_seconds": round(waited, 1)},
+            )
+            time.sleep(pause)
+
+
+# What PostgreSQL says when it has no slot for another connection (SQLSTATE 53300: max_connections, a role's
+# or a database's CONNECTION LIMIT, the slots reserved for superusers) or is not accepting connections yet.
+_SERVER_FULL = (
+    "too many clients already",
+    "too many connections for",
+    "remaining connection slots are reserved",
+    "the database system is starting up",
+)
+
+
+def _server_full(exc: psycopg.Error) -> bool:
+    return exc.sqlstate in ("53300", "57P03") or any(sign in str(exc).lower() for sign in _SERVER_FULL)
+
+
+def connect_wait_seconds() -> float:
+    """How long a run waits for a connection slot on a full server (CELLAR_CONNECT_WAIT_SECONDS, default 120):
+    a fleet that starts together takes its slots as earlier runs give theirs back."""
+    raw = os.environ.get("CELLAR_CONNECT_WAIT_SECONDS", "120")
     try:
-        return psycopg.connect(make_conninfo(**params), autocommit=autocommit)
-    except psycopg.Error as exc:
-        raise translate_connect_error(exc, settings) from None
+        return max(0.0, float(raw))
+    except ValueError:
+        return 120.0
+
+
+def _too_many_connections(exc: psycopg.Error, settings: DatabaseSettings, waited: float) -> RetryableError:
+    detail = redact(" ".join(str(exc).split()))
+    return RetryableError(
+        f"{settings.describe()} had no free connection for {waited:.0f}s ({detail}). Raise the server's "
+        "max_connections (or the role's or database's CONNECTION LIMIT), put a pooler in front of it, or spread "
+        "the schedules of the runs that share it; the Job's next attempt tries again",
+        reason=Reason.TOO_MANY_CONNECTIONS,
+    )
 
 
 # What libpq says when TLS verification fails: a person must fix the CA or the mode; a retry cannot.
@@ -148,3 +212,80 @@ def connection_failure(what: str, error: BaseException) -> ConnectionFailed:
     return ConnectionFailed(
         f"{what} during the run ({detail}); what the run had not committed was rolled back, and the next run carries on"
     )
+
+
+# Lock modes that conflict with ROW EXCLUSIVE, the lock a batch's DELETE and a ledger INSERT take on a table.
+_CONFLICTING_WRITE_MODES = ("ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+
+
+def lock_holders(conn: psycopg.Connection[tuple[object, ...]], relations: Sequence[str]) -> list[str]:
+    """The other sessions that hold, or queue ahead for, a lock on `relations` that a writer would wait behind,
+    each with the sessions that block it (pg_blocking_pids): what to name when a lock wait timed out. Runs
+    in a transaction of its own on an idle connection; an empty list when none is there any more."""
+    rows = conn.execute(
+        "SELECT l.pid, l.mode, l.granted, l.relation::regclass::text, a.usename, a.application_name, a.state, "
+        "       extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int, pg_blocking_pids(l.pid) "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.pid <> pg_backend_pid() AND l.mode = ANY(%s) "
+        "  AND l.relation IN (SELECT to_regclass(name) FROM unnest(%s::text[]) AS name) "
+        "ORDER BY l.granted DESC, l.pid",
+        (list(_CONFLICTING_WRITE_MODES), list(relations)),
+    ).fetchall()
+    conn.rollback()
+    described = []
+    for pid, mode, granted, relation, user, application, state, seconds, blockers in rows:
+        holding = "holds" if granted else "waits for"
+        who = f"pid {pid} (role {user}, application {application or '-'}, {state}, in transaction for {seconds}s)"
+        behind = f", itself behind pids {blockers}" if blockers and not granted else ""
+        described.append(f"{who} {holding} {mode} on {relation}{behind}")
+    return described
+
+
+def lock_timeout_failure(error: BaseException) -> RetryableError | None:
+    """A lock wait that outlived lock_timeout, as the transient failure it is (another session held the lock);
+    None for anything else."""
+    if isinstance(error, psycopg.errors.LockNotAvailable):
+        detail = redact(" ".join(str(error).split()))
+        return RetryableError(
+            f"a lock the run needed was held by another session past the lock timeout ({detail}); the log names "
+            "the sessions that held it. What the run had not committed was rolled back, and the next run carries on",
+            reason=Reason.LOCK_TIMEOUT,
+        )
+    return None
+
+
+def drop_database(
+    server: DatabaseSettings, name: str, *, application_name: str, wait_seconds: float = 60.0
+) -> str | None:
+    """Drop database `name` on `server` (connected through its maintenance database `postgres`) once no one
+    is connected to it; None when it is gone, else why it is still there.
+
+    Without FORCE: terminating other sessions needs membership in their roles or pg_signal_backend, which a
+    backup's role rarely has. PostgreSQL itself ends the autovacuum and analyze workers that visit a freshly
+    restored database; anything else connected is waited for, up to `wait_seconds`.
+    """
+    maintenance = replace(server, dbname="postgres")
+    deadline = time.monotonic() + wait_seconds
+    attempt = 0
+    with connect(maintenance, application_name=application_name, autocommit=True) as conn:
+        while True:
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                return None
+            except psycopg.errors.ObjectInUse:
+                sessions = conn.execute(
+                    "SELECT pid, usename, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                ).fetchall()
+                connected = ", ".join(f"pid {pid} ({user or 'no role'}, {what})" for pid, user, what in sessions)
+                if time.monotonic() >= deadline:
+                    return f"{len(sessions)} sessions were still connected to it after {wait_seconds:g}s" + (
+                        f": {connected}" if connected else ""
+                    )
+                attempt += 1
+                log.info(
+                    "waiting for the sessions connected to a database to leave before dropping it",
+                    extra={"database": name, "sessions": connected, "attempt": attempt},
+                )
+                time.sleep(min(max(0.0, deadline - time.monotonic()), backoff_seconds(attempt, cap=5.0)))

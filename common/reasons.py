@@ -62,6 +62,16 @@ class Reason(StrEnum):
     UPLOAD_FAILED = "UploadFailed", EXIT_RETRYABLE, "the object store failed a request (5xx, throttling, timeout)"
     KUBERNETES_UNAVAILABLE = "KubernetesUnavailable", EXIT_RETRYABLE, "the API server kept failing a request"
     STATUS_CONFLICT = "StatusConflict", EXIT_RETRYABLE, "the resource's status kept changing under the run"
+    TOO_MANY_CONNECTIONS = (
+        "TooManyConnections",
+        EXIT_RETRYABLE,
+        "the server stayed at max_connections for as long as the run waited for a connection",
+    )
+    LOCK_TIMEOUT = (
+        "LockTimeout",
+        EXIT_RETRYABLE,
+        "another session held a lock the run needed past spec.lockTimeout, try after try; the log names it",
+    )
     DUMP_FAILED = "DumpFailed", EXIT_RETRYABLE, "pg_dump exited with an error (its message follows)"
     INJECTED_FAILURE = "InjectedFailure", EXIT_RETRYABLE, "a test's failpoint failed the run on purpose"
     INTERNAL_ERROR = "InternalError", EXIT_RETRYABLE, "an unexpected error; the message and the logs say where"

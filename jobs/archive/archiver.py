@@ -25,6 +25,7 @@ from common.runtime import Interrupts
 from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunScope, RunTotals, rollback_quietly
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
+from jobs.archive.lock_waits import LockWaits
 from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, live_changes, parse_archive_spec
 from jobs.archive.standbys import StandbyGate
@@ -80,6 +81,9 @@ class Archiver:
         self._open_reader = open_reader
         self._totals_lock = threading.Lock()
         self.standbys = StandbyGate(settings.max_replication_lag, on_standby_hold)
+        self.lock_waits = LockWaits(
+            settings.relation, tuning.lock_wait_attempts, settings.lock_timeout.total_seconds(), self._stopping
+        )
         self._reread_spec = reread_spec
         self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
         self._settings_read_at = self._started = time.monotonic()
@@ -141,9 +145,19 @@ class Archiver:
             if not self.standbys.wait(self.conn, self._stopping):
                 self.interrupts.check()  # SIGTERM while waiting: record Interrupted
                 return totals, Stopped.MAX_RUN_TIME
+            timed_out: psycopg.errors.LockNotAvailable | None = None
             with self.interrupts.deferred():
-                captured = self.batches.capture(self.conn, lane)
-                result = self.batches.publish(captured) if captured is not None else BatchResult()
+                try:
+                    captured = self.batches.capture(self.conn, lane)
+                    result = self.batches.publish(captured) if captured is not None else BatchResult()
+                except psycopg.errors.LockNotAvailable as error:  # rolled back: nothing moved
+                    timed_out = error
+            if timed_out is not None:
+                self.interrupts.check()
+                self.lock_waits.failed(self.conn, timed_out)
+                self.interrupts.check()
+                continue
+            self.lock_waits.succeeded()
             totals.add(result)
             self.on_progress(totals.rows)
             self.interrupts.check()  # SIGTERM during the batch: it finished (or rolled back); stop here
@@ -210,7 +224,13 @@ class Archiver:
                     idle.append(conn)
                     collect()  # the batch in flight finishes (or rolls back) before the lane stops
                     return Stopped.MAX_RUN_TIME
-                unpublished = self.batches.capture(conn, lane)
+                try:
+                    unpublished = self.batches.capture(conn, lane)
+                except psycopg.errors.LockNotAvailable as error:  # rolled back: nothing moved
+                    self.lock_waits.failed(conn, error)
+                    idle.append(conn)
+                    collect()
+                    continue
                 collect()
                 stopping = halt.is_set() or self._stopping()
                 if unpublished is None:
@@ -235,8 +255,15 @@ class Archiver:
             publisher.shutdown(wait=True)
 
     def _publish_and_release(self, captured: CapturedBatch, idle: list[Connection]) -> BatchResult:
+        """Publish a lane's batch; one that timed out waiting for a lock rolled back, and its rows, still in the
+        table, are taken again when the lane looks back from its start (BatchWorker.capture)."""
         try:
-            return self.batches.publish(captured)
+            result = self.batches.publish(captured)
+            self.lock_waits.succeeded()
+            return result
+        except psycopg.errors.LockNotAvailable as error:
+            self.lock_waits.failed(captured.conn, error)
+            return BatchResult()
         finally:
             idle.append(captured.conn)
 

@@ -238,6 +238,7 @@ class BatchWorker:
     def publish(self, captured: CapturedBatch) -> BatchResult:
         """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""
         conn, batch_id = captured.conn, captured.batch_id
+        entries: list[ledger.LedgerEntry] = []
         try:
             result = BatchResult(rows=captured.table.num_rows)
             # Which columns repeat is judged once per batch, not once per object (a day of a Daily batch).
@@ -254,8 +255,10 @@ class BatchWorker:
                 run_id=self.run_id,
             )
             failpoint("archive.before-commit")
-        except BaseException:
+        except BaseException as error:
             rollback_quietly(conn)
+            if isinstance(error, psycopg.errors.LockNotAvailable):  # the run takes these rows again: no copies
+                self._discard(batch_id, entries)
             raise
         try:
             conn.commit()
@@ -276,6 +279,15 @@ class BatchWorker:
             },
         )
         return result
+
+    def _discard(self, batch_id: str, entries: list[ledger.LedgerEntry]) -> None:
+        """The objects and manifest of a batch that rolled back before its COMMIT was sent (so no ledger row can
+        name them); one that is left (the store failing too) is a leftover the next run's clean-up removes."""
+        for key in [entry.object_key for entry in entries] + [self.layout.manifest_key(batch_id)]:
+            try:
+                self.store.delete_leftover(key)
+            except Exception as exc:  # noqa: BLE001 (the rollback stands; clean_leftovers takes what is left)
+                log.warning("could not delete a rolled-back batch's object", extra={"key": key, "error": str(exc)})
 
     def publish_rows(self, batch_id: str, table: pa.Table) -> list[ledger.LedgerEntry]:
         """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction

@@ -30,6 +30,8 @@ from jobs.archive.archiver import Archiver, Stopped
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.batches import RunScope, RunTotals
 from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.ledger_schema import ensure_ledger
+from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
@@ -103,7 +105,9 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     store = ObjectStore.open(settings.storage, credentials, concurrency=concurrency)
     store.check_access()
     recipients, identities = resolve_keys(ctx.secrets, settings.encryption)
-    conn = connect(database, application_name=APPLICATION)
+    # Every statement of the run waits at most spec.lockTimeout for a lock (a batch sets it again per
+    # transaction, as the spec may change mid-run): a table another session holds is a named, retryable failure.
+    conn = connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout)
     try:
         info = describe_table(conn, settings)
         check_cascades(conn, info, settings)
@@ -126,7 +130,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         conn,
         store,
         info,
-        lambda: connect(database, application_name=APPLICATION),
+        lambda: connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout),
         recipients,
         identities,
         (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
@@ -148,82 +152,94 @@ class ArchiveJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         opened = open_table(ctx, self.tuning)
-        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
         self.open_connection = opened.open_connection
-        with conn, opened.owning:
-            cutoff = datetime.now(UTC) - settings.older_than
-            info = with_array_dimensions(conn, settings, info, cutoff)  # refuses before any batch
-            scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)
-            if scan_warning:
-                log.warning("no index on the timestamp column", extra={"detail": scan_warning})
-                ctx.event(Reason.INDEX_MISSING, scan_warning, action="Archive", warning=True)
-            if ctx.dry_run or settings.dry_run:
-                return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
-            check_privileges(conn, info, settings)
-            check_lag_visible(conn, settings.max_replication_lag)
-            if not try_lock(conn, info):
-                message = f"another run holds the archive lock of {settings.relation}; this run skipped"
-                ctx.update_status(
-                    fields={
-                        "lastSkipped": SkippedRun(
-                            format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message
-                        ).to_status()
-                    }
-                )
-                ctx.event(Reason.LOCK_HELD, message, action="Archive")
-                return message
-            ledger.ensure_ledger(conn)
-            started = datetime.now(UTC)
-            clock = time.monotonic()
-            running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
+        with opened.conn, opened.owning:
+            try:
+                return self._archive(ctx, opened)
+            except psycopg.errors.LockNotAvailable as error:  # a statement outside the batches (they retry)
+                relation, waited = opened.settings.relation, opened.settings.lock_timeout.total_seconds()
+                raise lock_timeout(
+                    f"a statement waited longer than spec.lockTimeout ({waited:g}s) for a lock on {relation} or "
+                    "cellar's ledger",
+                    holders_of(opened.conn, [relation, *CELLAR_TABLES]),
+                ) from error
+
+    def _archive(self, ctx: RunContext, opened: OpenedTable) -> str:
+        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
+        cutoff = datetime.now(UTC) - settings.older_than
+        info = with_array_dimensions(conn, settings, info, cutoff)  # refuses before any batch
+        scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)
+        if scan_warning:
+            log.warning("no index on the timestamp column", extra={"detail": scan_warning})
+            ctx.event(Reason.INDEX_MISSING, scan_warning, action="Archive", warning=True)
+        if ctx.dry_run or settings.dry_run:
+            return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
+        check_privileges(conn, info, settings)
+        check_lag_visible(conn, settings.max_replication_lag)
+        if not try_lock(conn, info):
+            message = f"another run holds the archive lock of {settings.relation}; this run skipped"
             ctx.update_status(
-                [Condition("Progressing", "True", Reason.RUNNING, running)], fields={"cutoff": format_time(cutoff)}
+                fields={
+                    "lastSkipped": SkippedRun(
+                        format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message
+                    ).to_status()
+                }
             )
-            ctx.event(
-                Reason.STARTED, f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
-            )
-            cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
-            progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
-            archiver = Archiver(
-                RunScope(conn, store, info, cutoff, ctx.run_id),
-                settings,
-                ctx.interrupts,
-                progress.update,
-                open_connection=self.open_connection,
-                reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
-                on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
-                tuning=self.tuning,
-                recipients=opened.recipients,
-                open_reader=opened.open_reader,
-            )
-            with self._counting_due(settings, info, cutoff, progress):
-                totals, stopped = archiver.run()
-            duration = time.monotonic() - clock
-            log.info(
-                "archive run summary",
-                extra={
-                    "rows": totals.rows,
-                    "batches": totals.batches,
-                    "objects": totals.objects,
-                    "bytes": totals.bytes,
-                    "seconds": round(duration, 3),
-                    "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
-                    "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
-                },
-            )
-            reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
-            if not totals.rows and stopped is Stopped.MAX_RUN_TIME:  # rows were due, but a standby held every batch
-                reason = Reason.STANDBY_BEHIND
-            message = (
-                f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
-                f"{settings.relation} in {duration:.1f}s"
-                + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
-                + archiver.standbys.waited_note()
-                + ("; stopped at maxRunTime, the rest goes next run" if stopped is Stopped.MAX_RUN_TIME else "")
-                + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
-            )
-            self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
+            ctx.event(Reason.LOCK_HELD, message, action="Archive")
             return message
+        ensure_ledger(conn)
+        started = datetime.now(UTC)
+        clock = time.monotonic()
+        running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
+        ctx.update_status(
+            [Condition("Progressing", "True", Reason.RUNNING, running)], fields={"cutoff": format_time(cutoff)}
+        )
+        ctx.event(
+            Reason.STARTED, f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
+        )
+        cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
+        progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
+        archiver = Archiver(
+            RunScope(conn, store, info, cutoff, ctx.run_id),
+            settings,
+            ctx.interrupts,
+            progress.update,
+            open_connection=self.open_connection,
+            reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
+            on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
+            tuning=self.tuning,
+            recipients=opened.recipients,
+            open_reader=opened.open_reader,
+        )
+        with self._counting_due(settings, info, cutoff, progress):
+            totals, stopped = archiver.run()
+        duration = time.monotonic() - clock
+        log.info(
+            "archive run summary",
+            extra={
+                "rows": totals.rows,
+                "batches": totals.batches,
+                "objects": totals.objects,
+                "bytes": totals.bytes,
+                "seconds": round(duration, 3),
+                "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
+                "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
+                "lock_timeouts": archiver.lock_waits.total,
+            },
+        )
+        reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
+        if not totals.rows and stopped is Stopped.MAX_RUN_TIME:  # rows were due, but a standby held every batch
+            reason = Reason.STANDBY_BEHIND
+        message = (
+            f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
+            f"{settings.relation} in {duration:.1f}s"
+            + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
+            + archiver.standbys.waited_note()
+            + ("; stopped at maxRunTime, the rest goes next run" if stopped is Stopped.MAX_RUN_TIME else "")
+            + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
+        )
+        self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
+        return message
 
     @staticmethod
     def _standby_status(ctx: RunContext, running: str, interval: float) -> Callable[[str | None], None]:

@@ -1,7 +1,8 @@
 """The ledger: one row per archived object, written in the transaction that deletes its rows.
 
-It lives in the archived database (schema `cellar`), so "the rows are gone" and "the object that holds
-them is recorded" commit or roll back together. Status totals are rebuilt from it.
+It lives in the archived database (schema `cellar`, made and migrated by ledger_schema), so "the rows are
+gone" and "the object that holds them is recorded" commit or roll back together. Status totals are rebuilt
+from it.
 """
 
 from __future__ import annotations
@@ -12,55 +13,6 @@ from datetime import datetime
 import psycopg
 
 Connection = psycopg.Connection[tuple[object, ...]]
-
-SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS cellar;
-CREATE TABLE IF NOT EXISTS cellar.archive_ledger (
-    object_key   text PRIMARY KEY,
-    batch_id     uuid NOT NULL,
-    relation     text NOT NULL,
-    manifest_key text NOT NULL,
-    rows         bigint NOT NULL,
-    bytes        bigint NOT NULL,
-    sha256       text NOT NULL,
-    min_ts       timestamptz,
-    max_ts       timestamptz,
-    min_key      text,
-    max_key      text,
-    last_row     jsonb,
-    cutoff       timestamptz NOT NULL,
-    mode         text NOT NULL,
-    run_id       text NOT NULL,
-    archived_at  timestamptz NOT NULL DEFAULT now(),
-    restored_at  timestamptz
-);
-CREATE INDEX IF NOT EXISTS archive_ledger_relation ON cellar.archive_ledger (relation, max_ts);
-CREATE TABLE IF NOT EXISTS cellar.archive_holds (
-    relation text NOT NULL,
-    key      text NOT NULL,
-    PRIMARY KEY (relation, key)
-);
-CREATE TABLE IF NOT EXISTS cellar.archive_partitions (
-    relation   text NOT NULL,
-    partition  text NOT NULL,
-    state      text NOT NULL,
-    run_id     text NOT NULL,
-    rows       bigint,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (relation, partition)
-);
--- How to create the partition again (bound, sub-partitioning, children), for unarchive into the source.
-ALTER TABLE cellar.archive_partitions ADD COLUMN IF NOT EXISTS definition jsonb;
-COMMENT ON TABLE cellar.archive_partitions IS
-    'Partitions archived whole: detaching (a run is on it, or crashed on it), archived (dropped) or kept';
-COMMENT ON TABLE cellar.archive_holds IS
-    'Rows brought back into their source table by cellar unarchive; the archiver does not archive them again';
-"""
-
-
-def ensure_ledger(conn: Connection) -> None:
-    with conn.transaction():
-        conn.execute(SCHEMA_SQL)
 
 
 @dataclass(frozen=True)

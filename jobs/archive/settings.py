@@ -208,6 +208,7 @@ class Tuning:
     max_partitions_per_batch: int = 64  # a batch takes rows of at most this many days (or months)
     settings_reread_seconds: float = 10.0  # how often a run reads its TableArchive again, between batches
     standby_status_interval: float = 30.0  # how often a wait for a standby is written to status
+    lock_wait_attempts: int = 6  # batches in a row that may wait past spec.lockTimeout before the run gives up
     estimate_from_rows: int = 1_000_000  # from this many rows due, the progress total is the planner's estimate
     unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
     # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.

@@ -24,9 +24,9 @@ from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
 from common.runtime import RunContext
 from common.storage import ObjectStore
-from jobs.archive import ledger
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.job import open_table
+from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import ObjectLayout, read_verified
 from jobs.archive.repartition import Repartitioner
@@ -315,7 +315,7 @@ class UnarchiveJob:
             if ctx.dry_run:
                 return f"dry run: would bring back {settings.relation} rows from {args.start} to {args.end}"
             check_lag_visible(conn, settings.max_replication_lag)
-            ledger.ensure_ledger(conn)
+            ensure_ledger(conn)
             standbys = StandbyGate(settings.max_replication_lag)
             result = unarchive(
                 conn,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.conditions import Condition, format_time
+from common.db import drop_database
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
 from common.encryption import Identities, fingerprint
 from common.errors import CellarError
@@ -33,8 +34,16 @@ from jobs.backup.preflight import APPLICATION, Preflight, describe_choice, prefl
 from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import RetentionOutcome, apply_retention
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
-from jobs.backup.status import BackupRun, SuccessfulBackup, Verification, backup_fields, human_size, ready_condition
-from jobs.backup.verify import VerificationResult, quarantine, verify_backup
+from jobs.backup.status import (
+    BackupRun,
+    LeftoverDatabase,
+    SuccessfulBackup,
+    Verification,
+    backup_fields,
+    human_size,
+    ready_condition,
+)
+from jobs.backup.verify import ScratchLeft, VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +55,29 @@ def restore_test(
     database: DatabaseSettings,
     settings: BackupSettings,
     identities: Identities | None,
-) -> VerificationResult:
+) -> tuple[VerificationResult, str]:
     """Restore-test `manifest` on `database`'s server (the source's, or spec.verify.target's). A failure is
-    recorded in status before it is raised, and a backup found unsound (BackupUnsound) is quarantined first."""
+    recorded in status before it is raised, and a backup found unsound (BackupUnsound) is quarantined first.
+    Returns the result and a note on scratch databases left behind ("" when none), which the next run drops."""
+    still_left = _drop_earlier_leftovers(ctx, database, settings)
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
+    left: list[ScratchLeft] = []
     try:
-        result = verify_backup(store, manifest, database, scratch, application_name=APPLICATION, identities=identities)
+        result = verify_backup(
+            store, manifest, database, scratch, application_name=APPLICATION, identities=identities, left=left
+        )
     except CellarError as error:
         if isinstance(error, BackupUnsound):
             quarantine(store, manifest, str(error))
             error.message += f" (its manifest was moved to {QUARANTINE_DIR}/; the backup no longer counts)"
+        error.message += _left_note(left)
         ctx.update_status(
             [Condition("Verified", "False", error.reason, str(error))],
             fields={
                 "lastVerification": Verification.of(
                     format_time(datetime.now(UTC)), manifest.data_key, False, str(error)
-                ).to_status()
+                ).to_status(),
+                **_leftover_field(ctx, still_left, left, database),
             },
         )
         raise
@@ -69,7 +85,44 @@ def restore_test(
         "restore test passed",
         extra={"tables": result.tables, "rows": result.rows, "restored_with": result.restored_with},
     )
-    return result
+    fields = _leftover_field(ctx, still_left, left, database)
+    if fields:
+        ctx.update_status(fields=fields)
+    return result, _left_note(left)
+
+
+def _drop_earlier_leftovers(
+    ctx: RunContext, server: DatabaseSettings, settings: BackupSettings
+) -> list[LeftoverDatabase]:
+    """Drop the scratch databases earlier runs recorded as left (status.leftoverDatabases); those still there."""
+    recorded = (ctx.resource.get("status") or {}).get("leftoverDatabases") or []
+    still: list[LeftoverDatabase] = []
+    for item in recorded:
+        leftover = LeftoverDatabase.from_status(item)
+        if not leftover.name.startswith(settings.scratch_prefix):  # never drop what a restore test did not make
+            continue
+        why = drop_database(server, leftover.name, application_name=APPLICATION, wait_seconds=5)
+        if why is None:
+            log.info("dropped a scratch database an earlier run left", extra={"database": leftover.name})
+        else:
+            still.append(replace(leftover, why=why))
+    return still
+
+
+def _leftover_field(
+    ctx: RunContext, still: list[LeftoverDatabase], left: list[ScratchLeft], server: DatabaseSettings
+) -> dict[str, Any]:
+    """status.leftoverDatabases as it is now: {} when it had none and has none."""
+    now = format_time(datetime.now(UTC))
+    items = still + [LeftoverDatabase(s.name, server.describe(), now, s.why) for s in left]
+    had = (ctx.resource.get("status") or {}).get("leftoverDatabases")
+    if not items and not had:
+        return {}
+    return {"leftoverDatabases": [item.to_status() for item in items] or None}
+
+
+def _left_note(left: list[ScratchLeft]) -> str:
+    return "".join(f"; scratch database {s.name} could not be dropped ({s.why}): the next run drops it" for s in left)
 
 
 class BackupJob:
@@ -170,7 +223,9 @@ class BackupJob:
         conditions: list[Condition] = []
         verified = False
         if settings.verify:
-            tested = restore_test(ctx, store, manifest, checked.restore_test_server, settings, checked.identities)
+            tested, left_note = restore_test(
+                ctx, store, manifest, checked.restore_test_server, settings, checked.identities
+            )
             verified = True
             conditions.append(
                 Condition(
@@ -178,7 +233,7 @@ class BackupJob:
                     "True",
                     Reason.RESTORE_TEST_PASSED,
                     f"backup {identifier} ({manifest.describe_databases()}) restored with {tested.restored_with} "
-                    "and every table's row count matched",
+                    f"and every table's row count matched{left_note}",
                 )
             )
         retained = (
@@ -272,9 +327,12 @@ class VerifyJob:
         manifest = find_backup(store, checked.claimed.readable, args.key)
         if ctx.dry_run:
             return f"dry run: would restore-test {manifest.backup_id} into a scratch database"
-        tested = restore_test(ctx, store, manifest, checked.restore_test_server, settings, checked.identities)
+        tested, left_note = restore_test(
+            ctx, store, manifest, checked.restore_test_server, settings, checked.identities
+        )
         message = (
             f"backup {manifest.backup_id} restored with {tested.restored_with} and every table's row count matched"
+            f"{left_note}"
         )
         fields: dict[str, Any] = {
             "lastVerification": Verification.of(

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from common.conditions import Condition, format_time, is_condition_true
-from common.db import connect
+from common.db import connect, drop_database
 from common.encryption import Identities, resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
@@ -39,6 +39,7 @@ from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_resto
 from jobs.backup.staged import restore_staged
 from jobs.backup.status import RestoreOutcome
 from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
+from jobs.backup.verify import scratch_drop_wait
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"
@@ -69,10 +70,15 @@ def create_database(target: DatabaseSettings, owner: str = "") -> None:
             ) from None
 
 
-def drop_database(target: DatabaseSettings) -> None:
-    maintenance = replace(target, dbname="postgres")
-    with connect(maintenance, application_name=APPLICATION, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.dbname)))
+def drop_created(target: DatabaseSettings) -> None:
+    """Drop a database this restore created, after a failure; one that others stay connected to is named in
+    the log and left for a person (the restore failed anyway, and says why)."""
+    why = drop_database(target, target.dbname, application_name=APPLICATION, wait_seconds=scratch_drop_wait())
+    if why is not None:
+        log.error(
+            "the restore failed and the database it created could not be dropped; drop it by hand",
+            extra={"database": target.dbname, "why": why},
+        )
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ def _restore(
             return streamed, "streaming"
         except BaseException:
             if settings.create_database:  # leave nothing half-made behind
-                drop_database(target)
+                drop_created(target)
             raise
 
 
@@ -290,7 +296,7 @@ def restore_all(
     except BaseException:
         if settings.create_database:
             for into in restored:
-                drop_database(into)
+                drop_created(into)
         raise
     return bytes_read, how
 

@@ -132,3 +132,21 @@ def backup_fields(
         ).to_status(),
         "freshUntil": format_time(manifest.completed_at + stale_after),
     }
+
+
+@dataclass(frozen=True)
+class LeftoverDatabase(StatusRecord):
+    """An item of `leftoverDatabases`: a restore test's scratch database that could not be dropped in time."""
+
+    written_to = (("databasebackups.yaml", "leftoverDatabases[]"),)
+
+    name: str
+    server: str
+    since: str
+    why: str
+
+    @classmethod
+    def from_status(cls, item: dict[str, Any]) -> LeftoverDatabase:
+        return cls(
+            str(item.get("name", "")), str(item.get("server", "")), str(item.get("since", "")), str(item.get("why", ""))
+        )

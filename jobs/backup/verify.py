@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 
 from psycopg import sql
 
-from common.db import connect
+from common.db import connect, drop_database
 from common.encryption import Identities
+from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
@@ -35,6 +37,14 @@ class VerificationResult:
     restored_with: str  # "pg_restore 15.19 into PostgreSQL 15.19"
 
 
+@dataclass(frozen=True)
+class ScratchLeft:
+    """A scratch database the restore test could not drop in time, and why."""
+
+    name: str
+    why: str
+
+
 def verify_backup(
     store: ObjectStore,
     manifest: Manifest,
@@ -43,15 +53,20 @@ def verify_backup(
     *,
     application_name: str,
     identities: Identities | None = None,
+    left: list[ScratchLeft] | None = None,
 ) -> VerificationResult:
-    """Restore each database of `manifest` in turn into a new database `scratch_name` on the source's
-    server, count every table's rows, drop it. `identities` decrypt an encrypted backup."""
+    """Restore each database of `manifest` in turn into a new scratch database on the source's server (the
+    first named `scratch_name`), count every table's rows, drop it. `identities` decrypt an encrypted backup.
+    A scratch database that cannot be dropped in time is added to `left`, also when the test fails."""
     plan = plan_restore(source, manifest, application_name=application_name)
     check_decryptable(store, manifest, identities, field="spec.encryption.identitySecretRef")
     tables = rows = 0
-    for dump in manifest.dumps:
+    left = [] if left is None else left
+    for number, dump in enumerate(manifest.dumps):
+        # The next database takes a name of its own while the one before is left behind.
+        name = scratch_name if not left else f"{scratch_name[:58]}_{number}"
         mismatches = _restore_and_count(
-            store, manifest.for_database(dump.database), source, scratch_name, plan, application_name, identities
+            store, manifest.for_database(dump.database), source, name, plan, application_name, identities, left
         )
         if mismatches:
             shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
@@ -70,6 +85,7 @@ def _restore_and_count(
     plan: RestorePlan,
     application_name: str,
     identities: Identities | None,
+    left: list[ScratchLeft],
 ) -> list[str]:
     """Restore the one dump of `manifest` into scratch database `scratch_name`; the tables whose rows differ."""
     with connect(source, application_name=application_name, autocommit=True) as admin:
@@ -85,6 +101,7 @@ def _restore_and_count(
             application_name=application_name,
             identities=identities,
         )
+        failpoint("backup.scratch-restored")
         mismatches = []
         with connect(scratch, application_name=application_name) as conn:
             for table in manifest.dump.tables:
@@ -97,8 +114,21 @@ def _restore_and_count(
                     mismatches.append(f"{table.schema}.{table.name}: {restored} restored, {table.rows} in manifest")
         return mismatches
     finally:
-        with connect(source, application_name=application_name, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch_name)))
+        why = drop_database(source, scratch_name, application_name=application_name, wait_seconds=scratch_drop_wait())
+        if why is not None:
+            log.warning(
+                "could not drop the scratch database; the next run drops it",
+                extra={"database": scratch_name, "why": why},
+            )
+            left.append(ScratchLeft(scratch_name, why))
+
+
+def scratch_drop_wait() -> float:
+    """How long a restore test waits for others to leave its scratch database (CELLAR_SCRATCH_DROP_WAIT_SECONDS)."""
+    try:
+        return max(0.0, float(os.environ.get("CELLAR_SCRATCH_DROP_WAIT_SECONDS", "60")))
+    except ValueError:
+        return 60.0
 
 
 def quarantine(store: ObjectStore, manifest: Manifest, why: str) -> str:

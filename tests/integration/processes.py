@@ -119,11 +119,19 @@ def start_process(module: str, *args: str, env: dict[str, str] | None = None) ->
     return Job([sys.executable, "-m", module, *args], {**os.environ, **(env or {})})
 
 
-def start_job(module: str, kubeconfig: Path, namespace: str, name: str, *args: str, failpoint: str = "") -> Job:
-    """`python -m <module> <args> --kubeconfig … --namespace … --name …`."""
-    env = {"CELLAR_FAILPOINTS": failpoint, "CELLAR_TERMINATION_LOG": "/nonexistent/x"}
+def start_job(
+    module: str,
+    kubeconfig: Path,
+    namespace: str,
+    name: str,
+    *args: str,
+    failpoint: str = "",
+    env: dict[str, str] | None = None,
+) -> Job:
+    """`python -m <module> <args> --kubeconfig … --namespace … --name …`, with `env` added to the environment."""
+    settings = {"CELLAR_FAILPOINTS": failpoint, "CELLAR_TERMINATION_LOG": "/nonexistent/x", **(env or {})}
     where = ["--kubeconfig", str(kubeconfig), "--namespace", namespace, "--name", name]
-    return start_process(module, *args, *where, env=env)
+    return start_process(module, *args, *where, env=settings)
 
 
 def wait_for_line(job: Job, wanted: str, timeout: float = LINE_TIMEOUT) -> str:

@@ -419,8 +419,8 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) -> None:
     # 20,000 rows are due; a batch of 500 must read about 500 of them from the timestamp index, not sort
     # every due row to pick its 500 (the plan the holds test got as an anti-join, batch after batch).
-    from jobs.archive import ledger
     from jobs.archive.lanes import Lane
+    from jobs.archive.ledger_schema import ensure_ledger
     from jobs.archive.settings import parse_archive_spec
     from jobs.archive.statements import batch_query, sql_settings
     from jobs.archive.table import describe_table
@@ -429,8 +429,7 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
         conn.execute(SIMPLE_TABLE.format(old=20000))
         conn.execute("CREATE INDEX orders_created_at ON orders (created_at)")
         conn.execute("ANALYZE orders")
-        with conn.transaction():
-            ledger.ensure_ledger(conn)
+        ensure_ledger(conn)
         if held:  # brought back by unarchive: never archived again
             conn.execute("INSERT INTO cellar.archive_holds (relation, key) VALUES ('public.orders', '(7)')")
     unused = {"name": "unused", "key": "unused"}

@@ -56,7 +56,9 @@ def _status_schema(crd_file: str, path: str) -> dict[str, Any]:
     crd = yaml.safe_load((CRDS / crd_file).read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     for part in filter(None, path.split(".")):
-        schema = schema["properties"][part]
+        schema = schema["properties"][part.removesuffix("[]")]
+        if part.endswith("[]"):  # a list of records: its items' schema
+            schema = schema["items"]
     return dict(schema)
 
 
