@@ -231,14 +231,16 @@ class BackupJob:
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         now = datetime.now(UTC)
-        previous = (ctx.resource.get("status") or {}).get("lastRun") or {}
-        # A merge patch: what this run does not say (its key, when it failed before choosing one) stays.
+        written = (ctx.resource.get("status") or {}).get("lastRun") or {}
+        # This run's start and key, when it got as far as writing them; else it failed in preflight.
+        this_run = written if written.get("runId") == ctx.run_id else {}
         last_run = BackupRun(
             ctx.run_id,
-            str(previous.get("startTime") or format_time(ctx.started)),
+            str(this_run.get("startTime") or format_time(ctx.started)),
             completion_time=format_time(now),
             reason=error.reason,
             message=str(error),
+            key=this_run.get("key"),
         )
         ctx.update_status(
             [

@@ -300,10 +300,15 @@ class RestoreJob:
     kind = DATABASE_RESTORE
     description = "Restore a cellar backup into a PostgreSQL database, as a DatabaseRestore says."
 
+    def __init__(self) -> None:
+        # This run's own fields, written whole: a run that fails before it starts restoring has no key.
+        self.outcome = RestoreOutcome()
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
+        self.outcome = RestoreOutcome(start_time=format_time(ctx.started))
         conditions = (ctx.resource.get("status") or {}).get("conditions") or []
         observed = (ctx.resource.get("status") or {}).get("observedGeneration")
         if is_condition_true(conditions, "Succeeded") and observed == ctx.generation:
@@ -349,7 +354,7 @@ class RestoreJob:
         if ctx.dry_run:
             return f"dry run: would restore {what}{manifest.backup_id} into {into_what} with {plan.describe()}"
 
-        started = datetime.now(UTC)
+        self.outcome = RestoreOutcome(key=manifest.data_key, start_time=format_time(datetime.now(UTC)))
         ctx.update_status(
             [
                 Condition(
@@ -359,7 +364,7 @@ class RestoreJob:
                     f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
                 )
             ],
-            fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
+            fields=self.outcome.to_status(),
         )
         ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {into_what} started", action="Restore")
         roles = ""
@@ -383,7 +388,9 @@ class RestoreJob:
         ctx.update_status(
             [Condition("Succeeded", "True", Reason.COMPLETED, message)],
             fields={
-                **RestoreOutcome(completion_time=format_time(datetime.now(UTC)), bytes_read=bytes_read).to_status(),
+                **replace(
+                    self.outcome, completion_time=format_time(datetime.now(UTC)), bytes_read=bytes_read
+                ).to_status(),
                 "progress": None,
             },
         )
@@ -393,6 +400,9 @@ class RestoreJob:
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         ctx.update_status(
             [Condition("Succeeded", "False", error.reason, str(error))],
-            fields={**RestoreOutcome(completion_time=format_time(datetime.now(UTC))).to_status(), "progress": None},
+            fields={
+                **replace(self.outcome, completion_time=format_time(datetime.now(UTC))).to_status(),
+                "progress": None,
+            },
         )
         ctx.event(error.reason, str(error), action="Restore", warning=True)

@@ -101,9 +101,10 @@ class Verification(StatusRecord):
 
 @dataclass(frozen=True)
 class RestoreOutcome(StatusRecord):
-    """A DatabaseRestore's own status fields (beside its conditions)."""
+    """A DatabaseRestore's own status fields (beside its conditions): the run of the generation it restores."""
 
     written_to = (("databaserestores.yaml", ""),)
+    written_whole = True
 
     key: str | None = None
     start_time: str | None = None
