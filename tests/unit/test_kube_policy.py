@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError
-from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceRef, RetryPolicy
+from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceRef, RetryPolicy, cut_to_bytes
 from tests.unit.fake_kube import FakeTransport
 
 REF = ResourceRef(DATABASE_BACKUP, "prod", "orders")
@@ -102,6 +102,18 @@ def test_events_are_best_effort_and_well_formed() -> None:
     assert event["eventTime"].endswith("Z")
     transport.patch_failures = [KubeApiError(403, "no events for you")]
     kube.post_event(resource, reason="Completed", action="Backup", note="n")  # does not raise
+
+
+def test_an_event_note_is_cut_to_the_api_servers_limit_in_bytes_on_a_character_boundary() -> None:
+    transport = FakeTransport()
+    # A localized PostgreSQL error: 2 bytes a character in UTF-8, so 1024 characters are 2048 bytes.
+    note = "x" + "é" * 1000
+    _kube(transport).post_event(transport.objects["orders"], reason="RestoreFailed", action="Restore", note=note)
+    (event,) = transport.events
+    assert len(event["note"].encode("utf-8")) <= 1024
+    assert event["note"] == "x" + "é" * 511  # 1023 bytes: one more é would not fit, and half of one is no character
+    assert cut_to_bytes("…" * 400, 1024) == "…" * 341  # 3 bytes each
+    assert cut_to_bytes("short", 1024) == "short"
 
 
 def test_missing_secret_key_lists_present_keys() -> None:
