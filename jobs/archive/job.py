@@ -347,13 +347,13 @@ class ArchiveJob:
         cutoff: datetime,
         scan_warning: str | None = None,
     ) -> str:
-        report = dry_run_report(conn, settings, info, cutoff)
+        report = dry_run_report(conn, settings, info, cutoff, self.tuning)
         whole = [p.name for p in due_partitions(conn, settings, info, cutoff)]
         log.info(
             "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
         )
         advice = layout_advice(
-            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows
+            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows, self.tuning
         )
         message = (
             f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "

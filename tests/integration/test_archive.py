@@ -210,6 +210,22 @@ def test_dry_run_changes_nothing_and_shows_the_plan(archive_env: ArchiveEnv) -> 
     assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
 
 
+def test_the_dry_runs_layout_advice_follows_the_jobs_tuning(archive_env: ArchiveEnv) -> None:
+    # One row a day for 300 days: a batch of the default 25,000 rows would take every day, but the tuning lets a
+    # batch take at most 8 days.
+    _orders(
+        archive_env.database,
+        "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 day', 'old' "
+        "FROM generate_series(1, 300) g",
+    ).close()
+    setup_archive(archive_env, dryRun=True)
+    assert archive_env.run(tuning=Tuning(max_partitions_per_batch=8)) == 0
+    status = get_status(archive_env.admin_api, archive_env.namespace, "tablearchives", "orders")
+    message = conditions(status)["ArchiveSucceeded"]["message"]
+    assert "a batch of 25000 rows writes about 8 files of one day each" in message
+    assert "'8 days'::interval" in message  # the plan is of the batch the run would make, with its tuning
+
+
 def test_a_table_without_an_index_on_its_timestamp_gets_a_warning_naming_the_index_to_create(
     archive_env: ArchiveEnv,
 ) -> None:
