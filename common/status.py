@@ -11,8 +11,8 @@ there instead of being dropped silently by the API server.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Self
 
 from common.reasons import Reason
 
@@ -43,6 +43,12 @@ class StatusRecord:
                 value = value.value
             written[camel_case(field.name)] = value
         return written
+
+    def as_fields(self) -> dict[str, Any]:
+        """The status fields this record writes: itself under the key its `written_to` names, or its own fields
+        at the top of status (a record written to the path "")."""
+        (path,) = {path for _, path in self.written_to}
+        return {path: self.to_status()} if path else self.to_status()
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,7 @@ class RunRecord(StatusRecord):
     duration_seconds: float | None = None
     reason: Reason | None = None
     message: str | None = None
+
+    def ended(self, at: str, reason: Reason, message: str) -> Self:
+        """The record of this run ending `at` with `reason` (common.run_status writes it when a run fails)."""
+        return replace(self, completion_time=at, reason=reason, message=message)

@@ -57,14 +57,6 @@ def test_a_backup_that_fails_in_preflight_shows_its_own_start_and_no_key() -> No
     assert last_run["runId"] == "thisrun"
 
 
-def test_a_backup_that_fails_after_its_start_keeps_its_own_start_and_key() -> None:
-    started = {"runId": "thisrun", "startTime": "2026-02-02T00:00:00Z", "key": "backups/thisrun.dump"}
-    transport = FakeTransport("DatabaseBackup", {"lastRun": started})
-    assert _run(BackupJob(), transport) == 3
-    last_run = transport.status["lastRun"]
-    assert (last_run["startTime"], last_run["key"]) == (started["startTime"], started["key"])
-
-
 def test_a_run_under_way_shows_nothing_of_how_the_last_one_ended() -> None:
     transport = FakeTransport("DatabaseBackup", {"lastRun": {**EARLIER_RUN, "key": "backups/earlier.dump"}})
     kube = Kube(transport, retry=RetryPolicy(attempts=1), sleep=lambda _: None)
