@@ -88,7 +88,7 @@ def install_cellar(stack: Any, job: str) -> tuple[Path, Any]:
     """
     from kubernetes import client
 
-    from tests.harness.cluster import admin_client, install_crds, service_account_kubeconfig
+    from tests.harness.cluster import admin_client, install_crds
     from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 
     api = admin_client(stack.kubeconfig)
@@ -102,13 +102,23 @@ def install_cellar(stack: Any, job: str) -> tuple[Path, Any]:
             "stringData": {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
         },
     )
+    return job_account(stack, api, job), api
+
+
+def job_account(stack: Any, api: Any, job: str) -> Path:
+    """A kubeconfig for `job`'s ServiceAccount (backup, archive or restore) in namespace `bench`, with the chart's
+    Role widened to every Secret there (see install_cellar)."""
+    from kubernetes import client
+
+    from tests.harness.cluster import service_account_kubeconfig
+
     kubeconfig = service_account_kubeconfig(api, stack, BENCH_NAMESPACE, job, Path(tempfile.mkdtemp()) / "kc")
     client.RbacAuthorizationV1Api(api).patch_namespaced_role(
         f"cellar-{job}",
         BENCH_NAMESPACE,
         [{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}],
     )
-    return kubeconfig, api
+    return kubeconfig
 
 
 def create_database_secret(api: Any, stack: Any, name: str, database: str) -> None:

@@ -30,7 +30,7 @@ from kubernetes import client
 
 from benchmarks.backup_bench import create_backup_resource, ensure_awscli, generate_database
 from benchmarks.measure import BENCH_NAMESPACE as NAMESPACE
-from benchmarks.measure import create_database_secret, install_cellar, run_measured
+from benchmarks.measure import create_database_secret, install_cellar, job_account, run_measured
 from tests.harness.cluster import admin_client
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
 
@@ -74,7 +74,9 @@ def main() -> int:
         expected = row_count(stack, database)
         work = Path(tempfile.mkdtemp(prefix="restore-bench-"))
         results = by_hand(stack, database, key, work, expected)
-        results.update(cellar_restores(stack, api, kubeconfig, work, expected))
+        # Restores run as the restore job's own ServiceAccount, as the chart runs them: the backup job's may not
+        # read DatabaseRestores.
+        results.update(cellar_restores(stack, api, job_account(stack, api, "restore"), work, expected))
         aws, aws_env = aws_cli(stack)
         download = ["s3", "cp", f"s3://{BUCKET}/{key}", str(work / "object")]
         results["(e) the object downloaded once"] = run_measured(
@@ -141,7 +143,7 @@ def by_hand(stack: LocalStack, database: str, key: str, work: Path, expected: in
 
 
 def cellar_restores(stack: LocalStack, api: Any, kubeconfig: Path, work: Path, expected: int) -> dict[str, Any]:
-    """(c) and (d): DatabaseRestores of the backup into new databases, run as the backup job's account."""
+    """(c) and (d): DatabaseRestores of the backup into new databases, run as the restore job's account."""
     results = {}
     create_database_secret(api, stack, "cellar-restore-target", "postgres")
     staging = work / "staging"

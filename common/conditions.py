@@ -5,9 +5,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 from common.reasons import Reason
+
+
+class ConditionType(StrEnum):
+    """Every condition type cellar writes (docs/guide.md says which kind has which)."""
+
+    READY = "Ready"  # a policy object (DatabaseBackup, TableArchive) is in good shape
+    PROGRESSING = "Progressing"  # a policy object's run is under way (True), or how the last one ended (False)
+    BACKUP_SUCCEEDED = "BackupSucceeded"  # how a DatabaseBackup's last run went
+    ARCHIVE_SUCCEEDED = "ArchiveSucceeded"  # how a TableArchive's last run went
+    VERIFIED = "Verified"  # how a DatabaseBackup's last restore test went
+    SUCCEEDED = "Succeeded"  # a DatabaseRestore, a one-shot object: Unknown while it runs
+
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 # A condition as the API server stores it (metav1.Condition, a JSON object).
@@ -17,7 +30,7 @@ StoredCondition = dict[str, Any]
 class Condition(NamedTuple):
     """A condition a run sets: the type, its status, the reason (declared in common.reasons), a message."""
 
-    type: str
+    type: ConditionType
     status: ConditionStatus
     reason: Reason
     message: str
@@ -59,7 +72,7 @@ def set_condition(
         message = message[: MAX_MESSAGE_LENGTH - 3] + "..."
     result = [copy.deepcopy(dict(c)) for c in conditions]
     new: StoredCondition = {
-        "type": condition_type,
+        "type": str(condition_type),
         "status": status,
         "reason": str(reason),
         "message": message,

@@ -31,6 +31,7 @@ from common.schema import GROUP, VERSION
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+EVENT_NOTE_LIMIT = 1024  # bytes: the API server refuses a longer Event note with 422
 
 
 @dataclass(frozen=True)
@@ -429,7 +430,7 @@ class Kube:
             "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": action,
             "reason": reason,
-            "note": redact(note)[:1024],
+            "note": cut_to_bytes(redact(note), EVENT_NOTE_LIMIT),
             "type": "Warning" if warning else "Normal",
             "reportingController": self.controller,
             "reportingInstance": self.instance,
@@ -446,6 +447,12 @@ class Kube:
             self._retrying(lambda: self.transport.create_event(namespace, body), "create event")
         except Exception as exc:  # noqa: BLE001 (an Event is best-effort by contract)
             log.warning("could not post Event", extra={"event_reason": reason, "error": redact(str(exc))})
+
+
+def cut_to_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, at a character boundary (a limit the API server counts in
+    bytes: a character cut in two would be invalid UTF-8, so the partial one is dropped)."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
 def _key_of(data: Mapping[str, str], kind: ResourceKind, name: str, key: str, field: str) -> str:

@@ -105,6 +105,7 @@ class RunContext:
     interrupts: Interrupts
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     metrics: RunMetrics | None = None  # pushed when the run ends, when an OTLP endpoint is configured
+    status_writer: object = None  # the run's common.run_status.RunStatus, made at its first use
 
     @property
     def spec(self) -> Mapping[str, Any]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from common.conditions import Condition, format_time
+from common.conditions import format_time
 from common.db import connect
 from common.encryption import Identities, resolve_keys
 from common.errors import CellarError
@@ -23,6 +23,7 @@ from common.ownership import Area, Owner, claim_prefix, released_on_failure, tak
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.redact import redact
+from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.archive import ledger
@@ -37,7 +38,7 @@ from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.standbys import check_lag_visible
 from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
-from jobs.archive.status import ArchiveRun, ArchiveTotals, SkippedRun
+from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
     Connection,
     TableInfo,
@@ -176,29 +177,23 @@ class ArchiveJob:
             return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
         check_privileges(conn, info, settings)
         check_lag_visible(conn, settings.max_replication_lag)
+        status = RunStatus.of(ctx, ARCHIVE_RUNS)
         if not try_lock(conn, info):
             message = f"another run holds the archive lock of {settings.relation}; this run skipped"
-            ctx.update_status(
-                fields={
-                    "lastSkipped": SkippedRun(
-                        format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message
-                    ).to_status()
-                }
-            )
-            ctx.event(Reason.LOCK_HELD, message, action="Archive")
+            skipped = SkippedRun(format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message)
+            status.skipped(skipped, Reason.LOCK_HELD, message)
             return message
         ensure_ledger(conn)
         started = datetime.now(UTC)
         clock = time.monotonic()
         running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
-        ctx.update_status(
-            [Condition("Progressing", "True", Reason.RUNNING, running)], fields={"cutoff": format_time(cutoff)}
-        )
-        ctx.event(
-            Reason.STARTED, f"archiving {settings.relation} rows older than {format_time(cutoff)}", action="Archive"
+        status.started(
+            running,
+            f"archiving {settings.relation} rows older than {format_time(cutoff)}",
+            fields={"cutoff": format_time(cutoff)},
         )
         cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
-        progress = ProgressReporter("rows", None, lambda figures: ctx.update_status(fields={"progress": figures}))
+        progress = ProgressReporter("rows", None, status.progressed)
         archiver = Archiver(
             RunScope(conn, store, info, cutoff, ctx.run_id),
             settings,
@@ -206,7 +201,7 @@ class ArchiveJob:
             progress.update,
             open_connection=self.open_connection,
             reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
-            on_standby_hold=self._standby_status(ctx, running, self.tuning.standby_status_interval),
+            on_standby_hold=self._standby_status(status, running, self.tuning.standby_status_interval),
             tuning=self.tuning,
             recipients=opened.recipients,
             open_reader=opened.open_reader,
@@ -242,7 +237,7 @@ class ArchiveJob:
         return message
 
     @staticmethod
-    def _standby_status(ctx: RunContext, running: str, interval: float) -> Callable[[str | None], None]:
+    def _standby_status(status: RunStatus, running: str, interval: float) -> Callable[[str | None], None]:
         """Progressing says when batches wait for a standby, and Running again once they resume; at most
         one wait every `interval` seconds is written, so a lag that hovers at the limit does not write
         status at every batch. Informative: a failed write is logged, the run goes on."""
@@ -253,10 +248,10 @@ class ArchiveJob:
             nonlocal last_written, waiting_shown
             try:
                 if held and time.monotonic() - last_written >= interval:
-                    ctx.update_status([Condition("Progressing", "True", Reason.WAITING_FOR_STANDBY, held)])
+                    status.under_way(Reason.WAITING_FOR_STANDBY, held)
                     last_written, waiting_shown = time.monotonic(), True
                 elif held is None and waiting_shown:
-                    ctx.update_status([Condition("Progressing", "True", Reason.RUNNING, running)])
+                    status.under_way(Reason.RUNNING, running)
                     waiting_shown = False
             except CellarError as exc:
                 log.warning("could not write the standby wait to status", extra={"error": str(exc)})
@@ -328,31 +323,24 @@ class ArchiveJob:
     ) -> None:
         all_time = ledger.totals(conn, settings.relation)
         conn.rollback()
-        ctx.update_status(
-            [
-                Condition("Progressing", "False", reason, message),
-                Condition("ArchiveSucceeded", "True", reason, message),
-                Condition("Ready", "True", reason, message),
-            ],
+        last_run = ArchiveRun(
+            ctx.run_id,
+            format_time(started),
+            duration_seconds=round(duration, 3),
+            rows=totals.rows,
+            bytes=totals.bytes,
+            batches=totals.batches,
+            longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
+        )
+        RunStatus.of(ctx, ARCHIVE_RUNS).succeeded(
+            reason,
+            message,
+            last_run.ended(format_time(datetime.now(UTC)), reason, message),
             fields={
-                "lastRun": ArchiveRun(
-                    ctx.run_id,
-                    format_time(started),
-                    completion_time=format_time(datetime.now(UTC)),
-                    duration_seconds=round(duration, 3),
-                    reason=reason,
-                    message=message,
-                    rows=totals.rows,
-                    bytes=totals.bytes,
-                    batches=totals.batches,
-                    longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
-                ).to_status(),
-                "totals": ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).to_status(),
+                **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
                 "oldestRowTime": oldest_row_time(conn, settings, info),
-                "progress": None,
             },
         )
-        ctx.event(reason, message, action="Archive")
 
     def _dry_run(
         self,
@@ -363,13 +351,13 @@ class ArchiveJob:
         cutoff: datetime,
         scan_warning: str | None = None,
     ) -> str:
-        report = dry_run_report(conn, settings, info, cutoff)
+        report = dry_run_report(conn, settings, info, cutoff, self.tuning)
         whole = [p.name for p in due_partitions(conn, settings, info, cutoff)]
         log.info(
             "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
         )
         advice = layout_advice(
-            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows
+            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows, self.tuning
         )
         message = (
             f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "
@@ -381,33 +369,12 @@ class ArchiveJob:
             + f" Plan of one batch:\n{report['plan']}"
         )
         if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing
-            ctx.update_status(
-                [
-                    Condition("ArchiveSucceeded", "True", Reason.DRY_RUN_COMPLETED, message),
-                    Condition("Ready", "True", Reason.DRY_RUN_COMPLETED, message),
-                ],
-                fields={"cutoff": format_time(cutoff), "oldestRowTime": oldest_row_time(conn, settings, info)},
+            RunStatus.of(ctx, ARCHIVE_RUNS).reported(
+                Reason.DRY_RUN_COMPLETED,
+                message,
+                {"cutoff": format_time(cutoff), "oldestRowTime": oldest_row_time(conn, settings, info)},
             )
-            ctx.event(Reason.DRY_RUN_COMPLETED, message, action="Archive")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        now = datetime.now(UTC)
-        ctx.update_status(
-            [
-                Condition("Progressing", "False", error.reason, str(error)),
-                Condition("ArchiveSucceeded", "False", error.reason, str(error)),
-                Condition("Ready", "False", error.reason, str(error)),
-            ],
-            fields={
-                "lastRun": ArchiveRun(
-                    ctx.run_id,
-                    format_time(ctx.started),
-                    completion_time=format_time(now),
-                    reason=error.reason,
-                    message=str(error),
-                ).to_status(),
-                "progress": None,
-            },
-        )
-        ctx.event(error.reason, str(error), action="Archive", warning=True)
+        RunStatus.of(ctx, ARCHIVE_RUNS).failed(error)

@@ -178,8 +178,11 @@ def try_lock(conn: Connection, info: TableInfo) -> bool:
     return bool(row and row[0])
 
 
-def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime) -> dict[str, Any]:
-    """Rows, bytes and days that would move, and the plan of one batch; changes nothing."""
+def dry_run_report(
+    conn: Connection, settings: ArchiveSettings, info: TableInfo, cutoff: datetime, tuning: Tuning = DEFAULT_TUNING
+) -> dict[str, Any]:
+    """Rows, bytes and days that would move, and the plan of one batch (as the run's `tuning` makes it); changes
+    nothing."""
     holds = conn.execute("SELECT to_regclass('cellar.archive_holds') IS NOT NULL").fetchone()
     condition = eligible_condition(settings, info, cutoff, holds=bool(holds and holds[0]))
     ts = sql.Identifier(info.timestamp_column.name)
@@ -191,7 +194,9 @@ def dry_run_report(conn: Connection, settings: ArchiveSettings, info: TableInfo,
     ).fetchone()
     assert row is not None
     # The plan of the statement a run's first batch executes (EXPLAIN without ANALYZE runs nothing).
-    query = batch_query(settings, info, cutoff, settings.batch_rows, None, holds=bool(holds and holds[0]))
+    query = batch_query(
+        settings, info, cutoff, settings.batch_rows, None, tuning=tuning, holds=bool(holds and holds[0])
+    )
     plan_rows = conn.execute(sql.SQL("EXPLAIN {}").format(query)).fetchall()
     conn.rollback()
     return {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.conditions import ConditionType
 from common.reasons import Reason
+from common.run_status import RunShape
 from common.status import RunRecord, StatusRecord
 
 
@@ -56,3 +58,11 @@ class UnarchiveRecord(StatusRecord):
     objects: int
     rows: int
     message: str
+
+
+# A TableArchive's runs: Progressing while one runs, ArchiveSucceeded and Ready when it ends, `lastRun`.
+ARCHIVE_RUNS = RunShape(
+    "Archive", ConditionType.ARCHIVE_SUCCEEDED, progressing=True, ready=True, progress=True, first_record=ArchiveRun
+)
+# Rows loaded back: `lastUnarchive` when it is done, Events; no condition (the archive runs' are the resource's).
+UNARCHIVE_RUNS = RunShape("Unarchive", None, failure_note="unarchive failed: {error}")

@@ -22,6 +22,7 @@ from common.errors import CellarError, InvalidSpec, PermanentError, UsageError
 from common.failpoints import failpoint
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
+from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.archive.encoding import table_to_copy_csv
@@ -33,7 +34,7 @@ from jobs.archive.repartition import Repartitioner
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import StandbyGate, check_lag_visible
 from jobs.archive.statements import table_name
-from jobs.archive.status import UnarchiveRecord
+from jobs.archive.status import UNARCHIVE_RUNS, UnarchiveRecord
 from jobs.archive.table import Column, Connection, TableInfo
 
 log = logging.getLogger(__name__)
@@ -336,21 +337,17 @@ class UnarchiveJob:
             f" from {result.objects} verified objects ({result.rows_in_range} in range, "
             f"{result.rows_in_range - result.rows_inserted} already there)" + standbys.waited_note()
         )
-        ctx.update_status(
-            fields={
-                "lastUnarchive": UnarchiveRecord(
-                    format_time(datetime.now(UTC)),
-                    args.start,
-                    args.end,
-                    args.into,
-                    result.objects,
-                    result.rows_inserted,
-                    message,
-                ).to_status()
-            }
+        record = UnarchiveRecord(
+            format_time(datetime.now(UTC)),
+            args.start,
+            args.end,
+            args.into,
+            result.objects,
+            result.rows_inserted,
+            message,
         )
-        ctx.event(Reason.UNARCHIVED, message, action="Unarchive")
+        RunStatus.of(ctx, UNARCHIVE_RUNS).succeeded(Reason.UNARCHIVED, message, record)
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        ctx.event(error.reason, f"unarchive failed: {error}", action="Unarchive", warning=True)
+        RunStatus.of(ctx, UNARCHIVE_RUNS).failed(error)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.errors import CellarError
 from common.progress import ProgressReporter
+from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
@@ -16,6 +17,7 @@ from jobs.backup.databases import dump_key_name
 from jobs.backup.dump import dump_globals, dump_to_storage
 from jobs.backup.preflight import APPLICATION, Preflight
 from jobs.backup.settings import BackupSettings
+from jobs.backup.status import BACKUP_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def dump_databases(
     """Dump each chosen database in turn, each in its own snapshot, into its own object; `written` collects
     the keys as they are started, so that a failed run can remove them. The first failure stops the run."""
     progress = ProgressReporter(
-        "bytes", sum(d.size for d in checked.databases), lambda figures: ctx.update_status(fields={"progress": figures})
+        "bytes", sum(d.size for d in checked.databases), RunStatus.of(ctx, BACKUP_RUNS).progressed
     )
     dumps: list[DatabaseDump] = []
     done = 0

@@ -6,10 +6,10 @@ import argparse
 import logging
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from common.conditions import Condition, format_time
+from common.conditions import Condition, ConditionType, format_time
 from common.db import drop_database
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
 from common.encryption import Identities, fingerprint
@@ -17,6 +17,7 @@ from common.errors import CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
 from common.reasons import Reason
+from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
@@ -35,6 +36,8 @@ from jobs.backup.restore import BackupUnsound
 from jobs.backup.retention import RetentionOutcome, apply_retention
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
+    BACKUP_RUNS,
+    VERIFY_RUNS,
     BackupRun,
     LeftoverDatabase,
     SuccessfulBackup,
@@ -72,7 +75,7 @@ def restore_test(
             error.message += f" (its manifest was moved to {QUARANTINE_DIR}/; the backup no longer counts)"
         error.message += _left_note(left)
         ctx.update_status(
-            [Condition("Verified", "False", error.reason, str(error))],
+            [Condition(ConditionType.VERIFIED, "False", error.reason, str(error))],
             fields={
                 "lastVerification": Verification.of(
                     format_time(datetime.now(UTC)), manifest.data_key, False, str(error)
@@ -168,11 +171,8 @@ class BackupJob:
         identifier = backup_id(started, ctx.run_id)
         what = describe_choice(settings, checked)
         run = BackupRun(ctx.run_id, format_time(started), key=data_key_for(store, settings, checked, identifier, None))
-        ctx.update_status(
-            [Condition("Progressing", "True", Reason.RUNNING, f"dumping {what} to {run.key}")],
-            fields={"lastRun": run.to_status()},
-        )
-        ctx.event(Reason.STARTED, f"backup {identifier} of {what} started", action="Backup")
+        status = RunStatus.of(ctx, BACKUP_RUNS)
+        status.started(f"dumping {what} to {run.key}", f"backup {identifier} of {what} started", run)
         written: list[str] = []
         try:
             dumps = dump_databases(ctx, store, settings, checked, identifier, written)
@@ -229,7 +229,7 @@ class BackupJob:
             verified = True
             conditions.append(
                 Condition(
-                    "Verified",
+                    ConditionType.VERIFIED,
                     "True",
                     Reason.RESTORE_TEST_PASSED,
                     f"backup {identifier} ({manifest.describe_databases()}) restored with {tested.restored_with} "
@@ -258,52 +258,26 @@ class BackupJob:
         )
         fields = {
             **backup_fields(manifest, duration, verified, settings.stale_after),
-            "lastRun": replace(
-                run,
-                completion_time=format_time(datetime.now(UTC)),
-                duration_seconds=round(duration, 3),
-                reason=Reason.COMPLETED,
-                message=message,
-            ).to_status(),
             "backupsKept": len(inventory.backups),
-            "progress": None,
         }
         if verified:
             fields["lastVerification"] = Verification.of(
                 format_time(datetime.now(UTC)), manifest.data_key, True, "row counts matched"
             ).to_status()
-        ctx.update_status(
-            [
-                Condition("Progressing", "False", Reason.COMPLETED, message),
-                Condition("BackupSucceeded", "True", Reason.COMPLETED, message),
-                ready_condition(manifest, settings.stale_after, datetime.now(UTC)),
-                *conditions,
-            ],
+        status.succeeded(
+            Reason.COMPLETED,
+            message,
+            replace(run, duration_seconds=round(duration, 3)).ended(
+                format_time(datetime.now(UTC)), Reason.COMPLETED, message
+            ),
+            # Ready says whether the newest backup is fresh, not only that this run went well.
+            conditions=[ready_condition(manifest, settings.stale_after, datetime.now(UTC)), *conditions],
             fields=fields,
         )
-        ctx.event(Reason.COMPLETED, message, action="Backup")
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        now = datetime.now(UTC)
-        previous = (ctx.resource.get("status") or {}).get("lastRun") or {}
-        # A merge patch: what this run does not say (its key, when it failed before choosing one) stays.
-        last_run = BackupRun(
-            ctx.run_id,
-            str(previous.get("startTime") or format_time(ctx.started)),
-            completion_time=format_time(now),
-            reason=error.reason,
-            message=str(error),
-        )
-        ctx.update_status(
-            [
-                Condition("Progressing", "False", error.reason, str(error)),
-                Condition("BackupSucceeded", "False", error.reason, str(error)),
-                ready_condition(None, timedelta(0), now, (error.reason, str(error))),
-            ],
-            fields={"lastRun": last_run.to_status(), "progress": None},
-        )
-        ctx.event(error.reason, str(error), action="Backup", warning=True)
+        RunStatus.of(ctx, BACKUP_RUNS).failed(error)
 
 
 class VerifyJob:
@@ -342,16 +316,12 @@ class VerifyJob:
         last = (ctx.resource.get("status") or {}).get("lastSuccessfulBackup") or {}
         if last.get("key") == manifest.data_key:  # a merge patch: the rest of it stays
             fields["lastSuccessfulBackup"] = SuccessfulBackup(manifest.data_key, verified=True).to_status()
-        ctx.update_status([Condition("Verified", "True", Reason.RESTORE_TEST_PASSED, message)], fields=fields)
-        ctx.event(Reason.RESTORE_TEST_PASSED, message, action="Verify")
+        RunStatus.of(ctx, VERIFY_RUNS).succeeded(Reason.RESTORE_TEST_PASSED, message, fields=fields)
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        conditions: list[Condition] = [Condition("Verified", "False", error.reason, str(error))]
-        if isinstance(error, BackupUnsound):
-            conditions.append(Condition("Ready", "False", error.reason, str(error)))
-        ctx.update_status(conditions)
-        ctx.event(error.reason, str(error), action="Verify", warning=True)
+        unsound = [Condition(ConditionType.READY, "False", error.reason, str(error))]
+        RunStatus.of(ctx, VERIFY_RUNS).failed(error, unsound if isinstance(error, BackupUnsound) else [])
 
 
 def _as_dry_run(policy: RetentionPolicy) -> RetentionPolicy:

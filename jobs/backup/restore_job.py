@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from common.conditions import Condition, format_time, is_condition_true
+from common.conditions import ConditionType, format_time, is_condition_true
 from common.db import connect, drop_database
 from common.encryption import Identities, resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
@@ -21,6 +21,7 @@ from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.ownership import Area, Owner, readable_by, take_over_from
 from common.progress import ProgressReporter
 from common.reasons import Reason
+from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
@@ -37,7 +38,7 @@ from jobs.backup.restore import (
 from jobs.backup.roles import apply_globals
 from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
 from jobs.backup.staged import restore_staged
-from jobs.backup.status import RestoreOutcome
+from jobs.backup.status import RESTORE_RUNS, RestoreOutcome
 from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
 from jobs.backup.verify import scratch_drop_wait
 
@@ -312,7 +313,7 @@ class RestoreJob:
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         conditions = (ctx.resource.get("status") or {}).get("conditions") or []
         observed = (ctx.resource.get("status") or {}).get("observedGeneration")
-        if is_condition_true(conditions, "Succeeded") and observed == ctx.generation:
+        if is_condition_true(conditions, ConditionType.SUCCEEDED) and observed == ctx.generation:
             return "already restored for this generation; nothing to do"
         settings = parse_restore_spec(ctx.spec)
         try:
@@ -355,19 +356,13 @@ class RestoreJob:
         if ctx.dry_run:
             return f"dry run: would restore {what}{manifest.backup_id} into {into_what} with {plan.describe()}"
 
-        started = datetime.now(UTC)
-        ctx.update_status(
-            [
-                Condition(
-                    "Succeeded",
-                    "Unknown",
-                    Reason.RUNNING,
-                    f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
-                )
-            ],
-            fields=RestoreOutcome(key=manifest.data_key, start_time=format_time(started)).to_status(),
+        outcome = RestoreOutcome(key=manifest.data_key, start_time=format_time(datetime.now(UTC)))
+        status = RunStatus.of(ctx, RESTORE_RUNS)
+        status.started(
+            f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
+            f"restore of {manifest.backup_id} into {into_what} started",
+            outcome,
         )
-        ctx.event(Reason.STARTED, f"restore of {manifest.backup_id} into {into_what} started", action="Restore")
         roles = ""
         if settings.globals:
             applied = apply_globals(store, manifest, server, plan, identities=identities, application_name=APPLICATION)
@@ -379,26 +374,16 @@ class RestoreJob:
         progress = ProgressReporter(
             "bytes",
             sum(view.bytes_stored for view, _ in targets),
-            lambda figures: ctx.update_status(fields={"progress": figures}),
+            status.progressed,
         )
         bytes_read, how = restore_all(store, targets, plan, settings, selected, identities, progress)
         message = (
             f"restored {what}{manifest.backup_id} ({bytes_read} bytes, SHA-256 verified) into "
             f"{into_what} with {plan.describe()}, {how}{roles}"
         )
-        ctx.update_status(
-            [Condition("Succeeded", "True", Reason.COMPLETED, message)],
-            fields={
-                **RestoreOutcome(completion_time=format_time(datetime.now(UTC)), bytes_read=bytes_read).to_status(),
-                "progress": None,
-            },
-        )
-        ctx.event(Reason.COMPLETED, message, action="Restore")
+        read = replace(outcome, bytes_read=bytes_read).ended(format_time(datetime.now(UTC)), Reason.COMPLETED, message)
+        status.succeeded(Reason.COMPLETED, message, read)
         return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
-        ctx.update_status(
-            [Condition("Succeeded", "False", error.reason, str(error))],
-            fields={**RestoreOutcome(completion_time=format_time(datetime.now(UTC))).to_status(), "progress": None},
-        )
-        ctx.event(error.reason, str(error), action="Restore", warning=True)
+        RunStatus.of(ctx, RESTORE_RUNS).failed(error)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
-from common.conditions import Condition, format_time
+from common.conditions import Condition, ConditionType, format_time
 from common.reasons import Reason
+from common.run_status import RunShape
 from common.status import RunRecord, StatusRecord
 from jobs.backup.catalog import Manifest
 
@@ -27,20 +28,20 @@ def ready_condition(
     """Ready: the last run did not fail and the newest complete backup is younger than staleAfter."""
     if failure is not None:
         reason, message = failure
-        return Condition("Ready", "False", reason, message)
+        return Condition(ConditionType.READY, "False", reason, message)
     if newest is None:
-        return Condition("Ready", "False", Reason.NO_BACKUP, "no complete backup in storage yet")
+        return Condition(ConditionType.READY, "False", Reason.NO_BACKUP, "no complete backup in storage yet")
     age = now - newest.completed_at
     if age > stale_after:
         return Condition(
-            "Ready",
+            ConditionType.READY,
             "False",
             Reason.STALE,
             f"the newest backup ({newest.backup_id}) is {_hours(age)} old, "
             f"more than staleAfter ({_hours(stale_after)})",
         )
     return Condition(
-        "Ready",
+        ConditionType.READY,
         "True",
         Reason.COMPLETED,
         f"newest backup {newest.backup_id} completed {format_time(newest.completed_at)}; stale after "
@@ -101,14 +102,33 @@ class Verification(StatusRecord):
 
 @dataclass(frozen=True)
 class RestoreOutcome(StatusRecord):
-    """A DatabaseRestore's own status fields (beside its conditions)."""
+    """A DatabaseRestore's own status fields (beside its conditions): the run of the generation it restores."""
 
     written_to = (("databaserestores.yaml", ""),)
+    written_whole = True
 
     key: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     bytes_read: int | None = None
+
+    @classmethod
+    def first(cls, run_id: str, start_time: str) -> RestoreOutcome:
+        """The record of a run that has not found its backup yet."""
+        return cls(start_time=start_time)
+
+    def ended(self, at: str, reason: Reason, message: str) -> Self:
+        return replace(self, completion_time=at)  # the reason and message are in the Succeeded condition
+
+
+# A DatabaseBackup's runs: Progressing while one runs, BackupSucceeded and Ready when it ends, `lastRun`.
+BACKUP_RUNS = RunShape(
+    "Backup", ConditionType.BACKUP_SUCCEEDED, progressing=True, ready=True, progress=True, first_record=BackupRun
+)
+# A restore test of an existing backup: Verified, and `lastVerification` (beside a backup run's status).
+VERIFY_RUNS = RunShape("Verify", ConditionType.VERIFIED)
+# A DatabaseRestore: Succeeded (Unknown while it runs), and its own fields at the top of its status.
+RESTORE_RUNS = RunShape("Restore", ConditionType.SUCCEEDED, progress=True, first_record=RestoreOutcome.first)
 
 
 def backup_fields(

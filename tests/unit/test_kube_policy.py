@@ -2,78 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from common.errors import Forbidden, InvalidSpec, NotFound, PermanentError, RetryableError
-from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceKind, ResourceRef, RetryPolicy
+from common.kube import DATABASE_BACKUP, Kube, KubeApiError, ResourceRef, RetryPolicy, cut_to_bytes
+from tests.unit.fake_kube import FakeTransport
 
 REF = ResourceRef(DATABASE_BACKUP, "prod", "orders")
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {
-            "orders": {
-                "apiVersion": "cellar.dev/v1alpha1",
-                "kind": "DatabaseBackup",
-                "metadata": {
-                    "name": "orders",
-                    "namespace": "prod",
-                    "resourceVersion": "1",
-                    "generation": 1,
-                    "uid": "u1",
-                },
-                "status": {},
-            }
-        }
-        self.get_failures: list[KubeApiError] = []
-        self.patch_failures: list[KubeApiError] = []
-        self.calls: list[str] = []
-        self.events: list[Mapping[str, Any]] = []
-        self.secrets: dict[str, dict[str, str]] = {}
-        self.config_maps: dict[str, dict[str, str]] = {}
-
-    def get_custom_object(self, kind: ResourceKind, namespace: str, name: str) -> dict[str, Any]:
-        self.calls.append("get")
-        if self.get_failures:
-            raise self.get_failures.pop(0)
-        if name not in self.objects:
-            raise KubeApiError(404, "not found")
-        return copy.deepcopy(self.objects[name])
-
-    def merge_patch_status(
-        self, kind: ResourceKind, namespace: str, name: str, body: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        self.calls.append("patch")
-        if self.patch_failures:
-            raise self.patch_failures.pop(0)
-        current = self.objects[name]
-        if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise KubeApiError(409, "conflict")
-        current["status"] = {**current["status"], **body["status"]}
-        current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
-        return dict(current)
-
-    def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        if name not in self.secrets:
-            raise KubeApiError(404, "not found")
-        return self.secrets[name]
-
-    def get_config_map_data(self, namespace: str, name: str) -> dict[str, str]:
-        if self.get_failures:
-            raise self.get_failures.pop(0)
-        if name not in self.config_maps:
-            raise KubeApiError(404, "not found")
-        return self.config_maps[name]
-
-    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        if self.patch_failures:
-            raise self.patch_failures.pop(0)
-        self.events.append(body)
 
 
 def _kube(transport: FakeTransport) -> Kube:
@@ -165,6 +102,18 @@ def test_events_are_best_effort_and_well_formed() -> None:
     assert event["eventTime"].endswith("Z")
     transport.patch_failures = [KubeApiError(403, "no events for you")]
     kube.post_event(resource, reason="Completed", action="Backup", note="n")  # does not raise
+
+
+def test_an_event_note_is_cut_to_the_api_servers_limit_in_bytes_on_a_character_boundary() -> None:
+    transport = FakeTransport()
+    # A localized PostgreSQL error: 2 bytes a character in UTF-8, so 1024 characters are 2048 bytes.
+    note = "x" + "é" * 1000
+    _kube(transport).post_event(transport.objects["orders"], reason="RestoreFailed", action="Restore", note=note)
+    (event,) = transport.events
+    assert len(event["note"].encode("utf-8")) <= 1024
+    assert event["note"] == "x" + "é" * 511  # 1023 bytes: one more é would not fit, and half of one is no character
+    assert cut_to_bytes("…" * 400, 1024) == "…" * 341  # 3 bytes each
+    assert cut_to_bytes("short", 1024) == "short"
 
 
 def test_missing_secret_key_lists_present_keys() -> None:

@@ -81,6 +81,17 @@ def test_a_status_record_writes_only_what_the_crd_schema_keeps(record: type[Stat
 def test_names_and_leaving_out_follow_one_rule() -> None:
     assert camel_case("longest_transaction_seconds") == "longestTransactionSeconds"
     assert camel_case("from_") == "from"
+    # A record written into what status has leaves its None fields out (a merge patch keeps them)...
+    verified = jobs.backup.status.SuccessfulBackup("backups/b1.dump", verified=True)
+    assert verified.to_status() == {"key": "backups/b1.dump", "verified": True}
+    # ... and a run's record, which describes that run alone, clears them (null in a merge patch).
     run = RunRecord("abc", "2026-11-29T00:00:00Z", reason=Reason.STALE)
-    assert run.to_status() == {"runId": "abc", "startTime": "2026-11-29T00:00:00Z", "reason": "Stale"}
+    assert run.to_status() == {
+        "runId": "abc",
+        "startTime": "2026-11-29T00:00:00Z",
+        "completionTime": None,
+        "durationSeconds": None,
+        "reason": "Stale",
+        "message": None,
+    }
     assert type(run.to_status()["reason"]) is str
