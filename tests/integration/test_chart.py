@@ -1,5 +1,6 @@
-"""charts/cellar with the real Helm (built by the harness): lint, what a fleet values file renders, the errors a bad
-values file gets, and install, upgrade and uninstall on the real kube-apiserver, CRD upgrades included."""
+"""The chart (cronjobs/) with the real Helm (built by the harness): lint, what a fleet values file renders, the
+errors a bad values file gets, and install, upgrade and uninstall on the real kube-apiserver, CRD upgrades
+included."""
 
 from __future__ import annotations
 

@@ -3,8 +3,6 @@ as before there were other providers), Azure Blob Storage (azureBlob) and Google
 
 from __future__ import annotations
 
-from crd_schema import Schema, boolean, duration, integer, obj, secret_key_selector, string
-
 from common.schema import (
     AZURE_ACCOUNT_NAME,
     AZURE_CONTAINER_NAME,
@@ -15,6 +13,7 @@ from common.schema import (
     SSE_ALGORITHMS,
     STORAGE_PROVIDERS,
 )
+from tools.crd_schema import Schema, boolean, duration, integer, obj, secret_key_selector, string
 
 ENDPOINT = r"^https?://[^\s/]+(/.*)?$"
 
