@@ -1,14 +1,16 @@
 """The chart (cronjobs/) with the real Helm 4 and 3 (built by the harness): lint, what a fleet values file renders,
-the errors a bad values file gets (its values schema and the templates' own checks), and install, upgrade and
-uninstall on the real kube-apiserver, CRD upgrades included."""
+the errors a bad values file gets (its values schema and the templates' own checks), the release manifest, and
+install, upgrade and uninstall on the real kube-apiserver, CRD upgrades included."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.harness.chart import CHART, CRD_DIR, FLEET_EXAMPLE, helm, render, rendered
-from tests.harness.stack import LocalStack
+from tests.harness.chart import CHART, CRD_DIR, FLEET_EXAMPLE, helm, helm_binary, render, rendered
+from tests.harness.stack import REPO, LocalStack
 
 STORAGE = {
     "bucket": "cellar",
@@ -486,6 +488,42 @@ def test_without_the_schema_the_templates_still_name_a_missing_field(
 def test_an_unknown_key_is_refused_not_dropped(tmp_path: Path, values: dict[str, Any], pointer: str, key: str) -> None:
     for command, output in refusals(write_values(tmp_path, values)).items():
         assert f"at '{pointer}': additional properties '{key}' not allowed" in output, f"{command}:\n{output}"
+
+
+def test_the_release_manifest_is_what_the_chart_renders() -> None:
+    """release/cellar.yaml, for kubectl users, is current: the CRDs and the one-backup example as Helm renders them."""
+    checked = subprocess.run(
+        [sys.executable, "-m", "tools.generate_release_manifest", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HELM": str(helm_binary())},
+    )
+    assert checked.returncode == 0, checked.stderr
+    documents = [d for d in yaml.safe_load_all((REPO / "release" / "cellar.yaml").read_text()) if d]
+    assert sorted(d["metadata"]["name"] for d in documents if d["kind"] == "CustomResourceDefinition") == [
+        "databasebackups.cellar.dev",
+        "databaserestores.cellar.dev",
+        "tablearchives.cellar.dev",
+    ]
+    assert rendered(documents, "DatabaseBackup", "orders")["spec"]["storage"]["prefix"] == "cellar/orders"
+    assert rendered(documents, "CronJob", "cellar-backup-orders")["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_the_release_manifest_applies_to_the_real_api_server(
+    stack: LocalStack, crds: list[str], namespace: str
+) -> None:
+    """What a kubectl user runs, as a server-side dry run (the CRDs are the test server's already)."""
+    kubectl = [str(stack.binaries["kubectl"]), f"--kubeconfig={stack.kubeconfig}"]
+    manifest = REPO / "release" / "cellar.yaml"
+    applied = subprocess.run(
+        [*kubectl, "apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", str(manifest)],
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "databasebackup.cellar.dev/orders serverside-applied (server dry run)" in applied.stdout, applied.stdout
+    assert "cronjob.batch/cellar-backup-orders serverside-applied (server dry run)" in applied.stdout, applied.stdout
 
 
 def release(
