@@ -1,5 +1,5 @@
 """What the CRDs and the job's spec reader must agree on, written once: the API group, the patterns of names
-and durations, and the choices of every enumerated field. charts/generate_crds.py writes them into the CRDs'
+and durations, and the choices of every enumerated field. tools/generate_crds.py writes them into the CRDs'
 schemas (the API server checks a spec on the way in) and common.spec and the jobs' settings check a spec
 with them again as they read it (a resource written before a CRD change, or a spec read by hand)."""
 

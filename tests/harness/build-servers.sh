@@ -20,7 +20,7 @@ PROMETHEUS_OPERATOR_VERSION="${CELLAR_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 TOXIPROXY_VERSION="${CELLAR_TOXIPROXY_VERSION:-v2.5.0}"
 # rhysd/actionlint: lints the hosted CI workflow (.github/workflows), which cannot run on these machines.
 ACTIONLINT_VERSION="${CELLAR_ACTIONLINT_VERSION:-v1.7.12}"
-# Helm renders, lints and installs charts/cellar; Helm 3 renders it too (a test compares the two).
+# Helm renders, lints and installs the chart (cronjobs/); Helm 3 renders it too (a test compares the two).
 HELM_VERSION="${CELLAR_HELM_VERSION:-v4.3.1}"
 HELM3_VERSION="${CELLAR_HELM3_VERSION:-v3.22.0}"
 # The storage emulators the Azure Blob and GCS suites run against: fsouza/fake-gcs-server (Go) and

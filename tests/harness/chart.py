@@ -1,4 +1,4 @@
-"""cellar's Helm chart (charts/cellar), rendered and installed with the real Helm the harness builds.
+"""cellar's Helm chart (cronjobs/), rendered and installed with the real Helm the harness builds.
 
 The chart is the one source of cellar's manifests: the tests' jobs run with the ServiceAccounts and Roles it
 renders (for the Secret names in chart-values.yaml), and the chart tests install it on the real API server.
@@ -15,7 +15,7 @@ import yaml
 
 from tests.harness.stack import REPO, built_binaries
 
-CHART = REPO / "charts" / "cellar"
+CHART = REPO / "cronjobs"
 CRD_DIR = CHART / "crds"
 FLEET_EXAMPLE = CHART / "examples" / "fleet-values.yaml"
 # What the tests' jobs may read: the chart computes each Role from these specs.

@@ -175,7 +175,7 @@ def install(api: Any, stack: LocalStack) -> tuple[list[dict[str, Any]], dict[str
     values_file = workdir / "values.yaml"
     values_file.write_text(yaml.safe_dump(values(stack)))
     documents = render(values_file, namespace=NAMESPACE)
-    print("$ helm template cellar charts/cellar -f values.yaml   # one backup, one archive, one restore")
+    print("$ helm template cellar ./cronjobs -f values.yaml   # one backup, one archive, one restore")
     kubeconfigs = {}
     for job in ("backup", "archive", "restore"):
         kubeconfigs[job] = service_account_kubeconfig(

@@ -17,7 +17,7 @@ import yaml
 
 from tests.harness.stack import REPO, StackError, built_binaries, free_port
 
-RULES = REPO / "charts" / "cellar" / "files" / "prometheusrule.yaml"
+RULES = REPO / "cronjobs" / "files" / "prometheusrule.yaml"
 
 
 def rule_groups() -> dict[str, Any]:

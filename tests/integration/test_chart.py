@@ -1,10 +1,16 @@
-"""charts/cellar with the real Helm (built by the harness): lint, what a fleet values file renders, the errors a bad
-values file gets, and install, upgrade and uninstall on the real kube-apiserver, CRD upgrades included."""
+"""The chart (cronjobs/) with the real Helm 4 and 3 (built by the harness): lint, what a fleet values file renders,
+the errors a bad values file gets (its values schema and the templates' own checks), the release manifest, and
+install, upgrade and uninstall on the real kube-apiserver, CRD upgrades included."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +20,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.harness.chart import CHART, CRD_DIR, FLEET_EXAMPLE, helm, render, rendered
-from tests.harness.stack import LocalStack
+from tests.harness.chart import CHART, CRD_DIR, FLEET_EXAMPLE, helm, helm_binary, render, rendered
+from tests.harness.stack import REPO, LocalStack
 
 STORAGE = {
     "bucket": "cellar",
@@ -243,21 +249,42 @@ def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> Non
         assert rendered(documents, "ServiceAccount", f"cellar-{job}")["metadata"]["annotations"] == gke
 
 
+SECTIONS = {"backups": "databasebackups", "archives": "tablearchives", "restores": "databaserestores"}
+# A valid spec of each kind, which the tests take one required field from at a time.
+DATABASE = {"secretRef": {"name": "orders-db"}, "sslMode": "require"}
+VALID_SPECS: dict[str, dict[str, Any]] = {
+    "backups": {"database": DATABASE, "storage": STORAGE},
+    "archives": {
+        "database": DATABASE,
+        "storage": STORAGE,
+        "table": {"name": "orders"},
+        "timestampColumn": "created_at",
+        "olderThan": "400d",
+    },
+    "restores": {"backup": {"name": "orders"}, "target": {"secretRef": {"name": "copy-db"}}},
+}
+HELMS = ("helm", "helm3")
+MISSING = re.compile(r"at '[^']*': missing property '[^']*'")
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"backups": {"Orders": {}}}, "backups.Orders: a name is lowercase letters, digits and '-'"),
-        ({"backups": {"a" * 38: {}}}, f"backups.{'a' * 38}: use at most 37 characters"),
         (
-            {"backups": {"orders": {"schedule": "every night"}}},
+            {"backups": {"Orders": {"spec": VALID_SPECS["backups"]}}},
+            "backups.Orders: a name is lowercase letters, digits and '-'",
+        ),
+        ({"backups": {"a" * 38: {"spec": VALID_SPECS["backups"]}}}, f"backups.{'a' * 38}: use at most 37 characters"),
+        (
+            {"backups": {"orders": {"schedule": "every night", "spec": VALID_SPECS["backups"]}}},
             'backups.orders.schedule: "every night" is not a schedule',
         ),
         (
-            {"archives": {"events": {"activeDeadline": "6 hours"}}},
+            {"archives": {"events": {"activeDeadline": "6 hours", "spec": VALID_SPECS["archives"]}}},
             'archives.events.activeDeadline: "6 hours" is not a duration',
         ),
         (
-            {"restores": {"copy": {"spec": {"backup": {"name": "elsewhere"}}}}},
+            {"restores": {"copy": {"spec": {**VALID_SPECS["restores"], "backup": {"name": "elsewhere"}}}}},
             'restores.copy: spec.backup.name "elsewhere" is not under backups:',
         ),
     ],
@@ -266,6 +293,237 @@ def test_a_bad_values_file_fails_with_what_to_fix(tmp_path: Path, values: dict[s
     failed = helm("template", "cellar", str(CHART), "--values", str(write_values(tmp_path, values)), check=False)
     assert failed.returncode != 0
     assert message in failed.stderr, failed.stderr
+
+
+def crd_spec_schema(section: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / f"{SECTIONS[section]}.yaml").read_text())
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+def required_fields(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(path of the object, field) of every field the CRD schema requires, at any depth under spec."""
+    for field in schema.get("required", []):
+        yield path, field
+    for name, child in schema.get("properties", {}).items():
+        yield from required_fields(child, (*path, name))
+
+
+def example(schema: dict[str, Any]) -> Any:
+    """A value of `schema` with its required fields (their values need not pass every pattern: only a missing field
+    is looked for)."""
+    if schema.get("type") == "object":
+        return {field: example(schema["properties"][field]) for field in schema.get("required", [])}
+    return {"string": "x1", "integer": 1, "boolean": True, "array": []}[schema["type"]]
+
+
+def without(section: str, path: tuple[str, ...], field: str) -> dict[str, Any]:
+    """The valid spec of `section` with the object at `path` present (made from its schema if absent) but `field`."""
+    spec = copy.deepcopy(VALID_SPECS[section])
+    schema, value = crd_spec_schema(section), spec
+    for step in path:
+        schema = schema["properties"][step]
+        value = value.setdefault(step, example(schema))
+    value.pop(field, None)
+    return spec
+
+
+def refusals(values: Path, *flags: str) -> dict[str, str]:
+    """What `helm lint` and `helm template` of Helm 4 and 3 print for `values`; each must refuse it."""
+    outputs = {}
+    for component in HELMS:
+        for verb in (["lint", "--strict"], ["template", "cellar"]):
+            result = helm(*verb, str(CHART), "--values", str(values), *flags, check=False, component=component)
+            assert result.returncode != 0, f"{component} {verb[0]} accepted {values.read_text()}"
+            outputs[f"{component} {verb[0]}"] = result.stdout + result.stderr
+    return outputs
+
+
+def test_every_field_a_crd_requires_is_refused_by_lint_and_template_with_the_entrys_path(tmp_path: Path) -> None:
+    """One values file (no defaults), an entry per field the CRDs require with that field left out, and one
+    without a spec per kind: Helm 4 and 3, lint and template, name every entry's path."""
+    values: dict[str, Any] = {section: {} for section in SECTIONS}
+    expected = []
+    cases = [
+        (section, path, field) for section in SECTIONS for path, field in required_fields(crd_spec_schema(section))
+    ]
+    assert len(cases) > 70
+    for number, (section, path, field) in enumerate(cases):
+        name = f"without-{number}"
+        values[section][name] = {"spec": without(section, path, field)}
+        expected.append(f"at '/{'/'.join((section, name, 'spec', *path))}': missing property '{field}'")
+    for section in SECTIONS:
+        values[section]["no-spec"] = {"schedule": "@daily"} if section != "restores" else {}
+        expected.append(f"at '/{section}/no-spec': missing property 'spec'")
+    for command, output in refusals(write_values(tmp_path, values)).items():
+        unnamed = [line for line in expected if line not in output]
+        assert unnamed == [], f"{command} did not name {unnamed}:\n{output}"
+
+
+@pytest.mark.parametrize(
+    ("defaults", "specs", "expected"),
+    [
+        # defaults.storage lacks credentials: an entry that keeps S3 needs them; one of another provider its block.
+        (
+            {"database": DATABASE, "storage": {"bucket": "cellar"}},
+            {"a": {}, "b": {"storage": {"provider": "GCS"}}, "c": {"storage": {"credentials": STORAGE["credentials"]}}},
+            [
+                "at '/backups/a/spec': missing property 'storage'",
+                "at '/backups/b/spec/storage': missing property 'gcs'",
+            ],
+        ),
+        # defaults.storage is Azure's without its block: an entry that names S3 takes nothing from it.
+        (
+            {"storage": {"provider": "AzureBlob"}},
+            {"a": {"database": DATABASE}, "s3": {"database": DATABASE, "storage": {"provider": "S3"}}},
+            [
+                "at '/backups/a/spec': missing property 'storage'",
+                "at '/backups/s3/spec/storage': missing property 'bucket'",
+                "at '/backups/s3/spec/storage': missing property 'credentials'",
+            ],
+        ),
+        # defaults.database without a Secret: every entry names its own.
+        (
+            {"database": {"sslMode": "require"}, "storage": STORAGE},
+            {"a": {}, "b": {"database": {"dbname": "b"}}, "c": {"database": {"secretRef": {"name": "c"}}}},
+            [
+                "at '/backups/a/spec': missing property 'database'",
+                "at '/backups/b/spec/database': missing property 'secretRef'",
+            ],
+        ),
+    ],
+    ids=["s3-without-credentials", "azure-default-s3-entry", "database-without-secret"],
+)
+def test_what_defaults_do_not_give_an_entry_must(
+    tmp_path: Path, defaults: dict[str, Any], specs: dict[str, Any], expected: list[str]
+) -> None:
+    values = {"defaults": defaults, "backups": {name: {"spec": spec} for name, spec in specs.items()}}
+    for command, output in refusals(write_values(tmp_path, values)).items():
+        assert set(MISSING.findall(output)) == set(expected), f"{command}:\n{output}"
+
+
+def test_what_defaults_give_an_entry_may_leave_out(tmp_path: Path) -> None:
+    azure = {"account": "acme1", "container": "backups", "credentials": {"workloadIdentity": True}}
+    values = {
+        "defaults": {"storage": STORAGE, "database": {"secretRef": {"name": "shared-db"}, "sslMode": "require"}},
+        "backups": {
+            "orders": {"spec": {}},
+            "customers": {"spec": {"database": {"dbname": "customers"}}},
+            "on-azure": {"spec": {"storage": {"provider": "AzureBlob", "azureBlob": azure}}},
+        },
+        "archives": {"events": {"spec": {"table": {"name": "events"}, "timestampColumn": "at", "olderThan": "90d"}}},
+    }
+    values_file = write_values(tmp_path, values)
+    for component in HELMS:
+        linted = helm("lint", "--strict", str(CHART), "--values", str(values_file), check=False, component=component)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+    documents = render(values_file)
+    assert rendered(documents, "DatabaseBackup", "orders")["spec"]["database"] == values["defaults"]["database"]
+    customers = rendered(documents, "DatabaseBackup", "customers")["spec"]
+    assert customers["database"] == {"secretRef": {"name": "shared-db"}, "sslMode": "require", "dbname": "customers"}
+    assert rendered(documents, "TableArchive", "events")["spec"]["storage"]["bucket"] == "cellar"
+    assert "bucket" not in rendered(documents, "DatabaseBackup", "on-azure")["spec"]["storage"]
+
+
+@pytest.mark.parametrize(
+    ("section", "spec", "message"),
+    [
+        (
+            "backups",
+            {"storage": STORAGE},
+            "backups.orders.spec: database is required (here, or in defaults.database)",
+        ),
+        (
+            "archives",
+            {**VALID_SPECS["archives"], "database": {"sslMode": "require"}},
+            "archives.orders.spec.database: secretRef is required (here, or in defaults.database)",
+        ),
+        (
+            "backups",
+            {"database": DATABASE},
+            "backups.orders.spec.storage: provider S3 needs bucket and credentials (here, or in defaults.storage)",
+        ),
+        ("archives", {**VALID_SPECS["archives"], "table": {}}, "archives.orders.spec.table: name is required"),
+    ],
+)
+def test_without_the_schema_the_templates_still_name_a_missing_field(
+    tmp_path: Path, section: str, spec: dict[str, Any], message: str
+) -> None:
+    """`helm template --skip-schema-validation` (the values schema set aside): the templates check the merged spec
+    against the CRD's own required fields before anything is rendered. (`helm lint` ignores a template's fail.)"""
+    values = write_values(tmp_path, {section: {"orders": {"spec": spec}}})
+    for component in HELMS:
+        failed = helm(
+            "template",
+            "cellar",
+            str(CHART),
+            "--values",
+            str(values),
+            "--skip-schema-validation",
+            check=False,
+            component=component,
+        )
+        assert failed.returncode != 0
+        assert message in failed.stderr, failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "pointer", "key"),
+    [
+        (
+            {"backups": {"orders": {"spec": {**VALID_SPECS["backups"], "retension": {"keepLast": 3}}}}},
+            "/backups/orders/spec",
+            "retension",
+        ),
+        ({"backups": {"orders": {"shedule": "@daily", "spec": VALID_SPECS["backups"]}}}, "/backups/orders", "shedule"),
+        (
+            {"archives": {"events": {"spec": {**VALID_SPECS["archives"], "table": {"name": "e", "shema": "a"}}}}},
+            "/archives/events/spec/table",
+            "shema",
+        ),
+        ({"defaults": {"storage": {**STORAGE, "bukket": "x"}}}, "/defaults/storage", "bukket"),
+        ({"backup": {"orders": {"spec": VALID_SPECS["backups"]}}}, "", "backup"),
+    ],
+    ids=["retension", "shedule", "shema", "bukket", "backup"],
+)
+def test_an_unknown_key_is_refused_not_dropped(tmp_path: Path, values: dict[str, Any], pointer: str, key: str) -> None:
+    for command, output in refusals(write_values(tmp_path, values)).items():
+        assert f"at '{pointer}': additional properties '{key}' not allowed" in output, f"{command}:\n{output}"
+
+
+def test_the_release_manifest_is_what_the_chart_renders() -> None:
+    """release/cellar.yaml, for kubectl users, is current: the CRDs and the one-backup example as Helm renders them."""
+    checked = subprocess.run(
+        [sys.executable, "-m", "tools.generate_release_manifest", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HELM": str(helm_binary())},
+    )
+    assert checked.returncode == 0, checked.stderr
+    documents = [d for d in yaml.safe_load_all((REPO / "release" / "cellar.yaml").read_text()) if d]
+    assert sorted(d["metadata"]["name"] for d in documents if d["kind"] == "CustomResourceDefinition") == [
+        "databasebackups.cellar.dev",
+        "databaserestores.cellar.dev",
+        "tablearchives.cellar.dev",
+    ]
+    assert rendered(documents, "DatabaseBackup", "orders")["spec"]["storage"]["prefix"] == "cellar/orders"
+    assert rendered(documents, "CronJob", "cellar-backup-orders")["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_the_release_manifest_applies_to_the_real_api_server(
+    stack: LocalStack, crds: list[str], namespace: str
+) -> None:
+    """What a kubectl user runs, as a server-side dry run (the CRDs are the test server's already)."""
+    kubectl = [str(stack.binaries["kubectl"]), f"--kubeconfig={stack.kubeconfig}"]
+    manifest = REPO / "release" / "cellar.yaml"
+    applied = subprocess.run(
+        [*kubectl, "apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", str(manifest)],
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "databasebackup.cellar.dev/orders serverside-applied (server dry run)" in applied.stdout, applied.stdout
+    assert "cronjob.batch/cellar-backup-orders serverside-applied (server dry run)" in applied.stdout, applied.stdout
 
 
 def release(
@@ -355,6 +613,11 @@ def test_a_crd_that_gained_a_field_reaches_the_cluster_by_the_documented_apply(
     spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     spec_schema["properties"]["note"] = {"type": "string", "description": "A field a newer chart added."}
     crd_file.write_text(yaml.safe_dump(crd))
+    values_schema = json.loads((newer / "values.schema.json").read_text())  # generated from the same source
+    values_schema["properties"]["backups"]["additionalProperties"]["properties"]["spec"]["properties"]["note"] = {
+        "type": "string"
+    }
+    (newer / "values.schema.json").write_text(json.dumps(values_schema))
     older = {
         "defaults": {"storage": STORAGE},
         "backups": {"orders": {"spec": {"database": {"secretRef": {"name": "db"}}}}},

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-GENERATOR = Path(__file__).resolve().parents[2] / "charts" / "generate_crds.py"
-
-
-def _generator() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("crd_generate", GENERATOR)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tools import generate_crds
 
 
 def test_crd_yaml_is_generated_from_the_generator() -> None:
-    module = _generator()
-    for file_name, builder in module.DEFINITIONS.items():
-        assert (module.OUTPUT / file_name).read_text() == module.render(builder), (
-            f"{file_name} is stale: run python charts/generate_crds.py"
+    for file_name, builder in generate_crds.DEFINITIONS.items():
+        assert (generate_crds.OUTPUT / file_name).read_text() == generate_crds.render(builder), (
+            f"{file_name} is stale: run python -m tools.generate_crds"
         )
 
 
@@ -77,7 +64,7 @@ def test_the_crd_defaults_are_the_jobs_own(file_name: str) -> None:
     parser_path, minimal = MINIMAL_SPECS[file_name]
     module_name, function = parser_path.split(":")
     parse = getattr(importlib.import_module(module_name), function)
-    crd = _generator().DEFINITIONS[file_name]()
+    crd = generate_crds.DEFINITIONS[file_name]()
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     stored = _with_defaults(schema, minimal)
     assert stored != minimal  # the CRD does default something here

@@ -17,8 +17,8 @@ import yaml
 from common.metrics import RUN_METRICS, STATUS_METRICS, configured_endpoint, markdown_table, status_value
 
 REPO = Path(__file__).resolve().parents[2]
-MONITORING = REPO / "charts" / "cellar" / "files"
-CRDS = REPO / "charts" / "cellar" / "crds"
+MONITORING = REPO / "cronjobs" / "files"
+CRDS = REPO / "cronjobs" / "crds"
 CRD_FILES = {
     "DatabaseBackup": "databasebackups.yaml",
     "DatabaseRestore": "databaserestores.yaml",
@@ -83,7 +83,7 @@ def test_the_monitoring_page_table_is_the_declared_list() -> None:
 
 def test_the_kube_state_metrics_configuration_is_generated() -> None:
     checked = subprocess.run(
-        [sys.executable, str(REPO / "charts" / "generate_monitoring.py"), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "tools.generate_monitoring", "--check"], capture_output=True, text=True, cwd=REPO
     )
     assert checked.returncode == 0, checked.stderr
     configuration = yaml.safe_load((MONITORING / "custom-resource-state.yaml").read_text())

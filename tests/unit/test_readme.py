@@ -11,6 +11,6 @@ def test_the_install_example_is_the_fleet_values_file() -> None:
     readme = (REPO / "README.md").read_text()
     install = readme[readme.index("## Install\n") :]
     shown = install[install.index("```yaml\n") + len("```yaml\n") : install.index("\n```", install.index("```yaml"))]
-    example = (REPO / "charts" / "cellar" / "examples" / "fleet-values.yaml").read_text()
+    example = (REPO / "cronjobs" / "examples" / "fleet-values.yaml").read_text()
     kept = "\n".join(line for line in example.splitlines() if not line.startswith("# ")).strip()
-    assert shown.strip() == kept, "copy charts/cellar/examples/fleet-values.yaml into the README's Install"
+    assert shown.strip() == kept, "copy cronjobs/examples/fleet-values.yaml into the README's Install"

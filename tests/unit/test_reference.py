@@ -1,4 +1,4 @@
-"""docs/reference.md is what charts/generate_reference.py makes from the CRDs, and every field has a description."""
+"""docs/reference.md is what tools/generate_reference.py makes from the CRDs, and every field has a description."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CRDS = sorted((REPO / "charts" / "cellar" / "crds").glob("*.yaml"))
+CRDS = sorted((REPO / "cronjobs" / "crds").glob("*.yaml"))
 
 
 def test_the_reference_is_generated_from_the_crds() -> None:
     checked = subprocess.run(
-        [sys.executable, str(REPO / "charts" / "generate_reference.py"), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "tools.generate_reference", "--check"], capture_output=True, text=True, cwd=REPO
     )
     assert checked.returncode == 0, checked.stderr
 

@@ -16,7 +16,7 @@ import jobs.backup.status
 from common.reasons import Reason
 from common.status import Progress, RunRecord, StatusRecord, camel_case
 
-CRDS = Path(__file__).resolve().parents[2] / "charts" / "cellar" / "crds"
+CRDS = Path(__file__).resolve().parents[2] / "cronjobs" / "crds"
 SAMPLES: dict[Any, Any] = {
     str: "2026-11-29T00:00:00Z",
     int: 7,

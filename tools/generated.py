@@ -1,10 +1,14 @@
-"""What each generator in this folder does with its text: write it, or with --check say whether the committed
-file is still what it would write (the tests run the check)."""
+"""Where the generators write, and what each does with its text: write it, or with --check say whether the
+committed file is still what it would write (the tests run the check)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "cronjobs"  # the Helm chart: what `helm install cellar ./cronjobs` installs
+CRDS = CHART / "crds"
 
 
 def write_or_check(output: Path, text: str, command: str) -> int:

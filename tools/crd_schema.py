@@ -1,5 +1,5 @@
 """The schema pieces the three CRDs share (database, storage, encryption, conditions, progress) and the
-builders of schema nodes, for charts/generate_crds.py. Patterns and choices come from common.schema, which
+builders of schema nodes, for tools/generate_crds.py. Patterns and choices come from common.schema, which
 the job's spec reader checks with too."""
 
 from __future__ import annotations

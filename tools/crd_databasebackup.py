@@ -1,10 +1,11 @@
-"""The DatabaseBackup CRD. Written into charts/cellar/crds by charts/generate_crds.py."""
+"""The DatabaseBackup CRD. Written into cronjobs/crds by tools/generate_crds.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crd_schema import (
+from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
+from tools.crd_schema import (
     age_column,
     boolean,
     condition_list,
@@ -22,9 +23,7 @@ from crd_schema import (
     string,
     string_list,
 )
-from crd_storage import object_storage
-
-from common.schema import COMPRESSIONS, SCRATCH_DATABASE_PREFIX
+from tools.crd_storage import object_storage
 
 
 def database_backup() -> dict[str, Any]:

@@ -3,8 +3,6 @@ as before there were other providers), Azure Blob Storage (azureBlob) and Google
 
 from __future__ import annotations
 
-from crd_schema import Schema, boolean, duration, integer, obj, secret_key_selector, string
-
 from common.schema import (
     AZURE_ACCOUNT_NAME,
     AZURE_CONTAINER_NAME,
@@ -14,9 +12,18 @@ from common.schema import (
     REQUEST_CHECKSUMS,
     SSE_ALGORITHMS,
     STORAGE_PROVIDERS,
+    StorageProvider,
 )
+from tools.crd_schema import Schema, boolean, duration, integer, obj, secret_key_selector, string
 
 ENDPOINT = r"^https?://[^\s/]+(/.*)?$"
+# What spec.storage needs for each provider (the rules below; the chart's values schema requires the same of a
+# storage merged over defaults.storage).
+PROVIDER_NEEDS: dict[StorageProvider, tuple[str, ...]] = {
+    "S3": ("bucket", "credentials"),
+    "AzureBlob": ("azureBlob",),
+    "GCS": ("gcs",),
+}
 
 
 def one_of(references: list[str], switches: list[str]) -> dict[str, str]:
@@ -234,8 +241,10 @@ def object_storage() -> Schema:
                 "message": "endpointCA and insecureSkipTLSVerify exclude each other",
             },
             {
-                "rule": "self.provider != 'S3' || (has(self.bucket) && has(self.credentials))",
-                "message": "provider S3 needs bucket and credentials",
+                "rule": "self.provider != 'S3' || ("
+                + " && ".join(f"has(self.{f})" for f in PROVIDER_NEEDS["S3"])
+                + ")",
+                "message": "provider S3 needs " + " and ".join(PROVIDER_NEEDS["S3"]),
             },
             {
                 "rule": "(self.provider == 'AzureBlob') == has(self.azureBlob)",

@@ -1,10 +1,11 @@
-"""The DatabaseRestore CRD. Written into charts/cellar/crds by charts/generate_crds.py."""
+"""The DatabaseRestore CRD. Written into cronjobs/crds by tools/generate_crds.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crd_schema import (
+from common.schema import DNS_SUBDOMAIN
+from tools.crd_schema import (
     age_column,
     boolean,
     condition_list,
@@ -19,8 +20,6 @@ from crd_schema import (
     string,
     string_list,
 )
-
-from common.schema import DNS_SUBDOMAIN
 
 
 def database_restore() -> dict[str, Any]:

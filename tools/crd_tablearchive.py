@@ -1,10 +1,11 @@
-"""The TableArchive CRD. Written into charts/cellar/crds by charts/generate_crds.py."""
+"""The TableArchive CRD. Written into cronjobs/crds by tools/generate_crds.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crd_schema import (
+from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
+from tools.crd_schema import (
     age_column,
     boolean,
     condition_list,
@@ -21,9 +22,7 @@ from crd_schema import (
     run_record,
     string,
 )
-from crd_storage import object_storage
-
-from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
+from tools.crd_storage import object_storage
 
 
 def table_archive() -> dict[str, Any]:

@@ -105,6 +105,55 @@ takes nothing from defaults.storage (one provider's fields are no setting of ano
 {{- toYaml $spec -}}
 {{- end }}
 
+{{/* The spec schema of a kind, from the CRD in crds/ (the one description of what the API server accepts). */}}
+{{- define "cellar.specSchema" -}}
+{{- $crd := .Files.Get (printf "crds/%s.yaml" .plural) | fromYaml -}}
+{{- toYaml (index $crd.spec.versions 0).schema.openAPIV3Schema.properties.spec -}}
+{{- end }}
+
+{{/* Fails naming the path where `value` lacks a field its CRD `schema` requires, at any depth: what the API
+server would refuse halfway through an install, refused before anything is sent. values.schema.json checks
+the rest, but not a backup's or archive's spec.database and spec.storage: those are merged over defaults: first
+(cellar.mergedSpec), so they are checked here, after the merge. `fromDefaults`: which defaults.* may give a
+missing field of this object (dict "path" "backups.orders.spec" "schema" schema "value" spec "fromDefaults" dict) */}}
+{{- define "cellar.required" -}}
+{{- $value := .value -}}
+{{- $properties := .schema.properties | default dict -}}
+{{- $fromDefaults := get . "fromDefaults" | default dict -}}
+{{- range $field := .schema.required | default list -}}
+{{- if or (not (hasKey $value $field)) (kindIs "invalid" (index $value $field)) -}}
+{{- $where := get $fromDefaults $field | default (get $ "filledBy") -}}
+{{- fail (printf "%s: %s is required%s" $.path $field (ternary (printf " (here, or in %s)" $where) "" (ne $where ""))) -}}
+{{- end -}}
+{{- end -}}
+{{- range $field, $child := $value -}}
+{{- $schema := get $properties $field -}}
+{{- if and $schema (kindIs "map" $child) -}}
+{{- include "cellar.required" (dict "path" (printf "%s.%s" $.path $field) "schema" $schema "value" $child "filledBy" (get $fromDefaults $field)) -}}
+{{- else if and $schema (kindIs "slice" $child) -}}
+{{- range $index, $item := $child -}}
+{{- if and (kindIs "map" $item) $schema.items -}}
+{{- include "cellar.required" (dict "path" (printf "%s.%s[%d]" $.path $field $index) "schema" $schema.items "value" $item) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* What the CRD's rules on spec.storage ask of each provider (provider S3 needs bucket and credentials; the
+others their own block), checked after the merge over defaults.storage: without it, an entry with no storage
+anywhere would render a storage of nothing but its prefix. (dict "path" "backups.orders.spec.storage" "storage" storage) */}}
+{{- define "cellar.storageProvider" -}}
+{{- $storage := .storage -}}
+{{- $provider := $storage.provider | default "S3" -}}
+{{- $block := get (dict "AzureBlob" "azureBlob" "GCS" "gcs") $provider -}}
+{{- if and (eq $provider "S3") (not (and (hasKey $storage "bucket") (hasKey $storage "credentials"))) -}}
+{{- fail (printf "%s: provider S3 needs bucket and credentials (here, or in defaults.storage)" .path) -}}
+{{- else if and $block (not (hasKey $storage $block)) -}}
+{{- fail (printf "%s: provider %s needs %s (here, or in defaults.storage)" .path $provider $block) -}}
+{{- end -}}
+{{- end }}
+
 {{/* Names of the Secrets a storage block reads, one a line: S3's keys and CA, Azure's account key or SAS
 token, GCS's service account key. */}}
 {{- define "cellar.storageSecrets" -}}
