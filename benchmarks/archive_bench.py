@@ -136,7 +136,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
     parsing the rows, COMMIT), with no files written. What the server side allows cellar at most."""
     from common.runtime import Interrupts
     from common.secrets import StorageCredentials
-    from common.storage import ObjectStore
+    from common.storage import open_store
     from jobs.archive.archiver import Archiver
     from jobs.archive.batches import RunScope
     from jobs.archive.lanes import Lane
@@ -151,7 +151,7 @@ def capture_only(dsn: str, cutoff: str, endpoint: str, bucket: str) -> None:
         conn.rollback()
         ensure_ledger(conn)
         credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
-        store = ObjectStore.open(settings.storage, credentials)  # never written to
+        store = open_store(settings.storage, credentials)  # never written to
         scope = RunScope(conn, store, info, datetime.fromisoformat(cutoff), "bench")
         archiver = Archiver(scope, settings, Interrupts())
         lane = Lane()

@@ -18,7 +18,6 @@ from typing import Any
 
 from common.errors import CellarError, PermanentError
 from common.reasons import Reason
-from common.secrets import StorageCredentials
 from common.storage_spec import StorageSpec
 
 log = logging.getLogger("common.storage")
@@ -236,22 +235,6 @@ class ObjectStore(ABC):
         self.spec = spec
         self.bucket = spec.bucket
         self._location = location or spec.bucket  # after the scheme in url(): the bucket, or account/container
-
-    @classmethod
-    def open(cls, spec: StorageSpec, credentials: StorageCredentials, *, concurrency: int = 16) -> ObjectStore:
-        """The store of a resource's spec.storage; `concurrency`: the most requests the caller makes at once.
-        Each provider's SDK is imported only here, when a spec names that provider."""
-        if spec.provider == "AzureBlob":
-            from common.storage.azure import AzureBlobStore
-
-            return AzureBlobStore.connect(spec, credentials, concurrency=concurrency)
-        if spec.provider == "GCS":
-            from common.storage.gcs import GcsStore
-
-            return GcsStore.connect(spec, credentials)
-        from common.storage.s3 import S3Store
-
-        return S3Store.connect(spec, credentials, concurrency=concurrency)
 
     def key(self, *parts: str) -> str:
         """A key under the resource's prefix."""

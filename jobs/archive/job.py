@@ -25,7 +25,7 @@ from common.reasons import Reason
 from common.redact import redact
 from common.run_status import RunStatus
 from common.runtime import RunContext
-from common.storage import ObjectStore
+from common.storage import ObjectStore, open_store
 from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, Stopped
 from jobs.archive.arrow_reads import ArrowReader, open_reader
@@ -103,7 +103,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     credentials = ctx.secrets.storage_credentials(settings.storage)
     # Requests at once: a batch's objects (tuning.upload_concurrency) and each lane's manifest.
     concurrency = tuning.upload_concurrency + settings.parallelism
-    store = ObjectStore.open(settings.storage, credentials, concurrency=concurrency)
+    store = open_store(settings.storage, credentials, concurrency=concurrency)
     store.check_access()
     recipients, identities = resolve_keys(ctx.secrets, settings.encryption)
     # Every statement of the run waits at most spec.lockTimeout for a lock (a batch sets it again per

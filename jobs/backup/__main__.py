@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 
 from common.runtime import Job, run_command
-from jobs.backup.job import BackupJob, VerifyJob
+from jobs.backup.backup.job import BackupJob, VerifyJob
 from jobs.backup.listing import ListJob
-from jobs.backup.restore_job import RestoreJob
+from jobs.backup.restore.job import RestoreJob
 
 COMMANDS: dict[str, Job] = {
     "backup": BackupJob(),

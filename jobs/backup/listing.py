@@ -19,9 +19,9 @@ from common.kube import DATABASE_BACKUP
 from common.ownership import Area, readable_by, take_over_from
 from common.runtime import RunContext
 from common.storage import ObjectStore
+from jobs.backup.backup.preflight import me, open_storage
+from jobs.backup.backup.retention import retention_reasons
 from jobs.backup.catalog import Manifest, take_inventory
-from jobs.backup.preflight import me, open_storage
-from jobs.backup.retention import retention_reasons
 from jobs.backup.settings import BackupSettings, parse_backup_spec
 from jobs.backup.status import human_size
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from common.secrets import StorageCredentials
 from common.spec import SpecReader
-from common.storage import ObjectStore
+from common.storage import ObjectStore, open_store
 from common.storage_spec import StorageSpec
 from tests.harness.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, FakeGcs
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, s3_client
@@ -35,7 +35,7 @@ class Provider:
     def store(self, spec: dict[str, Any] | None = None) -> ObjectStore:
         """cellar's own store over the test's bucket, as the jobs open it."""
         parsed = StorageSpec.parse(SpecReader(spec or self.spec, "spec.storage"))
-        return ObjectStore.open(parsed, self.credentials)
+        return open_store(parsed, self.credentials)
 
 
 def s3_provider(stack: LocalStack) -> Provider:

@@ -17,7 +17,7 @@ from common.errors import PermanentError
 from common.ownership import Area, Owner, claim_prefix
 from common.secrets import StorageCredentials
 from common.spec import SpecReader
-from common.storage import ObjectStore
+from common.storage import open_store
 from common.storage_spec import StorageSpec
 from tests.conftest import new_database
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -170,7 +170,7 @@ def test_two_first_runs_at_once_claim_a_prefix_once(backup_env: BackupEnv) -> No
     barrier = threading.Barrier(8)
 
     def first_run(n: int) -> None:
-        store = ObjectStore.open(spec, credentials)
+        store = open_store(spec, credentials)
         barrier.wait(timeout=60)
         try:
             claim_prefix(Area.of_backups(store), Owner("DatabaseBackup", env.namespace, f"r{n}", f"uid-{n}"))

@@ -14,7 +14,7 @@ import pytest
 from common.errors import PermanentError
 from common.secrets import StorageCredentials
 from common.spec import SpecReader
-from common.storage import MIN_PART_SIZE, ObjectStore
+from common.storage import MIN_PART_SIZE, ObjectStore, open_store
 from common.storage_spec import StorageSpec
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 
@@ -35,8 +35,8 @@ def _store(stack: LocalStack, bucket: str, concurrency: int | None = None, **ove
     )
     credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
     if concurrency is None:
-        return ObjectStore.open(spec, credentials)
-    return ObjectStore.open(spec, credentials, concurrency=concurrency)
+        return open_store(spec, credentials)
+    return open_store(spec, credentials, concurrency=concurrency)
 
 
 def _chunks(total: int, chunk: int = 1_000_003) -> Any:
@@ -125,7 +125,7 @@ def test_wrong_keys_are_reported_without_the_secret(stack: LocalStack, bucket: s
     from common.redact import register_secret
 
     register_secret("wrong-secret-key-value")
-    store = ObjectStore.open(spec, StorageCredentials("wrong-id", "wrong-secret-key-value", None, None))
+    store = open_store(spec, StorageCredentials("wrong-id", "wrong-secret-key-value", None, None))
     with pytest.raises(PermanentError) as raised:
         store.check_access()
     assert "check the access keys" in str(raised.value)
@@ -137,8 +137,8 @@ def test_stale_uploads_under_the_data_directory_are_aborted_and_no_others(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
+    from jobs.backup.backup.retention import abort_stale_uploads
     from jobs.backup.catalog import DATA_DIR
-    from jobs.backup.retention import abort_stale_uploads
 
     store = _store(stack, bucket, prefix="team")
     ours = [store.key(DATA_DIR, f"killed-{n}.dump") for n in range(3)]

@@ -13,8 +13,8 @@ from common.kube import DATABASE_BACKUP, Kube, ResourceRef, RetryPolicy
 from common.metrics import status_value
 from common.runtime import Job, run_job
 from jobs.archive.job import ArchiveJob
-from jobs.backup.job import BackupJob
-from jobs.backup.restore_job import RestoreJob
+from jobs.backup.backup.job import BackupJob
+from jobs.backup.restore.job import RestoreJob
 from jobs.backup.status import BackupRun
 from tests.unit.fake_kube import FakeTransport
 

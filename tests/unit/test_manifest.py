@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
+from jobs.backup.backup.databases import dump_key_name
 from jobs.backup.catalog import DatabaseDump, Manifest, TableCount
-from jobs.backup.databases import dump_key_name
 from jobs.backup.settings import DatabaseChoice, parse_backup_spec
 
 BASE: dict[str, Any] = {

@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import PermanentError
 from jobs.backup.pgtools import ClientTools, major_of, pick_dump_tools, pick_restore_tools, restores_through_sql
-from jobs.backup.sql_restore import without_unknown_settings
+from jobs.backup.restore.sql import without_unknown_settings
 
 RELEASES = {14: "14.23", 15: "15.19", 16: "16.15", 17: "17.11", 18: "18.6"}
 

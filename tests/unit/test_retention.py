@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from jobs.backup.backup.retention import backups_to_keep
 from jobs.backup.catalog import DatabaseDump, Manifest
-from jobs.backup.retention import backups_to_keep
 from jobs.backup.settings import RetentionPolicy
 from jobs.backup.status import human_size, ready_condition
 

@@ -24,9 +24,9 @@ from common.runtime import Interrupts, Job, RunContext, run_job
 from jobs.archive.job import ArchiveJob
 from jobs.archive.status import ARCHIVE_RUNS, UNARCHIVE_RUNS, ArchiveRun, UnarchiveRecord
 from jobs.archive.unarchive import UnarchiveJob
-from jobs.backup.job import BackupJob, VerifyJob
-from jobs.backup.restore import BackupUnsound, ChecksumMismatch
-from jobs.backup.restore_job import RestoreJob
+from jobs.backup.backup.job import BackupJob, VerifyJob
+from jobs.backup.restore.job import RestoreJob
+from jobs.backup.restore.plan import BackupUnsound, ChecksumMismatch
 from jobs.backup.status import BACKUP_RUNS, RESTORE_RUNS, VERIFY_RUNS, BackupRun, RestoreOutcome
 from tests.unit.fake_kube import FakeTransport
 

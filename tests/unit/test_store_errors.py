@@ -105,7 +105,7 @@ def test_gcs_failures(error: Exception, kind: type[CellarError], reason: Reason,
 def test_workload_identity_without_its_settings_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from common.secrets import StorageCredentials
     from common.spec import SpecReader
-    from common.storage import ObjectStore
+    from common.storage import open_store
     from common.storage_spec import StorageSpec
 
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
@@ -121,7 +121,7 @@ def test_workload_identity_without_its_settings_says_what_to_set(monkeypatch: py
     ):
         spec = StorageSpec.parse(SpecReader({"provider": provider, **block}, "spec.storage"))
         with pytest.raises(Forbidden) as refused:
-            ObjectStore.open(spec, nothing)
+            open_store(spec, nothing)
         assert refused.value.reason == Reason.STORAGE_ACCESS_DENIED
         assert says in str(refused.value)
 
@@ -137,7 +137,7 @@ def test_a_service_account_key_is_read_from_its_secret_and_a_malformed_one_is_re
     from common.redact import redact
     from common.secrets import StorageCredentials
     from common.spec import SpecReader
-    from common.storage import ObjectStore
+    from common.storage import open_store
     from common.storage.gcs import GcsStore
     from common.storage_spec import StorageSpec
 
@@ -157,11 +157,11 @@ def test_a_service_account_key_is_read_from_its_secret_and_a_malformed_one_is_re
     }
     block = {"bucket": "b-1", "credentials": {"serviceAccountKey": {"name": "gcs", "key": "key.json"}}}
     spec = StorageSpec.parse(SpecReader({"provider": "GCS", "gcs": block}, "spec.storage"))
-    store = ObjectStore.open(spec, StorageCredentials(None, None, None, None, gcs_service_account_json=json.dumps(key)))
+    store = open_store(spec, StorageCredentials(None, None, None, None, gcs_service_account_json=json.dumps(key)))
     assert isinstance(store, GcsStore)
     assert store.url("k") == "gs://b-1/k"
     assert pem.splitlines()[1] not in redact(pem)  # the private key is registered as a secret
     with pytest.raises(
         InvalidSpec, match=r"spec\.storage\.gcs\.credentials\.serviceAccountKey: the Secret key does not"
     ):
-        ObjectStore.open(spec, StorageCredentials(None, None, None, None, gcs_service_account_json="not json"))
+        open_store(spec, StorageCredentials(None, None, None, None, gcs_service_account_json="not json"))

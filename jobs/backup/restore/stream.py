@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.db import connect, libpq_environment
+from common.db import libpq_environment
 from common.encryption import (
     HEADER_PROBE_BYTES,
     CorruptedCiphertext,
@@ -32,20 +32,14 @@ from common.encryption import (
     Identities,
     decrypt_stream,
 )
-from common.errors import CellarError, PermanentError
-from common.reasons import Reason
+from common.errors import CellarError
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
-from jobs.backup.pgtools import (
-    ClientTools,
-    StderrTail,
-    psql_for,
-    restores_through_sql,
-    stop_process,
-    tools_for_restore,
-)
+from jobs.backup.pgtools import StderrTail, stop_process
+from jobs.backup.restore.plan import ChecksumMismatch, RestoreFailed, RestorePlan
+from jobs.backup.restore.sql import SqlRestore
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -53,60 +47,6 @@ CHUNK = 1024 * 1024
 # archive's end marker and the tail of its last data block whatever the compressor's framing.
 HOLD_BACK = 64 * 1024
 PREFETCH_CHUNKS = 8  # of CHUNK each: how far the download may run ahead of pg_restore
-
-
-class BackupUnsound(PermanentError):
-    """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
-
-
-class ChecksumMismatch(BackupUnsound):
-    reason = Reason.CHECKSUM_MISMATCH
-
-
-class RestoreFailed(PermanentError):
-    reason = Reason.RESTORE_FAILED
-
-
-@dataclass(frozen=True)
-class RestorePlan:
-    """Which client tools restore a backup into which server, and how: pg_restore connected to the server, or
-    (`through_sql`) pg_restore's SQL run by `psql` without the settings the server lacks (`known_settings`)."""
-
-    tools: ClientTools
-    server_version: str
-    through_sql: bool = False
-    psql: ClientTools | None = None
-    known_settings: frozenset[str] = frozenset()
-
-    def describe(self) -> str:
-        if self.through_sql and self.psql is not None:
-            return (
-                f"{self.tools.describe('pg_restore')} through {self.psql.describe('psql')} into PostgreSQL "
-                f"{self.server_version}"
-            )
-        return f"{self.tools.describe('pg_restore')} into PostgreSQL {self.server_version}"
-
-    @property
-    def sql_client(self) -> ClientTools:
-        """The tools whose psql runs SQL on the target (the roles of a backup, a restore through SQL)."""
-        return self.psql if self.psql is not None else self.tools
-
-
-def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
-    """Ask the target server its version and choose the tools (pgtools.tools_for_restore), before
-    anything is written; `server` names any database on it the role may connect to."""
-    with connect(server, application_name=application_name) as conn:  # libpq reports the version at login
-        version_num, version = conn.info.server_version, conn.info.parameter_status("server_version") or ""
-        tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
-        if not restores_through_sql(tools, version_num):
-            return RestorePlan(tools, version)
-        settings = frozenset(str(row[0]) for row in conn.execute("SELECT name FROM pg_catalog.pg_settings"))
-    psql = psql_for(version_num, tools)
-    log.info(
-        "restoring into an older major through SQL",
-        extra={"pg_restore": tools.describe("pg_restore"), "psql": psql.describe("psql"), "server": version},
-    )
-    return RestorePlan(tools, version, through_sql=True, psql=psql, known_settings=settings)
 
 
 def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identities | None, *, field: str) -> None:
@@ -362,8 +302,6 @@ def restore_from_storage(
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
     process: RestoreProcess
     if plan.through_sql:
-        from jobs.backup.sql_restore import SqlRestore  # it builds on this module's pieces
-
         process = SqlRestore(plan, target, options, application_name)
     else:
         process = PgRestore(plan, target, options, application_name)

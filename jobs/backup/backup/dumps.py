@@ -12,10 +12,10 @@ from common.progress import ProgressReporter
 from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
+from jobs.backup.backup.databases import dump_key_name
+from jobs.backup.backup.dump import dump_globals, dump_to_storage
+from jobs.backup.backup.preflight import APPLICATION, Preflight
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
-from jobs.backup.databases import dump_key_name
-from jobs.backup.dump import dump_globals, dump_to_storage
-from jobs.backup.preflight import APPLICATION, Preflight
 from jobs.backup.settings import BackupSettings
 from jobs.backup.status import BACKUP_RUNS
 

@@ -17,10 +17,7 @@ from typing import Any
 from common.db import libpq_environment
 from common.secrets import DatabaseSettings
 from jobs.backup.pgtools import StderrTail, stop_process
-from jobs.backup.restore import (
-    RestoreFailed,
-    RestorePlan,
-)
+from jobs.backup.restore.plan import RestoreFailed, RestorePlan
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,10 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
+from jobs.backup.backup.dumps import data_key_for, discard, dump_databases, dump_server_globals
+from jobs.backup.backup.preflight import APPLICATION, Preflight, describe_choice, preflight, released_on_failure
+from jobs.backup.backup.retention import RetentionOutcome, apply_retention
+from jobs.backup.backup.verify import ScratchLeft, VerificationResult, quarantine, verify_backup
 from jobs.backup.catalog import (
     MANIFEST_DIR,
     QUARANTINE_DIR,
@@ -30,10 +34,7 @@ from jobs.backup.catalog import (
     find_backup,
     take_inventory,
 )
-from jobs.backup.dumps import data_key_for, discard, dump_databases, dump_server_globals
-from jobs.backup.preflight import APPLICATION, Preflight, describe_choice, preflight, released_on_failure
-from jobs.backup.restore import BackupUnsound
-from jobs.backup.retention import RetentionOutcome, apply_retention
+from jobs.backup.restore.plan import BackupUnsound
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
     BACKUP_RUNS,
@@ -46,7 +47,6 @@ from jobs.backup.status import (
     human_size,
     ready_condition,
 )
-from jobs.backup.verify import ScratchLeft, VerificationResult, quarantine, verify_backup
 
 log = logging.getLogger(__name__)
 

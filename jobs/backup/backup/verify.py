@@ -15,13 +15,8 @@ from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
-from jobs.backup.restore import (
-    BackupUnsound,
-    RestorePlan,
-    check_decryptable,
-    plan_restore,
-    restore_from_storage,
-)
+from jobs.backup.restore.plan import BackupUnsound, RestorePlan, plan_restore
+from jobs.backup.restore.stream import check_decryptable, restore_from_storage
 
 log = logging.getLogger(__name__)
 

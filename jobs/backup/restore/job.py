@@ -25,22 +25,16 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
+from jobs.backup.backup.preflight import open_storage
+from jobs.backup.backup.verify import scratch_drop_wait
 from jobs.backup.catalog import Manifest, find_backup
-from jobs.backup.preflight import open_storage
-from jobs.backup.restore import (
-    RestorePlan,
-    RestoreResult,
-    check_decryptable,
-    plan_restore,
-    read_toc,
-    restore_from_storage,
-)
-from jobs.backup.roles import apply_globals
+from jobs.backup.restore.plan import RestorePlan, plan_restore
+from jobs.backup.restore.roles import apply_globals
+from jobs.backup.restore.staged import restore_staged
+from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_toc, restore_from_storage
 from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
-from jobs.backup.staged import restore_staged
 from jobs.backup.status import RESTORE_RUNS, RestoreOutcome
 from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
-from jobs.backup.verify import scratch_drop_wait
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"

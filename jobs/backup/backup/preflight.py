@@ -14,10 +14,10 @@ from common.kube import DATABASE_BACKUP
 from common.ownership import Area, Claimed, Owner, claim_prefix, take_over_from
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
+from common.storage import ObjectStore, open_store
+from jobs.backup.backup.databases import ChosenDatabase, choose_databases
+from jobs.backup.backup.dump import ServerFacts, server_facts
 from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR
-from jobs.backup.databases import ChosenDatabase, choose_databases
-from jobs.backup.dump import ServerFacts, server_facts
 from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.settings import BackupSettings
 
@@ -27,7 +27,7 @@ APPLICATION = "cellar-backup"
 
 def open_storage(ctx: RunContext, settings: BackupSettings) -> ObjectStore:
     credentials = ctx.secrets.storage_credentials(settings.storage)
-    return ObjectStore.open(settings.storage, credentials)
+    return open_store(settings.storage, credentials)
 
 
 @dataclass(frozen=True)

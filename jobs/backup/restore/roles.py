@@ -14,7 +14,7 @@ from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore import ChecksumMismatch, RestoreFailed, RestorePlan
+from jobs.backup.restore.plan import ChecksumMismatch, RestoreFailed, RestorePlan
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,8 @@ from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore import (
-    RestoreFailed,
-    RestorePlan,
-    RestoreResult,
-    StoredObject,
-    decode_into,
-    pg_restore_command,
-)
+from jobs.backup.restore.plan import RestoreFailed, RestorePlan
+from jobs.backup.restore.stream import RestoreResult, StoredObject, decode_into, pg_restore_command
 from jobs.backup.status import human_size
 
 STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack

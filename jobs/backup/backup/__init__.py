@@ -1,0 +1,1 @@
+"""The backup command: dump, publish, restore-test (verify) and retention."""

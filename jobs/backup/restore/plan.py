@@ -1,0 +1,70 @@
+"""What a restore runs: the client tools and the way into the target server (RestorePlan), chosen before anything
+is written, and the failures that say a backup or its restore went wrong."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from common.db import connect
+from common.errors import PermanentError
+from common.reasons import Reason
+from common.secrets import DatabaseSettings
+from jobs.backup.catalog import Manifest
+from jobs.backup.pgtools import ClientTools, psql_for, restores_through_sql, tools_for_restore
+
+log = logging.getLogger(__name__)
+
+
+class BackupUnsound(PermanentError):
+    """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
+
+
+class ChecksumMismatch(BackupUnsound):
+    reason = Reason.CHECKSUM_MISMATCH
+
+
+class RestoreFailed(PermanentError):
+    reason = Reason.RESTORE_FAILED
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """Which client tools restore a backup into which server, and how: pg_restore connected to the server, or
+    (`through_sql`) pg_restore's SQL run by `psql` without the settings the server lacks (`known_settings`)."""
+
+    tools: ClientTools
+    server_version: str
+    through_sql: bool = False
+    psql: ClientTools | None = None
+    known_settings: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        if self.through_sql and self.psql is not None:
+            return (
+                f"{self.tools.describe('pg_restore')} through {self.psql.describe('psql')} into PostgreSQL "
+                f"{self.server_version}"
+            )
+        return f"{self.tools.describe('pg_restore')} into PostgreSQL {self.server_version}"
+
+    @property
+    def sql_client(self) -> ClientTools:
+        """The tools whose psql runs SQL on the target (the roles of a backup, a restore through SQL)."""
+        return self.psql if self.psql is not None else self.tools
+
+
+def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
+    """Ask the target server its version and choose the tools (pgtools.tools_for_restore), before
+    anything is written; `server` names any database on it the role may connect to."""
+    with connect(server, application_name=application_name) as conn:  # libpq reports the version at login
+        version_num, version = conn.info.server_version, conn.info.parameter_status("server_version") or ""
+        tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
+        if not restores_through_sql(tools, version_num):
+            return RestorePlan(tools, version)
+        settings = frozenset(str(row[0]) for row in conn.execute("SELECT name FROM pg_catalog.pg_settings"))
+    psql = psql_for(version_num, tools)
+    log.info(
+        "restoring into an older major through SQL",
+        extra={"pg_restore": tools.describe("pg_restore"), "psql": psql.describe("psql"), "server": version},
+    )
+    return RestorePlan(tools, version, through_sql=True, psql=psql, known_settings=settings)
