@@ -203,13 +203,37 @@ class CompressedUpload:
         return self._upload.complete()
 
 
+@dataclass(frozen=True)
+class DumpSource:
+    """What a dump reads: the database, the client tools for its server, and the application_name its
+    sessions carry."""
+
+    database: DatabaseSettings
+    tools: ClientTools
+    server_version: str
+    application_name: str
+
+    def environment(self, program: str) -> dict[str, str]:
+        """The connection in libpq's variables for `program`, whose sessions say so in their application_name."""
+        return {**os.environ, **libpq_environment(self.database, application_name=f"{self.application_name}-{program}")}
+
+
+@dataclass(frozen=True)
+class SealedObject:
+    """Where a dump's bytes go and how they are sealed: the object's key in the store, the compression, and
+    the age recipients they are encrypted to (none: not encrypted)."""
+
+    store: ObjectStore
+    key: str
+    compression: Compression
+    recipients: Sequence[str] = ()
+
+
 @contextlib.contextmanager
-def compressed_upload(
-    store: ObjectStore, key: str, compression: Compression, recipients: Sequence[str]
-) -> Iterator[CompressedUpload]:
-    """A CompressedUpload of `key`; on any error the upload is aborted and nothing becomes visible."""
-    with store.open_upload(key) as upload:
-        writer = CompressedUpload(upload, compression, recipients)
+def compressed_upload(into: SealedObject) -> Iterator[CompressedUpload]:
+    """A CompressedUpload of the object; on any error the upload is aborted and nothing becomes visible."""
+    with into.store.open_upload(into.key) as upload:
+        writer = CompressedUpload(upload, into.compression, into.recipients)
         try:
             yield writer
         except BaseException:
@@ -226,21 +250,12 @@ class DumpResult:
 
 
 def dump_to_storage(
-    database: DatabaseSettings,
-    store: ObjectStore,
-    key: str,
-    compression: Compression,
-    options: DumpOptions,
-    *,
-    tools: ClientTools,
-    server_version: str,
-    application_name: str,
-    on_progress: Callable[[int], None],
-    recipients: Sequence[str] = (),
+    source: DumpSource, into: SealedObject, options: DumpOptions, *, on_progress: Callable[[int], None]
 ) -> DumpResult:
-    """Dump with `tools`' pg_dump, compress, encrypt to `recipients` (age) when there are any, upload;
+    """Dump with the source's pg_dump, compress, encrypt to the recipients (age) when there are any, upload;
     the object becomes visible only after pg_dump exited 0."""
-    snapshot_conn = connect(database, application_name=application_name)
+    tools = source.tools
+    snapshot_conn = connect(source.database, application_name=source.application_name)
     try:
         hold_snapshot_open(snapshot_conn)
         snapshot = export_snapshot(snapshot_conn)
@@ -254,14 +269,15 @@ def dump_to_storage(
         ]
         if snapshot:
             argv.append(f"--snapshot={snapshot}")
-        env = {**os.environ, **libpq_environment(database, application_name=f"{application_name}-pg_dump")}
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.environment("pg_dump")
+        )
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = StderrTail(process.stderr)
         counter = RowCounter(snapshot_conn, options)
         try:
-            with compressed_upload(store, key, compression, recipients) as upload:
+            with compressed_upload(into) as upload:
 
                 def sink(chunk: bytes) -> None:
                     counter.start()
@@ -273,7 +289,7 @@ def dump_to_storage(
                 if code != 0:
                     raise DumpFailed(
                         f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
-                        f"{server_version}: {stderr.error_lines()}"
+                        f"{source.server_version}: {stderr.error_lines()}"
                     )
                 upload.finish()
                 tables = counter.result()
@@ -296,29 +312,20 @@ class GlobalsResult:
     bytes_raw: int
 
 
-def dump_globals(
-    database: DatabaseSettings,
-    store: ObjectStore,
-    key: str,
-    compression: Compression,
-    *,
-    tools: ClientTools,
-    no_role_passwords: bool,
-    application_name: str,
-    recipients: Sequence[str] = (),
-) -> GlobalsResult:
+def dump_globals(source: DumpSource, into: SealedObject, *, no_role_passwords: bool) -> GlobalsResult:
     """The server's roles, memberships, role settings and tablespaces (`pg_dumpall --globals-only`), as
-    SQL, compressed (and encrypted) into `key` like the dump."""
+    SQL, compressed (and encrypted) into the object like the dump."""
+    tools, database = source.tools, source.database
     argv = [tools.path("pg_dumpall"), "--globals-only", "--no-password", f"--database={database.dbname}"]
     if no_role_passwords:
         argv.append("--no-role-passwords")
-    env = {**os.environ, **libpq_environment(database, application_name=f"{application_name}-pg_dumpall")}
+    env = source.environment("pg_dumpall")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None
     assert process.stderr is not None
     stderr = StderrTail(process.stderr)
     try:
-        with compressed_upload(store, key, compression, recipients) as upload:
+        with compressed_upload(into) as upload:
             raw = pump(process.stdout.fileno(), upload.write, lambda _: None)
             code = process.wait()
             if code != 0:

@@ -13,7 +13,7 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.backup.databases import dump_key_name
-from jobs.backup.backup.dump import dump_globals, dump_to_storage
+from jobs.backup.backup.dump import DumpSource, SealedObject, dump_globals, dump_to_storage
 from jobs.backup.backup.preflight import APPLICATION, Preflight
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
 from jobs.backup.settings import BackupSettings
@@ -39,6 +39,11 @@ def data_key_for(
     return store.key(DATA_DIR, dump_key_name(identifier, database) + suffix)
 
 
+def dump_source(checked: Preflight, database: str) -> DumpSource:
+    """Database `database` of the server preflight checked, with the tools it chose for that server."""
+    return DumpSource(replace(checked.database, dbname=database), checked.tools, checked.server.version, APPLICATION)
+
+
 def dump_databases(
     ctx: RunContext,
     store: ObjectStore,
@@ -60,16 +65,10 @@ def dump_databases(
         log.info("dumping database", extra={"database": chosen.name, "key": key, "database_bytes": chosen.size})
         try:
             dumped = dump_to_storage(
-                replace(checked.database, dbname=chosen.name),
-                store,
-                key,
-                settings.compression,
+                dump_source(checked, chosen.name),
+                SealedObject(store, key, settings.compression, checked.recipients),
                 settings.dump,
-                tools=checked.tools,
-                server_version=checked.server.version,
-                application_name=APPLICATION,
                 on_progress=progress.after(done),
-                recipients=checked.recipients,
             )
         except CellarError as error:
             if settings.databases is not None:
@@ -99,14 +98,9 @@ def dump_server_globals(
     key = store.key(DATA_DIR, f"{identifier}.globals.sql{_stored_suffix(settings, checked)}")
     written.append(key)
     dumped = dump_globals(
-        checked.database,
-        store,
-        key,
-        settings.compression,
-        tools=checked.tools,
+        dump_source(checked, checked.database.dbname),
+        SealedObject(store, key, settings.compression, checked.recipients),
         no_role_passwords=settings.globals.no_role_passwords,
-        application_name=APPLICATION,
-        recipients=checked.recipients,
     )
     return GlobalsObject(
         key, dumped.bytes_raw, dumped.upload.size, dumped.upload.sha256, settings.globals.no_role_passwords

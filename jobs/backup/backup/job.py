@@ -34,7 +34,7 @@ from jobs.backup.catalog import (
     find_backup,
     take_inventory,
 )
-from jobs.backup.restore.plan import BackupUnsound
+from jobs.backup.restore.plan import BackupSource, BackupUnsound
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
     BACKUP_RUNS,
@@ -67,7 +67,7 @@ def restore_test(
     left: list[ScratchLeft] = []
     try:
         result = verify_backup(
-            store, manifest, database, scratch, application_name=APPLICATION, identities=identities, left=left
+            BackupSource(store, manifest, identities), database, scratch, application_name=APPLICATION, left=left
         )
     except CellarError as error:
         if isinstance(error, BackupUnsound):
@@ -128,6 +128,126 @@ def _left_note(left: list[ScratchLeft]) -> str:
     return "".join(f"; scratch database {s.name} could not be dropped ({s.why}): the next run drops it" for s in left)
 
 
+def _dry_run(settings: BackupSettings, checked: Preflight) -> str:
+    """What a dry run checked, and what retention would delete; nothing is written."""
+    store, facts, tools = checked.store, checked.server, checked.tools
+    planned = apply_retention(store, checked.claimed.readable, _as_dry_run(settings.retention), datetime.now(UTC))
+    return (
+        f"dry run: resource, Secrets, {checked.database.describe()} ({facts.version}), {store.url()} "
+        f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
+        f"retention would delete {len(planned.deleted)} objects"
+        + (f"; would dump {describe_choice(settings, checked)}" if settings.databases else "")
+    )
+
+
+def _unreadable_here(settings: BackupSettings, checked: Preflight) -> str:
+    """What the message adds when the backups are encrypted to an identity the cluster does not hold."""
+    if not checked.recipients or (settings.encryption is not None and settings.encryption.identity is not None):
+        return ""
+    log.warning(
+        "backups are encrypted to recipients whose identity is not in the cluster; no restore test can read them",
+        extra={"recipients": [fingerprint(r) for r in checked.recipients]},
+    )
+    return (
+        "; encrypted with no identity in the cluster (spec.encryption.identitySecretRef), so no restore "
+        "test can read these backups: only the holder of the identity can"
+    )
+
+
+def _publish(
+    ctx: RunContext, settings: BackupSettings, checked: Preflight, identifier: str, started: datetime
+) -> Manifest:
+    """Dump every chosen database (and the globals), then write the manifest: the backup exists from then on.
+    A failure before the manifest removes what the run wrote."""
+    store, facts = checked.store, checked.server
+    written: list[str] = []
+    try:
+        dumps = dump_databases(ctx, store, settings, checked, identifier, written)
+        globals_object = (
+            dump_server_globals(store, settings, checked, identifier, written) if settings.globals else None
+        )
+    except BaseException:
+        discard(store, written)  # a run is a backup only when every database it names was dumped
+        raise
+    manifest = Manifest(
+        backup_id=identifier,
+        dumps=dumps,
+        server_version=facts.version,
+        pg_dump_version=checked.tools.describe("pg_dump"),
+        start_time=format_time(started),
+        end_time=format_time(datetime.now(UTC)),
+        compression=settings.compression.algorithm,
+        compression_level=settings.compression.level,
+        generation=ctx.generation,
+        resource=f"{ctx.ref.namespace}/{ctx.ref.name}",
+        run_id=ctx.run_id,
+        standby=facts.standby,
+        encryption=(
+            Encryption(ENCRYPTION_FORMAT, tuple(fingerprint(r) for r in checked.recipients))
+            if checked.recipients
+            else None
+        ),
+        globals=globals_object,
+        server_wide=settings.databases is not None,
+        manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
+    )
+    failpoint("backup.before-manifest")
+    store.put_bytes(manifest.manifest_key, manifest.to_json())  # the backup exists from here on
+    log.info(
+        "backup published",
+        extra={
+            "manifest": manifest.manifest_key,
+            "databases": manifest.databases,
+            "bytes_raw": manifest.bytes_raw,
+            "bytes_stored": manifest.bytes_stored,
+            "seconds": round((datetime.now(UTC) - started).total_seconds(), 3),
+            "tables": sum(len(d.tables) for d in dumps),
+        },
+    )
+    return manifest
+
+
+def _restore_test_condition(
+    ctx: RunContext, settings: BackupSettings, checked: Preflight, manifest: Manifest
+) -> Condition:
+    """Restore-test the new backup (spec.verify); the Verified condition it passed with."""
+    tested, left_note = restore_test(
+        ctx, checked.store, manifest, checked.restore_test_server, settings, checked.identities
+    )
+    return Condition(
+        ConditionType.VERIFIED,
+        "True",
+        Reason.RESTORE_TEST_PASSED,
+        f"backup {manifest.backup_id} ({manifest.describe_databases()}) restored with {tested.restored_with} "
+        f"and every table's row count matched{left_note}",
+    )
+
+
+def _retain(
+    args: argparse.Namespace, settings: BackupSettings, checked: Preflight, identifier: str
+) -> RetentionOutcome:
+    """Apply the retention policy (the run's own backup first among equal times), unless --skip-retention."""
+    readable = checked.claimed.readable
+    if args.skip_retention:
+        return RetentionOutcome(take_inventory(checked.store, readable, newest=identifier), [], {})
+    return apply_retention(checked.store, readable, settings.retention, datetime.now(UTC), newest=identifier)
+
+
+def _summary(
+    settings: BackupSettings, checked: Preflight, manifest: Manifest, duration: float, retained: RetentionOutcome
+) -> str:
+    return (
+        f"backup {manifest.backup_id} of {manifest.describe_databases()} on PostgreSQL {checked.server.version} with "
+        f"{checked.tools.describe('pg_dump')}: "
+        f"{human_size(manifest.bytes_stored)} stored "
+        f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
+        f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
+        f"{', with the roles and tablespaces' if manifest.globals else ''}) "
+        f"in {duration:.1f}s; "
+        f"{len(retained.deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
+    )
+
+
 class BackupJob:
     name = "backup"
     kind = DATABASE_BACKUP
@@ -143,124 +263,27 @@ class BackupJob:
             return self._back_up(ctx, args, settings, checked)
 
     def _back_up(self, ctx: RunContext, args: argparse.Namespace, settings: BackupSettings, checked: Preflight) -> str:
-        database, store, facts, tools = checked.database, checked.store, checked.server, checked.tools
         if ctx.dry_run:
-            planned = apply_retention(
-                store, checked.claimed.readable, _as_dry_run(settings.retention), datetime.now(UTC)
-            )
-            return (
-                f"dry run: resource, Secrets, {database.describe()} ({facts.version}), {store.url()} "
-                f"and {tools.describe('pg_dump')} all usable; {len(planned.inventory.backups)} complete backups; "
-                f"retention would delete {len(planned.deleted)} objects"
-                + (f"; would dump {describe_choice(settings, checked)}" if settings.databases else "")
-            )
-
-        unreadable_here = ""
-        if checked.recipients and (settings.encryption is None or settings.encryption.identity is None):
-            unreadable_here = (
-                "; encrypted with no identity in the cluster (spec.encryption.identitySecretRef), so no restore "
-                "test can read these backups: only the holder of the identity can"
-            )
-            log.warning(
-                "backups are encrypted to recipients whose identity is not in the cluster; no restore test can "
-                "read them",
-                extra={"recipients": [fingerprint(r) for r in checked.recipients]},
-            )
+            return _dry_run(settings, checked)
+        unreadable_here = _unreadable_here(settings, checked)
         started = datetime.now(UTC)
         clock = time.monotonic()
         identifier = backup_id(started, ctx.run_id)
         what = describe_choice(settings, checked)
-        run = BackupRun(ctx.run_id, format_time(started), key=data_key_for(store, settings, checked, identifier, None))
+        key = data_key_for(checked.store, settings, checked, identifier, None)
+        run = BackupRun(ctx.run_id, format_time(started), key=key)
         status = RunStatus.of(ctx, BACKUP_RUNS)
         status.started(f"dumping {what} to {run.key}", f"backup {identifier} of {what} started", run)
-        written: list[str] = []
-        try:
-            dumps = dump_databases(ctx, store, settings, checked, identifier, written)
-            globals_object = (
-                dump_server_globals(store, settings, checked, identifier, written) if settings.globals else None
-            )
-        except BaseException:
-            discard(store, written)  # a run is a backup only when every database it names was dumped
-            raise
-        ended = datetime.now(UTC)
-        manifest = Manifest(
-            backup_id=identifier,
-            dumps=dumps,
-            server_version=facts.version,
-            pg_dump_version=tools.describe("pg_dump"),
-            start_time=format_time(started),
-            end_time=format_time(ended),
-            compression=settings.compression.algorithm,
-            compression_level=settings.compression.level,
-            generation=ctx.generation,
-            resource=f"{ctx.ref.namespace}/{ctx.ref.name}",
-            run_id=ctx.run_id,
-            standby=facts.standby,
-            encryption=(
-                Encryption(ENCRYPTION_FORMAT, tuple(fingerprint(r) for r in checked.recipients))
-                if checked.recipients
-                else None
-            ),
-            globals=globals_object,
-            server_wide=settings.databases is not None,
-            manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
-        )
-        failpoint("backup.before-manifest")
-        store.put_bytes(manifest.manifest_key, manifest.to_json())  # the backup exists from here on
+        manifest = _publish(ctx, settings, checked, identifier, started)
         duration = time.monotonic() - clock
-        log.info(
-            "backup published",
-            extra={
-                "manifest": manifest.manifest_key,
-                "databases": manifest.databases,
-                "bytes_raw": manifest.bytes_raw,
-                "bytes_stored": manifest.bytes_stored,
-                "seconds": round(duration, 3),
-                "tables": sum(len(d.tables) for d in dumps),
-            },
-        )
-
-        conditions: list[Condition] = []
-        verified = False
-        if settings.verify:
-            tested, left_note = restore_test(
-                ctx, store, manifest, checked.restore_test_server, settings, checked.identities
-            )
-            verified = True
-            conditions.append(
-                Condition(
-                    ConditionType.VERIFIED,
-                    "True",
-                    Reason.RESTORE_TEST_PASSED,
-                    f"backup {identifier} ({manifest.describe_databases()}) restored with {tested.restored_with} "
-                    f"and every table's row count matched{left_note}",
-                )
-            )
-        retained = (
-            RetentionOutcome(take_inventory(store, checked.claimed.readable, newest=identifier), [], {})
-            if args.skip_retention
-            else apply_retention(
-                store, checked.claimed.readable, settings.retention, datetime.now(UTC), newest=identifier
-            )
-        )
-        inventory, deleted = retained.inventory, retained.deleted
-        message = (
-            f"backup {identifier} of {manifest.describe_databases()} on PostgreSQL {facts.version} with "
-            f"{tools.describe('pg_dump')}: "
-            f"{human_size(manifest.bytes_stored)} stored "
-            f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
-            f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
-            f"{', with the roles and tablespaces' if globals_object else ''}) "
-            f"in {duration:.1f}s; "
-            f"{len(deleted)} old objects deleted"
-            + (f"; {retained.describe_locked()}" if retained.locked else "")
-            + unreadable_here
-        )
+        verified = _restore_test_condition(ctx, settings, checked, manifest) if settings.verify else None
+        retained = _retain(args, settings, checked, identifier)
+        message = _summary(settings, checked, manifest, duration, retained) + unreadable_here
         fields = {
-            **backup_fields(manifest, duration, verified, settings.stale_after),
-            "backupsKept": len(inventory.backups),
+            **backup_fields(manifest, duration, verified is not None, settings.stale_after),
+            "backupsKept": len(retained.inventory.backups),
         }
-        if verified:
+        if verified is not None:
             fields["lastVerification"] = Verification.of(
                 format_time(datetime.now(UTC)), manifest.data_key, True, "row counts matched"
             ).to_status()
@@ -271,7 +294,10 @@ class BackupJob:
                 format_time(datetime.now(UTC)), Reason.COMPLETED, message
             ),
             # Ready says whether the newest backup is fresh, not only that this run went well.
-            conditions=[ready_condition(manifest, settings.stale_after, datetime.now(UTC)), *conditions],
+            conditions=[
+                ready_condition(manifest, settings.stale_after, datetime.now(UTC)),
+                *([verified] if verified is not None else []),
+            ],
             fields=fields,
         )
         return message

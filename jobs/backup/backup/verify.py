@@ -9,13 +9,12 @@ from dataclasses import dataclass, replace
 from psycopg import sql
 
 from common.db import connect, drop_database
-from common.encryption import Identities
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
-from jobs.backup.restore.plan import BackupUnsound, RestorePlan, plan_restore
+from jobs.backup.restore.plan import BackupSource, BackupUnsound, RestoreTarget, plan_restore
 from jobs.backup.restore.stream import check_decryptable, restore_from_storage
 
 log = logging.getLogger(__name__)
@@ -41,28 +40,26 @@ class ScratchLeft:
 
 
 def verify_backup(
-    store: ObjectStore,
-    manifest: Manifest,
-    source: DatabaseSettings,
+    source: BackupSource,
+    server: DatabaseSettings,
     scratch_name: str,
     *,
     application_name: str,
-    identities: Identities | None = None,
     left: list[ScratchLeft] | None = None,
 ) -> VerificationResult:
-    """Restore each database of `manifest` in turn into a new scratch database on the source's server (the
-    first named `scratch_name`), count every table's rows, drop it. `identities` decrypt an encrypted backup.
-    A scratch database that cannot be dropped in time is added to `left`, also when the test fails."""
-    plan = plan_restore(source, manifest, application_name=application_name)
-    check_decryptable(store, manifest, identities, field="spec.encryption.identitySecretRef")
+    """Restore each database of the backup in turn into a new scratch database on `server` (the first named
+    `scratch_name`), count every table's rows, drop it. A scratch database that cannot be dropped in time is
+    added to `left`, also when the test fails."""
+    manifest = source.manifest
+    plan = plan_restore(server, manifest, application_name=application_name)
+    check_decryptable(source, field="spec.encryption.identitySecretRef")
     tables = rows = 0
     left = [] if left is None else left
     for number, dump in enumerate(manifest.dumps):
         # The next database takes a name of its own while the one before is left behind.
         name = scratch_name if not left else f"{scratch_name[:58]}_{number}"
-        mismatches = _restore_and_count(
-            store, manifest.for_database(dump.database), source, name, plan, application_name, identities, left
-        )
+        scratch = RestoreTarget(replace(server, dbname=name), plan, application_name, ("--no-owner", "--no-privileges"))
+        mismatches = _restore_and_count(source.for_database(dump.database), scratch, server, left)
         if mismatches:
             shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
             where = f" (database {dump.database})" if len(manifest.dumps) > 1 else ""
@@ -73,33 +70,19 @@ def verify_backup(
 
 
 def _restore_and_count(
-    store: ObjectStore,
-    manifest: Manifest,
-    source: DatabaseSettings,
-    scratch_name: str,
-    plan: RestorePlan,
-    application_name: str,
-    identities: Identities | None,
-    left: list[ScratchLeft],
+    source: BackupSource, scratch: RestoreTarget, server: DatabaseSettings, left: list[ScratchLeft]
 ) -> list[str]:
-    """Restore the one dump of `manifest` into scratch database `scratch_name`; the tables whose rows differ."""
-    with connect(source, application_name=application_name, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name)))
+    """Restore the one dump of `source` into the scratch database (made on `server` here, dropped after);
+    the tables whose rows differ."""
+    name, application_name = scratch.database.dbname, scratch.application_name
+    with connect(server, application_name=application_name, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        scratch = replace(source, dbname=scratch_name)
-        restore_from_storage(
-            store,
-            manifest,
-            scratch,
-            plan,
-            options=["--no-owner", "--no-privileges"],
-            application_name=application_name,
-            identities=identities,
-        )
+        restore_from_storage(source, scratch)
         failpoint("backup.scratch-restored")
         mismatches = []
-        with connect(scratch, application_name=application_name) as conn:
-            for table in manifest.dump.tables:
+        with connect(scratch.database, application_name=application_name) as conn:
+            for table in source.manifest.dump.tables:
                 query = sql.SQL("SELECT count(*) FROM {}.{}").format(
                     sql.Identifier(table.schema), sql.Identifier(table.name)
                 )
@@ -109,13 +92,13 @@ def _restore_and_count(
                     mismatches.append(f"{table.schema}.{table.name}: {restored} restored, {table.rows} in manifest")
         return mismatches
     finally:
-        why = drop_database(source, scratch_name, application_name=application_name, wait_seconds=scratch_drop_wait())
+        why = drop_database(server, name, application_name=application_name, wait_seconds=scratch_drop_wait())
         if why is not None:
             log.warning(
                 "could not drop the scratch database; the next run drops it",
-                extra={"database": scratch_name, "why": why},
+                extra={"database": name, "why": why},
             )
-            left.append(ScratchLeft(scratch_name, why))
+            left.append(ScratchLeft(name, why))
 
 
 def scratch_drop_wait() -> float:

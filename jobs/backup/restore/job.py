@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ from psycopg import sql
 
 from common.conditions import ConditionType, format_time, is_condition_true
 from common.db import connect, drop_database
-from common.encryption import Identities, resolve_identities
+from common.encryption import resolve_identities
 from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.ownership import Area, Owner, readable_by, take_over_from
@@ -24,11 +24,10 @@ from common.reasons import Reason
 from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
 from jobs.backup.backup.preflight import open_storage
 from jobs.backup.backup.verify import scratch_drop_wait
 from jobs.backup.catalog import Manifest, find_backup
-from jobs.backup.restore.plan import RestorePlan, plan_restore
+from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget, plan_restore
 from jobs.backup.restore.roles import apply_globals
 from jobs.backup.restore.staged import restore_staged
 from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_toc, restore_from_storage
@@ -94,11 +93,10 @@ class SelectedRestore:
         return self.toc.list_file()
 
 
-def choose_entries(
-    store: ObjectStore, manifest: Manifest, plan: RestorePlan, identities: Identities | None, selection: Selection
-) -> SelectedRestore:
+def choose_entries(source: BackupSource, plan: RestorePlan, selection: Selection) -> SelectedRestore:
     """The entries of the backup's table of contents that restore `selection`; every name must be there."""
-    entries = parse_toc(read_toc(store, manifest, plan, identities))
+    manifest = source.manifest
+    entries = parse_toc(read_toc(source, plan))
     missing = missing_names(entries, selection)
     if missing:
         raise InvalidSpec(f"spec.select: backup {manifest.backup_id} holds no {', '.join(missing)}")
@@ -161,58 +159,54 @@ def _found(row: tuple[object, ...] | None) -> bool:
     return row is not None and row[0] is not None
 
 
+@dataclass(frozen=True)
+class RestoreRequest:
+    """One DatabaseRestore, resolved before anything is written: the backup, where each of its databases goes,
+    the plan into that server, the spec's settings, and a partial restore's entries."""
+
+    source: BackupSource
+    server: DatabaseSettings  # a database on the target server to connect to (`postgres` with createDatabase)
+    plan: RestorePlan
+    targets: list[tuple[Manifest, DatabaseSettings]]
+    settings: RestoreSettings
+    selected: SelectedRestore | None = None
+
+    def into(self, database: DatabaseSettings, options: Sequence[str] = ()) -> RestoreTarget:
+        return RestoreTarget(database, self.plan, APPLICATION, tuple(options))
+
+    def pg_restore_options(self, list_file: Path | None) -> list[str]:
+        options = ["--no-owner"] if self.settings.no_owner else []
+        if self.settings.clean:
+            options += ["--clean", "--if-exists"]
+        return options + ([f"--use-list={list_file}"] if list_file is not None else [])
+
+
 def _restore(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
-    settings: RestoreSettings,
-    selected: SelectedRestore | None,
-    identities: Identities | None,
-    on_progress: Callable[[int], None],
+    request: RestoreRequest, manifest: Manifest, database: DatabaseSettings, on_progress: Callable[[int], None]
 ) -> tuple[RestoreResult, str]:
-    """Create the target if asked, restore from the stream or from a staged copy, and drop a database it
-    created again on any failure. Returns the result and how it was restored."""
-    options = ["--no-owner"] if settings.no_owner else []
-    if settings.clean:
-        options += ["--clean", "--if-exists"]
+    """Create the target if asked, restore one database of the backup from the stream or from a staged copy,
+    and drop a database it created again on any failure. Returns the result and how it was restored."""
+    settings, selected = request.settings, request.selected
+    source = replace(request.source, manifest=manifest)
     with tempfile.TemporaryDirectory(prefix="cellar-restore-") as scratch:  # in /tmp: the Pod's emptyDir
+        list_file = None
         if selected is not None:
             list_file = Path(scratch) / "selected.list"
             list_file.write_text(selected.list_file(), encoding="utf-8")
-            options.append(f"--use-list={list_file}")
+        target = request.into(database, request.pg_restore_options(list_file))
         if settings.create_database:
-            create_database(target, "" if settings.no_owner else manifest.dump.owner)
+            create_database(database, "" if settings.no_owner else manifest.dump.owner)
         try:
             if settings.staging_path is not None:
                 staged = restore_staged(
-                    store,
-                    manifest,
-                    target,
-                    plan,
-                    staging=settings.staging_path,
-                    jobs=settings.parallelism,
-                    options=options,
-                    application_name=APPLICATION,
-                    on_progress=on_progress,
-                    identities=identities,
+                    source, target, staging=settings.staging_path, jobs=settings.parallelism, on_progress=on_progress
                 )
                 return staged, f"pg_restore --jobs={settings.parallelism} from a copy staged in {settings.staging_path}"
-            streamed = restore_from_storage(
-                store,
-                manifest,
-                target,
-                plan,
-                options=options,
-                application_name=APPLICATION,
-                on_progress=on_progress,
-                identities=identities,
-                verified=selected is not None,
-            )
+            streamed = restore_from_storage(source, target, on_progress=on_progress, verified=selected is not None)
             return streamed, "streaming"
         except BaseException:
             if settings.create_database:  # leave nothing half-made behind
-                drop_created(target)
+                drop_created(database)
             raise
 
 
@@ -269,27 +263,19 @@ def describe_targets(targets: list[tuple[Manifest, DatabaseSettings]]) -> str:
     return f"{len(names)} databases ({', '.join(names)}) on {targets[0][1].describe().rsplit(' on ', 1)[-1]}"
 
 
-def restore_all(
-    store: ObjectStore,
-    targets: list[tuple[Manifest, DatabaseSettings]],
-    plan: RestorePlan,
-    settings: RestoreSettings,
-    selected: SelectedRestore | None,
-    identities: Identities | None,
-    progress: ProgressReporter,
-) -> tuple[int, str]:
+def restore_all(request: RestoreRequest, progress: ProgressReporter) -> tuple[int, str]:
     """Restore each database in turn; with createDatabase a failure drops the ones restored before it too
     (all or nothing). The bytes read, and how it restored."""
     bytes_read, how = 0, ""
     restored: list[DatabaseSettings] = []
     try:
-        for view, into in targets:
+        for view, into in request.targets:
             log.info("restoring database", extra={"key": view.data_key, "into": into.describe()})
-            result, how = _restore(store, view, into, plan, settings, selected, identities, progress.after(bytes_read))
+            result, how = _restore(request, view, into, progress.after(bytes_read))
             bytes_read += result.bytes_read
             restored.append(into)
     except BaseException:
-        if settings.create_database:
+        if request.settings.create_database:
             for into in restored:
                 drop_created(into)
         raise
@@ -309,7 +295,34 @@ class RestoreJob:
         observed = (ctx.resource.get("status") or {}).get("observedGeneration")
         if is_condition_true(conditions, ConditionType.SUCCEEDED) and observed == ctx.generation:
             return "already restored for this generation; nothing to do"
-        settings = parse_restore_spec(ctx.spec)
+        request = self._resolve(ctx, parse_restore_spec(ctx.spec))
+        manifest, plan, selected = request.source.manifest, request.plan, request.selected
+        what = f"{selected.describe()} of " if selected else ""
+        into_what = describe_targets(request.targets)
+        if ctx.dry_run:
+            return f"dry run: would restore {what}{manifest.backup_id} into {into_what} with {plan.describe()}"
+        outcome = RestoreOutcome(key=manifest.data_key, start_time=format_time(datetime.now(UTC)))
+        status = RunStatus.of(ctx, RESTORE_RUNS)
+        status.started(
+            f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
+            f"restore of {manifest.backup_id} into {into_what} started",
+            outcome,
+        )
+        roles = self._apply_globals(request)
+        progress = ProgressReporter("bytes", sum(view.bytes_stored for view, _ in request.targets), status.progressed)
+        bytes_read, how = restore_all(request, progress)
+        message = (
+            f"restored {what}{manifest.backup_id} ({bytes_read} bytes, SHA-256 verified) into "
+            f"{into_what} with {plan.describe()}, {how}{roles}"
+        )
+        read = replace(outcome, bytes_read=bytes_read).ended(format_time(datetime.now(UTC)), Reason.COMPLETED, message)
+        status.succeeded(Reason.COMPLETED, message, read)
+        return message
+
+    @staticmethod
+    def _resolve(ctx: RunContext, settings: RestoreSettings) -> RestoreRequest:
+        """Everything the restore needs, checked before anything is written: the backup and its key, the target
+        server and the tools into it, which database goes where, a partial restore's entries."""
         try:
             backup_resource = ctx.kube.get(ResourceRef(DATABASE_BACKUP, ctx.ref.namespace, settings.backup_name))
         except NotFound as exc:
@@ -331,7 +344,8 @@ class RestoreJob:
                 reason=Reason.TARGET_TOO_OLD,
             )
         identities = resolve_identities(ctx.secrets, settings.identity) if settings.identity else None
-        check_decryptable(store, manifest, identities, field="spec.decryption.identitySecretRef")
+        source = BackupSource(store, manifest, identities)
+        check_decryptable(source, field="spec.decryption.identitySecretRef")
         if settings.globals and manifest.globals is None:
             raise InvalidSpec(
                 f"spec.globals: backup {manifest.backup_id} holds no roles or tablespaces; turn on "
@@ -343,41 +357,19 @@ class RestoreJob:
         selected = None
         if settings.selection is not None:
             (one, into), *_ = targets
-            selected = choose_entries(store, one, plan, identities, settings.selection)
+            selected = choose_entries(replace(source, manifest=one), plan, settings.selection)
             selected = check_target(into, selected, clean=settings.clean, created=settings.create_database)
-        what = f"{selected.describe()} of " if selected else ""
-        into_what = describe_targets(targets)
-        if ctx.dry_run:
-            return f"dry run: would restore {what}{manifest.backup_id} into {into_what} with {plan.describe()}"
+        return RestoreRequest(source, server, plan, targets, settings, selected)
 
-        outcome = RestoreOutcome(key=manifest.data_key, start_time=format_time(datetime.now(UTC)))
-        status = RunStatus.of(ctx, RESTORE_RUNS)
-        status.started(
-            f"restoring {manifest.backup_id} into {into_what} with {plan.describe()}",
-            f"restore of {manifest.backup_id} into {into_what} started",
-            outcome,
-        )
-        roles = ""
-        if settings.globals:
-            applied = apply_globals(store, manifest, server, plan, identities=identities, application_name=APPLICATION)
-            roles = f"; roles and tablespaces applied first ({applied.statements} statements"
-            roles += f", {len(applied.errors)} failed: {'; '.join(applied.errors[:5])})" if applied.errors else ")"
-            log.info(
-                "roles and tablespaces applied", extra={"statements": applied.statements, "errors": applied.errors}
-            )
-        progress = ProgressReporter(
-            "bytes",
-            sum(view.bytes_stored for view, _ in targets),
-            status.progressed,
-        )
-        bytes_read, how = restore_all(store, targets, plan, settings, selected, identities, progress)
-        message = (
-            f"restored {what}{manifest.backup_id} ({bytes_read} bytes, SHA-256 verified) into "
-            f"{into_what} with {plan.describe()}, {how}{roles}"
-        )
-        read = replace(outcome, bytes_read=bytes_read).ended(format_time(datetime.now(UTC)), Reason.COMPLETED, message)
-        status.succeeded(Reason.COMPLETED, message, read)
-        return message
+    @staticmethod
+    def _apply_globals(request: RestoreRequest) -> str:
+        """The backup's roles and tablespaces first, when the spec asks; what the message says of them."""
+        if not request.settings.globals:
+            return ""
+        applied = apply_globals(request.source, request.into(request.server))
+        log.info("roles and tablespaces applied", extra={"statements": applied.statements, "errors": applied.errors})
+        roles = f"; roles and tablespaces applied first ({applied.statements} statements"
+        return roles + (f", {len(applied.errors)} failed: {'; '.join(applied.errors[:5])})" if applied.errors else ")")
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         RunStatus.of(ctx, RESTORE_RUNS).failed(error)

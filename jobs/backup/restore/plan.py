@@ -1,15 +1,20 @@
-"""What a restore runs: the client tools and the way into the target server (RestorePlan), chosen before anything
-is written, and the failures that say a backup or its restore went wrong."""
+"""What a restore reads and writes: the backup (BackupSource), the target and the way into it (RestoreTarget,
+with its RestorePlan, chosen before anything is written), and the failures that say a backup or its restore
+went wrong."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from common.db import connect
+from common.db import connect, libpq_environment
+from common.encryption import Identities
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
+from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.pgtools import ClientTools, psql_for, restores_through_sql, tools_for_restore
 
@@ -68,3 +73,38 @@ def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_na
         extra={"pg_restore": tools.describe("pg_restore"), "psql": psql.describe("psql"), "server": version},
     )
     return RestorePlan(tools, version, through_sql=True, psql=psql, known_settings=settings)
+
+
+@dataclass(frozen=True)
+class BackupSource:
+    """The backup a restore reads: the store it is in, its manifest (or one database's view of it), and the
+    identities that decrypt it when it is encrypted."""
+
+    store: ObjectStore
+    manifest: Manifest
+    identities: Identities | None = None
+
+    def for_database(self, name: str) -> BackupSource:
+        return replace(self, manifest=self.manifest.for_database(name))
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """Where a restore writes and how: the database, the plan (which tools, which way in), pg_restore's
+    options, and the application_name its sessions carry."""
+
+    database: DatabaseSettings
+    plan: RestorePlan
+    application_name: str
+    options: tuple[str, ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        """The connection in libpq's variables; the database goes by --dbname."""
+        env = {**os.environ, **libpq_environment(self.database, application_name=self.application_name)}
+        env.pop("PGDATABASE", None)
+        return env
+
+    def pg_restore(self, arguments: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """The plan's pg_restore into the database with `arguments` (after the options), and its environment."""
+        argv = [self.plan.tools.path("pg_restore"), "--exit-on-error", "--no-password"]
+        return [*argv, f"--dbname={self.database.dbname}", *self.options, *arguments], self.environment()

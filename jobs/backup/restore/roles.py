@@ -9,12 +9,9 @@ import subprocess
 from dataclasses import dataclass
 
 from common.db import libpq_environment
-from common.encryption import CorruptedCiphertext, DecryptionFailed, Identities, decrypt_bytes
-from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
-from jobs.backup.catalog import Manifest
+from common.encryption import CorruptedCiphertext, DecryptionFailed, decrypt_bytes
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore.plan import ChecksumMismatch, RestoreFailed, RestorePlan
+from jobs.backup.restore.plan import BackupSource, ChecksumMismatch, RestoreFailed, RestoreTarget
 
 
 @dataclass(frozen=True)
@@ -23,24 +20,17 @@ class GlobalsApplied:
     errors: list[str]  # the statements that failed, as psql reported them (a role that exists already)
 
 
-def apply_globals(
-    store: ObjectStore,
-    manifest: Manifest,
-    server: DatabaseSettings,
-    plan: RestorePlan,
-    *,
-    identities: Identities | None,
-    application_name: str,
-) -> GlobalsApplied:
+def apply_globals(source: BackupSource, server: RestoreTarget) -> GlobalsApplied:
     """Run the backup's roles, memberships, role settings and tablespaces (pg_dumpall --globals-only) on
     the target server with psql, after checking the object's SHA-256.
 
     The statements run one by one, not in a transaction, and a failing one does not stop the rest: on a
     server that has some of the roles already, CREATE ROLE fails for those and the ALTER ROLE that follows
     still sets their attributes. The failures are returned for the message."""
+    manifest, identities, plan = source.manifest, source.identities, server.plan
     assert manifest.globals is not None
     described = manifest.globals
-    body = store.get_bytes(described.data_key)
+    body = source.store.get_bytes(described.data_key)
     digest = hashlib.sha256(body).hexdigest()
     if len(body) != described.bytes_stored or digest != described.sha256:
         raise ChecksumMismatch(
@@ -56,7 +46,7 @@ def apply_globals(
             raise ChecksumMismatch(str(exc)) from None
     sql_text = decompressor_for(manifest.compression).decompress(body)
     argv = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0"]
-    env = {**os.environ, **libpq_environment(server, application_name=application_name)}
+    env = {**os.environ, **libpq_environment(server.database, application_name=server.application_name)}
     done = subprocess.run(argv, input=sql_text, capture_output=True, env=env, check=False)
     errors = [
         line.split("ERROR:", 1)[1].strip()

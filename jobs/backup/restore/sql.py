@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from common.db import libpq_environment
-from common.secrets import DatabaseSettings
 from jobs.backup.pgtools import StderrTail, stop_process
-from jobs.backup.restore.plan import RestoreFailed, RestorePlan
+from jobs.backup.restore.plan import RestoreFailed, RestoreTarget
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +45,12 @@ class SqlRestore:
     before it read the archive's held-back end: a pg_restore that fails, or is killed because the checksum
     did not match, leaves psql killed and its transaction rolled back."""
 
-    def __init__(self, plan: RestorePlan, target: DatabaseSettings, options: Sequence[str], application_name: str):
-        self.plan = plan
-        env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-        env.pop("PGDATABASE", None)
-        writer = [plan.tools.path("pg_restore"), "--exit-on-error", "--file=-", *options]
+    def __init__(self, target: RestoreTarget):
+        self.plan = plan = target.plan
+        env = target.environment()
+        writer = [plan.tools.path("pg_restore"), "--exit-on-error", "--file=-", *target.options]
         runner = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction"]
-        runner += ["--set=ON_ERROR_STOP=1", f"--dbname={target.dbname}"]
+        runner += ["--set=ON_ERROR_STOP=1", f"--dbname={target.database.dbname}"]
         self.writer = subprocess.Popen(
             writer, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )

@@ -5,35 +5,27 @@ from __future__ import annotations
 import errno
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from common.encryption import Identities
 from common.errors import PermanentError
 from common.reasons import Reason
-from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore.plan import RestoreFailed, RestorePlan
-from jobs.backup.restore.stream import RestoreResult, StoredObject, decode_into, pg_restore_command
+from jobs.backup.restore.plan import BackupSource, RestoreFailed, RestoreTarget
+from jobs.backup.restore.stream import RestoreResult, StoredObject, decode_into
 from jobs.backup.status import human_size
 
 STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
 
 
 def restore_staged(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
+    source: BackupSource,
+    target: RestoreTarget,
     *,
     staging: str,
     jobs: int,
-    options: Sequence[str] = (),
-    application_name: str,
     on_progress: Callable[[int], None] = lambda _: None,
-    identities: Identities | None = None,
 ) -> RestoreResult:
     """Download, decrypt and decompress the dump into a file under `staging`, check the object's SHA-256,
     then `pg_restore --jobs`; the file is removed whatever happens.
@@ -41,6 +33,44 @@ def restore_staged(
     The free space is checked before the download (InsufficientSpace). pg_restore -j cannot run in one
     transaction: callers restore into a database made for it, and drop it again on failure.
     """
+    manifest = source.manifest
+    directory = _staging_with_room(staging, manifest)
+    staged = directory / f"cellar-{manifest.backup_id}.pgdump"
+    stored = StoredObject(source, on_progress)
+    try:
+        try:
+            with staged.open("wb") as out:
+                decompressor = decompressor_for(manifest.compression)
+
+                def write(chunk: bytes) -> None:
+                    out.write(decompressor.decompress(chunk))
+
+                decode_into(stored, source, write)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise PermanentError(
+                f"writing the staged dump to {staging} failed ({exc.strerror}); nothing was restored",
+                reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
+            ) from None
+        stored.check()  # before pg_restore reads a byte of it
+        argv, env = target.pg_restore([f"--jobs={jobs}", str(staged)])
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+            raise RestoreFailed(
+                f"{target.plan.describe()} (--jobs={jobs}) exited with code {done.returncode}: {' '.join(lines[-5:])}"
+            )
+        return RestoreResult(stored.read, staged.stat().st_size)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _staging_with_room(staging: str, manifest: Manifest) -> Path:
+    """The staging directory, once it is usable and has room for the dump (InsufficientSpace before any
+    download when it has not)."""
     directory = Path(staging)
     try:
         free = shutil.disk_usage(directory).free
@@ -57,34 +87,4 @@ def restore_staged(
             "the stream",
             reason=Reason.INSUFFICIENT_SPACE,
         )
-    staged = directory / f"cellar-{manifest.backup_id}.pgdump"
-    stored = StoredObject(store, manifest, on_progress)
-    try:
-        try:
-            with staged.open("wb") as out:
-                decompressor = decompressor_for(manifest.compression)
-
-                def write(chunk: bytes) -> None:
-                    out.write(decompressor.decompress(chunk))
-
-                decode_into(stored, manifest, identities, write)
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            raise PermanentError(
-                f"writing the staged dump to {staging} failed ({exc.strerror}); nothing was restored",
-                reason=Reason.INSUFFICIENT_SPACE if exc.errno == errno.ENOSPC else Reason.INVALID_SPEC,
-            ) from None
-        stored.check()  # before pg_restore reads a byte of it
-        argv, env = pg_restore_command(plan, target, [f"--jobs={jobs}", *options, str(staged)], application_name)
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
-        )
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-            raise RestoreFailed(
-                f"{plan.describe()} (--jobs={jobs}) exited with code {done.returncode}: {' '.join(lines[-5:])}"
-            )
-        return RestoreResult(stored.read, staged.stat().st_size)
-    finally:
-        staged.unlink(missing_ok=True)
+    return directory

@@ -16,29 +16,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import queue
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.db import libpq_environment
 from common.encryption import (
     HEADER_PROBE_BYTES,
     CorruptedCiphertext,
     DecryptionFailed,
-    Identities,
     decrypt_stream,
 )
 from common.errors import CellarError
-from common.secrets import DatabaseSettings
-from common.storage import ObjectStore
-from jobs.backup.catalog import Manifest
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import StderrTail, stop_process
-from jobs.backup.restore.plan import ChecksumMismatch, RestoreFailed, RestorePlan
+from jobs.backup.restore.plan import BackupSource, ChecksumMismatch, RestoreFailed, RestorePlan, RestoreTarget
 from jobs.backup.restore.sql import SqlRestore
 
 log = logging.getLogger(__name__)
@@ -49,10 +43,11 @@ HOLD_BACK = 64 * 1024
 PREFETCH_CHUNKS = 8  # of CHUNK each: how far the download may run ahead of pg_restore
 
 
-def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identities | None, *, field: str) -> None:
+def check_decryptable(source: BackupSource, *, field: str) -> None:
     """Before anything is written: an encrypted backup needs an identity, and one of those given must
     open its header (the first HEADER_PROBE_BYTES bytes, read on their own). `field` is where the spec
     names the identity."""
+    manifest, identities = source.manifest, source.identities
     if manifest.encryption is None:
         return
     if identities is None:
@@ -61,7 +56,7 @@ def check_decryptable(store: ObjectStore, manifest: Manifest, identities: Identi
             f"{', '.join(manifest.encryption.recipients)}); name the Secret holding an identity of one of "
             f"these recipients in {field}"
         )
-    head = store.get_range(manifest.data_key, 0, HEADER_PROBE_BYTES)
+    head = source.store.get_range(manifest.data_key, 0, HEADER_PROBE_BYTES)
     with contextlib.suppress(CorruptedCiphertext):  # the header opened; the probe ends before the object
         decrypt_stream([head], identities, lambda _: None, what=manifest.data_key)
 
@@ -97,8 +92,8 @@ class StoredObject:
     """The backup's object as it streams in, with the SHA-256 and size of what came so far. A backup of
     several databases is read one database at a time (Manifest.for_database)."""
 
-    def __init__(self, store: ObjectStore, manifest: Manifest, on_progress: Callable[[int], None]) -> None:
-        self._store, self._dump, self._on_progress = store, manifest.dump, on_progress
+    def __init__(self, source: BackupSource, on_progress: Callable[[int], None]) -> None:
+        self._store, self._dump, self._on_progress = source.store, source.manifest.dump, on_progress
         self._digest = hashlib.sha256()
         self._stream: Iterator[bytes] | None = None
         self.read = 0
@@ -157,11 +152,10 @@ class StoredObject:
             )
 
 
-def decode_into(
-    stored: StoredObject, manifest: Manifest, identities: Identities | None, sink: Callable[[bytes], None]
-) -> None:
+def decode_into(stored: StoredObject, source: BackupSource, sink: Callable[[bytes], None]) -> None:
     """Stream the object, decrypted when it is encrypted, into `sink`; errors of the bytes themselves
     (a chunk that fails age's authentication, a frame that does not decompress) are ChecksumMismatch."""
+    manifest, identities = source.manifest, source.identities
     try:
         if manifest.encryption is None:
             for chunk in stored.chunks():
@@ -189,7 +183,7 @@ class _Decompressing:
         self._stdin.write(self._decompressor.decompress(chunk))
 
 
-def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identities: Identities | None) -> str:
+def read_toc(source: BackupSource, plan: RestorePlan) -> str:
     """The backup's table of contents with dependencies (`pg_restore -l -v`), and the whole object's
     SHA-256 checked against the manifest (ChecksumMismatch).
 
@@ -206,12 +200,10 @@ def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identiti
     listing: list[bytes] = []  # read on a thread: a long listing would fill the pipe while we write
     reader = threading.Thread(target=lambda: listing.append(stdout.read()), daemon=True)
     reader.start()
-    stored = StoredObject(store, manifest, lambda _: None)
+    stored = StoredObject(source, lambda _: None)
     try:
         try:
-            decode_into(
-                stored, manifest, identities, _Decompressing(decompressor_for(manifest.compression), process.stdin)
-            )
+            decode_into(stored, source, _Decompressing(decompressor_for(source.manifest.compression), process.stdin))
             process.stdin.close()
         except BrokenPipeError:
             pass  # pg_restore read the table of contents and exited
@@ -226,17 +218,6 @@ def read_toc(store: ObjectStore, manifest: Manifest, plan: RestorePlan, identiti
         return b"".join(listing).decode("utf-8", errors="replace")
     finally:
         stop_process(process)
-
-
-def pg_restore_command(
-    plan: RestorePlan, target: DatabaseSettings, arguments: Sequence[str], application_name: str
-) -> tuple[list[str], dict[str, str]]:
-    """The plan's pg_restore into `target` with `arguments`, and its environment (the connection in libpq's
-    variables, the database by --dbname)."""
-    argv = [plan.tools.path("pg_restore"), "--exit-on-error", "--no-password", f"--dbname={target.dbname}"]
-    env = {**os.environ, **libpq_environment(target, application_name=application_name)}
-    env.pop("PGDATABASE", None)
-    return [*argv, *arguments], env
 
 
 class RestoreProcess(Protocol):
@@ -257,9 +238,9 @@ class RestoreProcess(Protocol):
 class PgRestore:
     """pg_restore --single-transaction connected to the server, reading the archive on stdin."""
 
-    def __init__(self, plan: RestorePlan, target: DatabaseSettings, options: Sequence[str], application_name: str):
-        self.plan = plan
-        argv, env = pg_restore_command(plan, target, ["--single-transaction", *options], application_name)
+    def __init__(self, target: RestoreTarget):
+        self.plan = target.plan
+        argv, env = target.pg_restore(["--single-transaction"])
         self.process = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
         )
@@ -286,30 +267,22 @@ class RestoreResult:
 
 
 def restore_from_storage(
-    store: ObjectStore,
-    manifest: Manifest,
-    target: DatabaseSettings,
-    plan: RestorePlan,
+    source: BackupSource,
+    target: RestoreTarget,
     *,
-    options: Sequence[str] = (),
-    application_name: str,
     on_progress: Callable[[int], None] = lambda _: None,
-    identities: Identities | None = None,
     verified: bool = False,
 ) -> RestoreResult:
-    """Stream the backup into pg_restore; `identities` decrypt it when it is encrypted (check_decryptable
+    """Stream the backup into pg_restore; `source.identities` decrypt it when it is encrypted (check_decryptable
     has said they open it). `verified`: the object's checksum was checked already (read_toc, for a
     partial restore, where pg_restore may finish and commit before the end of the stream)."""
-    process: RestoreProcess
-    if plan.through_sql:
-        process = SqlRestore(plan, target, options, application_name)
-    else:
-        process = PgRestore(plan, target, options, application_name)
+    manifest, plan = source.manifest, target.plan
+    process: RestoreProcess = SqlRestore(target) if plan.through_sql else PgRestore(target)
     sink = HeldBackSink(decompressor_for(manifest.compression), process.stdin)
-    stored = StoredObject(store, manifest, on_progress)
+    stored = StoredObject(source, on_progress)
     try:
         try:
-            decode_into(stored, manifest, identities, sink)
+            decode_into(stored, source, sink)
         except BrokenPipeError:
             process.finish()  # it stopped reading: a failure raises here
             if verified:
