@@ -263,31 +263,10 @@ def run_job(
             args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
         except SystemExit as exc:  # --help and --version exit 0 through argparse
             return int(exc.code or 0)
-        logging.getLogger().setLevel(args.log_level.upper())
-        if args.log_format not in LOG_FORMATS:  # from CELLAR_LOG_FORMAT; argparse checks only the flag
-            raise UsageError(f"CELLAR_LOG_FORMAT={args.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
-        set_log_format(args.log_format)
+        _apply_log_settings(args)
         interrupts.install()
-        invocation = resolve_invocation(args)
-        bind_resource(invocation.namespace, invocation.name)
-        ref = ResourceRef(job.kind, invocation.namespace, invocation.name)
-        kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
-        resource = _get_resource(kube, ref, _wait_for_resource_seconds())
-        ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
-        log.info(
-            "run started",
-            extra={"generation": ctx.generation, "dry_run": invocation.dry_run, "identity": process_identity()},
-        )
-        if not invocation.dry_run and not getattr(job, "output_on_stdout", False):
-            ctx.metrics = start_run_metrics(
-                ctx.spec,
-                operation=job.name,
-                kind=job.kind.kind,
-                namespace=ref.namespace,
-                name=ref.name,
-                run_id=run_id,
-                at=ctx.started,
-            )
+        ctx = _open_context(job, args, run_id, interrupts, transport_factory)
+        ctx.metrics = _start_metrics(job, ctx)
         summary = job.run(ctx, args)
         log.info("run finished", extra={"summary": summary, "seconds": round(time.monotonic() - started, 3)})
         write_termination_log(summary)
@@ -307,6 +286,49 @@ def run_job(
         return _fail(job, ctx, wrapped, started)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _apply_log_settings(args: argparse.Namespace) -> None:
+    logging.getLogger().setLevel(args.log_level.upper())
+    if args.log_format not in LOG_FORMATS:  # from CELLAR_LOG_FORMAT; argparse checks only the flag
+        raise UsageError(f"CELLAR_LOG_FORMAT={args.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    set_log_format(args.log_format)
+
+
+def _open_context(
+    job: Job,
+    args: argparse.Namespace,
+    run_id: str,
+    interrupts: Interrupts,
+    transport_factory: Callable[[str | None], KubeTransport],
+) -> RunContext:
+    """Which resource the run is for, the cluster it talks to, and the resource as it is now."""
+    invocation = resolve_invocation(args)
+    bind_resource(invocation.namespace, invocation.name)
+    ref = ResourceRef(job.kind, invocation.namespace, invocation.name)
+    kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
+    resource = _get_resource(kube, ref, _wait_for_resource_seconds())
+    ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
+    log.info(
+        "run started",
+        extra={"generation": ctx.generation, "dry_run": invocation.dry_run, "identity": process_identity()},
+    )
+    return ctx
+
+
+def _start_metrics(job: Job, ctx: RunContext) -> RunMetrics | None:
+    """The run's metrics (pushed when it ends); none for a dry run or a command whose output is a listing."""
+    if ctx.invocation.dry_run or getattr(job, "output_on_stdout", False):
+        return None
+    return start_run_metrics(
+        ctx.spec,
+        operation=job.name,
+        kind=job.kind.kind,
+        namespace=ctx.ref.namespace,
+        name=ctx.ref.name,
+        run_id=ctx.run_id,
+        at=ctx.started,
+    )
 
 
 def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:

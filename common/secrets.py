@@ -55,6 +55,25 @@ class Secrets:
         )
 
 
+def _from_uri(spec: DatabaseSpec, uri: str) -> dict[str, str]:
+    """The connection settings a Secret's `uri` key holds (none without one); its password is registered for
+    redaction."""
+    if not uri:
+        return {}
+    parts = urlsplit(uri)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise InvalidSpec(f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with postgresql://')
+    register_secret(unquote(parts.password or ""))
+    found = {
+        "host": parts.hostname or "",
+        "port": str(parts.port or ""),
+        "dbname": unquote(parts.path.lstrip("/")),
+        "username": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+    }
+    return {key: value for key, value in found.items() if value}
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     """Everything needed to connect; `password` never leaves this process except to libpq."""
@@ -81,25 +100,7 @@ def resolve_database(spec: DatabaseSpec, secret: Mapping[str, str]) -> DatabaseS
     """
     for sensitive in ("password", "uri", "pgpass", "jdbc-uri"):
         register_secret(secret.get(sensitive))
-    from_uri: dict[str, str] = {}
-    if secret.get("uri"):
-        parts = urlsplit(secret["uri"])
-        if parts.scheme not in ("postgres", "postgresql"):
-            raise InvalidSpec(
-                f'{spec.field}.secretRef: Secret "{spec.secret_name}" key uri must start with postgresql://'
-            )
-        register_secret(unquote(parts.password or ""))
-        from_uri = {
-            k: v
-            for k, v in {
-                "host": parts.hostname or "",
-                "port": str(parts.port or ""),
-                "dbname": unquote(parts.path.lstrip("/")),
-                "username": unquote(parts.username or ""),
-                "password": unquote(parts.password or ""),
-            }.items()
-            if v
-        }
+    from_uri = _from_uri(spec, secret.get("uri") or "")
 
     def pick(*keys: str) -> str | None:
         for key in keys:
