@@ -23,8 +23,7 @@ from typing import Any
 
 import pyrage
 
-from common.errors import InvalidSpec, PermanentError
-from common.reasons import Reason
+from common.errors import DecryptionFailed, InvalidSpec
 from common.redact import register_secret
 from common.secrets import Secrets
 from common.spec import SecretKeyRef, SpecReader
@@ -38,12 +37,6 @@ DOCUMENTATION_EXAMPLES = frozenset({"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8z
 IDENTITY_PREFIX = "AGE-SECRET-KEY-1"
 # An age header with a few dozen recipients fits here; the restore checks the identity on it first.
 HEADER_PROBE_BYTES = 64 * 1024
-
-
-class DecryptionFailed(PermanentError):
-    """No identity given opens the object, or none was given for an encrypted one."""
-
-    reason = Reason.DECRYPTION_FAILED
 
 
 class CorruptedCiphertext(Exception):

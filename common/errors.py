@@ -85,3 +85,46 @@ class Interrupted(CellarError):
 
     exit_class = EXIT_INTERRUPTED
     reason = Reason.INTERRUPTED
+
+
+# ---- failures of the bytes and the tools, raised where they are found and caught by reason
+
+
+class InjectedFailure(RetryableError):
+    """A test's failpoint (common.failpoints) failed the run on purpose."""
+
+    reason = Reason.INJECTED_FAILURE
+
+
+class DecryptionFailed(PermanentError):
+    """No identity given opens the object, or none was given for an encrypted one."""
+
+    reason = Reason.DECRYPTION_FAILED
+
+
+class VerificationFailed(PermanentError):
+    """What the store holds, or what was read back, is not what was written."""
+
+    reason = Reason.VERIFICATION_FAILED
+
+
+class DumpFailed(CellarError):
+    """pg_dump exited non-zero; nothing was published."""
+
+    reason = Reason.DUMP_FAILED
+
+
+class BackupUnsound(PermanentError):
+    """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
+
+
+class ChecksumMismatch(BackupUnsound):
+    reason = Reason.CHECKSUM_MISMATCH
+
+
+class RestoreFailed(PermanentError):
+    reason = Reason.RESTORE_FAILED
+
+
+class RowCountMismatch(BackupUnsound):
+    reason = Reason.ROW_COUNT_MISMATCH

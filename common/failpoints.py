@@ -13,8 +13,7 @@ import sys
 import threading
 import time
 
-from common.errors import RetryableError
-from common.reasons import Reason
+from common.errors import InjectedFailure
 
 
 def _parse(value: str) -> dict[str, int | str | None]:
@@ -33,10 +32,6 @@ def _parse(value: str) -> dict[str, int | str | None]:
 _ENABLED = _parse(os.environ.get("CELLAR_FAILPOINTS", ""))
 _passes: dict[str, int] = {}
 _lock = threading.Lock()
-
-
-class InjectedFailure(RetryableError):
-    reason = Reason.INJECTED_FAILURE
 
 
 def failpoint(name: str) -> None:

@@ -19,14 +19,14 @@ may load another TableArchive's archive of the same table (into another database
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from common.conditions import format_time
+from common.documents import StoredDocument
 from common.errors import CellarError, PermanentError
 from common.reasons import Reason
 from common.storage import ObjectStore
@@ -98,36 +98,37 @@ class Area:
 
 
 @dataclass(frozen=True)
-class Claim:
+class Claim(StoredDocument):
     """The prefix's owner record: who owns it since when, and who owned it before (newest first)."""
+
+    what: ClassVar[str] = "owner record"
 
     owner: Owner
     claimed_at: str
     previous: tuple[Owner, ...] = ()
 
-    def to_json(self) -> bytes:
-        body = {
+    def to_body(self) -> dict[str, Any]:
+        return {
             "owner": self.owner.to_json(),
             "claimedAt": self.claimed_at,
             "previousOwners": [o.to_json() for o in self.previous],
         }
-        return json.dumps(body, indent=2).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str) -> Claim:
-        try:
-            body = json.loads(raw)
-            return cls(
-                Owner.from_json(body["owner"]),
-                str(body["claimedAt"]),
-                tuple(Owner.from_json(o) for o in body.get("previousOwners", [])),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentError(
-                f"{where} is not a cellar owner record ({exc}); it says which resource owns this prefix. "
-                "Delete it only if no other resource writes under the prefix: the next run claims the prefix anew",
-                reason=Reason.PREFIX_IN_USE,
-            ) from exc
+    def from_body(cls, body: dict[str, Any], key: str) -> Claim:
+        return cls(
+            Owner.from_json(body["owner"]),
+            str(body["claimedAt"]),
+            tuple(Owner.from_json(o) for o in body.get("previousOwners", [])),
+        )
+
+    @classmethod
+    def damaged(cls, key: str, error: Exception, *, parsed: bool) -> PermanentError:
+        return PermanentError(
+            f"{key} is not a cellar owner record ({error}); it says which resource owns this prefix. "
+            "Delete it only if no other resource writes under the prefix: the next run claims the prefix anew",
+            reason=Reason.PREFIX_IN_USE,
+        )
 
     def handed_over_by(self, take_over: str) -> bool:
         """Whether a take-over annotation's value names this record's owner."""
@@ -172,12 +173,12 @@ def claim_prefix(area: Area, me: Owner, *, take_over: str = "", dry_run: bool = 
         now = format_time(datetime.now(UTC))
         if claim is None:
             written = Claim(me, now)
-            if store.put_if(key, written.to_json(), etag=None):
+            if store.put_if(key, written.to_bytes(), etag=None):
                 log.info("claimed the storage prefix", extra={"owner_record": key})
                 return Claimed(written.readable_by(me), fresh=True)
         else:
             written = Claim(me, now, (claim.owner, *claim.previous))
-            if store.put_if(key, written.to_json(), etag=etag):
+            if store.put_if(key, written.to_bytes(), etag=etag):
                 log.warning("took the storage prefix over", extra={"owner_record": key, "from": claim.owner.describe()})
                 return Claimed(written.readable_by(me))
     raise PermanentError(f"{area.where}: its owner record {key} kept changing", reason=Reason.PREFIX_IN_USE)
@@ -214,7 +215,7 @@ def _read(area: Area) -> tuple[Claim | None, str | None]:
     if found is None:
         return None, None
     raw, etag = found
-    return Claim.from_json(raw, area.store.url(area.record_key)), etag
+    return Claim.read(raw, area.store.url(area.record_key)), etag
 
 
 def _refusal(area: Area, me: Owner, claim: Claim) -> str:

@@ -3,6 +3,7 @@ multipart upload in upload, the boto3 client in client and its failures in error
 and Google Cloud Storage (gcs). The jobs use the verbs only; each SDK stays inside its module, and every
 failure leaves as one of cellar's reasons."""
 
+from common.errors import VerificationFailed
 from common.secrets import StorageCredentials
 from common.storage.base import (
     MAX_PART_SIZE,
@@ -14,7 +15,6 @@ from common.storage.base import (
     StoredObject,
     Upload,
     UploadResult,
-    VerificationFailed,
     part_size_for,
 )
 from common.storage_spec import StorageSpec

@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from common.errors import CellarError, PermanentError
-from common.reasons import Reason
+from common.errors import CellarError, VerificationFailed
 from common.storage_spec import StorageSpec
 
 log = logging.getLogger("common.storage")
@@ -40,12 +39,6 @@ def pieces(data: bytes, size: int) -> Iterator[bytes]:
     with memoryview(data) as view:
         for offset in range(0, len(data), max(1, size)):
             yield bytes(view[offset : offset + size])
-
-
-class VerificationFailed(PermanentError):
-    """What the store holds, or what was read back, is not what was written."""
-
-    reason = Reason.VERIFICATION_FAILED
 
 
 def stored_differs(url: str, stored_size: int, expected_size: int, checksum: str) -> VerificationFailed:

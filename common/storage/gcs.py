@@ -29,7 +29,15 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.fileio import BlobWriter
 from google.oauth2 import service_account
 
-from common.errors import CellarError, ConnectionFailed, Forbidden, InvalidSpec, PermanentError, RetryableError
+from common.errors import (
+    CellarError,
+    ConnectionFailed,
+    Forbidden,
+    InvalidSpec,
+    PermanentError,
+    RetryableError,
+    VerificationFailed,
+)
 from common.reasons import Reason
 from common.redact import redact, register_secret
 from common.secrets import StorageCredentials
@@ -40,7 +48,6 @@ from common.storage.base import (
     PendingUpload,
     StoredObject,
     Upload,
-    VerificationFailed,
     pieces,
     stored_differs,
 )

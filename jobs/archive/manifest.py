@@ -8,11 +8,11 @@ one that reads only 1 refuses an encrypted batch (UnsupportedManifest) rather th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+from common.documents import StoredDocument
 from common.errors import PermanentError
 from common.reasons import Reason
 
@@ -100,7 +100,12 @@ class ArchivedColumn:
 
 
 @dataclass(frozen=True)
-class BatchManifest:
+class BatchManifest(StoredDocument):
+    """An archive batch's manifest (`_cellar_manifests/<relation>/<batch>.json`): its objects and their rows."""
+
+    latest_version: ClassVar[int] = MANIFEST_FORMAT_VERSION
+    what: ClassVar[str] = "manifest"
+
     batch_id: str
     schema: str
     table: str
@@ -133,7 +138,7 @@ class BatchManifest:
     def object(self, key: str) -> ArchivedObject | None:
         return next((o for o in self.objects if o.object_key == key), None)
 
-    def to_bytes(self) -> bytes:
+    def to_body(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "formatVersion": self.version,
             "batchId": self.batch_id,
@@ -153,45 +158,33 @@ class BatchManifest:
         }
         if self.encryption:
             document["encryption"] = self.encryption
-        return json.dumps(document, indent=2).encode()
+        return document
 
     @classmethod
-    def read(cls, body: bytes, key: str) -> BatchManifest:
-        """The manifest stored under `key`; one of a newer format (UnsupportedManifest) or one that is not a
-        manifest (InvalidManifest) is refused with the key and what to do."""
-        try:
-            data = json.loads(body)
-            version = int(data.get("formatVersion", 0))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise PermanentError(
-                f"manifest {key} is not a batch manifest: {exc}", reason=Reason.INVALID_MANIFEST
-            ) from None
-        if version > MANIFEST_FORMAT_VERSION:
-            raise PermanentError(
-                f"manifest {key} has format version {version}; this cellar reads up to "
-                f"{MANIFEST_FORMAT_VERSION}: upgrade cellar",
-                reason=Reason.UNSUPPORTED_MANIFEST,
-            )
-        try:
-            relation = data.get("relation") or {}
-            return cls(
-                batch_id=str(data.get("batchId", "")),
-                schema=str(relation.get("schema", "")),
-                table=str(relation.get("table", "")),
-                format=str(data["format"]),
-                timestamp_column=str(data.get("timestampColumn", "")),
-                primary_key=[str(k) for k in data.get("primaryKey", [])],
-                cutoff=str(data.get("cutoff", "")),
-                run_id=str(data.get("runId", "")),
-                mode=str(data.get("mode", "")),
-                columns=[ArchivedColumn.parse(c) for c in data.get("columns", [])],
-                server_version=str(data.get("serverVersion", "")),
-                objects=[ArchivedObject.parse(o) for o in data.get("objects", [])],
-                created_at=str(data.get("createdAt", "")),
-                encryption=data.get("encryption") or None,
-                format_version=version,
-            )
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise PermanentError(
-                f"manifest {key} lacks or mistypes {exc}: it is damaged or not cellar's", reason=Reason.INVALID_MANIFEST
-            ) from None
+    def from_body(cls, data: dict[str, Any], key: str) -> BatchManifest:
+        relation = data.get("relation") or {}
+        return cls(
+            batch_id=str(data.get("batchId", "")),
+            schema=str(relation.get("schema", "")),
+            table=str(relation.get("table", "")),
+            format=str(data["format"]),
+            timestamp_column=str(data.get("timestampColumn", "")),
+            primary_key=[str(k) for k in data.get("primaryKey", [])],
+            cutoff=str(data.get("cutoff", "")),
+            run_id=str(data.get("runId", "")),
+            mode=str(data.get("mode", "")),
+            columns=[ArchivedColumn.parse(c) for c in data.get("columns", [])],
+            server_version=str(data.get("serverVersion", "")),
+            objects=[ArchivedObject.parse(o) for o in data.get("objects", [])],
+            created_at=str(data.get("createdAt", "")),
+            encryption=data.get("encryption") or None,
+            format_version=int(data.get("formatVersion", 0)),
+        )
+
+    @classmethod
+    def damaged(cls, key: str, error: Exception, *, parsed: bool) -> PermanentError:
+        if not parsed:
+            return PermanentError(f"manifest {key} is not a batch manifest: {error}", reason=Reason.INVALID_MANIFEST)
+        return PermanentError(
+            f"manifest {key} lacks or mistypes {error}: it is damaged or not cellar's", reason=Reason.INVALID_MANIFEST
+        )

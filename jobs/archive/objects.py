@@ -10,14 +10,9 @@ import pyarrow.compute as pc
 
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
-from common.encryption import (
-    CorruptedCiphertext,
-    DecryptionFailed,
-    Identities,
-    decrypt_bytes,
-    fingerprint,
-)
-from common.storage import ObjectStore, VerificationFailed
+from common.encryption import CorruptedCiphertext, Identities, decrypt_bytes, fingerprint
+from common.errors import DecryptionFailed, VerificationFailed
+from common.storage import ObjectStore
 from jobs.archive.encoding import arrow_type, decode
 from jobs.archive.manifest import ArchivedColumn, ArchivedObject, BatchManifest
 from jobs.archive.settings import ArchiveSettings

@@ -17,8 +17,8 @@ import pyarrow as pa
 from psycopg import sql
 
 from common.conditions import format_time
-from common.encryption import DecryptionFailed, Identities
-from common.errors import CellarError, InvalidSpec, PermanentError, UsageError
+from common.encryption import Identities
+from common.errors import CellarError, DecryptionFailed, InvalidSpec, PermanentError, UsageError
 from common.failpoints import failpoint
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason

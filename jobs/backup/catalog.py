@@ -11,12 +11,12 @@ A backup id starts with the UTC start time (20261122T023000Z-<run id>), so keys 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
+from common.documents import StoredDocument
 from common.errors import PermanentError
 from common.reasons import Reason
 from common.storage import ListedObject, ObjectStore
@@ -124,9 +124,12 @@ class DatabaseDump:
 
 
 @dataclass
-class Manifest:
+class Manifest(StoredDocument):
     """Everything a restore or an audit needs to know about one backup: one run's dumps (one database's,
     or with `server_wide` each database spec.databases named), and the globals when it has them."""
+
+    latest_version: ClassVar[int] = FORMAT_VERSION
+    what: ClassVar[str] = "manifest"
 
     backup_id: str
     dumps: list[DatabaseDump]
@@ -197,7 +200,7 @@ class Manifest:
         """Every object of the backup: the dumps, and the globals when it has them."""
         return [*(d.data_key for d in self.dumps), *([self.globals.data_key] if self.globals else [])]
 
-    def to_json(self) -> bytes:
+    def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "formatVersion": self.format_version,
             "backupId": self.backup_id,
@@ -219,53 +222,39 @@ class Manifest:
             body["encryption"] = {"format": self.encryption.format, "recipients": list(self.encryption.recipients)}
         if self.globals is not None:
             body["globals"] = self.globals.to_json()
-        return json.dumps(body, indent=2, sort_keys=False).encode("utf-8")
+        return body
 
     @classmethod
-    def from_json(cls, raw: bytes, key: str) -> Manifest:
-        try:
-            body = json.loads(raw)
-            if int(body["formatVersion"]) > FORMAT_VERSION:
-                raise PermanentError(
-                    f"manifest {key} has format version {body['formatVersion']}; this cellar reads up to "
-                    f"{FORMAT_VERSION}: upgrade cellar",
-                    reason=Reason.UNSUPPORTED_MANIFEST,
-                )
-            server_wide = "databases" in body
-            dumps = (
-                [DatabaseDump.from_json(d) for d in body["databases"]]
-                if server_wide
-                else [DatabaseDump.from_json(body)]
-            )
-            if not dumps:
-                raise ValueError("it lists no database")
-            return cls(
-                backup_id=body["backupId"],
-                dumps=dumps,
-                server_version=body["serverVersion"],
-                pg_dump_version=body["pgDumpVersion"],
-                start_time=body["startTime"],
-                end_time=body["endTime"],
-                compression=body["compression"]["algorithm"],
-                compression_level=int(body["compression"]["level"]),
-                generation=body.get("generation"),
-                resource=body.get("resource", ""),
-                run_id=body["runId"],
-                standby=bool(body.get("standby", False)),
-                server_wide=server_wide,
-                encryption=(
-                    Encryption(body["encryption"]["format"], tuple(body["encryption"]["recipients"]))
-                    if body.get("encryption")
-                    else None
-                ),
-                globals=GlobalsObject.from_json(body["globals"]) if body.get("globals") else None,
-                format_version=int(body["formatVersion"]),
-                manifest_key=key,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentError(
-                f"manifest {key} is not a valid cellar manifest: {exc}", reason=Reason.INVALID_MANIFEST
-            ) from exc
+    def from_body(cls, body: dict[str, Any], key: str) -> Manifest:
+        server_wide = "databases" in body
+        dumps = (
+            [DatabaseDump.from_json(d) for d in body["databases"]] if server_wide else [DatabaseDump.from_json(body)]
+        )
+        if not dumps:
+            raise ValueError("it lists no database")
+        return cls(
+            backup_id=body["backupId"],
+            dumps=dumps,
+            server_version=body["serverVersion"],
+            pg_dump_version=body["pgDumpVersion"],
+            start_time=body["startTime"],
+            end_time=body["endTime"],
+            compression=body["compression"]["algorithm"],
+            compression_level=int(body["compression"]["level"]),
+            generation=body.get("generation"),
+            resource=body.get("resource", ""),
+            run_id=body["runId"],
+            standby=bool(body.get("standby", False)),
+            server_wide=server_wide,
+            encryption=(
+                Encryption(body["encryption"]["format"], tuple(body["encryption"]["recipients"]))
+                if body.get("encryption")
+                else None
+            ),
+            globals=GlobalsObject.from_json(body["globals"]) if body.get("globals") else None,
+            format_version=int(body["formatVersion"]),
+            manifest_key=key,
+        )
 
     @property
     def completed_at(self) -> datetime:
@@ -302,7 +291,7 @@ def take_inventory(store: ObjectStore, readable: frozenset[str], *, newest: str 
             broken.append(listed)  # quarantined; its manifest outlived the move (an object lock held it)
             continue
         try:
-            manifest = Manifest.from_json(store.get_bytes(listed.key), listed.key)
+            manifest = Manifest.read(store.get_bytes(listed.key), listed.key)
         except PermanentError as exc:
             log.warning("ignoring unreadable manifest", extra={"key": listed.key, "error": str(exc)})
             broken.append(listed)

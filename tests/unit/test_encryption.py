@@ -13,7 +13,6 @@ import pytest
 
 from common.encryption import (
     CorruptedCiphertext,
-    DecryptionFailed,
     EncryptingWriter,
     decrypt_stream,
     fingerprint,
@@ -21,7 +20,7 @@ from common.encryption import (
     parse_identities,
     parse_recipients,
 )
-from common.errors import InvalidSpec
+from common.errors import DecryptionFailed, InvalidSpec
 from common.redact import forget_all_secrets, redact
 from common.spec import SpecReader
 from jobs.backup.settings import parse_backup_spec, parse_restore_spec

@@ -44,23 +44,23 @@ def dump(name: str, size: int) -> DatabaseDump:
 
 def test_a_one_database_manifest_keeps_the_format_older_cellars_read() -> None:
     one = manifest([dump("app", 10)], server_wide=False)
-    body = json.loads(one.to_json())
+    body = json.loads(one.to_bytes())
     assert body["formatVersion"] == 1
     top = (body["dataKey"], body["database"], body["sha256"], body["bytesStored"])
     assert top == ("data/app", "app", "sha-app", 10)
     assert "databases" not in body
-    again = Manifest.from_json(one.to_json(), "m")
+    again = Manifest.read(one.to_bytes(), "m")
     assert again.dumps == one.dumps
     assert not again.server_wide
 
 
 def test_a_server_wide_manifest_lists_every_database() -> None:
     several = manifest([dump("app", 10), dump("billing", 5)], server_wide=True)
-    body = json.loads(several.to_json())
+    body = json.loads(several.to_bytes())
     assert body["formatVersion"] == 3
     assert [d["database"] for d in body["databases"]] == ["app", "billing"]
     assert "dataKey" not in body
-    again = Manifest.from_json(several.to_json(), "m")
+    again = Manifest.read(several.to_bytes(), "m")
     assert again.server_wide
     assert again.bytes_stored == 15
     assert again.object_keys == ["data/app", "data/billing"]
@@ -71,10 +71,10 @@ def test_a_server_wide_manifest_lists_every_database() -> None:
 
 
 def test_a_newer_format_is_refused_with_what_to_do() -> None:
-    body = json.loads(manifest([dump("app", 1)], server_wide=True).to_json())
+    body = json.loads(manifest([dump("app", 1)], server_wide=True).to_bytes())
     body["formatVersion"] = 4
     with pytest.raises(PermanentError, match="upgrade cellar"):
-        Manifest.from_json(json.dumps(body).encode(), "m")
+        Manifest.read(json.dumps(body).encode(), "m")
 
 
 def test_dump_keys_quote_what_a_database_name_may_hold() -> None:

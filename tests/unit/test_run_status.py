@@ -15,7 +15,7 @@ import pytest
 
 from common import runtime
 from common.conditions import Condition, ConditionType
-from common.errors import CellarError, ConnectionFailed, Interrupted, InvalidSpec
+from common.errors import BackupUnsound, CellarError, ChecksumMismatch, ConnectionFailed, Interrupted, InvalidSpec
 from common.invocation import Invocation
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, TABLE_ARCHIVE, Kube, ResourceKind, ResourceRef, RetryPolicy
 from common.reasons import Reason
@@ -26,7 +26,6 @@ from jobs.archive.status import ARCHIVE_RUNS, UNARCHIVE_RUNS, ArchiveRun, Unarch
 from jobs.archive.unarchive import UnarchiveJob
 from jobs.backup.backup.job import BackupJob, VerifyJob
 from jobs.backup.restore.job import RestoreJob
-from jobs.backup.restore.plan import BackupUnsound, ChecksumMismatch
 from jobs.backup.status import BACKUP_RUNS, RESTORE_RUNS, VERIFY_RUNS, BackupRun, RestoreOutcome
 from tests.unit.fake_kube import FakeTransport
 

@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from common.errors import CellarError, ConnectionFailed, Forbidden, RetryableError
+from common.errors import CellarError, ConnectionFailed, Forbidden, RetryableError, VerificationFailed
 from common.reasons import Reason
 from common.secrets import StorageCredentials
 from common.spec import SpecReader
-from common.storage import VerificationFailed
 from common.storage.client import build_client
 from common.storage.s3 import S3Store
 from common.storage_spec import StorageSpec

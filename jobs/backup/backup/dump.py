@@ -23,7 +23,7 @@ from psycopg import sql
 
 from common.db import connect, libpq_environment
 from common.encryption import EncryptingWriter
-from common.errors import CellarError, PermanentError
+from common.errors import DumpFailed, PermanentError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
@@ -35,12 +35,6 @@ from jobs.backup.settings import Compression, DumpOptions
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
-
-
-class DumpFailed(CellarError):
-    """pg_dump exited non-zero; nothing was published."""
-
-    reason = Reason.DUMP_FAILED
 
 
 @dataclass(frozen=True)

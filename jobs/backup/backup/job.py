@@ -13,7 +13,7 @@ from common.conditions import Condition, ConditionType, format_time
 from common.db import drop_database
 from common.encryption import FORMAT as ENCRYPTION_FORMAT
 from common.encryption import Identities, fingerprint
-from common.errors import CellarError
+from common.errors import BackupUnsound, CellarError
 from common.failpoints import failpoint
 from common.kube import DATABASE_BACKUP
 from common.reasons import Reason
@@ -34,7 +34,7 @@ from jobs.backup.catalog import (
     find_backup,
     take_inventory,
 )
-from jobs.backup.restore.plan import BackupSource, BackupUnsound
+from jobs.backup.restore.plan import BackupSource
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
     BACKUP_RUNS,
@@ -192,7 +192,7 @@ def _publish(
         manifest_key=store.key(MANIFEST_DIR, f"{identifier}.json"),
     )
     failpoint("backup.before-manifest")
-    store.put_bytes(manifest.manifest_key, manifest.to_json())  # the backup exists from here on
+    store.put_bytes(manifest.manifest_key, manifest.to_bytes())  # the backup exists from here on
     log.info(
         "backup published",
         extra={

@@ -9,19 +9,15 @@ from dataclasses import dataclass, replace
 from psycopg import sql
 
 from common.db import connect, drop_database
+from common.errors import RowCountMismatch
 from common.failpoints import failpoint
-from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
-from jobs.backup.restore.plan import BackupSource, BackupUnsound, RestoreTarget, plan_restore
+from jobs.backup.restore.plan import BackupSource, RestoreTarget, plan_restore
 from jobs.backup.restore.stream import check_decryptable, restore_from_storage
 
 log = logging.getLogger(__name__)
-
-
-class RowCountMismatch(BackupUnsound):
-    reason = Reason.ROW_COUNT_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ def quarantine(store: ObjectStore, manifest: Manifest, why: str) -> str:
     target = manifest.manifest_key.replace(f"/{MANIFEST_DIR}/", f"/{QUARANTINE_DIR}/", 1)
     if target == manifest.manifest_key:
         target = store.key(QUARANTINE_DIR, manifest.manifest_key.rsplit("/", 1)[-1])
-    store.put_bytes(target, manifest.to_json())
+    store.put_bytes(target, manifest.to_bytes())
     lock = store.delete(manifest.manifest_key)
     log.warning(
         "backup quarantined",

@@ -11,26 +11,12 @@ from dataclasses import dataclass, replace
 
 from common.db import connect, libpq_environment
 from common.encryption import Identities
-from common.errors import PermanentError
-from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import Manifest
 from jobs.backup.pgtools import ClientTools, psql_for, restores_through_sql, tools_for_restore
 
 log = logging.getLogger(__name__)
-
-
-class BackupUnsound(PermanentError):
-    """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
-
-
-class ChecksumMismatch(BackupUnsound):
-    reason = Reason.CHECKSUM_MISMATCH
-
-
-class RestoreFailed(PermanentError):
-    reason = Reason.RESTORE_FAILED
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ import subprocess
 from dataclasses import dataclass
 
 from common.db import libpq_environment
-from common.encryption import CorruptedCiphertext, DecryptionFailed, decrypt_bytes
+from common.encryption import CorruptedCiphertext, decrypt_bytes
+from common.errors import ChecksumMismatch, DecryptionFailed, RestoreFailed
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore.plan import BackupSource, ChecksumMismatch, RestoreFailed, RestoreTarget
+from jobs.backup.restore.plan import BackupSource, RestoreTarget
 
 
 @dataclass(frozen=True)

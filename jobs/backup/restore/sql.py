@@ -13,8 +13,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from common.errors import RestoreFailed
 from jobs.backup.pgtools import StderrTail, stop_process
-from jobs.backup.restore.plan import RestoreFailed, RestoreTarget
+from jobs.backup.restore.plan import RestoreTarget
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from common.errors import PermanentError
+from common.errors import PermanentError, RestoreFailed
 from common.reasons import Reason
 from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
-from jobs.backup.restore.plan import BackupSource, RestoreFailed, RestoreTarget
+from jobs.backup.restore.plan import BackupSource, RestoreTarget
 from jobs.backup.restore.stream import RestoreResult, StoredObject, decode_into
 from jobs.backup.status import human_size
 

@@ -23,16 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.encryption import (
-    HEADER_PROBE_BYTES,
-    CorruptedCiphertext,
-    DecryptionFailed,
-    decrypt_stream,
-)
-from common.errors import CellarError
+from common.encryption import HEADER_PROBE_BYTES, CorruptedCiphertext, decrypt_stream
+from common.errors import CellarError, ChecksumMismatch, DecryptionFailed, RestoreFailed
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import StderrTail, stop_process
-from jobs.backup.restore.plan import BackupSource, ChecksumMismatch, RestoreFailed, RestorePlan, RestoreTarget
+from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget
 from jobs.backup.restore.sql import SqlRestore
 
 log = logging.getLogger(__name__)
