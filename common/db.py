@@ -100,16 +100,21 @@ def connect(
         try:
             return psycopg.connect(conninfo, autocommit=autocommit)
         except psycopg.Error as exc:
-            if not _server_full(exc):
+            full, replaying = _server_full(exc), RECOVERY_CONFLICT in str(exc)
+            if not (full or replaying):
                 raise translate_connect_error(exc, settings) from None
             waited = time.monotonic() - waited_since
             budget = connect_wait_seconds()
             if waited >= budget:
-                raise _too_many_connections(exc, settings, waited) from None
+                raise (
+                    _too_many_connections(exc, settings, waited) if full else translate_connect_error(exc, settings)
+                ) from None
             attempt += 1
             pause = min(budget - waited, backoff_seconds(attempt, cap=10.0))
             log.warning(
-                "the database server refused a connection for lack of slots; waiting for one",
+                "the database server refused a connection for lack of slots; waiting for one"
+                if full
+                else "a hot standby's replay cancelled a new connection; connecting again",
                 extra={"server": settings.describe(), "attempt": attempt, "waited_seconds": round(waited, 1)},
             )
             time.sleep(pause)
@@ -123,6 +128,11 @@ _SERVER_FULL = (
     "remaining connection slots are reserved",
     "the database system is starting up",
 )
+
+
+# What PostgreSQL says when a hot standby cancels a query, or ends a session (even one starting up), because
+# replay must remove rows its snapshot may still need (SQLSTATE 40001).
+RECOVERY_CONFLICT = "conflict with recovery"
 
 
 def _server_full(exc: psycopg.Error) -> bool:
@@ -239,6 +249,20 @@ def lock_holders(conn: psycopg.Connection[tuple[object, ...]], relations: Sequen
         behind = f", itself behind pids {blockers}" if blockers and not granted else ""
         described.append(f"{who} {holding} {mode} on {relation}{behind}")
     return described
+
+
+def recovery_conflict_failure(error: BaseException) -> RetryableError | None:
+    """A statement a hot standby cancelled (or a session it ended) for a conflict with recovery, as the transient
+    failure it is; None for anything else."""
+    if isinstance(error, psycopg.Error) and RECOVERY_CONFLICT in str(error):
+        detail = redact(" ".join(str(error).split()))
+        return RetryableError(
+            f"the hot standby cancelled the run's statement for a conflict with recovery ({detail}). Set "
+            "hot_standby_feedback = on on the standby, or raise its max_standby_streaming_delay; the next run "
+            "tries again",
+            reason=Reason.STANDBY_CONFLICT,
+        )
+    return None
 
 
 def lock_timeout_failure(error: BaseException) -> RetryableError | None:

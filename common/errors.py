@@ -114,6 +114,11 @@ class DumpFailed(CellarError):
     reason = Reason.DUMP_FAILED
 
 
+class RecoveryConflict(DumpFailed):
+    """A hot standby cancelled the dump, or its row counts, because replay had to remove rows they read
+    (SQLSTATE 40001, "conflict with recovery"); another try may get through."""
+
+
 class BackupUnsound(PermanentError):
     """The backup itself is bad (not the server or the tools): it must no longer count as a backup."""
 

@@ -72,6 +72,11 @@ class Reason(StrEnum):
         EXIT_RETRYABLE,
         "another session held a lock the run needed past spec.lockTimeout, try after try; the log names it",
     )
+    STANDBY_CONFLICT = (
+        "StandbyConflict",
+        EXIT_RETRYABLE,
+        "a hot standby kept cancelling the dump for conflicts with recovery; see hot_standby_feedback",
+    )
     DUMP_FAILED = "DumpFailed", EXIT_RETRYABLE, "pg_dump exited with an error (its message follows)"
     INJECTED_FAILURE = "InjectedFailure", EXIT_RETRYABLE, "a test's failpoint failed the run on purpose"
     INTERNAL_ERROR = "InternalError", EXIT_RETRYABLE, "an unexpected error; the message and the logs say where"

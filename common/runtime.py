@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from common.conditions import Condition, set_condition
-from common.db import lock_timeout_failure, lost_connection
+from common.db import lock_timeout_failure, lost_connection, recovery_conflict_failure
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, NotFound, UsageError
 from common.invocation import Invocation, add_invocation_arguments, resolve_invocation
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
@@ -278,7 +278,7 @@ def run_job(
     except CellarError as error:
         return _fail(job, ctx, error, started)
     except Exception as error:
-        transient = lost_connection(error) or lock_timeout_failure(error)
+        transient = recovery_conflict_failure(error) or lost_connection(error) or lock_timeout_failure(error)
         if transient is not None:
             return _fail(job, ctx, transient, started)
         log.exception("unexpected failure")

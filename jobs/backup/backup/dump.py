@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from common.db import connect, libpq_environment
+from common.db import RECOVERY_CONFLICT, connect, libpq_environment
 from common.encryption import EncryptingWriter
-from common.errors import DumpFailed, PermanentError
+from common.errors import DumpFailed, PermanentError, RecoveryConflict
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
@@ -43,6 +43,12 @@ class ServerFacts:
     version: str
     standby: bool
     database_size: int
+
+
+def _cancelled_by_replay(source: DumpSource, stderr: str) -> bool:
+    """Whether pg_dump failed because a hot standby's replay cancelled it: its own query, or the session that
+    exported its snapshot before pg_dump imported it ("invalid snapshot identifier")."""
+    return RECOVERY_CONFLICT in stderr or (source.standby and "invalid snapshot identifier" in stderr)
 
 
 def server_facts(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
@@ -157,6 +163,8 @@ class RowCounter:
         self.start()  # an empty dump never streamed a byte
         self._thread.join()
         if self.error is not None:
+            if RECOVERY_CONFLICT in str(self.error):
+                raise RecoveryConflict(f"counting rows in the dump's snapshot was cancelled: {self.error}")
             raise PermanentError(
                 f"counting rows in the dump's snapshot failed: {self.error}", reason=Reason.COUNT_FAILED
             )
@@ -206,6 +214,7 @@ class DumpSource:
     tools: ClientTools
     server_version: str
     application_name: str
+    standby: bool = False  # a hot standby, which may cancel the dump for a conflict with recovery
 
     def environment(self, program: str) -> dict[str, str]:
         """The connection in libpq's variables for `program`, whose sessions say so in their application_name."""
@@ -281,7 +290,8 @@ def dump_to_storage(
                 raw = pump(process.stdout.fileno(), sink, on_progress)
                 code = process.wait()
                 if code != 0:
-                    raise DumpFailed(
+                    failed = RecoveryConflict if _cancelled_by_replay(source, stderr.text()) else DumpFailed
+                    raise failed(
                         f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
                         f"{source.server_version}: {stderr.error_lines()}"
                     )
@@ -293,11 +303,14 @@ def dump_to_storage(
             counter.stop()
         on_progress(raw)
         return DumpResult(result, raw, tables, snapshot is not None)
+    except psycopg.Error as exc:  # the snapshot's session; on a standby, replay may have ended it
+        if RECOVERY_CONFLICT in str(exc):
+            raise RecoveryConflict(f"the standby ended the dump's snapshot: {' '.join(str(exc).split())}") from exc
+        raise
     finally:
-        try:
+        with contextlib.suppress(psycopg.Error):  # a session replay (or the network) ended has nothing to undo
             snapshot_conn.rollback()
-        finally:
-            snapshot_conn.close()
+        snapshot_conn.close()
 
 
 @dataclass(frozen=True)

@@ -4,22 +4,27 @@ A run is a backup only when all of them were written: a failure removes what the
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
+from common.db import backoff_seconds
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
-from common.errors import CellarError
+from common.errors import CellarError, RecoveryConflict, RetryableError
 from common.progress import ProgressReporter
+from common.reasons import Reason
 from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.backup.databases import dump_key_name
-from jobs.backup.backup.dump import DumpSource, SealedObject, dump_globals, dump_to_storage
+from jobs.backup.backup.dump import DumpResult, DumpSource, SealedObject, dump_globals, dump_to_storage
 from jobs.backup.backup.preflight import APPLICATION, Preflight
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
 from jobs.backup.settings import BackupSettings
 from jobs.backup.status import BACKUP_RUNS
 
 log = logging.getLogger(__name__)
+STANDBY_CONFLICT_ATTEMPTS = 3  # dumps a hot standby may cancel in one run before it fails with StandbyConflict
 
 
 def _stored_suffix(settings: BackupSettings, checked: Preflight) -> str:
@@ -41,7 +46,8 @@ def data_key_for(
 
 def dump_source(checked: Preflight, database: str) -> DumpSource:
     """Database `database` of the server preflight checked, with the tools it chose for that server."""
-    return DumpSource(replace(checked.database, dbname=database), checked.tools, checked.server.version, APPLICATION)
+    database_settings = replace(checked.database, dbname=database)
+    return DumpSource(database_settings, checked.tools, checked.server.version, APPLICATION, checked.server.standby)
 
 
 def dump_databases(
@@ -64,11 +70,11 @@ def dump_databases(
         written.append(key)
         log.info("dumping database", extra={"database": chosen.name, "key": key, "database_bytes": chosen.size})
         try:
-            dumped = dump_to_storage(
+            dumped = _dump_retrying_conflicts(
                 dump_source(checked, chosen.name),
                 SealedObject(store, key, settings.compression, checked.recipients),
-                settings.dump,
-                on_progress=progress.after(done),
+                settings,
+                progress.after(done),
             )
         except CellarError as error:
             if settings.databases is not None:
@@ -89,6 +95,33 @@ def dump_databases(
             )
         )
     return dumps
+
+
+def _dump_retrying_conflicts(
+    source: DumpSource, into: SealedObject, settings: BackupSettings, on_progress: Callable[[int], None]
+) -> DumpResult:
+    """dump_to_storage, tried again (a fresh snapshot, a fresh upload) when a hot standby cancelled it for a
+    conflict with recovery; StandbyConflict once it has every time. Nothing of a cancelled try is visible."""
+    for attempt in range(1, STANDBY_CONFLICT_ATTEMPTS + 1):
+        try:
+            return dump_to_storage(source, into, settings.dump, on_progress=on_progress)
+        except RecoveryConflict as conflict:
+            if attempt == STANDBY_CONFLICT_ATTEMPTS:
+                raise RetryableError(
+                    f"{source.database.describe()} is a hot standby that cancelled the dump {attempt} times for "
+                    "conflicts with recovery (replay removed rows the dump was reading). Set hot_standby_feedback = "
+                    "on on the standby (the primary then keeps those rows until the dump ends), or raise its "
+                    "max_standby_streaming_delay above the dump's duration (replay waits for it), or dump the "
+                    f"primary. Last: {conflict}",
+                    reason=Reason.STANDBY_CONFLICT,
+                ) from conflict
+            pause = backoff_seconds(attempt, cap=30.0, first=2.0)
+            log.warning(
+                "the standby cancelled the dump for a conflict with recovery; dumping again",
+                extra={"attempt": attempt, "of": STANDBY_CONFLICT_ATTEMPTS, "retry_in_seconds": round(pause, 1)},
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def dump_server_globals(
