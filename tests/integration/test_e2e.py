@@ -255,10 +255,19 @@ def _pods_of(env: JobEnvironment, job: str) -> list[Any]:
 
 
 def _logs_of(env: JobEnvironment, pods: list[Any]) -> str:
+    """Each Pod's log, after how its container ended (exit code, reason, message): what a failed test shows."""
     return "\n".join(
-        f"--- {pod.metadata.name}:\n" + kubectl(env.stack, "logs", "-n", env.namespace, pod.metadata.name)[-3000:]
+        f"--- {pod.metadata.name} ({_ended(pod)}):\n"
+        + kubectl(env.stack, "logs", "-n", env.namespace, pod.metadata.name)[-3000:]
         for pod in pods
     )
+
+
+def _ended(pod: Any) -> str:
+    terminated = _terminated(pod)
+    if terminated is None:
+        return f"phase {pod.status.phase}, not terminated"
+    return f"exit {terminated.exit_code}, {terminated.reason}: {(terminated.message or '').strip()[:500]}"
 
 
 def _terminated(pod: Any) -> Any:
