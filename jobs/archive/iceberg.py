@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from psycopg import sql
 
 from common.db import connect
 from common.errors import CellarError, PermanentError, RetryableError
+from common.failpoints import failpoint
 from common.reasons import Reason
 from common.redact import redact, register_secret
 from common.secrets import DatabaseSettings, StorageCredentials
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 BATCH_PROPERTY = "cellar.batch-id"  # in each snapshot's summary: the ledger's batch id
 RUN_PROPERTY = "cellar.run-id"
+# The source table (schema.table) whose rows a snapshot holds: a run resolves only its own table's snapshots, even
+# where two archives append to one Iceberg table.
+RELATION_PROPERTY = "cellar.relation"
 COMMIT_ATTEMPTS = 12  # appends that lose the race for the catalog's commit before the run gives up
 _ACCESS_REASONS = {
     Reason.AUTHENTICATION_FAILED,
@@ -157,15 +162,18 @@ def _partition_spec(schema: Any, column: str, transform_name: str) -> Any:
 
 
 class IcebergTable:
-    """One archive's Iceberg table in its catalog. Appends may run on several threads (the run's lanes): each
-    loads the table afresh and retries a commit that lost the race (CommitFailedException)."""
+    """One archive's Iceberg table in its catalog. The run's lanes append one at a time (each on the table as it is
+    then): side by side, every commit but one would lose the race and write its files again. A commit that loses
+    to another writer (CommitFailedException) is tried again."""
 
-    def __init__(self, catalog: Any, iceberg: IcebergSettings, info: TableInfo) -> None:
+    def __init__(self, catalog: Any, iceberg: IcebergSettings, info: TableInfo, relation: str) -> None:
         self.catalog = catalog
+        self.relation = relation
         self.iceberg = iceberg
         self.info = info
         self.identifier = (iceberg.namespace, iceberg.table)
         self.commit_retries = 0
+        self._appending = threading.Lock()
 
     @classmethod
     def open(
@@ -197,7 +205,7 @@ class IcebergTable:
             )
         except SQLAlchemyError as exc:
             raise _catalog_failure(exc, "could not be opened", field) from None
-        table = cls(catalog, iceberg, info)
+        table = cls(catalog, iceberg, info, settings.relation)
         try:
             table._make_or_check(table_location(settings, prefix_key), create)
         except SQLAlchemyError as exc:
@@ -267,11 +275,17 @@ class IcebergTable:
     def append(self, rows: pa.Table, batch_id: str, run_id: str) -> AppendedSnapshot:
         """Commit `rows` as one snapshot whose summary names the batch; a commit that another writer beat is
         tried again on the table as it is then (the data files are written again: the lost ones are orphans)."""
+
+        properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
+        with self._appending:
+            return self._append(rows, batch_id, properties)
+
+    def _append(self, rows: pa.Table, batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException
 
-        properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id}
         for attempt in range(COMMIT_ATTEMPTS):
             table = self.load()
+            failpoint("archive.iceberg-append")  # a test holds a run here while another writer commits
             try:
                 table.append(rows, snapshot_properties=properties)
             except CommitFailedException as exc:
@@ -300,9 +314,12 @@ class IcebergTable:
         )
 
     def batch_snapshots(self) -> Iterator[tuple[str, Any]]:
-        """(batch id, snapshot) of every snapshot cellar committed that the table still keeps."""
+        """(batch id, snapshot) of every snapshot cellar committed of this source table that the table still keeps."""
         for snapshot in self.load().metadata.snapshots:
-            batch = snapshot.summary.get(BATCH_PROPERTY) if snapshot.summary is not None else None
+            summary = snapshot.summary
+            if summary is None or summary.get(RELATION_PROPERTY) != self.relation:
+                continue
+            batch = summary.get(BATCH_PROPERTY)
             if batch:
                 yield batch, snapshot
 

@@ -147,7 +147,9 @@ def test_bad_iceberg_settings_are_refused_at_apply_naming_the_field(
     assert field in str(refused.value.body)
 
 
-def test_a_table_of_another_schema_or_an_unreachable_catalog_deletes_nothing(archive_env: ArchiveEnv) -> None:
+def test_a_table_of_another_schema_or_a_catalog_unreachable_or_refusing_deletes_nothing(
+    archive_env: ArchiveEnv,
+) -> None:
     env = archive_env
     make_orders(env, rows=50)
     catalog = iceberg_catalog(env)
@@ -177,6 +179,14 @@ def test_a_table_of_another_schema_or_an_unreachable_catalog_deletes_nothing(arc
     assert failed["reason"] == "CatalogUnavailable"
     assert "spec.iceberg.catalog.database" in failed["message"]
     assert env.database["password"] not in failed["message"]
+    assert len(ids_in_table(env.database)) == 60
+
+    env.create_secret("cellar-iceberg-catalog", {**env.database, "password": "not-the-password"})
+    assert env.run(name="unreachable") == 3
+    failed = env.conditions("TableArchive", "unreachable")["ArchiveSucceeded"]
+    assert failed["reason"] == "CatalogAccessDenied"
+    assert "spec.iceberg.catalog.database" in failed["message"]
+    assert "not-the-password" not in failed["message"]
     assert len(ids_in_table(env.database)) == 60
 
 
