@@ -116,8 +116,8 @@ class Archiver:
     def _whole_partitions(self) -> list[PartitionResult]:
         """Partitions wholly before the cutoff go first, each read once and dropped (partitions.py); the row
         batches then take what is left (partitions that straddle the cutoff, the default partition)."""
-        if self._open_connection is None or self.batches.iceberg is not None:
-            return []  # an Iceberg archive takes a partitioned table's rows in row batches (this version)
+        if self._open_connection is None:
+            return []
         whole = PartitionArchiver(
             self.scope,
             self._open_connection,

@@ -299,7 +299,11 @@ class BatchWorker:
 
     def publish_rows(self, batch_id: str, table: pa.Table) -> list[ledger.LedgerEntry]:
         """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction
-        (a whole partition's day: partitions.py records them and commits)."""
+        (a whole partition's day: partitions.py records them and commits). Into an Iceberg table: one snapshot."""
+        if self.iceberg is not None:
+            from jobs.archive.iceberg_batches import snapshot_entry
+
+            return [snapshot_entry(self.iceberg, batch_id, self.iceberg.append(table, batch_id, self.run_id), table)]
         dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
         return self._publish_batch(batch_id, self._pieces(table), dictionary)
 

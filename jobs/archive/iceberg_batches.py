@@ -26,6 +26,7 @@ from common.reasons import Reason
 from jobs.archive import ledger
 from jobs.archive.batches import BatchResult, CapturedBatch, CommitInDoubt, rollback_quietly
 from jobs.archive.iceberg import AppendedSnapshot, IcebergTable
+from jobs.archive.partitions import pending
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
 from jobs.archive.table import Connection, TableInfo
@@ -122,7 +123,9 @@ def recorded_batches(conn: Connection, relation: str) -> set[str]:
 
 
 def _delete_keys(conn: Connection, settings: ArchiveSettings, info: TableInfo, keys: pa.Table) -> int:
-    """DELETE the rows with these primary keys; how many there were."""
+    """DELETE the rows with these primary keys from the table and from the partitions a crashed run detached to
+    archive whole (their rows are there, not in the parent; that run's successor reads what is left of them);
+    how many there were."""
     names = list(info.primary_key)
     arrays = sql.SQL(", ").join(
         sql.SQL("{}::{}[]").format(
@@ -133,10 +136,14 @@ def _delete_keys(conn: Connection, settings: ArchiveSettings, info: TableInfo, k
     )
     match = sql.SQL(" AND ").join(sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k)) for k in names)
     columns = sql.SQL(", ").join(sql.Identifier(k) for k in names)
-    statement = sql.SQL("DELETE FROM {} t USING unnest({}) AS k({}) WHERE {}").format(
-        table_name(settings), arrays, columns, match
-    )
-    return conn.execute(statement).rowcount
+    sources = [table_name(settings), *(sql.SQL(name) for name in pending(conn, settings, detached_only=True))]
+    deleted = 0
+    for source in sources:
+        statement = sql.SQL("DELETE FROM {} t USING unnest({}) AS k({}) WHERE {}").format(
+            source, arrays, columns, match
+        )
+        deleted += conn.execute(statement).rowcount
+    return deleted
 
 
 def resolve_unrecorded(
