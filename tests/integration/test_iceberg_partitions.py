@@ -57,6 +57,17 @@ def test_a_partition_killed_before_its_commit_is_finished_by_the_next_run_once(a
         ).fetchone()
     assert left == (0,)
 
+    # Back into the source: the dropped partitions are created again as they were, and the rows are equal.
+    assert env.run("unarchive", "--into", "source", "--from", "2000-01-01", "--to", "2100-01-01", name="events") == 0
+    assert due <= ids_in_table(env.database, "events")
+    with psycopg.connect(dsn(env.database)) as conn:
+        notes = conn.execute("SELECT count(*) FROM events WHERE note = 'old ' || id").fetchone()
+        partitions = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").fetchone()
+    assert notes is not None
+    assert notes[0] >= len(due)
+    assert partitions is not None
+    assert partitions[0] >= 40  # every day's partition again
+
 
 def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive_env: ArchiveEnv) -> None:
     env = archive_env
