@@ -275,10 +275,17 @@ class IcebergTable:
     def append(self, rows: pa.Table, batch_id: str, run_id: str) -> AppendedSnapshot:
         """Commit `rows` as one snapshot whose summary names the batch; a commit that another writer beat is
         tried again on the table as it is then (the data files are written again: the lost ones are orphans)."""
+        from sqlalchemy.exc import SQLAlchemyError
 
         properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
         with self._appending:
-            return self._append(rows, batch_id, properties)
+            try:
+                return self._append(rows, batch_id, properties)
+            except SQLAlchemyError as exc:
+                # The catalog's COMMIT may have happened before its connection failed: the run stops, and the next
+                # one finds the snapshot, if there is one, by its batch id.
+                field = "spec.iceberg.catalog.database" if self.iceberg.catalog.database else "spec.database"
+                raise _catalog_failure(exc, f"failed the commit of batch {batch_id}", field) from None
 
     def _append(self, rows: pa.Table, batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException
