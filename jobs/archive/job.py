@@ -158,7 +158,10 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
 class ArchiveJob:
     name = "archive"
     kind = TABLE_ARCHIVE
-    description = "Move a table's old rows to Parquet in S3-compatible storage, as its TableArchive says."
+    description = (
+        "Move a table's old rows to Parquet files or an Iceberg table in S3-compatible storage, as its TableArchive "
+        "says."
+    )
     open_connection: Callable[[], Connection] | None = None  # set by run(): the same database, once more
 
     def __init__(self, tuning: Tuning = DEFAULT_TUNING) -> None:
