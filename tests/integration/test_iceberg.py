@@ -222,3 +222,37 @@ def test_unarchive_from_iceberg_pushes_the_range_down_and_brings_back_equal_rows
     assert str(high) < "2025-01-11"
     assert env.run() == 0  # rows brought back into the source are held: not archived again
     assert iceberg_catalog(env).load_table(("public", "orders")).scan().to_arrow().num_rows == ROWS
+
+
+def test_a_failure_after_the_catalog_commit_stops_the_run_and_the_next_run_deletes_those_rows(
+    archive_env: ArchiveEnv,
+) -> None:
+    env = archive_env
+    make_orders(env, rows=1000)
+    setup_iceberg_archive(env, batch={"rows": 100, "parallelism": 1})
+    # The third batch's snapshot commits, then its transaction fails before COMMIT (an injected error).
+    job = start_job(
+        "jobs.archive",
+        env.kubeconfig,
+        env.namespace,
+        "orders",
+        failpoint="archive.iceberg-between-commits=error-after:2",
+    )
+    job.communicate()
+    assert job.returncode == 1  # retryable
+    failed = env.conditions("TableArchive", "orders")["ArchiveSucceeded"]
+    assert failed["reason"] == "SnapshotUnrecorded"
+    assert "the next run deletes them" in failed["message"]
+    archived = iceberg_catalog(env).load_table(("public", "orders")).scan().to_arrow().column("id").to_pylist()
+    in_both = set(archived) & ids_in_table(env.database)  # the unrecorded batch's rows, back in the table
+    with psycopg.connect(dsn(env.database)) as conn:
+        recorded = conn.execute("SELECT count(DISTINCT batch_id), sum(rows) FROM cellar.archive_ledger").fetchone()
+    assert recorded is not None
+    assert recorded[0] == 2  # the two batches before it; the run took no batch after it
+    assert in_both
+    assert len(archived) == recorded[1] + len(in_both)
+
+    assert env.run() == 0
+    archived = iceberg_catalog(env).load_table(("public", "orders")).scan().to_arrow().column("id").to_pylist()
+    assert sorted(archived) == list(range(1, 1001))
+    assert ids_in_table(env.database) == set(range(1_000_001, 1_000_011))
