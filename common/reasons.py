@@ -77,6 +77,21 @@ class Reason(StrEnum):
         EXIT_RETRYABLE,
         "a hot standby kept cancelling the dump for conflicts with recovery; see hot_standby_feedback",
     )
+    CATALOG_UNAVAILABLE = (
+        "CatalogUnavailable",
+        EXIT_RETRYABLE,
+        "the Iceberg catalog (spec.iceberg.catalog) could not be reached, or failed a request",
+    )
+    CATALOG_CONFLICT = (
+        "CatalogConflict",
+        EXIT_RETRYABLE,
+        "the Iceberg table kept changing under the run's commits (other writers), try after try",
+    )
+    SNAPSHOT_UNRECORDED = (
+        "SnapshotUnrecorded",
+        EXIT_RETRYABLE,
+        "an Iceberg snapshot committed but its batch's transaction did not; the next run deletes its rows",
+    )
     DUMP_FAILED = "DumpFailed", EXIT_RETRYABLE, "pg_dump exited with an error (its message follows)"
     INJECTED_FAILURE = "InjectedFailure", EXIT_RETRYABLE, "a test's failpoint failed the run on purpose"
     INTERNAL_ERROR = "InternalError", EXIT_RETRYABLE, "an unexpected error; the message and the logs say where"
@@ -122,6 +137,16 @@ class Reason(StrEnum):
         "ObjectLockDisabled",
         EXIT_PERMANENT,
         "spec.storage.objectLock is set, but the bucket was not created with object lock",
+    )
+    CATALOG_ACCESS_DENIED = (
+        "CatalogAccessDenied",
+        EXIT_PERMANENT,
+        "the Iceberg catalog's database refused the credentials or the privileges it needs",
+    )
+    ICEBERG_TABLE_MISMATCH = (
+        "IcebergTableMismatch",
+        EXIT_PERMANENT,
+        "the Iceberg table exists with another schema or partitioning than the archived table's",
     )
     TOOL_MISSING = "ToolMissing", EXIT_PERMANENT, "no pg_dump or pg_restore where cellar looks for them"
     PG_DUMP_TOO_OLD = "PgDumpTooOld", EXIT_PERMANENT, "every pg_dump installed is older than the server"

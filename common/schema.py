@@ -43,9 +43,13 @@ S3_ONLY_FIELDS: dict[str, object] = {
     "maxParts": 10000,
     "objectLock": None,
 }
-ArchiveFormat = Literal["Parquet", "CSVGzip"]
+ArchiveFormat = Literal["Parquet", "CSVGzip", "Iceberg"]
 Partitioning = Literal["Daily", "Monthly", "None"]
 ArchiveMode = Literal["Move", "Copy"]
 ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = get_args(ArchiveFormat)
 PARTITIONINGS: tuple[Partitioning, ...] = get_args(Partitioning)
 ARCHIVE_MODES: tuple[ArchiveMode, ...] = get_args(ArchiveMode)
+# spec.iceberg.partitionBy: the Iceberg transform of the timestamp column that partitions the table.
+IcebergTransform = Literal["day", "month", "year"]
+ICEBERG_TRANSFORMS: tuple[IcebergTransform, ...] = get_args(IcebergTransform)
+ICEBERG_CATALOG_TYPES = ("Sql",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, PARTITIONINGS
+from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, ICEBERG_CATALOG_TYPES, ICEBERG_TRANSFORMS, PARTITIONINGS
 from tools.crd_schema import (
     age_column,
     boolean,
@@ -23,6 +23,58 @@ from tools.crd_schema import (
     string,
 )
 from tools.crd_storage import object_storage
+
+
+def iceberg() -> dict[str, Any]:
+    """spec.iceberg: the catalog and layout of an archive of format: Iceberg."""
+    name = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.\x00]+$"}
+    return obj(
+        "With format: Iceberg: the Iceberg table the rows are appended to, one snapshot per batch (its summary "
+        "carries cellar's batch id). Data and metadata files go to spec.storage (S3), under "
+        "<prefix>/<schema>.<table>/iceberg/.",
+        {
+            "catalog": obj(
+                "Where the table is catalogued: PyIceberg's SQL catalog, two tables (iceberg_tables, "
+                "iceberg_namespace_properties) in a PostgreSQL schema of cellar's.",
+                {
+                    "type": string("The catalog's kind.", enum=list(ICEBERG_CATALOG_TYPES), default="Sql"),
+                    "database": {
+                        **database_connection(),
+                        "description": "The PostgreSQL database of the catalog, its credentials in a Secret as for "
+                        "spec.database. Default: the archived database itself (spec.database).",
+                    },
+                    "schema": string(
+                        "The PostgreSQL schema of the catalog's tables; made when missing.",
+                        minLength=1,
+                        maxLength=63,
+                        default="cellar_iceberg",
+                    ),
+                    "name": {
+                        **name,
+                        "description": "The catalog's name (catalog_name in its tables).",
+                        "default": "cellar",
+                    },
+                },
+                default={},
+            ),
+            "namespace": {**name, "description": "The Iceberg namespace. Default: the source table's schema."},
+            "table": {**name, "description": "The Iceberg table's name. Default: the source table's name."},
+            "partitionBy": string(
+                "The Iceberg transform of timestampColumn that partitions the table.",
+                enum=list(ICEBERG_TRANSFORMS),
+                default="month",
+            ),
+            "targetFileSizeMiB": integer(
+                "Target size of a data file (write.target-file-size-bytes).", minimum=1, maximum=4096, default=128
+            ),
+            "properties": {
+                "type": "object",
+                "description": "Iceberg table properties set when the table is created (write.* and others).",
+                "additionalProperties": {"type": "string"},
+                "maxProperties": 64,
+            },
+        },
+    )
 
 
 def table_archive() -> dict[str, Any]:
@@ -119,8 +171,11 @@ def table_archive() -> dict[str, Any]:
                 default="60s",
             ),
             "format": string(
-                "Parquet (zstd, queryable in place) or CSVGzip.", enum=list(ARCHIVE_FORMATS), default="Parquet"
+                "Parquet (zstd, queryable in place), CSVGzip, or Iceberg (an Apache Iceberg table: spec.iceberg).",
+                enum=list(ARCHIVE_FORMATS),
+                default="Parquet",
             ),
+            "iceberg": iceberg(),
             "partitioning": string(
                 "Hive-style key layout by the row's timestamp: Daily (dt=YYYY-MM-DD), Monthly (dt=YYYY-MM) or None.",
                 enum=list(PARTITIONINGS),

@@ -197,6 +197,7 @@ the restore test's server only when spec.verify.enabled; the restore alone reads
 {{- $spec := include "cellar.mergedSpec" (dict "root" $root "name" $name "entry" $entry) | fromYaml -}}
 {{- $secrets = concat $secrets (include "cellar.storageSecrets" $spec.storage | splitList "\n") -}}
 {{- with ($spec.database | default dict).secretRef }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- with ((($spec.iceberg | default dict).catalog | default dict).database | default dict).secretRef }}{{ $secrets = append $secrets .name }}{{ end -}}
 {{- $encryption := $spec.encryption | default dict -}}
 {{- with $encryption.recipientsFrom -}}
 {{- with .secretKeyRef }}{{ $secrets = append $secrets .name }}{{ end -}}

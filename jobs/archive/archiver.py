@@ -24,6 +24,7 @@ from common.errors import CellarError, InvalidSpec
 from common.runtime import Interrupts
 from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunScope, RunTotals, rollback_quietly
+from jobs.archive.iceberg import IcebergTable
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
 from jobs.archive.lock_waits import LockWaits
 from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
@@ -66,16 +67,18 @@ class Archiver:
         tuning: Tuning = DEFAULT_TUNING,
         recipients: Sequence[str] = (),
         open_reader: Callable[[], ArrowReader] | None = None,
+        iceberg: IcebergTable | None = None,
     ) -> None:
         """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
         apply from the next batch on. `on_standby_hold`: see StandbyGate. `recipients`: the age
-        recipients every object is encrypted to, if any. `open_reader`: binary reads of whole partitions."""
+        recipients every object is encrypted to, if any. `open_reader`: binary reads of whole partitions. `iceberg`:
+        the Iceberg table the batches are appended to (format: Iceberg)."""
         self.scope = scope
         self.conn, self.info, self.cutoff, self.run_id = scope.conn, scope.info, scope.cutoff, scope.run_id
         self.interrupts = interrupts
         self.on_progress = on_progress
         self.tuning = tuning
-        self.batches = BatchWorker(scope, settings, tuning, recipients)
+        self.batches = BatchWorker(scope, settings, tuning, recipients, iceberg)
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
         self._open_reader = open_reader

@@ -30,6 +30,7 @@ from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
+from jobs.archive.iceberg import IcebergTable
 from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import (
@@ -164,11 +165,14 @@ class BatchWorker:
         settings: ArchiveSettings,
         tuning: Tuning,
         recipients: Sequence[str] = (),
+        iceberg: IcebergTable | None = None,
     ) -> None:
-        """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none."""
+        """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none. `iceberg`: the
+        table batches are appended to (format: Iceberg) instead of objects of their own."""
         conn, store, info, cutoff, run_id = scope.conn, scope.store, scope.info, scope.cutoff, scope.run_id
         self.store = store
         self.recipients = list(recipients)
+        self.iceberg = iceberg
         self.live = LiveSettings(settings)
         self.info = info
         self.cutoff = cutoff
@@ -237,6 +241,10 @@ class BatchWorker:
 
     def publish(self, captured: CapturedBatch) -> BatchResult:
         """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""
+        if self.iceberg is not None:
+            from jobs.archive.iceberg_batches import publish_to_iceberg
+
+            return publish_to_iceberg(self.iceberg, captured, self.settings, self.cutoff, self.run_id)
         conn, batch_id = captured.conn, captured.batch_id
         entries: list[ledger.LedgerEntry] = []
         try:
@@ -291,7 +299,11 @@ class BatchWorker:
 
     def publish_rows(self, batch_id: str, table: pa.Table) -> list[ledger.LedgerEntry]:
         """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction
-        (a whole partition's day: partitions.py records them and commits)."""
+        (a whole partition's day: partitions.py records them and commits). Into an Iceberg table: one snapshot."""
+        if self.iceberg is not None:
+            from jobs.archive.iceberg_batches import snapshot_entry
+
+            return [snapshot_entry(self.iceberg, batch_id, self.iceberg.append(table, batch_id, self.run_id), table)]
         dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
         return self._publish_batch(batch_id, self._pieces(table), dictionary)
 

@@ -31,6 +31,8 @@ from jobs.archive.archiver import Archiver, Stopped
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.batches import RunScope, RunTotals
 from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.iceberg import IcebergTable
+from jobs.archive.iceberg_batches import resolve_unrecorded
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
 from jobs.archive.objects import ObjectLayout
@@ -92,6 +94,8 @@ class OpenedTable:
     open_reader: Callable[[], ArrowReader] | None = None  # whole partitions' binary reads (arrow_reads.py)
     # Wraps the run: a failed first run takes back the owner record it wrote while nothing else is there.
     owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
+    # format: Iceberg: opens the catalog and makes or checks the table, for the table as the run describes it.
+    open_iceberg: Callable[[TableInfo], IcebergTable] | None = None
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
@@ -126,6 +130,18 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     except BaseException:
         conn.close()
         raise
+    open_iceberg = None
+    if settings.iceberg is not None:
+        iceberg = settings.iceberg
+        catalog = iceberg.catalog.database
+        catalog_database = database if catalog is None else ctx.secrets.database(catalog)
+        folder = store.key(settings.relation)
+
+        def open_iceberg(described: TableInfo) -> IcebergTable:
+            return IcebergTable.open(
+                settings, described, catalog_database, credentials, folder, APPLICATION, create=writes_to_store
+            )
+
     return OpenedTable(
         settings,
         conn,
@@ -136,13 +152,17 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         identities,
         (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
         owning,
+        open_iceberg,
     )
 
 
 class ArchiveJob:
     name = "archive"
     kind = TABLE_ARCHIVE
-    description = "Move a table's old rows to Parquet in S3-compatible storage, as its TableArchive says."
+    description = (
+        "Move a table's old rows to Parquet files or an Iceberg table in S3-compatible storage, as its TableArchive "
+        "says."
+    )
     open_connection: Callable[[], Connection] | None = None  # set by run(): the same database, once more
 
     def __init__(self, tuning: Tuning = DEFAULT_TUNING) -> None:
@@ -184,6 +204,8 @@ class ArchiveJob:
             status.skipped(skipped, Reason.LOCK_HELD, message)
             return message
         ensure_ledger(conn)
+        # Before anything is deleted: a catalog that cannot be reached, or a table of another schema, stops here.
+        iceberg = opened.open_iceberg(info) if opened.open_iceberg is not None else None
         started = datetime.now(UTC)
         clock = time.monotonic()
         running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
@@ -192,7 +214,12 @@ class ArchiveJob:
             f"archiving {settings.relation} rows older than {format_time(cutoff)}",
             fields={"cutoff": format_time(cutoff)},
         )
-        cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
+        resolved = 0
+        if iceberg is not None:
+            cleaned: list[str] = []
+            resolved = resolve_unrecorded(conn, iceberg, settings, info, cutoff, ctx.run_id)
+        else:
+            cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
         progress = ProgressReporter("rows", None, status.progressed)
         archiver = Archiver(
             RunScope(conn, store, info, cutoff, ctx.run_id),
@@ -205,6 +232,7 @@ class ArchiveJob:
             tuning=self.tuning,
             recipients=opened.recipients,
             open_reader=opened.open_reader,
+            iceberg=iceberg,
         )
         with self._counting_due(settings, info, cutoff, progress):
             totals, stopped = archiver.run()
@@ -220,6 +248,7 @@ class ArchiveJob:
                 "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
                 "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
                 "lock_timeouts": archiver.lock_waits.total,
+                **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
             },
         )
         reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
@@ -232,6 +261,7 @@ class ArchiveJob:
             + archiver.standbys.waited_note()
             + ("; stopped at maxRunTime, the rest goes next run" if stopped is Stopped.MAX_RUN_TIME else "")
             + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
+            + (f"; {resolved} Iceberg snapshots of crashed runs recorded, their rows deleted" if resolved else "")
         )
         self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
         return message

@@ -20,6 +20,7 @@ from common.schema import (
 )
 from common.spec import DatabaseSpec, SpecReader
 from common.storage_spec import StorageSpec
+from jobs.archive.iceberg_settings import IcebergSettings, parse_iceberg_spec
 
 # Rows per batch. Each batch repeats some work (planning, COMMIT, a manifest, a partition split at its
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
@@ -53,6 +54,7 @@ class ArchiveSettings:
     encryption: EncryptionSpec | None = None
     whole_partitions: bool = True  # spec.partitions.archiveWhole
     keep_detached: bool = False  # spec.partitions.keepDetached
+    iceberg: IcebergSettings | None = None  # spec.iceberg, with format: Iceberg
 
     @property
     def relation(self) -> str:
@@ -82,11 +84,22 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
     if filter_sql is not None and (";" in filter_sql or "--" in filter_sql or "/*" in filter_sql):
         # Trusted, but one expression: a statement separator or a comment here is always a mistake.
         raise InvalidSpec("spec.filter: must be one boolean expression, without ';' or comments")
+    schema, table_name = _identifier(table, "schema", "public"), _identifier(table, "name", required=True)
+    archive_format = cast(ArchiveFormat, reader.string("format", "Parquet", choices=ARCHIVE_FORMATS))
+    storage = StorageSpec.parse(reader.child("storage", required=True))
+    mode = cast(ArchiveMode, reader.string("mode", "Move", choices=ARCHIVE_MODES))
+    encryption = parse_encryption_spec(reader.child("encryption"))
+    iceberg = None
+    if archive_format == "Iceberg":
+        _check_iceberg_compatible(storage, mode, encryption)
+        iceberg = parse_iceberg_spec(reader.child("iceberg"), schema, table_name)
+    elif reader.has("iceberg"):
+        raise InvalidSpec("spec.iceberg: only with format: Iceberg")
     return ArchiveSettings(
         database=DatabaseSpec.parse(reader.child("database", required=True)),
-        storage=StorageSpec.parse(reader.child("storage", required=True)),
-        schema=_identifier(table, "schema", "public"),
-        table=_identifier(table, "name", required=True),
+        storage=storage,
+        schema=schema,
+        table=table_name,
         primary_key=primary_key,
         timestamp_column=_identifier(reader, "timestampColumn", required=True),
         older_than=older_than,
@@ -99,15 +112,32 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         max_run_time=reader.duration("maxRunTime", "1h", positive=True),
         lock_timeout=reader.duration("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
         statement_timeout=reader.duration("statementTimeout", "60s"),
-        format=cast(ArchiveFormat, reader.string("format", "Parquet", choices=ARCHIVE_FORMATS)),
+        format=archive_format,
         partitioning=cast(Partitioning, reader.string("partitioning", "Daily", choices=PARTITIONINGS)),
-        mode=cast(ArchiveMode, reader.string("mode", "Move", choices=ARCHIVE_MODES)),
+        mode=mode,
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
-        encryption=parse_encryption_spec(reader.child("encryption")),
+        encryption=encryption,
         whole_partitions=reader.child("partitions").boolean("archiveWhole", True),
         keep_detached=reader.child("partitions").boolean("keepDetached"),
+        iceberg=iceberg,
     )
+
+
+def _check_iceberg_compatible(storage: StorageSpec, mode: ArchiveMode, encryption: EncryptionSpec | None) -> None:
+    """What an Iceberg archive cannot do yet, refused before anything is touched."""
+    if storage.provider != "S3":
+        raise InvalidSpec(
+            f"spec.storage.provider: format: Iceberg writes its data files to S3-compatible storage only in this "
+            f"version, not {storage.provider}"
+        )
+    if mode != "Move":
+        raise InvalidSpec("spec.mode: format: Iceberg archives in Move mode only in this version")
+    if encryption is not None:
+        raise InvalidSpec(
+            "spec.encryption: age encryption is for Parquet and CSV files; an Iceberg table's files must stay "
+            "readable by query engines (use the store's server-side encryption instead)"
+        )
 
 
 # What a run takes from a spec changed while it runs (`kubectl patch` / `edit`): how fast it goes and for

@@ -118,11 +118,11 @@ def unarchive(
         key = described.object_key
         columns = _manifest_columns(manifest, key, info)
         table = read_verified(store, manifest, described, columns, identities)
-        inserted, in_range = _load(
+        inserted, in_range = load_rows(
             conn,
             settings,
             info,
-            described,
+            LoadedPiece(key, described.rows),
             columns,
             table,
             target,
@@ -169,11 +169,19 @@ def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> lis
     return columns
 
 
-def _load(
+@dataclass(frozen=True)
+class LoadedPiece:
+    """What one transaction of an unarchive loads: an object (or an Iceberg data file) and its rows' count."""
+
+    key: str
+    rows: int
+
+
+def load_rows(
     conn: Connection,
     settings: ArchiveSettings,
     info: TableInfo,
-    described: ArchivedObject,
+    piece: LoadedPiece,
     columns: list[Column],
     table: pa.Table,
     target: sql.Composed,
@@ -183,7 +191,8 @@ def _load(
     hold: bool,
     repartition: Repartitioner | None = None,
 ) -> tuple[int, int]:
-    key = described.object_key
+    """Stage `table`'s rows, insert those in [start, end) that the target lacks; (inserted, in range)."""
+    key = piece.key
     staging_columns = []
     conversions = []
     for column in columns:
@@ -213,9 +222,9 @@ def _load(
     ):
         copy.write(table_to_copy_csv(table.select([c.name for c in columns]), [c.name for c in columns if c.is_array]))
     staged = conn.execute("SELECT count(*) FROM cellar_staging").fetchone()
-    if not staged or int(str(staged[0])) != described.rows:
+    if not staged or int(str(staged[0])) != piece.rows:
         raise PermanentError(
-            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {described.rows}",
+            f"{key}: staged {staged[0] if staged else 0} rows, the manifest says {piece.rows}",
             reason=Reason.VERIFICATION_FAILED,
         )
     ts = sql.Identifier(info.timestamp_column.name)
@@ -318,19 +327,35 @@ class UnarchiveJob:
             check_lag_visible(conn, settings.max_replication_lag)
             ensure_ledger(conn)
             standbys = StandbyGate(settings.max_replication_lag)
-            result = unarchive(
-                conn,
-                store,
-                settings,
-                info,
-                start,
-                end,
-                into=args.into,
-                side_table=args.side_table,
-                hold=not args.allow_rearchive,
-                standbys=standbys,
-                identities=opened.identities,
-            )
+            if opened.open_iceberg is not None:
+                from jobs.archive.iceberg_unarchive import unarchive_iceberg
+
+                result = unarchive_iceberg(
+                    conn,
+                    opened.open_iceberg(info),
+                    settings,
+                    info,
+                    start,
+                    end,
+                    into=args.into,
+                    side_table=args.side_table,
+                    hold=not args.allow_rearchive,
+                    standbys=standbys,
+                )
+            else:
+                result = unarchive(
+                    conn,
+                    store,
+                    settings,
+                    info,
+                    start,
+                    end,
+                    into=args.into,
+                    side_table=args.side_table,
+                    hold=not args.allow_rearchive,
+                    standbys=standbys,
+                    identities=opened.identities,
+                )
         message = (
             f"{result.rows_inserted} rows brought back into "
             f"{settings.relation if args.into == 'source' else (args.side_table or settings.table + '_unarchived')}"

@@ -1,0 +1,86 @@
+"""Reading an archive's Iceberg table as engines no one here wrote do: DuckDB's iceberg extension (its PyPI
+packages) over MinIO, and PyIceberg's SQL catalog; and the figures the tests compare with PostgreSQL."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.integration.archive_helpers import dsn, setup_archive
+from tests.integration.environments import ArchiveEnv
+
+
+def setup_iceberg_archive(env: ArchiveEnv, table: str = "orders", name: str = "orders", **spec: Any) -> dict[str, Any]:
+    iceberg = spec.pop("iceberg", {})
+    return setup_archive(env, table=table, name=name, format="Iceberg", iceberg=iceberg, **spec)
+
+
+def iceberg_catalog(env: ArchiveEnv, schema: str = "cellar_iceberg") -> Any:
+    """PyIceberg's SQL catalog over the test's database, as cellar's default catalog keeps it."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    d = env.database
+    with psycopg.connect(dsn(d), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    return SqlCatalog(
+        "cellar",
+        uri=f"postgresql+psycopg://{d['username']}:{d['password']}@{d['host']}:{d['port']}/{d['dbname']}"
+        f"?options=-csearch_path%3D{schema}",
+        **{
+            "s3.endpoint": env.stack.s3_endpoint,
+            "s3.access-key-id": S3_ACCESS_KEY,
+            "s3.secret-access-key": S3_SECRET_KEY,
+            "s3.region": "us-east-1",
+        },
+    )
+
+
+def _extension(package: str, name: str) -> str:
+    module = importlib.import_module(package)
+    found = sorted(Path(str(module.__file__)).parent.glob(f"extensions/*/{name}.duckdb_extension"))
+    assert found, f"{package} holds no {name} extension"
+    return str(found[-1])
+
+
+def duckdb_over_minio(env: ArchiveEnv) -> duckdb.DuckDBPyConnection:
+    """DuckDB with its iceberg extension (and httpfs, avro) from their PyPI packages, reading MinIO."""
+    conn = duckdb.connect()
+    for package, name in (
+        ("duckdb_extension_httpfs", "httpfs"),
+        ("duckdb_extension_avro", "avro"),
+        ("duckdb_extension_iceberg", "iceberg"),
+    ):
+        conn.load_extension(_extension(package, name))
+    endpoint = env.stack.s3_endpoint.removeprefix("http://")
+    conn.execute(
+        f"CREATE SECRET minio (TYPE s3, KEY_ID '{S3_ACCESS_KEY}', SECRET '{S3_SECRET_KEY}', ENDPOINT '{endpoint}', "
+        "URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
+    return conn
+
+
+def metadata_location(env: ArchiveEnv, namespace: str = "public", table: str = "orders") -> str:
+    """The table's current metadata file, as the SQL catalog records it."""
+    with psycopg.connect(dsn(env.database)) as conn:
+        row = conn.execute(
+            "SELECT metadata_location FROM cellar_iceberg.iceberg_tables WHERE table_namespace = %s "
+            "AND table_name = %s",
+            (namespace, table),
+        ).fetchone()
+    assert row is not None, "the catalog holds no such table"
+    return str(row[0])
+
+
+def figures_in_duckdb(conn: duckdb.DuckDBPyConnection, metadata: str, column: str = "amount") -> tuple[Any, ...]:
+    """count, count of distinct ids, sum, min and max of `column` in the table at that metadata file."""
+    found = conn.execute(
+        f"SELECT count(*), count(DISTINCT id), sum({column}), min({column}), max({column}) "
+        f"FROM iceberg_scan('{metadata}')"
+    ).fetchone()
+    assert found is not None
+    return tuple(found)
