@@ -53,19 +53,14 @@ def find_condition(conditions: Sequence[Mapping[str, Any]], condition_type: str)
 
 
 def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    condition_type: str,
-    status: ConditionStatus,
-    reason: Reason,
-    message: str,
-    observed_generation: int | None,
-    now: datetime,
+    conditions: Sequence[Mapping[str, Any]], condition: Condition, observed_generation: int | None, now: datetime
 ) -> list[StoredCondition]:
-    """Return a new list with `condition_type` upserted.
+    """Return a new list with `condition` upserted by its type.
 
     `lastTransitionTime` moves only when `status` changes; reason, message and observedGeneration
     are always overwritten; conditions of other types are kept untouched and in order.
     """
+    condition_type, status, reason, message = condition
     if not reason or not reason[0].isupper() or not reason.isalnum():
         raise ValueError(f"condition reason must be CamelCase letters and digits, got {reason!r}")
     if len(message) > MAX_MESSAGE_LENGTH:

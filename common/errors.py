@@ -133,3 +133,32 @@ class RestoreFailed(PermanentError):
 
 class RowCountMismatch(BackupUnsound):
     reason = Reason.ROW_COUNT_MISMATCH
+
+
+# ---- the archive's
+
+
+class ForeignKeyBlocked(PermanentError):
+    reason = Reason.FOREIGN_KEY_BLOCKED
+
+
+class InsufficientPrivilege(PermanentError):
+    reason = Reason.INSUFFICIENT_PRIVILEGE
+
+
+class CommitInDoubt(RetryableError):
+    reason = Reason.CONNECTION_FAILED
+
+    def __init__(self, batch_id: str, detail: str) -> None:
+        super().__init__(
+            f"the connection died during COMMIT of batch {batch_id} ({detail}); the next run reads the "
+            "ledger to learn whether it committed and cleans up accordingly"
+        )
+        self.batch_id = batch_id
+
+
+class SnapshotUnrecorded(RetryableError):
+    """The catalog committed a batch's snapshot, then its PostgreSQL transaction failed: its rows are back in the
+    table. The run stops (taking them again would append them twice); the next run deletes them."""
+
+    reason = Reason.SNAPSHOT_UNRECORDED

@@ -227,10 +227,28 @@ def configured_endpoint(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RunLabels:
+    """Whose run the metrics describe: the operation (backup, archive, ...), the resource, and the run's id."""
+
+    operation: str
+    kind: str
+    namespace: str
+    name: str
+    run_id: str
+
+
 class RunMetrics:
     """The metrics of one run: started with the run, pushed when it ends. Made only when an endpoint is set."""
 
-    def __init__(self, endpoint: str, *, operation: str, kind: str, namespace: str, name: str, run_id: str) -> None:
+    def __init__(self, endpoint: str, labels: RunLabels) -> None:
+        operation, kind, namespace, name, run_id = (
+            labels.operation,
+            labels.kind,
+            labels.namespace,
+            labels.name,
+            labels.run_id,
+        )
         # Imported here: without an endpoint the SDK is never loaded.
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics import MeterProvider
@@ -309,14 +327,12 @@ def _metrics_url(endpoint: str) -> str:
     return endpoint.rstrip("/") + "/v1/metrics"
 
 
-def start_run_metrics(
-    spec: Mapping[str, Any], *, operation: str, kind: str, namespace: str, name: str, run_id: str, at: datetime
-) -> RunMetrics | None:
+def start_run_metrics(spec: Mapping[str, Any], labels: RunLabels, at: datetime) -> RunMetrics | None:
     endpoint = configured_endpoint(spec)
     if endpoint is None:
         return None
     try:
-        metrics = RunMetrics(endpoint, operation=operation, kind=kind, namespace=namespace, name=name, run_id=run_id)
+        metrics = RunMetrics(endpoint, labels)
         metrics.started(at)
     except Exception as exc:  # noqa: BLE001 (metrics never fail a run)
         log.warning("metrics are off for this run", extra={"error": f"{type(exc).__name__}: {exc}"})

@@ -31,7 +31,7 @@ from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Inte
 from common.invocation import Invocation, add_invocation_arguments, resolve_invocation
 from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
-from common.metrics import RunMetrics, start_run_metrics
+from common.metrics import RunLabels, RunMetrics, start_run_metrics
 from common.process import process_identity
 from common.reasons import Reason
 from common.redact import redact
@@ -146,8 +146,8 @@ class RunContext:
             status = resource.get("status") or {}
             current = list(status.get("conditions") or [])
             generation = resource.get("metadata", {}).get("generation")
-            for condition_type, condition_status, reason, message in conditions:
-                current = set_condition(current, condition_type, condition_status, reason, message, generation, now)
+            for condition in conditions:
+                current = set_condition(current, condition, generation, now)
             patch: dict[str, Any] = {"conditions": current, "observedGeneration": generation}
             patch.update(fields or {})
             if compute is not None:
@@ -320,15 +320,8 @@ def _start_metrics(job: Job, ctx: RunContext) -> RunMetrics | None:
     """The run's metrics (pushed when it ends); none for a dry run or a command whose output is a listing."""
     if ctx.invocation.dry_run or getattr(job, "output_on_stdout", False):
         return None
-    return start_run_metrics(
-        ctx.spec,
-        operation=job.name,
-        kind=job.kind.kind,
-        namespace=ctx.ref.namespace,
-        name=ctx.ref.name,
-        run_id=ctx.run_id,
-        at=ctx.started,
-    )
+    labels = RunLabels(job.name, job.kind.kind, ctx.ref.namespace, ctx.ref.name, ctx.run_id)
+    return start_run_metrics(ctx.spec, labels, ctx.started)
 
 
 def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:

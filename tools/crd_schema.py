@@ -216,7 +216,7 @@ def run_record(description: str, extra: dict[str, Schema]) -> Schema:
     return obj(description, {**base, **extra})
 
 
-def crd(
+def crd(  # noqa: PLR0913 (a schema builder: each argument is a part of the CRD)
     kind: str,
     plural: str,
     short_names: list[str],

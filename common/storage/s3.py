@@ -18,7 +18,7 @@ from common.secrets import StorageCredentials
 from common.storage.base import ListedObject, Lock, ObjectStore, PendingUpload, StoredObject, stored_differs
 from common.storage.client import build_client
 from common.storage.errors import error_code, http_status, translate_storage_error, translated
-from common.storage.upload import StreamingUpload
+from common.storage.upload import ObjectWrite, StreamingUpload
 from common.storage_spec import StorageSpec
 
 if TYPE_CHECKING:
@@ -90,17 +90,8 @@ class S3Store(ObjectStore):
     def open_upload(
         self, key: str, *, content_type: str = "application/octet-stream", concurrency: int = 2
     ) -> StreamingUpload:
-        return StreamingUpload(
-            self._client,
-            self.bucket,
-            key,
-            part_size=self.spec.part_size,
-            max_parts=self.spec.max_parts,
-            extra_arguments=self.write_arguments(),
-            content_type=content_type,
-            checksums=not self.spec.checksum_when_required,
-            concurrency=concurrency,
-        )
+        write = ObjectWrite(content_type, self.write_arguments())
+        return StreamingUpload(self._client, self.spec, key, write, concurrency=concurrency)
 
     def put_bytes(self, key: str, body: bytes, *, content_type: str = "application/json") -> None:
         try:

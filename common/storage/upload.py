@@ -9,6 +9,8 @@ than one part is sent with a single PutObject.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from common.errors import CellarError, PermanentError
@@ -16,6 +18,7 @@ from common.reasons import Reason
 from common.redact import redact
 from common.storage.base import MAX_PART_SIZE, PartedUpload
 from common.storage.errors import STORE_ERRORS, translate_storage_error, translated
+from common.storage_spec import StorageSpec
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -25,6 +28,14 @@ else:
 log = logging.getLogger("common.storage")
 
 
+@dataclass(frozen=True)
+class ObjectWrite:
+    """How an object is written: its content type, and the arguments every write carries."""
+
+    content_type: str = "application/octet-stream"
+    extra_arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
 class StreamingUpload(PartedUpload):
     """Upload a stream of unknown length; use as a context manager so that failures abort.
 
@@ -32,32 +43,24 @@ class StreamingUpload(PartedUpload):
     """
 
     def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        key: str,
-        *,
-        part_size: int,
-        max_parts: int,
-        extra_arguments: dict[str, Any] | None = None,
-        content_type: str = "application/octet-stream",
-        checksums: bool = True,
-        concurrency: int = 2,
+        self, client: S3Client, spec: StorageSpec, key: str, write: ObjectWrite, *, concurrency: int = 2
     ) -> None:
+        """`spec`: the bucket, the part size and count, and whether parts carry checksums; `write`: the object's
+        content type and what every write carries (encryption, storage class, object lock)."""
         super().__init__(
             key,
-            part_size=part_size,
-            max_parts=max_parts,
+            part_size=spec.part_size,
+            max_parts=spec.max_parts,
             largest=MAX_PART_SIZE,
             concurrency=concurrency,
             thread_name="s3-part",
         )
         self.client = client
-        self.bucket = bucket
-        self.max_parts = max_parts
-        self.extra_arguments = dict(extra_arguments or {})
-        self.content_type = content_type
-        self.checksums = checksums
+        self.bucket = spec.bucket
+        self.max_parts = spec.max_parts
+        self.extra_arguments = dict(write.extra_arguments)
+        self.content_type = write.content_type
+        self.checksums = not spec.checksum_when_required
         self._upload_id: str | None = None
 
     def _before_part(self, number: int) -> None:

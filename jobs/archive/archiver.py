@@ -14,8 +14,9 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -23,8 +24,8 @@ import psycopg
 from common.errors import CellarError, InvalidSpec
 from common.runtime import Interrupts
 from jobs.archive.arrow_reads import ArrowReader
-from jobs.archive.batches import BatchResult, BatchWorker, CapturedBatch, RunScope, RunTotals, rollback_quietly
-from jobs.archive.iceberg import IcebergTable
+from jobs.archive.batch_records import BatchResult, CapturedBatch, RunTotals, rollback_quietly
+from jobs.archive.batches import BatchWorker, Destination, RunScope
 from jobs.archive.lanes import Lane, jsonable, split_into_lanes
 from jobs.archive.lock_waits import LockWaits
 from jobs.archive.partitions import PartitionArchiver, PartitionResult, as_batch_result
@@ -41,6 +42,20 @@ class Stopped(enum.Enum):
 
     DONE = "done"  # nothing more was due
     MAX_RUN_TIME = "maxRunTime"  # spec.maxRunTime was up, or a standby held the batches until then
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a run's batches call out to: `on_progress` (rows done), `open_connection` (one more to the same
+    database, for lanes; none: one batch at a time), `reread_spec` (the resource's spec as it is now: its live
+    fields, settings.LIVE_FIELDS, apply from the next batch on), `on_standby_hold` (see StandbyGate) and
+    `open_reader` (binary reads of whole partitions)."""
+
+    on_progress: Callable[[int], None] = lambda _: None
+    open_connection: Callable[[], Connection] | None = None
+    reread_spec: Callable[[], Mapping[str, Any]] | None = None
+    on_standby_hold: Callable[[str | None], None] = lambda _: None
+    open_reader: Callable[[], ArrowReader] | None = None
 
 
 class Archiver:
@@ -60,34 +75,27 @@ class Archiver:
         scope: RunScope,
         settings: ArchiveSettings,
         interrupts: Interrupts,
-        on_progress: Callable[[int], None] = lambda _: None,
-        open_connection: Callable[[], Connection] | None = None,
-        reread_spec: Callable[[], Mapping[str, Any]] | None = None,
-        on_standby_hold: Callable[[str | None], None] = lambda _: None,
+        hooks: RunHooks = RunHooks(),
         tuning: Tuning = DEFAULT_TUNING,
-        recipients: Sequence[str] = (),
-        open_reader: Callable[[], ArrowReader] | None = None,
-        iceberg: IcebergTable | None = None,
+        destination: Destination = Destination(),  # noqa: B008 (frozen, never changed)
     ) -> None:
-        """`reread_spec` returns the resource's spec as it is now: its live fields (settings.LIVE_FIELDS)
-        apply from the next batch on. `on_standby_hold`: see StandbyGate. `recipients`: the age
-        recipients every object is encrypted to, if any. `open_reader`: binary reads of whole partitions. `iceberg`:
-        the Iceberg table the batches are appended to (format: Iceberg)."""
+        """`destination`: where the batches go (objects, encrypted or not, or an Iceberg table)."""
         self.scope = scope
         self.conn, self.info, self.cutoff, self.run_id = scope.conn, scope.info, scope.cutoff, scope.run_id
         self.interrupts = interrupts
-        self.on_progress = on_progress
+        self.on_progress = hooks.on_progress
         self.tuning = tuning
-        self.batches = BatchWorker(scope, settings, tuning, recipients, iceberg)
+        self.batches = BatchWorker(scope, settings, tuning, destination)
         # More connections let batches overlap: only in Move mode without a pause (see the class doc).
+        open_connection = hooks.open_connection
         self._open_connection = open_connection if settings.mode == "Move" and not settings.pause else None
-        self._open_reader = open_reader
+        self._open_reader = hooks.open_reader
         self._totals_lock = threading.Lock()
-        self.standbys = StandbyGate(settings.max_replication_lag, on_standby_hold)
+        self.standbys = StandbyGate(settings.max_replication_lag, hooks.on_standby_hold)
         self.lock_waits = LockWaits(
             settings.relation, tuning.lock_wait_attempts, settings.lock_timeout.total_seconds(), self._stopping
         )
-        self._reread_spec = reread_spec
+        self._reread_spec = hooks.reread_spec
         self._settings_lock = threading.Lock()  # one lane reads the spec again at a time
         self._settings_read_at = self._started = time.monotonic()
         self._last_settings_notice = ""

@@ -9,7 +9,6 @@ still in the table (cleanup.py). docs/design.md has the whole argument.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,11 +23,11 @@ import psycopg
 import pyarrow as pa
 
 from common.encryption import encrypt_bytes
-from common.errors import RetryableError
+from common.errors import CommitInDoubt
 from common.failpoints import failpoint
-from common.reasons import Reason
 from common.storage import ObjectStore
 from jobs.archive import ledger
+from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
 from jobs.archive.iceberg import IcebergTable
 from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
@@ -44,56 +43,10 @@ from jobs.archive.objects import (
     upload_verified,
 )
 from jobs.archive.settings import ArchiveSettings, LiveSettings, Tuning
-from jobs.archive.statements import batch_query, copy_out, sql_settings
+from jobs.archive.statements import BatchPlan, batch_query, copy_out, sql_settings
 from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchResult:
-    rows: int = 0
-    bytes: int = 0
-    objects: int = 0
-    transaction_seconds: float = 0.0
-
-
-@dataclass
-class RunTotals:
-    rows: int = 0
-    bytes: int = 0
-    batches: int = 0
-    objects: int = 0  # data files, manifests not counted
-    longest_transaction_seconds: float = 0.0
-    partitions: int = 0  # of the batches: partitions archived whole (partitions.py)
-
-    def add(self, result: BatchResult) -> None:
-        self.rows += result.rows
-        self.bytes += result.bytes
-        self.objects += result.objects
-        self.batches += 1 if result.rows else 0
-        self.longest_transaction_seconds = max(self.longest_transaction_seconds, result.transaction_seconds)
-
-
-@dataclass
-class CapturedBatch:
-    """Rows one open transaction has deleted (not yet committed), in (timestamp, key) order."""
-
-    conn: Connection
-    batch_id: str
-    began: float
-    table: pa.Table
-
-
-class CommitInDoubt(RetryableError):
-    reason = Reason.CONNECTION_FAILED
-
-    def __init__(self, batch_id: str, detail: str) -> None:
-        super().__init__(
-            f"the connection died during COMMIT of batch {batch_id} ({detail}); the next run reads the "
-            "ledger to learn whether it committed and cleans up accordingly"
-        )
-        self.batch_id = batch_id
 
 
 def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
@@ -130,11 +83,6 @@ def _finish_copy_out(conn: Connection) -> None:
         raise psycopg.errors.error_from_result(results[0], encoding=conn.info.encoding)
 
 
-def rollback_quietly(conn: Connection) -> None:
-    with contextlib.suppress(psycopg.Error):  # a dead connection: the server rolled back on its own
-        conn.rollback()
-
-
 def _timestamp(text: str | None) -> datetime | None:
     if text is None:
         return None
@@ -155,6 +103,15 @@ class RunScope:
     run_id: str
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where a run's batches go: objects of their own, encrypted to `recipients` (spec.encryption; none: not
+    encrypted), or rows appended to the `iceberg` table (format: Iceberg)."""
+
+    recipients: Sequence[str] = ()
+    iceberg: IcebergTable | None = None
+
+
 class BatchWorker:
     """Captures and publishes the batches of one run; shared by its lanes (each batch has its own
     connection). `settings` and `batch_rows` may change between batches (a spec read again)."""
@@ -164,11 +121,9 @@ class BatchWorker:
         scope: RunScope,
         settings: ArchiveSettings,
         tuning: Tuning,
-        recipients: Sequence[str] = (),
-        iceberg: IcebergTable | None = None,
+        destination: Destination = Destination(),
     ) -> None:
-        """`recipients`: the age recipients every object is encrypted to (spec.encryption), or none. `iceberg`: the
-        table batches are appended to (format: Iceberg) instead of objects of their own."""
+        recipients, iceberg = destination.recipients, destination.iceberg
         conn, store, info, cutoff, run_id = scope.conn, scope.store, scope.info, scope.cutoff, scope.run_id
         self.store = store
         self.recipients = list(recipients)
@@ -216,7 +171,7 @@ class BatchWorker:
     def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
         settings, batch_rows = self.live.snapshot()  # one batch, one version of the settings
         statement = copy_out(
-            batch_query(settings, self.info, self.cutoff, batch_rows, self.watermark, lane, self.tuning)
+            batch_query(BatchPlan(settings, self.info, self.cutoff, self.tuning), batch_rows, self.watermark, lane)
         )
         began = time.monotonic()
         try:

@@ -8,6 +8,7 @@ whose rows are not all there is left in place and reported, never deleted.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from psycopg import sql
@@ -19,7 +20,6 @@ from jobs.archive import ledger
 from jobs.archive.encoding import decode
 from jobs.archive.manifest import BatchManifest
 from jobs.archive.objects import ObjectLayout, batch_of, decrypt_object, read_verified
-from jobs.archive.partitions import pending
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
 from jobs.archive.table import Connection, TableInfo
@@ -41,7 +41,10 @@ def rows_still_in_table(conn: Connection, settings: ArchiveSettings, info: Table
     columns = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     # A partition archived whole is detached before it is read: a crashed run's objects of it have their rows
     # there (partitions.py), not in the parent.
-    sources = [table_name(settings), *(sql.SQL(name) for name in pending(conn, settings, detached_only=True))]
+    sources = [
+        table_name(settings),
+        *(sql.SQL(name) for name in ledger.pending_partitions(conn, settings.relation, detached_only=True)),
+    ]
     union = sql.SQL(" UNION ").join(sql.SQL("SELECT {} FROM {}").format(columns, source) for source in sources)
     query = sql.SQL("SELECT count(*) FROM ({}) t JOIN unnest({}) AS k({}) ON {}").format(union, arrays, columns, join)
     row = conn.execute(query).fetchone()
@@ -68,6 +71,43 @@ def _leftover_rows(
     return decode(body, settings.format, info.columns)
 
 
+@dataclass
+class _MoveCheck:
+    """Whether a Move-mode leftover's rows are all still in the table (only then may it go), reading each batch's
+    manifest once."""
+
+    conn: Connection
+    store: ObjectStore
+    settings: ArchiveSettings
+    info: TableInfo
+    identities: Identities | None
+    manifest_keys: set[str]
+    manifests: dict[str, BatchManifest | None] = field(default_factory=dict)
+
+    def rows_all_in_table(self, key: str, batch: str) -> bool:
+        manifest_key = ObjectLayout(self.store, self.settings).manifest_key(batch)
+        if batch not in self.manifests:
+            self.manifests[batch] = (
+                BatchManifest.read(self.store.get_bytes(manifest_key), manifest_key)
+                if manifest_key in self.manifest_keys
+                else None
+            )
+        try:
+            table = _leftover_rows(self.store, self.settings, self.info, key, self.manifests[batch], self.identities)
+        except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)
+            log.error("unreadable leftover object: left in place", extra={"key": key, "error": str(exc)})
+            return False
+        present = rows_still_in_table(self.conn, self.settings, self.info, table)
+        self.conn.rollback()
+        if present != table.num_rows:
+            log.error(
+                "leftover object whose rows are not all in the table: left in place",
+                extra={"key": key, "rows": table.num_rows, "in_table": present},
+            )
+            return False
+        return True
+
+
 def clean_leftovers(
     conn: Connection,
     store: ObjectStore,
@@ -85,7 +125,7 @@ def clean_leftovers(
     conn.rollback()
     committed_batches = {batch_of(k) for k in recorded}
     manifest_keys = {o.key for o in store.list_objects(layout.manifest_prefix)}
-    manifests: dict[str, BatchManifest | None] = {}
+    check = _MoveCheck(conn, store, settings, info, identities, manifest_keys)
     deleted: list[str] = []
     kept_batches: set[str | None] = set()
     for listed in list(store.list_objects(layout.data_prefix)):
@@ -96,30 +136,9 @@ def clean_leftovers(
         if batch is None:
             log.warning("object not written by cellar under the archive prefix: left alone", extra={"key": key})
             continue
-        if settings.mode == "Move":
-            manifest_key = layout.manifest_key(batch)
-            if batch not in manifests:
-                manifests[batch] = (
-                    BatchManifest.read(store.get_bytes(manifest_key), manifest_key)
-                    if manifest_key in manifest_keys
-                    else None
-                )
-            try:
-                table = _leftover_rows(store, settings, info, key, manifests[batch], identities)
-            except Exception as exc:  # noqa: BLE001 (an unreadable leftover is reported and kept, never deleted)
-                log.error("unreadable leftover object: left in place", extra={"key": key, "error": str(exc)})
-                kept_batches.add(batch)
-                continue
-            present = rows_still_in_table(conn, settings, info, table)
-            conn.rollback()
-            if present != table.num_rows:
-                log.error(
-                    "leftover object whose rows are not all in the table: left in place",
-                    extra={"key": key, "rows": table.num_rows, "in_table": present},
-                )
-                kept_batches.add(batch)
-                continue
-        if store.delete_leftover(key):
+        if settings.mode == "Move" and not check.rows_all_in_table(key, batch):
+            kept_batches.add(batch)
+        elif store.delete_leftover(key):
             deleted.append(key)
         else:
             kept_batches.add(batch)

@@ -161,6 +161,17 @@ def _partition_spec(schema: Any, column: str, transform_name: str) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class CatalogAccess:
+    """How a run reaches its Iceberg table: the catalog's database, the store's credentials for the data files
+    (under `prefix_key`, the archive's folder), and the application_name the catalog's sessions carry."""
+
+    database: DatabaseSettings
+    credentials: StorageCredentials
+    prefix_key: str
+    application_name: str
+
+
 class IcebergTable:
     """One archive's Iceberg table in its catalog. The run's lanes append one at a time (each on the table as it is
     then): side by side, every commit but one would lose the race and write its files again. A commit that loses
@@ -177,15 +188,7 @@ class IcebergTable:
 
     @classmethod
     def open(
-        cls,
-        settings: ArchiveSettings,
-        info: TableInfo,
-        database: DatabaseSettings,
-        credentials: StorageCredentials,
-        prefix_key: str,
-        application_name: str,
-        *,
-        create: bool = True,
+        cls, settings: ArchiveSettings, info: TableInfo, access: CatalogAccess, *, create: bool = True
     ) -> IcebergTable:
         """Open the catalog, make the namespace and the table when missing (`create`; else a missing table is
         refused), and check an existing table's schema and partitioning against the archived table's. Nothing is
@@ -195,6 +198,8 @@ class IcebergTable:
 
         iceberg = settings.iceberg
         assert iceberg is not None
+        database, credentials, prefix_key = access.database, access.credentials, access.prefix_key
+        application_name = access.application_name
         prepare_catalog_schema(database, iceberg, application_name)
         field = _catalog_field(iceberg)
         try:

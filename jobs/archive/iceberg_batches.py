@@ -20,13 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from common.errors import RetryableError
+from common.errors import CommitInDoubt, SnapshotUnrecorded
 from common.failpoints import failpoint
-from common.reasons import Reason
 from jobs.archive import ledger
-from jobs.archive.batches import BatchResult, CapturedBatch, CommitInDoubt, rollback_quietly
+from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
 from jobs.archive.iceberg import AppendedSnapshot, IcebergTable
-from jobs.archive.partitions import pending
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
 from jobs.archive.table import Connection, TableInfo
@@ -34,13 +32,6 @@ from jobs.archive.table import Connection, TableInfo
 log = logging.getLogger(__name__)
 
 BETWEEN_COMMITS = "archive.iceberg-between-commits"
-
-
-class SnapshotUnrecorded(RetryableError):
-    """The catalog committed a batch's snapshot, then its PostgreSQL transaction failed: its rows are back in the
-    table. The run stops (taking them again would append them twice); the next run deletes them."""
-
-    reason = Reason.SNAPSHOT_UNRECORDED
 
 
 def _when(value: object) -> datetime | None:
@@ -136,7 +127,10 @@ def _delete_keys(conn: Connection, settings: ArchiveSettings, info: TableInfo, k
     )
     match = sql.SQL(" AND ").join(sql.SQL("t.{0} = k.{0}").format(sql.Identifier(k)) for k in names)
     columns = sql.SQL(", ").join(sql.Identifier(k) for k in names)
-    sources = [table_name(settings), *(sql.SQL(name) for name in pending(conn, settings, detached_only=True))]
+    sources = [
+        table_name(settings),
+        *(sql.SQL(name) for name in ledger.pending_partitions(conn, settings.relation, detached_only=True)),
+    ]
     deleted = 0
     for source in sources:
         statement = sql.SQL("DELETE FROM {} t USING unnest({}) AS k({}) WHERE {}").format(

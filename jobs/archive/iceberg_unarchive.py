@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime
 
 import pyarrow as pa
 
@@ -14,11 +13,9 @@ from common.errors import PermanentError
 from common.reasons import Reason
 from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg import IcebergTable
+from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.repartition import Repartitioner
-from jobs.archive.settings import ArchiveSettings
-from jobs.archive.standbys import StandbyGate
-from jobs.archive.table import Column, Connection, TableInfo
-from jobs.archive.unarchive import LoadedPiece, UnarchiveResult, load_rows, prepare_target
+from jobs.archive.table import Column
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +36,14 @@ def with_iceberg_dimensions(columns: list[Column], stored: pa.Schema) -> list[Co
     ]
 
 
-def unarchive_iceberg(
-    conn: Connection,
-    table: IcebergTable,
-    settings: ArchiveSettings,
-    info: TableInfo,
-    start: datetime,
-    end: datetime,
-    *,
-    into: str = "side",
-    side_table: str | None = None,
-    hold: bool = True,
-    standbys: StandbyGate | None = None,
-) -> UnarchiveResult:
-    """Load the rows with start <= timestamp < end back from the table's current snapshot."""
-    target = prepare_target(conn, settings, into, side_table)
-    conn.commit()
-    scan = table.scan(start, end)
+def unarchive_iceberg(request: UnarchiveRequest, table: IcebergTable) -> UnarchiveResult:
+    """Load the request's rows back from the table's current snapshot."""
+    settings, info = request.settings, request.info
+    scan = table.scan(request.start, request.end)
     tasks = list(scan.plan_files())
     snapshot = scan.snapshot()
     in_table = int(snapshot.summary.get("total-data-files", "0")) if snapshot and snapshot.summary else 0
     log.info("Iceberg scan planned", extra={"data_files": len(tasks), "data_files_in_table": in_table})
-    repartition = Repartitioner.plan(conn, settings, info, [(start, end)]) if into == "source" else None
     stored = scan.projection().as_arrow()
     missing = [c.name for c in info.columns if c.name not in stored.names]
     if missing:
@@ -69,32 +52,19 @@ def unarchive_iceberg(
             "unarchive loads whole rows",
             reason=Reason.SCHEMA_MISMATCH,
         )
+    spans = [(request.start, request.end)]
+    repartition = Repartitioner.plan(request.conn, settings, info, spans) if request.into == "source" else None
+    target = prepare_target(request, repartition)
     columns = with_iceberg_dimensions(info.columns, stored)
     schema = schema_for(columns)
     result = UnarchiveResult()
     for task in tasks:
-        if standbys is not None:
-            standbys.wait(conn, lambda: False)
+        request.wait_for_standbys()
         # Iceberg's types back to the archive's Arrow types (an int2 column was widened to int, say).
         rows = table.read_task(scan, task).select([c.name for c in columns]).cast(schema)
         key = str(task.file.file_path)
-        inserted, in_range = load_rows(
-            conn,
-            settings,
-            info,
-            LoadedPiece(key, rows.num_rows),
-            columns,
-            rows,
-            target,
-            start,
-            end,
-            hold=hold and into == "source",
-            repartition=repartition,
-        )
-        conn.commit()
-        result.objects += 1
-        result.rows_read += rows.num_rows
-        result.rows_inserted += inserted
-        result.rows_in_range += in_range
+        inserted, in_range = load_rows(request, target, LoadedPiece(key, rows.num_rows), columns, rows)
+        request.conn.commit()
+        result.add(rows.num_rows, inserted, in_range)
         log.info("data file unarchived", extra={"key": key, "rows": rows.num_rows, "inserted": inserted})
     return result

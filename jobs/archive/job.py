@@ -15,43 +15,36 @@ from datetime import UTC, datetime
 import psycopg
 
 from common.conditions import format_time
-from common.db import connect
-from common.encryption import Identities, resolve_keys
 from common.errors import CellarError
 from common.kube import TABLE_ARCHIVE
-from common.ownership import Area, Owner, claim_prefix, released_on_failure, take_over_from
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.redact import redact
 from common.run_status import RunStatus
 from common.runtime import RunContext
-from common.storage import ObjectStore, open_store
 from jobs.archive import ledger
-from jobs.archive.archiver import Archiver, Stopped
-from jobs.archive.arrow_reads import ArrowReader, open_reader
-from jobs.archive.batches import RunScope, RunTotals
+from jobs.archive.archiver import Archiver, RunHooks, Stopped
+from jobs.archive.batch_records import RunTotals
+from jobs.archive.batches import Destination, RunScope
 from jobs.archive.cleanup import clean_leftovers
 from jobs.archive.iceberg import IcebergTable
 from jobs.archive.iceberg_batches import resolve_unrecorded
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
-from jobs.archive.objects import ObjectLayout
+from jobs.archive.opening import OpenedTable, open_table
 from jobs.archive.partitions import due_partitions
-from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
+from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
 from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
 from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
     Connection,
     TableInfo,
-    check_cascades,
     check_privileges,
-    describe_table,
     unindexed_timestamp_warning,
 )
 
 log = logging.getLogger(__name__)
-APPLICATION = "cellar-archive"
 
 
 def layout_advice(
@@ -79,81 +72,61 @@ def layout_advice(
     )
 
 
-@dataclass(frozen=True)
-class OpenedTable:
-    """What archive and unarchive check and open before any work: settings, a connection, the store
-    (bucket checked), the table (checked against the spec), and how to open one more connection."""
+@dataclass
+class RunEnd:
+    """How a run's batches went, for its summary, message and status."""
 
-    settings: ArchiveSettings
-    conn: Connection
-    store: ObjectStore
-    info: TableInfo
-    open_connection: Callable[[], Connection]
-    recipients: list[str]  # spec.encryption: what new objects are encrypted to (none: not encrypted)
-    identities: Identities | None  # what reads encrypted objects back (unarchive, leftovers)
-    open_reader: Callable[[], ArrowReader] | None = None  # whole partitions' binary reads (arrow_reads.py)
-    # Wraps the run: a failed first run takes back the owner record it wrote while nothing else is there.
-    owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
-    # format: Iceberg: opens the catalog and makes or checks the table, for the table as the run describes it.
-    open_iceberg: Callable[[TableInfo], IcebergTable] | None = None
+    started: datetime
+    clock: float  # time.monotonic() when the batches' work began
+    totals: RunTotals = field(default_factory=RunTotals)
+    stopped: Stopped = Stopped.DONE
+    duration: float = 0.0
+    cleaned: int = 0  # leftovers of crashed runs removed (Parquet)
+    resolved: int = 0  # Iceberg snapshots of crashed runs recorded (their rows deleted)
+    standby_note: str = ""
 
+    def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
+        """The batches are over: the duration, and the run summary in the log."""
+        self.duration = time.monotonic() - self.clock
+        self.standby_note = archiver.standbys.waited_note()
+        totals = self.totals
+        log.info(
+            "archive run summary",
+            extra={
+                "rows": totals.rows,
+                "batches": totals.batches,
+                "objects": totals.objects,
+                "bytes": totals.bytes,
+                "seconds": round(self.duration, 3),
+                "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
+                "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
+                "lock_timeouts": archiver.lock_waits.total,
+                **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
+            },
+        )
 
-def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
-    """`writes_to_store`: the run writes (and deletes leftovers) under the prefix, so it must own the table's
-    folder there (common.ownership); unarchive only reads it, so it may load another resource's archive (into
-    another database, say) and claims nothing."""
-    settings = parse_archive_spec(ctx.spec)
-    database = ctx.secrets.database(settings.database)
-    credentials = ctx.secrets.storage_credentials(settings.storage)
-    # Requests at once: a batch's objects (tuning.upload_concurrency) and each lane's manifest.
-    concurrency = tuning.upload_concurrency + settings.parallelism
-    store = open_store(settings.storage, credentials, concurrency=concurrency)
-    store.check_access()
-    recipients, identities = resolve_keys(ctx.secrets, settings.encryption)
-    # Every statement of the run waits at most spec.lockTimeout for a lock (a batch sets it again per
-    # transaction, as the spec may change mid-run): a table another session holds is a named, retryable failure.
-    conn = connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout)
-    try:
-        info = describe_table(conn, settings)
-        check_cascades(conn, info, settings)
-        conn.rollback()
-        owning: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if writes_to_store:
-            # Before the first write (leftovers of crashed runs are deleted next): a prefix another TableArchive
-            # owns holds objects its ledger, not this one's, describes.
-            me = Owner.of(TABLE_ARCHIVE.kind, ctx.ref.namespace, ctx.ref.name, ctx.resource)
-            area = Area.of_archive(store, settings.relation)
-            dry_run = ctx.dry_run or settings.dry_run
-            claimed = claim_prefix(area, me, take_over=take_over_from(ctx.resource), dry_run=dry_run)
-            layout = ObjectLayout(store, settings)
-            owning = released_on_failure(area, me, claimed, [layout.data_prefix, layout.manifest_prefix])
-    except BaseException:
-        conn.close()
-        raise
-    open_iceberg = None
-    if settings.iceberg is not None:
-        iceberg = settings.iceberg
-        catalog = iceberg.catalog.database
-        catalog_database = database if catalog is None else ctx.secrets.database(catalog)
-        folder = store.key(settings.relation)
+    @property
+    def reason(self) -> Reason:
+        if self.totals.rows:
+            return Reason.COMPLETED
+        # Rows were due, but a standby held every batch until maxRunTime.
+        return Reason.STANDBY_BEHIND if self.stopped is Stopped.MAX_RUN_TIME else Reason.NOTHING_TO_ARCHIVE
 
-        def open_iceberg(described: TableInfo) -> IcebergTable:
-            return IcebergTable.open(
-                settings, described, catalog_database, credentials, folder, APPLICATION, create=writes_to_store
+    def message(self, relation: str) -> str:
+        totals = self.totals
+        return (
+            f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
+            f"{relation} in {self.duration:.1f}s"
+            + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
+            + self.standby_note
+            + ("; stopped at maxRunTime, the rest goes next run" if self.stopped is Stopped.MAX_RUN_TIME else "")
+            + (f"; {self.cleaned} leftovers of crashed runs removed" if self.cleaned else "")
+            + (
+                f"; {self.resolved} Iceberg snapshots of crashed runs recorded, their rows deleted"
+                if self.resolved
+                else ""
             )
-
-    return OpenedTable(
-        settings,
-        conn,
-        store,
-        info,
-        lambda: connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout),
-        recipients,
-        identities,
-        (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
-        owning,
-        open_iceberg,
-    )
+        )
 
 
 class ArchiveJob:
@@ -186,7 +159,7 @@ class ArchiveJob:
                 ) from error
 
     def _archive(self, ctx: RunContext, opened: OpenedTable) -> str:
-        settings, conn, store, info = opened.settings, opened.conn, opened.store, opened.info
+        settings, conn, info = opened.settings, opened.conn, opened.info
         cutoff = datetime.now(UTC) - settings.older_than
         info = with_array_dimensions(conn, settings, info, cutoff)  # refuses before any batch
         scan_warning = unindexed_timestamp_warning(conn, info, settings, self.tuning.unindexed_table_warning_bytes)
@@ -206,64 +179,38 @@ class ArchiveJob:
         ensure_ledger(conn)
         # Before anything is deleted: a catalog that cannot be reached, or a table of another schema, stops here.
         iceberg = opened.open_iceberg(info) if opened.open_iceberg is not None else None
-        started = datetime.now(UTC)
-        clock = time.monotonic()
+        end = RunEnd(started=datetime.now(UTC), clock=time.monotonic())
         running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
         status.started(
             running,
             f"archiving {settings.relation} rows older than {format_time(cutoff)}",
             fields={"cutoff": format_time(cutoff)},
         )
-        resolved = 0
         if iceberg is not None:
-            cleaned: list[str] = []
-            resolved = resolve_unrecorded(conn, iceberg, settings, info, cutoff, ctx.run_id)
+            end.resolved = resolve_unrecorded(conn, iceberg, settings, info, cutoff, ctx.run_id)
         else:
-            cleaned = clean_leftovers(conn, store, settings, info, opened.identities)
+            end.cleaned = len(clean_leftovers(conn, opened.store, settings, info, opened.identities))
         progress = ProgressReporter("rows", None, status.progressed)
-        archiver = Archiver(
-            RunScope(conn, store, info, cutoff, ctx.run_id),
-            settings,
-            ctx.interrupts,
-            progress.update,
+        hooks = RunHooks(
+            on_progress=progress.update,
             open_connection=self.open_connection,
             reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
             on_standby_hold=self._standby_status(status, running, self.tuning.standby_status_interval),
-            tuning=self.tuning,
-            recipients=opened.recipients,
             open_reader=opened.open_reader,
-            iceberg=iceberg,
+        )
+        archiver = Archiver(
+            RunScope(conn, opened.store, info, cutoff, ctx.run_id),
+            settings,
+            ctx.interrupts,
+            hooks,
+            self.tuning,
+            Destination(opened.recipients, iceberg),
         )
         with self._counting_due(settings, info, cutoff, progress):
-            totals, stopped = archiver.run()
-        duration = time.monotonic() - clock
-        log.info(
-            "archive run summary",
-            extra={
-                "rows": totals.rows,
-                "batches": totals.batches,
-                "objects": totals.objects,
-                "bytes": totals.bytes,
-                "seconds": round(duration, 3),
-                "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
-                "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
-                "lock_timeouts": archiver.lock_waits.total,
-                **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
-            },
-        )
-        reason = Reason.COMPLETED if totals.rows else Reason.NOTHING_TO_ARCHIVE
-        if not totals.rows and stopped is Stopped.MAX_RUN_TIME:  # rows were due, but a standby held every batch
-            reason = Reason.STANDBY_BEHIND
-        message = (
-            f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
-            f"{settings.relation} in {duration:.1f}s"
-            + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
-            + archiver.standbys.waited_note()
-            + ("; stopped at maxRunTime, the rest goes next run" if stopped is Stopped.MAX_RUN_TIME else "")
-            + (f"; {len(cleaned)} leftovers of crashed runs removed" if cleaned else "")
-            + (f"; {resolved} Iceberg snapshots of crashed runs recorded, their rows deleted" if resolved else "")
-        )
-        self._finish(ctx, conn, settings, info, reason, message, started, duration, totals)
+            end.totals, end.stopped = archiver.run()
+        end.finished(archiver, iceberg)
+        message = end.message(settings.relation)
+        self._finish(ctx, opened, info, end, message)
         return message
 
     @staticmethod
@@ -339,33 +286,24 @@ class ArchiveJob:
             counter.join()
             conn.close()
 
-    def _finish(
-        self,
-        ctx: RunContext,
-        conn: Connection,
-        settings: ArchiveSettings,
-        info: TableInfo,
-        reason: Reason,
-        message: str,
-        started: datetime,
-        duration: float,
-        totals: RunTotals,
-    ) -> None:
+    @staticmethod
+    def _finish(ctx: RunContext, opened: OpenedTable, info: TableInfo, end: RunEnd, message: str) -> None:
+        conn, settings, totals = opened.conn, opened.settings, end.totals
         all_time = ledger.totals(conn, settings.relation)
         conn.rollback()
         last_run = ArchiveRun(
             ctx.run_id,
-            format_time(started),
-            duration_seconds=round(duration, 3),
+            format_time(end.started),
+            duration_seconds=round(end.duration, 3),
             rows=totals.rows,
             bytes=totals.bytes,
             batches=totals.batches,
             longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
         )
         RunStatus.of(ctx, ARCHIVE_RUNS).succeeded(
-            reason,
+            end.reason,
             message,
-            last_run.ended(format_time(datetime.now(UTC)), reason, message),
+            last_run.ended(format_time(datetime.now(UTC)), end.reason, message),
             fields={
                 **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
                 "oldestRowTime": oldest_row_time(conn, settings, info),

@@ -92,3 +92,18 @@ def copy_watermark(conn: Connection, relation: str) -> dict[str, object] | None:
         (relation,),
     ).fetchone()
     return None if row is None else dict(row[0])  # type: ignore[call-overload]
+
+
+def pending_partitions(conn: Connection, relation: str, *, detached_only: bool = False) -> list[str]:
+    """Partitions a run recorded `detaching` and did not finish whose table still exists (`detached_only`:
+    those already detached from the parent, where a rolled-back read left its rows)."""
+    exists = conn.execute("SELECT to_regclass('cellar.archive_partitions') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows = conn.execute(
+        "SELECT p.partition FROM cellar.archive_partitions p JOIN pg_class c ON c.oid = to_regclass(p.partition) "
+        "WHERE p.relation = %s AND p.state = 'detaching' AND (NOT %s OR NOT c.relispartition) ORDER BY p.updated_at",
+        (relation, detached_only),
+    ).fetchall()
+    conn.rollback()
+    return [str(r[0]) for r in rows]

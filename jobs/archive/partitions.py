@@ -40,7 +40,8 @@ from common.failpoints import failpoint
 from common.reasons import Reason
 from jobs.archive import ledger
 from jobs.archive.arrow_reads import ArrowReader, readable
-from jobs.archive.batches import BatchResult, BatchWorker, RunScope, read_copy, rollback_quietly
+from jobs.archive.batch_records import BatchResult, rollback_quietly
+from jobs.archive.batches import BatchWorker, RunScope, read_copy
 from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
@@ -140,21 +141,6 @@ def definition(conn: Connection, name: str) -> dict[str, Any]:
     }
 
 
-def pending(conn: Connection, settings: ArchiveSettings, *, detached_only: bool = False) -> list[str]:
-    """Partitions a run recorded `detaching` and did not finish whose table still exists (`detached_only`:
-    those already detached from the parent, where a rolled-back read left its rows)."""
-    exists = conn.execute("SELECT to_regclass('cellar.archive_partitions') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
-        return []
-    rows = conn.execute(
-        "SELECT p.partition FROM cellar.archive_partitions p JOIN pg_class c ON c.oid = to_regclass(p.partition) "
-        "WHERE p.relation = %s AND p.state = 'detaching' AND (NOT %s OR NOT c.relispartition) ORDER BY p.updated_at",
-        (settings.relation, detached_only),
-    ).fetchall()
-    conn.rollback()
-    return [str(r[0]) for r in rows]
-
-
 @dataclass
 class PartitionResult:
     name: str
@@ -187,7 +173,7 @@ class PartitionArchiver:
         Every partition is detached first, then they are read `batch.parallelism` at a time, each worker on a
         connection of its own: a concurrent detach waits for every older transaction, so detaching while
         another partition's long transaction runs would wait for it."""
-        names = pending(self.conn, self.settings)
+        names = ledger.pending_partitions(self.conn, self.settings.relation)
         for partition in due_partitions(self.conn, self.settings, self.info, self.cutoff):
             self.conn.execute(
                 "INSERT INTO cellar.archive_partitions (relation, partition, state, run_id, definition) VALUES "
@@ -299,83 +285,91 @@ class PartitionArchiver:
 
     def _archive(self, conn: Connection, name: str, reader: ArrowReader | None) -> PartitionResult:
         began = time.monotonic()
-        child = sql.SQL(name)
-        ts = sql.Identifier(self.info.timestamp_column.name)
         try:
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0").format(
-                    sql.Literal(f"{int(self.settings.lock_timeout.total_seconds() * 1000)}ms")
-                )
-            )
-            conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(child))
-            bounds = conn.execute(_BOUNDS.format(ts, child)).fetchone()
-            assert bounds is not None  # an aggregate
-            if bounds[3]:
+            bounds = self._locked_bounds(conn, name)
+            result = self._read_and_publish(conn, name, reader, bounds)
+            if result.rows != int(str(bounds[2])):
                 raise PermanentError(
-                    f"partition {name}: {bounds[3]} rows have a {self.info.timestamp_column.name} outside the years "
-                    "1 to 9999 (infinity, or a date BC), which Parquet readers cannot hold; nothing was dropped. "
-                    "Change those rows, or archive this table with a spec.filter that leaves them out",
-                    reason=Reason.ENCODING_FAILED,
-                )
-            rows = objects = size = 0
-            oldest, newest = bounds[0], bounds[1]
-            day = _utc_day(oldest) if isinstance(oldest, datetime) else None
-            span = self._days_per_read(conn, name, oldest, newest)
-            while day is not None and isinstance(newest, datetime) and day <= newest:
-                following = day + timedelta(days=span)
-                query = sql.SQL("SELECT {} FROM {} WHERE {}::timestamptz >= {} AND {}::timestamptz < {}").format(
-                    select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
-                )
-                if reader is not None:  # after the LOCK above: the read sees every row the COMMIT below drops
-                    table = arrow_to_table(reader.fetch(query.as_string(conn)), self.info.columns)
-                else:
-                    with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
-                        table = csv_to_table(read_copy(conn, copy), self.info.columns)
-                table = sort_batch(table, self.info)
-                if table.num_rows:
-                    entries = self.worker.publish_rows(str(uuid.uuid4()), table)
-                    ledger.record(
-                        conn,
-                        entries,
-                        relation=self.settings.relation,
-                        cutoff=self.cutoff,
-                        mode="Move",
-                        run_id=self.run_id,
-                    )
-                    rows += table.num_rows
-                    objects += len(entries)
-                    size += sum(e.bytes for e in entries)
-                day = following
-            if rows != int(str(bounds[2])):
-                raise PermanentError(
-                    f"partition {name}: {rows} rows read, {bounds[2]} in it; nothing was dropped",
+                    f"partition {name}: {result.rows} rows read, {bounds[2]} in it; nothing was dropped",
                     reason=Reason.VERIFICATION_FAILED,
                 )
             if not self.keep_detached:
-                conn.execute(sql.SQL("DROP TABLE {}").format(child))
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(name)))
             conn.execute(
                 "UPDATE cellar.archive_partitions SET state = %s, rows = %s, updated_at = now() "
                 "WHERE relation = %s AND partition = %s",
-                ("kept" if self.keep_detached else "archived", rows, self.settings.relation, name),
+                ("kept" if self.keep_detached else "archived", result.rows, self.settings.relation, name),
             )
             failpoint("archive.partition-before-commit")
         except BaseException:
             rollback_quietly(conn)
             raise
         conn.commit()
-        result = PartitionResult(name, rows, objects, size, time.monotonic() - began)
+        result.seconds = time.monotonic() - began
         log.info(
             "partition archived whole",
             extra={
                 "partition": name,
-                "rows": rows,
-                "objects": objects,
-                "bytes": size,
+                "rows": result.rows,
+                "objects": result.objects,
+                "bytes": result.bytes,
                 "seconds": round(result.seconds, 3),
                 "dropped": not self.keep_detached,
                 "read": "binary" if reader is not None else "csv",
             },
         )
+        return result
+
+    def _locked_bounds(self, conn: Connection, name: str) -> tuple[object, ...]:
+        """Lock the detached partition (EXCLUSIVE, under lockTimeout) and read its oldest and newest timestamp, its
+        row count, and how many rows no Parquet reader can hold (refused: nothing is dropped)."""
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0").format(
+                sql.Literal(f"{int(self.settings.lock_timeout.total_seconds() * 1000)}ms")
+            )
+        )
+        conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.SQL(name)))
+        bounds = conn.execute(_BOUNDS.format(sql.Identifier(self.info.timestamp_column.name), sql.SQL(name))).fetchone()
+        assert bounds is not None  # an aggregate
+        if bounds[3]:
+            raise PermanentError(
+                f"partition {name}: {bounds[3]} rows have a {self.info.timestamp_column.name} outside the years "
+                "1 to 9999 (infinity, or a date BC), which Parquet readers cannot hold; nothing was dropped. "
+                "Change those rows, or archive this table with a spec.filter that leaves them out",
+                reason=Reason.ENCODING_FAILED,
+            )
+        return tuple(bounds)
+
+    def _read_and_publish(
+        self, conn: Connection, name: str, reader: ArrowReader | None, bounds: tuple[object, ...]
+    ) -> PartitionResult:
+        """Read the locked partition a few days at a time (in binary where `reader` is given), publish each read and
+        record it in the ledger, in the transaction that then drops the partition."""
+        child, ts = sql.SQL(name), sql.Identifier(self.info.timestamp_column.name)
+        result = PartitionResult(name, 0, 0, 0, 0.0)
+        oldest, newest = bounds[0], bounds[1]
+        day = _utc_day(oldest) if isinstance(oldest, datetime) else None
+        span = self._days_per_read(conn, name, oldest, newest)
+        while day is not None and isinstance(newest, datetime) and day <= newest:
+            following = day + timedelta(days=span)
+            query = sql.SQL("SELECT {} FROM {} WHERE {}::timestamptz >= {} AND {}::timestamptz < {}").format(
+                select_list(self.info.columns), child, ts, sql.Literal(day), ts, sql.Literal(following)
+            )
+            if reader is not None:  # after the LOCK: the read sees every row the COMMIT drops
+                table = arrow_to_table(reader.fetch(query.as_string(conn)), self.info.columns)
+            else:
+                with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
+                    table = csv_to_table(read_copy(conn, copy), self.info.columns)
+            table = sort_batch(table, self.info)
+            if table.num_rows:
+                entries = self.worker.publish_rows(str(uuid.uuid4()), table)
+                ledger.record(
+                    conn, entries, relation=self.settings.relation, cutoff=self.cutoff, mode="Move", run_id=self.run_id
+                )
+                result.rows += table.num_rows
+                result.objects += len(entries)
+                result.bytes += sum(e.bytes for e in entries)
+            day = following
         return result
 
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import psycopg
 
-from jobs.archive.table import InsufficientPrivilege
+from common.errors import InsufficientPrivilege
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[object, ...]]

@@ -7,7 +7,7 @@ filter, which the CRD documents as trusted.
 from __future__ import annotations
 
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -77,65 +77,86 @@ def copy_out(query: sql.Composable) -> sql.Composed:
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """What every batch of a run selects from: the table as described, the spec's settings (as they are for this
+    batch), the cutoff and the tuning; `holds`: whether cellar.archive_holds exists (a dry run creates nothing)."""
+
+    settings: ArchiveSettings
+    info: TableInfo
+    cutoff: datetime
+    tuning: Tuning = DEFAULT_TUNING
+    holds: bool = True
+
+
 def batch_query(
-    settings: ArchiveSettings,
-    info: TableInfo,
-    cutoff: datetime,
-    limit: int,
-    watermark: dict[str, Any] | None,
-    lane: Lane | None = None,
-    tuning: Tuning = DEFAULT_TUNING,
-    *,
-    holds: bool = True,
+    plan: BatchPlan, limit: int, watermark: dict[str, Any] | None = None, lane: Lane | None = None
 ) -> sql.Composed:
-    """The query of one batch, within `lane`'s time range, from the lane's `resume_from` on.
-    `holds`: whether cellar.archive_holds exists (a dry run creates nothing).
+    """The query of one batch, within `lane`'s time range, from the lane's `resume_from` on; in Copy mode after
+    the `watermark` (the last row the previous Copy batch stored).
 
     A lane takes rows in (timestamp, key) order, so the rows before its `resume_from` (the newest
     timestamp of its previous batch) are gone, or locked by an application (SKIP LOCKED passed them).
     Starting the index scan there saves walking the index entries of every row deleted earlier in the
     run, which VACUUM has not removed yet: without it the time per batch grows with the rows archived.
     """
+    settings, info = plan.settings, plan.info
     ts = sql.Identifier(info.timestamp_column.name)
-    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
-    order = sql.SQL("{}, {}").format(ts, keys)
-    condition = eligible_condition(settings, info, cutoff, holds=holds)
+    condition = eligible_condition(settings, info, plan.cutoff, holds=plan.holds)
     lane = lane or Lane()
     for bound, operator in ((lane.start, ">="), (lane.end, "<"), (lane.resume_from, ">="), (lane.until, "<")):
         if bound is not None:
             condition = sql.SQL("{} AND {} " + operator + " {}").format(condition, ts, sql.Literal(bound))
-    if settings.mode == "Copy":  # noqa: SIM102 (the Copy branch continues below, after the window)
-        if watermark is not None:
-            key_types = [info.column(k).pg_type for k in info.primary_key]
-            values = sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
-                for v, t in zip(watermark["key"], key_types, strict=True)
-            )
-            since = sql.SQL("{}::{}").format(sql.Literal(watermark["ts"]), sql.SQL(info.timestamp_column.pg_type))
-            condition = sql.SQL("{} AND {} >= {} AND ROW({}, {}) > ROW({}, {})").format(
-                condition, ts, since, ts, keys, since, values
-            )
+    if settings.mode == "Copy" and watermark is not None:
+        condition = _after_watermark(info, condition, watermark)
     if settings.partitioning != "None":
-        # A batch writes one object per partition it touches: on a sparse table 10,000 rows can span
-        # years of days, and a thousand uploads would hold the transaction open for seconds. Taking only
-        # rows within tuning.max_partitions_per_batch periods of the oldest due row bounds that.
-        unit = "days" if settings.partitioning == "Daily" else "months"
-        span = sql.SQL(f"interval '{int(tuning.max_partitions_per_batch)} {unit}'")
-        # Move: the window starts at the oldest row no application holds locked, so locked rows never stall it.
-        start = (
-            "(SELECT min({ts}) FROM {table} WHERE {condition})"
-            if settings.mode == "Copy"
-            else "(SELECT {ts} FROM {table} WHERE {condition} ORDER BY {ts} LIMIT 1 FOR UPDATE SKIP LOCKED)"
-        )
-        condition = sql.SQL("{condition} AND {ts} < " + start + " + {span}").format(
-            condition=condition, ts=ts, table=table_name(settings), span=span
-        )
+        condition = _within_partitions(plan, condition)
+    order = sql.SQL("{}, {}").format(ts, sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key))
     if settings.mode == "Copy":
         return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}").format(
             select_list(info.columns), table_name(settings), condition, order, sql.Literal(limit)
         )
+    return _delete_returning(plan, condition, order, limit)
 
-    # One statement chooses the batch's rows, locks them, deletes exactly those and returns them.
+
+def _after_watermark(info: TableInfo, condition: sql.Composable, watermark: dict[str, Any]) -> sql.Composed:
+    """Copy mode archives each row once: only rows after the last one the previous Copy batch stored."""
+    ts = sql.Identifier(info.timestamp_column.name)
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
+    key_types = [info.column(k).pg_type for k in info.primary_key]
+    values = sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t)) for v, t in zip(watermark["key"], key_types, strict=True)
+    )
+    since = sql.SQL("{}::{}").format(sql.Literal(watermark["ts"]), sql.SQL(info.timestamp_column.pg_type))
+    return sql.SQL("{} AND {} >= {} AND ROW({}, {}) > ROW({}, {})").format(
+        condition, ts, since, ts, keys, since, values
+    )
+
+
+def _within_partitions(plan: BatchPlan, condition: sql.Composable) -> sql.Composed:
+    """A batch writes one object per partition it touches: on a sparse table 10,000 rows can span years of days,
+    and a thousand uploads would hold the transaction open for seconds. Taking only rows within
+    tuning.max_partitions_per_batch periods of the oldest due row bounds that."""
+    settings = plan.settings
+    ts = sql.Identifier(plan.info.timestamp_column.name)
+    unit = "days" if settings.partitioning == "Daily" else "months"
+    span = sql.SQL(f"interval '{int(plan.tuning.max_partitions_per_batch)} {unit}'")
+    # Move: the window starts at the oldest row no application holds locked, so locked rows never stall it.
+    start = (
+        "(SELECT min({ts}) FROM {table} WHERE {condition})"
+        if settings.mode == "Copy"
+        else "(SELECT {ts} FROM {table} WHERE {condition} ORDER BY {ts} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+    )
+    return sql.SQL("{condition} AND {ts} < " + start + " + {span}").format(
+        condition=condition, ts=ts, table=table_name(settings), span=span
+    )
+
+
+def _delete_returning(plan: BatchPlan, condition: sql.Composable, order: sql.Composable, limit: int) -> sql.Composed:
+    """One statement chooses the batch's rows, locks them, deletes exactly those and returns them."""
+    settings, info = plan.settings, plan.info
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in info.primary_key)
+
     def locked(identity: sql.Composable, relation: sql.Composable) -> sql.Composed:
         return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {} FOR UPDATE SKIP LOCKED").format(
             identity, relation, condition, order, sql.Literal(limit)
@@ -194,9 +215,7 @@ def dry_run_report(
     ).fetchone()
     assert row is not None
     # The plan of the statement a run's first batch executes (EXPLAIN without ANALYZE runs nothing).
-    query = batch_query(
-        settings, info, cutoff, settings.batch_rows, None, tuning=tuning, holds=bool(holds and holds[0])
-    )
+    query = batch_query(BatchPlan(settings, info, cutoff, tuning, holds=bool(holds and holds[0])), settings.batch_rows)
     plan_rows = conn.execute(sql.SQL("EXPLAIN {}").format(query)).fetchall()
     conn.rollback()
     return {

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from common.errors import InvalidSpec, PermanentError
-from common.reasons import Reason
+from common.errors import ForeignKeyBlocked, InsufficientPrivilege, InvalidSpec
 from jobs.archive.settings import ArchiveSettings
 
 Connection = psycopg.Connection[tuple[object, ...]]
@@ -40,14 +39,6 @@ NATIVE = {
 }
 LIST_ELEMENTS = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar"}
 TIMESTAMP_TYPES = {"timestamp", "timestamptz", "date"}
-
-
-class ForeignKeyBlocked(PermanentError):
-    reason = Reason.FOREIGN_KEY_BLOCKED
-
-
-class InsufficientPrivilege(PermanentError):
-    reason = Reason.INSUFFICIENT_PRIVILEGE
 
 
 @dataclass(frozen=True)

@@ -438,7 +438,7 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
     from jobs.archive.lanes import Lane
     from jobs.archive.ledger_schema import ensure_ledger
     from jobs.archive.settings import parse_archive_spec
-    from jobs.archive.statements import batch_query, sql_settings
+    from jobs.archive.statements import BatchPlan, batch_query, sql_settings
     from jobs.archive.table import describe_table
 
     with psycopg.connect(dsn(database), autocommit=True) as conn:
@@ -464,7 +464,7 @@ def test_a_batch_reads_about_its_own_rows(database: dict[str, Any], held: bool) 
         sql_settings(conn, settings, info)
         # Every batch but a run's first resumes at the newest timestamp of the batch before it.
         oldest = conn.execute("SELECT min(created_at) FROM orders").fetchone()[0]  # type: ignore[index]
-        query = batch_query(settings, info, cutoff, 500, None, Lane(resume_from=oldest)).as_string(conn)
+        query = batch_query(BatchPlan(settings, info, cutoff), 500, None, Lane(resume_from=oldest)).as_string(conn)
         plan = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}").fetchone()[0][0]["Plan"]  # type: ignore[index]
         deleted = conn.execute("SELECT count(*), bool_or(id = 7) FROM orders WHERE id <= 20000").fetchone()
         conn.rollback()  # EXPLAIN ANALYZE ran the DELETE: nothing of it stays
