@@ -33,8 +33,9 @@ def backoff_seconds(attempt: int, *, cap: float, first: float = 0.5) -> float:
 _PERMANENT_SQLSTATES = {"28P01", "28000", "3D000", "42501"}
 
 
-def libpq_params(settings: DatabaseSettings, *, application_name: str) -> dict[str, str]:
-    """Keyword parameters for libpq (psycopg.connect, or PG* variables for pg_dump)."""
+def libpq_params(settings: DatabaseSettings, *, application_name: str | None = None) -> dict[str, str]:
+    """Keyword parameters for libpq (psycopg.connect, or PG* variables for pg_dump); `application_name`: other
+    than the settings' own (a tool's sessions, say)."""
     params = {
         "host": settings.host,
         "port": str(settings.port),
@@ -43,14 +44,14 @@ def libpq_params(settings: DatabaseSettings, *, application_name: str) -> dict[s
         "password": settings.password,
         "sslmode": settings.ssl_mode,
         "connect_timeout": str(settings.connect_timeout),
-        "application_name": application_name,
+        "application_name": application_name or settings.application_name,
     }
     if settings.ssl_root_cert:
         params["sslrootcert"] = _write_ca_file(settings.ssl_root_cert)
     return params
 
 
-def libpq_environment(settings: DatabaseSettings, *, application_name: str) -> dict[str, str]:
+def libpq_environment(settings: DatabaseSettings, *, application_name: str | None = None) -> dict[str, str]:
     """The same settings as PG* environment variables, so a password never appears on a command line."""
     names = {
         "host": "PGHOST",
@@ -81,7 +82,7 @@ def _milliseconds(value: timedelta | None) -> str:
 def connect(
     settings: DatabaseSettings,
     *,
-    application_name: str,
+    application_name: str | None = None,
     statement_timeout: timedelta | None = None,
     lock_timeout: timedelta | None = None,
     autocommit: bool = False,
@@ -278,9 +279,7 @@ def lock_timeout_failure(error: BaseException) -> RetryableError | None:
     return None
 
 
-def drop_database(
-    server: DatabaseSettings, name: str, *, application_name: str, wait_seconds: float = 60.0
-) -> str | None:
+def drop_database(server: DatabaseSettings, name: str, *, wait_seconds: float = 60.0) -> str | None:
     """Drop database `name` on `server` (connected through its maintenance database `postgres`) once no one
     is connected to it; None when it is gone, else why it is still there.
 
@@ -291,7 +290,7 @@ def drop_database(
     maintenance = replace(server, dbname="postgres")
     deadline = time.monotonic() + wait_seconds
     attempt = 0
-    with connect(maintenance, application_name=application_name, autocommit=True) as conn:
+    with connect(maintenance, autocommit=True) as conn:
         while True:
             try:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))

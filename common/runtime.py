@@ -106,6 +106,7 @@ class RunContext:
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     metrics: RunMetrics | None = None  # pushed when the run ends, when an OTLP endpoint is configured
     status_writer: object = None  # the run's common.run_status.RunStatus, made at its first use
+    application_name: str = "cellar"  # what the run's database sessions say they are (the job's)
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -124,7 +125,7 @@ class RunContext:
     @property
     def secrets(self) -> Secrets:
         """The Secrets and ConfigMaps of the resource's namespace, the only ones a run reads."""
-        return Secrets(self.kube, self.ref.namespace)
+        return Secrets(self.kube, self.ref.namespace, self.application_name)
 
     def update_status(
         self,
@@ -169,6 +170,7 @@ class Job(Protocol):
     name: str
     kind: ResourceKind
     description: str
+    application_name: str  # what its database sessions say they are (pg_stat_activity)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -308,7 +310,9 @@ def _open_context(
     ref = ResourceRef(job.kind, invocation.namespace, invocation.name)
     kube = Kube(transport_factory(invocation.kubeconfig), controller=f"cellar.dev/{job.name}")
     resource = _get_resource(kube, ref, _wait_for_resource_seconds())
-    ctx = RunContext(job.name, run_id, invocation, kube, ref, resource, interrupts)
+    ctx = RunContext(
+        job.name, run_id, invocation, kube, ref, resource, interrupts, application_name=job.application_name
+    )
     log.info(
         "run started",
         extra={"generation": ctx.generation, "dry_run": invocation.dry_run, "identity": process_identity()},

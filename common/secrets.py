@@ -6,7 +6,7 @@ readable in messages, since people need them to fix a connection."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 from common.errors import InvalidSpec
@@ -19,9 +19,11 @@ from common.storage_spec import StorageSpec
 class Secrets:
     """The Secrets and ConfigMaps of one namespace, as a run reads them."""
 
-    def __init__(self, kube: Kube, namespace: str) -> None:
+    def __init__(self, kube: Kube, namespace: str, application_name: str = "cellar") -> None:
+        """`application_name`: what the sessions of the databases resolved here say they are."""
         self._kube = kube
         self.namespace = namespace
+        self.application_name = application_name
 
     def key(self, ref: SecretKeyRef, *, sensitive: bool = True) -> str:
         """The value of a Secret key a spec names; `sensitive`: registered for redaction (default)."""
@@ -35,9 +37,8 @@ class Secrets:
 
     def database(self, spec: DatabaseSpec) -> DatabaseSettings:
         """How to connect: the spec's overrides over what its Secret holds."""
-        return resolve_database(
-            spec, self._kube.read_secret(self.namespace, spec.secret_name, field=f"{spec.field}.secretRef")
-        )
+        secret = self._kube.read_secret(self.namespace, spec.secret_name, field=f"{spec.field}.secretRef")
+        return replace(resolve_database(spec, secret), application_name=self.application_name)
 
     def storage_credentials(self, spec: StorageSpec) -> StorageCredentials:
         def read(ref: SecretKeyRef | None, *, sensitive: bool = True) -> str | None:
@@ -86,6 +87,8 @@ class DatabaseSettings:
     ssl_mode: str
     ssl_root_cert: str | None
     connect_timeout: int
+    # What its sessions say they are (pg_stat_activity): set once, where a run resolves its Secrets.
+    application_name: str = "cellar"
 
     def describe(self) -> str:
         """Where we connect, for messages (no password)."""

@@ -49,7 +49,7 @@ class ArrowReader:
             self._connection.close()
 
 
-def open_reader(settings: DatabaseSettings, *, application_name: str) -> ArrowReader:
+def open_reader(settings: DatabaseSettings, *, application_name: str | None = None) -> ArrowReader:
     """A connection with the same settings (host, TLS, credentials) as the job's psycopg connections."""
     params = libpq_params(settings, application_name=application_name)
     params["options"] = "-c statement_timeout=0"  # a partition's read takes as long as the partition needs

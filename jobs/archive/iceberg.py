@@ -57,14 +57,14 @@ class AppendedSnapshot:
     bytes: int
 
 
-def catalog_uri(database: DatabaseSettings, schema: str, application_name: str) -> str:
+def catalog_uri(database: DatabaseSettings, schema: str) -> str:
     """The SQLAlchemy URL of the catalog's database (psycopg 3), its tables looked for in `schema` only."""
     from sqlalchemy.engine import URL
 
     query = {
         "sslmode": database.ssl_mode,
         "connect_timeout": str(database.connect_timeout),
-        "application_name": application_name,
+        "application_name": database.application_name,
         "options": f"-csearch_path={schema}",
     }
     if database.ssl_root_cert:
@@ -107,11 +107,11 @@ def _catalog_field(iceberg: IcebergSettings) -> str:
     return "spec.iceberg.catalog.database" if iceberg.catalog.database else "spec.database (the catalog's database)"
 
 
-def prepare_catalog_schema(database: DatabaseSettings, iceberg: IcebergSettings, application_name: str) -> None:
+def prepare_catalog_schema(database: DatabaseSettings, iceberg: IcebergSettings) -> None:
     """CREATE SCHEMA for the catalog's tables; a database that refuses or cannot be reached says which field."""
     field = _catalog_field(iceberg)
     try:
-        conn = connect(database, application_name=application_name, autocommit=True)
+        conn = connect(database, autocommit=True)
     except CellarError as exc:
         reason = Reason.CATALOG_ACCESS_DENIED if exc.reason in _ACCESS_REASONS else Reason.CATALOG_UNAVAILABLE
         error_class = PermanentError if reason is Reason.CATALOG_ACCESS_DENIED else RetryableError
@@ -164,12 +164,11 @@ def _partition_spec(schema: Any, column: str, transform_name: str) -> Any:
 @dataclass(frozen=True)
 class CatalogAccess:
     """How a run reaches its Iceberg table: the catalog's database, the store's credentials for the data files
-    (under `prefix_key`, the archive's folder), and the application_name the catalog's sessions carry."""
+    (under `prefix_key`, the archive's folder)."""
 
     database: DatabaseSettings
     credentials: StorageCredentials
     prefix_key: str
-    application_name: str
 
 
 class IcebergTable:
@@ -199,13 +198,12 @@ class IcebergTable:
         iceberg = settings.iceberg
         assert iceberg is not None
         database, credentials, prefix_key = access.database, access.credentials, access.prefix_key
-        application_name = access.application_name
-        prepare_catalog_schema(database, iceberg, application_name)
+        prepare_catalog_schema(database, iceberg)
         field = _catalog_field(iceberg)
         try:
             catalog = SqlCatalog(
                 iceberg.catalog.name,
-                uri=catalog_uri(database, iceberg.catalog.schema, application_name),
+                uri=catalog_uri(database, iceberg.catalog.schema),
                 **file_io_properties(settings, credentials),
             )
         except SQLAlchemyError as exc:

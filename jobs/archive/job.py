@@ -31,7 +31,7 @@ from jobs.archive.iceberg import IcebergTable
 from jobs.archive.iceberg_batches import resolve_unrecorded
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
-from jobs.archive.opening import OpenedTable, open_table
+from jobs.archive.opening import APPLICATION, OpenedTable, open_table
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
@@ -132,6 +132,7 @@ class RunEnd:
 class ArchiveJob:
     name = "archive"
     kind = TABLE_ARCHIVE
+    application_name = APPLICATION
     description = (
         "Move a table's old rows to Parquet files or an Iceberg table in S3-compatible storage, as its TableArchive "
         "says."

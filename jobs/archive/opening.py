@@ -56,7 +56,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
     recipients, identities = resolve_keys(ctx.secrets, settings.encryption)
     # Every statement of the run waits at most spec.lockTimeout for a lock (a batch sets it again per
     # transaction, as the spec may change mid-run): a table another session holds is a named, retryable failure.
-    conn = connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout)
+    conn = connect(database, lock_timeout=settings.lock_timeout)
     try:
         info = describe_table(conn, settings)
         check_cascades(conn, info, settings)
@@ -82,7 +82,7 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         folder = store.key(settings.relation)
 
         def open_iceberg(described: TableInfo) -> IcebergTable:
-            access = CatalogAccess(catalog_database, credentials, folder, APPLICATION)
+            access = CatalogAccess(catalog_database, credentials, folder)
             return IcebergTable.open(settings, described, access, create=writes_to_store)
 
     return OpenedTable(
@@ -90,10 +90,10 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         conn,
         store,
         info,
-        lambda: connect(database, application_name=APPLICATION, lock_timeout=settings.lock_timeout),
+        lambda: connect(database, lock_timeout=settings.lock_timeout),
         recipients,
         identities,
-        (lambda: open_reader(database, application_name=APPLICATION)) if tuning.arrow_reads else None,
+        (lambda: open_reader(database)) if tuning.arrow_reads else None,
         owning,
         open_iceberg,
     )

@@ -24,7 +24,7 @@ from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import ObjectLayout, read_verified
-from jobs.archive.opening import open_table
+from jobs.archive.opening import APPLICATION, open_table
 from jobs.archive.repartition import Repartitioner
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import StandbyGate, check_lag_visible
@@ -116,6 +116,7 @@ def _date(text: str, flag: str) -> datetime:
 class UnarchiveJob:
     name = "unarchive"
     kind = TABLE_ARCHIVE
+    application_name = APPLICATION
     description = (
         "Load archived rows of a TableArchive back (start <= timestamp < end), verifying every object; idempotent."
     )

@@ -19,6 +19,7 @@ from common.kube import DATABASE_BACKUP
 from common.ownership import Area, readable_by, take_over_from
 from common.runtime import RunContext
 from common.storage import ObjectStore
+from jobs.backup.backup.preflight import APPLICATION as BACKUP_APPLICATION
 from jobs.backup.backup.preflight import me, open_storage
 from jobs.backup.backup.retention import retention_reasons
 from jobs.backup.catalog import Manifest, take_inventory
@@ -119,6 +120,7 @@ class ListJob:
 
     name = "list"
     kind = DATABASE_BACKUP
+    application_name = BACKUP_APPLICATION
     description = "List the backups of a DatabaseBackup in storage: a table, or JSON with -o json."
     output_on_stdout = True  # the listing is the output: logs go to stderr
 

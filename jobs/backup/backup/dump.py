@@ -207,18 +207,20 @@ class CompressedUpload:
 
 @dataclass(frozen=True)
 class DumpSource:
-    """What a dump reads: the database, the client tools for its server, and the application_name its
-    sessions carry."""
+    """What a dump reads: the database (its sessions carry its settings' application_name) and the client tools
+    for its server."""
 
     database: DatabaseSettings
     tools: ClientTools
     server_version: str
-    application_name: str
     standby: bool = False  # a hot standby, which may cancel the dump for a conflict with recovery
 
     def environment(self, program: str) -> dict[str, str]:
         """The connection in libpq's variables for `program`, whose sessions say so in their application_name."""
-        return {**os.environ, **libpq_environment(self.database, application_name=f"{self.application_name}-{program}")}
+        return {
+            **os.environ,
+            **libpq_environment(self.database, application_name=f"{self.database.application_name}-{program}"),
+        }
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def dump_to_storage(
     """Dump with the source's pg_dump, compress, encrypt to the recipients (age) when there are any, upload;
     the object becomes visible only after pg_dump exited 0."""
     tools = source.tools
-    snapshot_conn = connect(source.database, application_name=source.application_name)
+    snapshot_conn = connect(source.database)
     try:
         hold_snapshot_open(snapshot_conn)
         snapshot = export_snapshot(snapshot_conn)

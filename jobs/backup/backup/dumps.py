@@ -18,7 +18,7 @@ from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.backup.databases import dump_key_name
 from jobs.backup.backup.dump import DumpResult, DumpSource, SealedObject, dump_globals, dump_to_storage
-from jobs.backup.backup.preflight import APPLICATION, Preflight
+from jobs.backup.backup.preflight import Preflight
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
 from jobs.backup.settings import BackupSettings
 from jobs.backup.status import BACKUP_RUNS
@@ -47,7 +47,7 @@ def data_key_for(
 def dump_source(checked: Preflight, database: str) -> DumpSource:
     """Database `database` of the server preflight checked, with the tools it chose for that server."""
     database_settings = replace(checked.database, dbname=database)
-    return DumpSource(database_settings, checked.tools, checked.server.version, APPLICATION, checked.server.standby)
+    return DumpSource(database_settings, checked.tools, checked.server.version, checked.server.standby)
 
 
 def dump_databases(

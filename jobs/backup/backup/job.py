@@ -66,9 +66,7 @@ def restore_test(
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
     left: list[ScratchLeft] = []
     try:
-        result = verify_backup(
-            BackupSource(store, manifest, identities), database, scratch, application_name=APPLICATION, left=left
-        )
+        result = verify_backup(BackupSource(store, manifest, identities), database, scratch, left=left)
     except CellarError as error:
         if isinstance(error, BackupUnsound):
             quarantine(store, manifest, str(error))
@@ -104,7 +102,7 @@ def _drop_earlier_leftovers(
         leftover = LeftoverDatabase.from_status(item)
         if not leftover.name.startswith(settings.scratch_prefix):  # never drop what a restore test did not make
             continue
-        why = drop_database(server, leftover.name, application_name=APPLICATION, wait_seconds=5)
+        why = drop_database(server, leftover.name, wait_seconds=5)
         if why is None:
             log.info("dropped a scratch database an earlier run left", extra={"database": leftover.name})
         else:
@@ -251,6 +249,7 @@ def _summary(
 class BackupJob:
     name = "backup"
     kind = DATABASE_BACKUP
+    application_name = APPLICATION
     description = "Back up one PostgreSQL database to S3-compatible storage, as its DatabaseBackup says."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -311,6 +310,7 @@ class VerifyJob:
 
     name = "verify"
     kind = DATABASE_BACKUP
+    application_name = APPLICATION
     description = "Restore a backup into a scratch database and compare every table's row count."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

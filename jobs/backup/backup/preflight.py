@@ -62,7 +62,7 @@ def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool) 
     recipients, identities = resolve_keys(ctx.secrets, encryption)
     store = open_storage(ctx, settings)
     store.check_access()
-    with connect(database, application_name=APPLICATION) as conn:
+    with connect(database) as conn:
         facts = server_facts(conn)
         databases = (
             choose_databases(conn, settings.databases)

@@ -40,21 +40,20 @@ def verify_backup(
     server: DatabaseSettings,
     scratch_name: str,
     *,
-    application_name: str,
     left: list[ScratchLeft] | None = None,
 ) -> VerificationResult:
     """Restore each database of the backup in turn into a new scratch database on `server` (the first named
     `scratch_name`), count every table's rows, drop it. A scratch database that cannot be dropped in time is
     added to `left`, also when the test fails."""
     manifest = source.manifest
-    plan = plan_restore(server, manifest, application_name=application_name)
+    plan = plan_restore(server, manifest)
     check_decryptable(source, field="spec.encryption.identitySecretRef")
     tables = rows = 0
     left = [] if left is None else left
     for number, dump in enumerate(manifest.dumps):
         # The next database takes a name of its own while the one before is left behind.
         name = scratch_name if not left else f"{scratch_name[:58]}_{number}"
-        scratch = RestoreTarget(replace(server, dbname=name), plan, application_name, ("--no-owner", "--no-privileges"))
+        scratch = RestoreTarget(replace(server, dbname=name), plan, ("--no-owner", "--no-privileges"))
         mismatches = _restore_and_count(source.for_database(dump.database), scratch, server, left)
         if mismatches:
             shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
@@ -70,14 +69,14 @@ def _restore_and_count(
 ) -> list[str]:
     """Restore the one dump of `source` into the scratch database (made on `server` here, dropped after);
     the tables whose rows differ."""
-    name, application_name = scratch.database.dbname, scratch.application_name
-    with connect(server, application_name=application_name, autocommit=True) as admin:
+    name = scratch.database.dbname
+    with connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         restore_from_storage(source, scratch)
         failpoint("backup.scratch-restored")
         mismatches = []
-        with connect(scratch.database, application_name=application_name) as conn:
+        with connect(scratch.database) as conn:
             for table in source.manifest.dump.tables:
                 query = sql.SQL("SELECT count(*) FROM {}.{}").format(
                     sql.Identifier(table.schema), sql.Identifier(table.name)
@@ -88,7 +87,7 @@ def _restore_and_count(
                     mismatches.append(f"{table.schema}.{table.name}: {restored} restored, {table.rows} in manifest")
         return mismatches
     finally:
-        why = drop_database(server, name, application_name=application_name, wait_seconds=scratch_drop_wait())
+        why = drop_database(server, name, wait_seconds=scratch_drop_wait())
         if why is not None:
             log.warning(
                 "could not drop the scratch database; the next run drops it",

@@ -44,7 +44,7 @@ def create_database(target: DatabaseSettings, owner: str = "") -> None:
     """CREATE DATABASE on the target's server, connecting to its `postgres` maintenance database; owned by
     `owner` when that role exists there (a dump restored without --create does not carry its database's owner)."""
     maintenance = replace(target, dbname="postgres")
-    with connect(maintenance, application_name=APPLICATION, autocommit=True) as conn:
+    with connect(maintenance, autocommit=True) as conn:
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname))
         if owner:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
@@ -67,7 +67,7 @@ def create_database(target: DatabaseSettings, owner: str = "") -> None:
 def drop_created(target: DatabaseSettings) -> None:
     """Drop a database this restore created, after a failure; one that others stay connected to is named in
     the log and left for a person (the restore failed anyway, and says why)."""
-    why = drop_database(target, target.dbname, application_name=APPLICATION, wait_seconds=scratch_drop_wait())
+    why = drop_database(target, target.dbname, wait_seconds=scratch_drop_wait())
     if why is not None:
         log.error(
             "the restore failed and the database it created could not be dropped; drop it by hand",
@@ -109,7 +109,7 @@ def check_target(target: DatabaseSettings, selected: SelectedRestore, *, clean: 
     nor there is left out (leave_out_dangling_foreign_keys). A database made for the restore has nothing."""
     if created:
         return leave_out_dangling_foreign_keys(selected, lambda schema, name: False)
-    with connect(target, application_name=APPLICATION) as conn:
+    with connect(target) as conn:
         if not clean:
             refuse_existing(conn, target, selected)
         return leave_out_dangling_foreign_keys(selected, lambda schema, name: _relation_exists(conn, schema, name))
@@ -172,7 +172,7 @@ class RestoreRequest:
     selected: SelectedRestore | None = None
 
     def into(self, database: DatabaseSettings, options: Sequence[str] = ()) -> RestoreTarget:
-        return RestoreTarget(database, self.plan, APPLICATION, tuple(options))
+        return RestoreTarget(database, self.plan, tuple(options))
 
     def pg_restore_options(self, list_file: Path | None) -> list[str]:
         options = ["--no-owner"] if self.settings.no_owner else []
@@ -239,7 +239,7 @@ def restore_targets(
 
 def check_target_databases(server: DatabaseSettings, targets: list[DatabaseSettings], *, created: bool) -> None:
     """Before anything is written: with createDatabase none of the databases may exist; without it, all must."""
-    with connect(server, application_name=APPLICATION) as conn:
+    with connect(server) as conn:
         names = [str(row[0]) for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
     present = [t.dbname for t in targets if t.dbname in names]
     absent = [t.dbname for t in targets if t.dbname not in names]
@@ -285,6 +285,7 @@ def restore_all(request: RestoreRequest, progress: ProgressReporter) -> tuple[in
 class RestoreJob:
     name = "restore"
     kind = DATABASE_RESTORE
+    application_name = APPLICATION
     description = "Restore a cellar backup into a PostgreSQL database, as a DatabaseRestore says."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -335,7 +336,7 @@ class RestoreJob:
         target = ctx.secrets.database(settings.target)
         # With createDatabase the target does not exist yet: ask its server through `postgres`.
         server = replace(target, dbname="postgres") if settings.create_database else target
-        plan = plan_restore(server, manifest, application_name=APPLICATION)
+        plan = plan_restore(server, manifest)
         if plan.through_sql and settings.staging_path is not None:
             raise PermanentError(
                 f"spec.parallelism: {plan.describe()}: a parallel restore into a server older than the backup's "

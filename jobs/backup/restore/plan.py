@@ -44,10 +44,10 @@ class RestorePlan:
         return self.psql if self.psql is not None else self.tools
 
 
-def plan_restore(server: DatabaseSettings, manifest: Manifest, *, application_name: str) -> RestorePlan:
+def plan_restore(server: DatabaseSettings, manifest: Manifest) -> RestorePlan:
     """Ask the target server its version and choose the tools (pgtools.tools_for_restore), before
     anything is written; `server` names any database on it the role may connect to."""
-    with connect(server, application_name=application_name) as conn:  # libpq reports the version at login
+    with connect(server) as conn:  # libpq reports the version at login
         version_num, version = conn.info.server_version, conn.info.parameter_status("server_version") or ""
         tools = tools_for_restore(version_num, version, manifest.pg_dump_version, manifest.server_version)
         if not restores_through_sql(tools, version_num):
@@ -77,16 +77,15 @@ class BackupSource:
 @dataclass(frozen=True)
 class RestoreTarget:
     """Where a restore writes and how: the database, the plan (which tools, which way in), pg_restore's
-    options, and the application_name its sessions carry."""
+    and options (its sessions carry the database settings' application_name)."""
 
     database: DatabaseSettings
     plan: RestorePlan
-    application_name: str
     options: tuple[str, ...] = ()
 
     def environment(self) -> dict[str, str]:
         """The connection in libpq's variables; the database goes by --dbname."""
-        env = {**os.environ, **libpq_environment(self.database, application_name=self.application_name)}
+        env = {**os.environ, **libpq_environment(self.database)}
         env.pop("PGDATABASE", None)
         return env
 

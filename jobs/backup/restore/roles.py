@@ -47,7 +47,7 @@ def apply_globals(source: BackupSource, server: RestoreTarget) -> GlobalsApplied
             raise ChecksumMismatch(str(exc)) from None
     sql_text = decompressor_for(manifest.compression).decompress(body)
     argv = [plan.sql_client.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0"]
-    env = {**os.environ, **libpq_environment(server.database, application_name=server.application_name)}
+    env = {**os.environ, **libpq_environment(server.database)}
     done = subprocess.run(argv, input=sql_text, capture_output=True, env=env, check=False)
     errors = [
         line.split("ERROR:", 1)[1].strip()
