@@ -1,0 +1,84 @@
+"""`kubectl cellar VERB ...` (the console script `kubectl-cellar`): the chart's fleet from a terminal.
+
+Every failure is one line on stderr, `<Reason>: what to do`, with the exit codes of the jobs' table
+(0 ok, 1 retryable, 2 usage, 3 permanent): a script can tell "try again" from "fix something".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from cli.cluster import Target, connect
+from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError
+from common.redact import redact
+
+DESCRIPTION = "Day-two commands for cellar's backups and archives (the Helm chart at cronjobs/)."
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    where = flags.add_argument_group("cluster (as kubectl)")
+    where.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    where.add_argument("--context", help="kubeconfig context (default: its current context)")
+    where.add_argument("-n", "--namespace", help="namespace (default: the context's, else default)")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags()
+    parser = argparse.ArgumentParser(prog="kubectl cellar", description=DESCRIPTION, parents=[common])
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    status = verbs.add_parser(
+        "status",
+        parents=[common],
+        help="one table of every backup and archive; exit 1 when any is not Ready",
+        description="Each backup and archive: Ready, last success and staleAfter, restore-tested, size or rows "
+        "moved, next scheduled run, suspended. Exit 0 when all are Ready, 1 when any is not.",
+    )
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster, context_namespace = connect(args.kubeconfig, args.context)
+    target = Target(args.namespace or context_namespace, getattr(args, "all_namespaces", False))
+    if args.verb == "status":
+        from cli.status import fleet, render_json, render_table
+
+        now = datetime.now(UTC)
+        rows = fleet(cluster, target, now)
+        if args.output == "json":
+            sys.stdout.write(render_json(rows))
+        else:
+            sys.stdout.write(render_table(rows, now, with_namespace=target.all_namespaces))
+        return EXIT_OK if all(r.ready for r in rows) else EXIT_RETRYABLE
+    raise AssertionError(f"unhandled verb {args.verb}")  # argparse allows only the verbs above
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_OK if exit_.code in (0, None) else EXIT_USAGE
+    try:
+        return run(args)
+    except CellarError as error:
+        sys.stderr.write(f"{error.reason.value}: {redact(error.message)}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
