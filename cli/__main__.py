@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from cli.cluster import Target, connect
+from cli.cluster import Cluster, Target, connect
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError
 from common.redact import redact
 
@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    for job, kind in (("backup", "DatabaseBackup"), ("archive", "TableArchive")):
+        verb = verbs.add_parser(
+            job,
+            parents=[common],
+            help=f"run the {kind}'s CronJob now (--wait: follow its log, exit with its exit code)",
+            description=f"A Job from the CronJob cellar-{job}-NAME, as kubectl create job --from=cronjob/... makes "
+            "it. With --wait: follow the log of each Pod it runs and exit with the run's exit code (0 ok, "
+            "1 retryable, 2 usage, 3 permanent).",
+        )
+        verb.add_argument("name", metavar="NAME", help=f"the {kind}")
+        verb.add_argument("--wait", action="store_true", help="follow the run and exit with its exit code")
     return parser
 
 
@@ -58,7 +70,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(render_table(rows, now, with_namespace=target.all_namespaces))
         return EXIT_OK if all(r.ready for r in rows) else EXIT_RETRYABLE
+    if args.verb in ("backup", "archive"):
+        return run_now(cluster, args.verb, target.namespace, args.name, wait=args.wait)
     raise AssertionError(f"unhandled verb {args.verb}")  # argparse allows only the verbs above
+
+
+def run_now(cluster: Cluster, job: str, namespace: str, name: str, *, wait: bool) -> int:
+    from cli.runs import follow_run, start_run
+
+    job_name = start_run(cluster, job, namespace, name)
+    sys.stderr.write(f"job.batch/{job_name} created in namespace {namespace}\n")
+    if not wait:
+        return EXIT_OK
+    outcome = follow_run(cluster, namespace, job_name)
+    if outcome.exit_code != EXIT_OK:
+        # The run's own words: cellar writes `<Reason>: message` as the container's termination message.
+        first_line = (outcome.message.splitlines() or [f"the run of {outcome.job} failed"])[0]
+        sys.stderr.write(f"{first_line} (exit {outcome.exit_code}; kubectl logs -n {namespace} job/{outcome.job})\n")
+    return outcome.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

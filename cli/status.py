@@ -111,7 +111,7 @@ def row_of(job: str, resource: Mapping[str, Any], cronjob: Any, now: datetime) -
     metadata, spec, status = resource["metadata"], resource.get("spec") or {}, resource.get("status") or {}
     ready_condition = find_condition(status.get("conditions") or [], "Ready") or {}
     ready = ready_condition.get("status") == "True"
-    reason = str(ready_condition.get("reason") or "NeverRun")
+    reason = str(ready_condition.get("reason") or "-")  # no run has written Ready yet
     message = str(ready_condition.get("message") or "no run has reported yet")
     suspended = (metadata.get("annotations") or {}).get(SUSPEND_ANNOTATION) == "true"
     if job == "backup":
