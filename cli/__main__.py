@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         verb.add_argument("name", metavar="NAME", help=f"the {kind}")
         verb.add_argument("--wait", action="store_true", help="follow the run and exit with its exit code")
+
+    for name, does in (("suspend", "skip the scheduled runs of"), ("resume", "run again on schedule")):
+        verb = verbs.add_parser(
+            name,
+            parents=[common],
+            help=f"{does} a backup or archive (annotation cellar.dev/suspended; helm upgrade keeps it)",
+            description=f"{does.capitalize()} a backup or archive: the annotation cellar.dev/suspended on its "
+            "resource, which the job honours (a suspended run does nothing, posts an Event and exits 0). "
+            "The chart leaves the annotation alone, so helm upgrade neither undoes it nor conflicts.",
+        )
+        verb.add_argument("name", metavar="NAME", help="the backup or archive (backup/NAME or archive/NAME if both)")
     return parser
 
 
@@ -72,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK if all(r.ready for r in rows) else EXIT_RETRYABLE
     if args.verb in ("backup", "archive"):
         return run_now(cluster, args.verb, target.namespace, args.name, wait=args.wait)
+    if args.verb in ("suspend", "resume"):
+        from cli.suspend import set_suspended
+
+        sys.stdout.write(set_suspended(cluster, target.namespace, args.name, suspend=args.verb == "suspend") + "\n")
+        return EXIT_OK
     raise AssertionError(f"unhandled verb {args.verb}")  # argparse allows only the verbs above
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cli.cluster import CRONJOB, JOB, POD, Cluster
-from common.errors import EXIT_OK, EXIT_RETRYABLE, NotFound
+from common.errors import EXIT_OK, EXIT_RETRYABLE, NotFound, UsageError
 from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, ResourceKind
+from common.suspension import suspended
 
 MANUAL_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 KINDS = {"backup": DATABASE_BACKUP, "archive": TABLE_ARCHIVE}
@@ -38,7 +39,7 @@ def cronjob_of(cluster: Cluster, job: str, namespace: str, name: str) -> dict[st
     kind: ResourceKind = KINDS[job]
     where = f'"{name}" in namespace "{namespace}"'
     try:
-        cluster.call(
+        resource = cluster.call(
             "get", kind, where, cluster.custom.get_namespaced_custom_object,
             kind.group, kind.version, namespace, kind.plural, name,
         )  # fmt: skip
@@ -47,6 +48,11 @@ def cronjob_of(cluster: Cluster, job: str, namespace: str, name: str) -> dict[st
             f'{kind.kind} "{name}" is not in namespace "{namespace}": `kubectl cellar status -n {namespace}` lists '
             "the backups and archives there; pass -n NAMESPACE of the chart's release"
         ) from None
+    if suspended(resource):
+        raise UsageError(
+            f'{kind.kind} "{name}" is suspended, so its run would do nothing: kubectl cellar resume {name} '
+            f"-n {namespace} first"
+        )
     cronjob_name = f"cellar-{job}-{name}"
     try:
         cronjob = cluster.call(

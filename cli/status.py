@@ -19,8 +19,8 @@ from common.conditions import find_condition, format_time
 from common.errors import NotFound
 from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, ResourceKind
 from common.reasons import Reason
+from common.suspension import suspended as is_suspended
 
-SUSPEND_ANNOTATION = "cellar.dev/suspended"
 HEADER = ["KIND", "NAME", "READY", "REASON", "LAST SUCCESS", "STALE AFTER", "TESTED", "SIZE/ROWS", "NEXT RUN"]
 HEADER += ["SUSPENDED"]
 JOBS = {DATABASE_BACKUP.kind: "backup", TABLE_ARCHIVE.kind: "archive"}
@@ -113,7 +113,7 @@ def row_of(job: str, resource: Mapping[str, Any], cronjob: Any, now: datetime) -
     ready = ready_condition.get("status") == "True"
     reason = str(ready_condition.get("reason") or "-")  # no run has written Ready yet
     message = str(ready_condition.get("message") or "no run has reported yet")
-    suspended = (metadata.get("annotations") or {}).get(SUSPEND_ANNOTATION) == "true"
+    suspended = is_suspended(resource)
     if job == "backup":
         success = status.get("lastSuccessfulBackup") or {}
         last_success = str(success.get("completionTime") or "")

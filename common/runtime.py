@@ -36,6 +36,7 @@ from common.process import process_identity
 from common.reasons import Reason
 from common.redact import redact
 from common.secrets import Secrets
+from common.suspension import SCHEDULED_JOBS, SUSPEND_ANNOTATION, suspended
 
 log = logging.getLogger("cellar")
 
@@ -278,6 +279,8 @@ def run_job(
             "run started",
             extra={"generation": ctx.generation, "dry_run": invocation.dry_run, "identity": process_identity()},
         )
+        if job.name in SCHEDULED_JOBS and suspended(resource):
+            return _skip_suspended(ctx, started)
         if not invocation.dry_run and not getattr(job, "output_on_stdout", False):
             ctx.metrics = start_run_metrics(
                 ctx.spec,
@@ -307,6 +310,18 @@ def run_job(
         return _fail(job, ctx, wrapped, started)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _skip_suspended(ctx: RunContext, started: float) -> int:
+    """A suspended resource's run: an Event and the termination message say it was skipped; exit 0."""
+    note = (
+        f"{ctx.ref} is suspended (annotation {SUSPEND_ANNOTATION}): this run did nothing; "
+        f"kubectl cellar resume {ctx.ref.name} -n {ctx.ref.namespace} runs the next"
+    )
+    log.info("run skipped", extra={"reason": Reason.SUSPENDED, "seconds": round(time.monotonic() - started, 3)})
+    ctx.event(Reason.SUSPENDED, note, action=ctx.job.capitalize())
+    write_termination_log(f"{Reason.SUSPENDED}: {note}")
+    return EXIT_OK
 
 
 def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:
