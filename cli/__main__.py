@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
-from cli.cluster import Cluster, Target, connect
-from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError
+from cli.cluster import Target, connect
+from common.errors import EXIT_OK, EXIT_USAGE, CellarError
 from common.redact import redact
 
 DESCRIPTION = "Day-two commands for cellar's backups and archives (the Helm chart at cronjobs/)."
@@ -65,45 +64,57 @@ def build_parser() -> argparse.ArgumentParser:
             "The chart leaves the annotation alone, so helm upgrade neither undoes it nor conflicts.",
         )
         verb.add_argument("name", metavar="NAME", help="the backup or archive (backup/NAME or archive/NAME if both)")
+
+    logs = verbs.add_parser(
+        "logs",
+        parents=[common],
+        help="the log of the newest run of a backup, archive or restore",
+        description="The log of the newest run (a Pod the chart's template labelled with the resource), or with "
+        "--previous of the run before it; the CronJob's history limits decide how many are kept.",
+    )
+    logs.add_argument("name", metavar="NAME", help="backup, archive or restore (backup/NAME ... when several)")
+    logs.add_argument("--previous", action="store_true", help="the run before the newest")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
+
+    listing = verbs.add_parser(
+        "list",
+        parents=[common],
+        help="the backups of a DatabaseBackup in storage",
+        description="The backups in storage: id, time, size, databases, encrypted, verified, what keeps them, "
+        "object lock. By default a short Job under the chart's ServiceAccount cellar-backup lists them (you need "
+        "no store credentials); --direct lists them from here, reading the spec's storage Secrets as you.",
+    )
+    listing.add_argument("name", metavar="NAME", help="the DatabaseBackup")
+    listing.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    listing.add_argument("--direct", action="store_true", help="list from this machine with your permissions")
+
+    restore = verbs.add_parser(
+        "restore",
+        parents=[common],
+        help="restore a backup into the database a Secret names, as cellar-restore",
+        description="Write a DatabaseRestore of DatabaseBackup NAME into the database Secret SECRET names, and "
+        "run it now as the ServiceAccount cellar-restore (which must be allowed to read SECRET: "
+        "extraSecrets.restore in the chart's values). --wait: follow it and exit with its exit code.",
+    )
+    restore.add_argument("name", metavar="NAME", help="the DatabaseBackup whose backup to restore")
+    restore.add_argument("--to", required=True, metavar="SECRET", help="the Secret of the target database")
+    restore.add_argument("--database", action="append", default=[], help="of a backup of several, this one")
+    restore.add_argument("--table", action="append", default=[], metavar="T", help="only this table (schema.table)")
+    restore.add_argument("--backup", metavar="ID", help="this backup (kubectl cellar list), not the newest")
+    restore.add_argument("--dbname", help="the target database, instead of the Secret's dbname")
+    restore.add_argument("--create-database", action="store_true", help="create the target database first")
+    restore.add_argument("--identity", metavar="SECRET:KEY", help="an age identity, for an encrypted backup")
+    restore.add_argument("--wait", action="store_true", help="follow the restore and exit with its exit code")
+
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from cli.verbs import HANDLERS
+
     cluster, context_namespace = connect(args.kubeconfig, args.context)
     target = Target(args.namespace or context_namespace, getattr(args, "all_namespaces", False))
-    if args.verb == "status":
-        from cli.status import fleet, render_json, render_table
-
-        now = datetime.now(UTC)
-        rows = fleet(cluster, target, now)
-        if args.output == "json":
-            sys.stdout.write(render_json(rows))
-        else:
-            sys.stdout.write(render_table(rows, now, with_namespace=target.all_namespaces))
-        return EXIT_OK if all(r.ready for r in rows) else EXIT_RETRYABLE
-    if args.verb in ("backup", "archive"):
-        return run_now(cluster, args.verb, target.namespace, args.name, wait=args.wait)
-    if args.verb in ("suspend", "resume"):
-        from cli.suspend import set_suspended
-
-        sys.stdout.write(set_suspended(cluster, target.namespace, args.name, suspend=args.verb == "suspend") + "\n")
-        return EXIT_OK
-    raise AssertionError(f"unhandled verb {args.verb}")  # argparse allows only the verbs above
-
-
-def run_now(cluster: Cluster, job: str, namespace: str, name: str, *, wait: bool) -> int:
-    from cli.runs import follow_run, start_run
-
-    job_name = start_run(cluster, job, namespace, name)
-    sys.stderr.write(f"job.batch/{job_name} created in namespace {namespace}\n")
-    if not wait:
-        return EXIT_OK
-    outcome = follow_run(cluster, namespace, job_name)
-    if outcome.exit_code != EXIT_OK:
-        # The run's own words: cellar writes `<Reason>: message` as the container's termination message.
-        first_line = (outcome.message.splitlines() or [f"the run of {outcome.job} failed"])[0]
-        sys.stderr.write(f"{first_line} (exit {outcome.exit_code}; kubectl logs -n {namespace} job/{outcome.job})\n")
-    return outcome.exit_code
+    return HANDLERS[args.verb](cluster, target, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

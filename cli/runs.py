@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cli.cluster import CRONJOB, JOB, POD, Cluster
-from common.errors import EXIT_OK, EXIT_RETRYABLE, NotFound, UsageError
+from common.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, EXIT_USAGE, NotFound, UsageError
 from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, ResourceKind
 from common.suspension import suspended
 
 MANUAL_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 KINDS = {"backup": DATABASE_BACKUP, "archive": TABLE_ARCHIVE}
 POLL_SECONDS = 1.0
+# The jobs' exit codes (common.reasons); any other is the node's, and is reported as retryable.
+CELLAR_EXIT_CODES = frozenset({EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, EXIT_PERMANENT, EXIT_INTERRUPTED})
 # Pod waiting reasons a person must act on; said once each, while the Job's deadline still bounds the wait.
 STUCK = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "InvalidImageName"})
 
@@ -34,13 +36,12 @@ class Outcome:
     message: str  # the last container's termination message (cellar writes `<Reason>: ...`), or ""
 
 
-def cronjob_of(cluster: Cluster, job: str, namespace: str, name: str) -> dict[str, Any]:
-    """The chart's CronJob of resource `name`, after checking the resource exists (each with what to do)."""
+def resource_of(cluster: Cluster, job: str, namespace: str, name: str) -> dict[str, Any]:
+    """The DatabaseBackup (job backup) or TableArchive (archive) `name`, or what to do when there is none."""
     kind: ResourceKind = KINDS[job]
-    where = f'"{name}" in namespace "{namespace}"'
     try:
-        resource = cluster.call(
-            "get", kind, where, cluster.custom.get_namespaced_custom_object,
+        found = cluster.call(
+            "get", kind, f'"{name}" in namespace "{namespace}"', cluster.custom.get_namespaced_custom_object,
             kind.group, kind.version, namespace, kind.plural, name,
         )  # fmt: skip
     except NotFound:
@@ -48,7 +49,15 @@ def cronjob_of(cluster: Cluster, job: str, namespace: str, name: str) -> dict[st
             f'{kind.kind} "{name}" is not in namespace "{namespace}": `kubectl cellar status -n {namespace}` lists '
             "the backups and archives there; pass -n NAMESPACE of the chart's release"
         ) from None
-    if suspended(resource):
+    return dict(found)
+
+
+def cronjob_of(cluster: Cluster, job: str, namespace: str, name: str, *, to_run: bool = True) -> dict[str, Any]:
+    """The chart's CronJob of resource `name`, after checking the resource exists (and, `to_run`, that it is not
+    suspended: its run would do nothing)."""
+    kind: ResourceKind = KINDS[job]
+    resource = resource_of(cluster, job, namespace, name)
+    if to_run and suspended(resource):
         raise UsageError(
             f'{kind.kind} "{name}" is suspended, so its run would do nothing: kubectl cellar resume {name} '
             f"-n {namespace} first"
@@ -109,10 +118,15 @@ def follow_run(
     cluster: Cluster,
     namespace: str,
     job_name: str,
-    write: Callable[[str], object] = sys.stdout.write,
-    say: Callable[[str], object] = sys.stderr.write,
+    write: Callable[[str], object] | None = None,
+    say: Callable[[str], object] | None = None,
+    *,
+    quiet: bool = False,
 ) -> Outcome:
-    """Follow the log of each Pod of the Job as it runs, until the Job is Complete or Failed."""
+    """Follow the log of each Pod of the Job as it runs (to `write`; notes to `say`; default stdout and stderr),
+    until the Job is Complete or Failed. `quiet`: no header before each Pod's log."""
+    write = write or sys.stdout.write
+    say = say or sys.stderr.write
     followed: set[str] = set()
     warned: set[str] = set()
     where = f'"{job_name}" in namespace "{namespace}"'
@@ -124,8 +138,11 @@ def follow_run(
                 continue
             state = _state(pod)
             if state is not None and (state.running or state.terminated):
-                say(f"--- {pod.metadata.name}\n")
-                _stream_log(cluster, namespace, pod.metadata.name, write)
+                if not quiet:
+                    say(f"--- {pod.metadata.name}\n")
+                # A quiet run may print nothing for long; the Job's deadline bounds how long its log can last.
+                longest = (job.spec.active_deadline_seconds or 86400) + 60
+                stream_log(cluster, namespace, pod.metadata.name, write, longest)
                 followed.add(pod.metadata.name)
             elif (stuck := _stuck(pod.metadata.name, state)) and stuck not in warned:
                 warned.add(stuck)
@@ -144,7 +161,11 @@ def _outcome(cluster: Cluster, namespace: str, job_name: str, complete: bool) ->
         return Outcome(job_name, EXIT_RETRYABLE, f"Job {job_name} failed before its container ran")
     last = max(ended, key=lambda p: _state(p).terminated.finished_at or p.metadata.creation_timestamp)
     terminated = _state(last).terminated
-    return Outcome(job_name, int(terminated.exit_code), (terminated.message or "").strip())
+    code, message = int(terminated.exit_code), (terminated.message or "").strip()
+    if code not in CELLAR_EXIT_CODES:  # the runtime's or the kernel's (a start that failed, OOMKilled)
+        reason = f" ({terminated.reason})" if terminated.reason else ""
+        return Outcome(job_name, EXIT_RETRYABLE, f"{message or 'the container'} exited {code}{reason}")
+    return Outcome(job_name, code, message)
 
 
 def _pods(cluster: Cluster, namespace: str, job_name: str) -> list[Any]:
@@ -166,14 +187,14 @@ def _state(pod: Any) -> Any:
     return statuses[0].state if statuses else None
 
 
-def _stream_log(cluster: Cluster, namespace: str, pod: str, write: Callable[[str], object]) -> None:
-    """The container's log from its start, followed until it ends (no read timeout: a run may be quiet)."""
+def stream_log(cluster: Cluster, namespace: str, pod: str, write: Callable[[str], object], longest: float) -> None:
+    """The container's log from its start, followed until it ends (or `longest` seconds pass without a byte)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     try:
         read_log: Any = cluster.core.read_namespaced_pod_log  # the raw response: its stubs say str
-        response = read_log(pod, namespace, follow=True, _preload_content=False, _request_timeout=(10, None))
+        response = read_log(pod, namespace, follow=True, _preload_content=False, _request_timeout=(10, longest))
         for chunk in response.stream(4096):
             write(chunk.decode("utf-8", errors="replace"))
         response.release_conn()

@@ -97,3 +97,13 @@ def test_no_name_is_a_usage_error(stack: LocalStack, capsys: pytest.CaptureFixtu
     ran = cellar(capsys, stack.kubeconfig, "backup")
     assert ran.code == 2
     assert "NAME" in ran.err
+
+
+def test_logs_of_a_resource_that_never_ran_say_how_to_run_it(
+    stack: LocalStack, release: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = cellar(capsys, stack.kubeconfig, "logs", "orders", "-n", release)
+    assert ran.code == 3
+    assert ran.err.count("\n") == 1
+    assert ran.err.startswith(f'NotFound: no run of "orders" in namespace "{release}" has a Pod left')
+    assert "kubectl cellar backup orders" in ran.err
