@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--identity", metavar="SECRET:KEY", help="an age identity, for an encrypted backup")
     restore.add_argument("--wait", action="store_true", help="follow the restore and exit with its exit code")
 
+    adopt = verbs.add_parser(
+        "adopt",
+        parents=[common],
+        help="hand re-created backups their predecessors' storage prefixes (PrefixInUse)",
+        description="Read the owner record of each backup's storage prefix (with your permissions: the storage "
+        "Secrets the spec names), show what would be taken over from a predecessor of the same name, and with "
+        "--yes annotate each resource with its predecessor's uid (cellar.dev/take-over-prefix).",
+    )
+    adopt.add_argument("name", metavar="NAME", nargs="?", help="one DatabaseBackup (or --all)")
+    adopt.add_argument("--all", action="store_true", help="every DatabaseBackup of the namespace")
+    adopt.add_argument("--yes", action="store_true", help="annotate; without it, only show what would be done")
+
     return parser
 
 

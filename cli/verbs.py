@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cli.cluster import Cluster, Target
-from common.errors import EXIT_OK, EXIT_RETRYABLE
+from common.errors import EXIT_OK, EXIT_RETRYABLE, UsageError
 
 
 def status(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
@@ -81,6 +81,14 @@ def restore(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
     return follow(cluster, target.namespace, job_name) if args.wait else EXIT_OK
 
 
+def adopt(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
+    from cli.adopt import adopt as take_over
+
+    if bool(args.name) == bool(args.all):
+        raise UsageError("adopt: name one DatabaseBackup, or --all")
+    return take_over(cluster, target, args.name, confirmed=args.yes)
+
+
 HANDLERS: dict[str, Callable[[Cluster, Target, argparse.Namespace], int]] = {
     "status": status,
     "backup": run_now,
@@ -90,4 +98,5 @@ HANDLERS: dict[str, Callable[[Cluster, Target, argparse.Namespace], int]] = {
     "logs": logs,
     "list": listing,
     "restore": restore,
+    "adopt": adopt,
 }
