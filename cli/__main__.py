@@ -118,10 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("--all", action="store_true", help="every DatabaseBackup of the namespace")
     adopt.add_argument("--yes", action="store_true", help="annotate; without it, only show what would be done")
 
+    completion = verbs.add_parser(
+        "completion",
+        help="a shell completion script: source <(kubectl-cellar completion bash)",
+        description="Print a completion script for the console script kubectl-cellar. kubectl's own "
+        "`kubectl cellar <TAB>` uses kubectl_complete-cellar, installed beside it.",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verb == "completion":
+        from cli.completion import script
+
+        sys.stdout.write(script(args.shell, build_parser()))
+        return EXIT_OK
     from cli.verbs import HANDLERS
 
     cluster, context_namespace = connect(args.kubeconfig, args.context)

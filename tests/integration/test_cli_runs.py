@@ -107,3 +107,16 @@ def test_logs_of_a_resource_that_never_ran_say_how_to_run_it(
     assert ran.err.count("\n") == 1
     assert ran.err.startswith(f'NotFound: no run of "orders" in namespace "{release}" has a Pod left')
     assert "kubectl cellar backup orders" in ran.err
+
+
+def test_a_name_completes_from_the_namespaces_backups_and_archives(stack: LocalStack, release: str) -> None:
+    """kubectl runs kubectl_complete-cellar for `kubectl cellar backup <TAB>`."""
+    import subprocess
+    import sys
+
+    complete = Path(sys.executable).parent / "kubectl_complete-cellar"
+    words = ["--kubeconfig", str(stack.kubeconfig), "-n", release, "backup", ""]
+    result = subprocess.run([str(complete), *words], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["events", "orders", ":4"]
+    result = subprocess.run([str(complete), *words[:-1], "or"], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["orders", ":4"]
