@@ -106,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--identity", metavar="SECRET:KEY", help="an age identity, for an encrypted backup")
     restore.add_argument("--wait", action="store_true", help="follow the restore and exit with its exit code")
 
+    unarchive = verbs.add_parser(
+        "unarchive",
+        parents=[common],
+        help="bring a TableArchive's archived rows back (start <= timestamp < end), run now",
+        description="Run cellar-archive unarchive now, as a Job of the archive's CronJob (ServiceAccount "
+        "cellar-archive): the archived rows with FROM <= timestamp < TO, verified, into a side table "
+        "<table>_unarchived (default) or the table itself. --wait: follow it and exit with its exit code.",
+    )
+    unarchive.add_argument("name", metavar="NAME", help="the TableArchive")
+    unarchive.add_argument("--from", dest="start", required=True, metavar="DATE", help="first timestamp (ISO 8601)")
+    unarchive.add_argument("--to", dest="end", required=True, metavar="DATE", help="rows older than this (ISO 8601)")
+    unarchive.add_argument("--into", choices=["side", "source"], default="side", help="side table (default) or source")
+    unarchive.add_argument("--side-table", help="the side table's name (default <table>_unarchived)")
+    unarchive.add_argument("--allow-rearchive", action="store_true", help="with --into source: archive them again")
+    unarchive.add_argument("--wait", action="store_true", help="follow the run and exit with its exit code")
+
     adopt = verbs.add_parser(
         "adopt",
         parents=[common],

@@ -81,6 +81,15 @@ def restore(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
     return follow(cluster, target.namespace, job_name) if args.wait else EXIT_OK
 
 
+def unarchive(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
+    from cli.unarchive import UnarchiveRequest, start_unarchive
+
+    request = UnarchiveRequest(args.name, args.start, args.end, args.into, args.side_table, args.allow_rearchive)
+    job_name = start_unarchive(cluster, target.namespace, request)
+    sys.stderr.write(f"job.batch/{job_name} created in namespace {target.namespace}\n")
+    return follow(cluster, target.namespace, job_name) if args.wait else EXIT_OK
+
+
 def adopt(cluster: Cluster, target: Target, args: argparse.Namespace) -> int:
     from cli.adopt import adopt as take_over
 
@@ -99,4 +108,5 @@ HANDLERS: dict[str, Callable[[Cluster, Target, argparse.Namespace], int]] = {
     "list": listing,
     "restore": restore,
     "adopt": adopt,
+    "unarchive": unarchive,
 }

@@ -94,3 +94,27 @@ def _pods_and_logs(env: JobEnvironment) -> str:
         why = f"{pod.status.reason}: {pod.status.message}" if pod.status.reason else ""
         lines.append(f"{pod.metadata.name} {pod.metadata.creation_timestamp} {pod.status.phase} {why} {len(text)} B")
     return "\n".join(lines)
+
+
+def test_archive_and_unarchive_wait_on_the_real_node(
+    cluster: JobEnvironment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = cluster
+    kubeconfig = env.stack.kubeconfig
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, payload text)")
+        conn.execute(
+            "INSERT INTO events SELECT g, now() - interval '90 days' + g * interval '1 second', md5(g::text)"
+            " FROM generate_series(1, 300) g"
+        )
+        conn.execute("INSERT INTO events SELECT g, now(), md5(g::text) FROM generate_series(301, 350) g")
+    ran = cellar(capsys, kubeconfig, "archive", "events", "--wait", "-n", env.namespace)
+    assert ran.code == 0, ran.err
+    with psycopg.connect(dsn(env.database)) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (50,)
+
+    args = ["unarchive", "events", "--from", "2000-01-01", "--to", "2100-01-01", "--wait", "-n", env.namespace]
+    ran = cellar(capsys, kubeconfig, *args)
+    assert ran.code == 0, ran.err
+    with psycopg.connect(dsn(env.database)) as conn:
+        assert conn.execute("SELECT count(*) FROM events_unarchived").fetchone() == (300,)

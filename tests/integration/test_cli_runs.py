@@ -120,3 +120,27 @@ def test_a_name_completes_from_the_namespaces_backups_and_archives(stack: LocalS
     assert result.stdout.split() == ["events", "orders", ":4"]
     result = subprocess.run([str(complete), *words[:-1], "or"], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["orders", ":4"]
+
+
+def test_unarchive_is_a_run_of_the_archives_cronjob_with_the_dates(
+    stack: LocalStack, admin_api: Any, release: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["unarchive", "events", "--from", "2020-01-01", "--to", "2021-01-01", "--into", "source"]
+    ran = cellar(capsys, stack.kubeconfig, *args, "-n", release)
+    assert ran.code == 0, ran.err
+    (made,) = client.BatchV1Api(admin_api).list_namespaced_job(release).items
+    assert made.metadata.name.startswith("cellar-unarchive-events-")
+    (owner,) = made.metadata.owner_references
+    assert (owner.kind, owner.name) == ("CronJob", "cellar-archive-events")
+    pod = made.spec.template.spec
+    assert pod.service_account_name == "cellar-archive"
+    assert pod.containers[0].args == ["unarchive", "--from", "2020-01-01", "--to", "2021-01-01", "--into", "source"]
+
+    ran = cellar(capsys, stack.kubeconfig, "unarchive", "events", "--from", "soon", "--to", "2021-01-01", "-n", release)
+    assert ran.code == 2
+    assert ran.err.startswith("UsageError: --from 'soon' is not a date or time")
+    ran = cellar(
+        capsys, stack.kubeconfig, "unarchive", "orders", "--from", "2020-01-01", "--to", "2021-01-01", "-n", release
+    )
+    assert ran.code == 3
+    assert 'TableArchive "orders" is not in namespace' in ran.err

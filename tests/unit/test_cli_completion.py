@@ -13,7 +13,22 @@ from cli.completion import candidates, script
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
-        ([""], {"status", "backup", "archive", "suspend", "resume", "logs", "list", "restore", "adopt", "completion"}),
+        (
+            [""],
+            {
+                "status",
+                "backup",
+                "archive",
+                "suspend",
+                "resume",
+                "logs",
+                "list",
+                "restore",
+                "adopt",
+                "unarchive",
+                "completion",
+            },
+        ),
         (["st"], {"status"}),
         (["-n", "shop", "sta"], {"status"}),  # a flag's value is no verb
         (["status", "--a"], {"--all-namespaces"}),
@@ -40,7 +55,19 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
 
 
 def test_every_verb_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for verb in ("status", "backup", "archive", "suspend", "resume", "logs", "list", "restore", "adopt", "completion"):
+    for verb in (
+        "status",
+        "backup",
+        "archive",
+        "suspend",
+        "resume",
+        "logs",
+        "list",
+        "restore",
+        "adopt",
+        "unarchive",
+        "completion",
+    ):
         assert main([verb, "--help"]) == 0
         assert f"usage: kubectl cellar {verb}" in capsys.readouterr().out
 
