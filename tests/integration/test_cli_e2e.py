@@ -58,9 +58,15 @@ def test_backup_wait_follows_the_run_and_exits_with_its_code(
     restore = ["restore", "nightly", "--to", "cellar-restore-target", "--dbname", copy, "--create-database"]
     ran = cellar(capsys, kubeconfig, *restore, "--identity", "cellar-backup-identity:identity.txt", "--wait",
                  "-n", env.namespace)  # fmt: skip
-    assert ran.code == 0, ran.err
+    assert ran.code == 0, f"{ran.err}\n{ran.out[-6000:]}\n{_pods_and_logs(env)}"
     with psycopg.connect(dsn({**env.database, "dbname": copy})) as conn:
         assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (100,)
+    # A backup id that does not exist: the restore's own reason, one line, exit 3.
+    missing = ["restore", "nightly", "--to", "cellar-restore-target", "--backup", "20000101T000000Z-none"]
+    ran = cellar(capsys, kubeconfig, *missing, "--identity", "cellar-backup-identity:identity.txt", "--wait",
+                 "-n", env.namespace)  # fmt: skip
+    assert ran.code == 3, ran.err
+    assert ran.err.splitlines()[-1].startswith("BackupNotFound: "), ran.err
 
     # A permanent failure: the spec names a key its Secret lacks. Exit 3, as the container's, at once (the
     # chart's podFailurePolicy fails the Job without a retry), and the run's reason on the last line.
