@@ -14,7 +14,7 @@ from kubernetes import client
 
 from cli.__main__ import main
 from tests.harness.chart import CHART, helm
-from tests.harness.stack import LocalStack
+from tests.harness.stack import REPO, LocalStack
 
 STORAGE = {
     "bucket": "cellar",
@@ -38,6 +38,25 @@ def cellar(capsys: pytest.CaptureFixture[str], kubeconfig: Path, *args: str) -> 
     code = main([*args, "--kubeconfig", str(kubeconfig)])
     captured = capsys.readouterr()
     return Ran(code, captured.out, captured.err)
+
+
+def console_scripts(directory: Path) -> dict[str, str]:
+    """The project's console scripts for `kubectl cellar` (pyproject.toml [project.scripts]), written into
+    `directory` as pip writes them, for this Python and this checkout; returns the environment that puts them on
+    PATH. (The tests' .venv may be shared with other checkouts, so what pip installed there is not this one's.)"""
+    import os
+    import sys
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("kubectl-cellar", "kubectl_complete-cellar"):
+        module, function = scripts[name].split(":")
+        path = directory / name
+        path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        path.chmod(0o755)
+    path_variable = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path_variable, "PYTHONPATH": str(REPO)}
 
 
 def install(stack: LocalStack, namespace: str, values: dict[str, Any], tmp_path: Path, verb: str = "install") -> str:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.stack import LocalStack
-from tests.integration.cli_helpers import STORAGE, cellar, install, uninstall
+from tests.integration.cli_helpers import STORAGE, cellar, console_scripts, install, uninstall
 
 VALUES = {
     "defaults": {"storage": STORAGE},
@@ -109,16 +109,18 @@ def test_logs_of_a_resource_that_never_ran_say_how_to_run_it(
     assert "kubectl cellar backup orders" in ran.err
 
 
-def test_a_name_completes_from_the_namespaces_backups_and_archives(stack: LocalStack, release: str) -> None:
+def test_a_name_completes_from_the_namespaces_backups_and_archives(
+    stack: LocalStack, release: str, tmp_path: Path
+) -> None:
     """kubectl runs kubectl_complete-cellar for `kubectl cellar backup <TAB>`."""
     import subprocess
-    import sys
 
-    complete = Path(sys.executable).parent / "kubectl_complete-cellar"
+    env = console_scripts(tmp_path / "bin")
+    complete = str(tmp_path / "bin" / "kubectl_complete-cellar")
     words = ["--kubeconfig", str(stack.kubeconfig), "-n", release, "backup", ""]
-    result = subprocess.run([str(complete), *words], capture_output=True, text=True, check=True)
+    result = subprocess.run([complete, *words], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split() == ["events", "orders", ":4"]
-    result = subprocess.run([str(complete), *words[:-1], "or"], capture_output=True, text=True, check=True)
+    result = subprocess.run([complete, *words[:-1], "or"], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.split() == ["orders", ":4"]
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,16 @@ import pytest
 
 from common.conditions import format_time
 from tests.harness.stack import LocalStack
-from tests.integration.cli_helpers import STORAGE, cellar, install, no_role_kubeconfig, ready, uninstall, write_status
+from tests.integration.cli_helpers import (
+    STORAGE,
+    cellar,
+    console_scripts,
+    install,
+    no_role_kubeconfig,
+    ready,
+    uninstall,
+    write_status,
+)
 
 FLEET = {
     "defaults": {"storage": STORAGE},
@@ -151,14 +158,13 @@ def test_an_unknown_context_is_a_usage_error(stack: LocalStack, capsys: pytest.C
     assert "context 'nowhere' is not in" in ran.err
 
 
-def test_kubectl_finds_the_installed_plugin(stack: LocalStack, release: str) -> None:
-    """The console script on PATH is what `kubectl cellar` runs (kubectl's plugin discovery)."""
-    bin_dir = str(Path(sys.executable).parent)
-    assert (Path(bin_dir) / "kubectl-cellar").exists(), "pip install -e . puts kubectl-cellar beside python"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+def test_kubectl_finds_the_plugin_on_path(stack: LocalStack, release: str, tmp_path: Path) -> None:
+    """The console script on PATH is what `kubectl cellar` runs (kubectl's plugin discovery); the wheel's install
+    of it is test_packaging's."""
+    env = console_scripts(tmp_path / "bin")
     kubectl = str(stack.binaries["kubectl"])
     found = subprocess.run([kubectl, "plugin", "list"], capture_output=True, text=True, env=env, check=False)
-    assert "kubectl-cellar" in found.stdout, found.stderr
+    assert str(tmp_path / "bin" / "kubectl-cellar") in found.stdout, found.stderr
     ran = subprocess.run(
         [kubectl, "cellar", "status", "-n", release, f"--kubeconfig={stack.kubeconfig}"],
         capture_output=True,
@@ -168,3 +174,10 @@ def test_kubectl_finds_the_installed_plugin(stack: LocalStack, release: str) -> 
     )
     assert ran.returncode == 1, ran.stderr  # nothing has run yet: not Ready
     assert any(line.split()[:2] == ["backup", "orders"] for line in ran.stdout.splitlines())
+
+    # kubectl's own completion of a plugin runs kubectl_complete-cellar: NAME from the namespace's resources.
+    words = ["cellar", "-n", release, "--kubeconfig", str(stack.kubeconfig)]
+    completed = subprocess.run(
+        [kubectl, "__complete", *words, "backup", ""], capture_output=True, text=True, env=env, check=False
+    )
+    assert completed.stdout.split() == ["billing", "events", "orders", ":4"], completed.stderr
