@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from common.errors import Forbidden, NotFound, PermanentError, RetryableError, UsageError
 from common.kube import ResourceKind
 from common.reasons import Reason
@@ -113,15 +115,20 @@ def connect(kubeconfig: str | None, context: str | None) -> tuple[Cluster, str]:
 
         return Cluster(client.ApiClient(configuration), "in-cluster"), in_cluster_namespace() or "default"
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        # Read here, not with list_kube_config_contexts: that refuses a file without current-context even when
+        # --context names one, where kubectl does not.
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        contexts = [c for c in document.get("contexts") or [] if isinstance(c, dict)]
+        wanted = context or document.get("current-context")
+        chosen = next((c for c in contexts if c.get("name") == wanted), None)
         if chosen is None:
-            names = ", ".join(sorted(c["name"] for c in contexts)) or "none"
-            raise UsageError(f"context {context!r} is not in {path} (its contexts: {names}); pass --context NAME")
+            names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
+            what = f"context {wanted!r} is not in {path}" if wanted else f"{path} has no current-context"
+            raise UsageError(f"{what} (its contexts: {names}); pass --context NAME")
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=path, context=chosen["name"], client_configuration=configuration
         )
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot load kubeconfig {path}: {exc}") from exc
     namespace = (chosen.get("context") or {}).get("namespace") or "default"
     return Cluster(client.ApiClient(configuration), chosen["name"]), namespace
