@@ -55,6 +55,11 @@ class Reason(StrEnum):
     RESTORE_TEST_PASSED = "RestoreTestPassed", EXIT_OK, "a backup restored and every table's row count matched"
     STALE = "Stale", EXIT_OK, "the newest good backup is older than staleAfter"
     NO_BACKUP = "NoBackup", EXIT_OK, "no complete backup is in storage yet"
+    SUSPENDED = (
+        "Suspended",
+        EXIT_OK,
+        "the resource is suspended (annotation cellar.dev/suspended, kubectl cellar suspend); the run did nothing",
+    )
 
     # ---- failures a retry may cure
     CONNECTION_FAILED = "ConnectionFailed", EXIT_RETRYABLE, "the database could not be reached, or the connection died"

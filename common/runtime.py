@@ -36,6 +36,7 @@ from common.process import process_identity
 from common.reasons import Reason
 from common.redact import redact
 from common.secrets import Secrets
+from common.suspension import SCHEDULED_JOBS, SUSPEND_ANNOTATION, suspended
 
 log = logging.getLogger("cellar")
 
@@ -268,6 +269,8 @@ def run_job(
         _apply_log_settings(args)
         interrupts.install()
         ctx = _open_context(job, args, run_id, interrupts, transport_factory)
+        if job.name in SCHEDULED_JOBS and suspended(ctx.resource):
+            return _skip_suspended(ctx, started)
         ctx.metrics = _start_metrics(job, ctx)
         summary = job.run(ctx, args)
         log.info("run finished", extra={"summary": summary, "seconds": round(time.monotonic() - started, 3)})
@@ -326,6 +329,18 @@ def _start_metrics(job: Job, ctx: RunContext) -> RunMetrics | None:
         return None
     labels = RunLabels(job.name, job.kind.kind, ctx.ref.namespace, ctx.ref.name, ctx.run_id)
     return start_run_metrics(ctx.spec, labels, ctx.started)
+
+
+def _skip_suspended(ctx: RunContext, started: float) -> int:
+    """A suspended resource's run: an Event and the termination message say it was skipped; exit 0."""
+    note = (
+        f"{ctx.ref} is suspended (annotation {SUSPEND_ANNOTATION}): this run did nothing; "
+        f"kubectl cellar resume {ctx.ref.name} -n {ctx.ref.namespace} runs the next"
+    )
+    log.info("run skipped", extra={"reason": Reason.SUSPENDED, "seconds": round(time.monotonic() - started, 3)})
+    ctx.event(Reason.SUSPENDED, note, action=ctx.job.capitalize())
+    write_termination_log(f"{Reason.SUSPENDED}: {note}")
+    return EXIT_OK
 
 
 def _fail(job: Job, ctx: RunContext | None, error: CellarError, started: float) -> int:

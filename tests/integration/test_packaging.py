@@ -116,6 +116,7 @@ def test_entrypoints_start_and_print_help(installed: Path, scratch: Path) -> Non
     for command, expected in (
         ("cellar-backup", "backup   dump the database"),
         ("cellar-archive", "archive    move the rows"),
+        ("kubectl-cellar", "Day-two commands for cellar's backups and archives"),  # kubectl finds it on PATH
     ):
         result = run_as_arbitrary_user([str(installed / "bin" / command), "--help"], scratch)
         assert result.returncode == 0, result.stderr
