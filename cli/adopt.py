@@ -1,4 +1,5 @@
-"""`kubectl cellar adopt NAME | --all [--yes]`: hand a re-created DatabaseBackup its predecessor's storage prefix.
+"""`kubectl cellar adopt NAME | --all [--yes]`: hand a re-created DatabaseBackup or TableArchive its predecessor's
+storage prefix (a backup's whole prefix; an archive's folder of its table).
 
 After a cluster is rebuilt, or a GitOps tool re-creates a resource, the resource has a new uid and its prefix's
 owner record (`cellar-owner.json`, common/ownership.py) still names the old one, so its next backup is refused
@@ -11,6 +12,8 @@ person's look, and its refusal message says what to do.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +22,14 @@ from cli.cluster import FIELD_MANAGER, Cluster, Target
 from cli.runs import resource_of
 from cli.status import list_resources
 from common.errors import NotFound, PermanentError
-from common.kube import DATABASE_BACKUP, ClientTransport, Kube
+from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, ClientTransport, Kube, ResourceKind
 from common.ownership import TAKE_OVER_ANNOTATION, Area, Claim, Owner, take_over_from
 from common.reasons import Reason
 
 
 @dataclass(frozen=True)
 class Finding:
+    kind: ResourceKind
     name: str
     where: str  # the prefix, for people
     action: str  # "take over", "own", "annotated", "free", "other"
@@ -33,44 +37,66 @@ class Finding:
     note: str
 
 
-def owner_record(cluster: Cluster, namespace: str, resource: dict[str, Any]) -> tuple[Claim | None, str]:
+def owner_record(
+    cluster: Cluster, namespace: str, kind: ResourceKind, resource: dict[str, Any]
+) -> tuple[Claim | None, str]:
     """The prefix's owner record (None: none yet) and where it is, read with the user's credentials."""
     from common.secrets import Secrets
     from common.storage import open_store
+    from jobs.archive.settings import parse_archive_spec
     from jobs.backup.settings import parse_backup_spec
 
-    settings = parse_backup_spec(resource.get("spec") or {})
-    credentials = Secrets(Kube(ClientTransport(cluster.api_client)), namespace).storage_credentials(settings.storage)
-    area = Area.of_backups(open_store(settings.storage, credentials))
+    secrets = Secrets(Kube(ClientTransport(cluster.api_client)), namespace)
+    spec = resource.get("spec") or {}
+    if kind is TABLE_ARCHIVE:
+        archive = parse_archive_spec(spec)
+        store = open_store(archive.storage, secrets.storage_credentials(archive.storage))
+        area = Area.of_archive(store, archive.relation)
+    else:
+        backup = parse_backup_spec(spec)
+        area = Area.of_backups(open_store(backup.storage, secrets.storage_credentials(backup.storage)))
     found = area.store.get_if_exists(area.record_key)
     return (Claim.read(found[0], area.where) if found else None), area.where
 
 
-def examine(cluster: Cluster, namespace: str, resource: dict[str, Any]) -> Finding:
+def examine(cluster: Cluster, namespace: str, kind: ResourceKind, resource: dict[str, Any]) -> Finding:
     name = resource["metadata"]["name"]
-    me = Owner.of(DATABASE_BACKUP.kind, namespace, name, resource)
-    claim, where = owner_record(cluster, namespace, resource)
+    me = Owner.of(kind.kind, namespace, name, resource)
+    claim, where = owner_record(cluster, namespace, kind, resource)
+    found = functools.partial(Finding, kind, name, where)
     if claim is None:
-        return Finding(name, where, "free", None, "no owner record yet: its next backup claims the prefix")
+        return found("free", None, "no owner record yet: its next run claims the prefix")
     owner = claim.owner
     if owner == me:
-        return Finding(name, where, "own", None, "owns its prefix")
+        return found("own", None, "owns its prefix")
     if claim.handed_over_by(take_over_from(resource)):
-        return Finding(name, where, "annotated", owner, f"takes over from uid {owner.uid} at its next backup")
+        return found("annotated", owner, f"takes over from uid {owner.uid} at its next run")
     if (owner.kind, owner.namespace, owner.name) == (me.kind, me.namespace, me.name):
-        return Finding(name, where, "take over", owner, f"predecessor uid {owner.uid}, owner since {claim.claimed_at}")
-    return Finding(name, where, "other", owner, f"belongs to {owner.describe()}: not a predecessor, left alone")
+        return found("take over", owner, f"predecessor uid {owner.uid}, owner since {claim.claimed_at}")
+    return found("other", owner, f"belongs to {owner.describe()}: not a predecessor, left alone")
+
+
+def _resources(cluster: Cluster, target: Target, name: str | None) -> list[tuple[ResourceKind, dict[str, Any]]]:
+    """The backups and archives to look at: those named `name` (a backup, an archive, or both), or all."""
+    chosen: list[tuple[ResourceKind, dict[str, Any]]] = []
+    for kind, job in ((DATABASE_BACKUP, "backup"), (TABLE_ARCHIVE, "archive")):
+        if name is None:
+            chosen += [(kind, r) for r in list_resources(cluster, kind, target)]
+            continue
+        with contextlib.suppress(NotFound):
+            chosen.append((kind, resource_of(cluster, job, target.namespace, name)))
+    if not chosen:
+        what = f'"{name}"' if name else "DatabaseBackup or TableArchive"
+        raise NotFound(
+            f'no {what} in namespace "{target.namespace}": `kubectl cellar status -n {target.namespace}` lists the '
+            "backups and archives there; pass -n NAMESPACE of the chart's release"
+        )
+    return chosen
 
 
 def adopt(cluster: Cluster, target: Target, name: str | None, *, confirmed: bool) -> int:
     namespace = target.namespace
-    if name:
-        resources = [resource_of(cluster, "backup", namespace, name)]
-    else:
-        resources = list_resources(cluster, DATABASE_BACKUP, target)
-        if not resources:
-            raise NotFound(f'no DatabaseBackup in namespace "{namespace}": pass -n NAMESPACE of the chart\'s release')
-    findings = [examine(cluster, namespace, r) for r in resources]
+    findings = [examine(cluster, namespace, kind, r) for kind, r in _resources(cluster, target, name)]
     for finding in findings:
         sys.stdout.write(f"{finding.name}: {finding.action}: {finding.where} ({finding.note})\n")
     to_take = [f for f in findings if f.action == "take over" and f.predecessor is not None]
@@ -82,9 +108,9 @@ def adopt(cluster: Cluster, target: Target, name: str | None, *, confirmed: bool
     if not confirmed:
         sys.stdout.write(f"{len(to_take)} to take over; run again with --yes to annotate them\n")
         return 0
-    kind = DATABASE_BACKUP
     for finding in to_take:
         assert finding.predecessor is not None
+        kind = finding.kind
         body = {"metadata": {"annotations": {TAKE_OVER_ANNOTATION: finding.predecessor.uid}}}
         cluster.call(
             "patch", kind, f'"{finding.name}" in namespace "{namespace}"',
@@ -93,5 +119,5 @@ def adopt(cluster: Cluster, target: Target, name: str | None, *, confirmed: bool
             field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
         )  # fmt: skip
         annotation = f"{TAKE_OVER_ANNOTATION}={finding.predecessor.uid}"
-        sys.stdout.write(f"databasebackup.cellar.dev/{finding.name} annotated {annotation}\n")
+        sys.stdout.write(f"{kind.kind.lower()}.cellar.dev/{finding.name} annotated {annotation}\n")
     return 0

@@ -1,17 +1,19 @@
-"""`kubectl cellar adopt`: a re-created DatabaseBackup is refused with PrefixInUse, as a new user finds it; adopt
-reads the prefix's owner record in MinIO, shows the hand-over, and with --yes annotates the predecessor's uid, so
-the next backup runs and manages the old backups."""
+"""`kubectl cellar adopt`: a re-created DatabaseBackup (or TableArchive) is refused with PrefixInUse, as a new user
+finds it; adopt reads the prefix's owner record in MinIO, shows the hand-over, and with --yes annotates the
+predecessor's uid, so the next run goes on and manages what the predecessor wrote."""
 
 from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 from kubernetes import client
 
 from common.ownership import TAKE_OVER_ANNOTATION
+from tests.integration.archive_helpers import dsn, ids_in_table, setup_archive
 from tests.integration.cli_helpers import cellar
-from tests.integration.environments import BackupEnv
+from tests.integration.environments import ArchiveEnv, BackupEnv
 
 
 def annotations(env: BackupEnv, name: str) -> dict[str, str]:
@@ -59,3 +61,32 @@ def test_adopt_needs_a_name_or_all(backup_env: BackupEnv, capsys: pytest.Capture
     ran = cellar(capsys, backup_env.stack.kubeconfig, "adopt", "-n", backup_env.namespace)
     assert ran.code == 2
     assert ran.err.startswith("UsageError: adopt: name one DatabaseBackup, or --all")
+
+
+def test_adopt_hands_a_recreated_archive_its_predecessors_folder(
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, kubeconfig = archive_env, archive_env.stack.kubeconfig
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL);"
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 hour' "
+            "FROM generate_series(1, 50) g"
+        )
+    first = setup_archive(env)
+    assert env.run() == 0
+    client.CustomObjectsApi(env.admin_api).delete_namespaced_custom_object(
+        "cellar.dev", "v1alpha1", env.namespace, "tablearchives", "orders"
+    )
+    setup_archive(env)  # re-created with a new uid
+    assert env.run() == 3, "refused: PrefixInUse"
+
+    ran = cellar(capsys, kubeconfig, "adopt", "--all", "--yes", "-n", env.namespace)
+    assert ran.code == 0, ran.err
+    old_uid = first["metadata"]["uid"]
+    assert f"orders: take over: s3://{env.bucket}/test/public.orders/ (the archive of public.orders)" in ran.out
+    assert f"tablearchive.cellar.dev/orders annotated {TAKE_OVER_ANNOTATION}={old_uid}" in ran.out
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("INSERT INTO orders SELECT g, now() - interval '300 days' FROM generate_series(51, 60) g")
+    assert env.run() == 0
+    assert ids_in_table(env.database) == set()
