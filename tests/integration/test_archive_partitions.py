@@ -183,7 +183,8 @@ def test_a_crash_between_recording_partitions_and_detaching_them_is_resumed_once
 
 def test_sigkill_at_random_points_with_writers_in_the_current_partition(archive_env: ArchiveEnv) -> None:
     env = archive_env
-    make_events(env.database, days=60, per_day=400, default=True)
+    # 120 partitions due, so that a run lasts long enough for kills to land in it even on an idle machine.
+    make_events(env.database, days=150, per_day=160, default=True)
     with psycopg.connect(dsn(env.database)) as conn:
         created = {int(r[0]): r[1] for r in conn.execute("SELECT id, created_at FROM events").fetchall()}
     setup_archive(env, table="events", name="events", primaryKey=["id", "created_at"], batch={"rows": 50})
