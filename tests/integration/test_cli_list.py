@@ -1,6 +1,6 @@
 """`kubectl cellar list NAME --direct`: the listing of `cellar-backup list` from this machine, with the user's own
 Kubernetes permissions, against real backups in MinIO. (The default, a Job in the cluster, runs on the real node:
-test_cli_e2e.py.)"""
+test_e2e.py.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`kubectl cellar backup NAME` / `archive NAME` on the real API server: the Job `kubectl create job --from` makes.
 
-(`--wait` needs a kubelet: tests/integration/test_cli_e2e.py runs it on the real node.)
+(`--wait` needs a kubelet: tests/integration/test_e2e.py runs it on the real node.)
 """
 
 from __future__ import annotations
