@@ -19,6 +19,7 @@ class ProbeJob:
     name = "probe"
     kind = DATABASE_BACKUP
     description = "test probe"
+    application_name = "cellar-probe"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--seconds", type=float, default=0.0)
