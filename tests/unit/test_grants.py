@@ -81,6 +81,6 @@ def test_what_is_left_out_is_named() -> None:
     assert skipped.options() == ["--no-owner"]
     assert skipped.describe() == (
         "ownership left to restorer, which cannot give objects to t_owner (the restoring role may not SET ROLE "
-        "to it), 1 grants left out: grants on TABLE customers in schema public (no role t_gone here)"
+        "to it), grants left out: grants on TABLE customers in schema public (no role t_gone here)"
     )
     assert Skipped("restorer").describe() == ""

@@ -71,7 +71,9 @@ def choose_databases(
     if missing or refused or forbidden:
         problems = [f"{name!r} does not exist" for name in missing]
         problems += [f"{name!r} does not allow connections (datallowconn is false)" for name in refused]
-        problems += [f"the role may not connect to {name!r} (GRANT CONNECT ON DATABASE ...)" for name in forbidden]
+        problems += [
+            f"the role may not connect to {name!r} (GRANT CONNECT ON DATABASE {name} TO it)" for name in forbidden
+        ]
         raise PermanentError(
             f"spec.databases.names: {'; '.join(problems)} on this server; fix the list",
             reason=Reason.DATABASE_NOT_FOUND,

@@ -124,7 +124,7 @@ class Skipped:
         elif self.grants:
             shown = list(self.grants.values())
             parts.append(
-                f"{len(shown)} grants left out: {'; '.join(shown[:10])}"
+                f"grants left out: {'; '.join(shown[:10])}"
                 + (f"; and {len(shown) - 10} more" if len(shown) > 10 else "")
             )
         return ", ".join(parts)
