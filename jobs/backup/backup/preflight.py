@@ -110,10 +110,10 @@ def _privilege_notes(role: RoleFacts, skipped: list[str]) -> tuple[str, ...]:
     """What the run leaves out because the role is no superuser; logged, and said in the run's message."""
     notes = []
     if skipped:
+        names = ", ".join(skipped)
         notes.append(
-            f"left out {', '.join(skipped)}: role {role.name} may not connect to "
-            f"{'it' if len(skipped) == 1 else 'them'} (GRANT CONNECT ON DATABASE ... TO {role.name} to include, "
-            "or list them in spec.databases.exclude)"
+            f"left out {names}: role {role.name} may not connect to {'it' if len(skipped) == 1 else 'them'} "
+            f"(GRANT CONNECT ON DATABASE {names} TO {role.name} to include, or list them in spec.databases.exclude)"
         )
         log.warning("databases the role may not connect to are left out", extra={"databases": skipped})
     if not role.reads_all_data:
