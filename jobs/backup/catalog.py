@@ -63,15 +63,26 @@ class GlobalsObject:
     bytes_stored: int
     sha256: str
     no_role_passwords: bool
+    # Why the roles are stored without passwords when the spec did not ask ("": it asked, or they have them).
+    without_passwords_because: str = ""
+
+    def describe(self) -> str:
+        """What the run's message says of the globals."""
+        if not self.no_role_passwords:
+            return "with the roles and tablespaces"
+        return "with the roles without passwords and the tablespaces"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "dataKey": self.data_key,
             "bytesRaw": self.bytes_raw,
             "bytesStored": self.bytes_stored,
             "sha256": self.sha256,
             "noRolePasswords": self.no_role_passwords,
         }
+        if self.no_role_passwords:
+            body["rolesWithoutPasswords"] = self.without_passwords_because or "spec.globals.noRolePasswords"
+        return body
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> GlobalsObject:
@@ -81,6 +92,7 @@ class GlobalsObject:
             int(body["bytesStored"]),
             body["sha256"],
             bool(body.get("noRolePasswords", False)),
+            str(body.get("rolesWithoutPasswords", "")),
         )
 
 

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from common.db import RECOVERY_CONFLICT, connect, libpq_environment
 from common.encryption import EncryptingWriter
-from common.errors import DumpFailed, PermanentError, RecoveryConflict
+from common.errors import DumpFailed, InsufficientPrivilege, PermanentError, RecoveryConflict
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
@@ -49,6 +49,21 @@ def _cancelled_by_replay(source: DumpSource, stderr: str) -> bool:
     """Whether pg_dump failed because a hot standby's replay cancelled it: its own query, or the session that
     exported its snapshot before pg_dump imported it ("invalid snapshot identifier")."""
     return RECOVERY_CONFLICT in stderr or (source.standby and "invalid snapshot identifier" in stderr)
+
+
+def _dump_failure(source: DumpSource, code: int, stderr: StderrTail) -> Exception:
+    """What a pg_dump that exited `code` failed with: a recovery conflict (retried), a privilege the role lacks
+    (permanent, naming the GRANT), or DumpFailed."""
+    said = f"{source.tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL {source.server_version}"
+    if _cancelled_by_replay(source, stderr.text()):
+        return RecoveryConflict(f"{said}: {stderr.error_lines()}")
+    if "permission denied for" in stderr.text():
+        user = source.database.user
+        return InsufficientPrivilege(
+            f"{said}: {stderr.error_lines()}; role {user} may not read all it dumps: GRANT pg_read_all_data TO "
+            f"{user} (PostgreSQL 14+; on a managed server as its admin role), or GRANT SELECT on what it names"
+        )
+    return DumpFailed(f"{said}: {stderr.error_lines()}")
 
 
 def server_facts(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
@@ -292,11 +307,7 @@ def dump_to_storage(
                 raw = pump(process.stdout.fileno(), sink, on_progress)
                 code = process.wait()
                 if code != 0:
-                    failed = RecoveryConflict if _cancelled_by_replay(source, stderr.text()) else DumpFailed
-                    raise failed(
-                        f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
-                        f"{source.server_version}: {stderr.error_lines()}"
-                    )
+                    raise _dump_failure(source, code, stderr)
                 upload.finish()
                 tables = counter.result()
                 result = upload.complete()

@@ -130,14 +130,18 @@ def dump_server_globals(
     assert settings.globals is not None
     key = store.key(DATA_DIR, f"{identifier}.globals.sql{_stored_suffix(settings, checked)}")
     written.append(key)
+    # pg_authid, where the passwords are, is a superuser's to read: any other role (a managed server's admin
+    # included) dumps the roles from pg_roles, without them, rather than fail.
+    because = "" if settings.globals.no_role_passwords else checked.role_passwords_left_out
+    no_role_passwords = settings.globals.no_role_passwords or bool(because)
+    if because:
+        log.warning("the roles are backed up without their passwords", extra={"why": because})
     dumped = dump_globals(
         dump_source(checked, checked.database.dbname),
         SealedObject(store, key, settings.compression, checked.recipients),
-        no_role_passwords=settings.globals.no_role_passwords,
+        no_role_passwords=no_role_passwords,
     )
-    return GlobalsObject(
-        key, dumped.bytes_raw, dumped.upload.size, dumped.upload.sha256, settings.globals.no_role_passwords
-    )
+    return GlobalsObject(key, dumped.bytes_raw, dumped.upload.size, dumped.upload.sha256, no_role_passwords, because)
 
 
 def discard(store: ObjectStore, keys: list[str]) -> None:

@@ -240,10 +240,19 @@ def _summary(
         f"{human_size(manifest.bytes_stored)} stored "
         f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
         f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
-        f"{', with the roles and tablespaces' if manifest.globals else ''}) "
+        f"{', ' + manifest.globals.describe() if manifest.globals else ''}) "
         f"in {duration:.1f}s; "
-        f"{len(retained.deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
+        f"{len(retained.deleted)} old objects deleted"
+        + (f"; {retained.describe_locked()}" if retained.locked else "")
+        + _passwords_note(manifest)
+        + "".join(f"; {note}" for note in checked.notes)
     )
+
+
+def _passwords_note(manifest: Manifest) -> str:
+    """Why the roles went without passwords, when the spec did not ask for that."""
+    because = manifest.globals.without_passwords_because if manifest.globals else ""
+    return f"; roles without passwords: {because}" if because else ""
 
 
 class BackupJob:

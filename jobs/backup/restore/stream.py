@@ -185,7 +185,15 @@ def read_toc(source: BackupSource, plan: RestorePlan) -> str:
     A custom-format archive starts with its table of contents, so pg_restore exits after the first few
     KiB; the rest is read for the checksum only. A partial restore needs the check up front: pg_restore
     commits once it has restored what the list names, which may be before the end of the stream."""
-    argv = [plan.tools.path("pg_restore"), "--list", "--verbose"]
+    return read_head(source, plan, ["--list", "--verbose"], checksum=True)
+
+
+def read_head(source: BackupSource, plan: RestorePlan, arguments: list[str], *, checksum: bool) -> str:
+    """What pg_restore with `arguments` prints from the archive's head, reading it on stdin: the table of
+    contents (`--list`), or the SQL of entries that carry no data (`-f - -L list`), which it writes from the
+    table of contents alone. With `checksum` the rest of the object is read and checked against the
+    manifest; without, the download stops where pg_restore stopped reading (the restore checks it later)."""
+    argv = [plan.tools.path("pg_restore"), *arguments]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None
     assert process.stdout is not None
@@ -201,14 +209,16 @@ def read_toc(source: BackupSource, plan: RestorePlan) -> str:
             decode_into(stored, source, _Decompressing(decompressor_for(source.manifest.compression), process.stdin))
             process.stdin.close()
         except BrokenPipeError:
-            pass  # pg_restore read the table of contents and exited
-        stored.drain()
-        stored.check()
+            pass  # pg_restore read what it needed and exited
+        if checksum:
+            stored.drain()
+            stored.check()
         code = process.wait()
         reader.join()
         if code != 0:
             raise RestoreFailed(
-                f"{plan.tools.describe('pg_restore')} --list exited with code {code}: {stderr.error_lines()}"
+                f"{plan.tools.describe('pg_restore')} {' '.join(arguments)} exited with code {code}: "
+                f"{stderr.error_lines()}"
             )
         return b"".join(listing).decode("utf-8", errors="replace")
     finally:
