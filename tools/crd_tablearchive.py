@@ -136,10 +136,16 @@ def iceberg() -> dict[str, Any]:
                 },
                 default={},
                 rules=[
-                    {"rule": "self.type != 'Rest' || has(self.rest)", "message": "type Rest needs rest (its uri)"},
-                    {"rule": "self.type == 'Rest' || !has(self.rest)", "message": "rest is only for type Rest"},
                     {
-                        "rule": "!(self.type == 'Rest' && has(self.database))",
+                        "rule": "!has(self.type) || self.type != 'Rest' || has(self.rest)",
+                        "message": "type Rest needs rest (its uri)",
+                    },
+                    {
+                        "rule": "(has(self.type) && self.type == 'Rest') || !has(self.rest)",
+                        "message": "rest is only for type Rest",
+                    },
+                    {
+                        "rule": "!(has(self.type) && self.type == 'Rest' && has(self.database))",
                         "message": "database is only for type Sql",
                     },
                 ],

@@ -14,13 +14,16 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import CellarError, InvalidSpec, PermanentError, RetryableError
 from common.reasons import Reason
 from common.redact import redact
 from common.secrets import Secrets
 from jobs.archive.iceberg_settings import REST_FIELD, RestCatalogSpec
+
+if TYPE_CHECKING:
+    import requests
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,34 @@ def _ca_file(pem: str) -> str:
     return ca.name
 
 
+def _session_class() -> type[requests.Session]:
+    """requests' Session whose own CA bundle (PyIceberg's ssl.cabundle) wins over REQUESTS_CA_BUNDLE and
+    CURL_CA_BUNDLE: requests lets those environment variables override `Session.verify` (psf/requests#3829), and
+    platforms set them for their own CAs, which would hide the catalog's."""
+    import requests
+
+    class CatalogSession(requests.Session):
+        cellar = True
+
+        def merge_environment_settings(
+            self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+        ) -> dict[str, Any]:
+            settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):  # no choice per request: the session's CA
+                settings["verify"] = self.verify
+            return settings
+
+    return CatalogSession
+
+
 def open_rest_catalog(name: str, rest: RestCatalogSpec, credentials: RestCredentials, file_io: dict[str, str]) -> Any:
     """Reach the catalog (GET /v1/config, and the OAuth2 token exchange where configured) and return it."""
+    import pyiceberg.catalog.rest
     from pyiceberg.catalog.rest import RestCatalog
 
+    module: Any = pyiceberg.catalog.rest
+    if not getattr(module.Session, "cellar", False):  # the sessions PyIceberg makes, once per process
+        module.Session = _session_class()
     ca_path = _ca_file(credentials.ca_bundle_pem) if credentials.ca_bundle_pem else None
     try:
         with rest_failures(rest, "refused its configuration request (GET /v1/config)", opening=True):
