@@ -82,14 +82,25 @@ def test_whole_partitions_into_a_rest_catalog_with_a_bearer_token_then_back(
         primaryKey=["id", "created_at"],
         iceberg={**rest_catalog_spec(env, gate, auth="bearer", ca="Secret"), "partitionBy": "day"},
     )
+    with psycopg.connect(dsn(env.database)) as conn:
+        ids = ",".join(map(str, due))
+        expected = conn.execute(
+            f"SELECT count(*), count(DISTINCT id), sum(id), min(id), max(id) FROM events WHERE id IN ({ids})"
+        ).fetchone()
     assert env.run(name="events") == 0
     assert "whole partitions" in env.conditions("TableArchive", "events")["ArchiveSucceeded"]["message"]
     found = (
         duckdb_over_minio(env)
-        .execute(f"SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{current_metadata(env, gate, 'events')}')")
+        .execute(
+            "SELECT count(*), count(DISTINCT id), sum(id), min(id), max(id) "
+            f"FROM iceberg_scan('{current_metadata(env, gate, 'events')}')"
+        )
         .fetchone()
     )
-    assert found == (len(due), len(due))
+    assert found == expected
+    read = rest_catalog(env, gate).load_table((rest_namespace(env), "events")).scan().to_arrow().column("id")
+    values = read.to_pylist()
+    assert (len(values), len(set(values)), sum(values), min(values), max(values)) == expected
     assert not due & ids_in_table(env.database, "events")
 
     assert env.run("unarchive", "--into", "source", "--from", "2000-01-01", "--to", "2100-01-01", name="events") == 0
