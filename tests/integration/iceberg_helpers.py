@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import psycopg
 
-from tests.harness.iceberg_rest import CatalogGate
+from tests.harness.iceberg_rest import CatalogGate, RestCatalogFixture
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.archive_helpers import dsn, setup_archive
 from tests.integration.environments import ArchiveEnv
@@ -155,3 +155,11 @@ def rest_catalog(env: ArchiveEnv, gate: CatalogGate) -> Any:
             "s3.region": "us-east-1",
         },
     )
+
+
+def duckdb_through_rest(env: ArchiveEnv, fixture: RestCatalogFixture) -> duckdb.DuckDBPyConnection:
+    """DuckDB with the REST catalog attached as `lake`: tables by name, as the catalog says they are now. The
+    fixture itself, over plain HTTP: DuckDB's TLS trusts the system's CAs, not the test's."""
+    conn = duckdb_over_minio(env)
+    conn.execute(f"ATTACH 'cellar' AS lake (TYPE iceberg, ENDPOINT '{fixture.uri}', AUTHORIZATION_TYPE 'none')")
+    return conn

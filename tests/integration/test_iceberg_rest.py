@@ -19,6 +19,7 @@ from tests.integration.archive_helpers import dsn, ids_in_table, json_log_lines
 from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
     duckdb_over_minio,
+    duckdb_through_rest,
     figures_in_duckdb,
     rest_catalog,
     rest_catalog_spec,
@@ -38,7 +39,7 @@ def current_metadata(env: ArchiveEnv, gate: CatalogGate, table: str = "orders") 
 
 
 def test_archive_into_a_rest_catalog_over_tls_with_oauth2_read_by_duckdb_and_pyiceberg(
-    archive_env: ArchiveEnv, catalog_gate: CatalogGate
+    archive_env: ArchiveEnv, catalog_gate: CatalogGate, iceberg_rest: RestCatalogFixture
 ) -> None:
     env, gate = archive_env, catalog_gate
     make_orders(env)
@@ -51,6 +52,11 @@ def test_archive_into_a_rest_catalog_over_tls_with_oauth2_read_by_duckdb_and_pyi
 
     table = rest_catalog(env, gate).load_table((rest_namespace(env), "orders"))
     assert figures_in_duckdb(duckdb_over_minio(env), str(table.metadata_location)) == expected
+    by_name = duckdb_through_rest(env, iceberg_rest).execute(
+        "SELECT count(*), count(DISTINCT id), sum(amount), min(amount), max(amount) "
+        f"FROM lake.{rest_namespace(env)}.orders"
+    )
+    assert by_name.fetchone() == expected  # DuckDB asks the catalog for the table by name
     rows = table.scan().to_arrow()
     amounts = rows.column("amount").to_pylist()
     assert (rows.num_rows, len(set(rows.column("id").to_pylist()))) == expected[:2]
