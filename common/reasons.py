@@ -146,7 +146,12 @@ class Reason(StrEnum):
     CATALOG_ACCESS_DENIED = (
         "CatalogAccessDenied",
         EXIT_PERMANENT,
-        "the Iceberg catalog's database refused the credentials or the privileges it needs",
+        "the Iceberg catalog (its database, or the REST catalog) refused the credentials or the privileges it needs",
+    )
+    CATALOG_CERTIFICATE_REJECTED = (
+        "CatalogCertificateRejected",
+        EXIT_PERMANENT,
+        "TLS verification of the Iceberg REST catalog failed: name its CA in spec.iceberg.catalog.rest.caBundle",
     )
     ICEBERG_TABLE_MISMATCH = (
         "IcebergTableMismatch",

@@ -16,6 +16,7 @@ from common.runtime import RunContext
 from common.storage import ObjectStore, open_store
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.iceberg import CatalogAccess, IcebergTable
+from jobs.archive.iceberg_rest import resolve_rest_credentials
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.table import Connection, TableInfo, check_cascades, describe_table
@@ -76,13 +77,17 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         raise
     open_iceberg = None
     if settings.iceberg is not None:
-        iceberg = settings.iceberg
-        catalog = iceberg.catalog.database
-        catalog_database = database if catalog is None else ctx.secrets.database(catalog)
-        folder = store.key(settings.relation)
+        catalog = settings.iceberg.catalog
+        rest = catalog.rest
+        if rest is not None:  # a REST catalog keeps its own tables: no database of its own here
+            access = CatalogAccess(
+                None, credentials, store.key(settings.relation), resolve_rest_credentials(ctx.secrets, rest)
+            )
+        else:
+            catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
+            access = CatalogAccess(catalog_database, credentials, store.key(settings.relation))
 
         def open_iceberg(described: TableInfo) -> IcebergTable:
-            access = CatalogAccess(catalog_database, credentials, folder)
             return IcebergTable.open(settings, described, access, create=writes_to_store)
 
     return OpenedTable(

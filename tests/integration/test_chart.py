@@ -191,6 +191,44 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
     assert not any("databaserestores" in rule["resources"] for rule in backup_rules)
 
 
+def test_a_rest_catalogs_secrets_and_ca_are_granted_to_the_archive_job(tmp_path: Path) -> None:
+    def archive(auth: dict[str, Any], ca: dict[str, Any]) -> dict[str, Any]:
+        rest = {"uri": "https://catalog.example", "auth": auth, "caBundle": ca}
+        return {
+            "spec": {
+                "database": {"secretRef": {"name": "app-db"}},
+                "table": {"name": "orders"},
+                "timestampColumn": "created_at",
+                "olderThan": "30d",
+                "format": "Iceberg",
+                "iceberg": {"catalog": {"type": "Rest", "rest": rest}},
+            }
+        }
+
+    oauth2 = {"clientId": {"name": "lake-client", "key": "id"}, "clientSecret": {"name": "lake-secret", "key": "s"}}
+    values = {
+        "defaults": {"storage": STORAGE},
+        "archives": {
+            "orders": archive({"oauth2": oauth2}, {"configMapKeyRef": {"name": "lake-ca", "key": "ca.pem"}}),
+            "events": archive(
+                {"bearerToken": {"name": "lake-token", "key": "t"}},
+                {"secretKeyRef": {"name": "lake-ca-secret", "key": "ca.pem"}},
+            ),
+        },
+    }
+    documents = render(write_values(tmp_path, values))
+    assert readable(documents, "archive") == {
+        "app-db",
+        "lake-ca-secret",
+        "lake-client",
+        "lake-secret",
+        "lake-token",
+        "object-storage",
+    }
+    assert readable(documents, "archive", "configmaps") == {"lake-ca"}
+    assert readable(documents, "backup") == set()
+
+
 def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> None:
     gke = {"iam.gke.io/gcp-service-account": "cellar@acme.iam.gserviceaccount.com"}
     values = {
