@@ -144,10 +144,12 @@ def test_a_parallel_backup_is_a_directory_read_by_stock_tools_and_by_cellar(
 
     # Without staging, the restore says what to set before it writes anything.
     env.create_restore("no-staging", database, f"{database['dbname']}_never", **decryption)
-    assert env.run("restore", name="no-staging") == 2
-    refused = env.conditions("DatabaseRestore", "no-staging")["Succeeded"]["message"]
-    assert "is a directory dump" in refused
-    assert "spec.staging.path" in refused
+    assert env.run("restore", name="no-staging") == 3
+    refused = env.conditions("DatabaseRestore", "no-staging")["Succeeded"]
+    assert refused["reason"] == "InvalidSpec"
+    assert "is a directory dump" in refused["message"]
+    assert "spec.staging.path" in refused["message"]
+    assert "bytesRead" not in env.status("DatabaseRestore", "no-staging")
 
     # list shows it, with its files.
     capsys.readouterr()

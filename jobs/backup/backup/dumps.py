@@ -42,13 +42,15 @@ def data_key_for(
 ) -> str:
     """The key of a database's dump; with spec.databases each has its own (database None: the prefix they share).
     A directory dump's key is the prefix its files' objects share (ending in /)."""
-    suffix = "/" if settings.directory else _stored_suffix(settings, checked)
+    suffix = _stored_suffix(settings, checked)
     ending = ".dir" if settings.directory else ".pgdump"
     if settings.databases is None:
-        return store.key(DATA_DIR, f"{identifier}{ending}{suffix}")
-    if database is None:
+        key = store.key(DATA_DIR, f"{identifier}{ending}")
+    elif database is None:
         return store.key(DATA_DIR, f"{identifier}.db.")
-    return store.key(DATA_DIR, dump_key_name(identifier, database).removesuffix(".pgdump") + ending + suffix)
+    else:
+        key = store.key(DATA_DIR, dump_key_name(identifier, database).removesuffix(".pgdump") + ending)
+    return key + "/" if settings.directory else key + suffix
 
 
 def dump_source(checked: Preflight, database: str) -> DumpSource:
