@@ -202,6 +202,9 @@ def test_staging_that_fills_mid_dump_publishes_nothing_and_a_small_one_is_refuse
     assert "staging volume" in failed["message"]
     assert "staging.sizeLimit" in failed["message"]
     assert published(env) == []  # no manifest, no file of the failed run
+    assert not [
+        k for k in objects_under(env, "") if k.endswith("cellar-owner.json")
+    ]  # a failed first run claims nothing
     assert [p for p in small_volume.rglob("*") if p.is_file()] == []  # staging emptied
 
     # A good backup through a large volume; then the small one is refused before anything runs.
@@ -313,3 +316,35 @@ def test_a_file_is_complete_once_no_process_of_the_tree_holds_it_and_its_size_he
         if parent.poll() is None:
             parent.terminate()
             parent.wait(timeout=10)
+
+
+def test_every_file_of_a_directory_backup_is_locked_and_retention_keeps_it(
+    backup_env: BackupEnv, tmp_path: Path
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from tests.integration.test_object_lock import versions, with_locked_bucket
+
+    env = with_locked_bucket(backup_env)
+    load_sample_data(env.stack, env.database)
+    env.setup(
+        storage=env.storage_spec,
+        parallelism=2,
+        staging={"path": str(tmp_path)},
+        retention={"keepLast": 1, "incompleteAfter": "1s"},
+    )
+    assert env.run() == 0
+    first = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]
+    files = versions(env, first["key"])
+    assert len(files) >= 3
+    for listed in files:
+        head = env.s3.head_object(Bucket=env.bucket, Key=listed["Key"], VersionId=listed["VersionId"])
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        with pytest.raises(ClientError):
+            env.s3.delete_object(Bucket=env.bucket, Key=listed["Key"], VersionId=listed["VersionId"])
+    # keepLast 1 lets the first backup go; its files' locks hold it, and the run says so.
+    assert env.run() == 0
+    status = env.status("DatabaseBackup", "orders")
+    assert "by object lock" in status["lastRun"]["message"]
+    assert status["backupsKept"] == 2
+    assert {v["Key"] for v in versions(env, first["key"])} == {v["Key"] for v in files}
