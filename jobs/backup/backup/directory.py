@@ -65,6 +65,17 @@ class DirectoryTarget:
         return f"{self.into.key}{name}{self.into.suffix()}"
 
 
+def file_sizes(directory: Path) -> dict[str, int]:
+    """The files in `directory` and their sizes; one an upload deletes meanwhile is left out."""
+    sizes = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file():
+                    sizes[entry.name] = entry.stat().st_size
+    return sizes
+
+
 def processes_of(pid: int) -> list[int]:
     """`pid` and every process descended from it (pg_dump's forked workers), from /proc."""
     children: dict[int, list[int]] = {}
@@ -111,9 +122,7 @@ class CompletionWatch:
 
     def complete(self) -> list[Path]:
         """Files that were closed and of the same size at this poll and the one before."""
-        if not self.directory.is_dir():
-            return []
-        listed = {p.name: p.stat().st_size for p in self.directory.iterdir() if p.is_file()}  # before the fds
+        listed = file_sizes(self.directory)  # before the descriptors
         held = open_paths(self.pid)
         base = os.path.realpath(self.directory)
         ready, sizes = [], {}
@@ -173,9 +182,7 @@ class FileUploads:
         return None
 
     def note_staged(self, directory: Path) -> None:
-        if directory.is_dir():
-            staged = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-            self.peak_staged = max(self.peak_staged, staged)
+        self.peak_staged = max(self.peak_staged, sum(file_sizes(directory).values()))
 
     def results(self) -> tuple[DumpFile, ...]:
         """Every file's object once all are complete (sorted by name); the first failure otherwise."""

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from common.encryption import CorruptedCiphertext, decrypt_stream
 from common.errors import CellarError, ChecksumMismatch, DecryptionFailed, PermanentError, RestoreFailed
@@ -53,7 +54,7 @@ def staged_directory(staging: Staging, manifest: Manifest) -> Path:
             f"{human_size(needed)}. Give a larger volume",
             reason=Reason.INSUFFICIENT_SPACE,
         )
-    return root / f"cellar-{manifest.backup_id}.{manifest.dump.database}.dir"
+    return root / f"cellar-{manifest.backup_id}.{quote(manifest.dump.database, safe='')}.dir"
 
 
 class _Progress:
