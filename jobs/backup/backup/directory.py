@@ -157,6 +157,7 @@ class FileUploads:
         if path.name in self._futures:
             return
         key = self._target.key_of(path.name)
+        log.debug("file complete; uploading", extra={"file": path.name})
         self._written.append(key)
         self._futures[path.name] = self._pool.submit(self._upload, path, key)
 
