@@ -78,7 +78,8 @@ def main() -> int:
         results = by_hand(stack, database, key, work, expected)
         # Restores run as the restore job's own ServiceAccount, as the chart runs them: the backup job's may not
         # read DatabaseRestores.
-        results.update(cellar_restores(stack, api, job_account(stack, api, "restore"), work, expected))
+        restorer = job_account(stack, api, "restore")
+        results.update(cellar_restores(stack, api, restorer, work, expected))
         aws, aws_env = aws_cli(stack)
         download = ["s3", "cp", f"s3://{BUCKET}/{key}", str(work / "object")]
         results["(e) the object downloaded once"] = run_measured(
@@ -88,7 +89,7 @@ def main() -> int:
         results["(f) cellar, directory backup, parallelism 2"] = restore_measured(
             stack,
             api,
-            job_account(stack, api, "restore"),
+            restorer,
             RestoreVariant(
                 "(f)", "r_dir", "source-dir", {"parallelism": 2, "staging": {"path": str(work / "staging")}}
             ),

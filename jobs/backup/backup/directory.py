@@ -1,12 +1,14 @@
 """A parallel dump (spec.parallelism): `pg_dump --format=directory --jobs=N` into a staging volume, each file
-compressed, encrypted (age) when the spec asks, uploaded as its own object as soon as it is complete, and
-deleted from staging after its upload, so that the volume holds a window of the dump, not all of it.
+compressed, encrypted (age) when the spec asks, and uploaded as its own object: the upload follows the file
+while pg_dump writes it, and its object is completed as soon as the file is complete; the file is then deleted
+from staging, so that the volume holds a window of the dump, not all of it.
 
 When a file is complete: pg_dump's workers write each table's file whole and close it before they take the next
 table, and no file is opened again once closed; toc.dat is written last, by the leader, as it exits. A data file
-is taken when, at two polls in a row, it had the same size and no process of pg_dump's tree (the leader and its
-forked workers, read from /proc/<pid>/fd) held it open. toc.dat and whatever is left are taken after pg_dump
-exited 0. The run's snapshot, row counts and failures are those of the streamed dump (dump.py).
+is complete when, at two polls in a row, it had the same size and no process of pg_dump's tree (the leader and
+its forked workers, read from /proc/<pid>/fd) held it open; its upload then reads it to its end and completes
+the object. toc.dat and whatever is left are taken after pg_dump exited 0. The run's snapshot, row counts and
+failures are those of the streamed dump (dump.py).
 """
 
 from __future__ import annotations
@@ -119,10 +121,12 @@ class CompletionWatch:
     directory: Path
     pid: int
     _sizes: dict[str, int] = field(default_factory=dict)  # each closed file's size at the last poll
+    seen: set[str] = field(default_factory=set)  # every file but toc.dat the last poll listed
 
     def complete(self) -> list[Path]:
         """Files that were closed and of the same size at this poll and the one before."""
         listed = file_sizes(self.directory)  # before the descriptors
+        self.seen = {name for name in listed if name != TOC}
         held = open_paths(self.pid)
         base = os.path.realpath(self.directory)
         ready, sizes = [], {}
@@ -137,8 +141,10 @@ class CompletionWatch:
 
 
 class FileUploads:
-    """Uploads complete files at most `jobs` at a time, each compressed (and encrypted) on its own, and deletes
-    each from staging once its object is complete. `written` collects every key as its upload starts."""
+    """Uploads pg_dump's files at most `jobs` at a time, each compressed (and encrypted) on its own: an upload
+    starts when its file is first seen and follows it as pg_dump writes (so compression and the upload overlap
+    the dump), and ends once the file is complete (`mark_complete`) and read to its end; the file is deleted
+    from staging once its object is complete. `written` collects every key as its upload starts."""
 
     def __init__(self, target: DirectoryTarget, written: list[str], on_progress: Callable[[int], None]) -> None:
         self._target = target
@@ -150,6 +156,10 @@ class FileUploads:
         self._pool = ThreadPoolExecutor(max_workers=target.jobs, thread_name_prefix="directory-upload")
         self._futures: dict[str, Future[DumpFile]] = {}
         self._lock = threading.Lock()
+        self._complete: set[str] = set()
+        self._everything_complete = False  # pg_dump exited 0: no file grows any more
+        self._grown = threading.Condition()
+        self._stop = threading.Event()
         self.raw = 0
         self.peak_staged = 0  # the most bytes staging held at a poll (what the benchmark reports)
 
@@ -157,16 +167,37 @@ class FileUploads:
         if path.name in self._futures:
             return
         key = self._target.key_of(path.name)
-        log.debug("file complete; uploading", extra={"file": path.name})
+        log.debug("file seen; uploading it as pg_dump writes it", extra={"file": path.name})
         self._written.append(key)
         self._futures[path.name] = self._pool.submit(self._upload, path, key)
+
+    def mark_complete(self, paths: list[Path], *, everything: bool = False) -> None:
+        """These files are complete (CompletionWatch); `everything`: pg_dump exited 0, so all of them are."""
+        with self._grown:
+            self._complete.update(p.name for p in paths)
+            self._everything_complete = self._everything_complete or everything
+            self._grown.notify_all()
+
+    def _is_complete(self, name: str) -> bool:
+        with self._grown:
+            return self._everything_complete or name in self._complete
 
     def _upload(self, path: Path, key: str) -> DumpFile:
         raw = 0
         with compressed_upload(replace(self._sealed, key=key)) as upload, path.open("rb") as source:
-            while chunk := source.read(CHUNK):
-                raw += len(chunk)
-                upload.write(chunk)
+            while not self._stop.is_set():
+                complete = self._is_complete(path.name)  # before the read: then an empty read is the end
+                chunk = source.read(CHUNK)
+                if chunk:
+                    raw += len(chunk)
+                    upload.write(chunk)
+                elif complete:
+                    break
+                else:
+                    with self._grown:
+                        self._grown.wait(POLL_SECONDS)
+            if self._stop.is_set():
+                raise DumpFailed(f"the dump failed while {path.name} was being uploaded; its upload was abandoned")
             upload.finish()
             result = upload.complete()
         path.unlink()
@@ -192,8 +223,11 @@ class FileUploads:
 
     def close(self) -> None:
         """Drop what has not started; wait for the uploads under way (a failed run discards their objects)."""
+        self._stop.set()  # an upload following a file that will never be complete gives up
         for future in self._futures.values():
             future.cancel()
+        with self._grown:
+            self._grown.notify_all()
         self._pool.shutdown(wait=True)
 
 
@@ -219,7 +253,8 @@ def dump_directory(
                 code = process.wait()
                 if code != 0:
                     raise _failure(source, target, code, stderr.text(), stderr.error_lines())
-            for path in sorted(target.staging.iterdir()):  # toc.dat, and whatever the polls had not taken
+            uploads.mark_complete([], everything=True)
+            for path in sorted(target.staging.iterdir()):  # toc.dat, and whatever the polls had not seen
                 uploads.submit(path)
             files = uploads.results()
             tables = counter.result()
@@ -280,12 +315,12 @@ def _watch(
         error = uploads.first_error()
         if error is not None:
             raise error
-        ready = watch.complete()
+        uploads.mark_complete(watch.complete())
         if target.staging.is_dir():
             counter.start()  # pg_dump made its directory after it imported the snapshot
         uploads.note_staged(target.staging)
-        for path in ready:
-            uploads.submit(path)
+        for name in sorted(watch.seen):
+            uploads.submit(target.staging / name)
         time.sleep(POLL_SECONDS)
     uploads.note_staged(target.staging)
 
