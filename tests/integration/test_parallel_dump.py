@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import psycopg
 import pytest
 
 from jobs.backup.backup.directory import CompletionWatch
+from tests.conftest import new_database
+from tests.harness.stack import LocalStack
 from tests.integration.backup_helpers import load_sample_data, schema_of, table_contents
 from tests.integration.environments import BackupEnv
 from tests.integration.test_encryption import IDENTITY_SECRET, keypair
@@ -348,3 +350,32 @@ def test_every_file_of_a_directory_backup_is_locked_and_retention_keeps_it(
     assert "by object lock" in status["lastRun"]["message"]
     assert status["backupsKept"] == 2
     assert {v["Key"] for v in versions(env, first["key"])} == {v["Key"] for v in files}
+
+
+@pytest.mark.parametrize("major", [14, 18])
+def test_a_parallel_backup_on_the_oldest_and_newest_majors_restores_with_their_tools(
+    major: int,
+    pg_servers: Callable[[int], LocalStack],
+    matrix_client_tools: str,
+    monkeypatch: pytest.MonkeyPatch,
+    backup_env: BackupEnv,
+    tmp_path: Path,
+) -> None:
+    """pg_dump -j needs a 9.3 server (synchronized snapshots on a standby from 10): every major cellar supports has
+    it, so none is refused; the oldest and the newest dump and restore in parallel with their own tools."""
+    monkeypatch.setenv("CELLAR_PG_BINDIR", matrix_client_tools)
+    server = pg_servers(major)
+    database = new_database(server)
+    env = backup_env.on(database)
+    load_sample_data(server, database)
+    add_large_tables(database, count=2, rows=5_000)
+    env.setup(parallelism=2, staging={"path": str(tmp_path)}, verify={"enabled": True})
+    assert env.run() == 0
+    status = env.status("DatabaseBackup", "orders")
+    assert status["lastSuccessfulBackup"]["key"].endswith(".dir/")
+    assert f"pg_dump {major}." in status["lastRun"]["message"]
+    assert env.conditions("DatabaseBackup", "orders")["Verified"]["reason"] == "RestoreTestPassed"
+    restored = f"{database['dbname']}_j2"
+    env.create_restore("back", database, restored, parallelism=2, staging={"path": str(tmp_path)})
+    assert env.run("restore", name="back") == 0
+    assert table_contents(database, restored) == table_contents(database)
