@@ -172,7 +172,8 @@ class Reason(StrEnum):
     INSUFFICIENT_SPACE = (
         "InsufficientSpace",
         EXIT_PERMANENT,
-        "the staging volume has less free space than the dump needs; nothing was downloaded",
+        "the staging volume has less free space than the dump needs (or filled up mid-dump); nothing was published "
+        "or restored",
     )
     BACKUP_NOT_FOUND = "BackupNotFound", EXIT_PERMANENT, "no complete backup matches what the restore asks for"
     CHECKSUM_MISMATCH = "ChecksumMismatch", EXIT_PERMANENT, "the stored object is not what its manifest describes"

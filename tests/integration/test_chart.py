@@ -146,13 +146,15 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
                 }
             },
             "sealed": {
+                "staging": {"claimName": "dump-scratch"},
                 "spec": {
+                    "parallelism": 4,
                     "database": {"secretRef": {"name": "sealed-db"}},
                     "encryption": {
                         "recipientsFrom": {"configMapKeyRef": {"name": "recipients", "key": "r.txt"}},
                         "identitySecretRef": {"name": "sealed-identity", "key": "key.txt"},
                     },
-                }
+                },
             },
         },
         "restores": {
@@ -183,6 +185,17 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
     assert pod["serviceAccountName"] == "cellar-restore"
     assert {"name": "staging", "emptyDir": {"sizeLimit": "5Gi"}} in pod["volumes"]
     assert rendered(documents, "DatabaseRestore", "copy")["spec"]["staging"] == {"path": "/staging"}
+    # A backup's staging: entry mounts its volume for spec.parallelism's directory, as a restore's does.
+    backup_pod = rendered(documents, "CronJob", "cellar-backup-sealed")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    assert {"name": "staging", "persistentVolumeClaim": {"claimName": "dump-scratch"}} in backup_pod["volumes"]
+    assert {"name": "staging", "mountPath": "/staging"} in backup_pod["containers"][0]["volumeMounts"]
+    assert rendered(documents, "DatabaseBackup", "sealed")["spec"]["staging"] == {"path": "/staging"}
+    tested_pod = rendered(documents, "CronJob", "cellar-backup-tested")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    assert not any(volume["name"] == "staging" for volume in tested_pod["volumes"])
     restore_rules = rendered(documents, "Role", "cellar-restore")["rules"]
     assert {"apiGroups": ["cellar.dev"], "resources": ["databaserestores", "databasebackups"], "verbs": ["get"]} in (
         restore_rules

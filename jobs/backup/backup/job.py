@@ -34,6 +34,7 @@ from jobs.backup.catalog import (
     find_backup,
     take_inventory,
 )
+from jobs.backup.restore.directory import Staging
 from jobs.backup.restore.plan import BackupSource
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
@@ -66,7 +67,8 @@ def restore_test(
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
     left: list[ScratchLeft] = []
     try:
-        result = verify_backup(BackupSource(store, manifest, identities), database, scratch, left=left)
+        staging = Staging(settings.staging_path, settings.parallelism) if settings.staging_path else None
+        result = verify_backup(BackupSource(store, manifest, identities), database, scratch, left=left, staging=staging)
     except CellarError as error:
         if isinstance(error, BackupUnsound):
             quarantine(store, manifest, str(error))
@@ -327,7 +329,7 @@ class VerifyJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        checked = preflight(ctx, settings, restore_test=True)
+        checked = preflight(ctx, settings, restore_test=True, dumping=False)
         with released_on_failure(ctx, checked):
             return self._verify(ctx, args, settings, checked)
 

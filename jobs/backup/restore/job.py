@@ -28,6 +28,7 @@ from jobs.backup.backup.preflight import open_storage
 from jobs.backup.backup.verify import scratch_drop_wait
 from jobs.backup.catalog import Manifest, find_backup
 from jobs.backup.privileges import can_become, role_facts
+from jobs.backup.restore.directory import Staging, restore_directory
 from jobs.backup.restore.grants import Skipped, plan_skips
 from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget, plan_restore
 from jobs.backup.restore.roles import apply_globals
@@ -200,6 +201,15 @@ def _restore(
         if settings.create_database:
             create_database(database, "" if settings.no_owner else manifest.dump.owner)
         try:
+            if manifest.dump.directory:
+                assert settings.staging_path is not None  # _resolve refused a directory dump without staging
+                done = restore_directory(
+                    source, target, Staging(settings.staging_path, settings.parallelism), on_progress
+                )
+                how = "--single-transaction" if settings.parallelism == 1 else f"--jobs={settings.parallelism}"
+                return RestoreResult(done.bytes_read, done.bytes_restored), (
+                    f"pg_restore {how} from the directory staged in {settings.staging_path}"
+                )
             if settings.staging_path is not None:
                 staged = restore_staged(
                     source, target, staging=settings.staging_path, jobs=settings.parallelism, on_progress=on_progress
@@ -348,6 +358,24 @@ def describe_skips(skipped: dict[str, Skipped]) -> str:
     return f"; as a role that is no superuser, {'; '.join(parts)}" if parts else ""
 
 
+def check_directory_restore(manifest: Manifest, plan: RestorePlan, settings: RestoreSettings) -> None:
+    """A directory dump (spec.parallelism of the DatabaseBackup) is staged on a volume and restored by pg_restore
+    connected to the target: refused up front without a volume, or into a server only SQL can reach."""
+    if settings.staging_path is None:
+        raise InvalidSpec(
+            f"backup {manifest.backup_id} is a directory dump (its DatabaseBackup has spec.parallelism): its files "
+            "are staged before pg_restore reads them; give a volume in spec.staging.path (and spec.parallelism "
+            "with createDatabase: true to restore with pg_restore --jobs)"
+        )
+    if plan.through_sql:
+        raise PermanentError(
+            f"backup {manifest.backup_id} is a directory dump, restored by {plan.tools.describe('pg_restore')} "
+            f"connected to the target, which cannot connect to PostgreSQL {plan.server_version}; restore it into a "
+            "server of its own major or newer",
+            reason=Reason.TARGET_TOO_OLD,
+        )
+
+
 class RestoreJob:
     name = "restore"
     kind = DATABASE_RESTORE
@@ -411,6 +439,8 @@ class RestoreJob:
                 f"{plan.server_version} itself); leave parallelism and staging out to restore through SQL",
                 reason=Reason.TARGET_TOO_OLD,
             )
+        if any(d.directory for d in manifest.dumps):
+            check_directory_restore(manifest, plan, settings)
         identities = resolve_identities(ctx.secrets, settings.identity) if settings.identity else None
         source = BackupSource(store, manifest, identities)
         check_decryptable(source, field="spec.decryption.identitySecretRef")
