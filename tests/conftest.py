@@ -256,6 +256,17 @@ def catalog_gate(iceberg_rest: RestCatalogFixture) -> Iterator[CatalogGate]:
 
 
 @pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """A local Apache Spark (PySpark with the Iceberg runtime, fetched into the cache on first use): started only
+    for the tests that read an Iceberg archive with it, once per session; each test takes a new session of it."""
+    from tests.harness.spark import start_spark
+
+    session = start_spark()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_admin(stack: LocalStack) -> Any:
     return s3_client(stack.s3_endpoint)
 

@@ -130,8 +130,9 @@ STORE_ERRORS = (
 )
 
 
-def _credentials(spec: StorageSpec, credentials: StorageCredentials) -> tuple[Credentials, str]:
-    """Credentials and the project they belong to (the client wants one; buckets are named globally)."""
+def gcs_credentials(spec: StorageSpec, credentials: StorageCredentials) -> tuple[Credentials, str]:
+    """Credentials and the project they belong to (the client wants one; buckets are named globally); the Iceberg
+    archive's FileIO (gcsfs) signs in with the same."""
     gcs = spec.gcs
     assert gcs is not None
     if gcs.anonymous:
@@ -174,7 +175,7 @@ class GcsStore(ObjectStore):
     @classmethod
     def connect(cls, spec: StorageSpec, credentials: StorageCredentials) -> GcsStore:
         assert spec.gcs is not None
-        found, project = _credentials(spec, credentials)
+        found, project = gcs_credentials(spec, credentials)
         options = {"api_endpoint": spec.gcs.endpoint} if spec.gcs.endpoint else None
         return cls(storage.Client(project=project, credentials=found, client_options=options), spec)
 

@@ -3,13 +3,15 @@ snapshots that carry cellar's batch id, and what a snapshot added read back.
 
 The SQL catalog keeps its two tables in a PostgreSQL schema of cellar's (spec.iceberg.catalog.schema): the
 catalog's connection sets search_path to it. A REST catalog is opened by iceberg_rest.py. Either way the data and
-metadata files go to the resource's own S3 storage, under `<prefix>/<schema>.<table>/iceberg/`.
+metadata files go to the resource's own storage (S3, Azure Blob Storage or GCS), under
+`<prefix>/<schema>.<table>/iceberg/`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -29,6 +31,7 @@ from common.failpoints import failpoint
 from common.reasons import Reason
 from common.redact import redact, register_secret
 from common.secrets import DatabaseSettings, StorageCredentials
+from common.storage_spec import StorageSpec
 from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg_rest import RestCredentials, open_rest_catalog, rest_failures
 from jobs.archive.iceberg_settings import IcebergSettings
@@ -36,6 +39,8 @@ from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
 
 log = logging.getLogger(__name__)
+# PyIceberg says at INFO which FileIO it loaded, on every load of the table.
+logging.getLogger("pyiceberg.io").setLevel(logging.WARNING)
 
 BATCH_PROPERTY = "cellar.batch-id"  # in each snapshot's summary: the ledger's batch id
 RUN_PROPERTY = "cellar.run-id"
@@ -84,10 +89,18 @@ def catalog_uri(database: DatabaseSettings, schema: str) -> str:
     return url
 
 
-def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, str]:
-    """PyIceberg's S3 FileIO over the resource's own storage and keys."""
+FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
+
+
+def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
+    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3, fsspec's
+    adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
     storage = settings.storage
-    properties = {"s3.region": storage.region}
+    if storage.provider == "AzureBlob":
+        return _azure_properties(storage, credentials)
+    if storage.provider == "GCS":
+        return _gcs_properties(storage, credentials)
+    properties: dict[str, Any] = {"s3.region": storage.region}
     if storage.endpoint:
         properties["s3.endpoint"] = storage.endpoint
     if not storage.force_path_style and not storage.endpoint:
@@ -100,9 +113,58 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
     return properties
 
 
+def _azure_properties(storage: StorageSpec, credentials: StorageCredentials) -> dict[str, Any]:
+    """adlfs over a connection string naming the account's blob endpoint (Azure's, a private one, or Azurite's)
+    and the Secret's account key or SAS token."""
+    azure = storage.azure_blob
+    assert azure is not None  # workloadIdentity is refused with format: Iceberg (settings.py)
+    secret = (
+        f"SharedAccessSignature={credentials.azure_sas_token.lstrip('?')}"
+        if credentials.azure_sas_token
+        else f"AccountKey={credentials.azure_account_key or ''}"
+    )
+    protocol = "http" if azure.endpoint.startswith("http://") else "https"
+    connection = (
+        f"DefaultEndpointsProtocol={protocol};AccountName={azure.account};{secret};BlobEndpoint={azure.endpoint};"
+    )
+    register_secret(connection)
+    return {"py-io-impl": FSSPEC_FILE_IO, "adls.connection-string": connection, "adls.account-name": azure.account}
+
+
+def _gcs_properties(storage: StorageSpec, credentials: StorageCredentials) -> dict[str, Any]:
+    """gcsfs signed in as the GCS store is (common/storage/gcs.py): a service account key, workload identity, or
+    anonymous against an emulator."""
+    from common.storage.gcs import gcs_credentials
+
+    gcs = storage.gcs
+    assert gcs is not None
+    # gcsfs (2025.x and later) by default first asks the Storage Control API over gRPC what kind of bucket it is
+    # (zonal, hierarchical namespace): not the JSON API cellar's GCS store speaks, and against an emulator or a
+    # private endpoint each ask waits 60 s and an upload hung (tests/integration/test_iceberg_stores.py). The
+    # plain JSON API it is, set before PyIceberg first imports gcsfs.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    found, project = gcs_credentials(storage, credentials)
+    properties: dict[str, Any] = {
+        "py-io-impl": FSSPEC_FILE_IO,
+        "gcs.project-id": project,
+        # gcsfs takes a google-auth Credentials object as its token; "anon" signs nothing.
+        "gcs.oauth2.token": "anon" if gcs.anonymous else found,
+    }
+    if gcs.endpoint:
+        properties["gcs.service.host"] = gcs.endpoint
+    return properties
+
+
 def table_location(settings: ArchiveSettings, prefix_key: str) -> str:
-    """`prefix_key`: the store's key of the table's folder (ObjectStore.key(relation))."""
-    return f"s3://{settings.storage.bucket}/{prefix_key}/iceberg"
+    """`prefix_key`: the store's key of the table's folder (ObjectStore.key(relation)). On Azure, the form Iceberg's
+    Java ADLSFileIO and PyIceberg both read: abfss://container@account.dfs.core.windows.net/path."""
+    storage = settings.storage
+    if storage.azure_blob is not None:
+        azure = storage.azure_blob
+        return f"abfss://{azure.container}@{azure.account}.dfs.core.windows.net/{prefix_key}/iceberg"
+    if storage.gcs is not None:
+        return f"gs://{storage.gcs.bucket}/{prefix_key}/iceberg"
+    return f"s3://{storage.bucket}/{prefix_key}/iceberg"
 
 
 def _catalog_field(iceberg: IcebergSettings) -> str:

@@ -134,8 +134,7 @@ class ArchiveJob:
     kind = TABLE_ARCHIVE
     application_name = APPLICATION
     description = (
-        "Move a table's old rows to Parquet files or an Iceberg table in S3-compatible storage, as its TableArchive "
-        "says."
+        "Move a table's old rows to Parquet files or an Iceberg table in object storage, as its TableArchive says."
     )
     open_connection: Callable[[], Connection] | None = None  # set by run(): the same database, once more
 

@@ -30,6 +30,14 @@ FAKE_GCS_VERSION="${CELLAR_FAKE_GCS_VERSION:-v1.56.1}"
 AZURITE_VERSION="${CELLAR_AZURITE_VERSION:-3.37.0}"
 AZURE_CLI_VERSION="${CELLAR_AZURE_CLI_VERSION:-2.91.0}"
 GSUTIL_VERSION="${CELLAR_GSUTIL_VERSION:-5.38}"
+# Apache Spark, an engine no one here wrote that reads cellar's Iceberg archives (tests/harness/spark.py): PySpark
+# from PyPI (an sdist of about 320 MB, installed once into a folder of the cache that the tests put on sys.path),
+# and from Maven Central the Iceberg Spark runtime of the same Spark and Scala, Iceberg's AWS bundle (S3FileIO)
+# and PostgreSQL's JDBC driver (Iceberg's JdbcCatalog over the catalog's tables). Iceberg 1.10 builds for Spark 3.5.
+SPARK_VERSION="${CELLAR_SPARK_VERSION:-3.5.9}"
+PY4J_VERSION="${CELLAR_PY4J_VERSION:-0.10.9.7}"
+ICEBERG_JAVA_VERSION="${CELLAR_ICEBERG_JAVA_VERSION:-1.10.1}"
+PGJDBC_VERSION="${CELLAR_PGJDBC_VERSION:-42.7.8}"
 CACHE="${CELLAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cellar}"
 
 log() { printf '[build-servers] %s\n' "$*" >&2; }
@@ -191,6 +199,34 @@ fetch_prometheus_operator_crds() {
   echo "prometheus-operator-crds=$out"
 }
 
+# Spark: PySpark into $out/python (put on sys.path by the tests), the jars into $out/jars.
+install_spark() {
+  local out="$CACHE/spark/spark-$SPARK_VERSION-iceberg-$ICEBERG_JAVA_VERSION" python=${PYTHON:-python3}
+  if [[ ! -f "$out/.ready" ]]; then
+    command -v java >/dev/null 2>&1 || die "java is not installed (Spark runs on Java 17): apt-get install -y openjdk-17-jre-headless"
+    command -v mvn >/dev/null 2>&1 || die "mvn is not installed (it fetches the Iceberg Spark runtime from Maven Central): apt-get install -y maven"
+    rm -rf "$out"; mkdir -p "$out/jars" "$CACHE/spark/downloads"
+    log "spark: downloading pyspark $SPARK_VERSION (about 320 MB) into $CACHE/spark/downloads"
+    "$python" -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE/spark/downloads" \
+      "pyspark==$SPARK_VERSION" "py4j==$PY4J_VERSION" >&2 || die "pip download pyspark==$SPARK_VERSION failed (see above)"
+    log "spark: installing pyspark into $out/python (about a minute)"
+    "$python" -m pip install -q --disable-pip-version-check --no-deps --target "$out/python" \
+      "$CACHE/spark/downloads/pyspark-$SPARK_VERSION.tar.gz" "$CACHE"/spark/downloads/py4j-"$PY4J_VERSION"-*.whl >&2 \
+      || die "installing pyspark $SPARK_VERSION failed (see above)"
+    local scala=2.12 artifact
+    for artifact in "org.apache.iceberg:iceberg-spark-runtime-${SPARK_VERSION%.*}_$scala:$ICEBERG_JAVA_VERSION" \
+      "org.apache.iceberg:iceberg-aws-bundle:$ICEBERG_JAVA_VERSION" "org.postgresql:postgresql:$PGJDBC_VERSION"; do
+      log "spark: fetching $artifact from Maven Central"
+      mvn -B -q -Dstyle.color=never dependency:copy "-Dartifact=$artifact" "-DoutputDirectory=$out/jars" >&2 \
+        || die "mvn could not fetch $artifact (see above)"
+    done
+    touch "$out/.ready"
+  fi
+  log "spark $SPARK_VERSION with Iceberg $ICEBERG_JAVA_VERSION: $out"
+  echo "spark-python=$out/python"
+  echo "spark-jars=$out/jars"
+}
+
 components=("$@")
 (( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 # Several setups may run at once on one machine (CI beside a developer's run, worktrees): each component is built
@@ -220,7 +256,8 @@ for c in "${components[@]}"; do
     azurite) install_azurite ;;
     az) pip_tool az "azure-cli==$AZURE_CLI_VERSION" ;;
     gsutil) pip_tool gsutil "gsutil==$GSUTIL_VERSION" ;;
-    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server azurite az gsutil)" ;;
+    spark) install_spark ;;
+    *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server azurite az gsutil spark)" ;;
   esac
   exec {lock}>&-
 done

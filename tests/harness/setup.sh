@@ -4,8 +4,8 @@
 #     the real node containerd, runc, the CNI plugins and debootstrap
 #   - PostgreSQL 14 to 18 for the version matrix (postgres-majors.sh), cached outside the clone
 #   - the Go-built servers and tools (kube-apiserver, kube-scheduler, kubelet, kubectl, etcd, MinIO, Prometheus,
-#     promtool, actionlint, Helm 4 and 3, fake-gcs-server), Azurite (npm), the Azure CLI and gsutil (PyPI), cached
-#     outside the clone
+#     promtool, actionlint, Helm 4 and 3, fake-gcs-server), Azurite (npm), the Azure CLI and gsutil (PyPI), PySpark
+#     (PyPI) with the Iceberg Spark runtime (Maven Central), cached outside the clone
 #   - the Python environment in .venv (pip's cache lives outside the clone)
 # Prints where everything is; fails with a message naming what is missing and how to fix it.
 set -euo pipefail
@@ -34,6 +34,9 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# Apache Spark reads the Iceberg archives in the tests: it runs on Java 17, and Maven fetches its Iceberg runtime.
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 # The libraries the builds of PostgreSQL 14 to 18 in the version matrix link against (postgres-majors.sh).
 for lib in libicu72 libssl3 libxml2 liblz4-1 libzstd1 libgssapi-krb5-2 libreadline8; do
   dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$lib")
@@ -68,15 +71,15 @@ if [[ -n "${need_node:-}" ]]; then
   log "installing Debian packages: nodejs npm"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
 fi
-# The Go builds, and beside them the emulators and the clients that read back what cellar wrote to them
-# (npm and pip downloads, which overlap the compiling).
-bash tests/harness/build-servers.sh azurite az gsutil >/tmp/cellar-setup-emulators.$$ 2>&1 &
+# The Go builds, and beside them the emulators and the clients that read back what cellar wrote to them, and
+# PySpark with the Iceberg Spark runtime (npm, pip and Maven downloads, which overlap the compiling).
+bash tests/harness/build-servers.sh azurite az gsutil spark >/tmp/cellar-setup-emulators.$$ 2>&1 &
 emulators=$!
 bash tests/harness/build-servers.sh etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl \
   prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server >/dev/null
 if ! wait "$emulators"; then
   cat /tmp/cellar-setup-emulators.$$ >&2; rm -f /tmp/cellar-setup-emulators.$$
-  die "installing Azurite, the Azure CLI or gsutil failed (see above)"
+  die "installing Azurite, the Azure CLI, gsutil or Spark failed (see above)"
 fi
 grep -v '=' /tmp/cellar-setup-emulators.$$ >&2 || true
 rm -f /tmp/cellar-setup-emulators.$$

@@ -1,5 +1,6 @@
 """Reading an archive's Iceberg table as engines no one here wrote do: DuckDB's iceberg extension (its PyPI
-packages) over MinIO, and PyIceberg's SQL and REST catalogs; and the figures the tests compare with PostgreSQL."""
+packages) over MinIO, Apache Spark through Iceberg's JdbcCatalog over the same catalog tables, and PyIceberg's
+SQL and REST catalogs; and the figures the tests compare with PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import duckdb
 import psycopg
 
 from tests.harness.iceberg_rest import CatalogGate, RestCatalogFixture
+from tests.harness.spark import jdbc_catalog_conf, spark_over
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.archive_helpers import dsn, setup_archive
 from tests.integration.environments import ArchiveEnv
@@ -21,23 +23,25 @@ def setup_iceberg_archive(env: ArchiveEnv, table: str = "orders", name: str = "o
     return setup_archive(env, table=table, name=name, format="Iceberg", iceberg=iceberg, **spec)
 
 
-def iceberg_catalog(env: ArchiveEnv, schema: str = "cellar_iceberg") -> Any:
-    """PyIceberg's SQL catalog over the test's database, as cellar's default catalog keeps it."""
+def iceberg_catalog(env: ArchiveEnv, schema: str = "cellar_iceberg", properties: dict[str, Any] | None = None) -> Any:
+    """PyIceberg's SQL catalog over the test's database, as cellar's default catalog keeps it; its FileIO on MinIO
+    unless `properties` name another store's."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     d = env.database
     with psycopg.connect(dsn(d), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    file_io = properties or {
+        "s3.endpoint": env.stack.s3_endpoint,
+        "s3.access-key-id": S3_ACCESS_KEY,
+        "s3.secret-access-key": S3_SECRET_KEY,
+        "s3.region": "us-east-1",
+    }
     return SqlCatalog(
         "cellar",
         uri=f"postgresql+psycopg://{d['username']}:{d['password']}@{d['host']}:{d['port']}/{d['dbname']}"
         f"?options=-csearch_path%3D{schema}",
-        **{
-            "s3.endpoint": env.stack.s3_endpoint,
-            "s3.access-key-id": S3_ACCESS_KEY,
-            "s3.secret-access-key": S3_SECRET_KEY,
-            "s3.region": "us-east-1",
-        },
+        **file_io,
     )
 
 
@@ -163,3 +167,19 @@ def duckdb_through_rest(env: ArchiveEnv, fixture: RestCatalogFixture) -> duckdb.
     conn = duckdb_over_minio(env)
     conn.execute(f"ATTACH 'cellar' AS lake (TYPE iceberg, ENDPOINT '{fixture.uri}', AUTHORIZATION_TYPE 'none')")
     return conn
+
+
+def spark_reading(spark: Any, env: ArchiveEnv) -> Any:
+    """A Spark session whose catalog `cellar` is the test's SQL catalog, read by Iceberg's JdbcCatalog."""
+    return spark_over(spark, jdbc_catalog_conf(env.database, env.stack.s3_endpoint, f"s3://{env.bucket}/warehouse"))
+
+
+def figures_in_spark(
+    session: Any, table: str = "public.orders", column: str = "amount", at: str = ""
+) -> tuple[Any, ...]:
+    """count, count of distinct ids, sum, min and max of `column`, as Spark reads the table (`at`: a time-travel
+    clause, VERSION AS OF or TIMESTAMP AS OF)."""
+    rows = session.sql(
+        f"SELECT count(*), count(DISTINCT id), sum({column}), min({column}), max({column}) FROM cellar.{table} {at}"
+    ).collect()
+    return tuple(rows[0])

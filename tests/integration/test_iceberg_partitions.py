@@ -1,18 +1,25 @@
 """Whole partitions into an Iceberg table: a partition wholly before the cutoff is detached, read once, appended
 (one snapshot per read) and dropped in one transaction. A run killed before that COMMIT leaves snapshots no
 ledger row records and the partition detached with every row; the next run deletes those snapshots' rows from
-the detached partition (recording the snapshots) and finishes it. DuckDB counts every due row once."""
+the detached partition (recording the snapshots) and finishes it. DuckDB counts every due row once, and so does
+Spark after the kill storm."""
 
 from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import psycopg
 
 from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
-from tests.integration.iceberg_helpers import duckdb_over_minio, metadata_location, setup_iceberg_archive
+from tests.integration.iceberg_helpers import (
+    duckdb_over_minio,
+    metadata_location,
+    setup_iceberg_archive,
+    spark_reading,
+)
 from tests.integration.processes import KillStorm, run_until_failpoint, start_job
 from tests.integration.test_archive_partitions import make_events
 
@@ -69,7 +76,7 @@ def test_a_partition_killed_before_its_commit_is_finished_by_the_next_run_once(a
     assert partitions[0] >= 40  # every day's partition again
 
 
-def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive_env: ArchiveEnv) -> None:
+def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive_env: ArchiveEnv, spark: Any) -> None:
     env = archive_env
     due = make_events(env.database, days=150, per_day=40, default=True)
     archive_events(env)
@@ -103,4 +110,6 @@ def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive
     assert before_commit >= KILLS // 3 - 2
     assert resolved >= 1
     assert counted_in_duckdb(env) == (len(due), len(due)), "every due row once: none lost, none doubled"
+    by_spark = spark_reading(spark, env).sql("SELECT count(*), count(DISTINCT id) FROM cellar.public.events")
+    assert tuple(by_spark.collect()[0]) == (len(due), len(due)), "Spark counts every due row once too"
     assert not due & ids_in_table(env.database, "events")

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from common.errors import InvalidSpec
+from common.secrets import StorageCredentials
+from jobs.archive.iceberg import file_io_properties, table_location
 from jobs.archive.iceberg_rest import RestCredentials, rest_catalog_properties
 from jobs.archive.settings import parse_archive_spec
 from tests.unit.test_archive_pure import SPEC
@@ -57,6 +59,15 @@ def test_iceberg_settings_are_read_as_written() -> None:
         ({"iceberg": {"properties": {"write.target-file-size-bytes": "1"}}}, "spec.iceberg.properties"),
         ({"mode": "Copy"}, "spec.mode"),
         ({"encryption": {"recipients": ["age1" + "q" * 58]}}, "spec.encryption"),
+        (
+            {
+                "storage": {
+                    "provider": "AzureBlob",
+                    "azureBlob": {"account": "lake", "container": "archive", "credentials": {"workloadIdentity": True}},
+                }
+            },
+            "spec.storage.azureBlob.credentials.workloadIdentity",
+        ),
     ],
 )
 def test_what_an_iceberg_archive_cannot_take_is_refused_naming_the_field(change: dict[str, Any], field: str) -> None:
@@ -187,3 +198,42 @@ def test_a_bad_rest_catalog_is_refused_naming_the_field(catalog: dict[str, Any],
     with pytest.raises(InvalidSpec) as refused:
         parse_archive_spec({**SPEC, "format": "Iceberg", "iceberg": {"catalog": catalog}})
     assert field in str(refused.value)
+
+
+def test_the_table_and_its_file_io_go_where_the_storage_says_with_its_credentials() -> None:
+    azure = parse_archive_spec(
+        {
+            **SPEC,
+            "format": "Iceberg",
+            "storage": {
+                "provider": "AzureBlob",
+                "azureBlob": {
+                    "account": "lake",
+                    "container": "archive",
+                    "credentials": {"sasToken": {"name": "s", "key": "t"}},
+                },
+            },
+        }
+    )
+    assert table_location(azure, "p/public.Orders") == (
+        "abfss://archive@lake.dfs.core.windows.net/p/public.Orders/iceberg"
+    )
+    properties = file_io_properties(azure, StorageCredentials(None, None, None, None, azure_sas_token="?sv=1&sig=x"))
+    assert properties["py-io-impl"] == "pyiceberg.io.fsspec.FsspecFileIO"
+    assert properties["adls.connection-string"] == (
+        "DefaultEndpointsProtocol=https;AccountName=lake;SharedAccessSignature=sv=1&sig=x;"
+        "BlobEndpoint=https://lake.blob.core.windows.net;"
+    )
+    gcs = parse_archive_spec(
+        {
+            **SPEC,
+            "format": "Iceberg",
+            "storage": {
+                "provider": "GCS",
+                "gcs": {"bucket": "archive", "endpoint": "http://127.0.0.1:4443", "credentials": {"anonymous": True}},
+            },
+        }
+    )
+    assert table_location(gcs, "public.Orders") == "gs://archive/public.Orders/iceberg"
+    properties = file_io_properties(gcs, StorageCredentials(None, None, None, None))
+    assert (properties["gcs.oauth2.token"], properties["gcs.service.host"]) == ("anon", "http://127.0.0.1:4443")

@@ -96,22 +96,7 @@ def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool, 
     claimed = claim_prefix(Area.of_backups(store), me(ctx), take_over=take_over_from(ctx.resource), dry_run=ctx.dry_run)
     if staging is not None:
         check_staging_room(settings, staging, take_inventory(store, claimed.readable).backups)
-    log.info(
-        "preflight passed",
-        extra={
-            "server_version": facts.version,
-            "pg_dump": tools.describe("pg_dump"),
-            "databases": [d.name for d in databases],
-            "database_bytes": sum(d.size for d in databases),
-            "standby": facts.standby,
-            "role": role.name,
-            "superuser": role.superuser,
-            **({"notes": list(notes)} if notes else {}),
-            "bucket": store.url(),
-            "encrypted_to": [fingerprint(r) for r in recipients],
-        },
-    )
-    return Preflight(
+    checked = Preflight(
         database,
         store,
         facts,
@@ -123,7 +108,28 @@ def preflight(ctx: RunContext, settings: BackupSettings, *, restore_test: bool, 
         restore_test_server,
         role,
         notes,
-        staging,
+        staging=staging,
+    )
+    _log_passed(checked)
+    return checked
+
+
+def _log_passed(checked: Preflight) -> None:
+    facts, role, notes = checked.server, checked.role, checked.notes
+    log.info(
+        "preflight passed",
+        extra={
+            "server_version": facts.version,
+            "pg_dump": checked.tools.describe("pg_dump"),
+            "databases": [d.name for d in checked.databases],
+            "database_bytes": sum(d.size for d in checked.databases),
+            "standby": facts.standby,
+            "role": role.name,
+            "superuser": role.superuser,
+            **({"notes": list(notes)} if notes else {}),
+            "bucket": checked.store.url(),
+            "encrypted_to": [fingerprint(r) for r in checked.recipients],
+        },
     )
 
 
