@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
@@ -76,6 +77,8 @@ def test_a_partition_killed_before_its_commit_is_finished_by_the_next_run_once(a
     assert partitions[0] >= 40  # every day's partition again
 
 
+# A storm's length is its kills' start-ups: on a loaded machine it outlasts pytest's default 600 s.
+@pytest.mark.timeout(1800)
 def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive_env: ArchiveEnv, spark: Any) -> None:
     env = archive_env
     due = make_events(env.database, days=150, per_day=40, default=True)
