@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import InvalidSpec
-from common.schema import ICEBERG_CATALOG_TYPES, ICEBERG_TRANSFORMS, IcebergTransform
+from common.schema import ICEBERG_CATALOG_TYPES, ICEBERG_PARTITION_BY
 from common.spec import DatabaseSpec, SpecReader
 
 DEFAULT_CATALOG_SCHEMA = "cellar_iceberg"
 DEFAULT_TARGET_FILE_SIZE_MIB = 128
-DEFAULT_PARTITION_BY: IcebergTransform = "month"
+# Auto: chosen from the rows due when the table is created, then read back from its partition spec (layout.py).
+DEFAULT_PARTITION_BY = "Auto"
 # Table properties cellar sets itself; spec.iceberg.properties may not override them.
 OWN_PROPERTIES = ("write.target-file-size-bytes",)
 
@@ -34,7 +35,7 @@ class IcebergSettings:
     catalog: IcebergCatalogSpec
     namespace: str
     table: str
-    partition_by: IcebergTransform
+    partition_by: str  # day, month, year; Auto until the run resolves it (IcebergTable.open)
     target_file_size_bytes: int
     properties: dict[str, str] = field(default_factory=dict)
 
@@ -62,10 +63,10 @@ def parse_iceberg_spec(reader: SpecReader, schema: str, table: str) -> IcebergSe
         raise InvalidSpec(f"{catalog.path}.schema: must be 1 to 63 characters without NUL")
     database = DatabaseSpec.parse(catalog.child("database")) if catalog.has("database") else None
     partition_by = reader.string("partitionBy", DEFAULT_PARTITION_BY)
-    if partition_by not in ICEBERG_TRANSFORMS:
+    if partition_by not in ICEBERG_PARTITION_BY:
         raise InvalidSpec(
             f"{reader.path}.partitionBy: {partition_by!r} is not a transform cellar partitions by; "
-            f"use one of {', '.join(ICEBERG_TRANSFORMS)}"
+            f"use one of {', '.join(ICEBERG_PARTITION_BY)}"
         )
     properties = reader.data.get("properties") or {}
     if not isinstance(properties, dict) or not all(

@@ -203,9 +203,9 @@ def test_dry_run_changes_nothing_and_shows_the_plan(archive_env: ArchiveEnv) -> 
     succeeded = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
     assert succeeded["reason"] == "DryRunCompleted"
     assert "dry run: 200 rows" in succeeded["message"]
-    # 200 rows on a day or two, against the default 25,000 rows a batch: Monthly is suggested.
-    assert "Layout: a day holds about" in succeeded["message"]
-    assert "with partitioning: Monthly it would write one or two" in succeeded["message"]
+    # 200 small rows: partitioning: Auto (the default) would choose year partitions, and says why.
+    assert "Layout: partitioning: Auto chooses Yearly for a new archive (200 rows due" in succeeded["message"]
+    assert "a month holds less than 64.0 MiB" in succeeded["message"]
     assert "LockRows" in succeeded["message"]
     assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
 
@@ -218,7 +218,7 @@ def test_the_dry_runs_layout_advice_follows_the_jobs_tuning(archive_env: Archive
         "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 day', 'old' "
         "FROM generate_series(1, 300) g",
     ).close()
-    setup_archive(archive_env, dryRun=True)
+    setup_archive(archive_env, dryRun=True, partitioning="Daily")
     assert archive_env.run(tuning=Tuning(max_partitions_per_batch=8)) == 0
     status = get_status(archive_env.admin_api, archive_env.namespace, "tablearchives", "orders")
     message = conditions(status)["ArchiveSucceeded"]["message"]
@@ -349,7 +349,7 @@ def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(archive_
         "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
         "FROM generate_series(1, 3000) g",  # one row every other day, 16 years
     ).close()
-    setup_archive(archive_env)
+    setup_archive(archive_env, partitioning="Daily")
     assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     batches = manifests(s3_admin, bucket)
