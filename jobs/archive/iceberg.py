@@ -30,6 +30,7 @@ from common.redact import redact, register_secret
 from common.schema import Partitioning
 from common.secrets import DatabaseSettings, StorageCredentials
 from jobs.archive.encoding import schema_for
+from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
 from jobs.archive.layout import TRANSFORMS, LayoutChoice
 from jobs.archive.settings import ArchiveSettings
@@ -193,6 +194,7 @@ class IcebergTable:
         self.identifier = (iceberg.namespace, iceberg.table)
         self.commit_retries = 0
         self.layout: LayoutChoice | None = None  # partitionBy: Auto, resolved by open()
+        self.schema_changes: dict[str, list[str]] = {}  # what open() changed in the table's schema, for the summary
         self._appending = threading.Lock()
 
     @classmethod
@@ -253,7 +255,7 @@ class IcebergTable:
                     schema=expected,
                     location=location,
                     partition_spec=partition_spec,
-                    properties=self.iceberg.table_properties(),
+                    properties={**self.iceberg.table_properties(), RELATION_PROPERTY: self.relation},
                 )
                 log.info("Iceberg table created", extra={"table": self.iceberg.identifier, "location": location})
                 return
@@ -284,11 +286,30 @@ class IcebergTable:
             self.iceberg = replace(self.iceberg, partition_by=found[0])
             self.layout = LayoutChoice(PARTITIONINGS_OF[found[0]], "kept: the Iceberg table's partition spec")
 
+    def _is_ours(self, table: Any) -> bool:
+        """Whether cellar made the table for this source, or appended its rows to it: its schema then follows the
+        source's changes (iceberg_schema.py); any other table must match as it is."""
+        if table.properties.get(RELATION_PROPERTY) == self.relation:
+            return True
+        return any(True for _ in self.batch_snapshots())
+
+    def _follow_source(self, table: Any, expected: Any) -> None:
+        """The source's columns changed since the table was made: the changes Iceberg allows applied in one schema
+        update, any other refused (SchemaMismatch), before any row moves."""
+        changes = plan_changes(table.schema(), expected)
+        if changes.refused:
+            raise refusal(self.iceberg.identifier, self.relation, changes.refused)
+        if changes.any:
+            evolve(table, changes)
+            self.schema_changes = changes.describe()
+
     def _check(self, table: Any, expected: Any) -> None:
         self._adopt_partitioning(table)
         found = table.schema().as_arrow()
         wanted = expected.as_arrow()
-        if not found.equals(wanted, check_metadata=False):
+        if not found.equals(wanted, check_metadata=False) and self._is_ours(table):
+            self._follow_source(table, expected)
+        elif not found.equals(wanted, check_metadata=False):
             differs = [
                 f"{f.name} ({f.type})"
                 for f in wanted

@@ -43,6 +43,7 @@ from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.opening import APPLICATION, OpenedTable, open_table
+from jobs.archive.parquet_schema import check_source_schema
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
@@ -132,6 +133,7 @@ class RunEnd:
                 "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
                 "lock_timeouts": archiver.lock_waits.total,
                 **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
+                **({"iceberg_schema_changes": iceberg.schema_changes} if iceberg and iceberg.schema_changes else {}),
                 **({"layout": self.layout.partitioning, "layout_why": self.layout.why} if self.layout else {}),
             },
         )
@@ -270,6 +272,7 @@ class ArchiveJob:
             transform = iceberg.iceberg.partition_by
             return opened, iceberg, iceberg.layout or LayoutChoice(PARTITIONINGS_OF[transform], SET_IN_ICEBERG_SPEC)
         objects = ObjectLayout(opened.store, settings)
+        check_source_schema(opened.store, objects, info)  # a column's type changed: refused before any row moves
         if settings.partitioning != "Auto":
             return opened, None, LayoutChoice(settings.partitioning, "set in spec.partitioning")
         where = ParquetLayout(opened.store, objects.data_prefix, settings.relation)

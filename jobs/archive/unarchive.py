@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from common.conditions import format_time
 from common.encryption import Identities
-from common.errors import CellarError, DecryptionFailed, PermanentError, UsageError
+from common.errors import CellarError, DecryptionFailed, UsageError
 from common.failpoints import failpoint
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
@@ -64,11 +64,16 @@ def unarchive(request: UnarchiveRequest, store: ObjectStore, identities: Identit
         repartition = Repartitioner.plan(conn, settings, request.info, spans)
     target = prepare_target(request, repartition)
     result = UnarchiveResult()
+    left_out: set[str] = set()
     for manifest, described in chosen:
         request.wait_for_standbys()
         key = described.object_key
-        columns = _manifest_columns(manifest, key, request.info)
-        table = read_verified(store, manifest, described, columns, identities)
+        decoded, columns = _manifest_columns(manifest, key, request.info)
+        dropped = {c.name for c in decoded if c not in columns} - left_out
+        if dropped:  # once per column, not per object
+            log.warning("archived columns no longer in the table are left out", extra={"columns": sorted(dropped)})
+            left_out |= dropped
+        table = read_verified(store, manifest, described, decoded, identities)
         inserted, in_range = load_rows(request, target, LoadedPiece(key, described.rows), columns, table)
         conn.execute("UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (key,))
         failpoint("archive.unarchive-before-commit")
@@ -80,29 +85,30 @@ def unarchive(request: UnarchiveRequest, store: ObjectStore, identities: Identit
     return result
 
 
-def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> list[Column]:
+def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> tuple[list[Column], list[Column]]:
+    """The object's columns as its manifest recorded them (to decode it), and those the table still has (to load:
+    each cast back to its archived type, then into the table's, which may have widened since). A column added to
+    the table since is in neither: its default fills it. One dropped since is decoded and left out."""
     by_name = {c.name: c for c in info.columns}
-    columns = []
+    decoded, loaded = [], []
     for described in manifest.columns:
         column = by_name.get(described.name)
         if column is None:
-            raise PermanentError(
-                f"{key}: column {described.name!r} no longer exists in {manifest.relation}",
-                reason=Reason.SCHEMA_MISMATCH,
-            )
-        columns.append(
-            Column(
-                column.name,
-                described.type,
-                column.base,
-                column.is_array,
-                column.numeric_precision,
-                column.numeric_scale,
-                column.generated,
-                fields=column.fields,
-            )
+            decoded.append(Column(described.name, described.type, described.type, False, None, None))
+            continue
+        archived = Column(
+            column.name,
+            described.type,
+            column.base,
+            column.is_array,
+            column.numeric_precision,
+            column.numeric_scale,
+            column.generated,
+            fields=column.fields,
         )
-    return columns
+        decoded.append(archived)
+        loaded.append(archived)
+    return decoded, loaded
 
 
 def _date(text: str, flag: str) -> datetime:
@@ -154,7 +160,15 @@ class UnarchiveJob:
             ensure_ledger(conn)
             standbys = StandbyGate(settings.max_replication_lag)
             request = UnarchiveRequest(
-                conn, settings, info, start, end, args.into, args.side_table, not args.allow_rearchive, standbys
+                conn,
+                settings,
+                info,
+                start,
+                end,
+                args.into,
+                args.side_table,
+                not args.allow_rearchive,
+                standbys,
             )
             if opened.open_iceberg is not None:
                 from jobs.archive.iceberg_unarchive import unarchive_iceberg
