@@ -15,7 +15,7 @@ from common.errors import PermanentError
 from common.reasons import Reason
 from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg import IcebergTable
-from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
+from jobs.archive.loading import LoadedPiece, LoadProgress, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.repartition import Repartitioner
 from jobs.archive.table import Column
 
@@ -72,6 +72,12 @@ def unarchive_iceberg(request: UnarchiveRequest, table: IcebergTable) -> Unarchi
     target = prepare_target(request, repartition)
     columns = with_iceberg_dimensions(info.columns, stored)
     result = UnarchiveResult()
+    progress = LoadProgress(
+        len(tasks),
+        sum(t.file.record_count for t in tasks),
+        sum(t.file.file_size_in_bytes for t in tasks),
+        request.progress_seconds,
+    )
     for task in tasks:
         request.wait_for_standbys()
         key = str(task.file.file_path)
@@ -83,5 +89,6 @@ def unarchive_iceberg(request: UnarchiveRequest, table: IcebergTable) -> Unarchi
         inserted, in_range = load_rows(request, target, LoadedPiece(key, rows.num_rows), written, rows)
         request.conn.commit()
         result.add(rows.num_rows, inserted, in_range)
-        log.info("data file unarchived", extra={"key": key, "rows": rows.num_rows, "inserted": inserted})
+        progress.loaded(rows.num_rows, task.file.file_size_in_bytes, inserted)
+    progress.summary(request.target_name)
     return result

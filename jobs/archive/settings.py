@@ -245,6 +245,7 @@ class Tuning:
     unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
     # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.
     arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
+    progress_log_seconds: float = 10.0  # unarchive: at most one progress line this often, not one per object
 
 
 DEFAULT_TUNING = Tuning()

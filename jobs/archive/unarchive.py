@@ -21,7 +21,7 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.archive.ledger_schema import ensure_ledger
-from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
+from jobs.archive.loading import LoadedPiece, LoadProgress, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import ObjectLayout, read_verified
 from jobs.archive.opening import APPLICATION, open_table
@@ -64,6 +64,9 @@ def unarchive(request: UnarchiveRequest, store: ObjectStore, identities: Identit
         repartition = Repartitioner.plan(conn, settings, request.info, spans)
     target = prepare_target(request, repartition)
     result = UnarchiveResult()
+    progress = LoadProgress(
+        len(chosen), sum(d.rows for _, d in chosen), sum(d.bytes for _, d in chosen), request.progress_seconds
+    )
     left_out: set[str] = set()
     for manifest, described in chosen:
         request.wait_for_standbys()
@@ -79,9 +82,8 @@ def unarchive(request: UnarchiveRequest, store: ObjectStore, identities: Identit
         failpoint("archive.unarchive-before-commit")
         conn.commit()
         result.add(table.num_rows, inserted, in_range)
-        log.info(
-            "object unarchived", extra={"key": key, "rows": table.num_rows, "in_range": in_range, "inserted": inserted}
-        )
+        progress.loaded(table.num_rows, described.bytes, inserted)
+    progress.summary(request.target_name)
     return result
 
 
@@ -169,6 +171,7 @@ class UnarchiveJob:
                 args.side_table,
                 not args.allow_rearchive,
                 standbys,
+                progress_seconds=self.tuning.progress_log_seconds,
             )
             if opened.open_iceberg is not None:
                 from jobs.archive.iceberg_unarchive import unarchive_iceberg

@@ -23,6 +23,7 @@ from tests.integration.archive_helpers import (
     dsn,
     ids_in_table,
     json_log_lines,
+    list_all,
     manifests,
     patch_spec,
     setup_archive,
@@ -797,3 +798,39 @@ def test_the_shipped_example_only_reports_until_its_dry_run_is_turned_off(archiv
     patch_spec(archive_env.admin_api, archive_env.namespace, {"dryRun": False}, name="sample")
     assert archive_env.run(name="sample") == 0
     assert len(ids_in_table(archive_env.database)) < len(before)
+
+
+def test_unarchive_logs_rate_limited_progress_and_a_summary_not_a_line_per_object(
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, interval = archive_env, 0.5
+    _orders(
+        env.database,
+        "INSERT INTO orders SELECT g, now() - interval '200 days' + g * interval '1 hour', 'x' "
+        "FROM generate_series(1, 2400) g",  # 100 days of rows: a file each
+    ).close()
+    setup_archive(env, partitioning="Daily", batch={"rows": 500})
+    assert env.run() == 0
+    objects = [o for o in list_all(env.s3, env.bucket, "test/public.orders/") if o["Key"].endswith(".parquet")]
+    assert len(objects) >= 100
+    json_log_lines(capsys)
+    tuning = Tuning(progress_log_seconds=interval)
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", tuning=tuning) == 0
+    lines = json_log_lines(capsys)
+    summary = next(line for line in lines if line["msg"] == "unarchive summary")
+    assert (summary["objects"], summary["rows"], summary["inserted"]) == (len(objects), 2400, 2400)
+    assert summary["bytes"] == sum(o["Size"] for o in objects)
+    progress = [line["progress"] for line in lines if line["msg"] == "progress"]
+    # At most one line every `interval` seconds, whatever the number of objects; one at least once that passed.
+    assert len(progress) <= summary["seconds"] / interval + 1
+    assert progress or summary["seconds"] < interval
+    for figures in progress:
+        assert figures["unit"] == "rows"
+        assert figures["total"] == 2400
+        assert figures["objectsTotal"] == len(objects)
+        assert 0 < figures["done"] <= 2400
+        assert 0 < figures["bytes"] <= figures["bytesTotal"]
+        assert figures["ratePerSecond"] > 0
+        assert figures["done"] == 2400 or figures["eta"]  # an ETA while rows remain
+    assert [f["done"] for f in progress] == sorted({f["done"] for f in progress})
+    assert len([line for line in lines if line["msg"] != "progress"]) < 15  # no line per object
