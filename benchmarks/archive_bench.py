@@ -278,7 +278,7 @@ CAPTURE_ONLY = "(d) diagnostic: cellar's DELETE + parse + COMMIT only"
 
 
 def cellar_label(partitioning: str) -> str:
-    return f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Daily" else "")
+    return f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Auto" else "")
 
 
 def script_variant(stack: LocalStack, label: str, variant: str, attempt: int, cutoff: str) -> dict[str, Any]:

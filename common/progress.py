@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,12 +63,13 @@ class ProgressReporter:
         of several, one object of several)."""
         return lambda done: self.update(offset + done)
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, detail: Mapping[str, Any] | None = None) -> None:
+        """`detail`: more figures for the log line (bytes beside rows, say); status shows the Progress fields only."""
         self.done = done
         now = self.clock()
         if now - self._last_log >= self.log_interval:
             self._last_log = now
-            log.info("progress", extra={"progress": self.snapshot()})
+            log.info("progress", extra={"progress": {**self.snapshot(), **(detail or {})}})
         if self.publish is not None and now - self._last_status >= self.status_interval:
             self._last_status = now
             try:

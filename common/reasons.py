@@ -186,7 +186,11 @@ class Reason(StrEnum):
     ROW_COUNT_MISMATCH = "RowCountMismatch", EXIT_PERMANENT, "a restore test counted other rows than the manifest"
     INVALID_MANIFEST = "InvalidManifest", EXIT_PERMANENT, "a manifest in the bucket cannot be read"
     UNSUPPORTED_MANIFEST = "UnsupportedManifest", EXIT_PERMANENT, "a manifest is newer than this cellar reads"
-    SCHEMA_MISMATCH = "SchemaMismatch", EXIT_PERMANENT, "archived columns no longer exist in the table"
+    SCHEMA_MISMATCH = (
+        "SchemaMismatch",
+        EXIT_PERMANENT,
+        "the table's columns changed in a way its archive cannot follow, or rows cannot go back as archived",
+    )
     VERIFICATION_FAILED = "VerificationFailed", EXIT_PERMANENT, "an archived object read back differs from its rows"
     ENCODING_FAILED = "EncodingFailed", EXIT_PERMANENT, "a value cannot be stored as its column's Parquet type"
     FOREIGN_KEY_BLOCKED = "ForeignKeyBlocked", EXIT_PERMANENT, "other tables reference this one with ON DELETE CASCADE"

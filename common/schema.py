@@ -44,7 +44,7 @@ S3_ONLY_FIELDS: dict[str, object] = {
     "objectLock": None,
 }
 ArchiveFormat = Literal["Parquet", "CSVGzip", "Iceberg"]
-Partitioning = Literal["Daily", "Monthly", "None"]
+Partitioning = Literal["Auto", "Daily", "Monthly", "Yearly", "None"]
 ArchiveMode = Literal["Move", "Copy"]
 ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = get_args(ArchiveFormat)
 PARTITIONINGS: tuple[Partitioning, ...] = get_args(Partitioning)
@@ -52,4 +52,6 @@ ARCHIVE_MODES: tuple[ArchiveMode, ...] = get_args(ArchiveMode)
 # spec.iceberg.partitionBy: the Iceberg transform of the timestamp column that partitions the table.
 IcebergTransform = Literal["day", "month", "year"]
 ICEBERG_TRANSFORMS: tuple[IcebergTransform, ...] = get_args(IcebergTransform)
+# spec.iceberg.partitionBy: a transform, or Auto (chosen once from the rows due, kept in the table's partition spec).
+ICEBERG_PARTITION_BY: tuple[str, ...] = (*ICEBERG_TRANSFORMS, "Auto")
 ICEBERG_CATALOG_TYPES = ("Sql", "Rest")

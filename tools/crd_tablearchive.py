@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, ICEBERG_CATALOG_TYPES, ICEBERG_TRANSFORMS, PARTITIONINGS
+from common.schema import ARCHIVE_FORMATS, ARCHIVE_MODES, ICEBERG_CATALOG_TYPES, ICEBERG_PARTITION_BY, PARTITIONINGS
 from tools.crd_schema import (
     age_column,
     boolean,
@@ -153,9 +153,11 @@ def iceberg() -> dict[str, Any]:
             "namespace": {**name, "description": "The Iceberg namespace. Default: the source table's schema."},
             "table": {**name, "description": "The Iceberg table's name. Default: the source table's name."},
             "partitionBy": string(
-                "The Iceberg transform of timestampColumn that partitions the table.",
-                enum=list(ICEBERG_TRANSFORMS),
-                default="month",
+                "The Iceberg transform of timestampColumn that partitions the table: day, month, year, or Auto "
+                "(chosen from the rows due when the table is created, so that a partition holds at least about "
+                "64 MiB; an existing table keeps its partition spec).",
+                enum=list(ICEBERG_PARTITION_BY),
+                default="Auto",
             ),
             "targetFileSizeMiB": integer(
                 "Target size of a data file (write.target-file-size-bytes).", minimum=1, maximum=4096, default=128
@@ -270,9 +272,11 @@ def table_archive() -> dict[str, Any]:
             ),
             "iceberg": iceberg(),
             "partitioning": string(
-                "Hive-style key layout by the row's timestamp: Daily (dt=YYYY-MM-DD), Monthly (dt=YYYY-MM) or None.",
+                "Hive-style key layout by the row's timestamp: Daily (dt=YYYY-MM-DD), Monthly (dt=YYYY-MM), Yearly "
+                "(dt=YYYY), None, or Auto: chosen by the first run that has rows due, so that a partition holds at "
+                "least about 64 MiB, and kept with the archive (an existing archive keeps its layout).",
                 enum=list(PARTITIONINGS),
-                default="Daily",
+                default="Auto",
             ),
             "mode": string(
                 "Move deletes archived rows; Copy keeps them and archives each row once, continuing after the "
@@ -315,6 +319,10 @@ def table_archive() -> dict[str, Any]:
                         "description": "The longest batch transaction, BEGIN to COMMIT: what held locks and "
                         "VACUUM's horizon longest.",
                     },
+                    "layout": string(
+                        "The archive's partition granularity (Daily, Monthly, Yearly, None) and why: chosen by "
+                        "partitioning (partitionBy): Auto from the rows due, or kept as the archive has it."
+                    ),
                 },
             ),
             "totals": obj(

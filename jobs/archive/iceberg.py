@@ -15,8 +15,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,11 +30,14 @@ from common.errors import CellarError, PermanentError, RetryableError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.redact import redact, register_secret
+from common.schema import Partitioning
 from common.secrets import DatabaseSettings, StorageCredentials
 from common.storage_spec import StorageSpec
 from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg_rest import RestCredentials, open_rest_catalog, rest_failures
+from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
+from jobs.archive.layout import TRANSFORMS, LayoutChoice
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
 
@@ -48,12 +51,19 @@ RUN_PROPERTY = "cellar.run-id"
 # where two archives append to one Iceberg table.
 RELATION_PROPERTY = "cellar.relation"
 COMMIT_ATTEMPTS = 12  # appends that lose the race for the catalog's commit before the run gives up
+PARTITIONINGS_OF: dict[str, Partitioning] = {transform: partitioning for partitioning, transform in TRANSFORMS.items()}
+# partitionBy: Auto: what measures the rows due and chooses, or None when none are due.
+Chooser = Callable[[], LayoutChoice | None]
 _ACCESS_REASONS = {
     Reason.AUTHENTICATION_FAILED,
     Reason.DATABASE_NOT_FOUND,
     Reason.DATABASE_ACCESS_DENIED,
     Reason.CERTIFICATE_REJECTED,
 }
+
+
+class NothingDue(Exception):
+    """partitionBy: Auto, no table yet, and no rows due to choose its partitioning from."""
 
 
 @dataclass(frozen=True)
@@ -281,11 +291,19 @@ class IcebergTable:
         self.info = info
         self.identifier = (iceberg.namespace, iceberg.table)
         self.commit_retries = 0
+        self.layout: LayoutChoice | None = None  # partitionBy: Auto, resolved by open()
+        self.schema_changes: dict[str, list[str]] = {}  # what open() changed in the table's schema, for the summary
         self._appending = threading.Lock()
 
     @classmethod
     def open(
-        cls, settings: ArchiveSettings, info: TableInfo, access: CatalogAccess, *, create: bool = True
+        cls,
+        settings: ArchiveSettings,
+        info: TableInfo,
+        access: CatalogAccess,
+        *,
+        create: bool = True,
+        choose: Chooser | None = None,
     ) -> IcebergTable:
         """Open the catalog, make the namespace and the table when missing (`create`; else a missing table is
         refused), and check an existing table's schema and partitioning against the archived table's. Nothing is
@@ -294,14 +312,13 @@ class IcebergTable:
         assert iceberg is not None
         table = cls(open_catalog(settings, access), iceberg, info, settings.relation)
         with catalog_failures(iceberg, "failed a request"):
-            table._make_or_check(table_location(settings, access.prefix_key), create)
+            table._make_or_check(table_location(settings, access.prefix_key), create, choose)
         return table
 
-    def _make_or_check(self, location: str, create: bool) -> None:
+    def _make_or_check(self, location: str, create: bool, choose: Chooser | None = None) -> None:
         from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
         expected = iceberg_schema(self.info)
-        partition_spec = _partition_spec(expected, self.info.timestamp_column.name, self.iceberg.partition_by)
         self.catalog.create_namespace_if_not_exists(self.iceberg.namespace)
         try:
             table = self.catalog.load_table(self.identifier)
@@ -311,25 +328,70 @@ class IcebergTable:
                     f"spec.iceberg.table: the catalog holds no Iceberg table {self.iceberg.identifier}",
                     reason=Reason.NOT_FOUND,
                 ) from None
+            as_specified = self.iceberg
+            self._choose_partitioning(choose)
+            partition_spec = _partition_spec(expected, self.info.timestamp_column.name, self.iceberg.partition_by)
             try:
                 self.catalog.create_table(
                     self.identifier,
                     schema=expected,
                     location=location,
                     partition_spec=partition_spec,
-                    properties=self.iceberg.table_properties(),
+                    properties={**self.iceberg.table_properties(), RELATION_PROPERTY: self.relation},
                 )
                 log.info("Iceberg table created", extra={"table": self.iceberg.identifier, "location": location})
                 return
-            except TableAlreadyExistsError:
+            except TableAlreadyExistsError:  # another run created it first: its partitioning is the table's
+                self.iceberg, self.layout = as_specified, None
                 table = self.catalog.load_table(self.identifier)
         if create:  # an archive run appends as the table is now; unarchive reads what the table holds
             self._check(table, expected)
 
+    def _choose_partitioning(self, choose: Chooser | None) -> None:
+        """partitionBy: Auto, for a table about to be created: the transform chosen from the rows due (NothingDue
+        when none are: the table is created by the first run that has rows to measure)."""
+        if self.iceberg.partition_by != "Auto":
+            return
+        choice = choose() if choose is not None else None
+        if choice is None:
+            raise NothingDue(self.iceberg.identifier)
+        self.iceberg = replace(self.iceberg, partition_by=choice.transform)
+        self.layout = choice
+
+    def _adopt_partitioning(self, table: Any) -> None:
+        """partitionBy: Auto, for a table that exists: its partition spec says the transform, kept as it is."""
+        if self.iceberg.partition_by != "Auto":
+            return
+        schema, column = table.schema(), self.info.timestamp_column.name
+        found = [str(f.transform) for f in table.spec().fields if schema.find_column_name(f.source_id) == column]
+        if len(table.spec().fields) == 1 and found and found[0] in PARTITIONINGS_OF:
+            self.iceberg = replace(self.iceberg, partition_by=found[0])
+            self.layout = LayoutChoice(PARTITIONINGS_OF[found[0]], "kept: the Iceberg table's partition spec")
+
+    def _is_ours(self, table: Any) -> bool:
+        """Whether cellar made the table for this source, or appended its rows to it: its schema then follows the
+        source's changes (iceberg_schema.py); any other table must match as it is."""
+        if table.properties.get(RELATION_PROPERTY) == self.relation:
+            return True
+        return any(True for _ in self.batch_snapshots())
+
+    def _follow_source(self, table: Any, expected: Any) -> None:
+        """The source's columns changed since the table was made: the changes Iceberg allows applied in one schema
+        update, any other refused (SchemaMismatch), before any row moves."""
+        changes = plan_changes(table.schema(), expected)
+        if changes.refused:
+            raise refusal(self.iceberg.identifier, self.relation, changes.refused)
+        if changes.any:
+            evolve(table, changes)
+            self.schema_changes = changes.describe()
+
     def _check(self, table: Any, expected: Any) -> None:
+        self._adopt_partitioning(table)
         found = table.schema().as_arrow()
         wanted = expected.as_arrow()
-        if not found.equals(wanted, check_metadata=False):
+        if not found.equals(wanted, check_metadata=False) and self._is_ours(table):
+            self._follow_source(table, expected)
+        elif not found.equals(wanted, check_metadata=False):
             differs = [
                 f"{f.name} ({f.type})"
                 for f in wanted

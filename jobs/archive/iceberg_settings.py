@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 
 from common.encryption import KeyRef
 from common.errors import InvalidSpec
-from common.schema import ICEBERG_CATALOG_TYPES, ICEBERG_TRANSFORMS, IcebergTransform
+from common.schema import ICEBERG_CATALOG_TYPES, ICEBERG_PARTITION_BY
 from common.spec import DatabaseSpec, SecretKeyRef, SpecReader
 
 DEFAULT_CATALOG_SCHEMA = "cellar_iceberg"
 DEFAULT_TARGET_FILE_SIZE_MIB = 128
-DEFAULT_PARTITION_BY: IcebergTransform = "month"
+# Auto: chosen from the rows due when the table is created, then read back from its partition spec (layout.py).
+DEFAULT_PARTITION_BY = "Auto"
 # Table properties cellar sets itself; spec.iceberg.properties may not override them.
 OWN_PROPERTIES = ("write.target-file-size-bytes",)
 REST_FIELD = "spec.iceberg.catalog.rest"
@@ -87,7 +88,7 @@ class IcebergSettings:
     catalog: IcebergCatalogSpec
     namespace: str
     table: str
-    partition_by: IcebergTransform
+    partition_by: str  # day, month, year; Auto until the run resolves it (IcebergTable.open)
     target_file_size_bytes: int
     properties: dict[str, str] = field(default_factory=dict)
 
@@ -207,10 +208,10 @@ def parse_iceberg_spec(reader: SpecReader, schema: str, table: str) -> IcebergSe
     """`schema` and `table`: the source's, the defaults of the namespace and the table name."""
     catalog = _parse_catalog(reader.child("catalog"))
     partition_by = reader.string("partitionBy", DEFAULT_PARTITION_BY)
-    if partition_by not in ICEBERG_TRANSFORMS:
+    if partition_by not in ICEBERG_PARTITION_BY:
         raise InvalidSpec(
             f"{reader.path}.partitionBy: {partition_by!r} is not a transform cellar partitions by; "
-            f"use one of {', '.join(ICEBERG_TRANSFORMS)}"
+            f"use one of {', '.join(ICEBERG_PARTITION_BY)}"
         )
     properties = _string_map(reader, "properties")
     for own in OWN_PROPERTIES:

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.errors import PermanentError
 from common.reasons import Reason
 from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg import IcebergTable
-from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
+from jobs.archive.loading import LoadedPiece, LoadProgress, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.repartition import Repartitioner
 from jobs.archive.table import Column
 
 log = logging.getLogger(__name__)
+FIELD_ID = b"PARQUET:field_id"
 
 
 def _depth(arrow_type: pa.DataType) -> int:
@@ -36,6 +39,16 @@ def with_iceberg_dimensions(columns: list[Column], stored: pa.Schema) -> list[Co
     ]
 
 
+def columns_written(scan: Any, path: str) -> set[str]:
+    """The table's columns (by their current names) that a data file holds values of: its Parquet footer's field
+    ids. A column added to the table after the file was written reads as null from it, not as the value archived."""
+    schema = scan.table_metadata.schema()
+    with scan.io.new_input(path).open() as stream:
+        stored = pq.read_schema(stream)
+    ids = [int(f.metadata[FIELD_ID]) for f in stored if f.metadata and FIELD_ID in f.metadata]
+    return {name for name in (schema.find_column_name(i) for i in ids) if name is not None}
+
+
 def unarchive_iceberg(request: UnarchiveRequest, table: IcebergTable) -> UnarchiveResult:
     """Load the request's rows back from the table's current snapshot."""
     settings, info = request.settings, request.info
@@ -45,26 +58,37 @@ def unarchive_iceberg(request: UnarchiveRequest, table: IcebergTable) -> Unarchi
     in_table = int(snapshot.summary.get("total-data-files", "0")) if snapshot and snapshot.summary else 0
     log.info("Iceberg scan planned", extra={"data_files": len(tasks), "data_files_in_table": in_table})
     stored = scan.projection().as_arrow()
-    missing = [c.name for c in info.columns if c.name not in stored.names]
+    key_columns = {*info.primary_key, info.timestamp_column.name}
+    missing = sorted(key_columns - set(stored.names))
     if missing:
         raise PermanentError(
-            f"the Iceberg table {table.iceberg.identifier} has no column {', '.join(missing)} of {settings.relation}; "
-            "unarchive loads whole rows",
+            f"the Iceberg table {table.iceberg.identifier} has no column {', '.join(missing)} of {settings.relation}'s "
+            "key and timestamp; unarchive finds rows by them. Name the table this source was archived into "
+            "(spec.iceberg.table)",
             reason=Reason.SCHEMA_MISMATCH,
         )
     spans = [(request.start, request.end)]
     repartition = Repartitioner.plan(request.conn, settings, info, spans) if request.into == "source" else None
     target = prepare_target(request, repartition)
     columns = with_iceberg_dimensions(info.columns, stored)
-    schema = schema_for(columns)
     result = UnarchiveResult()
+    progress = LoadProgress(
+        len(tasks),
+        sum(t.file.record_count for t in tasks),
+        sum(t.file.file_size_in_bytes for t in tasks),
+        request.progress_seconds,
+    )
     for task in tasks:
         request.wait_for_standbys()
-        # Iceberg's types back to the archive's Arrow types (an int2 column was widened to int, say).
-        rows = table.read_task(scan, task).select([c.name for c in columns]).cast(schema)
         key = str(task.file.file_path)
-        inserted, in_range = load_rows(request, target, LoadedPiece(key, rows.num_rows), columns, rows)
+        # The columns this file holds: one added to the source after it was written gets the table's default.
+        held = columns_written(scan, key)
+        written = [c for c in columns if c.name in held]
+        # Iceberg's types back to the archive's Arrow types (an int2 column was widened to int, say).
+        rows = table.read_task(scan, task).select([c.name for c in written]).cast(schema_for(written))
+        inserted, in_range = load_rows(request, target, LoadedPiece(key, rows.num_rows), written, rows)
         request.conn.commit()
         result.add(rows.num_rows, inserted, in_range)
-        log.info("data file unarchived", extra={"key": key, "rows": rows.num_rows, "inserted": inserted})
+        progress.loaded(rows.num_rows, task.file.file_size_in_bytes, inserted)
+    progress.summary(request.target_name)
     return result

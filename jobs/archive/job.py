@@ -9,8 +9,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -27,11 +28,22 @@ from jobs.archive.archiver import Archiver, RunHooks, Stopped
 from jobs.archive.batch_records import RunTotals
 from jobs.archive.batches import Destination, RunScope
 from jobs.archive.cleanup import clean_leftovers
-from jobs.archive.iceberg import IcebergTable
+from jobs.archive.iceberg import PARTITIONINGS_OF, IcebergTable, NothingDue
 from jobs.archive.iceberg_batches import resolve_unrecorded
+from jobs.archive.layout import (
+    DueMeasure,
+    LayoutChoice,
+    ParquetLayout,
+    choose_granularity,
+    existing_parquet_layout,
+    keep_parquet_layout,
+    measure_due,
+)
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
+from jobs.archive.objects import ObjectLayout
 from jobs.archive.opening import APPLICATION, OpenedTable, open_table
+from jobs.archive.parquet_schema import check_source_schema
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
@@ -45,6 +57,11 @@ from jobs.archive.table import (
 )
 
 log = logging.getLogger(__name__)
+SET_IN_ICEBERG_SPEC = "set in spec.iceberg.partitionBy"
+NO_TABLE_YET = (
+    "no rows of {relation} are older than {cutoff}; the Iceberg table is created (its partitionBy: Auto chosen) by "
+    "the first run that has rows due"
+)
 
 
 def layout_advice(
@@ -72,6 +89,19 @@ def layout_advice(
     )
 
 
+def auto_layout_note(settings: ArchiveSettings, report: dict[str, Any]) -> str:
+    """What partitioning (partitionBy): Auto would choose from the rows a dry run measured, for its message."""
+    iceberg = settings.iceberg
+    field = "partitioning" if iceberg is None else "iceberg.partitionBy"
+    if (settings.partitioning if iceberg is None else iceberg.partition_by) != "Auto" or not report["rows"]:
+        return ""
+    choice = choose_granularity(DueMeasure(report["rows"], report["bytes"], report["days"], report["months"]))
+    return (
+        f" Layout: {field}: Auto chooses {choice.partitioning if iceberg is None else choice.transform} for a new "
+        f"archive ({choice.why}); an archive that exists keeps its own."
+    )
+
+
 @dataclass
 class RunEnd:
     """How a run's batches went, for its summary, message and status."""
@@ -84,6 +114,7 @@ class RunEnd:
     cleaned: int = 0  # leftovers of crashed runs removed (Parquet)
     resolved: int = 0  # Iceberg snapshots of crashed runs recorded (their rows deleted)
     standby_note: str = ""
+    layout: LayoutChoice | None = None  # partitioning / partitionBy: Auto: the granularity and why
 
     def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
         """The batches are over: the duration, and the run summary in the log."""
@@ -102,6 +133,8 @@ class RunEnd:
                 "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
                 "lock_timeouts": archiver.lock_waits.total,
                 **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
+                **({"iceberg_schema_changes": iceberg.schema_changes} if iceberg and iceberg.schema_changes else {}),
+                **({"layout": self.layout.partitioning, "layout_why": self.layout.why} if self.layout else {}),
             },
         )
 
@@ -178,14 +211,19 @@ class ArchiveJob:
             return message
         ensure_ledger(conn)
         # Before anything is deleted: a catalog that cannot be reached, or a table of another schema, stops here.
-        iceberg = opened.open_iceberg(info) if opened.open_iceberg is not None else None
-        end = RunEnd(started=datetime.now(UTC), clock=time.monotonic())
+        opened, iceberg, layout = self._destination(opened, info, cutoff)
+        settings = opened.settings
+        end = RunEnd(started=datetime.now(UTC), clock=time.monotonic(), layout=layout)
         running = f"archiving rows of {settings.relation} older than {format_time(cutoff)}"
         status.started(
             running,
             f"archiving {settings.relation} rows older than {format_time(cutoff)}",
             fields={"cutoff": format_time(cutoff)},
         )
+        if settings.iceberg is not None and iceberg is None:  # partitionBy: Auto with nothing due to choose from
+            message = NO_TABLE_YET.format(relation=settings.relation, cutoff=format_time(cutoff))
+            self._finish(ctx, opened, info, end, message)
+            return message
         if iceberg is not None:
             end.resolved = resolve_unrecorded(conn, iceberg, settings, info, cutoff, ctx.run_id)
         else:
@@ -212,6 +250,36 @@ class ArchiveJob:
         message = end.message(settings.relation)
         self._finish(ctx, opened, info, end, message)
         return message
+
+    def _destination(
+        self, opened: OpenedTable, info: TableInfo, cutoff: datetime
+    ) -> tuple[OpenedTable, IcebergTable | None, LayoutChoice | None]:
+        """Where the rows go, its granularity resolved: a Parquet archive's from its layout record (chosen and
+        written on the first run, partitioning: Auto), an Iceberg table opened, made or checked (partitionBy:
+        Auto chosen when it is created). None for the table: partitionBy: Auto, no table, and nothing due."""
+        settings = opened.settings
+
+        def choose() -> LayoutChoice | None:
+            measure = measure_due(opened.conn, settings, info, cutoff)
+            return choose_granularity(measure) if measure.rows else None
+
+        if opened.open_iceberg is not None:
+            try:
+                iceberg = opened.open_iceberg(info, choose)
+            except NothingDue:
+                return opened, None, None
+            transform = iceberg.iceberg.partition_by
+            return opened, iceberg, iceberg.layout or LayoutChoice(PARTITIONINGS_OF[transform], SET_IN_ICEBERG_SPEC)
+        objects = ObjectLayout(opened.store, settings)
+        check_source_schema(opened.store, objects, info)  # a column's type changed: refused before any row moves
+        if settings.partitioning != "Auto":
+            return opened, None, LayoutChoice(settings.partitioning, "set in spec.partitioning")
+        where = ParquetLayout(opened.store, objects.data_prefix, settings.relation)
+        layout = existing_parquet_layout(where) or choose()
+        if layout is None:  # nothing due: nothing written, nothing chosen (Monthly only if rows turn up meanwhile)
+            return replace(opened, settings=replace(settings, partitioning="Monthly")), None, None
+        layout = keep_parquet_layout(where, layout)
+        return replace(opened, settings=replace(settings, partitioning=layout.partitioning)), None, layout
 
     @staticmethod
     def _standby_status(status: RunStatus, running: str, interval: float) -> Callable[[str | None], None]:
@@ -299,6 +367,7 @@ class ArchiveJob:
             bytes=totals.bytes,
             batches=totals.batches,
             longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
+            layout=end.layout.describe() if end.layout else None,
         )
         RunStatus.of(ctx, ARCHIVE_RUNS).succeeded(
             end.reason,
@@ -334,6 +403,7 @@ class ArchiveJob:
             + (f" Warning: {scan_warning}" if scan_warning else "")
             + (f" Partitions archived whole (detached, read once, dropped): {', '.join(whole)}." if whole else "")
             + (f" Layout: {advice}." if advice else "")
+            + auto_layout_note(settings, report)
             + f" Plan of one batch:\n{report['plan']}"
         )
         if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing

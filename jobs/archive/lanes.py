@@ -40,8 +40,11 @@ def split_into_lanes(oldest: object, newest: object, count: int) -> list[Lane]:
 
 
 def period_start(instant: datetime, partitioning: str) -> datetime:
-    """The start of the (UTC) day or month an instant falls in: where a Daily or Monthly partition begins."""
+    """The start of the (UTC) day, month or year an instant falls in: where a Daily, Monthly or Yearly partition
+    begins."""
     day = instant.replace(hour=0, minute=0, second=0, microsecond=0)
+    if partitioning == "Yearly":
+        return day.replace(month=1, day=1)
     return day.replace(day=1) if partitioning == "Monthly" else day
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from common.errors import InvalidSpec, PermanentError
+from common.progress import ProgressReporter
 from common.reasons import Reason
 from jobs.archive.encoding import table_to_copy_csv
 from jobs.archive.repartition import DroppedPartition, Repartitioner
@@ -50,6 +51,7 @@ class UnarchiveRequest:
     side_table: str | None = None
     hold: bool = True  # into the source: the next archive runs leave these rows alone
     standbys: StandbyGate | None = None  # each object waits for them: loading rows back is WAL to replay too
+    progress_seconds: float = 10.0  # at most one progress line this often (Tuning.progress_log_seconds)
 
     def __post_init__(self) -> None:
         if self.into not in ("side", "source"):
@@ -87,6 +89,38 @@ class UnarchiveResult:
         self.rows_read += read
         self.rows_inserted += inserted
         self.rows_in_range += in_range
+
+
+class LoadProgress:
+    """How far an unarchive is: a `progress` log line at most every `interval` seconds (rows done of the total, their
+    rate and ETA, with bytes and objects done beside), and a summary at the end, instead of a line per object."""
+
+    def __init__(self, objects: int, rows: int, stored_bytes: int, interval: float) -> None:
+        self.rows = ProgressReporter("rows", rows, None, log_interval=interval)
+        self.totals = {"objectsTotal": objects, "bytesTotal": stored_bytes}
+        self.objects = self.bytes = self.inserted = 0
+
+    def loaded(self, rows: int, stored_bytes: int, inserted: int) -> None:
+        self.objects += 1
+        self.bytes += stored_bytes
+        self.inserted += inserted
+        detail = {"objects": self.objects, "bytes": self.bytes, **self.totals}
+        self.rows.update(self.rows.done + rows, detail)
+
+    def summary(self, target: str) -> None:
+        seconds = max(1e-6, self.rows.clock() - self.rows.started)
+        log.info(
+            "unarchive summary",
+            extra={
+                "into": target,
+                "objects": self.objects,
+                "rows": self.rows.done,
+                "inserted": self.inserted,
+                "bytes": self.bytes,
+                "seconds": round(seconds, 3),
+                "rows_per_second": round(self.rows.done / seconds, 1),
+            },
+        )
 
 
 @dataclass(frozen=True)

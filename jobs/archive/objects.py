@@ -82,10 +82,14 @@ def _strictly_ascending(values: pa.Array) -> bool:
     return pc.all(later, skip_nulls=False).as_py() is True
 
 
+# A layout's period (Arrow's floor_temporal unit) and the label of its hive key (dt=<label>).
+PARTITION_UNITS = {"Daily": ("day", "%Y-%m-%d"), "Monthly": ("month", "%Y-%m"), "Yearly": ("year", "%Y")}
+
+
 def partitions(table: pa.Table, settings: ArchiveSettings, info: TableInfo) -> list[tuple[str | None, pa.Table]]:
     """Split a batch sorted by sort_batch into the hive partitions of its timestamps (a file holds one).
 
-    Each partition is a zero-copy slice: the day (or month) of each row is floored and run-length
+    Each partition is a zero-copy slice: the day (month, year) of each row is floored and run-length
     encoded, so the work is one pass over the timestamps whatever the number of partitions.
     """
     if settings.partitioning == "None" or table.num_rows == 0:
@@ -93,12 +97,12 @@ def partitions(table: pa.Table, settings: ArchiveSettings, info: TableInfo) -> l
     column = table.column(info.timestamp_column.name)
     if pa.types.is_timestamp(column.type):
         column = pc.cast(column, pa.timestamp("us"))  # UTC wall time for timestamptz
-    daily = settings.partitioning == "Daily"
-    runs = pc.run_end_encode(pc.floor_temporal(column.combine_chunks(), unit="day" if daily else "month"))
+    unit, label_format = PARTITION_UNITS[settings.partitioning]
+    runs = pc.run_end_encode(pc.floor_temporal(column.combine_chunks(), unit=unit))
     result = []
     start = 0
     for end, period in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
-        label = period.strftime("%Y-%m-%d" if daily else "%Y-%m")
+        label = period.strftime(label_format)
         result.append((label, table.slice(start, end - start)))
         start = end
     return result

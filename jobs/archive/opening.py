@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from common.db import connect
 from common.encryption import Identities, resolve_keys
@@ -15,13 +16,20 @@ from common.ownership import Area, Owner, claim_prefix, released_on_failure, tak
 from common.runtime import RunContext
 from common.storage import ObjectStore, open_store
 from jobs.archive.arrow_reads import ArrowReader, open_reader
-from jobs.archive.iceberg import CatalogAccess, IcebergTable
+from jobs.archive.iceberg import CatalogAccess, Chooser, IcebergTable
 from jobs.archive.iceberg_rest import resolve_rest_credentials
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.table import Connection, TableInfo, check_cascades, describe_table
 
 APPLICATION = "cellar-archive"
+
+
+class IcebergOpener(Protocol):
+    """Opens the catalog and makes or checks the table, for the table as the run describes it; `choose` decides
+    partitionBy: Auto for a table it creates."""
+
+    def __call__(self, described: TableInfo, choose: Chooser | None = None) -> IcebergTable: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class OpenedTable:
     # Wraps the run: a failed first run takes back the owner record it wrote while nothing else is there.
     owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
     # format: Iceberg: opens the catalog and makes or checks the table, for the table as the run describes it.
-    open_iceberg: Callable[[TableInfo], IcebergTable] | None = None
+    open_iceberg: IcebergOpener | None = None
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
@@ -87,8 +95,8 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
             catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
             access = CatalogAccess(catalog_database, credentials, store.key(settings.relation))
 
-        def open_iceberg(described: TableInfo) -> IcebergTable:
-            return IcebergTable.open(settings, described, access, create=writes_to_store)
+        def open_iceberg(described: TableInfo, choose: Chooser | None = None) -> IcebergTable:
+            return IcebergTable.open(settings, described, access, create=writes_to_store, choose=choose)
 
     return OpenedTable(
         settings,

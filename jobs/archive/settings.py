@@ -113,7 +113,7 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         lock_timeout=reader.duration("lockTimeout", "5s"),  # 0s: no limit, as in PostgreSQL
         statement_timeout=reader.duration("statementTimeout", "60s"),
         format=archive_format,
-        partitioning=cast(Partitioning, reader.string("partitioning", "Daily", choices=PARTITIONINGS)),
+        partitioning=cast(Partitioning, reader.string("partitioning", "Auto", choices=PARTITIONINGS)),
         mode=mode,
         dry_run=reader.boolean("dryRun"),
         allow_cascade=reader.boolean("allowCascade"),
@@ -175,6 +175,8 @@ def live_changes(
 ) -> tuple[ArchiveSettings, dict[str, str], list[str]]:
     """`current` with the live fields of `changed` applied; which live fields changed (spec path -> new
     value), and which other fields changed (spec names; they wait for the next run)."""
+    if changed.partitioning == "Auto":  # resolved by the run (layout.py): Auto still means what the run chose
+        changed = replace(changed, partitioning=current.partitioning)
     applied = {
         path: _shown(getattr(changed, name))
         for name, path in LIVE_FIELDS.items()
@@ -246,6 +248,7 @@ class Tuning:
     unindexed_table_warning_bytes: int = 64 * 1024 * 1024  # warn of a missing timestamp index above this
     # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.
     arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
+    progress_log_seconds: float = 10.0  # unarchive: at most one progress line this often, not one per object
 
 
 DEFAULT_TUNING = Tuning()

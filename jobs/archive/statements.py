@@ -139,7 +139,7 @@ def _within_partitions(plan: BatchPlan, condition: sql.Composable) -> sql.Compos
     tuning.max_partitions_per_batch periods of the oldest due row bounds that."""
     settings = plan.settings
     ts = sql.Identifier(plan.info.timestamp_column.name)
-    unit = "days" if settings.partitioning == "Daily" else "months"
+    unit = {"Daily": "days", "Monthly": "months"}.get(settings.partitioning, "years")
     span = sql.SQL(f"interval '{int(plan.tuning.max_partitions_per_batch)} {unit}'")
     # Move: the window starts at the oldest row no application holds locked, so locked rows never stall it.
     start = (

@@ -20,6 +20,7 @@ class ArchiveRun(RunRecord):
     bytes: int | None = None
     batches: int | None = None
     longest_transaction_seconds: float | None = None
+    layout: str | None = None  # the archive's partition granularity, and why (partitioning / partitionBy: Auto)
 
 
 @dataclass(frozen=True)

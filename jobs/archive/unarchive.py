@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from common.conditions import format_time
 from common.encryption import Identities
-from common.errors import CellarError, DecryptionFailed, PermanentError, UsageError
+from common.errors import CellarError, DecryptionFailed, UsageError
 from common.failpoints import failpoint
 from common.kube import TABLE_ARCHIVE
 from common.reasons import Reason
@@ -21,7 +21,7 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.archive.ledger_schema import ensure_ledger
-from jobs.archive.loading import LoadedPiece, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
+from jobs.archive.loading import LoadedPiece, LoadProgress, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import ObjectLayout, read_verified
 from jobs.archive.opening import APPLICATION, open_table
@@ -64,45 +64,53 @@ def unarchive(request: UnarchiveRequest, store: ObjectStore, identities: Identit
         repartition = Repartitioner.plan(conn, settings, request.info, spans)
     target = prepare_target(request, repartition)
     result = UnarchiveResult()
+    progress = LoadProgress(
+        len(chosen), sum(d.rows for _, d in chosen), sum(d.bytes for _, d in chosen), request.progress_seconds
+    )
+    left_out: set[str] = set()
     for manifest, described in chosen:
         request.wait_for_standbys()
         key = described.object_key
-        columns = _manifest_columns(manifest, key, request.info)
-        table = read_verified(store, manifest, described, columns, identities)
+        decoded, columns = _manifest_columns(manifest, key, request.info)
+        dropped = {c.name for c in decoded if c not in columns} - left_out
+        if dropped:  # once per column, not per object
+            log.warning("archived columns no longer in the table are left out", extra={"columns": sorted(dropped)})
+            left_out |= dropped
+        table = read_verified(store, manifest, described, decoded, identities)
         inserted, in_range = load_rows(request, target, LoadedPiece(key, described.rows), columns, table)
         conn.execute("UPDATE cellar.archive_ledger SET restored_at = now() WHERE object_key = %s", (key,))
         failpoint("archive.unarchive-before-commit")
         conn.commit()
         result.add(table.num_rows, inserted, in_range)
-        log.info(
-            "object unarchived", extra={"key": key, "rows": table.num_rows, "in_range": in_range, "inserted": inserted}
-        )
+        progress.loaded(table.num_rows, described.bytes, inserted)
+    progress.summary(request.target_name)
     return result
 
 
-def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> list[Column]:
+def _manifest_columns(manifest: BatchManifest, key: str, info: TableInfo) -> tuple[list[Column], list[Column]]:
+    """The object's columns as its manifest recorded them (to decode it), and those the table still has (to load:
+    each cast back to its archived type, then into the table's, which may have widened since). A column added to
+    the table since is in neither: its default fills it. One dropped since is decoded and left out."""
     by_name = {c.name: c for c in info.columns}
-    columns = []
+    decoded, loaded = [], []
     for described in manifest.columns:
         column = by_name.get(described.name)
         if column is None:
-            raise PermanentError(
-                f"{key}: column {described.name!r} no longer exists in {manifest.relation}",
-                reason=Reason.SCHEMA_MISMATCH,
-            )
-        columns.append(
-            Column(
-                column.name,
-                described.type,
-                column.base,
-                column.is_array,
-                column.numeric_precision,
-                column.numeric_scale,
-                column.generated,
-                fields=column.fields,
-            )
+            decoded.append(Column(described.name, described.type, described.type, False, None, None))
+            continue
+        archived = Column(
+            column.name,
+            described.type,
+            column.base,
+            column.is_array,
+            column.numeric_precision,
+            column.numeric_scale,
+            column.generated,
+            fields=column.fields,
         )
-    return columns
+        decoded.append(archived)
+        loaded.append(archived)
+    return decoded, loaded
 
 
 def _date(text: str, flag: str) -> datetime:
@@ -154,7 +162,16 @@ class UnarchiveJob:
             ensure_ledger(conn)
             standbys = StandbyGate(settings.max_replication_lag)
             request = UnarchiveRequest(
-                conn, settings, info, start, end, args.into, args.side_table, not args.allow_rearchive, standbys
+                conn,
+                settings,
+                info,
+                start,
+                end,
+                args.into,
+                args.side_table,
+                not args.allow_rearchive,
+                standbys,
+                progress_seconds=self.tuning.progress_log_seconds,
             )
             if opened.open_iceberg is not None:
                 from jobs.archive.iceberg_unarchive import unarchive_iceberg

@@ -302,7 +302,8 @@ def archive_demo(
     )
 
     step("bringing the oldest month back into the side table documents_unarchived")
-    first = min(k.split("dt=")[1][:10] for k in keys)
+    # The oldest partition's first day, whichever granularity partitioning: Auto chose (dt=YYYY[-MM[-DD]]).
+    first = (min(k.split("dt=")[1].split("/")[0] for k in keys) + "-01-01")[:10]
     month_later = (date.fromisoformat(first) + timedelta(days=30)).isoformat()
     seconds = run_job(
         kubeconfig, "unarchive", "--name", "documents", "--from", first, "--to", month_later, module="jobs.archive"

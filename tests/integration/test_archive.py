@@ -23,6 +23,7 @@ from tests.integration.archive_helpers import (
     dsn,
     ids_in_table,
     json_log_lines,
+    list_all,
     manifests,
     patch_spec,
     setup_archive,
@@ -203,9 +204,9 @@ def test_dry_run_changes_nothing_and_shows_the_plan(archive_env: ArchiveEnv) -> 
     succeeded = conditions(get_status(admin_api, archive_env.namespace, "tablearchives", "orders"))["ArchiveSucceeded"]
     assert succeeded["reason"] == "DryRunCompleted"
     assert "dry run: 200 rows" in succeeded["message"]
-    # 200 rows on a day or two, against the default 25,000 rows a batch: Monthly is suggested.
-    assert "Layout: a day holds about" in succeeded["message"]
-    assert "with partitioning: Monthly it would write one or two" in succeeded["message"]
+    # 200 small rows: partitioning: Auto (the default) would choose year partitions, and says why.
+    assert "Layout: partitioning: Auto chooses Yearly for a new archive (200 rows due" in succeeded["message"]
+    assert "a month holds less than 64.0 MiB" in succeeded["message"]
     assert "LockRows" in succeeded["message"]
     assert "Delete on orders" in succeeded["message"]  # the plan of the batch's own statement
 
@@ -218,7 +219,7 @@ def test_the_dry_runs_layout_advice_follows_the_jobs_tuning(archive_env: Archive
         "INSERT INTO orders SELECT g, now() - interval '400 days' + g * interval '1 day', 'old' "
         "FROM generate_series(1, 300) g",
     ).close()
-    setup_archive(archive_env, dryRun=True)
+    setup_archive(archive_env, dryRun=True, partitioning="Daily")
     assert archive_env.run(tuning=Tuning(max_partitions_per_batch=8)) == 0
     status = get_status(archive_env.admin_api, archive_env.namespace, "tablearchives", "orders")
     message = conditions(status)["ArchiveSucceeded"]["message"]
@@ -349,7 +350,7 @@ def test_a_sparse_table_is_archived_in_batches_of_at_most_64_partitions(archive_
         "INSERT INTO orders SELECT g, now() - interval '40 days' - g * interval '2 days', 'sparse' "
         "FROM generate_series(1, 3000) g",  # one row every other day, 16 years
     ).close()
-    setup_archive(archive_env)
+    setup_archive(archive_env, partitioning="Daily")
     assert archive_env.run() == 0
     assert ids_in_table(database) == set()
     batches = manifests(s3_admin, bucket)
@@ -797,3 +798,39 @@ def test_the_shipped_example_only_reports_until_its_dry_run_is_turned_off(archiv
     patch_spec(archive_env.admin_api, archive_env.namespace, {"dryRun": False}, name="sample")
     assert archive_env.run(name="sample") == 0
     assert len(ids_in_table(archive_env.database)) < len(before)
+
+
+def test_unarchive_logs_rate_limited_progress_and_a_summary_not_a_line_per_object(
+    archive_env: ArchiveEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env, interval = archive_env, 0.5
+    _orders(
+        env.database,
+        "INSERT INTO orders SELECT g, now() - interval '200 days' + g * interval '1 hour', 'x' "
+        "FROM generate_series(1, 2400) g",  # 100 days of rows: a file each
+    ).close()
+    setup_archive(env, partitioning="Daily", batch={"rows": 500})
+    assert env.run() == 0
+    objects = [o for o in list_all(env.s3, env.bucket, "test/public.orders/") if o["Key"].endswith(".parquet")]
+    assert len(objects) >= 100
+    json_log_lines(capsys)
+    tuning = Tuning(progress_log_seconds=interval)
+    assert env.run("unarchive", "--from", "2000-01-01", "--to", "2100-01-01", tuning=tuning) == 0
+    lines = json_log_lines(capsys)
+    summary = next(line for line in lines if line["msg"] == "unarchive summary")
+    assert (summary["objects"], summary["rows"], summary["inserted"]) == (len(objects), 2400, 2400)
+    assert summary["bytes"] == sum(o["Size"] for o in objects)
+    progress = [line["progress"] for line in lines if line["msg"] == "progress"]
+    # At most one line every `interval` seconds, whatever the number of objects; one at least once that passed.
+    assert len(progress) <= summary["seconds"] / interval + 1
+    assert progress or summary["seconds"] < interval
+    for figures in progress:
+        assert figures["unit"] == "rows"
+        assert figures["total"] == 2400
+        assert figures["objectsTotal"] == len(objects)
+        assert 0 < figures["done"] <= 2400
+        assert 0 < figures["bytes"] <= figures["bytesTotal"]
+        assert figures["ratePerSecond"] > 0
+        assert figures["done"] == 2400 or figures["eta"]  # an ETA while rows remain
+    assert [f["done"] for f in progress] == sorted({f["done"] for f in progress})
+    assert len([line for line in lines if line["msg"] != "progress"]) < 15  # no line per object

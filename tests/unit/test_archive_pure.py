@@ -149,10 +149,12 @@ def test_partitions_and_size_split() -> None:
             ),
         }
     )
-    daily = partitions(table, parse_archive_spec(SPEC), info)
+    daily = partitions(table, parse_archive_spec({**SPEC, "partitioning": "Daily"}), info)
     assert [(p, t.num_rows) for p, t in daily] == [("2024-01-01", 1), ("2024-01-02", 1), ("2024-02-01", 1)]
     monthly = partitions(table, parse_archive_spec({**SPEC, "partitioning": "Monthly"}), info)
     assert [(p, t.num_rows) for p, t in monthly] == [("2024-01", 2), ("2024-02", 1)]
+    yearly = partitions(table, parse_archive_spec({**SPEC, "partitioning": "Yearly"}), info)
+    assert [(p, t.num_rows) for p, t in yearly] == [("2024", 3)]
     pieces = split_by_size(pa.table({"x": list(range(1000))}), 1000)
     assert sum(p.num_rows for p in pieces) == 1000
     assert all(p.nbytes <= 1000 for p in pieces)

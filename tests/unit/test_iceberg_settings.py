@@ -21,7 +21,7 @@ def test_parquet_stays_the_default_and_iceberg_takes_its_defaults_from_the_sourc
     iceberg = settings.iceberg
     assert iceberg is not None
     assert (iceberg.namespace, iceberg.table) == (settings.schema, settings.table)
-    assert iceberg.partition_by == "month"
+    assert iceberg.partition_by == "Auto"  # chosen when the table is made (layout.py)
     assert iceberg.catalog.database is None  # the archived database
     assert iceberg.catalog.schema == "cellar_iceberg"
     assert iceberg.table_properties() == {"write.target-file-size-bytes": str(128 * 1024 * 1024)}
