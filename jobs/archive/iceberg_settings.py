@@ -7,6 +7,7 @@ in a PostgreSQL database, by default the archived database itself, in a schema o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from common.errors import InvalidSpec
 from common.schema import ICEBERG_CATALOG_TYPES, ICEBERG_TRANSFORMS, IcebergTransform
@@ -15,6 +16,8 @@ from common.spec import DatabaseSpec, SpecReader
 DEFAULT_CATALOG_SCHEMA = "cellar_iceberg"
 DEFAULT_TARGET_FILE_SIZE_MIB = 128
 DEFAULT_PARTITION_BY: IcebergTransform = "month"
+DEFAULT_SNAPSHOT_RETENTION = "7d"
+DEFAULT_ORPHAN_GRACE = "1d"
 # Table properties cellar sets itself; spec.iceberg.properties may not override them.
 OWN_PROPERTIES = ("write.target-file-size-bytes",)
 
@@ -30,6 +33,18 @@ class IcebergCatalogSpec:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """spec.iceberg.maintenance: what `cellar-archive maintain` (and the end of each archive run) does."""
+
+    enabled: bool = True  # at the end of each archive run; `maintain` runs whatever this says
+    # Snapshots older than this are expired (the newest always stays, and any the ledger still needs).
+    snapshot_retention: timedelta = timedelta(days=7)
+    # Files no snapshot references are deleted once older than this: longer than any writer's run, whose files
+    # are unreferenced until its commit.
+    orphan_grace: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
 class IcebergSettings:
     catalog: IcebergCatalogSpec
     namespace: str
@@ -37,6 +52,7 @@ class IcebergSettings:
     partition_by: IcebergTransform
     target_file_size_bytes: int
     properties: dict[str, str] = field(default_factory=dict)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
 
     @property
     def identifier(self) -> str:
@@ -83,4 +99,13 @@ def parse_iceberg_spec(reader: SpecReader, schema: str, table: str) -> IcebergSe
         partition_by=partition_by,
         target_file_size_bytes=size_mib * 1024 * 1024,
         properties=dict(properties),
+        maintenance=_maintenance(reader.child("maintenance")),
+    )
+
+
+def _maintenance(reader: SpecReader) -> MaintenanceSettings:
+    return MaintenanceSettings(
+        enabled=reader.boolean("enabled", True),
+        snapshot_retention=reader.duration("snapshotRetention", DEFAULT_SNAPSHOT_RETENTION),
+        orphan_grace=reader.duration("orphanGracePeriod", DEFAULT_ORPHAN_GRACE),
     )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -31,11 +32,12 @@ from jobs.archive.iceberg import IcebergTable
 from jobs.archive.iceberg_batches import resolve_unrecorded
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
+from jobs.archive.maintain import Maintained, MaintenanceScope, maintain_after_run, take_archive_lock
 from jobs.archive.opening import APPLICATION, OpenedTable, open_table
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
-from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
+from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, with_array_dimensions
 from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
     Connection,
@@ -84,6 +86,7 @@ class RunEnd:
     cleaned: int = 0  # leftovers of crashed runs removed (Parquet)
     resolved: int = 0  # Iceberg snapshots of crashed runs recorded (their rows deleted)
     standby_note: str = ""
+    maintenance: Maintained | str | None = None  # format: Iceberg: the maintenance at the run's end, or its failure
 
     def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
         """The batches are over: the duration, and the run summary in the log."""
@@ -126,7 +129,23 @@ class RunEnd:
                 if self.resolved
                 else ""
             )
+            + self._maintenance_note()
         )
+
+    def maintenance_fields(self, settings: ArchiveSettings) -> dict[str, Any]:
+        """`lastMaintenance`, where the run maintained its Iceberg table."""
+        if isinstance(self.maintenance, Maintained) and settings.iceberg is not None:
+            return self.maintenance.record(settings.iceberg.identifier).as_fields()
+        return {}
+
+    def _maintenance_note(self) -> str:
+        if isinstance(self.maintenance, Maintained):
+            c, d = self.maintenance.compacted, self.maintenance.cleaned
+            return (
+                f"; maintenance: {c.files_rewritten} small files rewritten into {c.files_written}, "
+                f"{d.snapshots_expired} snapshots expired, {d.files_deleted} unreferenced files deleted"
+            )
+        return f"; {self.maintenance}" if self.maintenance else ""
 
 
 class ArchiveJob:
@@ -172,7 +191,7 @@ class ArchiveJob:
         check_privileges(conn, info, settings)
         check_lag_visible(conn, settings.max_replication_lag)
         status = RunStatus.of(ctx, ARCHIVE_RUNS)
-        if not try_lock(conn, info):
+        if not take_archive_lock(conn, info, settings.max_run_time):
             message = f"another run holds the archive lock of {settings.relation}; this run skipped"
             skipped = SkippedRun(format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message)
             status.skipped(skipped, Reason.LOCK_HELD, message)
@@ -210,6 +229,8 @@ class ArchiveJob:
         with self._counting_due(settings, info, cutoff, progress):
             end.totals, end.stopped = archiver.run()
         end.finished(archiver, iceberg)
+        if iceberg is not None and iceberg.iceberg.maintenance.enabled:
+            end.maintenance = maintain_after_run(ctx, MaintenanceScope(iceberg, opened.store, conn, ctx.run_id))
         message = end.message(settings.relation)
         self._finish(ctx, opened, info, end, message)
         return message
@@ -307,6 +328,7 @@ class ArchiveJob:
             last_run.ended(format_time(datetime.now(UTC)), end.reason, message),
             fields={
                 **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
+                **end.maintenance_fields(settings),
                 "oldestRowTime": oldest_row_time(conn, settings, info),
             },
         )

@@ -40,6 +40,7 @@ class OpenedTable:
     owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
     # format: Iceberg: opens the catalog and makes or checks the table, for the table as the run describes it.
     open_iceberg: Callable[[TableInfo], IcebergTable] | None = None
+    iceberg_access: CatalogAccess | None = None  # format: Iceberg: how the catalog and the files are reached
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
@@ -75,14 +76,14 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         conn.close()
         raise
     open_iceberg = None
+    access = None
     if settings.iceberg is not None:
-        iceberg = settings.iceberg
-        catalog = iceberg.catalog.database
+        catalog = settings.iceberg.catalog.database
         catalog_database = database if catalog is None else ctx.secrets.database(catalog)
-        folder = store.key(settings.relation)
+        access = CatalogAccess(catalog_database, credentials, store.key(settings.relation))
 
         def open_iceberg(described: TableInfo) -> IcebergTable:
-            access = CatalogAccess(catalog_database, credentials, folder)
+            assert access is not None
             return IcebergTable.open(settings, described, access, create=writes_to_store)
 
     return OpenedTable(
@@ -96,4 +97,5 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         (lambda: open_reader(database)) if tuning.arrow_reads else None,
         owning,
         open_iceberg,
+        access,
     )
