@@ -229,7 +229,8 @@ class ArchiveJob:
         with self._counting_due(settings, info, cutoff, progress):
             end.totals, end.stopped = archiver.run()
         end.finished(archiver, iceberg)
-        if iceberg is not None and iceberg.iceberg.maintenance.enabled:
+        if iceberg is not None and iceberg.iceberg.maintenance.enabled and end.stopped is Stopped.DONE:
+            # Not past maxRunTime: the next run (or `maintain`) does it then.
             end.maintenance = maintain_after_run(ctx, MaintenanceScope(iceberg, opened.store, conn, ctx.run_id))
         message = end.message(settings.relation)
         self._finish(ctx, opened, info, end, message)
