@@ -8,6 +8,8 @@ jsonb and bytea), backed up once by cellar (zstd). Then, each into a new databas
   (c) cellar, streaming (a DatabaseRestore with createDatabase; one transaction)
   (d) cellar, staged: parallelism N with a staging directory (download, check, pg_restore -j N)
   (e) for reference: the object downloaded once (`aws s3 cp` to a file)
+  (f) cellar, a directory backup (the DatabaseBackup's parallelism: 2) restored with parallelism 2: every
+      file staged and checked, then pg_restore -j 2 of the directory
 
 For each: wall time, CPU seconds of the variant's processes, peak RSS; then the targets: (d) within 1.3x of
 (a) + (e), and (c) no slower than (b). Run:
@@ -23,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from kubernetes import client
@@ -76,11 +78,22 @@ def main() -> int:
         results = by_hand(stack, database, key, work, expected)
         # Restores run as the restore job's own ServiceAccount, as the chart runs them: the backup job's may not
         # read DatabaseRestores.
-        results.update(cellar_restores(stack, api, job_account(stack, api, "restore"), work, expected))
+        restorer = job_account(stack, api, "restore")
+        results.update(cellar_restores(stack, api, restorer, work, expected))
         aws, aws_env = aws_cli(stack)
         download = ["s3", "cp", f"s3://{BUCKET}/{key}", str(work / "object")]
         results["(e) the object downloaded once"] = run_measured(
             "(e)", [str(aws), "--endpoint-url", stack.s3_endpoint, *download], aws_env
+        )
+        back_up(stack, api, kubeconfig, database, name="source-dir", parallel_staging=work / "backup-staging")
+        results["(f) cellar, directory backup, parallelism 2"] = restore_measured(
+            stack,
+            api,
+            restorer,
+            RestoreVariant(
+                "(f)", "r_dir", "source-dir", {"parallelism": 2, "staging": {"path": str(work / "staging")}}
+            ),
+            expected,
         )
         report(results)
     finally:
@@ -91,16 +104,30 @@ def main() -> int:
 BUCKET = "restore-bench"
 
 
-def back_up(stack: LocalStack, api: Any, kubeconfig: Path, database: str) -> str:
-    """cellar's backup of `database`, with its defaults; returns its object's key."""
-    s3_client(stack.s3_endpoint).create_bucket(Bucket=BUCKET)
-    create_database_secret(api, stack, "cellar-database-bench", database)
-    create_backup_resource(api, "source", "cellar-database-bench", BUCKET, stack.s3_endpoint, {}, {})
-    backup = run_measured("backup", cellar_job(kubeconfig, "--name", "source"), dict(os.environ))
+def back_up(
+    stack: LocalStack,
+    api: Any,
+    kubeconfig: Path,
+    database: str,
+    *,
+    name: str = "source",
+    parallel_staging: Path | None = None,
+) -> str:
+    """cellar's backup of `database`, with its defaults (or parallelism 2 through `parallel_staging`); returns its
+    object's key (a directory backup's: its folder)."""
+    extra: dict[str, Any] = {}
+    if parallel_staging is None:
+        s3_client(stack.s3_endpoint).create_bucket(Bucket=BUCKET)
+        create_database_secret(api, stack, "cellar-database-bench", database)
+    else:
+        parallel_staging.mkdir(exist_ok=True)
+        extra = {"parallelism": 2, "staging": {"path": str(parallel_staging)}}
+    create_backup_resource(api, name, "cellar-database-bench", BUCKET, stack.s3_endpoint, extra, {})
+    backup = run_measured("backup", cellar_job(kubeconfig, "--name", name), dict(os.environ))
     status = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        "cellar.dev", "v1alpha1", NAMESPACE, "databasebackups", "source"
+        "cellar.dev", "v1alpha1", NAMESPACE, "databasebackups", name
     )["status"]["lastSuccessfulBackup"]
-    print(f"backup: {backup.wall:.1f}s, {status['size']} stored")
+    print(f"backup {name}: {backup.wall:.1f}s, {status['size']} stored")
     return str(status["key"])
 
 
@@ -142,54 +169,65 @@ def by_hand(stack: LocalStack, database: str, key: str, work: Path, expected: in
     return results
 
 
+class RestoreVariant(NamedTuple):
+    label: str
+    database: str  # the new database it restores into
+    backup: str  # the DatabaseBackup whose newest backup it restores
+    extra: dict[str, Any]
+
+
+def restore_measured(stack: LocalStack, api: Any, kubeconfig: Path, variant: RestoreVariant, expected: int) -> Any:
+    """One DatabaseRestore into a new database, run as the restore job's account; checked, then dropped."""
+    restore = variant.database.replace("_", "-")
+    target = {"secretRef": {"name": "cellar-restore-target"}, "dbname": variant.database, "sslMode": "disable"}
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "cellar.dev",
+        "v1alpha1",
+        NAMESPACE,
+        "databaserestores",
+        {
+            "apiVersion": "cellar.dev/v1alpha1",
+            "kind": "DatabaseRestore",
+            "metadata": {"name": restore},
+            "spec": {"backup": {"name": variant.backup}, "target": target, "createDatabase": True, **variant.extra},
+        },
+    )
+    run = run_measured(
+        variant.label, cellar_job(kubeconfig, "restore", "--name", restore, "--log-level", "warning"), dict(os.environ)
+    )
+    assert row_count(stack, variant.database) == expected
+    drop(stack, variant.database)
+    return run
+
+
 def cellar_restores(stack: LocalStack, api: Any, kubeconfig: Path, work: Path, expected: int) -> dict[str, Any]:
     """(c) and (d): DatabaseRestores of the backup into new databases, run as the restore job's account."""
-    results = {}
     create_database_secret(api, stack, "cellar-restore-target", "postgres")
     staging = work / "staging"
     staging.mkdir()
-    variants: list[tuple[str, str, dict[str, Any]]] = [
-        ("(c) cellar, streaming", "r_stream", {}),
-        (
+    variants = [
+        RestoreVariant("(c) cellar, streaming", "r_stream", "source", {}),
+        RestoreVariant(
             f"(d) cellar, staged, parallelism {CORES}",
             "r_staged",
+            "source",
             {"parallelism": CORES, "staging": {"path": str(staging)}},
         ),
     ]
-    for label, name, extra in variants:
-        restore = name.replace("_", "-")
-        target = {"secretRef": {"name": "cellar-restore-target"}, "dbname": name, "sslMode": "disable"}
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "cellar.dev",
-            "v1alpha1",
-            NAMESPACE,
-            "databaserestores",
-            {
-                "apiVersion": "cellar.dev/v1alpha1",
-                "kind": "DatabaseRestore",
-                "metadata": {"name": restore},
-                "spec": {"backup": {"name": "source"}, "target": target, "createDatabase": True, **extra},
-            },
-        )
-        results[label] = run_measured(
-            label, cellar_job(kubeconfig, "restore", "--name", restore, "--log-level", "warning"), dict(os.environ)
-        )
-        assert row_count(stack, name) == expected
-        drop(stack, name)
-    return results
+    return {v.label: restore_measured(stack, api, kubeconfig, v, expected) for v in variants}
 
 
 def report(results: dict[str, Any]) -> None:
     print(f"\n{'variant':48} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}")
     for label, run in results.items():
         print(f"{label:48} {run.wall:8.1f} {run.cpu:8.1f} {run.peak_rss_mb:12.0f}")
-    walls = [run.wall for run in results.values()]
-    floor, hand, streamed, staged, download = walls
+    floor, hand, streamed, staged, download, directory = [run.wall for run in results.values()]
     print(
         f"\n(d) / ((a) + (e)) = {staged / (floor + download):.2f}   target <= 1.3   "
         f"{'PASS' if staged <= 1.3 * (floor + download) else 'MISS'}"
     )
     print(f"(c) / (b)         = {streamed / hand:.2f}   target <= 1.0   {'PASS' if streamed <= hand else 'MISS'}")
+    print(f"(f) / (d)         = {directory / staged:.2f}   (a directory backup at N=2 against one file at N={CORES})")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def _resource_names(namespace: str | None, kubeconfig: str | None, context: str 
 
 def complete_entrypoint() -> None:
     """`kubectl_complete-cellar ARGS...`: kubectl's plugin completion protocol (cobra's __complete)."""
-    from cli.__main__ import build_parser
+    from cli.parser import build_parser
 
     for candidate in candidates(build_parser(), sys.argv[1:]):
         print(candidate)

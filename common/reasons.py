@@ -157,7 +157,12 @@ class Reason(StrEnum):
     CATALOG_ACCESS_DENIED = (
         "CatalogAccessDenied",
         EXIT_PERMANENT,
-        "the Iceberg catalog's database refused the credentials or the privileges it needs",
+        "the Iceberg catalog (its database, or the REST catalog) refused the credentials or the privileges it needs",
+    )
+    CATALOG_CERTIFICATE_REJECTED = (
+        "CatalogCertificateRejected",
+        EXIT_PERMANENT,
+        "TLS verification of the Iceberg REST catalog failed: name its CA in spec.iceberg.catalog.rest.caBundle",
     )
     ICEBERG_TABLE_MISMATCH = (
         "IcebergTableMismatch",
@@ -178,7 +183,8 @@ class Reason(StrEnum):
     INSUFFICIENT_SPACE = (
         "InsufficientSpace",
         EXIT_PERMANENT,
-        "the staging volume has less free space than the dump needs; nothing was downloaded",
+        "the staging volume has less free space than the dump needs (or filled up mid-dump); nothing was published "
+        "or restored",
     )
     BACKUP_NOT_FOUND = "BackupNotFound", EXIT_PERMANENT, "no complete backup matches what the restore asks for"
     CHECKSUM_MISMATCH = "ChecksumMismatch", EXIT_PERMANENT, "the stored object is not what its manifest describes"

@@ -52,4 +52,4 @@ ARCHIVE_MODES: tuple[ArchiveMode, ...] = get_args(ArchiveMode)
 # spec.iceberg.partitionBy: the Iceberg transform of the timestamp column that partitions the table.
 IcebergTransform = Literal["day", "month", "year"]
 ICEBERG_TRANSFORMS: tuple[IcebergTransform, ...] = get_args(IcebergTransform)
-ICEBERG_CATALOG_TYPES = ("Sql",)
+ICEBERG_CATALOG_TYPES = ("Sql", "Rest")

@@ -25,6 +25,7 @@ from tests.harness.cluster import (
 )
 from tests.harness.emulators import Azurite, FakeGcs
 from tests.harness.faults import Toxiproxy
+from tests.harness.iceberg_rest import CatalogGate, RestCatalogFixture
 from tests.harness.stack import PG_MAJORS, S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack, postgres_majors, s3_client
 from tests.integration.environments import ArchiveEnv, BackupEnv, JobEnvironment
 
@@ -236,6 +237,22 @@ def fake_gcs() -> Iterator[FakeGcs]:
     server = FakeGcs().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def iceberg_rest(stack: LocalStack) -> Iterator[RestCatalogFixture]:
+    """Apache Iceberg's REST catalog fixture (Java, resolved from Maven Central once), its files in MinIO."""
+    server = RestCatalogFixture(stack.s3_endpoint).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog_gate(iceberg_rest: RestCatalogFixture) -> Iterator[CatalogGate]:
+    """TLS with a test CA, OAuth2 client credentials and bearer tokens in front of the REST catalog fixture."""
+    gate = CatalogGate(iceberg_rest).start()
+    yield gate
+    gate.stop()
 
 
 @pytest.fixture(scope="session")

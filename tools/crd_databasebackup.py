@@ -126,6 +126,13 @@ def database_backup() -> dict[str, Any]:
                     "names": string_list("These databases, in this order.", 63),
                     "all": boolean("Every database that allows connections and is not a template.", False),
                     "exclude": string_list("With all: leave these out (names or shell patterns like tmp_*).", 63),
+                    "parallelism": integer(
+                        "Dump this many databases at once, each in its own snapshot and stream (or directory, with "
+                        "spec.parallelism): memory is this many dumps' worth. Default 1: one after another.",
+                        minimum=1,
+                        maximum=16,
+                        default=1,
+                    ),
                 },
                 rules=[
                     {
@@ -151,6 +158,21 @@ def database_backup() -> dict[str, Any]:
                 },
                 default={},
             ),
+            "parallelism": integer(
+                "Dump with pg_dump --format=directory --jobs=N: N tables at once, on N server backends and cores. "
+                "The files pass through spec.staging.path, each compressed, encrypted and uploaded as soon as it is "
+                "complete, then deleted there. Default 1: one pg_dump stream, nothing on disk.",
+                minimum=1,
+                maximum=64,
+                default=1,
+            ),
+            "staging": obj(
+                "A volume the backup Job mounts (an emptyDir or a PVC; the chart's backups.<name>.staging) for "
+                "spec.parallelism's files on their way to storage. Checked before the dump: it must have the newest "
+                "backup's raw size free.",
+                {"path": string("Where the volume is mounted, for example /staging.", pattern=r"^/.*", maxLength=1024)},
+                required=["path"],
+            ),
             "metrics": metrics_push(),
             "staleAfter": duration(
                 "Ready turns False when the newest good backup is older than this, so an alert fires even "
@@ -175,6 +197,12 @@ def database_backup() -> dict[str, Any]:
             ),
         },
         required=["database", "storage"],
+        rules=[
+            {
+                "rule": "!has(self.parallelism) || self.parallelism == 1 || has(self.staging)",
+                "message": "parallelism above 1 needs staging.path (a volume for pg_dump's directory)",
+            }
+        ],
     )
     status = obj(
         "What the backup job observed.",

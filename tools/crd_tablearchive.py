@@ -20,9 +20,86 @@ from tools.crd_schema import (
     ready_column,
     reason_column,
     run_record,
+    secret_key_selector,
     string,
 )
 from tools.crd_storage import object_storage
+
+
+def rest_catalog() -> dict[str, Any]:
+    """spec.iceberg.catalog.rest: a server of the Iceberg REST catalog protocol."""
+    url = {"type": "string", "pattern": "^https?://[^?#]+$", "maxLength": 2048}
+    return obj(
+        "With type Rest: a server of the Iceberg REST catalog protocol (Apache Polaris, Lakekeeper, Nessie, "
+        "Gravitino, Unity Catalog, AWS S3 Tables and Glue speak it; see the guide for which are tested). Data files "
+        "still go to spec.storage with its credentials; the server writes the metadata files with its own.",
+        {
+            "uri": {
+                **url,
+                "description": "The catalog's base URL, before /v1 (https://polaris.example:8181/api/catalog).",
+            },
+            "warehouse": string(
+                "The warehouse (or catalog) to use, sent as ?warehouse= to /v1/config. Default: the server's.",
+                minLength=1,
+                maxLength=1024,
+            ),
+            "prefix": string(
+                "A path segment after /v1/ for every request. Usually left out: the server's /v1/config sets it.",
+                minLength=1,
+                maxLength=1024,
+            ),
+            "auth": obj(
+                "How cellar authenticates: a bearer token, or OAuth2 client credentials exchanged for a token. "
+                "Neither: the server is asked without credentials.",
+                {
+                    "bearerToken": secret_key_selector("A Secret key holding a bearer token, sent as is."),
+                    "oauth2": obj(
+                        "OAuth2 client credentials grant.",
+                        {
+                            "clientId": secret_key_selector("The Secret key holding the client id."),
+                            "clientSecret": secret_key_selector("The Secret key holding the client secret."),
+                            "scope": string(
+                                "The scope asked for (Polaris: PRINCIPAL_ROLE:ALL). Default: catalog.",
+                                minLength=1,
+                                maxLength=1024,
+                            ),
+                            "tokenEndpoint": {
+                                **url,
+                                "description": "The token endpoint (oauth2-server-uri). Default: <uri>/v1/oauth/tokens",
+                            },
+                        },
+                        required=["clientId", "clientSecret"],
+                    ),
+                },
+                rules=[
+                    {
+                        "rule": "!(has(self.bearerToken) && has(self.oauth2))",
+                        "message": "set one of bearerToken and oauth2, not both",
+                    }
+                ],
+            ),
+            "caBundle": obj(
+                "The PEM CA bundle that signed the catalog's (and token endpoint's) TLS certificate: a private CA.",
+                {
+                    "configMapKeyRef": secret_key_selector("A key of a ConfigMap in this namespace.", "ConfigMap"),
+                    "secretKeyRef": secret_key_selector("A key of a Secret in this namespace."),
+                },
+                rules=[
+                    {
+                        "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+                        "message": "set exactly one of configMapKeyRef and secretKeyRef",
+                    }
+                ],
+            ),
+            "properties": {
+                "type": "object",
+                "description": "More RestCatalog properties (header.* and others); not those the fields above set.",
+                "additionalProperties": {"type": "string"},
+                "maxProperties": 64,
+            },
+        },
+        required=["uri"],
+    )
 
 
 def iceberg() -> dict[str, Any]:
@@ -34,8 +111,9 @@ def iceberg() -> dict[str, Any]:
         "<prefix>/<schema>.<table>/iceberg/.",
         {
             "catalog": obj(
-                "Where the table is catalogued: PyIceberg's SQL catalog, two tables (iceberg_tables, "
-                "iceberg_namespace_properties) in a PostgreSQL schema of cellar's.",
+                "Where the table is catalogued: Sql, PyIceberg's SQL catalog, two tables (iceberg_tables, "
+                "iceberg_namespace_properties) in a PostgreSQL schema of cellar's; or Rest, an Iceberg REST "
+                "catalog server (rest).",
                 {
                     "type": string("The catalog's kind.", enum=list(ICEBERG_CATALOG_TYPES), default="Sql"),
                     "database": {
@@ -54,8 +132,23 @@ def iceberg() -> dict[str, Any]:
                         "description": "The catalog's name (catalog_name in its tables).",
                         "default": "cellar",
                     },
+                    "rest": rest_catalog(),
                 },
                 default={},
+                rules=[
+                    {
+                        "rule": "!has(self.type) || self.type != 'Rest' || has(self.rest)",
+                        "message": "type Rest needs rest (its uri)",
+                    },
+                    {
+                        "rule": "(has(self.type) && self.type == 'Rest') || !has(self.rest)",
+                        "message": "rest is only for type Rest",
+                    },
+                    {
+                        "rule": "!(has(self.type) && self.type == 'Rest' && has(self.database))",
+                        "message": "database is only for type Sql",
+                    },
+                ],
             ),
             "namespace": {**name, "description": "The Iceberg namespace. Default: the source table's schema."},
             "table": {**name, "description": "The Iceberg table's name. Default: the source table's name."},

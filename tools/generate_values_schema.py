@@ -150,11 +150,12 @@ def entry(description: str, spec: Schema, extra: dict[str, Schema]) -> Schema:
     }
 
 
-def scheduled(description: str, spec: Schema) -> Schema:
+def scheduled(description: str, spec: Schema, extra: Schema | None = None) -> Schema:
     return entry(
         description,
         merged_spec(closed(spec)),
         {
+            **(extra or {}),
             "schedule": {"type": "string", "description": "@hourly, @daily (default), @weekly or five cron fields."},
             "suspend": {"type": "boolean", "description": "Suspend the CronJob."},
             "timeZone": {"type": "string", "description": "The CronJob's time zone; default defaults.timeZone."},
@@ -173,7 +174,8 @@ def values_schema() -> Schema:
             raise ValueError(f"spec.{field} of DatabaseBackup and TableArchive differ; defaults.{field} fits one")
     staging = {
         "type": "object",
-        "description": "For spec.parallelism: a volume at /staging, an emptyDir of sizeLimit or the PVC claimName.",
+        "description": "For spec.parallelism: a volume at /staging (spec.staging.path), an emptyDir of sizeLimit or "
+        "the PVC claimName.",
         "properties": {"sizeLimit": {"type": "string"}, "claimName": {"type": "string"}},
         "additionalProperties": False,
     }
@@ -205,7 +207,7 @@ def values_schema() -> Schema:
         "backups": {
             "type": "object",
             "description": "One DatabaseBackup and its CronJob per entry, by name.",
-            "additionalProperties": scheduled("A DatabaseBackup and its schedule.", backup),
+            "additionalProperties": scheduled("A DatabaseBackup and its schedule.", backup, {"staging": staging}),
         },
         "archives": {
             "type": "object",

@@ -198,6 +198,17 @@ the restore test's server only when spec.verify.enabled; the restore alone reads
 {{- $secrets = concat $secrets (include "cellar.storageSecrets" $spec.storage | splitList "\n") -}}
 {{- with ($spec.database | default dict).secretRef }}{{ $secrets = append $secrets .name }}{{ end -}}
 {{- with ((($spec.iceberg | default dict).catalog | default dict).database | default dict).secretRef }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- $rest := (($spec.iceberg | default dict).catalog | default dict).rest | default dict -}}
+{{- $restAuth := $rest.auth | default dict -}}
+{{- with $restAuth.bearerToken }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- with $restAuth.oauth2 -}}
+{{- with .clientId }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- with .clientSecret }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- end -}}
+{{- with $rest.caBundle -}}
+{{- with .secretKeyRef }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- with .configMapKeyRef }}{{ $configMaps = append $configMaps .name }}{{ end -}}
+{{- end -}}
 {{- $encryption := $spec.encryption | default dict -}}
 {{- with $encryption.recipientsFrom -}}
 {{- with .secretKeyRef }}{{ $secrets = append $secrets .name }}{{ end -}}

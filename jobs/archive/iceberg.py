@@ -2,12 +2,13 @@
 snapshots that carry cellar's batch id, and what a snapshot added read back.
 
 The SQL catalog keeps its two tables in a PostgreSQL schema of cellar's (spec.iceberg.catalog.schema): the
-catalog's connection sets search_path to it. The data and metadata files go to the resource's own S3 storage,
-under `<prefix>/<schema>.<table>/iceberg/`.
+catalog's connection sets search_path to it. A REST catalog is opened by iceberg_rest.py. Either way the data and
+metadata files go to the resource's own S3 storage, under `<prefix>/<schema>.<table>/iceberg/`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -29,6 +30,7 @@ from common.reasons import Reason
 from common.redact import redact, register_secret
 from common.secrets import DatabaseSettings, StorageCredentials
 from jobs.archive.encoding import schema_for
+from jobs.archive.iceberg_rest import RestCredentials, open_rest_catalog, rest_failures
 from jobs.archive.iceberg_settings import IcebergSettings
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
@@ -163,12 +165,46 @@ def _partition_spec(schema: Any, column: str, transform_name: str) -> Any:
 
 @dataclass(frozen=True)
 class CatalogAccess:
-    """How a run reaches its Iceberg table: the catalog's database, the store's credentials for the data files
-    (under `prefix_key`, the archive's folder)."""
+    """How a run reaches its Iceberg table: the SQL catalog's database or the REST catalog's credentials, the
+    store's credentials for the data files (under `prefix_key`, the archive's folder)."""
 
-    database: DatabaseSettings
+    database: DatabaseSettings | None
     credentials: StorageCredentials
     prefix_key: str
+    rest: RestCredentials | None = None
+
+
+@contextlib.contextmanager
+def catalog_failures(iceberg: IcebergSettings, what: str) -> Iterator[None]:
+    """The catalog's failures within as cellar's errors, naming the field to fix: SQLAlchemy's (SQL catalog) or
+    HTTP's (REST catalog). A lost commit race or a missing table passes through to the caller."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    rest = iceberg.catalog.rest
+    if rest is not None:
+        with rest_failures(rest, what):
+            yield
+        return
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise _catalog_failure(exc, what, _catalog_field(iceberg)) from None
+
+
+def open_catalog(settings: ArchiveSettings, access: CatalogAccess) -> Any:
+    """The archive's catalog, reached: PyIceberg's SqlCatalog (its schema made first) or RestCatalog."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    iceberg = settings.iceberg
+    assert iceberg is not None
+    file_io = file_io_properties(settings, access.credentials)
+    rest = iceberg.catalog.rest
+    if rest is not None:
+        return open_rest_catalog(iceberg.catalog.name, rest, access.rest or RestCredentials(), file_io)
+    assert access.database is not None
+    prepare_catalog_schema(access.database, iceberg)
+    with catalog_failures(iceberg, "could not be opened"):
+        return SqlCatalog(iceberg.catalog.name, uri=catalog_uri(access.database, iceberg.catalog.schema), **file_io)
 
 
 class IcebergTable:
@@ -192,27 +228,11 @@ class IcebergTable:
         """Open the catalog, make the namespace and the table when missing (`create`; else a missing table is
         refused), and check an existing table's schema and partitioning against the archived table's. Nothing is
         deleted from PostgreSQL before this passes."""
-        from pyiceberg.catalog.sql import SqlCatalog
-        from sqlalchemy.exc import SQLAlchemyError
-
         iceberg = settings.iceberg
         assert iceberg is not None
-        database, credentials, prefix_key = access.database, access.credentials, access.prefix_key
-        prepare_catalog_schema(database, iceberg)
-        field = _catalog_field(iceberg)
-        try:
-            catalog = SqlCatalog(
-                iceberg.catalog.name,
-                uri=catalog_uri(database, iceberg.catalog.schema),
-                **file_io_properties(settings, credentials),
-            )
-        except SQLAlchemyError as exc:
-            raise _catalog_failure(exc, "could not be opened", field) from None
-        table = cls(catalog, iceberg, info, settings.relation)
-        try:
-            table._make_or_check(table_location(settings, prefix_key), create)
-        except SQLAlchemyError as exc:
-            raise _catalog_failure(exc, "failed a request", field) from None
+        table = cls(open_catalog(settings, access), iceberg, info, settings.relation)
+        with catalog_failures(iceberg, "failed a request"):
+            table._make_or_check(table_location(settings, access.prefix_key), create)
         return table
 
     def _make_or_check(self, location: str, create: bool) -> None:
@@ -273,22 +293,17 @@ class IcebergTable:
             )
 
     def load(self) -> Any:
-        return self.catalog.load_table(self.identifier)
+        with catalog_failures(self.iceberg, f"failed to load the table {self.iceberg.identifier}"):
+            return self.catalog.load_table(self.identifier)
 
     def append(self, rows: pa.Table, batch_id: str, run_id: str) -> AppendedSnapshot:
         """Commit `rows` as one snapshot whose summary names the batch; a commit that another writer beat is
         tried again on the table as it is then (the data files are written again: the lost ones are orphans)."""
-        from sqlalchemy.exc import SQLAlchemyError
-
         properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
-        with self._appending:
-            try:
-                return self._append(rows, batch_id, properties)
-            except SQLAlchemyError as exc:
-                # The catalog's COMMIT may have happened before its connection failed: the run stops, and the next
-                # one finds the snapshot, if there is one, by its batch id.
-                field = "spec.iceberg.catalog.database" if self.iceberg.catalog.database else "spec.database"
-                raise _catalog_failure(exc, f"failed the commit of batch {batch_id}", field) from None
+        # The catalog's commit may have happened before its connection failed (or a REST catalog's answer was
+        # lost): the run stops, and the next one finds the snapshot, if there is one, by its batch id.
+        with self._appending, catalog_failures(self.iceberg, f"failed the commit of batch {batch_id}"):
+            return self._append(rows, batch_id, properties)
 
     def _append(self, rows: pa.Table, batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException

@@ -13,9 +13,11 @@ from common.encryption import Identities, resolve_keys
 from common.kube import TABLE_ARCHIVE
 from common.ownership import Area, Owner, claim_prefix, released_on_failure, take_over_from
 from common.runtime import RunContext
+from common.secrets import DatabaseSettings, StorageCredentials
 from common.storage import ObjectStore, open_store
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.iceberg import CatalogAccess, IcebergTable
+from jobs.archive.iceberg_rest import resolve_rest_credentials
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec
 from jobs.archive.table import Connection, TableInfo, check_cascades, describe_table
@@ -76,15 +78,12 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         conn.close()
         raise
     open_iceberg = None
-    access = None
-    if settings.iceberg is not None:
-        catalog = settings.iceberg.catalog.database
-        catalog_database = database if catalog is None else ctx.secrets.database(catalog)
-        access = CatalogAccess(catalog_database, credentials, store.key(settings.relation))
+    access = _catalog_access(ctx, settings, database, credentials, store)
+    if access is not None:
+        iceberg_access = access
 
         def open_iceberg(described: TableInfo) -> IcebergTable:
-            assert access is not None
-            return IcebergTable.open(settings, described, access, create=writes_to_store)
+            return IcebergTable.open(settings, described, iceberg_access, create=writes_to_store)
 
     return OpenedTable(
         settings,
@@ -99,3 +98,21 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         open_iceberg,
         access,
     )
+
+
+def _catalog_access(
+    ctx: RunContext,
+    settings: ArchiveSettings,
+    database: DatabaseSettings,
+    credentials: StorageCredentials,
+    store: ObjectStore,
+) -> CatalogAccess | None:
+    """format: Iceberg: how the run reaches the catalog and the table's files (None: format Parquet)."""
+    if settings.iceberg is None:
+        return None
+    catalog = settings.iceberg.catalog
+    if catalog.rest is not None:  # a REST catalog keeps its own tables: no database of its own here
+        rest_credentials = resolve_rest_credentials(ctx.secrets, catalog.rest)
+        return CatalogAccess(None, credentials, store.key(settings.relation), rest_credentials)
+    catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
+    return CatalogAccess(catalog_database, credentials, store.key(settings.relation))

@@ -3,6 +3,8 @@
 Layout under the resource's prefix:
   data/<backup-id>.pgdump[.zst|.gz][.age]   the dump (compressed, then encrypted), written first
   data/<backup-id>.db.<name>.pgdump[...]   with spec.databases: one dump per database (name URL-quoted)
+  data/<backup-id>.dir/<file>[.zst|.gz][.age]   with spec.parallelism: pg_dump's directory, one object a file
+  data/<backup-id>.db.<name>.dir/<file>[...]   the same, one directory per database of spec.databases
   data/<backup-id>.globals.sql[.zst|.gz][.age]   the server's roles and tablespaces, with spec.globals
   manifests/<backup-id>.json           written last; its existence is what makes a backup exist
   rejected/<backup-id>.json            a backup that failed its restore test: it no longer counts
@@ -24,9 +26,10 @@ from common.storage import ListedObject, ObjectStore
 log = logging.getLogger(__name__)
 
 # 2: the object may be encrypted (`encryption`), the globals may be stored (`globals`); 3: several databases
-# (`databases`, spec.databases). A manifest says the lowest version that describes it, so that every
-# cellar that reads it restores it, and an older one refuses what it cannot restore cleanly.
-FORMAT_VERSION = 3
+# (`databases`, spec.databases); 4: directory dumps (`files`, spec.parallelism). A manifest says the lowest
+# version that describes it, so that every cellar that reads it restores it, and an older one refuses what it
+# cannot restore cleanly.
+FORMAT_VERSION = 4
 DATA_DIR = "data"
 MANIFEST_DIR = "manifests"
 # A backup that failed its restore test: a copy of its manifest here takes it out of the catalog, whether
@@ -63,15 +66,26 @@ class GlobalsObject:
     bytes_stored: int
     sha256: str
     no_role_passwords: bool
+    # Why the roles are stored without passwords when the spec did not ask ("": it asked, or they have them).
+    without_passwords_because: str = ""
+
+    def describe(self) -> str:
+        """What the run's message says of the globals."""
+        if not self.no_role_passwords:
+            return "with the roles and tablespaces"
+        return "with the roles without passwords and the tablespaces"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "dataKey": self.data_key,
             "bytesRaw": self.bytes_raw,
             "bytesStored": self.bytes_stored,
             "sha256": self.sha256,
             "noRolePasswords": self.no_role_passwords,
         }
+        if self.no_role_passwords:
+            body["rolesWithoutPasswords"] = self.without_passwords_because or "spec.globals.noRolePasswords"
+        return body
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> GlobalsObject:
@@ -81,12 +95,42 @@ class GlobalsObject:
             int(body["bytesStored"]),
             body["sha256"],
             bool(body.get("noRolePasswords", False)),
+            str(body.get("rolesWithoutPasswords", "")),
         )
 
 
 @dataclass(frozen=True)
+class DumpFile:
+    """One file of a directory dump (pg_dump --format=directory), stored as one object: its name in the
+    directory (toc.dat, 3456.dat), the object's key, and its size before and after compression and encryption."""
+
+    name: str
+    key: str
+    bytes_raw: int
+    bytes_stored: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "key": self.key,
+            "bytesRaw": self.bytes_raw,
+            "bytesStored": self.bytes_stored,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> DumpFile:
+        name = str(body["name"])
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"file name {name!r} is not a plain name in the dump's directory")
+        return cls(name, body["key"], int(body["bytesRaw"]), int(body["bytesStored"]), body["sha256"])
+
+
+@dataclass(frozen=True)
 class DatabaseDump:
-    """One database's custom-format dump object, and the row counts taken in its snapshot."""
+    """One database's dump and the row counts taken in its snapshot: one custom-format object, or (with
+    `files`) a directory-format dump whose data_key is the prefix its files' objects share."""
 
     database: str
     data_key: str
@@ -96,10 +140,23 @@ class DatabaseDump:
     tables: list[TableCount]
     counts_in_dump_snapshot: bool = True
     owner: str = ""  # the database's owner on the source (spec.databases; a dump does not carry it)
+    files: tuple[DumpFile, ...] = ()  # a directory dump's files; (): one custom-format object
+
+    @property
+    def directory(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def object_sizes(self) -> dict[str, int]:
+        """Every object of this dump, with its stored size."""
+        if self.files:
+            return {f.key: f.bytes_stored for f in self.files}
+        return {self.data_key: self.bytes_stored}
 
     def to_json(self) -> dict[str, Any]:
         return {
             **({"owner": self.owner} if self.owner else {}),
+            **({"format": "directory", "files": [f.to_json() for f in self.files]} if self.files else {}),
             "dataKey": self.data_key,
             "database": self.database,
             "bytesRaw": self.bytes_raw,
@@ -111,6 +168,10 @@ class DatabaseDump:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> DatabaseDump:
+        files = tuple(DumpFile.from_json(f) for f in body.get("files") or ())
+        outside = [f.key for f in files if not f.key.startswith(body["dataKey"]) or not body["dataKey"].endswith("/")]
+        if outside:  # retention deletes what a manifest names: only its own directory's objects
+            raise ValueError(f"files {outside[:3]} are not under the dump's directory {body['dataKey']}")
         return cls(
             database=body["database"],
             data_key=body["dataKey"],
@@ -120,6 +181,7 @@ class DatabaseDump:
             tables=[TableCount(t["schema"], t["name"], int(t["rows"])) for t in body["tables"]],
             counts_in_dump_snapshot=bool(body.get("countsInDumpSnapshot", True)),
             owner=str(body.get("owner", "")),
+            files=files,
         )
 
 
@@ -152,7 +214,9 @@ class Manifest(StoredDocument):
 
     def __post_init__(self) -> None:
         if not self.format_version:
-            if self.server_wide:
+            if any(d.directory for d in self.dumps):
+                self.format_version = 4
+            elif self.server_wide:
                 self.format_version = 3
             elif self.encryption is not None or self.globals is not None:
                 self.format_version = 2
@@ -197,8 +261,11 @@ class Manifest(StoredDocument):
 
     @property
     def object_keys(self) -> list[str]:
-        """Every object of the backup: the dumps, and the globals when it has them."""
-        return [*(d.data_key for d in self.dumps), *([self.globals.data_key] if self.globals else [])]
+        """Every object of the backup: the dumps (each file of a directory dump), and the globals when it has them."""
+        return [
+            *(key for d in self.dumps for key in d.object_sizes),
+            *([self.globals.data_key] if self.globals else []),
+        ]
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -296,7 +363,7 @@ def take_inventory(store: ObjectStore, readable: frozenset[str], *, newest: str 
             log.warning("ignoring unreadable manifest", extra={"key": listed.key, "error": str(exc)})
             broken.append(listed)
             continue
-        expected = {d.data_key: d.bytes_stored for d in manifest.dumps}
+        expected = {key: size for d in manifest.dumps for key, size in d.object_sizes.items()}
         if manifest.globals:
             expected[manifest.globals.data_key] = manifest.globals.bytes_stored
         if any(key not in data or data[key].size != size for key, size in expected.items()):

@@ -38,6 +38,7 @@ class ListedBackup:
     compression: str
     encrypted_to: list[str]  # recipient fingerprints; empty: not encrypted
     with_globals: bool  # the server's roles and tablespaces are stored with it
+    files: int  # a directory dump's (spec.parallelism) objects; 0: one object a database
     verified: str  # "passed" or "failed" (the resource's last restore test of it), or ""
     kept_by: list[str]  # retention rules that keep it
     locked: str  # what an object lock says, or ""
@@ -64,6 +65,7 @@ def list_backups(
                 compression=manifest.compression,
                 encrypted_to=list(manifest.encryption.recipients) if manifest.encryption else [],
                 with_globals=manifest.globals is not None,
+                files=sum(len(d.files) for d in manifest.dumps),
                 verified=_verified(manifest, verification),
                 kept_by=reasons.get(manifest.backup_id, []),
                 locked=lock.describe() if lock else "",
@@ -99,7 +101,7 @@ def render_table(backups: list[ListedBackup]) -> str:
             ",".join(b.databases) if len(b.databases) <= 3 else f"{len(b.databases)} databases",
             human_size(b.bytes_stored),
             human_size(b.bytes_raw),
-            b.compression + (" +roles" if b.with_globals else ""),
+            b.compression + (f" dir/{b.files}" if b.files else "") + (" +roles" if b.with_globals else ""),
             f"age ({len(b.encrypted_to)})" if b.encrypted_to else "no",
             b.verified or "-",
             ",".join(b.kept_by) or "(goes next run)",

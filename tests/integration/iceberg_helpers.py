@@ -1,5 +1,5 @@
 """Reading an archive's Iceberg table as engines no one here wrote do: DuckDB's iceberg extension (its PyPI
-packages) over MinIO, and PyIceberg's SQL catalog; and the figures the tests compare with PostgreSQL."""
+packages) over MinIO, and PyIceberg's SQL and REST catalogs; and the figures the tests compare with PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import psycopg
 
+from tests.harness.iceberg_rest import CatalogGate, RestCatalogFixture
 from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.integration.archive_helpers import dsn, setup_archive
 from tests.integration.environments import ArchiveEnv
@@ -84,3 +85,81 @@ def figures_in_duckdb(conn: duckdb.DuckDBPyConnection, metadata: str, column: st
     ).fetchone()
     assert found is not None
     return tuple(found)
+
+
+def rest_namespace(env: ArchiveEnv) -> str:
+    """The test's own Iceberg namespace in the session's one REST catalog."""
+    return "t_" + env.bucket.removeprefix("cellar-")
+
+
+def rest_catalog_spec(
+    env: ArchiveEnv,
+    gate: CatalogGate,
+    *,
+    auth: str = "oauth2",
+    ca: str | None = "ConfigMap",
+    uri: str | None = None,
+    warehouse: str = "cellar",
+) -> dict[str, Any]:
+    """spec.iceberg over the gated REST catalog: its Secret (cellar-iceberg-rest: token, client-id,
+    client-secret, ca.pem) and ConfigMap (cellar-iceberg-rest-ca) made, `auth` one of oauth2, bearer, none."""
+    from kubernetes import client
+
+    creds = gate.credentials
+    env.create_secret(
+        "cellar-iceberg-rest",
+        {
+            "token": creds.bearer_token,
+            "client-id": creds.client_id,
+            "client-secret": creds.client_secret,
+            "ca.pem": gate.ca_pem,
+        },
+    )
+    core = client.CoreV1Api(env.admin_api)
+    body = {"metadata": {"name": "cellar-iceberg-rest-ca"}, "data": {"ca.pem": gate.ca_pem}}
+    if not core.list_namespaced_config_map(env.namespace, field_selector="metadata.name=cellar-iceberg-rest-ca").items:
+        core.create_namespaced_config_map(env.namespace, body)
+    rest: dict[str, Any] = {"uri": uri or gate.uri, "warehouse": warehouse}
+    if auth == "oauth2":
+        rest["auth"] = {
+            "oauth2": {
+                "clientId": {"name": "cellar-iceberg-rest", "key": "client-id"},
+                "clientSecret": {"name": "cellar-iceberg-rest", "key": "client-secret"},
+                "scope": "PRINCIPAL_ROLE:ALL",
+                "tokenEndpoint": f"{gate.uri}/oauth2/token",
+            }
+        }
+    elif auth == "bearer":
+        rest["auth"] = {"bearerToken": {"name": "cellar-iceberg-rest", "key": "token"}}
+    if ca == "ConfigMap":
+        rest["caBundle"] = {"configMapKeyRef": {"name": "cellar-iceberg-rest-ca", "key": "ca.pem"}}
+    elif ca == "Secret":
+        rest["caBundle"] = {"secretKeyRef": {"name": "cellar-iceberg-rest", "key": "ca.pem"}}
+    return {"namespace": rest_namespace(env), "catalog": {"type": "Rest", "rest": rest}}
+
+
+def rest_catalog(env: ArchiveEnv, gate: CatalogGate) -> Any:
+    """PyIceberg's RestCatalog through the gate (bearer token, the test CA), as a reader elsewhere opens it."""
+    from pyiceberg.catalog.rest import RestCatalog
+
+    return RestCatalog(
+        "reader",
+        uri=gate.uri,
+        warehouse=gate.credentials.warehouse,
+        token=gate.credentials.bearer_token,
+        ssl={"cabundle": str(gate.ca_path)},
+        **{
+            "s3.endpoint": env.stack.s3_endpoint,
+            "s3.access-key-id": S3_ACCESS_KEY,
+            "s3.secret-access-key": S3_SECRET_KEY,
+            "s3.region": "us-east-1",
+        },
+    )
+
+
+def duckdb_through_rest(env: ArchiveEnv, fixture: RestCatalogFixture) -> duckdb.DuckDBPyConnection:
+    """DuckDB with the REST catalog attached as `lake`: tables by name, as the catalog says they are now. The
+    fixture itself, over plain HTTP: DuckDB's TLS trusts the system's CAs, not the test's."""
+    conn = duckdb_over_minio(env)
+    conn.execute(f"ATTACH 'cellar' AS lake (TYPE iceberg, ENDPOINT '{fixture.uri}', AUTHORIZATION_TYPE 'none')")
+    return conn

@@ -146,13 +146,15 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
                 }
             },
             "sealed": {
+                "staging": {"claimName": "dump-scratch"},
                 "spec": {
+                    "parallelism": 4,
                     "database": {"secretRef": {"name": "sealed-db"}},
                     "encryption": {
                         "recipientsFrom": {"configMapKeyRef": {"name": "recipients", "key": "r.txt"}},
                         "identitySecretRef": {"name": "sealed-identity", "key": "key.txt"},
                     },
-                }
+                },
             },
         },
         "restores": {
@@ -183,12 +185,61 @@ def test_keys_are_granted_only_to_the_job_that_uses_them(tmp_path: Path) -> None
     assert pod["serviceAccountName"] == "cellar-restore"
     assert {"name": "staging", "emptyDir": {"sizeLimit": "5Gi"}} in pod["volumes"]
     assert rendered(documents, "DatabaseRestore", "copy")["spec"]["staging"] == {"path": "/staging"}
+    # A backup's staging: entry mounts its volume for spec.parallelism's directory, as a restore's does.
+    backup_pod = rendered(documents, "CronJob", "cellar-backup-sealed")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    assert {"name": "staging", "persistentVolumeClaim": {"claimName": "dump-scratch"}} in backup_pod["volumes"]
+    assert {"name": "staging", "mountPath": "/staging"} in backup_pod["containers"][0]["volumeMounts"]
+    assert rendered(documents, "DatabaseBackup", "sealed")["spec"]["staging"] == {"path": "/staging"}
+    tested_pod = rendered(documents, "CronJob", "cellar-backup-tested")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
+    assert not any(volume["name"] == "staging" for volume in tested_pod["volumes"])
     restore_rules = rendered(documents, "Role", "cellar-restore")["rules"]
     assert {"apiGroups": ["cellar.dev"], "resources": ["databaserestores", "databasebackups"], "verbs": ["get"]} in (
         restore_rules
     )
     backup_rules = rendered(documents, "Role", "cellar-backup")["rules"]
     assert not any("databaserestores" in rule["resources"] for rule in backup_rules)
+
+
+def test_a_rest_catalogs_secrets_and_ca_are_granted_to_the_archive_job(tmp_path: Path) -> None:
+    def archive(auth: dict[str, Any], ca: dict[str, Any]) -> dict[str, Any]:
+        rest = {"uri": "https://catalog.example", "auth": auth, "caBundle": ca}
+        return {
+            "spec": {
+                "database": {"secretRef": {"name": "app-db"}},
+                "table": {"name": "orders"},
+                "timestampColumn": "created_at",
+                "olderThan": "30d",
+                "format": "Iceberg",
+                "iceberg": {"catalog": {"type": "Rest", "rest": rest}},
+            }
+        }
+
+    oauth2 = {"clientId": {"name": "lake-client", "key": "id"}, "clientSecret": {"name": "lake-secret", "key": "s"}}
+    values = {
+        "defaults": {"storage": STORAGE},
+        "archives": {
+            "orders": archive({"oauth2": oauth2}, {"configMapKeyRef": {"name": "lake-ca", "key": "ca.pem"}}),
+            "events": archive(
+                {"bearerToken": {"name": "lake-token", "key": "t"}},
+                {"secretKeyRef": {"name": "lake-ca-secret", "key": "ca.pem"}},
+            ),
+        },
+    }
+    documents = render(write_values(tmp_path, values))
+    assert readable(documents, "archive") == {
+        "app-db",
+        "lake-ca-secret",
+        "lake-client",
+        "lake-secret",
+        "lake-token",
+        "object-storage",
+    }
+    assert readable(documents, "archive", "configmaps") == {"lake-ca"}
+    assert readable(documents, "backup") == set()
 
 
 def test_azure_and_gcs_keys_are_granted_from_their_blocks(tmp_path: Path) -> None:

@@ -220,10 +220,11 @@ def test_a_run_where_one_database_fails_publishes_nothing(backup_env: BackupEnv)
     try:
         env = backup_env.on(settings)
         env.setup(databases={"names": [f"{tag}_app", f"{tag}_billing"]})
-        assert env.run() == 1  # pg_dump's failure counts as retryable: a lock or a failover may clear
+        assert env.run() == 3  # a privilege the role lacks: permanent, naming the GRANT
         failed = env.conditions("DatabaseBackup", "orders")["BackupSucceeded"]
         assert failed["status"] == "False"
-        assert failed["reason"] == "DumpFailed"
+        assert failed["reason"] == "InsufficientPrivilege"
+        assert f"GRANT pg_read_all_data TO {tag}_app" in failed["message"]
         assert f"database {tag}_billing" in failed["message"]
         assert "no backup was published" in failed["message"]
         listed = env.s3.list_objects_v2(Bucket=env.bucket).get("Contents", [])

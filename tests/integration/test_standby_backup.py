@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -110,6 +111,25 @@ def test_a_backup_from_a_hot_standby_with_feedback_is_restore_tested(
     assert churn.rounds > 3, "the primary barely wrote while the dump ran"
     assert RETRYING not in out
     status = backup_env.status("DatabaseBackup", "orders")
+    assert backup_env.conditions("DatabaseBackup", "orders")["Verified"]["status"] == "True"
+    body = backup_env.s3.get_object(Bucket=backup_env.bucket, Key=status["lastSuccessfulBackup"]["manifestKey"])
+    assert b'"standby": true' in body["Body"].read()
+
+
+def test_a_parallel_backup_from_a_hot_standby_is_restore_tested(
+    backup_env: BackupEnv, standby: dict[str, Any], churn: Churn, tmp_path: Path
+) -> None:
+    """pg_dump -j on a standby: its workers import the run's snapshot there (PostgreSQL 10 and newer)."""
+    _set(standby["dsn"], hot_standby_feedback="on", max_standby_streaming_delay="0")
+    churn.start()
+    verify = {"enabled": True, "target": {"secretRef": {"name": "cellar-verify-target"}, "sslMode": "disable"}}
+    job = _backup_from(backup_env, standby, verify=verify, parallelism=2, staging={"path": str(tmp_path)})
+    out, err = job.communicate(timeout=600)
+    churn.stop()
+    assert job.returncode == 0, err[-2000:]
+    assert RETRYING not in out
+    status = backup_env.status("DatabaseBackup", "orders")
+    assert status["lastSuccessfulBackup"]["key"].endswith(".dir/")
     assert backup_env.conditions("DatabaseBackup", "orders")["Verified"]["status"] == "True"
     body = backup_env.s3.get_object(Bucket=backup_env.bucket, Key=status["lastSuccessfulBackup"]["manifestKey"])
     assert b'"standby": true' in body["Body"].read()

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from cli.__main__ import build_parser, main
+from cli.__main__ import main
 from cli.completion import candidates, script
+from cli.parser import build_parser
 
 
 @pytest.mark.parametrize(

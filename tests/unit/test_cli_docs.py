@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.__main__ import build_parser
+from cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from common.errors import InvalidSpec
+from jobs.archive.iceberg_rest import RestCredentials, rest_catalog_properties
 from jobs.archive.settings import parse_archive_spec
 from tests.unit.test_archive_pure import SPEC
 
@@ -67,3 +68,122 @@ def test_what_an_iceberg_archive_cannot_take_is_refused_naming_the_field(change:
 def test_spec_iceberg_without_format_iceberg_is_refused() -> None:
     with pytest.raises(InvalidSpec, match=r"spec\.iceberg: only with format: Iceberg"):
         parse_archive_spec({**SPEC, "iceberg": {"partitionBy": "day"}})
+
+
+def rest(**fields: Any) -> dict[str, Any]:
+    return {**SPEC, "format": "Iceberg", "iceberg": {"catalog": {"type": "Rest", "rest": fields}}}
+
+
+OAUTH2 = {
+    "clientId": {"name": "lake", "key": "client-id"},
+    "clientSecret": {"name": "lake", "key": "client-secret"},
+    "scope": "PRINCIPAL_ROLE:ALL",
+    "tokenEndpoint": "https://idp.example/realms/lake/token",
+}
+
+
+def test_a_rest_catalog_is_read_as_written_and_becomes_pyiceberg_properties() -> None:
+    settings = parse_archive_spec(
+        rest(
+            uri="https://polaris.example:8181/api/catalog",
+            warehouse="lake",
+            prefix="/lake/",
+            auth={"oauth2": OAUTH2},
+            caBundle={"configMapKeyRef": {"name": "lake-ca", "key": "ca.pem"}},
+            properties={"header.X-Iceberg-Access-Delegation": ""},
+        )
+    )
+    assert settings.iceberg is not None
+    spec = settings.iceberg.catalog.rest
+    assert spec is not None
+    assert settings.iceberg.catalog.database is None
+    assert (spec.uri, spec.warehouse, spec.prefix) == ("https://polaris.example:8181/api/catalog", "lake", "lake")
+    assert spec.ca_bundle is not None
+    assert (spec.ca_bundle.kind, spec.ca_bundle.name, spec.ca_bundle.key) == ("ConfigMap", "lake-ca", "ca.pem")
+    assert spec.oauth2 is not None
+    assert spec.oauth2.client_secret.field == "spec.iceberg.catalog.rest.auth.oauth2.clientSecret"
+
+    credentials = RestCredentials(client_id="archiver", client_secret="s3cret", ca_bundle_pem="PEM")
+    assert rest_catalog_properties(spec, credentials, "/tmp/ca.pem") == {
+        "uri": "https://polaris.example:8181/api/catalog",
+        "warehouse": "lake",
+        "prefix": "lake",
+        "credential": "archiver:s3cret",
+        "scope": "PRINCIPAL_ROLE:ALL",
+        "oauth2-server-uri": "https://idp.example/realms/lake/token",
+        "ssl": {"cabundle": "/tmp/ca.pem"},
+        "header.X-Iceberg-Access-Delegation": "",
+    }
+    # What a refusal names: the fields and Secret keys, never their values.
+    assert spec.credential_keys() == (
+        'spec.iceberg.catalog.rest.auth.oauth2.clientId (Secret "lake" key "client-id") and '
+        'spec.iceberg.catalog.rest.auth.oauth2.clientSecret (Secret "lake" key "client-secret")'
+    )
+
+
+def test_a_bearer_token_is_sent_as_the_token_property() -> None:
+    settings = parse_archive_spec(
+        rest(uri="http://nessie:19120/iceberg", auth={"bearerToken": {"name": "t", "key": "k"}})
+    )
+    assert settings.iceberg is not None
+    spec = settings.iceberg.catalog.rest
+    assert spec is not None
+    assert rest_catalog_properties(spec, RestCredentials(token="abc"), None) == {
+        "uri": "http://nessie:19120/iceberg",
+        "token": "abc",
+    }
+    assert spec.credential_keys() == 'spec.iceberg.catalog.rest.auth.bearerToken (Secret "t" key "k")'
+
+
+@pytest.mark.parametrize(
+    ("catalog", "field"),
+    [
+        ({"type": "Rest"}, "spec.iceberg.catalog.rest: required with type Rest"),
+        ({"rest": {"uri": "https://c"}}, "spec.iceberg.catalog.rest: only with type Rest"),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c"}, "database": {"secretRef": {"name": "x"}}},
+            "spec.iceberg.catalog.database: only with type Sql",
+        ),
+        ({"type": "Rest", "rest": {}}, "spec.iceberg.catalog.rest.uri: required"),
+        ({"type": "Rest", "rest": {"uri": "catalog:8181"}}, "spec.iceberg.catalog.rest.uri"),
+        ({"type": "Rest", "rest": {"uri": "https://u:p@c"}}, "must not hold credentials"),
+        ({"type": "Rest", "rest": {"uri": "https://c?x=1"}}, "without a query"),
+        (
+            {
+                "type": "Rest",
+                "rest": {"uri": "https://c", "auth": {"bearerToken": {"name": "a", "key": "b"}, "oauth2": OAUTH2}},
+            },
+            "set one of bearerToken and oauth2",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "auth": {"oauth2": {"clientId": {"name": "a", "key": "b"}}}}},
+            "spec.iceberg.catalog.rest.auth.oauth2.clientSecret: required",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "auth": {"oauth2": {**OAUTH2, "tokenEndpoint": "idp"}}}},
+            "spec.iceberg.catalog.rest.auth.oauth2.tokenEndpoint",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "caBundle": {}}},
+            "spec.iceberg.catalog.rest.caBundle: set exactly one of configMapKeyRef and secretKeyRef",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "properties": {"token": "t"}}},
+            "token is set by spec.iceberg.catalog.rest.auth.bearerToken",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "properties": {"s3.secret-access-key": "k"}}},
+            "s3.secret-access-key is set by spec.storage",
+        ),
+        (
+            {"type": "Rest", "rest": {"uri": "https://c", "properties": {"ssl.cabundle": "/x"}}},
+            "ssl.cabundle is set by spec.iceberg.catalog.rest.caBundle",
+        ),
+        ({"type": "Rest", "rest": {"uri": "https://c", "warehouse": ""}}, "spec.iceberg.catalog.rest.warehouse"),
+        ({"type": "Rest", "rest": {"uri": "https://c", "prefix": "/"}}, "spec.iceberg.catalog.rest.prefix"),
+    ],
+)
+def test_a_bad_rest_catalog_is_refused_naming_the_field(catalog: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        parse_archive_spec({**SPEC, "format": "Iceberg", "iceberg": {"catalog": catalog}})
+    assert field in str(refused.value)

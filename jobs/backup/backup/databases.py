@@ -13,11 +13,23 @@ from common.reasons import Reason
 from jobs.backup.settings import DatabaseChoice
 
 # Templates are skeletons, not data; a database that refuses connections cannot be dumped (pg_dumpall
-# skips both the same way).
+# skips both the same way). pg_database_size needs CONNECT on the database or pg_read_all_stats: a role
+# without either (a managed server's own databases, such as RDS's rdsadmin) gets no size, and no dump.
 _DATABASES = """
-SELECT datname, datallowconn, datistemplate, pg_database_size(oid), pg_get_userbyid(datdba)
+SELECT datname, datallowconn, datistemplate,
+       CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END,
+       pg_get_userbyid(datdba), has_database_privilege(oid, 'CONNECT')
 FROM pg_database ORDER BY datname
 """
+
+
+@dataclass(frozen=True)
+class Found:
+    allow: bool  # datallowconn
+    template: bool
+    size: int
+    owner: str
+    connect: bool  # the role holds CONNECT on it
 
 
 @dataclass(frozen=True)
@@ -27,20 +39,26 @@ class ChosenDatabase:
     owner: str = ""  # a restore that creates the database gives it back to this role
 
 
-def choose_databases(conn: psycopg.Connection[tuple[object, ...]], choice: DatabaseChoice) -> list[ChosenDatabase]:
-    """The databases `choice` names, as the server has them; a named one that is missing or refuses
-    connections stops the run here, before anything is dumped."""
+def choose_databases(
+    conn: psycopg.Connection[tuple[object, ...]], choice: DatabaseChoice, skipped: list[str] | None = None
+) -> list[ChosenDatabase]:
+    """The databases `choice` names, as the server has them; a named one that is missing, refuses
+    connections or that the role may not connect to stops the run here, before anything is dumped. With
+    `all`, a database the role may not connect to is left out and named in `skipped`."""
     rows = conn.execute(_DATABASES).fetchall()
     found = {
-        str(name): (bool(allow), bool(template), int(str(size)), str(owner))
-        for name, allow, template, size, owner in rows
+        str(name): Found(bool(allow), bool(template), int(str(size)), str(owner), bool(connect))
+        for name, allow, template, size, owner, connect in rows
     }
     if choice.every:
-        chosen = [
-            ChosenDatabase(name, size, owner)
-            for name, (allow, template, size, owner) in found.items()
-            if allow and not template and not any(fnmatch.fnmatchcase(name, p) for p in choice.exclude)
-        ]
+        candidates = {
+            name: db
+            for name, db in found.items()
+            if db.allow and not db.template and not any(fnmatch.fnmatchcase(name, p) for p in choice.exclude)
+        }
+        if skipped is not None:
+            skipped += [name for name, db in candidates.items() if not db.connect]
+        chosen = [ChosenDatabase(name, db.size, db.owner) for name, db in candidates.items() if db.connect]
         if not chosen:
             raise PermanentError(
                 f"spec.databases: {choice.describe()} leaves no database to back up on this server",
@@ -48,15 +66,19 @@ def choose_databases(conn: psycopg.Connection[tuple[object, ...]], choice: Datab
             )
         return chosen
     missing = [name for name in choice.names if name not in found]
-    refused = [name for name in choice.names if name in found and not found[name][0]]
-    if missing or refused:
+    refused = [name for name in choice.names if name in found and not found[name].allow]
+    forbidden = [name for name in choice.names if name in found and found[name].allow and not found[name].connect]
+    if missing or refused or forbidden:
         problems = [f"{name!r} does not exist" for name in missing]
         problems += [f"{name!r} does not allow connections (datallowconn is false)" for name in refused]
+        problems += [
+            f"the role may not connect to {name!r} (GRANT CONNECT ON DATABASE {name} TO it)" for name in forbidden
+        ]
         raise PermanentError(
             f"spec.databases.names: {'; '.join(problems)} on this server; fix the list",
             reason=Reason.DATABASE_NOT_FOUND,
         )
-    return [ChosenDatabase(name, found[name][2], found[name][3]) for name in choice.names]
+    return [ChosenDatabase(name, found[name].size, found[name].owner) for name in choice.names]
 
 
 def dump_key_name(backup_id: str, database: str) -> str:

@@ -22,13 +22,14 @@ import psycopg
 from psycopg import sql
 
 from common.db import RECOVERY_CONFLICT, connect, libpq_environment
+from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
 from common.encryption import EncryptingWriter
-from common.errors import DumpFailed, PermanentError, RecoveryConflict
+from common.errors import DumpFailed, InsufficientPrivilege, PermanentError, RecoveryConflict
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore, Upload, UploadResult
-from jobs.backup.catalog import TableCount
+from jobs.backup.catalog import DumpFile, TableCount
 from jobs.backup.compression import compressor_for
 from jobs.backup.pgtools import ClientTools, StderrTail, stop_process
 from jobs.backup.settings import Compression, DumpOptions
@@ -45,10 +46,29 @@ class ServerFacts:
     database_size: int
 
 
-def _cancelled_by_replay(source: DumpSource, stderr: str) -> bool:
+def cancelled_by_replay(source: DumpSource, stderr: str) -> bool:
     """Whether pg_dump failed because a hot standby's replay cancelled it: its own query, or the session that
     exported its snapshot before pg_dump imported it ("invalid snapshot identifier")."""
     return RECOVERY_CONFLICT in stderr or (source.standby and "invalid snapshot identifier" in stderr)
+
+
+def _dump_failure(source: DumpSource, code: int, stderr: StderrTail) -> Exception:
+    said = f"{source.tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL {source.server_version}"
+    return dump_failure(source, said, stderr.text(), stderr.error_lines())
+
+
+def dump_failure(source: DumpSource, said: str, stderr: str, error_lines: str) -> Exception:
+    """What a pg_dump that failed (`said`) failed with: a recovery conflict (retried), a privilege the role lacks
+    (permanent, naming the GRANT), or DumpFailed."""
+    if cancelled_by_replay(source, stderr):
+        return RecoveryConflict(f"{said}: {error_lines}")
+    if "permission denied for" in stderr:
+        user = source.database.user
+        return InsufficientPrivilege(
+            f"{said}: {error_lines}; role {user} may not read all it dumps: GRANT pg_read_all_data TO "
+            f"{user} (PostgreSQL 14+; on a managed server as its admin role), or GRANT SELECT on what it names"
+        )
+    return DumpFailed(f"{said}: {error_lines}")
 
 
 def server_facts(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
@@ -232,12 +252,17 @@ class SealedObject:
     key: str
     compression: Compression
     recipients: Sequence[str] = ()
+    parts_in_flight: int = 2  # of the multipart upload: memory is (1 + this) parts
+
+    def suffix(self) -> str:
+        """How each object's name ends: the compression's extension, then .age when encrypted."""
+        return self.compression.extension + (ENCRYPTED_EXTENSION if self.recipients else "")
 
 
 @contextlib.contextmanager
 def compressed_upload(into: SealedObject) -> Iterator[CompressedUpload]:
     """A CompressedUpload of the object; on any error the upload is aborted and nothing becomes visible."""
-    with into.store.open_upload(into.key) as upload:
+    with into.store.open_upload(into.key, concurrency=into.parts_in_flight) as upload:
         writer = CompressedUpload(upload, into.compression, into.recipients)
         try:
             yield writer
@@ -248,10 +273,22 @@ def compressed_upload(into: SealedObject) -> Iterator[CompressedUpload]:
 
 @dataclass
 class DumpResult:
-    upload: UploadResult
+    """A dump in storage: one object (`upload`), or a directory dump's objects (`files`, upload None)."""
+
+    upload: UploadResult | None
     bytes_raw: int
     tables: list[TableCount]
     counts_in_dump_snapshot: bool
+    files: tuple[DumpFile, ...] = ()
+
+    @property
+    def bytes_stored(self) -> int:
+        return self.upload.size if self.upload is not None else sum(f.bytes_stored for f in self.files)
+
+    @property
+    def sha256(self) -> str:
+        """The object's SHA-256; "" for a directory dump (each file has its own)."""
+        return self.upload.sha256 if self.upload is not None else ""
 
 
 def dump_to_storage(
@@ -292,11 +329,7 @@ def dump_to_storage(
                 raw = pump(process.stdout.fileno(), sink, on_progress)
                 code = process.wait()
                 if code != 0:
-                    failed = RecoveryConflict if _cancelled_by_replay(source, stderr.text()) else DumpFailed
-                    raise failed(
-                        f"{tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL "
-                        f"{source.server_version}: {stderr.error_lines()}"
-                    )
+                    raise _dump_failure(source, code, stderr)
                 upload.finish()
                 tables = counter.result()
                 result = upload.complete()

@@ -34,6 +34,7 @@ from jobs.backup.catalog import (
     find_backup,
     take_inventory,
 )
+from jobs.backup.restore.directory import Staging
 from jobs.backup.restore.plan import BackupSource
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec
 from jobs.backup.status import (
@@ -66,7 +67,8 @@ def restore_test(
     scratch = f"{settings.scratch_prefix}{ctx.run_id}"[:63]
     left: list[ScratchLeft] = []
     try:
-        result = verify_backup(BackupSource(store, manifest, identities), database, scratch, left=left)
+        staging = Staging(settings.staging_path, settings.parallelism) if settings.staging_path else None
+        result = verify_backup(BackupSource(store, manifest, identities), database, scratch, left=left, staging=staging)
     except CellarError as error:
         if isinstance(error, BackupUnsound):
             quarantine(store, manifest, str(error))
@@ -240,10 +242,19 @@ def _summary(
         f"{human_size(manifest.bytes_stored)} stored "
         f"({human_size(manifest.bytes_raw)} raw, {settings.compression.algorithm}"
         f"{f', age-encrypted to {len(checked.recipients)} recipients' if checked.recipients else ''}"
-        f"{', with the roles and tablespaces' if manifest.globals else ''}) "
+        f"{', ' + manifest.globals.describe() if manifest.globals else ''}) "
         f"in {duration:.1f}s; "
-        f"{len(retained.deleted)} old objects deleted" + (f"; {retained.describe_locked()}" if retained.locked else "")
+        f"{len(retained.deleted)} old objects deleted"
+        + (f"; {retained.describe_locked()}" if retained.locked else "")
+        + _passwords_note(manifest)
+        + "".join(f"; {note}" for note in checked.notes)
     )
+
+
+def _passwords_note(manifest: Manifest) -> str:
+    """Why the roles went without passwords, when the spec did not ask for that."""
+    because = manifest.globals.without_passwords_because if manifest.globals else ""
+    return f"; roles without passwords: {because}" if because else ""
 
 
 class BackupJob:
@@ -318,7 +329,7 @@ class VerifyJob:
 
     def run(self, ctx: RunContext, args: argparse.Namespace) -> str:
         settings = parse_backup_spec(ctx.spec)
-        checked = preflight(ctx, settings, restore_test=True)
+        checked = preflight(ctx, settings, restore_test=True, dumping=False)
         with released_on_failure(ctx, checked):
             return self._verify(ctx, args, settings, checked)
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass, replace
 from psycopg import sql
 
 from common.db import connect, drop_database
-from common.errors import RowCountMismatch
+from common.errors import InvalidSpec, RowCountMismatch
 from common.failpoints import failpoint
 from common.secrets import DatabaseSettings
 from common.storage import ObjectStore
 from jobs.backup.catalog import MANIFEST_DIR, QUARANTINE_DIR, Manifest
+from jobs.backup.restore.directory import Staging, restore_directory
 from jobs.backup.restore.plan import BackupSource, RestoreTarget, plan_restore
 from jobs.backup.restore.stream import check_decryptable, restore_from_storage
 
@@ -41,10 +42,11 @@ def verify_backup(
     scratch_name: str,
     *,
     left: list[ScratchLeft] | None = None,
+    staging: Staging | None = None,
 ) -> VerificationResult:
     """Restore each database of the backup in turn into a new scratch database on `server` (the first named
     `scratch_name`), count every table's rows, drop it. A scratch database that cannot be dropped in time is
-    added to `left`, also when the test fails."""
+    added to `left`, also when the test fails. A directory dump is staged in `staging` first (spec.staging.path)."""
     manifest = source.manifest
     plan = plan_restore(server, manifest)
     check_decryptable(source, field="spec.encryption.identitySecretRef")
@@ -54,7 +56,9 @@ def verify_backup(
         # The next database takes a name of its own while the one before is left behind.
         name = scratch_name if not left else f"{scratch_name[:58]}_{number}"
         scratch = RestoreTarget(replace(server, dbname=name), plan, ("--no-owner", "--no-privileges"))
-        mismatches = _restore_and_count(source.for_database(dump.database), scratch, server, left)
+        mismatches = _restore_and_count(
+            source.for_database(dump.database), scratch, ScratchServer(server, left, staging)
+        )
         if mismatches:
             shown = "; ".join(mismatches[:10]) + (f"; and {len(mismatches) - 10} more" if len(mismatches) > 10 else "")
             where = f" (database {dump.database})" if len(manifest.dumps) > 1 else ""
@@ -64,16 +68,33 @@ def verify_backup(
     return VerificationResult(tables, rows, plan.describe())
 
 
-def _restore_and_count(
-    source: BackupSource, scratch: RestoreTarget, server: DatabaseSettings, left: list[ScratchLeft]
-) -> list[str]:
-    """Restore the one dump of `source` into the scratch database (made on `server` here, dropped after);
+@dataclass(frozen=True)
+class ScratchServer:
+    """Where a restore test makes its scratch databases, the list of those it could not drop, and the volume a
+    directory dump is staged on."""
+
+    server: DatabaseSettings
+    left: list[ScratchLeft]
+    staging: Staging | None
+
+
+def _restore_and_count(source: BackupSource, scratch: RestoreTarget, on: ScratchServer) -> list[str]:
+    """Restore the one dump of `source` into the scratch database (made on `on.server` here, dropped after);
     the tables whose rows differ."""
     name = scratch.database.dbname
+    server, left = on.server, on.left
+    if source.manifest.dump.directory and on.staging is None:
+        raise InvalidSpec(
+            f"backup {source.manifest.backup_id} is a directory dump: its restore test stages its files first; "
+            "give a volume in spec.staging.path"
+        )
     with connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        restore_from_storage(source, scratch)
+        if on.staging is not None and source.manifest.dump.directory:
+            restore_directory(source, scratch, on.staging, lambda _: None)
+        else:
+            restore_from_storage(source, scratch)
         failpoint("backup.scratch-restored")
         mismatches = []
         with connect(scratch.database) as conn:

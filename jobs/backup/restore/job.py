@@ -6,7 +6,7 @@ import argparse
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from psycopg import sql
 from common.conditions import ConditionType, format_time, is_condition_true
 from common.db import connect, drop_database
 from common.encryption import resolve_identities
-from common.errors import CellarError, InvalidSpec, NotFound, PermanentError
+from common.errors import CellarError, InsufficientPrivilege, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
 from common.ownership import Area, Owner, readable_by, take_over_from
 from common.progress import ProgressReporter
@@ -27,10 +27,13 @@ from common.secrets import DatabaseSettings
 from jobs.backup.backup.preflight import open_storage
 from jobs.backup.backup.verify import scratch_drop_wait
 from jobs.backup.catalog import Manifest, find_backup
+from jobs.backup.privileges import can_become, role_facts
+from jobs.backup.restore.directory import Staging, restore_directory
+from jobs.backup.restore.grants import Skipped, plan_skips
 from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget, plan_restore
 from jobs.backup.restore.roles import apply_globals
 from jobs.backup.restore.staged import restore_staged
-from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_toc, restore_from_storage
+from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_head, read_toc, restore_from_storage
 from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
 from jobs.backup.status import RESTORE_RUNS, RestoreOutcome
 from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
@@ -47,12 +50,13 @@ def create_database(target: DatabaseSettings, owner: str = "") -> None:
     with connect(maintenance, autocommit=True) as conn:
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname))
         if owner:
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone():
+            why = can_become(conn, {owner}).get(owner)
+            if why is None:
                 statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
             else:
                 log.warning(
-                    "the database's owner is not a role on the target; it is owned by the connecting role",
-                    extra={"database": target.dbname, "owner": owner},
+                    "the database's owner cannot be given the database; it is owned by the connecting role",
+                    extra={"database": target.dbname, "owner": owner, "why": why},
                 )
         try:
             conn.execute(statement)
@@ -170,12 +174,14 @@ class RestoreRequest:
     targets: list[tuple[Manifest, DatabaseSettings]]
     settings: RestoreSettings
     selected: SelectedRestore | None = None
+    skipped: dict[str, Skipped] = field(default_factory=dict)  # by database: what a non-superuser leaves out
 
     def into(self, database: DatabaseSettings, options: Sequence[str] = ()) -> RestoreTarget:
         return RestoreTarget(database, self.plan, tuple(options))
 
-    def pg_restore_options(self, list_file: Path | None) -> list[str]:
+    def pg_restore_options(self, list_file: Path | None, skipped: Skipped | None = None) -> list[str]:
         options = ["--no-owner"] if self.settings.no_owner else []
+        options += [o for o in (skipped.options() if skipped else []) if o not in options]
         if self.settings.clean:
             options += ["--clean", "--if-exists"]
         return options + ([f"--use-list={list_file}"] if list_file is not None else [])
@@ -188,15 +194,22 @@ def _restore(
     and drop a database it created again on any failure. Returns the result and how it was restored."""
     settings, selected = request.settings, request.selected
     source = replace(request.source, manifest=manifest)
+    skipped = request.skipped.get(manifest.dump.database)
     with tempfile.TemporaryDirectory(prefix="cellar-restore-") as scratch:  # in /tmp: the Pod's emptyDir
-        list_file = None
-        if selected is not None:
-            list_file = Path(scratch) / "selected.list"
-            list_file.write_text(selected.list_file(), encoding="utf-8")
-        target = request.into(database, request.pg_restore_options(list_file))
+        list_file = _list_file(Path(scratch), selected, skipped)
+        target = request.into(database, request.pg_restore_options(list_file, skipped))
         if settings.create_database:
             create_database(database, "" if settings.no_owner else manifest.dump.owner)
         try:
+            if manifest.dump.directory:
+                assert settings.staging_path is not None  # _resolve refused a directory dump without staging
+                done = restore_directory(
+                    source, target, Staging(settings.staging_path, settings.parallelism), on_progress
+                )
+                how = "--single-transaction" if settings.parallelism == 1 else f"--jobs={settings.parallelism}"
+                return RestoreResult(done.bytes_read, done.bytes_restored), (
+                    f"pg_restore {how} from the directory staged in {settings.staging_path}"
+                )
             if settings.staging_path is not None:
                 staged = restore_staged(
                     source, target, staging=settings.staging_path, jobs=settings.parallelism, on_progress=on_progress
@@ -208,6 +221,18 @@ def _restore(
             if settings.create_database:  # leave nothing half-made behind
                 drop_created(database)
             raise
+
+
+def _list_file(scratch: Path, selected: SelectedRestore | None, skipped: Skipped | None) -> Path | None:
+    """pg_restore's -L list: the selected entries (spec.select), without the grant entries a non-superuser
+    cannot restore; None when it restores the whole table of contents."""
+    leave_out = set(skipped.grants) if skipped is not None else set()
+    if selected is None and not leave_out:
+        return None
+    lines = selected.toc.entries if selected is not None else (skipped.entries if skipped else [])
+    path = scratch / "selected.list"
+    path.write_text("".join(e.line + "\n" for e in lines if e.dump_id not in leave_out), encoding="utf-8")
+    return path
 
 
 def restore_targets(
@@ -282,6 +307,75 @@ def restore_all(request: RestoreRequest, progress: ProgressReporter) -> tuple[in
     return bytes_read, how
 
 
+def check_may_create(request: RestoreRequest) -> None:
+    """With createDatabase, a role that is neither superuser nor CREATEDB is refused before anything is written."""
+    if not request.settings.create_database:
+        return
+    with connect(request.server) as conn:
+        role = role_facts(conn)
+    if not (role.superuser or role.createdb):
+        raise InsufficientPrivilege(
+            f"spec.createDatabase: role {role.name} may not create databases on {request.server.describe()}: "
+            f"ALTER ROLE {role.name} CREATEDB (on a managed server, as its admin role), or create the database "
+            "first and set createDatabase: false"
+        )
+
+
+def plan_role_skips(request: RestoreRequest) -> dict[str, Skipped]:
+    """For a restoring role that is no superuser (a managed server's), per database, the ownership and grants
+    it cannot restore (restore.grants), asked after the backup's roles were applied; {} for a superuser."""
+    settings = request.settings
+    with connect(request.server) as conn:
+        role = role_facts(conn)
+        if role.superuser:
+            return {}
+        found: dict[str, Skipped] = {}
+        for view, _ in request.targets:
+            source = replace(request.source, manifest=view)
+            entries = (
+                request.selected.toc.entries
+                if request.selected is not None
+                else parse_toc(read_head(source, request.plan, ["--list", "--verbose"], checksum=False))
+            )
+            skipped = plan_skips(conn, source, request.plan, entries, no_owner=settings.no_owner)
+            owner = view.dump.owner
+            if settings.create_database and owner and not settings.no_owner and owner in can_become(conn, {owner}):
+                skipped.database_owner = owner
+            if skipped.describe():
+                log.warning(
+                    "the restoring role is not a superuser: what it cannot restore is left out",
+                    extra={"database": view.dump.database, "role": role.name, "left_out": skipped.describe()},
+                )
+            found[view.dump.database] = skipped
+    return found
+
+
+def describe_skips(skipped: dict[str, Skipped]) -> str:
+    """What the message says of what a non-superuser left out: "" when nothing."""
+    parts = [
+        (f"{name}: " if len(skipped) > 1 else "") + what for name, one in skipped.items() if (what := one.describe())
+    ]
+    return f"; as a role that is no superuser, {'; '.join(parts)}" if parts else ""
+
+
+def check_directory_restore(manifest: Manifest, plan: RestorePlan, settings: RestoreSettings) -> None:
+    """A directory dump (spec.parallelism of the DatabaseBackup) is staged on a volume and restored by pg_restore
+    connected to the target: refused up front without a volume, or into a server only SQL can reach."""
+    if settings.staging_path is None:
+        raise InvalidSpec(
+            f"backup {manifest.backup_id} is a directory dump (its DatabaseBackup has spec.parallelism): its files "
+            "are staged before pg_restore reads them; give a volume in spec.staging.path (and spec.parallelism "
+            "with createDatabase: true to restore with pg_restore --jobs)"
+        )
+    if plan.through_sql:
+        raise PermanentError(
+            f"backup {manifest.backup_id} is a directory dump, restored by {plan.tools.describe('pg_restore')} "
+            f"connected to the target, which cannot connect to PostgreSQL {plan.server_version}; restore it into a "
+            "server of its own major or newer",
+            reason=Reason.TARGET_TOO_OLD,
+        )
+
+
 class RestoreJob:
     name = "restore"
     kind = DATABASE_RESTORE
@@ -310,11 +404,12 @@ class RestoreJob:
             outcome,
         )
         roles = self._apply_globals(request)
+        request = replace(request, skipped=plan_role_skips(request))
         progress = ProgressReporter("bytes", sum(view.bytes_stored for view, _ in request.targets), status.progressed)
         bytes_read, how = restore_all(request, progress)
         message = (
             f"restored {what}{manifest.backup_id} ({bytes_read} bytes, SHA-256 verified) into "
-            f"{into_what} with {plan.describe()}, {how}{roles}"
+            f"{into_what} with {plan.describe()}, {how}{roles}{describe_skips(request.skipped)}"
         )
         read = replace(outcome, bytes_read=bytes_read).ended(format_time(datetime.now(UTC)), Reason.COMPLETED, message)
         status.succeeded(Reason.COMPLETED, message, read)
@@ -344,6 +439,8 @@ class RestoreJob:
                 f"{plan.server_version} itself); leave parallelism and staging out to restore through SQL",
                 reason=Reason.TARGET_TOO_OLD,
             )
+        if any(d.directory for d in manifest.dumps):
+            check_directory_restore(manifest, plan, settings)
         identities = resolve_identities(ctx.secrets, settings.identity) if settings.identity else None
         source = BackupSource(store, manifest, identities)
         check_decryptable(source, field="spec.decryption.identitySecretRef")
@@ -360,7 +457,9 @@ class RestoreJob:
             (one, into), *_ = targets
             selected = choose_entries(replace(source, manifest=one), plan, settings.selection)
             selected = check_target(into, selected, clean=settings.clean, created=settings.create_database)
-        return RestoreRequest(source, server, plan, targets, settings, selected)
+        request = RestoreRequest(source, server, plan, targets, settings, selected)
+        check_may_create(request)
+        return request
 
     @staticmethod
     def _apply_globals(request: RestoreRequest) -> str:

@@ -18,15 +18,18 @@ import hashlib
 import logging
 import queue
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from common.encryption import HEADER_PROBE_BYTES, CorruptedCiphertext, decrypt_stream
 from common.errors import CellarError, ChecksumMismatch, DecryptionFailed, RestoreFailed
 from jobs.backup.compression import Decompressor, decompressor_for
 from jobs.backup.pgtools import StderrTail, stop_process
+from jobs.backup.restore.directory import fetch_toc, list_directory
 from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget
 from jobs.backup.restore.sql import SqlRestore
 
@@ -51,9 +54,11 @@ def check_decryptable(source: BackupSource, *, field: str) -> None:
             f"{', '.join(manifest.encryption.recipients)}); name the Secret holding an identity of one of "
             f"these recipients in {field}"
         )
-    head = source.store.get_range(manifest.data_key, 0, HEADER_PROBE_BYTES)
+    dump = manifest.dumps[0]
+    first = dump.files[0].key if dump.files else dump.data_key  # a directory dump: its first file's object
+    head = source.store.get_range(first, 0, HEADER_PROBE_BYTES)
     with contextlib.suppress(CorruptedCiphertext):  # the header opened; the probe ends before the object
-        decrypt_stream([head], identities, lambda _: None, what=manifest.data_key)
+        decrypt_stream([head], identities, lambda _: None, what=first)
 
 
 class HeldBackSink:
@@ -184,8 +189,22 @@ def read_toc(source: BackupSource, plan: RestorePlan) -> str:
 
     A custom-format archive starts with its table of contents, so pg_restore exits after the first few
     KiB; the rest is read for the checksum only. A partial restore needs the check up front: pg_restore
-    commits once it has restored what the list names, which may be before the end of the stream."""
-    argv = [plan.tools.path("pg_restore"), "--list", "--verbose"]
+    commits once it has restored what the list names, which may be before the end of the stream. A directory
+    dump's toc.dat is read alone (its other files are checked when they are staged, before pg_restore runs)."""
+    return read_head(source, plan, ["--list", "--verbose"], checksum=True)
+
+
+def read_head(source: BackupSource, plan: RestorePlan, arguments: list[str], *, checksum: bool) -> str:
+    """What pg_restore with `arguments` prints from the archive's head, reading it on stdin: the table of
+    contents (`--list`), or the SQL of entries that carry no data (`-f - -L list`), which it writes from the
+    table of contents alone. With `checksum` the rest of the object is read and checked against the
+    manifest; without, the download stops where pg_restore stopped reading (the restore checks it later).
+    Of a directory dump, only its toc.dat is fetched (checked) and read."""
+    if source.manifest.dump.directory:
+        with tempfile.TemporaryDirectory(prefix="cellar-toc-") as scratch:
+            fetch_toc(source, Path(scratch) / "dump")
+            return list_directory(plan, Path(scratch) / "dump", arguments)
+    argv = [plan.tools.path("pg_restore"), *arguments]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None
     assert process.stdout is not None
@@ -201,14 +220,16 @@ def read_toc(source: BackupSource, plan: RestorePlan) -> str:
             decode_into(stored, source, _Decompressing(decompressor_for(source.manifest.compression), process.stdin))
             process.stdin.close()
         except BrokenPipeError:
-            pass  # pg_restore read the table of contents and exited
-        stored.drain()
-        stored.check()
+            pass  # pg_restore read what it needed and exited
+        if checksum:
+            stored.drain()
+            stored.check()
         code = process.wait()
         reader.join()
         if code != 0:
             raise RestoreFailed(
-                f"{plan.tools.describe('pg_restore')} --list exited with code {code}: {stderr.error_lines()}"
+                f"{plan.tools.describe('pg_restore')} {' '.join(arguments)} exited with code {code}: "
+                f"{stderr.error_lines()}"
             )
         return b"".join(listing).decode("utf-8", errors="replace")
     finally:
