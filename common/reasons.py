@@ -52,6 +52,11 @@ class Reason(StrEnum):
     LOCK_HELD = "LockHeld", EXIT_OK, "another run archives this table now; this one stepped aside"
     INDEX_MISSING = "IndexMissing", EXIT_OK, "a large table has no index on the timestamp column (Warning Event)"
     UNARCHIVED = "Unarchived", EXIT_OK, "archived rows were loaded back (Event)"
+    MAINTAINED = (
+        "Maintained",
+        EXIT_OK,
+        "an Iceberg table's small files were compacted, old snapshots expired and orphan files deleted (Event)",
+    )
     RESTORE_TEST_PASSED = "RestoreTestPassed", EXIT_OK, "a backup restored and every table's row count matched"
     STALE = "Stale", EXIT_OK, "the newest good backup is older than staleAfter"
     NO_BACKUP = "NoBackup", EXIT_OK, "no complete backup is in storage yet"
@@ -132,6 +137,12 @@ class Reason(StrEnum):
         "UploadRejected",
         EXIT_PERMANENT,
         "the object store refused a request as invalid, or it is too big",
+    )
+    DELETE_REFUSED = (
+        "DeleteRefused",
+        EXIT_PERMANENT,
+        "the object store refused to delete a file maintenance no longer needs; the catalog is consistent, the "
+        "file stays until a run may delete it",
     )
     PREFIX_IN_USE = (
         "PrefixInUse",

@@ -168,6 +168,30 @@ def iceberg() -> dict[str, Any]:
                 "additionalProperties": {"type": "string"},
                 "maxProperties": 64,
             },
+            "maintenance": obj(
+                "What `cellar-archive maintain` does, and the end of each archive run: a partition's small data "
+                "files rewritten into target-size files in one snapshot, old snapshots expired, files no snapshot "
+                "references deleted.",
+                {
+                    "enabled": boolean(
+                        "Maintain the table at the end of each archive run (`cellar-archive maintain` runs either "
+                        "way).",
+                        True,
+                    ),
+                    "snapshotRetention": duration(
+                        "Snapshots older than this are expired (time travel reaches back this far); the newest, "
+                        "and any whose batch the ledger has not recorded yet, always stay.",
+                        default="7d",
+                    ),
+                    "orphanGracePeriod": duration(
+                        "Files under the table's location that no snapshot references (a killed run's) are "
+                        "deleted once older than this. Keep it longer than any run of a writer of the table "
+                        "takes: its files are unreferenced until it commits.",
+                        default="1d",
+                    ),
+                },
+                default={},
+            ),
         },
     )
 
@@ -340,6 +364,17 @@ def table_archive() -> dict[str, Any]:
                     "runId": string("Its run id."),
                     "reason": string("LockHeld."),
                     "message": string("Why."),
+                },
+            ),
+            "lastMaintenance": obj(
+                "The last maintenance of the Iceberg table (cellar-archive maintain, or the end of an archive run).",
+                {
+                    "time": string("When it finished.", format="date-time"),
+                    "filesRewritten": integer("Small data files rewritten.", format="int64"),
+                    "filesWritten": integer("Data files written in their place.", format="int64"),
+                    "snapshotsExpired": integer("Snapshots expired.", format="int64"),
+                    "filesDeleted": integer("Files deleted (expired snapshots' and orphans).", format="int64"),
+                    "message": string("The outcome in words."),
                 },
             ),
             "lastUnarchive": obj(

@@ -9,6 +9,7 @@ OAuth2 client credentials from Secrets, over TLS with a private CA where one is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from common.encryption import KeyRef
@@ -20,6 +21,8 @@ DEFAULT_CATALOG_SCHEMA = "cellar_iceberg"
 DEFAULT_TARGET_FILE_SIZE_MIB = 128
 # Auto: chosen from the rows due when the table is created, then read back from its partition spec (layout.py).
 DEFAULT_PARTITION_BY = "Auto"
+DEFAULT_SNAPSHOT_RETENTION = "7d"
+DEFAULT_ORPHAN_GRACE = "1d"
 # Table properties cellar sets itself; spec.iceberg.properties may not override them.
 OWN_PROPERTIES = ("write.target-file-size-bytes",)
 REST_FIELD = "spec.iceberg.catalog.rest"
@@ -84,6 +87,18 @@ class IcebergCatalogSpec:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """spec.iceberg.maintenance: what `cellar-archive maintain` (and the end of each archive run) does."""
+
+    enabled: bool = True  # at the end of each archive run; `maintain` runs whatever this says
+    # Snapshots older than this are expired (the newest always stays, and any the ledger still needs).
+    snapshot_retention: timedelta = timedelta(days=7)
+    # Files no snapshot references are deleted once older than this: longer than any writer's run, whose files
+    # are unreferenced until its commit.
+    orphan_grace: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
 class IcebergSettings:
     catalog: IcebergCatalogSpec
     namespace: str
@@ -91,6 +106,7 @@ class IcebergSettings:
     partition_by: str  # day, month, year; Auto until the run resolves it (IcebergTable.open)
     target_file_size_bytes: int
     properties: dict[str, str] = field(default_factory=dict)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
 
     @property
     def identifier(self) -> str:
@@ -225,4 +241,13 @@ def parse_iceberg_spec(reader: SpecReader, schema: str, table: str) -> IcebergSe
         partition_by=partition_by,
         target_file_size_bytes=size_mib * 1024 * 1024,
         properties=dict(properties),
+        maintenance=_maintenance(reader.child("maintenance")),
+    )
+
+
+def _maintenance(reader: SpecReader) -> MaintenanceSettings:
+    return MaintenanceSettings(
+        enabled=reader.boolean("enabled", True),
+        snapshot_retention=reader.duration("snapshotRetention", DEFAULT_SNAPSHOT_RETENTION),
+        orphan_grace=reader.duration("orphanGracePeriod", DEFAULT_ORPHAN_GRACE),
     )

@@ -41,13 +41,14 @@ from jobs.archive.layout import (
 )
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
+from jobs.archive.maintain import Maintained, MaintenanceScope, maintain_after_run, take_archive_lock
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.opening import APPLICATION, OpenedTable, open_table
 from jobs.archive.parquet_schema import check_source_schema
 from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
-from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, try_lock, with_array_dimensions
+from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, with_array_dimensions
 from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, SkippedRun
 from jobs.archive.table import (
     Connection,
@@ -115,6 +116,7 @@ class RunEnd:
     resolved: int = 0  # Iceberg snapshots of crashed runs recorded (their rows deleted)
     standby_note: str = ""
     layout: LayoutChoice | None = None  # partitioning / partitionBy: Auto: the granularity and why
+    maintenance: Maintained | str | None = None  # format: Iceberg: the maintenance at the run's end, or its failure
 
     def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
         """The batches are over: the duration, and the run summary in the log."""
@@ -159,7 +161,23 @@ class RunEnd:
                 if self.resolved
                 else ""
             )
+            + self._maintenance_note()
         )
+
+    def maintenance_fields(self, settings: ArchiveSettings) -> dict[str, Any]:
+        """`lastMaintenance`, where the run maintained its Iceberg table."""
+        if isinstance(self.maintenance, Maintained) and settings.iceberg is not None:
+            return self.maintenance.record(settings.iceberg.identifier).as_fields()
+        return {}
+
+    def _maintenance_note(self) -> str:
+        if isinstance(self.maintenance, Maintained):
+            c, d = self.maintenance.compacted, self.maintenance.cleaned
+            return (
+                f"; maintenance: {c.files_rewritten} small files rewritten into {c.files_written}, "
+                f"{d.snapshots_expired} snapshots expired, {d.files_deleted} unreferenced files deleted"
+            )
+        return f"; {self.maintenance}" if self.maintenance else ""
 
 
 class ArchiveJob:
@@ -204,7 +222,7 @@ class ArchiveJob:
         check_privileges(conn, info, settings)
         check_lag_visible(conn, settings.max_replication_lag)
         status = RunStatus.of(ctx, ARCHIVE_RUNS)
-        if not try_lock(conn, info):
+        if not take_archive_lock(conn, info, settings.max_run_time):
             message = f"another run holds the archive lock of {settings.relation}; this run skipped"
             skipped = SkippedRun(format_time(datetime.now(UTC)), ctx.run_id, Reason.LOCK_HELD, message)
             status.skipped(skipped, Reason.LOCK_HELD, message)
@@ -229,27 +247,35 @@ class ArchiveJob:
         else:
             end.cleaned = len(clean_leftovers(conn, opened.store, settings, info, opened.identities))
         progress = ProgressReporter("rows", None, status.progressed)
-        hooks = RunHooks(
-            on_progress=progress.update,
-            open_connection=self.open_connection,
-            reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
-            on_standby_hold=self._standby_status(status, running, self.tuning.standby_status_interval),
-            open_reader=opened.open_reader,
-        )
         archiver = Archiver(
             RunScope(conn, opened.store, info, cutoff, ctx.run_id),
             settings,
             ctx.interrupts,
-            hooks,
+            self._hooks(ctx, opened, status, running, progress),
             self.tuning,
             Destination(opened.recipients, iceberg),
         )
         with self._counting_due(settings, info, cutoff, progress):
             end.totals, end.stopped = archiver.run()
         end.finished(archiver, iceberg)
+        if iceberg is not None and iceberg.iceberg.maintenance.enabled and end.stopped is Stopped.DONE:
+            # Not past maxRunTime: the next run (or `maintain`) does it then.
+            end.maintenance = maintain_after_run(ctx, MaintenanceScope(iceberg, opened.store, conn, ctx.run_id))
         message = end.message(settings.relation)
         self._finish(ctx, opened, info, end, message)
         return message
+
+    def _hooks(
+        self, ctx: RunContext, opened: OpenedTable, status: RunStatus, running: str, progress: ProgressReporter
+    ) -> RunHooks:
+        """What the run's batches call back into: progress, fresh connections, the live spec, standby holds."""
+        return RunHooks(
+            on_progress=progress.update,
+            open_connection=self.open_connection,
+            reread_spec=lambda: ctx.kube.get(ctx.ref).get("spec") or {},
+            on_standby_hold=self._standby_status(status, running, self.tuning.standby_status_interval),
+            open_reader=opened.open_reader,
+        )
 
     def _destination(
         self, opened: OpenedTable, info: TableInfo, cutoff: datetime
@@ -375,6 +401,7 @@ class ArchiveJob:
             last_run.ended(format_time(datetime.now(UTC)), end.reason, message),
             fields={
                 **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
+                **end.maintenance_fields(settings),
                 "oldestRowTime": oldest_row_time(conn, settings, info),
             },
         )

@@ -14,6 +14,7 @@ from common.encryption import Identities, resolve_keys
 from common.kube import TABLE_ARCHIVE
 from common.ownership import Area, Owner, claim_prefix, released_on_failure, take_over_from
 from common.runtime import RunContext
+from common.secrets import DatabaseSettings, StorageCredentials
 from common.storage import ObjectStore, open_store
 from jobs.archive.arrow_reads import ArrowReader, open_reader
 from jobs.archive.iceberg import CatalogAccess, Chooser, IcebergTable
@@ -49,6 +50,7 @@ class OpenedTable:
     owning: contextlib.AbstractContextManager[None] = field(default_factory=contextlib.nullcontext)
     # format: Iceberg: opens the catalog and makes or checks the table, for the table as the run describes it.
     open_iceberg: IcebergOpener | None = None
+    iceberg_access: CatalogAccess | None = None  # format: Iceberg: how the catalog and the files are reached
 
 
 def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_store: bool = True) -> OpenedTable:
@@ -84,16 +86,8 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         conn.close()
         raise
     open_iceberg = None
-    if settings.iceberg is not None:
-        catalog = settings.iceberg.catalog
-        rest = catalog.rest
-        if rest is not None:  # a REST catalog keeps its own tables: no database of its own here
-            access = CatalogAccess(
-                None, credentials, store.key(settings.relation), resolve_rest_credentials(ctx.secrets, rest)
-            )
-        else:
-            catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
-            access = CatalogAccess(catalog_database, credentials, store.key(settings.relation))
+    access = _catalog_access(ctx, settings, database, credentials, store)
+    if access is not None:
 
         def open_iceberg(described: TableInfo, choose: Chooser | None = None) -> IcebergTable:
             return IcebergTable.open(settings, described, access, create=writes_to_store, choose=choose)
@@ -109,4 +103,23 @@ def open_table(ctx: RunContext, tuning: Tuning = DEFAULT_TUNING, *, writes_to_st
         (lambda: open_reader(database)) if tuning.arrow_reads else None,
         owning,
         open_iceberg,
+        access,
     )
+
+
+def _catalog_access(
+    ctx: RunContext,
+    settings: ArchiveSettings,
+    database: DatabaseSettings,
+    credentials: StorageCredentials,
+    store: ObjectStore,
+) -> CatalogAccess | None:
+    """format: Iceberg: how the run reaches the catalog and the table's files (None: format Parquet)."""
+    if settings.iceberg is None:
+        return None
+    catalog = settings.iceberg.catalog
+    if catalog.rest is not None:  # a REST catalog keeps its own tables: no database of its own here
+        rest_credentials = resolve_rest_credentials(ctx.secrets, catalog.rest)
+        return CatalogAccess(None, credentials, store.key(settings.relation), rest_credentials)
+    catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
+    return CatalogAccess(catalog_database, credentials, store.key(settings.relation))

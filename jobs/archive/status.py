@@ -67,3 +67,21 @@ ARCHIVE_RUNS = RunShape(
 )
 # Rows loaded back: `lastUnarchive` when it is done, Events; no condition (the archive runs' are the resource's).
 UNARCHIVE_RUNS = RunShape("Unarchive", None, failure_note="unarchive failed: {error}")
+
+
+@dataclass(frozen=True)
+class MaintenanceRecord(StatusRecord):
+    """`lastMaintenance`: the last maintenance of an Iceberg archive's table."""
+
+    written_to = (("tablearchives.yaml", "lastMaintenance"),)
+
+    time: str
+    files_rewritten: int
+    files_written: int
+    snapshots_expired: int
+    files_deleted: int
+    message: str
+
+
+# Maintenance of an Iceberg table: `lastMaintenance` and Events; no condition (the archive runs' are the resource's).
+MAINTAIN_RUNS = RunShape("Maintain", None, failure_note="maintenance failed: {error}")

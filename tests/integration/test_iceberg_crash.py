@@ -15,6 +15,7 @@ from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
     duckdb_over_minio,
+    iceberg_catalog,
     metadata_location,
     setup_iceberg_archive,
     spark_reading,
@@ -86,8 +87,10 @@ def test_a_kill_storm_never_loses_or_doubles_a_row_of_the_iceberg_table(archive_
     assert newer == (0,)  # the application's new rows are not due
     with psycopg.connect(dsn(env.database)) as conn:
         ledger = conn.execute("SELECT sum(rows), count(DISTINCT batch_id) FROM cellar.archive_ledger").fetchone()
-    snapshots = duck.execute(f"SELECT count(*) FROM iceberg_snapshots('{metadata}')").fetchone()
+    # The batches' snapshots (the maintenance that ends each run adds compactions, whose summary says so).
+    batches = [
+        s.summary.get("cellar.batch-id") for s in iceberg_catalog(env).load_table(("public", "orders")).snapshots()
+    ]
     assert ledger is not None
-    assert snapshots is not None
     assert ledger[0] == OLD_ROWS
-    assert ledger[1] == snapshots[0], "one ledger batch per snapshot, each snapshot recorded"
+    assert ledger[1] == len([b for b in batches if b]), "one ledger batch per snapshot, each snapshot recorded"
