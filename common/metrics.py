@@ -155,6 +155,27 @@ STATUS_METRICS = (
         ARCHIVE,
         ("lastRun", "longestTransactionSeconds"),
     ),
+    StatusMetric(
+        "cellar.archive.last_run.files",
+        "",
+        "files the last run wrote: Parquet objects or Iceberg data files",
+        ARCHIVE,
+        ("lastRun", "files"),
+    ),
+    StatusMetric(
+        "cellar.archive.iceberg.snapshots",
+        "",
+        "snapshots the Iceberg table keeps (format: Iceberg)",
+        ARCHIVE,
+        ("icebergTable", "snapshots"),
+    ),
+    StatusMetric(
+        "cellar.archive.iceberg.data_files",
+        "",
+        "data files in the Iceberg table's current snapshot (format: Iceberg)",
+        ARCHIVE,
+        ("icebergTable", "dataFiles"),
+    ),
     StatusMetric("cellar.archive.moved.rows", "", "rows moved by every run so far", ARCHIVE, ("totals", "rows")),
     StatusMetric(
         "cellar.archive.moved.size", "By", "Parquet bytes written by every run so far", ARCHIVE, ("totals", "bytes")

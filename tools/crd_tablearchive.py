@@ -347,6 +347,9 @@ def table_archive() -> dict[str, Any]:
                         "The archive's partition granularity (Daily, Monthly, Yearly, None) and why: chosen by "
                         "partitioning (partitionBy): Auto from the rows due, or kept as the archive has it."
                     ),
+                    "files": integer(
+                        "Files written: Parquet objects, or the Iceberg table's data files.", format="int64"
+                    ),
                 },
             ),
             "totals": obj(
@@ -364,6 +367,15 @@ def table_archive() -> dict[str, Any]:
                     "runId": string("Its run id."),
                     "reason": string("LockHeld."),
                     "message": string("Why."),
+                },
+            ),
+            "icebergTable": obj(
+                "format: Iceberg: the table as the last run (and its maintenance) left it, from its current snapshot.",
+                {
+                    "snapshots": integer("Snapshots the table keeps: what time travel can reach.", format="int64"),
+                    "dataFiles": integer("Data files in the current snapshot.", format="int64"),
+                    "bytes": integer("Their size.", format="int64"),
+                    "currentSnapshotId": string("The current snapshot's id (a string: 64-bit ids)."),
                 },
             ),
             "lastMaintenance": obj(

@@ -420,6 +420,19 @@ class IcebergTable:
         with catalog_failures(self.iceberg, f"failed to load the table {self.iceberg.identifier}"):
             return self.catalog.load_table(self.identifier)
 
+    def state(self) -> tuple[int, int, int, str]:
+        """(snapshots kept, data files, their bytes, the current snapshot's id) of the table now, from the current
+        snapshot's summary totals; zeros before the first snapshot."""
+        metadata = self.load().metadata
+        current = metadata.current_snapshot()
+        summary = current.summary if current is not None and current.summary is not None else {}
+        return (
+            len(metadata.snapshots),
+            int(summary.get("total-data-files", "0")),
+            int(summary.get("total-files-size", "0")),
+            str(current.snapshot_id) if current is not None else "",
+        )
+
     def append(self, rows: pa.Table, batch_id: str, run_id: str) -> AppendedSnapshot:
         """Commit `rows` as one snapshot whose summary names the batch; a commit that another writer beat is
         tried again on the table as it is then (the data files are written again: the lost ones are orphans)."""

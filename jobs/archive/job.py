@@ -49,7 +49,7 @@ from jobs.archive.partitions import due_partitions
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
 from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, with_array_dimensions
-from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, SkippedRun
+from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, IcebergTableState, SkippedRun
 from jobs.archive.table import (
     Connection,
     TableInfo,
@@ -117,6 +117,7 @@ class RunEnd:
     standby_note: str = ""
     layout: LayoutChoice | None = None  # partitioning / partitionBy: Auto: the granularity and why
     maintenance: Maintained | str | None = None  # format: Iceberg: the maintenance at the run's end, or its failure
+    table_state: IcebergTableState | None = None  # format: Iceberg: the table as the run left it
 
     def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
         """The batches are over: the duration, and the run summary in the log."""
@@ -261,6 +262,8 @@ class ArchiveJob:
         if iceberg is not None and iceberg.iceberg.maintenance.enabled and end.stopped is Stopped.DONE:
             # Not past maxRunTime: the next run (or `maintain`) does it then.
             end.maintenance = maintain_after_run(ctx, MaintenanceScope(iceberg, opened.store, conn, ctx.run_id))
+        if iceberg is not None:
+            end.table_state = IcebergTableState(*iceberg.state())
         message = end.message(settings.relation)
         self._finish(ctx, opened, info, end, message)
         return message
@@ -394,6 +397,7 @@ class ArchiveJob:
             batches=totals.batches,
             longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
             layout=end.layout.describe() if end.layout else None,
+            files=totals.objects,
         )
         RunStatus.of(ctx, ARCHIVE_RUNS).succeeded(
             end.reason,
@@ -402,6 +406,7 @@ class ArchiveJob:
             fields={
                 **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
                 **end.maintenance_fields(settings),
+                **(end.table_state.as_fields() if end.table_state else {}),
                 "oldestRowTime": oldest_row_time(conn, settings, info),
             },
         )

@@ -21,6 +21,7 @@ class ArchiveRun(RunRecord):
     batches: int | None = None
     longest_transaction_seconds: float | None = None
     layout: str | None = None  # the archive's partition granularity, and why (partitioning / partitionBy: Auto)
+    files: int | None = None  # Parquet objects, or the Iceberg table's data files, the run wrote
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class ArchiveTotals(StatusRecord):
     rows: int
     bytes: int
     batches: int
+
+
+@dataclass(frozen=True)
+class IcebergTableState(StatusRecord):
+    """`icebergTable`: the Iceberg table as the last run (and its maintenance) left it, from its current snapshot."""
+
+    written_to = (("tablearchives.yaml", "icebergTable"),)
+
+    snapshots: int  # snapshots the table keeps (what time travel can reach)
+    data_files: int
+    bytes: int  # the data files' size
+    current_snapshot_id: str  # a string: Iceberg's 64-bit ids lose digits as JSON numbers in some readers
 
 
 @dataclass(frozen=True)

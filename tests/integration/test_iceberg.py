@@ -98,7 +98,18 @@ def test_archive_into_iceberg_read_by_duckdb_and_pyiceberg_now_and_at_an_earlier
             "SELECT count(DISTINCT batch_id), sum(rows) FROM cellar.archive_ledger WHERE relation = 'public.orders'"
         ).fetchone()
     assert ledger == (len(snapshots), ROWS)  # one ledger row per snapshot, every row once
-    assert env.status("TableArchive", "orders")["totals"]["rows"] == ROWS
+    status = env.status("TableArchive", "orders")
+    assert status["totals"]["rows"] == ROWS
+    # What the status (and the metrics read from it) says of the table, as DuckDB sees the table now.
+    metadata_query = f"FROM iceberg_metadata('{now}') WHERE status != 'DELETED' AND manifest_content = 'DATA'"
+    files = duck.execute(f"SELECT count(*) {metadata_query}").fetchone()
+    kept = duck.execute(f"SELECT count(*) FROM iceberg_snapshots('{now}')").fetchone()
+    assert files is not None
+    assert kept is not None
+    assert status["icebergTable"]["dataFiles"] == files[0] > 0
+    assert status["icebergTable"]["snapshots"] == kept[0] == len(table.metadata.snapshots)
+    assert status["icebergTable"]["currentSnapshotId"] == str(table.metadata.current_snapshot_id)
+    assert status["lastRun"]["files"] >= 1
 
 
 def test_a_kill_between_the_catalog_commit_and_the_postgresql_commit_loses_and_doubles_nothing(
