@@ -1,6 +1,6 @@
 """Iceberg maintenance under kills: SIGKILLs at random points of compaction, just before a compaction's commit and
 between expiry's commit and its deletes, with a grace period and a retention of 0 so every run deletes what it can.
-DuckDB's iceberg extension and PyIceberg count the rows (not cellar): none lost, none doubled; and no file that a
+DuckDB's iceberg extension, Spark and PyIceberg count the rows (not cellar): none lost, none doubled; and no file that a
 snapshot references is ever missing from the store. Before each run, another writer appends a small file to
 each of 30 day partitions, so every run has work to be killed in."""
 
@@ -19,8 +19,10 @@ from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
     duckdb_over_minio,
     figures_in_duckdb,
+    figures_in_spark,
     metadata_location,
     setup_iceberg_archive,
+    spark_reading,
 )
 from tests.integration.iceberg_maintenance_helpers import (
     figures_in_pyiceberg,
@@ -70,7 +72,7 @@ def add_small_files(table: Any, first_id: int) -> list[tuple[int, Decimal]]:
 
 
 @pytest.mark.timeout(1500)  # 33 runs of a job, each started anew: about 10 minutes on a loaded machine
-def test_a_kill_storm_during_maintenance_loses_doubles_and_breaks_nothing(archive_env: ArchiveEnv) -> None:
+def test_a_kill_storm_during_maintenance_loses_doubles_and_breaks_nothing(archive_env: ArchiveEnv, spark: Any) -> None:
     env = archive_env
     make_orders(env, rows=ROWS)
     archived = figures_in_postgres(env, f"id <= {ROWS}")
@@ -121,6 +123,8 @@ def test_a_kill_storm_during_maintenance_loses_doubles_and_breaks_nothing(archiv
     table = load_orders(env)
     assert figures_in_pyiceberg(table) == expected, "every row once: none lost, none doubled"
     assert figures_in_duckdb(duckdb_over_minio(env), metadata_location(env)) == expected
+    by_spark = figures_in_spark(spark_reading(spark, env))
+    assert [Decimal(str(v)) for v in by_spark] == [Decimal(str(v)) for v in expected], "Spark counts the same"
     assert ids_in_table(env.database) == set(range(1_000_001, 1_000_011))
     after = live_data_files(table)
     assert len(after) == len({f.partition for f in after}), "one file per day's partition"
