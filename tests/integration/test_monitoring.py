@@ -137,6 +137,20 @@ def test_archives_push_rows_and_a_failing_one_is_seen(archive_env: ArchiveEnv, p
     assert value_of(pushing, f"cellar_archive_moved_rows{{{where}}}") == 500
     assert value_of(pushing, f"cellar_archive_oldest_row_seconds{{{where}}}") == seconds(status["oldestRowTime"])
     assert value_of(pushing, f"cellar_archive_cutoff_seconds{{{where}}}") == seconds(status["cutoff"])
+    # An Iceberg archive pushes its table's snapshots and data files too, as its status gives them.
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE lake_events AS SELECT * FROM events WHERE false")
+        conn.execute("ALTER TABLE lake_events ADD PRIMARY KEY (id)")
+        conn.execute(
+            "INSERT INTO lake_events SELECT g, now() - interval '100 days' + g * interval '1 hour' "
+            "FROM generate_series(1, 300) g"
+        )
+    setup_archive(env, table="lake_events", name="lake", format="Iceberg", iceberg={"partitionBy": "month"})
+    assert env.run(name="lake") == 0
+    lake = env.status("TableArchive", "lake")["icebergTable"]
+    at_lake = f'namespace="{env.namespace}", name="lake"'
+    assert value_of(pushing, f"cellar_archive_iceberg_snapshots{{{at_lake}}}") == lake["snapshots"] >= 1
+    assert value_of(pushing, f"cellar_archive_iceberg_data_files{{{at_lake}}}") == lake["dataFiles"] >= 1
     documented = {m.prometheus_name for m in STATUS_METRICS if m.kind == "TableArchive" and m.root == "status"}
     assert not documented - pushing.series_names()
 
