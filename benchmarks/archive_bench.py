@@ -9,11 +9,15 @@ runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE), droppe
       rows a batch, 2 lanes), Daily and Monthly partitions (best of 3 each)
   (d) a diagnostic, no target: one lane's capture step alone, one batch at a time (its DELETE, reading
       and parsing the rows, COMMIT; no files)
+  (i) (c) Daily with format: Iceberg (PyIceberg's SQL catalog in the same PostgreSQL, schema cellar_iceberg),
+      partitionBy: day to match (c)'s layout, the defaults otherwise: once with spec.iceberg.maintenance.enabled:
+      false, once with the maintenance at the run's end (the default)
 
-(a) and (c) take turns in three rounds, so that a slow minute on shared cores weighs on both alike; each
-prints its round's ratio. For each: rows per second, peak RSS, the longest single transaction, stored
+(a), (c) and (i) take turns in --rounds rounds (default 3), so that a slow minute on shared cores weighs on all
+alike; each prints its round's ratios. For each: rows per second, peak RSS, the longest single transaction, stored
 size, and the CPU seconds of the job, PostgreSQL and MinIO while it ran; then the targets:
-(c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB. Run:
+(c) >= 50% of (a)'s rows/s and faster than (b); no transaction over 2 s; peak RSS under 300 MB; (i) >= 0.9 of
+(c) Daily's rows/s and its peak RSS within 1.2 of (c)'s. Run:
 
     .venv/bin/python -m benchmarks.archive_bench              (--rows 1000000 for a quicker look)
 
@@ -272,6 +276,11 @@ def cellar(
     }
 
 
+# (i): format: Iceberg, laid out as (c) Daily, without and with the maintenance at the run's end.
+ICEBERG_VARIANTS: dict[str, dict[str, Any]] = {
+    "iceberg": {"format": "Iceberg", "iceberg": {"partitionBy": "day", "maintenance": {"enabled": False}}},
+    "iceberg-maintained": {"format": "Iceberg", "iceberg": {"partitionBy": "day"}},
+}
 FLOOR = "(a) COPY to /dev/null + one DELETE"
 HAND_LOOP = "(b) hand loop: SELECT, gzip CSV, upload, DELETE"
 CAPTURE_ONLY = "(d) diagnostic: cellar's DELETE + parse + COMMIT only"
@@ -279,6 +288,26 @@ CAPTURE_ONLY = "(d) diagnostic: cellar's DELETE + parse + COMMIT only"
 
 def cellar_label(partitioning: str) -> str:
     return f"(c) cellar, {partitioning} partitions" + (" (default)" if partitioning == "Auto" else "")
+
+
+def iceberg_label(variant: str) -> str:
+    return f"(i) as (c) Daily, Iceberg, maintenance {'on' if variant.endswith('maintained') else 'off'}"
+
+
+def iceberg_ratios(iceberg: dict[str, Any], parquet: dict[str, Any]) -> dict[str, float]:
+    """An Iceberg run against the Parquet run it matches: rows/s and peak RSS, Iceberg's over Parquet's."""
+    return {
+        "rows_per_second": (iceberg["rows"] / iceberg["wall"]) / (parquet["rows"] / parquet["wall"]),
+        "rss": iceberg["rss"] / parquet["rss"],
+    }
+
+
+def iceberg_checks(label: str, ratios: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """The targets of #38: Iceberg at least 0.9 of Parquet's rows/s, its peak RSS within 1.2 of Parquet's."""
+    return [
+        (f"{label} rows/s ratio = {ratios['rows_per_second']:.2f}", "target >= 0.90", ratios["rows_per_second"] >= 0.9),
+        (f"{label} peak RSS ratio = {ratios['rss']:.2f}", "target <= 1.20", ratios["rss"] <= 1.2),
+    ]
 
 
 def script_variant(stack: LocalStack, label: str, variant: str, attempt: int, cutoff: str) -> dict[str, Any]:
@@ -302,9 +331,22 @@ def script_variant(stack: LocalStack, label: str, variant: str, attempt: int, cu
 def cellar_variant(
     stack: LocalStack, kubeconfig: Path, api: Any, partitioning: str, attempt: int, batch: dict[str, int]
 ) -> dict[str, Any]:
-    database = f"archive_c_{partitioning.lower()}_{attempt}"
+    """(c) with `partitioning`, or (i) when `partitioning` names one of ICEBERG_VARIANTS (laid out as Daily)."""
+    spec = ICEBERG_VARIANTS.get(partitioning)
+    database = f"archive_c_{partitioning.lower().replace('-', '_')}_{attempt}"
     fresh_copy(stack, database)
-    result = cellar(stack, database, "archive-bench", kubeconfig, api, partitioning, attempt, batch)
+    result = cellar(
+        stack,
+        database,
+        "archive-bench",
+        kubeconfig,
+        api,
+        "Daily" if spec else partitioning,
+        attempt,
+        batch,
+        name=f"orders-{partitioning.lower()}-{attempt}",
+        spec=spec,
+    )
     drop(stack, database)
     return result
 
@@ -314,6 +356,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--batch-rows", type=int, help="(c): spec.batch.rows (default: cellar's default)")
     parser.add_argument("--parallelism", type=int, help="(c): spec.batch.parallelism (default: cellar's default)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of (a), (c) and (i); the best of each")
     parser.add_argument("variant", nargs="?", choices=["floor", "hand-loop", "capture-only"], help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--cutoff", help=argparse.SUPPRESS)
@@ -350,17 +393,20 @@ def main() -> int:
         runs[CAPTURE_ONLY].append(script_variant(stack, CAPTURE_ONLY, "capture-only", 0, cutoff))
         # The floor and cellar take turns, round after round: a run of a few seconds on shared cores is
         # noisy, and a slow minute then weighs on both alike. Each figure is the best of its rounds.
-        for attempt in range(ROUNDS):
+        for attempt in range(args.rounds):
             runs[FLOOR].append(script_variant(stack, FLOOR, "floor", attempt, cutoff))
-            for partitioning in ("Daily", "Monthly"):
-                runs.setdefault(cellar_label(partitioning), []).append(
-                    cellar_variant(stack, kubeconfig, api, partitioning, attempt, batch)
-                )
-            floor_wall = runs[FLOOR][-1]["wall"]
+            labels = {p: cellar_label(p) for p in ("Daily", "Monthly")}
+            labels |= {v: iceberg_label(v) for v in ICEBERG_VARIANTS}
+            for variant, label in labels.items():
+                runs.setdefault(label, []).append(cellar_variant(stack, kubeconfig, api, variant, attempt, batch))
+            floor_wall, daily = runs[FLOOR][-1]["wall"], runs[cellar_label("Daily")][-1]
             turns = []
-            for partitioning in ("Daily", "Monthly"):
-                wall = runs[cellar_label(partitioning)][-1]["wall"]
-                turns.append(f"(c) {partitioning} {wall:.1f}s ({floor_wall / wall:.2f} of (a)'s rows/s)")
+            for variant, label in labels.items():
+                wall = runs[label][-1]["wall"]
+                turn = f"{label[:3]} {variant} {wall:.1f}s ({floor_wall / wall:.2f} of (a)'s rows/s"
+                if variant in ICEBERG_VARIANTS:
+                    turn += f", {iceberg_ratios(runs[label][-1], daily)['rows_per_second']:.2f} of (c) Daily's"
+                turns.append(turn + ")")
             print(f"round {attempt + 1}: (a) {floor_wall:.1f}s, " + ", ".join(turns), flush=True)
         results = {label: min(measured, key=lambda r: r["wall"]) for label, measured in runs.items()}
         report(args.rows, results)
@@ -403,10 +449,17 @@ def report(total_rows: int, results: dict[str, dict[str, Any]]) -> None:
             c_monthly["rows"] / c_monthly["wall"] >= rate["a"] / 2,
         ),
     ]
+    for variant in ICEBERG_VARIANTS:
+        label = iceberg_label(variant)
+        checks += iceberg_checks(f"(i) {variant} / (c) Daily", iceberg_ratios(results[label], c))
     d = results[CAPTURE_ONLY]
     print(f"\n  diagnostic, no target: (d) rows/s / (a) rows/s = {d['rows'] / d['wall'] / rate['a']:.2f}")
+    print_checks(checks)
+
+
+def print_checks(checks: list[tuple[str, str, bool]]) -> None:
     for figure, target, ok in checks:
-        print(f"  {figure:40} {target:16} {'PASS' if ok else 'MISS'}")
+        print(f"  {figure:50} {target:16} {'PASS' if ok else 'MISS'}")
 
 
 if __name__ == "__main__":

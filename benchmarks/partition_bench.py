@@ -11,12 +11,16 @@ variant runs on its own copy of the database (CREATE DATABASE ... TEMPLATE), dro
   (d) (c) with partitioning: Monthly: one file per month instead of one per day (a thirtieth of the objects)
   (e) (d) with the partitions read through COPY CSV instead of in binary (Tuning.arrow_reads off)
   (r) a diagnostic: the whole partitions only read, both ways, nothing written: what each read costs
+  (bi), (ci) (b) and (c) with format: Iceberg (PyIceberg's SQL catalog in the same PostgreSQL), partitionBy: day
+      to match their layout, spec.iceberg.maintenance.enabled: false, the defaults otherwise; (cm) (ci) with the
+      maintenance at the run's end (the default)
 
-(a) to (e) take turns for --rounds rounds. Printed: rows per second of each; (c)'s and (d)'s rows per second
-over (a)'s (target: at least 0.8); the most that ratio could be on this machine (the CPU seconds the variant
-needed, spread perfectly over the cores, against (a)'s wall time); and the longest time any transaction held
-an ACCESS EXCLUSIVE lock on the parent table while (c) ran, sampled every 20 ms from pg_locks (target: under
-1 s). Run:
+(a) to (e) and the Iceberg variants take turns for --rounds rounds. Printed: rows per second of each; (c)'s and
+(d)'s rows per second over (a)'s (target: at least 0.8); the most that ratio could be on this machine (the CPU
+seconds the variant needed, spread perfectly over the cores, against (a)'s wall time); the longest time any
+transaction held an ACCESS EXCLUSIVE lock on the parent table while (c) ran, sampled every 20 ms from pg_locks
+(target: under 1 s); and each Iceberg variant's rows per second and peak RSS over its Parquet variant's (targets:
+at least 0.9, at most 1.2). Run:
 
     .venv/bin/python -m benchmarks.partition_bench              (--rows 1000000 for a quicker look)
 """
@@ -35,7 +39,19 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 from psycopg import sql
 
-from benchmarks.archive_bench import COLUMNS, cellar, cpu_spent, drop, fill_orders, fresh_copy, orders_settings
+from benchmarks.archive_bench import (
+    COLUMNS,
+    ICEBERG_VARIANTS,
+    cellar,
+    cpu_spent,
+    drop,
+    fill_orders,
+    fresh_copy,
+    iceberg_checks,
+    iceberg_ratios,
+    orders_settings,
+    print_checks,
+)
 from benchmarks.measure import install_cellar, server_cpu
 from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.batches import read_copy
@@ -177,8 +193,11 @@ def cellar_run(
     whole: bool = True,
     partitioning: str = "Daily",
     csv_reads: bool = False,
+    iceberg: str = "",
 ) -> dict[str, Any]:
+    """(b) to (e); `iceberg`: one of ICEBERG_VARIANTS, for (bi), (ci) and (cm)."""
     variant = ("e" if csv_reads else "c" if partitioning == "Daily" else "d") if whole else "b"
+    variant += {"": "", "iceberg": "i", "iceberg-maintained": "m"}[iceberg]
     database = f"partition_{variant}_{attempt}"
     dsn = fresh_copy(stack, database, TEMPLATE)
     whole_rows = sum(n for _, n in whole_partitions(dsn))
@@ -194,7 +213,7 @@ def cellar_run(
         attempt,
         {},
         name=f"part-{variant}-{attempt}",
-        spec={"partitions": {"archiveWhole": whole}},
+        spec={"partitions": {"archiveWhole": whole}, **ICEBERG_VARIANTS.get(iceberg, {})},
         job=CSV_READS_JOB if csv_reads else ("jobs.archive",),
     )
     watch.stop.set()
@@ -206,6 +225,18 @@ def cellar_run(
         "rows_per_second": result["rows"] / result["wall"],
         "parent_exclusive_seconds": watch.longest,
     }
+
+
+def report_iceberg(runs: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Each Iceberg variant against its Parquet variant: (bi) against (b), (ci) and (cm) against (c)."""
+    for name, (iceberg, parquet) in runs.items():
+        ratios = iceberg_ratios(iceberg, parquet)
+        print(
+            f"({name}) {iceberg['rows']} rows, {iceberg['wall']:.1f}s, {iceberg['rows_per_second']:.0f} rows/s, "
+            f"peak RSS {iceberg['rss']:.0f} MB; ({name[0]}) {parquet['rows_per_second']:.0f} rows/s, "
+            f"peak RSS {parquet['rss']:.0f} MB"
+        )
+        print_checks(iceberg_checks(f"({name}) / ({name[0]})", ratios))
 
 
 def main() -> int:
@@ -227,6 +258,11 @@ def main() -> int:
             c = cellar_run(stack, kubeconfig, api, attempt)
             d = cellar_run(stack, kubeconfig, api, attempt, partitioning="Monthly")
             e = cellar_run(stack, kubeconfig, api, attempt, partitioning="Monthly", csv_reads=True)
+            iceberg = {
+                "bi": (cellar_run(stack, kubeconfig, api, attempt, whole=False, iceberg="iceberg"), b),
+                "ci": (cellar_run(stack, kubeconfig, api, attempt, iceberg="iceberg"), c),
+                "cm": (cellar_run(stack, kubeconfig, api, attempt, iceberg="iceberg-maintained"), c),
+            }
             shown = {
                 name: rounded(figures)
                 for name, figures in (
@@ -249,6 +285,7 @@ def main() -> int:
             }
             reads = {path: rounded(figures) for path, figures in r.items()}
             print(json.dumps({"round": attempt, **shown, **ratios, "r_reads_only": reads}))
+            report_iceberg(iceberg)
     finally:
         stack.stop()
     return 0
