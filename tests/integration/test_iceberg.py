@@ -211,7 +211,7 @@ def test_unarchive_from_iceberg_pushes_the_range_down_and_brings_back_equal_rows
         february = conn.execute(
             "SELECT t::text FROM orders t WHERE created_at >= '2025-02-01' AND created_at < '2025-03-01' ORDER BY id"
         ).fetchall()
-    setup_iceberg_archive(env, batch={"rows": 500})
+    setup_iceberg_archive(env, batch={"rows": 500}, iceberg={"partitionBy": "month"})
     assert env.run() == 0
     json_log_lines(capsys)
     assert env.run("unarchive", "--from", "2025-02-01", "--to", "2025-03-01") == 0
