@@ -131,7 +131,7 @@ def read_all(endpoint: str, metadata: str) -> None:
     print(json.dumps({"rows": found[0] if found else None}))
 
 
-def archive_settings(endpoint: str, transform: str) -> Any:
+def archive_settings(endpoint: str, transform: str, target_mib: int | None = None) -> Any:
     """The ArchiveSettings of a TableArchive over the table, its maintenance with a retention and grace of 0s."""
     from jobs.archive.settings import parse_archive_spec
 
@@ -153,12 +153,13 @@ def archive_settings(endpoint: str, transform: str) -> Any:
             "iceberg": {
                 "partitionBy": transform,
                 "maintenance": {"snapshotRetention": "0s", "orphanGracePeriod": "0s"},
+                **({"targetFileSizeMiB": target_mib} if target_mib else {}),
             },
         }
     )
 
 
-def maintain(port: int, endpoint: str) -> None:
+def maintain(port: int, endpoint: str, target_mib: int | None) -> None:
     """(b), in its own process: what `cellar-archive maintain` does once it holds the table's lock."""
     from common.db import connect
     from common.secrets import DatabaseSettings, StorageCredentials
@@ -168,7 +169,7 @@ def maintain(port: int, endpoint: str) -> None:
     from jobs.archive.maintain import MaintenanceScope, maintain_table
     from jobs.archive.table import describe_table
 
-    settings = archive_settings(endpoint, "month")
+    settings = archive_settings(endpoint, "month", target_mib)
     database = DatabaseSettings("127.0.0.1", port, DATABASE, "postgres", PG_SUPERUSER_PASSWORD, "disable", None, 10)
     credentials = StorageCredentials(S3_ACCESS_KEY, S3_SECRET_KEY, None, None)
     store = open_store(settings.storage, credentials)
@@ -186,6 +187,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=20)
     parser.add_argument("--rows-per-file", type=int, default=500)
+    # A small target with large partitions shows (b)'s peak RSS follows the target, not the partition's size.
+    parser.add_argument("--target-mib", type=int, help="spec.iceberg.targetFileSizeMiB (default: the spec's)")
     parser.add_argument("variant", nargs="?", choices=["read-all", "maintain"], help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--metadata", help=argparse.SUPPRESS)
@@ -195,7 +198,7 @@ def main() -> int:
         read_all(args.endpoint, args.metadata)
         return 0
     if args.variant == "maintain":
-        maintain(args.port, args.endpoint)
+        maintain(args.port, args.endpoint, args.target_mib)
         return 0
     stack = LocalStack()
     stack.binaries = built_binaries(["minio"])  # PostgreSQL and MinIO only: no Kubernetes
@@ -219,7 +222,8 @@ def measure(stack: LocalStack, args: argparse.Namespace) -> int:
     baseline = run_measured("(a)", [*here, "read-all", "--metadata", metadata], env)
     read = json.loads(baseline.output.strip().splitlines()[-1])
     assert read["rows"] == total, read
-    maintained = run_measured("(b)", [*here, "maintain", "--port", str(stack.pg_port)], env)
+    target = ["--target-mib", str(args.target_mib)] if args.target_mib else []
+    maintained = run_measured("(b)", [*here, "maintain", "--port", str(stack.pg_port), *target], env)
     message = json.loads(maintained.output.strip().splitlines()[-1])["message"]
     after = catalog(stack).load_table(("public", "orders"))
     files_after = len(list(after.scan().plan_files()))
