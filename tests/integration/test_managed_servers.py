@@ -9,6 +9,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -187,3 +188,37 @@ def test_a_whole_managed_server_is_backed_up_with_roles_without_passwords(
         assert "spec.verify.enabled: false" in refused["message"]
     finally:
         drop_managed(server, managed, [managed.database, locked])
+
+
+def test_a_directory_backup_by_roles_that_are_no_superusers_restores_with_grants_left_out(
+    stack: LocalStack, backup_env: BackupEnv, tmp_path: Path
+) -> None:
+    """spec.parallelism's directory dump, backed up and restored by the managed server's roles: the restore reads
+    the grants from toc.dat alone, leaves out the ones it cannot set and names them, rows equal."""
+    managed = make_managed(stack, f"md{uuid.uuid4().hex[:6]}")
+    copy = f"{managed.tag}_copy"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    try:
+        env = dataclasses.replace(
+            backup_env.on(managed.backup),
+            create_secret=lambda name, data: replace_secret(backup_env.admin_api, backup_env.namespace, name, data),
+        )
+        env.setup(parallelism=2, staging={"path": str(staging)})
+        assert env.run() == 0
+        assert env.conditions("DatabaseBackup", "orders")["BackupSucceeded"]["reason"] == "Completed"
+        original = table_contents(managed.backup)
+        with psycopg.connect(stack.pg_dsn(managed.database), autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {managed.role('gone')}")
+            conn.execute(f"DROP ROLE {managed.role('gone')}")
+        env.create_restore("copy", managed.restore, copy, parallelism=2, staging={"path": str(staging)})
+        assert env.run("restore", name="copy") == 0
+        succeeded = env.conditions("DatabaseRestore", "copy")["Succeeded"]
+        message = succeeded["message"]
+        assert succeeded["status"] == "True", message
+        assert "pg_restore --jobs=2 from the directory staged" in message
+        assert f"ownership left to {managed.role('restore')}" in message
+        assert f"no role {managed.role('gone')} here" in message
+        assert table_contents(managed.restore, copy) == original
+    finally:
+        drop_managed(stack, managed, [managed.database, copy])
