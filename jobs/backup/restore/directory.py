@@ -36,24 +36,30 @@ class Staging:
     jobs: int
 
 
+def staging_with_room(staging: str, needed: int, what: str, advice: str = "") -> Path:
+    """The staging directory, once it is usable and has room for `needed` bytes of `what` and the filesystem's
+    slack (InsufficientSpace before any download when it has not); `advice` ends the message."""
+    directory = Path(staging)
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise PermanentError(
+            f"spec.staging.path: {staging} is not usable ({exc.strerror}); mount a volume there",
+            reason=Reason.INVALID_SPEC,
+        ) from None
+    needed += STAGING_MARGIN
+    if free < needed:
+        raise PermanentError(
+            f"{staging} has {human_size(free)} free; {what} needs {human_size(needed)}. Give a larger volume{advice}",
+            reason=Reason.INSUFFICIENT_SPACE,
+        )
+    return directory
+
+
 def staged_directory(staging: Staging, manifest: Manifest) -> Path:
     """The directory the backup's files go into, once the volume is usable and has room for them all
     (InsufficientSpace before any download when it has not)."""
-    root = Path(staging.path)
-    try:
-        free = shutil.disk_usage(root).free
-    except OSError as exc:
-        raise PermanentError(
-            f"spec.staging.path: {staging.path} is not usable ({exc.strerror}); mount a volume there",
-            reason=Reason.INVALID_SPEC,
-        ) from None
-    needed = manifest.dump.bytes_raw + STAGING_MARGIN
-    if free < needed:
-        raise PermanentError(
-            f"{staging.path} has {human_size(free)} free; the staged directory of {manifest.backup_id} needs "
-            f"{human_size(needed)}. Give a larger volume",
-            reason=Reason.INSUFFICIENT_SPACE,
-        )
+    root = staging_with_room(staging.path, manifest.dump.bytes_raw, f"the staged directory of {manifest.backup_id}")
     return root / f"cellar-{manifest.backup_id}.{quote(manifest.dump.database, safe='')}.dir"
 
 

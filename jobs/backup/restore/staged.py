@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import errno
-import shutil
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 from common.errors import PermanentError, RestoreFailed
 from common.reasons import Reason
-from jobs.backup.catalog import Manifest
 from jobs.backup.compression import decompressor_for
+from jobs.backup.restore.directory import staging_with_room
 from jobs.backup.restore.plan import BackupSource, RestoreTarget
 from jobs.backup.restore.stream import RestoreResult, StoredObject, decode_into
-from jobs.backup.status import human_size
-
-STAGING_MARGIN = 64 * 1024 * 1024  # beyond the dump itself: the filesystem's own overhead, and slack
 
 
 def restore_staged(
@@ -34,7 +29,12 @@ def restore_staged(
     transaction: callers restore into a database made for it, and drop it again on failure.
     """
     manifest = source.manifest
-    directory = _staging_with_room(staging, manifest)
+    directory = staging_with_room(
+        staging,
+        manifest.bytes_raw,
+        f"the staged dump of {manifest.backup_id}",
+        ", or leave parallelism and staging out to restore from the stream",
+    )
     staged = directory / f"cellar-{manifest.backup_id}.pgdump"
     stored = StoredObject(source, on_progress)
     try:
@@ -66,25 +66,3 @@ def restore_staged(
         return RestoreResult(stored.read, staged.stat().st_size)
     finally:
         staged.unlink(missing_ok=True)
-
-
-def _staging_with_room(staging: str, manifest: Manifest) -> Path:
-    """The staging directory, once it is usable and has room for the dump (InsufficientSpace before any
-    download when it has not)."""
-    directory = Path(staging)
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError as exc:
-        raise PermanentError(
-            f"spec.staging.path: {staging} is not usable ({exc.strerror}); mount a volume there",
-            reason=Reason.INVALID_SPEC,
-        ) from None
-    needed = manifest.bytes_raw + STAGING_MARGIN
-    if free < needed:
-        raise PermanentError(
-            f"{staging} has {human_size(free)} free; the staged dump of {manifest.backup_id} needs "
-            f"{human_size(needed)}. Give a larger volume, or leave parallelism and staging out to restore from "
-            "the stream",
-            reason=Reason.INSUFFICIENT_SPACE,
-        )
-    return directory
