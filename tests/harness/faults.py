@@ -11,9 +11,7 @@ bandwidth, connections reset.
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.harness.certificates import self_signed
 from tests.harness.stack import StackError, built_binaries, free_port
 
 
@@ -216,36 +215,6 @@ class FaultProxy:
         certificate, key = self_signed("cellar fault proxy", directory)
         self.ca_file = certificate
         return str(certificate), str(key)
-
-
-def self_signed(common_name: str, directory: Path) -> tuple[Path, Path]:
-    """A self-signed CA certificate for 127.0.0.1 and its key, written as cert.pem and key.pem into `directory`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=12))
-        .add_extension(loopback, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return directory / "cert.pem", directory / "key.pem"
 
 
 class Toxiproxy:

@@ -12,7 +12,6 @@ which and how to fix it.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import pwd
 import shutil
@@ -31,6 +30,9 @@ from typing import Any
 
 import psycopg
 import yaml
+from cryptography.hazmat.primitives import serialization
+
+from tests.harness.certificates import LOOPBACK_NAMES, Authority, new_key, write_certificate, write_key
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "harness" / "build-servers.sh"
@@ -173,80 +175,17 @@ def wait_for(what: str, check: Any, process: Process | None, timeout: float = 90
 
 
 def _make_certificates(directory: Path) -> dict[str, Path]:
-    """A CA, a serving certificate for 127.0.0.1, an admin client certificate and SA keys."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    def key() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def write_key(path: Path, private: rsa.RSAPrivateKey) -> Path:
-        path.write_bytes(
-            private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return path
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cellar-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def issue(common_name: str, organization: str | None, server: bool) -> tuple[x509.Certificate, Any]:
-        leaf_key = key()
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        if organization:
-            attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attributes))
-            .issuer_name(ca_name)
-            .public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=2))
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), leaf_key
-
-    paths: dict[str, Path] = {}
-    paths["ca.crt"] = directory / "ca.crt"
-    paths["ca.crt"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    """A CA, a serving certificate for 127.0.0.1 (and the cluster's service address), an admin client certificate
+    and SA keys; RSA, as the kube-apiserver's service-account keys are."""
+    authority = Authority.create("cellar-test-ca", key_kind="rsa")
+    paths = {"ca.crt": write_certificate(directory / "ca.crt", authority.certificate)}
     for name, (cert, leaf_key) in {
-        "serving": issue("kube-apiserver", None, server=True),
-        "admin": issue("cellar-admin", "system:masters", server=False),
+        "serving": authority.issue("kube-apiserver", hosts=(*LOOPBACK_NAMES, "10.0.0.1")),
+        "admin": authority.issue("cellar-admin", organization="system:masters", client=True),
     }.items():
-        paths[f"{name}.crt"] = directory / f"{name}.crt"
-        paths[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{name}.crt"] = write_certificate(directory / f"{name}.crt", cert)
         paths[f"{name}.key"] = write_key(directory / f"{name}.key", leaf_key)
-    sa_key = key()
+    sa_key = new_key("rsa")
     paths["sa.key"] = write_key(directory / "sa.key", sa_key)
     paths["sa.pub"] = directory / "sa.pub"
     paths["sa.pub"].write_bytes(
@@ -545,7 +484,7 @@ class LocalStack:
     def tls(self) -> Iterator[str]:
         """TLS on the PostgreSQL server (besides plain connections) for as long as the block runs, with a
         self-signed certificate for 127.0.0.1; yields that certificate (the CA a client verifies it with)."""
-        from tests.harness.faults import self_signed
+        from tests.harness.certificates import self_signed
 
         certificate, key = self_signed("cellar test PostgreSQL", self.pg_data)
         if os.geteuid() == 0:

@@ -203,7 +203,7 @@ def test_a_pg_dump_older_than_the_server_is_refused(
 def test_a_server_certificate_the_secrets_ca_did_not_sign_is_permanent_and_says_what_to_fix(
     backup_env: BackupEnv, tmp_path: Path
 ) -> None:
-    from tests.harness.faults import self_signed
+    from tests.harness.certificates import self_signed
 
     env = backup_env
     other_ca, _ = self_signed("some other CA", tmp_path)
