@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -50,6 +51,8 @@ RUN_PROPERTY = "cellar.run-id"
 # The source table (schema.table) whose rows a snapshot holds: a run resolves only its own table's snapshots, even
 # where two archives append to one Iceberg table.
 RELATION_PROPERTY = "cellar.relation"
+# PyIceberg loads the S3 FileIO by this name when a table is opened (a Parquet-mode run never imports it).
+S3_FILE_IO = "jobs.archive.iceberg_files.S3FileIO"
 COMMIT_ATTEMPTS = 12  # appends that lose the race for the catalog's commit before the run gives up
 PARTITIONINGS_OF: dict[str, Partitioning] = {transform: partitioning for partitioning, transform in TRANSFORMS.items()}
 # partitionBy: Auto: what measures the rows due and chooses, or None when none are due.
@@ -103,14 +106,14 @@ FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
 
 
 def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
-    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3, fsspec's
-    adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
+    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3 (as
+    iceberg_files.py opens it), fsspec's adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
     storage = settings.storage
     if storage.provider == "AzureBlob":
         return _azure_properties(storage, credentials)
     if storage.provider == "GCS":
         return _gcs_properties(storage, credentials)
-    properties: dict[str, Any] = {"s3.region": storage.region}
+    properties: dict[str, Any] = {"py-io-impl": S3_FILE_IO, "s3.region": storage.region}
     if storage.endpoint:
         properties["s3.endpoint"] = storage.endpoint
     if not storage.force_path_style and not storage.endpoint:
@@ -294,6 +297,8 @@ class IcebergTable:
         self.layout: LayoutChoice | None = None  # partitionBy: Auto, resolved by open()
         self.schema_changes: dict[str, list[str]] = {}  # what open() changed in the table's schema, for the summary
         self._appending = threading.Lock()
+        self._base: Any = None  # the table as this run's last commit left it (commits only, under _appending)
+        self._writing = threading.local()  # each lane's table for writing data files
 
     @classmethod
     def open(
@@ -434,45 +439,83 @@ class IcebergTable:
         )
 
     def append(self, rows: pa.Table, batch_id: str, run_id: str) -> AppendedSnapshot:
-        """Commit `rows` as one snapshot whose summary names the batch; a commit that another writer beat is
-        tried again on the table as it is then (the data files are written again: the lost ones are orphans)."""
+        """Write `rows` as data files, then commit them as one snapshot whose summary names the batch. Lanes write
+        their files side by side and take turns only for the commit; a commit that another writer beat is tried
+        again, with the same files, on the table as it is then."""
         properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
+        with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
+            data_files = self._write_data_files(rows)
         # The catalog's commit may have happened before its connection failed (or a REST catalog's answer was
         # lost): the run stops, and the next one finds the snapshot, if there is one, by its batch id.
         with self._appending, catalog_failures(self.iceberg, f"failed the commit of batch {batch_id}"):
-            return self._append(rows, batch_id, properties)
+            return self._commit(data_files, batch_id, properties)
 
-    def _append(self, rows: pa.Table, batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
+    def _write_data_files(self, rows: pa.Table) -> list[Any]:
+        """The batch's Parquet data files, written under the table's location by PyIceberg's own writer (its
+        partitioning, file size target and column statistics), not yet in any snapshot: files of a batch whose
+        commit never happens are orphans, which maintenance removes."""
+        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+
+        # Only the table's schema, partition spec, location and properties matter here, so each lane writes with
+        # the table as it first loaded it. Its own copy: PyIceberg caches in the metadata object as it reads it,
+        # and a commit copies the committing table's metadata, which must not change meanwhile.
+        table = getattr(self._writing, "table", None)
+        if table is None:
+            table = self._writing.table = self.load()
+        metadata = table.metadata
+        _check_pyarrow_schema_compatible(
+            metadata.schema(), provided_schema=rows.schema, format_version=metadata.format_version
+        )
+        if rows.num_rows == 0:
+            return []
+        # The two-stage write PyIceberg's Transaction.append documents for retried commits: the files are written
+        # once, and each attempt only commits the list.
+        return list(_dataframe_to_data_files(table_metadata=metadata, df=rows, io=table.io, write_uuid=uuid.uuid4()))
+
+    def _commit(self, data_files: list[Any], batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException
 
         for attempt in range(COMMIT_ATTEMPTS):
-            table = self.load()
+            # The table as this run's last commit left it: when another writer has committed since, the commit
+            # fails and the next attempt loads the table anew.
+            table = self._base or self.load()
             failpoint("archive.iceberg-append")  # a test holds a run here while another writer commits
             try:
-                table.append(rows, snapshot_properties=properties)
+                with (
+                    table.transaction() as transaction,
+                    transaction.update_snapshot(snapshot_properties=properties).fast_append() as append,
+                ):
+                    for data_file in data_files:
+                        append.append_data_file(data_file)
             except CommitFailedException as exc:
+                self._base = None
                 self.commit_retries += 1
                 log.info("Iceberg commit conflict; trying again", extra={"attempt": attempt + 1, "error": str(exc)})
                 time.sleep(random.uniform(0.02, 0.1 * 2 ** min(attempt, 5)))  # noqa: S311 (jitter, not secrecy)
                 continue
-            snapshot = table.current_snapshot()
-            if snapshot is None or snapshot.summary is None or snapshot.summary.get(BATCH_PROPERTY) != batch_id:
-                raise RetryableError(
-                    f"the Iceberg table {self.iceberg.identifier}'s current snapshot after batch {batch_id}'s append "
-                    "is not that batch's",
-                    reason=Reason.CATALOG_CONFLICT,
-                )
-            summary = snapshot.summary
-            return AppendedSnapshot(
-                snapshot.snapshot_id,
-                str(table.metadata_location),
-                int(summary.get("added-data-files", "0")),
-                int(summary.get("added-files-size", "0")),
-            )
+            self._base = table
+            return self._appended(table, batch_id)
         raise RetryableError(
             f"the Iceberg table {self.iceberg.identifier} changed under each of {COMMIT_ATTEMPTS} commits of batch "
             f"{batch_id} (other writers); nothing of it was recorded, and the next run tries again",
             reason=Reason.CATALOG_CONFLICT,
+        )
+
+    def _appended(self, table: Any, batch_id: str) -> AppendedSnapshot:
+        snapshot = table.current_snapshot()
+        if snapshot is None or snapshot.summary is None or snapshot.summary.get(BATCH_PROPERTY) != batch_id:
+            self._base = None
+            raise RetryableError(
+                f"the Iceberg table {self.iceberg.identifier}'s current snapshot after batch {batch_id}'s append "
+                "is not that batch's",
+                reason=Reason.CATALOG_CONFLICT,
+            )
+        summary = snapshot.summary
+        return AppendedSnapshot(
+            snapshot.snapshot_id,
+            str(table.metadata_location),
+            int(summary.get("added-data-files", "0")),
+            int(summary.get("added-files-size", "0")),
         )
 
     def batch_snapshots(self) -> Iterator[tuple[str, Any]]:

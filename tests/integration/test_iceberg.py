@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pyarrow as pa
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from tests.harness.faults import FaultProxy
 from tests.integration.archive_helpers import dsn, ids_in_table, json_log_lines
 from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
@@ -268,3 +270,34 @@ def test_a_failure_after_the_catalog_commit_stops_the_run_and_the_next_run_delet
     archived = iceberg_catalog(env).load_table(("public", "orders")).scan().to_arrow().column("id").to_pylist()
     assert sorted(archived) == list(range(1, 1001))
     assert ids_in_table(env.database) == set(range(1_000_001, 1_000_011))
+
+
+def test_each_iceberg_data_file_is_one_put_and_nothing_asks_the_store_its_size(archive_env: ArchiveEnv) -> None:
+    """What the object store sees of a run, through a proxy that records every request: each data file the table
+    lists is written by exactly one PUT (no multipart upload, no HEAD before or after), and is as long as the
+    table says."""
+    env = archive_env
+    make_orders(env)
+    expected = figures_in_postgres(env, "id <= 3000")
+    proxy = FaultProxy(env.storage_spec["endpoint"]).start()
+    try:
+        setup_iceberg_archive(
+            env,
+            storage={**env.storage_spec, "endpoint": proxy.url},
+            batch={"rows": 1000},
+            iceberg={"partitionBy": "month", "maintenance": {"enabled": False}},
+        )
+        assert env.run() == 0
+    finally:
+        proxy.stop()
+    requests = [(seen.request.method, seen.request.path) for seen in proxy.seen]
+    data_files = [task.file for task in iceberg_catalog(env).load_table(("public", "orders")).scan().plan_files()]
+    assert len(data_files) >= 4  # several months, several batches
+    for data_file in data_files:
+        location = urlsplit(data_file.file_path)
+        path = f"/{location.netloc}{location.path}"  # the proxy's requests are path-style
+        assert [method for method, seen in requests if seen.split("?")[0] == path] == ["PUT"], path
+        stored = env.s3.head_object(Bucket=location.netloc, Key=location.path.lstrip("/"))
+        assert data_file.file_size_in_bytes == stored["ContentLength"]
+    assert not [seen for method, seen in requests if "uploads" in seen or "uploadId" in seen]  # no multipart at all
+    assert figures_in_duckdb(duckdb_over_minio(env), metadata_location(env)) == expected
