@@ -103,8 +103,9 @@ FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
 
 
 def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
-    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3, fsspec's
-    adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
+    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3 (verifying
+    the endpoint with spec.storage.endpointCA where set), fsspec's adlfs for Azure Blob Storage and gcsfs for GCS
+    (PyIceberg's FsspecFileIO)."""
     storage = settings.storage
     if storage.provider == "AzureBlob":
         return _azure_properties(storage, credentials)
@@ -120,6 +121,12 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
         properties["s3.secret-access-key"] = credentials.secret_access_key
     if credentials.session_token:
         properties["s3.session-token"] = credentials.session_token
+    if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
+        # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's (iceberg_io.py says how).
+        from jobs.archive.iceberg_io import CA_PROPERTY, FILE_IO
+
+        properties["py-io-impl"] = FILE_IO
+        properties[CA_PROPERTY] = credentials.ca_bundle_pem
     return properties
 
 
