@@ -123,10 +123,9 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
         properties["s3.session-token"] = credentials.session_token
     if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
         # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's (iceberg_io.py says how).
-        from jobs.archive.iceberg_io import CA_PROPERTY, FILE_IO
+        from jobs.archive.iceberg_io import endpoint_ca_properties
 
-        properties["py-io-impl"] = FILE_IO
-        properties[CA_PROPERTY] = credentials.ca_bundle_pem
+        properties.update(endpoint_ca_properties(credentials.ca_bundle_pem))
     return properties
 
 

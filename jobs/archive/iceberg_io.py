@@ -1,12 +1,11 @@
 """The Iceberg table's FileIO on an S3 endpoint whose certificate a private CA signed (spec.storage.endpointCA).
 
 PyIceberg 0.12's PyArrowFileIO builds PyArrow's S3FileSystem from its properties and has no property for a CA,
-though S3FileSystem takes one (`tls_ca_file_path`). So `PrivateCaFileIO`, named by the `py-io-impl` property,
-builds the filesystem PyIceberg would and adds that file. The PEM itself travels in a property (`CA_PROPERTY`):
-PyIceberg makes a FileIO from the catalog's properties at every load of the table (archive, unarchive and
-maintenance alike), and each must find the file. It is written once per process per bundle, readable by this user
-only, into a directory of its own, and removed when the process ends: curl reads it at each new connection, so it
-must outlive every filesystem made from it.
+though S3FileSystem takes a CA file (`tls_ca_file_path`). So `PrivateCaFileIO`, named by the `py-io-impl` property,
+builds the filesystem PyIceberg would and adds the file the `CA_FILE` property names. PyIceberg makes a FileIO
+from the catalog's properties at every load of the table (archive, unarchive and maintenance alike), and curl reads
+the file at each new connection: so the file is written once per process per bundle, readable by this user only,
+into a directory of its own, and removed when the process ends.
 
 The file replaces the system's CA bundle file; Arrow still consults the system's CA directory (a global option
 pyarrow sets from Python's default verify paths on Linux), which S3FileSystem's constructor cannot override. Nor can
@@ -27,7 +26,7 @@ from typing import Any
 
 from pyiceberg.io.pyarrow import PyArrowFileIO
 
-CA_PROPERTY = "cellar.s3.endpoint-ca"  # the PEM bundle of spec.storage.endpointCA
+CA_FILE = "cellar.s3.ca-file"  # a PEM file of the CAs to trust: the storage's endpointCA, written by ca_file()
 FILE_IO = f"{__name__}.PrivateCaFileIO"
 
 _lock = threading.Lock()
@@ -52,17 +51,21 @@ def ca_file(pem: str) -> str:
         return path
 
 
+def endpoint_ca_properties(pem: str) -> dict[str, str]:
+    """The FileIO properties that make the table's S3 files trust the endpoint's CA bundle `pem`."""
+    return {"py-io-impl": FILE_IO, CA_FILE: ca_file(pem)}
+
+
 class PrivateCaFileIO(PyArrowFileIO):
-    """PyArrowFileIO whose S3 filesystems verify the endpoint with the bundle in `CA_PROPERTY`."""
+    """PyArrowFileIO whose S3 filesystems verify the endpoint with the CA file `CA_FILE` names."""
 
     def _initialize_s3_fs(self, netloc: str | None) -> Any:
         from pyarrow.fs import S3FileSystem
 
         configured = super()._initialize_s3_fs(netloc)
-        pem = self.properties.get(CA_PROPERTY)
-        if not pem:
+        if not self.properties.get(CA_FILE):
             return configured
         # S3FileSystem's pickled state is its constructor's keyword arguments (how PyArrow unpickles it): the same
         # filesystem PyIceberg configured, made again with the CA file added.
         _, (options,) = configured.__reduce__()
-        return S3FileSystem(**{**options, "tls_ca_file_path": ca_file(pem)})
+        return S3FileSystem(**{**options, "tls_ca_file_path": self.properties[CA_FILE]})

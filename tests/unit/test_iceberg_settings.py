@@ -243,7 +243,8 @@ def test_the_table_and_its_file_io_go_where_the_storage_says_with_its_credential
 
 def test_the_s3_file_io_verifies_the_endpoint_with_its_private_ca_and_only_then() -> None:
     """With spec.storage.endpointCA, PyIceberg loads cellar's FileIO, whose S3 filesystem is PyIceberg's with the
-    bundle's file as its CA: that file holds the bundle, readable by its owner only, in a directory of its own."""
+    bundle's file as its CA: that file holds the bundle, readable by its owner only, in a directory of its own, and
+    is written once however often the catalog is opened."""
     from pyiceberg.io import load_file_io
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
@@ -264,6 +265,8 @@ def test_the_s3_file_io_verifies_the_endpoint_with_its_private_ca_and_only_then(
     path = Path(options["tls_ca_file_path"])
     assert path.read_text() == pem
     assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    again = file_io_properties(with_ca, StorageCredentials("AK", "SK", None, pem))
+    assert again["cellar.s3.ca-file"] == str(path)
 
     without = parse_archive_spec({**spec, "storage": storage})
     io = load_file_io(file_io_properties(without, StorageCredentials("AK", "SK", None, None)), "s3://archive/t")
