@@ -52,7 +52,7 @@ RUN_PROPERTY = "cellar.run-id"
 # where two archives append to one Iceberg table.
 RELATION_PROPERTY = "cellar.relation"
 # PyIceberg loads the S3 FileIO by this name when a table is opened (a Parquet-mode run never imports it).
-S3_FILE_IO = "jobs.archive.iceberg_files.S3FileIO"
+S3_FILE_IO = "jobs.archive.iceberg_io.S3FileIO"
 COMMIT_ATTEMPTS = 12  # appends that lose the race for the catalog's commit before the run gives up
 PARTITIONINGS_OF: dict[str, Partitioning] = {transform: partitioning for partitioning, transform in TRANSFORMS.items()}
 # partitionBy: Auto: what measures the rows due and chooses, or None when none are due.
@@ -107,7 +107,8 @@ FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
 
 def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
     """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3 (as
-    iceberg_files.py opens it), fsspec's adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
+    iceberg_io.py opens it, verifying the endpoint with spec.storage.endpointCA where set), fsspec's adlfs for Azure
+    Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
     storage = settings.storage
     if storage.provider == "AzureBlob":
         return _azure_properties(storage, credentials)
@@ -123,6 +124,11 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
         properties["s3.secret-access-key"] = credentials.secret_access_key
     if credentials.session_token:
         properties["s3.session-token"] = credentials.session_token
+    if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
+        # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's (iceberg_io.py says how).
+        from jobs.archive.iceberg_io import CA_FILE, ca_file
+
+        properties[CA_FILE] = ca_file(credentials.ca_bundle_pem)
     return properties
 
 

@@ -150,10 +150,13 @@ class FaultProxy:
                     return
                 status, headers, answer = proxy._forward(self.command, self.path, dict(self.headers.items()), body)
                 self.send_response(status)
+                length = str(len(answer))
                 for name, value in headers:
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    if name.lower() == "content-length" and self.command == "HEAD":
+                        length = value  # the size of the object a GET would send (PyArrow reads it from here)
+                    elif name.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if isinstance(fault, Truncate):
                     self.wfile.write(answer[: int(len(answer) * fault.fraction)])

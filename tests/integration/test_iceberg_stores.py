@@ -8,7 +8,11 @@ resolves the abfss://container@account.dfs.core.windows.net/ paths inside Iceber
 http://account.blob.core.windows.net whatever the secret's BlobEndpoint says ("Fail to get a new connection for:
 http://devstoreaccount1.blob.core.windows.net. Could not resolve host"), and its GCS support is the S3-compatible
 XML API, which fake-gcs-server does not serve. So DuckDB reads Azure's data files over az:// and GCS's as gsutil
-downloaded them; every data file is the table's (one run, no commit lost to another writer)."""
+downloaded them; every data file is the table's (one run, no commit lost to another writer).
+
+On S3, an endpoint whose certificate a private CA signed (spec.storage.endpointCA): a TLS proxy with its own CA in
+front of MinIO, through which the table's files are written, maintained and unarchived; DuckDB reads the table from
+MinIO itself. A CA that did not sign the endpoint's certificate fails the run before any row moves."""
 
 from __future__ import annotations
 
@@ -22,10 +26,18 @@ import psycopg
 import pytest
 
 from tests.harness.emulators import AZURITE_ACCOUNT, AZURITE_KEY
-from tests.harness.stack import LocalStack
+from tests.harness.faults import FaultProxy, self_signed
+from tests.harness.stack import S3_ACCESS_KEY, S3_SECRET_KEY, LocalStack
 from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
-from tests.integration.iceberg_helpers import _extension, iceberg_catalog, setup_iceberg_archive
+from tests.integration.iceberg_helpers import (
+    _extension,
+    duckdb_over_minio,
+    figures_in_duckdb,
+    iceberg_catalog,
+    metadata_location,
+    setup_iceberg_archive,
+)
 from tests.integration.providers import SECRET, Provider, azure_provider, gcs_provider
 from tests.integration.test_iceberg import figures_in_postgres, make_orders
 
@@ -138,3 +150,79 @@ def test_an_iceberg_archive_on_azure_and_gcs_is_written_listed_read_and_unarchiv
     with psycopg.connect(dsn(env.database)) as conn:
         back = conn.execute("SELECT t::text FROM orders_unarchived t ORDER BY id").fetchall()
     assert back == february
+
+
+def _through_tls_proxy(env: ArchiveEnv, proxy: FaultProxy, ca_pem: str) -> None:
+    """The archive's storage: MinIO through `proxy`, its certificate checked with `ca_pem` (spec.storage.endpointCA)."""
+    # In the storage Secret: the Roles the tests' jobs run with name it (tests/harness/chart-values.yaml).
+    env.create_secret(
+        "cellar-object-storage",
+        {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "ca.crt": ca_pem},
+    )
+    ca = {"name": "cellar-object-storage", "key": "ca.crt"}
+    storage = {**env.storage_spec, "endpoint": proxy.url, "endpointCA": ca}
+    setup_iceberg_archive(env, storage=storage, batch={"rows": 500}, iceberg={"partitionBy": "month"})
+
+
+def _iceberg_writes(proxy: FaultProxy) -> list[str]:
+    """The paths of the table's files the proxy saw written by PyArrow (its AWS SDK for C++, not cellar's boto3)."""
+    written = []
+    for seen in proxy.seen:
+        agent = next((v for k, v in seen.request.headers.items() if k.lower() == "user-agent"), "")
+        if seen.request.method in ("PUT", "POST") and "/iceberg/" in seen.request.path and "aws-sdk-cpp" in agent:
+            written.append(seen.request.path)
+    return written
+
+
+def test_an_iceberg_archive_through_an_s3_endpoint_with_a_private_ca_is_written_maintained_and_unarchived(
+    archive_env: ArchiveEnv,
+) -> None:
+    env = archive_env
+    proxy = FaultProxy(env.stack.s3_endpoint, tls=True).start()
+    try:
+        assert proxy.ca_file is not None
+        make_orders(env, rows=ROWS)
+        expected = figures_in_postgres(env, f"id <= {ROWS}")
+        with psycopg.connect(dsn(env.database)) as conn:
+            february = conn.execute(
+                "SELECT t::text FROM orders t WHERE created_at >= '2025-02-01' AND created_at < '2025-03-01' "
+                "ORDER BY id"
+            ).fetchall()
+        _through_tls_proxy(env, proxy, proxy.ca_file.read_text())
+        assert env.run() == 0
+        assert ids_in_table(env.database) == set(range(1_000_001, 1_000_011))
+        written = _iceberg_writes(proxy)
+        assert any("/iceberg/data/" in path and ".parquet" in path for path in written)
+        assert any(path.split("?")[0].endswith(".metadata.json") for path in written)
+        # DuckDB reads the table from MinIO itself: what went through the proxy is the table.
+        assert figures_in_duckdb(duckdb_over_minio(env), metadata_location(env)) == expected
+
+        before = len(proxy.seen)
+        assert env.run("maintain") == 0
+        assert len(proxy.seen) > before  # maintenance read the table through the endpoint
+        assert env.run("unarchive", "--from", "2025-02-01", "--to", "2025-03-01") == 0
+        with psycopg.connect(dsn(env.database)) as conn:
+            back = conn.execute("SELECT t::text FROM orders_unarchived t ORDER BY id").fetchall()
+        assert back == february
+    finally:
+        proxy.stop()
+
+
+def test_an_iceberg_archive_through_an_endpoint_its_ca_did_not_sign_deletes_nothing(
+    archive_env: ArchiveEnv, tmp_path: Path
+) -> None:
+    env = archive_env
+    proxy = FaultProxy(env.stack.s3_endpoint, tls=True).start()
+    try:
+        other_ca, _ = self_signed("some other CA", tmp_path)
+        make_orders(env, rows=ROWS)
+        _through_tls_proxy(env, proxy, other_ca.read_text())
+        assert env.run() != 0
+        failed = env.conditions("TableArchive", "orders")["ArchiveSucceeded"]
+        assert failed["status"] == "False"
+        assert failed["reason"] == "StorageUnavailable"  # as the storage path says it for every format
+        assert "certificate verify failed" in failed["message"]
+        assert len(ids_in_table(env.database)) == ROWS + 10  # nothing deleted
+        assert _iceberg_writes(proxy) == []  # and nothing of the table written
+    finally:
+        proxy.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,6 +69,7 @@ def test_iceberg_settings_are_read_as_written() -> None:
             },
             "spec.storage.azureBlob.credentials.workloadIdentity",
         ),
+        ({"storage": {**SPEC["storage"], "insecureSkipTLSVerify": True}}, "spec.storage.endpointCA instead"),
     ],
 )
 def test_what_an_iceberg_archive_cannot_take_is_refused_naming_the_field(change: dict[str, Any], field: str) -> None:
@@ -237,3 +239,36 @@ def test_the_table_and_its_file_io_go_where_the_storage_says_with_its_credential
     assert table_location(gcs, "public.Orders") == "gs://archive/public.Orders/iceberg"
     properties = file_io_properties(gcs, StorageCredentials(None, None, None, None))
     assert (properties["gcs.oauth2.token"], properties["gcs.service.host"]) == ("anon", "http://127.0.0.1:4443")
+
+
+def test_the_s3_file_io_writes_in_one_put_and_verifies_the_endpoint_with_its_private_ca_and_only_then() -> None:
+    """PyIceberg loads cellar's FileIO, whose S3 filesystem is PyIceberg's opening streams lazily and, with
+    spec.storage.endpointCA, with the bundle's file as its CA: that file holds the bundle, readable by its owner
+    only, in a directory of its own, and is written once however often the catalog is opened."""
+    from pyiceberg.io import load_file_io
+
+    from jobs.archive.iceberg_io import S3FileIO
+
+    spec = {**SPEC, "format": "Iceberg"}
+    storage = {**SPEC["storage"], "endpoint": "https://s3.internal:9000", "forcePathStyle": True}
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    with_ca = parse_archive_spec({**spec, "storage": {**storage, "endpointCA": {"name": "ca", "key": "ca.crt"}}})
+    io = load_file_io(file_io_properties(with_ca, StorageCredentials("AK", "SK", None, pem)), "s3://archive/t")
+    assert isinstance(io, S3FileIO)
+    options = io.fs_by_scheme("s3", "archive").__reduce__()[1][0]
+    assert (options["endpoint_override"], options["access_key"], options["region"]) == (
+        "https://s3.internal:9000",
+        "AK",
+        "us-east-1",
+    )
+    path = Path(options["tls_ca_file_path"])
+    assert path.read_text() == pem
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    again = file_io_properties(with_ca, StorageCredentials("AK", "SK", None, pem))
+    assert again["cellar.s3.ca-file"] == str(path)
+
+    without = parse_archive_spec({**spec, "storage": storage})
+    io = load_file_io(file_io_properties(without, StorageCredentials("AK", "SK", None, None)), "s3://archive/t")
+    assert isinstance(io, S3FileIO)
+    options = io.fs_by_scheme("s3", "archive").__reduce__()[1][0]
+    assert (options["tls_ca_file_path"], options["allow_delayed_open"]) == ("", True)
