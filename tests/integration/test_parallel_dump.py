@@ -2,7 +2,8 @@
 staging directory, one object a file; read back by the stock age, zstd and pg_restore -j with no cellar, by
 cellar's restore test, DatabaseRestore (pg_restore -j, and select:) and list; a staging volume too small is
 refused before anything runs, and one that fills mid-dump fails the run with nothing published; and
-spec.databases.parallelism dumps several databases at once."""
+spec.databases.parallelism dumps several databases at once, as many as it says (the server sees them together) and
+no more."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +24,10 @@ import pytest
 
 from jobs.backup.backup.directory import CompletionWatch
 from tests.conftest import new_database
-from tests.harness.stack import LocalStack
+from tests.harness.stack import LocalStack, wait_for
 from tests.integration.backup_helpers import load_sample_data, schema_of, table_contents
 from tests.integration.environments import BackupEnv
+from tests.integration.processes import start_job
 from tests.integration.test_encryption import IDENTITY_SECRET, keypair
 from tests.integration.test_globals import superuser
 from tests.integration.test_server_backup import checksums, drop_everything, make_server
@@ -280,6 +283,98 @@ def test_several_databases_are_dumped_at_once(backup_env: BackupEnv, tmp_path: P
         assert {name: checksums(source, name) for name in names} == before
     finally:
         drop_everything(backup_env.stack, roles, databases)
+
+
+HELD = "FAILPOINT backup.dump-streaming"
+
+
+class DumpSessions:
+    """Which of `databases` have a pg_dump session on the server, sampled from start() to stop()
+    (pg_stat_activity: cellar names pg_dump's sessions cellar-backup-pg_dump)."""
+
+    def __init__(self, server_dsn: str, databases: list[str]) -> None:
+        self.server_dsn = server_dsn
+        self.databases = databases
+        self.samples: list[frozenset[str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def now(self, conn: psycopg.Connection[Any] | None = None) -> frozenset[str]:
+        query = (
+            "SELECT datname FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' "
+            "AND datname = ANY(%s)"
+        )
+        if conn is None:
+            with psycopg.connect(self.server_dsn, autocommit=True) as own:
+                return self.now(own)
+        return frozenset(str(row[0]) for row in conn.execute(query, (self.databases,)).fetchall())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> int:
+        """The most databases seen dumping at once."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert self.samples, "no sample was taken"
+        return max(len(sample) for sample in self.samples)
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            while not self._stop.wait(0.02):
+                self.samples.append(self.now(conn))
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_databases_parallelism_dumps_that_many_databases_at_once_and_never_more(
+    backup_env: BackupEnv, tmp_path: Path, at_once: int
+) -> None:
+    """Each dump holds at its first bytes (a failpoint) until the test lets them go: with
+    databases.parallelism N, N dumps of different databases are held together, each pg_dump in its COPY on the
+    server, and the server never sees more than N at once; the backup then lists and restores every database."""
+    tag = f"ovl{uuid.uuid4().hex[:6]}"
+    names = [f"{tag}_{letter}" for letter in "abc"]
+    source = superuser(backup_env.stack, "postgres")
+    with psycopg.connect(backup_env.stack.pg_dsn(), autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"CREATE DATABASE {name}")
+    try:
+        for name in names:
+            add_large_tables({**source, "dbname": name}, count=1)  # a few MiB: pg_dump blocks on its full pipe
+        before = {name: checksums(source, name) for name in names}
+        env = backup_env.on(source)
+        env.setup(databases={"names": names, "parallelism": at_once})
+        sessions = DumpSessions(env.stack.pg_dsn(), names)
+        sessions.start()
+        try:
+            release = tmp_path / "release"
+            failpoint = f"backup.dump-streaming=wait-for:{release}"
+            job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders", failpoint=failpoint)
+            job.wait_for_line(HELD)
+            wait_for(
+                f"{at_once} dumps held at once",
+                lambda: job.count(HELD) == at_once and len(sessions.now()) == at_once,
+                None,
+                timeout=120,
+            )
+            release.touch()
+            assert job.wait(timeout=600) == 0, job.communicate()[1][-2000:]
+        finally:
+            most = sessions.stop()
+        assert most == at_once
+
+        last = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]
+        assert last["databases"] == names
+        manifest = json.loads(env.s3.get_object(Bucket=env.bucket, Key=last["manifestKey"])["Body"].read())
+        assert {d["database"]: [t["rows"] for t in d["tables"]] for d in manifest["databases"]} == {
+            name: [20_000] for name in names
+        }
+        drop_everything(env.stack, [], names)
+        env.create_restore("all", source, "postgres", databases=names)
+        assert env.run("restore", name="all") == 0
+        assert {name: checksums(source, name) for name in names} == before
+    finally:
+        drop_everything(backup_env.stack, [], names)
 
 
 def test_a_file_is_complete_once_no_process_of_the_tree_holds_it_and_its_size_held(tmp_path: Path) -> None:

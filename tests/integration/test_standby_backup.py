@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.harness.stack import wait_for
 from tests.integration.archive_helpers import dsn
 from tests.integration.backup_helpers import setup_backup
 from tests.integration.environments import BackupEnv
@@ -165,3 +168,97 @@ def test_a_dump_the_standby_keeps_cancelling_fails_as_standby_conflict_naming_th
     assert "hot_standby_feedback" in last_run["message"], last_run
     assert "max_standby_streaming_delay" in last_run["message"], last_run
     assert _published(backup_env) == []
+
+
+def _checksum(database_dsn: str, where: str = "") -> tuple[int, str]:
+    """The events table's row count and an md5 of its rows in id order."""
+    with psycopg.connect(database_dsn) as conn:
+        row = conn.execute(
+            f"SELECT count(*), md5(coalesce(string_agg(id || ':' || payload, ',' ORDER BY id), '')) FROM events {where}"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def _stock_restore(env: BackupEnv, key: str, into: dict[str, Any]) -> None:
+    """The backup's object downloaded and restored with the stock zstd and pg_restore into `into` (new)."""
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {into['dbname']}")
+    body = env.s3.get_object(Bucket=env.bucket, Key=key)["Body"].read()
+    dump = subprocess.run(["zstd", "-d", "-c"], input=body, capture_output=True, check=True).stdout
+    restored = subprocess.run(
+        ["pg_restore", "--no-owner", "--single-transaction", "--exit-on-error", "-d", dsn(into)],
+        input=dump,
+        capture_output=True,
+    )
+    assert restored.returncode == 0, restored.stderr.decode(errors="replace")
+
+
+def _pg_dump_copying_events(standby_dsn: str) -> bool:
+    """Whether the run's pg_dump is in its COPY of the events table on the server (blocked on its full pipe)."""
+    with psycopg.connect(standby_dsn) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' "
+            "AND query LIKE 'COPY public.events %'"
+        ).fetchone()
+    return found == (1,)
+
+
+def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
+    backup_env: BackupEnv, standby: dict[str, Any], churn: Churn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL keeps a hot standby's sessions, and their transactions' snapshots, through its promotion (the
+    Hot Standby chapter of its manual: users keep running queries and their connections open). So a dump held in
+    the middle of its COPY while the standby is promoted, and then written to, goes on in its snapshot: the run
+    succeeds, and its dump restores, with the stock pg_restore, exactly the rows of that snapshot. This test's
+    standby is its own (the fixture makes one per test), so promoting it breaks no other test."""
+    env = backup_env
+    standby_dsn = dsn(standby["database"])
+    wait_for("the standby replaying the table", lambda: _checksum(standby_dsn)[0] == ROWS, None, timeout=180)
+    first = _backup_from(env, standby)
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    previous = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]["key"]
+    in_snapshot = _checksum(standby_dsn)
+
+    release = tmp_path / "release"
+    failpoint = f"backup.dump-streaming=wait-for:{release}"
+    job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders", failpoint=failpoint)
+    job.wait_for_line("FAILPOINT backup.dump-streaming")  # the first bytes are out: pg_dump's snapshot is set
+    wait_for("pg_dump held in its COPY", lambda: _pg_dump_copying_events(standby["dsn"]), None, timeout=60)
+    # After the dump's snapshot the primary changes rows and the standby replays that; then the standby is promoted
+    # and written to itself. None of it may be in the dump.
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("UPDATE events SET payload = 'changed on the primary' WHERE id <= 1000")
+        conn.execute(f"INSERT INTO events SELECT g, 'new' FROM generate_series({ROWS + 1}, {ROWS + 500}) g")
+    wait_for("the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180)
+    with psycopg.connect(standby["dsn"], autocommit=True) as conn:
+        assert conn.execute("SELECT pg_promote(true, 60)").fetchone() == (True,)
+    with psycopg.connect(standby_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
+    assert _pg_dump_copying_events(standby["dsn"])  # promotion left the dump's session alone
+    release.touch()
+
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-2000:]
+    status = env.status("DatabaseBackup", "orders")
+    assert status["lastRun"]["reason"] == "Completed", status["lastRun"]
+    assert env.conditions("DatabaseBackup", "orders")["Ready"]["status"] == "True"
+    newest = status["lastSuccessfulBackup"]
+    assert newest["key"] != previous
+    manifest = json.loads(env.s3.get_object(Bucket=env.bucket, Key=newest["manifestKey"])["Body"].read())
+    assert manifest["standby"] is True  # where the snapshot was taken
+    assert [(t["name"], t["rows"]) for t in manifest["tables"]] == [("events", ROWS)]
+    assert _checksum(standby_dsn) != in_snapshot  # the server moved on; the dump did not
+    restored = {**env.database, "dbname": f"{env.database['dbname']}_restored"}
+    try:
+        _stock_restore(env, newest["key"], restored)
+        assert _checksum(dsn(restored)) == in_snapshot
+    finally:
+        with psycopg.connect(env.stack.pg_dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {restored['dbname']} WITH (FORCE)")
+
+    # The previous backup is kept and listed beside it.
+    capsys.readouterr()
+    assert env.run("list", "-o", "json") == 0
+    listed = {b["key"] for b in json.loads(capsys.readouterr().out)["backups"]}
+    assert listed == {previous, newest["key"]}
