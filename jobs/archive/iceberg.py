@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -38,6 +37,7 @@ from jobs.archive.encoding import schema_for
 from jobs.archive.iceberg_rest import RestCredentials, open_rest_catalog, rest_failures
 from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
+from jobs.archive.iceberg_writes import write_data_files
 from jobs.archive.layout import TRANSFORMS, LayoutChoice
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
@@ -457,10 +457,9 @@ class IcebergTable:
             return self._commit(data_files, batch_id, properties)
 
     def _write_data_files(self, rows: pa.Table) -> list[Any]:
-        """The batch's Parquet data files, written under the table's location by PyIceberg's own writer (its
-        partitioning, file size target and column statistics), not yet in any snapshot: files of a batch whose
-        commit never happens are orphans, which maintenance removes."""
-        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+        """The batch's Parquet data files, written under the table's location (iceberg_writes.py), not yet in any
+        snapshot: files of a batch whose commit never happens are orphans, which maintenance removes."""
+        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible
 
         # Only the table's schema, partition spec, location and properties matter here, so each lane writes with
         # the table as it first loaded it. Its own copy: PyIceberg caches in the metadata object as it reads it,
@@ -472,11 +471,9 @@ class IcebergTable:
         _check_pyarrow_schema_compatible(
             metadata.schema(), provided_schema=rows.schema, format_version=metadata.format_version
         )
-        if rows.num_rows == 0:
-            return []
-        # The two-stage write PyIceberg's Transaction.append documents for retried commits: the files are written
-        # once, and each attempt only commits the list.
-        return list(_dataframe_to_data_files(table_metadata=metadata, df=rows, io=table.io, write_uuid=uuid.uuid4()))
+        # Written once; each commit attempt commits the same list (the two-stage write PyIceberg's
+        # Transaction.append documents for retried commits).
+        return write_data_files(metadata, table.io, rows) if rows.num_rows else []
 
     def _commit(self, data_files: list[Any], batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException
