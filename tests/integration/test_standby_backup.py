@@ -194,6 +194,12 @@ def _stock_restore(env: BackupEnv, key: str, into: dict[str, Any]) -> None:
     assert restored.returncode == 0, restored.stderr.decode(errors="replace")
 
 
+def _in_recovery(server_dsn: str) -> bool:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(found and found[0])
+
+
 def _pg_dump_copying_events(standby_dsn: str) -> bool:
     """Whether the run's pg_dump is in its COPY of the events table on the server (blocked on its full pipe)."""
     with psycopg.connect(standby_dsn) as conn:
@@ -232,7 +238,8 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
         conn.execute(f"INSERT INTO events SELECT g, 'new' FROM generate_series({ROWS + 1}, {ROWS + 500}) g")
     wait_for("the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180)
     with psycopg.connect(standby["dsn"], autocommit=True) as conn:
-        assert conn.execute("SELECT pg_promote(true, 60)").fetchone() == (True,)
+        assert conn.execute("SELECT pg_promote(wait => false)").fetchone() == (True,)  # signalled; waited for below
+    wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
     with psycopg.connect(standby_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
     assert _pg_dump_copying_events(standby["dsn"])  # promotion left the dump's session alone
