@@ -350,14 +350,16 @@ def test_databases_parallelism_dumps_that_many_databases_at_once_and_never_more(
             release = tmp_path / "release"
             failpoint = f"backup.dump-streaming=wait-for:{release}"
             job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders", failpoint=failpoint)
-            job.wait_for_line(HELD)
-            wait_for(
-                f"{at_once} dumps held at once",
-                lambda: job.count(HELD) == at_once and len(sessions.now()) == at_once,
-                None,
-                timeout=120,
-            )
-            release.touch()
+            try:
+                job.wait_for_line(HELD)
+                wait_for(
+                    f"{at_once} dumps held at once",
+                    lambda: job.count(HELD) == at_once and len(sessions.now()) == at_once,
+                    None,
+                    timeout=120,
+                )
+            finally:
+                release.touch()  # a failed wait above must not leave the run held for ever
             assert job.wait(timeout=600) == 0, job.communicate()[1][-2000:]
         finally:
             most = sessions.stop()

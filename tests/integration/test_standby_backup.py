@@ -229,21 +229,25 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
     release = tmp_path / "release"
     failpoint = f"backup.dump-streaming=wait-for:{release}"
     job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders", failpoint=failpoint)
-    job.wait_for_line("FAILPOINT backup.dump-streaming")  # the first bytes are out: pg_dump's snapshot is set
-    wait_for("pg_dump held in its COPY", lambda: _pg_dump_copying_events(standby["dsn"]), None, timeout=60)
-    # After the dump's snapshot the primary changes rows and the standby replays that; then the standby is promoted
-    # and written to itself. None of it may be in the dump.
-    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
-        conn.execute("UPDATE events SET payload = 'changed on the primary' WHERE id <= 1000")
-        conn.execute(f"INSERT INTO events SELECT g, 'new' FROM generate_series({ROWS + 1}, {ROWS + 500}) g")
-    wait_for("the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180)
-    with psycopg.connect(standby["dsn"], autocommit=True) as conn:
-        assert conn.execute("SELECT pg_promote(wait => false)").fetchone() == (True,)  # signalled; waited for below
-    wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
-    with psycopg.connect(standby_dsn, autocommit=True) as conn:
-        conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
-    assert _pg_dump_copying_events(standby["dsn"])  # promotion left the dump's session alone
-    release.touch()
+    try:
+        job.wait_for_line("FAILPOINT backup.dump-streaming")  # the first bytes are out: pg_dump's snapshot is set
+        wait_for("pg_dump held in its COPY", lambda: _pg_dump_copying_events(standby["dsn"]), None, timeout=60)
+        # After the dump's snapshot the primary changes rows and the standby replays that; then the standby is promoted
+        # and written to itself. None of it may be in the dump.
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            conn.execute("UPDATE events SET payload = 'changed on the primary' WHERE id <= 1000")
+            conn.execute(f"INSERT INTO events SELECT g, 'new' FROM generate_series({ROWS + 1}, {ROWS + 500}) g")
+        wait_for(
+            "the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180
+        )
+        with psycopg.connect(standby["dsn"], autocommit=True) as conn:
+            assert conn.execute("SELECT pg_promote(wait => false)").fetchone() == (True,)  # signalled; waited for below
+        wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
+        with psycopg.connect(standby_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
+        assert _pg_dump_copying_events(standby["dsn"])  # promotion left the dump's session alone
+    finally:
+        release.touch()  # a failed assertion above must not leave the run held for ever
 
     _, err = job.communicate(timeout=600)
     assert job.returncode == 0, err[-2000:]
