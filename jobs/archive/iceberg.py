@@ -124,10 +124,12 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
         properties["s3.secret-access-key"] = credentials.secret_access_key
     if credentials.session_token:
         properties["s3.session-token"] = credentials.session_token
-    if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
-        # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's (iceberg_io.py says how).
-        from jobs.archive.iceberg_io import CA_FILE, ca_file
+    from common.storage.s3 import S3Store
+    from jobs.archive.iceberg_io import CA_FILE, STORE, ca_file, register_store
 
+    properties[STORE] = register_store(S3Store.connect(storage, credentials))  # writes the files (iceberg_io.py)
+    if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
+        # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's, for reading.
         properties[CA_FILE] = ca_file(credentials.ca_bundle_pem)
     return properties
 

@@ -164,14 +164,15 @@ def _through_tls_proxy(env: ArchiveEnv, proxy: FaultProxy, ca_pem: str) -> None:
     setup_iceberg_archive(env, storage=storage, batch={"rows": 500}, iceberg={"partitionBy": "month"})
 
 
-def _iceberg_writes(proxy: FaultProxy) -> list[str]:
-    """The paths of the table's files the proxy saw written by PyArrow (its AWS SDK for C++, not cellar's boto3)."""
-    written = []
+def _iceberg_requests(proxy: FaultProxy, methods: tuple[str, ...], client: str = "") -> list[str]:
+    """The paths of the table's files the proxy saw asked with `methods`, by `client` (a User-Agent part: cellar's
+    boto3 writes, PyArrow's AWS SDK for C++, "aws-sdk-cpp", reads) or any client."""
+    found = []
     for seen in proxy.seen:
         agent = next((v for k, v in seen.request.headers.items() if k.lower() == "user-agent"), "")
-        if seen.request.method in ("PUT", "POST") and "/iceberg/" in seen.request.path and "aws-sdk-cpp" in agent:
-            written.append(seen.request.path)
-    return written
+        if seen.request.method in methods and "/iceberg/" in seen.request.path and client in agent:
+            found.append(seen.request.path)
+    return found
 
 
 def test_an_iceberg_archive_through_an_s3_endpoint_with_a_private_ca_is_written_maintained_and_unarchived(
@@ -191,9 +192,10 @@ def test_an_iceberg_archive_through_an_s3_endpoint_with_a_private_ca_is_written_
         _through_tls_proxy(env, proxy, proxy.ca_file.read_text())
         assert env.run() == 0
         assert ids_in_table(env.database) == set(range(1_000_001, 1_000_011))
-        written = _iceberg_writes(proxy)
+        written = _iceberg_requests(proxy, ("PUT", "POST"))
         assert any("/iceberg/data/" in path and ".parquet" in path for path in written)
         assert any(path.split("?")[0].endswith(".metadata.json") for path in written)
+        assert _iceberg_requests(proxy, ("GET", "HEAD"), "aws-sdk-cpp")  # PyArrow's reads trust the CA too
         # DuckDB reads the table from MinIO itself: what went through the proxy is the table.
         assert figures_in_duckdb(duckdb_over_minio(env), metadata_location(env)) == expected
 
@@ -223,6 +225,6 @@ def test_an_iceberg_archive_through_an_endpoint_its_ca_did_not_sign_deletes_noth
         assert failed["reason"] == "StorageUnavailable"  # as the storage path says it for every format
         assert "certificate verify failed" in failed["message"]
         assert len(ids_in_table(env.database)) == ROWS + 10  # nothing deleted
-        assert _iceberg_writes(proxy) == []  # and nothing of the table written
+        assert _iceberg_requests(proxy, ("PUT", "POST")) == []  # and nothing of the table written
     finally:
         proxy.stop()

@@ -241,13 +241,15 @@ def test_the_table_and_its_file_io_go_where_the_storage_says_with_its_credential
     assert (properties["gcs.oauth2.token"], properties["gcs.service.host"]) == ("anon", "http://127.0.0.1:4443")
 
 
-def test_the_s3_file_io_writes_in_one_put_and_verifies_the_endpoint_with_its_private_ca_and_only_then() -> None:
-    """PyIceberg loads cellar's FileIO, whose S3 filesystem is PyIceberg's opening streams lazily and, with
-    spec.storage.endpointCA, with the bundle's file as its CA: that file holds the bundle, readable by its owner
-    only, in a directory of its own, and is written once however often the catalog is opened."""
+def test_the_s3_file_io_writes_with_cellars_client_and_trusts_the_private_ca_and_only_it() -> None:
+    """PyIceberg loads cellar's FileIO, which writes through cellar's S3 client and reads through PyIceberg's
+    S3 filesystem, with spec.storage.endpointCA the bundle's file as its CA: that file holds the bundle,
+    readable by its owner only, in a directory of its own, and is written once however often the catalog is
+    opened."""
     from pyiceberg.io import load_file_io
+    from pyiceberg.io.pyarrow import PyArrowFile
 
-    from jobs.archive.iceberg_io import S3FileIO
+    from jobs.archive.iceberg_io import S3FileIO, UploadedFile
 
     spec = {**SPEC, "format": "Iceberg"}
     storage = {**SPEC["storage"], "endpoint": "https://s3.internal:9000", "forcePathStyle": True}
@@ -270,5 +272,7 @@ def test_the_s3_file_io_writes_in_one_put_and_verifies_the_endpoint_with_its_pri
     without = parse_archive_spec({**spec, "storage": storage})
     io = load_file_io(file_io_properties(without, StorageCredentials("AK", "SK", None, None)), "s3://archive/t")
     assert isinstance(io, S3FileIO)
-    options = io.fs_by_scheme("s3", "archive").__reduce__()[1][0]
-    assert (options["tls_ca_file_path"], options["allow_delayed_open"]) == ("", True)
+    assert io.fs_by_scheme("s3", "archive").__reduce__()[1][0]["tls_ca_file_path"] == ""
+    # Files in the archive's bucket are written by cellar's client; a table placed elsewhere keeps PyArrow's.
+    assert isinstance(io.new_output("s3://archive/t/data/a.parquet"), UploadedFile)
+    assert type(io.new_output("s3://elsewhere/t/data/a.parquet")) is PyArrowFile
