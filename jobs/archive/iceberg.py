@@ -106,9 +106,9 @@ FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
 
 
 def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
-    """PyIceberg's FileIO over the resource's own storage and credentials: PyArrow's S3 filesystem for S3 (as
-    iceberg_io.py opens it, verifying the endpoint with spec.storage.endpointCA where set), fsspec's adlfs for Azure
-    Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
+    """PyIceberg's FileIO over the resource's own storage and credentials: on S3, iceberg_io.py's (cellar's S3
+    client writes, PyArrow's S3 filesystem reads, verifying the endpoint with spec.storage.endpointCA where set);
+    fsspec's adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
     storage = settings.storage
     if storage.provider == "AzureBlob":
         return _azure_properties(storage, credentials)
@@ -291,9 +291,9 @@ def open_catalog(settings: ArchiveSettings, access: CatalogAccess) -> Any:
 
 
 class IcebergTable:
-    """One archive's Iceberg table in its catalog. The run's lanes append one at a time (each on the table as it is
-    then): side by side, every commit but one would lose the race and write its files again. A commit that loses
-    to another writer (CommitFailedException) is tried again."""
+    """One archive's Iceberg table in its catalog. The run's lanes write their data files side by side and commit
+    one at a time: committing side by side, every commit but one would lose the race. A commit that loses to
+    another writer (CommitFailedException) is tried again with the same files."""
 
     def __init__(self, catalog: Any, iceberg: IcebergSettings, info: TableInfo, relation: str) -> None:
         self.catalog = catalog

@@ -135,11 +135,11 @@ def _check_iceberg_compatible(storage: StorageSpec, mode: ArchiveMode, encryptio
             "not proven); use one of those, or format: Parquet"
         )
     if storage.insecure_skip_tls_verify:
-        # PyArrow's S3 filesystem, which writes the table's files, takes a CA file but no way to skip verification
+        # PyArrow's S3 filesystem, which reads the table's files, takes a CA file but no way to skip verification
         # (iceberg_io.py).
         raise InvalidSpec(
             "spec.storage.insecureSkipTLSVerify: format: Iceberg cannot skip TLS verification (the table's files "
-            "are written by PyArrow's S3 filesystem, which always verifies the endpoint); name the CA that signed "
+            "are read by PyArrow's S3 filesystem, which always verifies the endpoint); name the CA that signed "
             "the endpoint's certificate in spec.storage.endpointCA instead"
         )
     if mode != "Move":
