@@ -164,7 +164,8 @@ def maintain(port: int, endpoint: str, target_mib: int | None) -> None:
     from common.db import connect
     from common.secrets import DatabaseSettings, StorageCredentials
     from common.storage import open_store
-    from jobs.archive.iceberg import CatalogAccess, IcebergTable
+    from jobs.archive.iceberg import IcebergTable
+    from jobs.archive.iceberg_catalog import CatalogAccess
     from jobs.archive.ledger_schema import ensure_ledger
     from jobs.archive.maintain import MaintenanceScope, maintain_table
     from jobs.archive.table import describe_table

@@ -22,7 +22,8 @@ from cli.cluster import FIELD_MANAGER, Cluster, Target
 from cli.runs import resource_of
 from cli.status import list_resources
 from common.errors import NotFound, PermanentError
-from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, ClientTransport, Kube, ResourceKind
+from common.kube import DATABASE_BACKUP, TABLE_ARCHIVE, Kube, ResourceKind
+from common.kube_client import ClientTransport
 from common.ownership import TAKE_OVER_ANNOTATION, Area, Claim, Owner, take_over_from
 from common.reasons import Reason
 

@@ -111,7 +111,7 @@ def connect(kubeconfig: str | None, context: str | None) -> tuple[Cluster, str]:
             raise UsageError(
                 "no kubeconfig: pass --kubeconfig FILE, set $KUBECONFIG, or write ~/.kube/config"
             ) from None
-        from common.kube import in_cluster_namespace
+        from common.kube_client import in_cluster_namespace
 
         return Cluster(client.ApiClient(configuration), "in-cluster"), in_cluster_namespace() or "default"
     try:

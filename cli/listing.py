@@ -72,7 +72,7 @@ def list_in_cluster(cluster: Cluster, namespace: str, name: str, output: str) ->
 
 def list_direct(cluster: Cluster, namespace: str, name: str, output: str) -> int:
     """The listing in this process, as the user: their Kubernetes permissions read the spec's Secrets."""
-    from common.kube import ClientTransport
+    from common.kube_client import ClientTransport
     from common.runtime import run_job
     from jobs.backup.listing import ListJob
 

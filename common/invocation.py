@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.errors import UsageError
-from common.kube import in_cluster_namespace
+from common.kube_client import in_cluster_namespace
 from common.schema import DNS_SUBDOMAIN
 
 _NAME = re.compile(DNS_SUBDOMAIN)

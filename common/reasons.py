@@ -128,6 +128,11 @@ class Reason(StrEnum):
         "TLS verification of the database server failed: the CA in sslrootcert or the host does not match",
     )
     BUCKET_NOT_FOUND = "BucketNotFound", EXIT_PERMANENT, "the bucket (or Azure container) does not exist"
+    STORAGE_CERTIFICATE_REJECTED = (
+        "StorageCertificateRejected",
+        EXIT_PERMANENT,
+        "TLS verification of the S3 endpoint failed: name the CA of its certificate in spec.storage.endpointCA",
+    )
     STORAGE_ACCESS_DENIED = (
         "StorageAccessDenied",
         EXIT_PERMANENT,

@@ -29,7 +29,8 @@ from common.conditions import Condition, set_condition
 from common.db import lock_timeout_failure, lost_connection, recovery_conflict_failure
 from common.errors import EXIT_OK, EXIT_RETRYABLE, EXIT_USAGE, CellarError, Interrupted, NotFound, UsageError
 from common.invocation import Invocation, add_invocation_arguments, resolve_invocation
-from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef, connect
+from common.kube import Kube, KubeTransport, ResourceKind, ResourceRef
+from common.kube_client import connect
 from common.logs import LOG_FORMATS, bind_resource, configure_logging, set_log_format
 from common.metrics import RunLabels, RunMetrics, start_run_metrics
 from common.process import process_identity

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, SSLError
 
 from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentError, RetryableError
 from common.reasons import Reason
@@ -82,7 +82,20 @@ def translate_storage_error(exc: Exception, action: str, bucket: str, key: str =
             )
         return PermanentError(f"{action} {where}: {code}: {detail}", reason=Reason.UPLOAD_REJECTED)
     if isinstance(exc, BotoCoreError):
-        return ConnectionFailed(
-            f"{action} {where}: cannot reach the object store: {redact(str(exc))}", reason=Reason.STORAGE_UNAVAILABLE
-        )
+        return _unanswered(exc, action, where)
     return RetryableError(f"{action} {where}: {redact(str(exc))}", reason=Reason.UPLOAD_FAILED)
+
+
+def _unanswered(exc: BotoCoreError, action: str, where: str) -> CellarError:
+    """A request the store did not answer: the network's passing failure, or a certificate never accepted."""
+    if isinstance(exc, SSLError) and "certificate verify failed" in str(exc):
+        # Not a passing failure: every attempt meets the same certificate until the spec or the endpoint changes.
+        return PermanentError(
+            f"{action} {where}: the S3 endpoint's certificate was not accepted ({redact(str(exc))}). Name the CA "
+            "that signed it in spec.storage.endpointCA (a Secret's key), or fix spec.storage.endpoint where it "
+            "names another host than the certificate",
+            reason=Reason.STORAGE_CERTIFICATE_REJECTED,
+        )
+    return ConnectionFailed(
+        f"{action} {where}: cannot reach the object store: {redact(str(exc))}", reason=Reason.STORAGE_UNAVAILABLE
+    )

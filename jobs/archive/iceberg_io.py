@@ -18,7 +18,7 @@ paths on Linux), which S3FileSystem's constructor cannot override. Nor can it sk
 URI form, `FileSystem.from_uri`, takes tls_verify_certificates, and it carries no session token or virtual
 addressing): insecureSkipTLSVerify is refused for Iceberg archives (settings.py).
 
-PyIceberg loads `S3FileIO` by its name (the `py-io-impl` property iceberg.py's `file_io_properties` sets), and
+PyIceberg loads `S3FileIO` by its name (the `py-io-impl` property iceberg_catalog.py's `file_io_properties` sets), and
 only with string properties: the client is registered in this process (`register_store`) and named by `STORE`.
 """
 

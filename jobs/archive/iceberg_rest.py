@@ -2,8 +2,8 @@
 resource's Secrets, its properties built (uri, warehouse, prefix, a bearer token or OAuth2 client credentials, the
 private CA), and its failures turned into cellar's errors, each naming the field to fix and never a secret.
 
-The data files go to spec.storage with the resource's own keys (the s3.* FileIO properties iceberg.py builds); the
-catalog server writes the metadata files with its own.
+The data files go to spec.storage with the resource's own keys (the s3.* FileIO properties iceberg_catalog.py
+builds); the catalog server writes the metadata files with its own.
 """
 
 from __future__ import annotations

@@ -1,7 +1,13 @@
-"""A batch's rows as the write tasks of an Iceberg table's data files: a file per partition (more where a partition
-exceeds the table's target file size), written by PyIceberg's own writer (`write_file`: the table's schema and
-field ids, its column statistics, its file names) on its pool of threads (as many as the cores and four more:
-sixteen held two and a half times Parquet mode's memory for no gain in speed on two cores).
+"""A batch's rows as an Iceberg table's data files: a file per partition (more where a partition exceeds the table's
+target file size), written on PyIceberg's pool of threads (as many as the cores and four more: sixteen held two and
+a half times Parquet mode's memory for no gain in speed on two cores).
+
+The files hold what PyIceberg's own writer (`write_file`) writes, with less work per file: the table's schema with
+its field ids, its Parquet options, its file names and locations, and each file's column statistics read from its
+footer, as PyIceberg reads them (a unit test compares the two writers' files column for column). PyIceberg works all
+of that out again for every file (and reads its configuration files again) and converts each file's rows column by
+column; here it is worked out once per table and batch schema (DataFileWriter), and a column is converted only where
+its type widens (int2 to int). Dictionaries are only for the columns whose values repeat, as in Parquet mode.
 
 PyIceberg's `append` finds a batch's partitions by filtering the whole batch once per partition, a pass over every
 row for each day a batch spans. A batch arrives sorted by its timestamp (objects.sort_batch), so here a partition
@@ -13,43 +19,239 @@ partition. A spec of more than one field goes through PyIceberg's own filtering.
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.archive.encoding import DICTIONARY_SAMPLE_ROWS, repeating_columns
+
+FIELD_ID_KEY = b"PARQUET:field_id"  # where Parquet readers (Iceberg's among them) find a column's field id
+
+
+@dataclass(frozen=True)
+class _FileLayout:
+    """How rows of one Arrow schema become a data file's columns."""
+
+    schema: pa.Schema  # the files' Arrow schema (DataFileWriter.layout)
+    sources: tuple[int | None, ...]  # each file column's index among the rows' columns (None: the rows lack it)
+    converted: tuple[bool, ...]  # whether its values are converted (widened, or given nested field ids)
+    dictionary_columns: tuple[str, ...] = ()
+
+    def file_rows(self, rows: pa.Table) -> pa.Table:
+        """`rows` as the file's columns: the same buffers where the types already match, converted where they
+        widen, nulls for a column the rows lack (an optional one the table gained since)."""
+        columns = []
+        for field, source, convert in zip(self.schema, self.sources, self.converted, strict=True):
+            if source is None:
+                columns.append(pa.chunked_array([pa.nulls(rows.num_rows, type=field.type)], type=field.type))
+            else:
+                columns.append(rows.column(source).cast(field.type) if convert else rows.column(source))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+@dataclass(frozen=True)
+class _FileTask:
+    name: str
+    partition_key: Any
+    rows: pa.Table
+
+
+class DataFileWriter:
+    """Writes data files of the table `metadata` describes (its schema, partition spec, location and properties
+    as they were then)."""
+
+    def __init__(self, metadata: Any) -> None:
+        from pyiceberg.io.pyarrow import (
+            _get_parquet_writer_kwargs,
+            compute_statistics_plan,
+            parquet_path_to_id_mapping,
+        )
+        from pyiceberg.schema import sanitize_column_names
+        from pyiceberg.table import TableProperties
+        from pyiceberg.table.locations import load_location_provider
+        from pyiceberg.utils.properties import property_as_int
+
+        properties = metadata.properties
+        self.schema = metadata.schema()
+        self.spec = metadata.spec()
+        self.spec_id = metadata.default_spec_id
+        # Names Avro cannot hold are written sanitized, as PyIceberg writes them; readers match columns by field id.
+        self.file_schema = sanitize_column_names(self.schema)
+        self.statistics_plan = compute_statistics_plan(self.file_schema, properties)
+        self.column_ids = parquet_path_to_id_mapping(self.file_schema)
+        self.parquet_options = _get_parquet_writer_kwargs(properties)
+        self.row_group_rows = property_as_int(
+            properties, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
+        )
+        default_size = TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+        self.target_file_size = (
+            property_as_int(properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, default_size) or default_size
+        )
+        self.locations = load_location_provider(table_location=metadata.location, table_properties=properties)
+        self._layouts: dict[pa.Schema, _FileLayout] = {}
+        self._lock = threading.Lock()
+
+    def write(self, io: Any, rows: pa.Table) -> list[Any]:
+        """`rows` written as data files through `io`; their DataFiles, in no snapshot yet."""
+        from pyiceberg.utils.concurrent import ExecutorFactory
+
+        if rows.num_rows == 0:
+            return []
+        layout = self.layout(rows.schema)
+        # Dictionaries only for columns whose values repeat, as Parquet mode encodes its files, judged once for the
+        # batch on its first rows (encoding.repeating_columns): on distinct values they cost time and bytes.
+        sample = layout.file_rows(rows.slice(0, DICTIONARY_SAMPLE_ROWS))
+        layout = replace(layout, dictionary_columns=tuple(repeating_columns(sample)))
+        return list(
+            ExecutorFactory.get_or_create().map(lambda task: self._write_file(io, layout, task), self._tasks(rows))
+        )
+
+    def layout(self, rows_schema: pa.Schema) -> _FileLayout:
+        """How rows of `rows_schema` become files: the table's columns, names, field ids and nullability, with the
+        rows' own types but where a type widens (a narrower integer or float, a timestamp in other units), as
+        PyIceberg's writer converts them."""
+        with self._lock:
+            known = self._layouts.get(rows_schema)
+            if known is None:
+                fields = [
+                    _file_field(field, named, _field_type(rows_schema, field.name))
+                    for field, named in zip(self.schema.fields, self.file_schema.fields, strict=True)
+                ]
+                indexes = [rows_schema.get_field_index(field.name) for field in self.schema.fields]
+                sources = tuple(index if index >= 0 else None for index in indexes)
+                converted = tuple(
+                    source is not None and _needs_conversion(rows_schema.field(source).type, field.type)
+                    for source, field in zip(sources, fields, strict=True)
+                )
+                known = self._layouts[rows_schema] = _FileLayout(pa.schema(fields), sources, converted)
+            return known
+
+    def _tasks(self, rows: pa.Table) -> Iterator[_FileTask]:
+        write_uuid, task_ids = uuid.uuid4(), itertools.count()
+        # A batch whose buffers are within the target size is a file per partition, without weighing each slice.
+        whole = rows.get_total_buffer_size() <= self.target_file_size
+        for partition_key, part in _partitions(self.spec, self.schema, rows):
+            for file_rows in [part] if whole else self._packed(part):
+                # Named as Iceberg's Java writer names its files (OutputFileFactory), as PyIceberg's WriteTask does.
+                name = f"00000-{next(task_ids)}-{write_uuid}.parquet"
+                yield _FileTask(name, partition_key, file_rows)
+
+    def _packed(self, part: pa.Table) -> Iterator[pa.Table]:
+        """A partition's rows in files of about the table's target size (PyIceberg's bin packing)."""
+        from pyiceberg.io.pyarrow import bin_pack_arrow_table
+
+        for batches in bin_pack_arrow_table(part, self.target_file_size):
+            yield pa.Table.from_batches(batches, schema=part.schema)
+
+    def _write_file(self, io: Any, layout: _FileLayout, task: _FileTask) -> Any:
+        from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
+        from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+        from pyiceberg.typedef import Record
+
+        location = self.locations.new_data_location(data_file_name=task.name, partition_key=task.partition_key)
+        file_rows = layout.file_rows(task.rows)
+        # Encoded into an Arrow buffer, then sent in one write: each write to a Python file object takes the GIL,
+        # which the other lanes and uploads contend for.
+        sink = pa.BufferOutputStream()
+        with pq.ParquetWriter(
+            sink,
+            schema=layout.schema,
+            store_decimal_as_integer=True,
+            use_dictionary=list(layout.dictionary_columns),
+            **self.parquet_options,
+        ) as out:
+            out.write_table(file_rows, row_group_size=self.row_group_rows)
+        body = sink.getvalue()
+        with io.new_output(location).create(overwrite=True) as stream:
+            stream.write(body)
+        statistics = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=out.writer.metadata,
+            stats_columns=self.statistics_plan,
+            parquet_column_mapping=self.column_ids,
+        )
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=location,
+            file_format=FileFormat.PARQUET,
+            partition=task.partition_key.partition if task.partition_key else Record(),
+            file_size_in_bytes=body.size,
+            sort_order_id=None,
+            spec_id=self.spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
 
 
 def write_data_files(metadata: Any, io: Any, rows: pa.Table) -> list[Any]:
     """Write `rows` as the data files of the table `metadata` describes, through `io`; their DataFiles, in no
-    snapshot yet."""
-    from pyiceberg.io.pyarrow import write_file
-
-    return list(write_file(io=io, table_metadata=metadata, tasks=_tasks(metadata, rows)))
+    snapshot yet. (A writer kept for many batches saves working out the table's plan again: DataFileWriter.)"""
+    return DataFileWriter(metadata).write(io, rows)
 
 
-def _tasks(metadata: Any, rows: pa.Table) -> Iterator[Any]:
-    from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema
-    from pyiceberg.table import TableProperties, WriteTask
-    from pyiceberg.utils.properties import property_as_int
+def _field_type(arrow_type: pa.Schema | pa.StructType | None, name: str) -> pa.DataType | None:
+    """The type of the field `name` of the rows' schema or struct; None where the rows have no such field."""
+    if arrow_type is None:
+        return None
+    index = arrow_type.get_field_index(name)
+    return arrow_type.field(index).type if index >= 0 else None
 
-    schema = metadata.schema()
-    default_size = TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
-    target_file_size = property_as_int(metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, default_size)
-    rows_schema = pyarrow_to_schema(
-        rows.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
-    )
-    write_uuid, task_ids = uuid.uuid4(), itertools.count()
-    for partition_key, part in _partitions(metadata.spec(), schema, rows):
-        for batches in bin_pack_arrow_table(part, target_file_size or default_size):
-            yield WriteTask(
-                write_uuid=write_uuid,
-                task_id=next(task_ids),
-                schema=rows_schema,
-                record_batches=batches,
-                partition_key=partition_key,
-            )
+
+def _file_field(field: Any, named: Any, source: pa.DataType | None) -> pa.Field:
+    """The Arrow field a file holds for the table's `field` (`named`: the same field as the file names it) where
+    the rows hold `source`."""
+    metadata = {FIELD_ID_KEY: str(field.field_id).encode()}
+    if field.doc:
+        metadata[b"doc"] = field.doc.encode()
+    file_type = _file_type(field.field_type, named.field_type, source)
+    return pa.field(named.name, file_type, nullable=field.optional, metadata=metadata)
+
+
+def _file_type(iceberg_type: Any, named_type: Any, source: pa.DataType | None) -> pa.DataType:
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+    from pyiceberg.types import ListType, NestedField, StructType
+
+    if isinstance(iceberg_type, ListType):
+        element = NestedField(
+            iceberg_type.element_id, "element", iceberg_type.element_type, required=iceberg_type.element_required
+        )
+        named = NestedField(
+            named_type.element_id, "element", named_type.element_type, required=named_type.element_required
+        )
+        source_element = source.value_type if source is not None and pa.types.is_list(source) else None
+        return pa.list_(_file_field(element, named, source_element))
+    if isinstance(iceberg_type, StructType):
+        sources = source if source is not None and pa.types.is_struct(source) else None
+        return pa.struct(
+            [
+                _file_field(sub, named_sub, _field_type(sources, sub.name))
+                for sub, named_sub in zip(iceberg_type.fields, named_type.fields, strict=True)
+            ]
+        )
+    target: pa.DataType = schema_to_pyarrow(iceberg_type)
+    return target if source is None or _widens(source, target) else source
+
+
+def _widens(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether rows of type `source` are written as `target` (the conversions PyIceberg's writer makes)."""
+    if pa.types.is_integer(source) and pa.types.is_integer(target):
+        return bool(source.bit_width < target.bit_width)
+    if pa.types.is_floating(source) and pa.types.is_floating(target):
+        return bool(source.bit_width < target.bit_width)
+    if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):
+        return bool(source != target)  # to microseconds, and a UTC zone by the name Iceberg gives it
+    return False
+
+
+def _needs_conversion(source: pa.DataType, target: pa.DataType) -> bool:
+    nested = pa.types.is_list(target) or pa.types.is_struct(target)  # its children carry field ids to set
+    return bool(nested or not source.equals(target, check_metadata=False))
 
 
 def _partitions(spec: Any, schema: Any, rows: pa.Table) -> Iterator[tuple[Any, pa.Table]]:

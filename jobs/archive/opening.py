@@ -17,7 +17,8 @@ from common.runtime import RunContext
 from common.secrets import DatabaseSettings, StorageCredentials
 from common.storage import ObjectStore, open_store
 from jobs.archive.arrow_reads import ArrowReader, open_reader
-from jobs.archive.iceberg import CatalogAccess, Chooser, IcebergTable
+from jobs.archive.iceberg import Chooser, IcebergTable
+from jobs.archive.iceberg_catalog import CatalogAccess
 from jobs.archive.iceberg_rest import resolve_rest_credentials
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning, parse_archive_spec

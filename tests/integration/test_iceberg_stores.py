@@ -222,8 +222,9 @@ def test_an_iceberg_archive_through_an_endpoint_its_ca_did_not_sign_deletes_noth
         assert env.run() != 0
         failed = env.conditions("TableArchive", "orders")["ArchiveSucceeded"]
         assert failed["status"] == "False"
-        assert failed["reason"] == "StorageUnavailable"  # as the storage path says it for every format
+        assert failed["reason"] == "StorageCertificateRejected"  # as the storage path says it for every format
         assert "certificate verify failed" in failed["message"]
+        assert "spec.storage.endpointCA" in failed["message"]
         assert len(ids_in_table(env.database)) == ROWS + 10  # nothing deleted
         assert _iceberg_requests(proxy, ("PUT", "POST")) == []  # and nothing of the table written
     finally:

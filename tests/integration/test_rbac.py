@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from common.errors import Forbidden, InvalidSpec
-from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, TABLE_ARCHIVE, Kube, ResourceRef, connect
+from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, TABLE_ARCHIVE, Kube, ResourceRef
+from common.kube_client import connect
 from tests.harness.chart import rbac_of, render
 from tests.harness.cluster import service_account_kubeconfig
 from tests.integration.backup_helpers import run_backup_job

@@ -11,7 +11,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from common.errors import NotFound
-from common.kube import DATABASE_BACKUP, Kube, ResourceRef, connect
+from common.kube import DATABASE_BACKUP, Kube, ResourceRef
+from common.kube_client import connect
 from tests.conftest import apply_manifests
 from tests.harness.chart import FLEET_EXAMPLE, render
 from tests.harness.stack import LocalStack

@@ -10,7 +10,8 @@ from kubernetes import client
 
 from common.conditions import find_condition
 from common.invocation import Invocation
-from common.kube import DATABASE_BACKUP, Kube, ResourceRef, connect
+from common.kube import DATABASE_BACKUP, Kube, ResourceRef
+from common.kube_client import connect
 from common.runtime import Interrupts, RunContext
 from tests.harness.stack import LocalStack
 from tests.integration.test_resources import MINIMAL_BACKUP_SPEC

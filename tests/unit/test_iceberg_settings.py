@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import InvalidSpec
 from common.secrets import StorageCredentials
-from jobs.archive.iceberg import file_io_properties, table_location
+from jobs.archive.iceberg_catalog import file_io_properties, table_location
 from jobs.archive.iceberg_rest import RestCredentials, rest_catalog_properties
 from jobs.archive.settings import parse_archive_spec
 from tests.unit.test_archive_pure import SPEC

@@ -3,6 +3,8 @@ table that reads back every row, in a local catalog (SQLite and a directory: PyI
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from jobs.archive.iceberg_writes import _partitions, write_data_files
+from jobs.archive.iceberg_writes import DataFileWriter, _partitions, write_data_files
 
 START = datetime(2024, 12, 30, 22, tzinfo=UTC)
 
@@ -86,3 +88,104 @@ def test_the_files_written_hold_every_row_once_in_its_partition(tmp_path: Path) 
     assert january.to_arrow().num_rows == 4  # 04:00, 09:00, 14:00 and 19:00
     assert len(list(january.plan_files())) == 1  # the partition values are right: the day's file alone is read
     assert sum(data_file.record_count for data_file in data_files) == 1000
+
+
+def _every_kind_of_column(count: int) -> pa.Table:
+    """Rows of the Arrow types cellar's encoding gives PostgreSQL's (encoding.py), nulls among them."""
+    from decimal import Decimal
+
+    def some(values: list[Any]) -> list[Any]:
+        return [None if n % 7 == 3 else value for n, value in enumerate(values)]
+
+    return pa.table(
+        {
+            "id": pa.array(range(count), pa.int64()),
+            "created_at": pa.array([START + timedelta(hours=5 * n) for n in range(count)], pa.timestamp("us", "UTC")),
+            "small": pa.array(some([n % 300 - 150 for n in range(count)]), pa.int16()),
+            "ratio": pa.array(some([n / 7 for n in range(count)]), pa.float32()),
+            "amount": pa.array(some([Decimal(n) / 100 for n in range(count)]), pa.decimal128(12, 2)),
+            "status": pa.array(some([f"status {n % 4}" for n in range(count)]), pa.string()),
+            "paid": pa.array(some([n % 2 == 0 for n in range(count)]), pa.bool_()),
+            "seen": pa.array(
+                some([START.replace(tzinfo=None) + timedelta(minutes=n) for n in range(count)]), pa.timestamp("us")
+            ),
+            "tags": pa.array(some([[n % 5, None, -n % 9] for n in range(count)]), pa.list_(pa.int16())),
+            "point": pa.array(
+                some([{"x": n, "label": f"p{n}"} for n in range(count)]),
+                pa.struct([pa.field("x", pa.int16()), pa.field("label", pa.string())]),
+            ),
+            "weird name!": pa.array(some([f"w{n}" for n in range(count)]), pa.string()),
+        }
+    )
+
+
+def _as_pyiceberg_tasks(writer: Any, rows: pa.Table) -> Iterator[Any]:
+    """The files `writer` writes of `rows` as tasks for PyIceberg's own writer."""
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
+    from pyiceberg.table import WriteTask
+
+    schema = pyarrow_to_schema(rows.schema, name_mapping=writer.schema.name_mapping, format_version=2)
+    for number, task in enumerate(writer._tasks(rows)):
+        yield WriteTask(uuid.uuid4(), number, schema, task.rows.to_batches(), partition_key=task.partition_key)
+
+
+def _parquet_schema(parquet_file: Any) -> str:
+    """The file's Parquet schema as text (names, field ids, types, repetition), without its Python object's id."""
+    return str(parquet_file.schema).split("\n", 1)[1]
+
+
+def test_the_files_are_those_pyiceberg_writes_with_the_same_statistics(tmp_path: Path) -> None:
+    """Column for column, the data files cellar writes are PyIceberg's own: the same Parquet schema (names, field
+    ids, types, repetition), the same rows, the same partitions and column statistics."""
+    import pyarrow.parquet as pq
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.io.pyarrow import write_file
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import DayTransform
+
+    rows = _every_kind_of_column(600)
+    catalog = SqlCatalog("local", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/warehouse")
+    catalog.create_namespace("archive")
+    table = catalog.create_table("archive.everything", rows.schema)
+    day = PartitionSpec(PartitionField(2, 1000, DayTransform(), "created_at_day"))
+    with table.update_spec() as update:
+        update.add_field("created_at", DayTransform(), "created_at_day")
+    table = catalog.load_table("archive.everything")
+    assert table.metadata.spec().fields[0].transform == day.fields[0].transform
+
+    writer = DataFileWriter(table.metadata)
+    ours = sorted(writer.write(table.io, rows), key=lambda data_file: str(data_file.partition))
+    theirs = sorted(
+        write_file(table.io, table.metadata, _as_pyiceberg_tasks(writer, rows)),
+        key=lambda data_file: str(data_file.partition),
+    )
+    assert len(ours) == len(theirs) > 100
+    for mine, pyiceberg in zip(ours, theirs, strict=True):
+        assert mine.partition == pyiceberg.partition
+        for statistic in ("record_count", "value_counts", "null_value_counts", "nan_value_counts"):
+            assert getattr(mine, statistic) == getattr(pyiceberg, statistic), statistic
+        assert mine.lower_bounds == pyiceberg.lower_bounds
+        assert mine.upper_bounds == pyiceberg.upper_bounds
+        assert mine.file_size_in_bytes == Path(mine.file_path.removeprefix("file://")).stat().st_size
+        mine_file = pq.ParquetFile(mine.file_path.removeprefix("file://"))
+        pyiceberg_file = pq.ParquetFile(pyiceberg.file_path.removeprefix("file://"))
+        assert _parquet_schema(mine_file) == _parquet_schema(pyiceberg_file)
+        assert mine_file.read().equals(pyiceberg_file.read())
+
+
+def test_a_partition_larger_than_the_target_file_size_is_split_and_every_row_kept(tmp_path: Path) -> None:
+    from pyiceberg.table import TableProperties
+
+    table = _table(tmp_path, "month")
+    with table.transaction() as transaction:
+        transaction.set_properties({TableProperties.WRITE_TARGET_FILE_SIZE_BYTES: "4096"})
+    rows = _rows(3000, timedelta(minutes=10))  # about three weeks: one or two months, 48 KB of buffers
+    data_files = DataFileWriter(table.metadata).write(table.io, rows)
+    months = {(stamp.year, stamp.month) for stamp in rows.column("created_at").to_pylist()}
+    assert len(data_files) > 4 * len(months)  # several files a month
+    assert len({data_file.partition for data_file in data_files}) == len(months)
+    assert sum(data_file.record_count for data_file in data_files) == rows.num_rows
+    with table.transaction() as transaction, transaction.update_snapshot().fast_append() as append:
+        for data_file in data_files:
+            append.append_data_file(data_file)
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(3000))

@@ -12,12 +12,14 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
+from botocore.exceptions import SSLError
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
 
 from common.errors import CellarError, ConnectionFailed, Forbidden, PermanentError, RetryableError
 from common.reasons import Reason
 from common.storage.azure import translate_azure_error
+from common.storage.errors import translate_storage_error
 from common.storage.gcs import translate_gcs_error
 
 
@@ -165,3 +167,34 @@ def test_a_service_account_key_is_read_from_its_secret_and_a_malformed_one_is_re
         InvalidSpec, match=r"spec\.storage\.gcs\.credentials\.serviceAccountKey: the Secret key does not"
     ):
         open_store(spec, StorageCredentials(None, None, None, None, gcs_service_account_json="not json"))
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "reason"),
+    [
+        (
+            SSLError(
+                endpoint_url="https://minio.internal:9000/archive",
+                error="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in chain",
+            ),
+            PermanentError,
+            Reason.STORAGE_CERTIFICATE_REJECTED,
+        ),
+        (
+            SSLError(endpoint_url="https://minio.internal:9000/archive", error="EOF occurred in violation of protocol"),
+            ConnectionFailed,
+            Reason.STORAGE_UNAVAILABLE,
+        ),
+    ],
+)
+def test_an_s3_endpoint_certificate_not_accepted_is_permanent_and_names_endpoint_ca(
+    error: Exception, kind: type[CellarError], reason: Reason
+) -> None:
+    """A certificate the CA does not verify fails every attempt alike: permanent, naming what to set. A TLS
+    connection cut short is a passing failure of the network."""
+    translated = translate_storage_error(error, "cannot upload to", "archive", "orders/x.parquet")
+    assert type(translated) is kind
+    assert translated.reason == reason
+    assert "s3://archive/orders/x.parquet" in str(translated)
+    if reason == Reason.STORAGE_CERTIFICATE_REJECTED:
+        assert "spec.storage.endpointCA" in str(translated)
