@@ -19,7 +19,6 @@ partition. A spec of more than one field goes through PyIceberg's own filtering.
 from __future__ import annotations
 
 import itertools
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -30,8 +29,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.archive.encoding import DICTIONARY_SAMPLE_ROWS, repeating_columns
-
-FIELD_ID_KEY = b"PARQUET:field_id"  # where Parquet readers (Iceberg's among them) find a column's field id
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class _FileTask:
 
 class DataFileWriter:
     """Writes data files of the table `metadata` describes (its schema, partition spec, location and properties
-    as they were then)."""
+    as they were then). One per lane: IcebergTable keeps each lane's in a thread-local."""
 
     def __init__(self, metadata: Any) -> None:
         from pyiceberg.io.pyarrow import (
@@ -95,7 +92,6 @@ class DataFileWriter:
         )
         self.locations = load_location_provider(table_location=metadata.location, table_properties=properties)
         self._layouts: dict[pa.Schema, _FileLayout] = {}
-        self._lock = threading.Lock()
 
     def write(self, io: Any, rows: pa.Table) -> list[Any]:
         """`rows` written as data files through `io`; their DataFiles, in no snapshot yet."""
@@ -116,21 +112,21 @@ class DataFileWriter:
         """How rows of `rows_schema` become files: the table's columns, names, field ids and nullability, with the
         rows' own types but where a type widens (a narrower integer or float, a timestamp in other units), as
         PyIceberg's writer converts them."""
-        with self._lock:
-            known = self._layouts.get(rows_schema)
-            if known is None:
-                fields = [
-                    _file_field(field, named, _field_type(rows_schema, field.name))
-                    for field, named in zip(self.schema.fields, self.file_schema.fields, strict=True)
-                ]
-                indexes = [rows_schema.get_field_index(field.name) for field in self.schema.fields]
-                sources = tuple(index if index >= 0 else None for index in indexes)
-                converted = tuple(
-                    source is not None and _needs_conversion(rows_schema.field(source).type, field.type)
-                    for source, field in zip(sources, fields, strict=True)
-                )
-                known = self._layouts[rows_schema] = _FileLayout(pa.schema(fields), sources, converted)
-            return known
+        known = self._layouts.get(rows_schema)
+        if known is None:
+            indexes = [rows_schema.get_field_index(field.name) for field in self.schema.fields]
+            sources = tuple(index if index >= 0 else None for index in indexes)
+            types = [rows_schema.field(source).type if source is not None else None for source in sources]
+            fields = [
+                _file_field(field, named, source_type)
+                for field, named, source_type in zip(self.schema.fields, self.file_schema.fields, types, strict=True)
+            ]
+            converted = tuple(
+                source_type is not None and _needs_conversion(source_type, field.type)
+                for source_type, field in zip(types, fields, strict=True)
+            )
+            known = self._layouts[rows_schema] = _FileLayout(pa.schema(fields), sources, converted)
+        return known
 
     def _tasks(self, rows: pa.Table) -> Iterator[_FileTask]:
         write_uuid, task_ids = uuid.uuid4(), itertools.count()
@@ -189,12 +185,6 @@ class DataFileWriter:
         )
 
 
-def write_data_files(metadata: Any, io: Any, rows: pa.Table) -> list[Any]:
-    """Write `rows` as the data files of the table `metadata` describes, through `io`; their DataFiles, in no
-    snapshot yet. (A writer kept for many batches saves working out the table's plan again: DataFileWriter.)"""
-    return DataFileWriter(metadata).write(io, rows)
-
-
 def _field_type(arrow_type: pa.Schema | pa.StructType | None, name: str) -> pa.DataType | None:
     """The type of the field `name` of the rows' schema or struct; None where the rows have no such field."""
     if arrow_type is None:
@@ -206,9 +196,11 @@ def _field_type(arrow_type: pa.Schema | pa.StructType | None, name: str) -> pa.D
 def _file_field(field: Any, named: Any, source: pa.DataType | None) -> pa.Field:
     """The Arrow field a file holds for the table's `field` (`named`: the same field as the file names it) where
     the rows hold `source`."""
-    metadata = {FIELD_ID_KEY: str(field.field_id).encode()}
+    from pyiceberg.io.pyarrow import PYARROW_FIELD_DOC_KEY, PYARROW_PARQUET_FIELD_ID_KEY
+
+    metadata = {PYARROW_PARQUET_FIELD_ID_KEY: str(field.field_id).encode()}
     if field.doc:
-        metadata[b"doc"] = field.doc.encode()
+        metadata[PYARROW_FIELD_DOC_KEY] = field.doc.encode()
     file_type = _file_type(field.field_type, named.field_type, source)
     return pa.field(named.name, file_type, nullable=field.optional, metadata=metadata)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from jobs.archive.iceberg_writes import DataFileWriter, _partitions, write_data_files
+from jobs.archive.iceberg_writes import DataFileWriter, _partitions
 
 START = datetime(2024, 12, 30, 22, tzinfo=UTC)
 
@@ -73,7 +73,7 @@ def test_the_partitions_are_those_pyiceberg_finds(tmp_path: Path, transform: str
 def test_the_files_written_hold_every_row_once_in_its_partition(tmp_path: Path) -> None:
     table = _table(tmp_path, "day")
     rows = _rows(1000, timedelta(hours=5))
-    data_files = write_data_files(table.metadata, table.io, rows)
+    data_files = DataFileWriter(table.metadata).write(table.io, rows)
     with table.transaction() as transaction, transaction.update_snapshot().fast_append() as append:
         for data_file in data_files:
             append.append_data_file(data_file)
