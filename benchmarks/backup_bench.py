@@ -7,16 +7,7 @@
   (e) the same, encrypted with age to one recipient (spec.encryption)
   (f) the same as (d), into a bucket with object lock, every object locked (spec.storage.objectLock)
 
-With --wide-gb, a second database of four large tables (issue #39, parallel dumps), in the same run:
-
-  (p1) pg_dump -Fc -Z0 -f /dev/null                       the single-stream floor
-  (p2) pg_dump -Fd -j 2 -Z0 into a local directory        the parallel floor, N = 2
-  (p3) pg_dump -Fd -j 4 -Z0 into a local directory        the parallel floor, N = 4
-  (p4) cellar backup, one stream                          today's cellar, for peak RSS
-  (p5) cellar backup, spec.parallelism: 2 (staging)
-  (p6) cellar backup, spec.parallelism: 4 (staging)
-
-with the most bytes the staging directory held (cellar's own count, at each 0.2 s poll).
+With --wide-gb, a second database of four large tables for parallel dumps (benchmarks/parallel_backup_bench.py).
 
 (d), (e) and (f) take turns in two rounds, and each figure is the best of its two, so that a slow minute
 on shared cores weighs on all alike.
@@ -33,12 +24,9 @@ It starts its own kube-apiserver, PostgreSQL and MinIO (tests/harness), as the t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,125 +224,6 @@ def run(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[Measureme
     return results
 
 
-WIDE_TABLES = 4
-
-
-def generate_wide_database(stack: LocalStack, gigabytes: float) -> tuple[str, int]:
-    """Four tables of about gigabytes / 4 each (text, jsonb, numbers), so that pg_dump -j has tables to share."""
-    name = f"wide_{str(gigabytes).replace('.', '_')}gb"
-    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    rows = int(7_000_000 * gigabytes / WIDE_TABLES)  # about 150 bytes a row on disk
-    with psycopg.connect(stack.pg_dsn(name), autocommit=True) as conn:
-        for number in range(1, WIDE_TABLES + 1):
-            conn.execute(
-                f"CREATE TABLE events_{number} (id bigint PRIMARY KEY, kind text, amount numeric, payload jsonb)"
-            )
-            conn.execute(
-                f"INSERT INTO events_{number} SELECT g, (ARRAY['view', 'click', 'buy'])[1 + g % 3] || ' ' || g, "
-                "round((random() * 1000)::numeric, 2), "
-                "jsonb_build_object('user', (random() * 1e6)::int, 'note', md5(random()::text)) "
-                f"FROM generate_series(1, {rows}) g"
-            )
-        conn.execute("VACUUM ANALYZE")
-        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
-    return name, size
-
-
-def peak_staged(output: str) -> int:
-    """The peak_staged_bytes cellar logged for each directory it dumped (the largest)."""
-    peaks = [0]
-    for line in output.splitlines():
-        if "peak_staged_bytes" in line:
-            try:
-                peaks.append(int(json.loads(line)["peak_staged_bytes"]))
-            except (ValueError, KeyError):
-                continue
-    return max(peaks)
-
-
-def run_parallel(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[tuple[Measurement, int]]:
-    """The wide database: the single-stream and parallel floors, and cellar at parallelism 1, 2 and 4."""
-    database, size = generate_wide_database(stack, gigabytes)
-    print(f"\n## database {database}: {size / 1024**3:.2f} GiB, {WIDE_TABLES} tables", flush=True)
-    s3 = s3_client(stack.s3_endpoint)
-    bucket = f"bench-{database.replace('_', '-')}"
-    s3.create_bucket(Bucket=bucket)
-    pg_env = {
-        **os.environ,
-        "PGHOST": "127.0.0.1",
-        "PGPORT": str(stack.pg_port),
-        "PGUSER": "postgres",
-        "PGPASSWORD": stack.pg_dsn().split("password=")[1],
-    }
-    pg_dump = str(stack.pg_bin / "pg_dump")
-    work = Path(tempfile.mkdtemp(prefix="wide-bench-"))
-    results: list[tuple[Measurement, int]] = [
-        (
-            measure(
-                "(p1) pg_dump -Fc -Z0 > /dev/null",
-                [pg_dump, "-Fc", "-Z0", "--no-sync", "-f", "/dev/null", database],
-                pg_env,
-                lambda: 0,
-            ),
-            0,
-        )
-    ]
-    for jobs in (2, 4):
-        out = work / f"floor-{jobs}"
-        argv = [pg_dump, "-Fd", f"-j{jobs}", "-Z0", "--no-sync", "-f", str(out), database]
-        floor = measure(f"(p{jobs // 2 + 1}) pg_dump -Fd -j {jobs} -Z0 to local disk", argv, pg_env, lambda: 0)
-        staged = sum(p.stat().st_size for p in out.iterdir())
-        shutil.rmtree(out)
-        results.append((floor, staged))
-    api = admin_client(stack.kubeconfig)
-    secret = f"cellar-database-{database.replace('_', '-')}"
-    create_database_secret(api, stack, secret, database)
-    staging = work / "staging"
-    staging.mkdir()
-    for label, parallelism in (
-        ("(p4) cellar, one stream", 1),
-        ("(p5) cellar, parallelism 2", 2),
-        ("(p6) cellar, parallelism 4", 4),
-    ):
-        name = f"{database.replace('_', '-')}-j{parallelism}"
-        extra = {} if parallelism == 1 else {"parallelism": parallelism, "staging": {"path": str(staging)}}
-        create_backup_resource(api, name, secret, bucket, stack.s3_endpoint, extra, {})
-        run = run_measured(
-            label,
-            [
-                *[sys.executable, "-m", "jobs.backup", "--kubeconfig", str(kubeconfig)],
-                *["--namespace", NAMESPACE, "--name", name, "--log-level", "info"],
-            ],
-            {**os.environ, "CELLAR_TERMINATION_LOG": "/nonexistent/x"},
-        )
-        stored = sum(o["Size"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/data/").get("Contents", []))
-        results.append(
-            (Measurement(label, run.wall, run.cpu, run.peak_rss_mb, stored / 1024**2), peak_staged(run.output))
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    return results
-
-
-def report_parallel(results: list[tuple[Measurement, int]]) -> None:
-    print(f"\n{'variant':42} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'stored MB':>10} {'staging MB':>11}")
-    for m, staged in results:
-        print(
-            f"{m.name:42} {m.wall:8.1f} {m.cpu:8.1f} {m.peak_rss_mb:12.0f} {m.stored_mb:10.1f} {staged / 1024**2:11.1f}"
-        )
-    (single, _), (floor2, _), (floor4, _), (one, _), (cellar2, _), (cellar4, _) = results
-    print("\nratios (issue #39 targets):")
-    for label, cellar, floor in (("2", cellar2, floor2), ("4", cellar4, floor4)):
-        ratio = cellar.wall / floor.wall
-        verdict = "PASS" if ratio <= 1.15 else "MISS"
-        print(f"  cellar N={label} wall / parallel floor N={label} = {ratio:.2f}  target <= 1.15  {verdict}")
-    for label, cellar in (("2", cellar2), ("4", cellar4)):
-        ratio = cellar.wall / single.wall
-        print(f"  cellar N={label} wall / single-stream floor = {ratio:.2f}  (below 1: faster than one stream)")
-    rss = cellar4.peak_rss_mb / one.peak_rss_mb
-    print(f"  cellar N=4 peak RSS / one stream's = {rss:.2f}  target <= 1.5  {'PASS' if rss <= 1.5 else 'MISS'}")
-
-
 def report(gigabytes: float, results: list[Measurement]) -> dict[str, float]:
     print(f"\n{'variant':42} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'stored MB':>10}")
     for m in results:
@@ -406,6 +275,8 @@ def main() -> int:
         print(f"servers: kube-apiserver {stack.kube_version}, {stack.pg_version}, MinIO; cores: {os.cpu_count()}")
         kubeconfig, _ = install_cellar(stack, "backup")
         if args.wide_gb:
+            from benchmarks.parallel_backup_bench import report_parallel, run_parallel
+
             report_parallel(run_parallel(stack, kubeconfig, args.wide_gb))
         summary = {size: report(size, run(stack, kubeconfig, size)) for size in sizes}
         if len(sizes) > 1:
