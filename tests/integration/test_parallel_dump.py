@@ -466,12 +466,19 @@ def test_a_parallel_backup_on_the_oldest_and_newest_majors_restores_with_their_t
     env = backup_env.on(database)
     load_sample_data(server, database)
     add_large_tables(database, count=2, rows=5_000)
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute(TRICKY_TABLES)  # counted in the files of these majors' pg_dump; the restore test compares
     env.setup(parallelism=2, staging={"path": str(tmp_path)}, verify={"enabled": True})
     assert env.run() == 0
     status = env.status("DatabaseBackup", "orders")
     assert status["lastSuccessfulBackup"]["key"].endswith(".dir/")
     assert f"pg_dump {major}." in status["lastRun"]["message"]
     assert env.conditions("DatabaseBackup", "orders")["Verified"]["reason"] == "RestoreTestPassed"
+    manifest = json.loads(
+        env.s3.get_object(Bucket=env.bucket, Key=status["lastSuccessfulBackup"]["manifestKey"])["Body"].read()
+    )
+    counts = {t["name"]: t["rows"] for t in manifest["tables"]}
+    assert [counts[t] for t in ("tricky", "lone", "nothing", "animal", "big_1")] == [8, 2, 0, 3, 5_000]
     restored = f"{database['dbname']}_j2"
     env.create_restore("back", database, restored, parallelism=2, staging={"path": str(tmp_path)})
     assert env.run("restore", name="back") == 0
