@@ -79,14 +79,17 @@ def tally_for(name: str) -> LineTally | None:
 def table_of_contents(tools: ClientTools, staging: Path) -> str:
     """`pg_restore --list` of the dump in `staging`. It reads toc.dat alone: list before toc.dat's upload
     deletes it."""
-    listed = subprocess.run(
-        [tools.path("pg_restore"), "--list", str(staging)],
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        check=False,
-        timeout=LISTING_TIMEOUT_SECONDS,
-    )
+    argv = [tools.path("pg_restore"), "--list", str(staging)]
+    try:
+        listed = subprocess.run(
+            argv, capture_output=True, encoding="utf-8", errors="replace", check=False, timeout=LISTING_TIMEOUT_SECONDS
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PermanentError(
+            f"{tools.describe('pg_restore')} --list did not read the table of contents pg_dump wrote in {staging} "
+            f"within {LISTING_TIMEOUT_SECONDS} s; nothing was published",
+            reason=Reason.COUNT_FAILED,
+        ) from exc
     if listed.returncode != 0:
         raise PermanentError(
             f"{tools.describe('pg_restore')} --list could not read the table of contents pg_dump wrote in {staging} "
