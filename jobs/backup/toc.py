@@ -68,6 +68,7 @@ class TocEntry:
     rest: str  # what follows the description: "<schema> <tag> <owner>"
     line: str
     depends_on: list[int] = field(default_factory=list)
+    catalog_oid: int = 0  # the object's OID; a TABLE DATA entry's is its table's (pg_dump's makeTableDataInfo)
 
     def is_of(self, schema: str, name: str) -> bool:
         """Whether this entry's object is `name` in `schema`, or (a constraint, trigger, default, ...) one
@@ -91,7 +92,11 @@ def parse_toc(listing: str) -> list[TocEntry]:
             continue
         rest = found.group(4)
         description = next((d for d in _DESCRIPTIONS if rest.startswith(d + " ")), rest.split(" ", 1)[0])
-        entries.append(TocEntry(int(found.group(1)), description, rest[len(description) + 1 :], line))
+        entries.append(
+            TocEntry(
+                int(found.group(1)), description, rest[len(description) + 1 :], line, catalog_oid=int(found.group(3))
+            )
+        )
     return entries
 
 

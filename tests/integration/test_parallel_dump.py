@@ -466,13 +466,111 @@ def test_a_parallel_backup_on_the_oldest_and_newest_majors_restores_with_their_t
     env = backup_env.on(database)
     load_sample_data(server, database)
     add_large_tables(database, count=2, rows=5_000)
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute(TRICKY_TABLES)  # counted in the files of these majors' pg_dump; the restore test compares
     env.setup(parallelism=2, staging={"path": str(tmp_path)}, verify={"enabled": True})
     assert env.run() == 0
     status = env.status("DatabaseBackup", "orders")
     assert status["lastSuccessfulBackup"]["key"].endswith(".dir/")
     assert f"pg_dump {major}." in status["lastRun"]["message"]
     assert env.conditions("DatabaseBackup", "orders")["Verified"]["reason"] == "RestoreTestPassed"
+    manifest = json.loads(
+        env.s3.get_object(Bucket=env.bucket, Key=status["lastSuccessfulBackup"]["manifestKey"])["Body"].read()
+    )
+    counts = {t["name"]: t["rows"] for t in manifest["tables"]}
+    assert [counts[t] for t in ("tricky", "lone", "nothing", "animal", "big_1")] == [8, 2, 0, 3, 5_000]
     restored = f"{database['dbname']}_j2"
     env.create_restore("back", database, restored, parallelism=2, staging={"path": str(tmp_path)})
     assert env.run("restore", name="back") == 0
     assert table_contents(database, restored) == table_contents(database)
+
+
+# Values COPY text must escape, and a lone `\.` (COPY's end-of-data marker when unescaped) as a row of its own.
+TRICKY_TABLES = """
+CREATE TABLE tricky (id int, body text);
+INSERT INTO tricky VALUES (1, E'two\\nlines'), (2, E'a\\ttab'), (3, E'back\\\\slash'), (4, '\\.'),
+    (5, E'\\\\.\\n\\\\.\\n'), (6, ''), (7, NULL), (8, E'\\r\\n\\\\.');
+CREATE TABLE lone (body text);
+INSERT INTO lone VALUES (''), ('\\.');
+CREATE TABLE nothing (id int);
+CREATE TABLE skipped (id int);
+INSERT INTO skipped SELECT generate_series(1, 5);
+CREATE TABLE measured (id int, body text) PARTITION BY RANGE (id);
+CREATE TABLE measured_low PARTITION OF measured FOR VALUES FROM (0) TO (100);
+CREATE TABLE measured_high PARTITION OF measured FOR VALUES FROM (100) TO (1000);
+INSERT INTO measured SELECT g, E'row\\n' || g FROM generate_series(1, 250) g;
+CREATE TABLE animal (id int);
+CREATE TABLE dog (name text) INHERITS (animal);
+INSERT INTO animal VALUES (1);
+INSERT INTO dog VALUES (2, E'rex\\n\\\\.'), (3, 'fido');
+"""
+SCANNED = ("tricky", "lone", "nothing", "measured_low", "measured_high", "animal", "dog")
+
+
+def scans(dsn: str) -> dict[str, int]:
+    """Sequential scans of each table so far (a fresh session: the statistics are read anew)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT relname, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+            (list(SCANNED),),
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+def test_a_parallel_backup_counts_the_rows_in_its_files_not_by_reading_the_tables_again(
+    backup_env: BackupEnv, tmp_path: Path
+) -> None:
+    """The manifest's counts are the rows pg_dump wrote, counted in its files: exact whatever the values hold, and
+    what the stock pg_restore brings back; each table is read once, by pg_dump (no count(*) beside it)."""
+    env, database = backup_env, backup_env.database
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute(TRICKY_TABLES)
+    before = scans(env.dsn)  # nothing has read the new tables (inserts are no scans)
+    identity_path, identity, public = keypair(tmp_path, "ops")
+    env.create_secret(IDENTITY_SECRET, {"identity.txt": identity})
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    env.setup(
+        parallelism=2,
+        staging={"path": str(staging)},
+        dump={"excludeTableData": ["public.skipped"]},
+        encryption={"recipients": [public], "identitySecretRef": {"name": IDENTITY_SECRET, "key": "identity.txt"}},
+        verify={"enabled": True},
+    )
+    assert env.run() == 0
+    assert env.conditions("DatabaseBackup", "orders")["Verified"]["reason"] == "RestoreTestPassed"
+    last = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]
+    manifest = json.loads(env.s3.get_object(Bucket=env.bucket, Key=last["manifestKey"])["Body"].read())
+    counts = {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest["tables"]}
+
+    # pg_dump read each table once; the backup's own count(*) would have been a second scan.
+    wait_for("pg_dump's scans in the statistics", lambda: all(scans(env.dsn)[t] > before[t] for t in SCANNED), None)
+    assert {t: scans(env.dsn)[t] - before[t] for t in SCANNED} == dict.fromkeys(SCANNED, 1)
+
+    with psycopg.connect(env.dsn) as conn:
+        expected = {
+            f"public.{name}": int(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0])  # type: ignore[index]
+            for name in SCANNED
+        }
+    assert (expected["public.tricky"], expected["public.lone"], expected["public.animal"]) == (8, 2, 3)
+    # count_rows' list: plain tables and partitions (not the partitioned parent), the excluded one with 0 rows;
+    # an inheritance parent counts its children's rows as count(*) does.
+    assert counts == {**expected, "public.skipped": 0}
+    assert [(t["schema"], t["name"]) for t in manifest["tables"]] == sorted(
+        ("public", name.removeprefix("public.")) for name in counts
+    )
+    assert manifest["countsInDumpSnapshot"] is True
+
+    # The stock pg_restore brings back the rows the manifest counted.
+    by_hand = f"{database['dbname']}_counted"
+    with psycopg.connect(env.stack.pg_dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{by_hand}" OWNER "{database["username"]}"')
+    restored_dsn = env.on({**database, "dbname": by_hand}).dsn
+    stock_directory_restore(env, manifest, identity_path, tmp_path, restored_dsn)
+    with psycopg.connect(restored_dsn) as conn:
+        restored = {
+            name: int(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0])  # type: ignore[index]
+            for name in counts
+        }
+    assert restored == counts
+    assert table_contents(database, by_hand)["public.tricky"] == table_contents(database)["public.tricky"]

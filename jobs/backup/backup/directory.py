@@ -7,8 +7,9 @@ When a file is complete: pg_dump's workers write each table's file whole and clo
 table, and no file is opened again once closed; toc.dat is written last, by the leader, as it exits. A data file
 is complete when, at two polls in a row, it had the same size and no process of pg_dump's tree (the leader and
 its forked workers, read from /proc/<pid>/fd) held it open; its upload then reads it to its end and completes
-the object. toc.dat and whatever is left are taken after pg_dump exited 0. The run's snapshot, row counts and
-failures are those of the streamed dump (dump.py).
+the object. toc.dat and whatever is left are taken after pg_dump exited 0. The run's snapshot and failures are
+those of the streamed dump (dump.py); its row counts are read from the files as they are uploaded
+(file_counts.py), not by counting each table again.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from jobs.backup.backup.dump import (
     CHUNK,
     DumpResult,
     DumpSource,
-    RowCounter,
     SealedObject,
     compressed_upload,
     dump_failure,
     export_snapshot,
     hold_snapshot_open,
 )
+from jobs.backup.backup.file_counts import LineTally, counts_from_files, table_of_contents, tally_for
 from jobs.backup.catalog import DumpFile
 from jobs.backup.pgtools import StderrTail, stop_process
 from jobs.backup.settings import DumpOptions
@@ -144,7 +145,8 @@ class FileUploads:
     """Uploads pg_dump's files at most `jobs` at a time, each compressed (and encrypted) on its own: an upload
     starts when its file is first seen and follows it as pg_dump writes (so compression and the upload overlap
     the dump), and ends once the file is complete (`mark_complete`) and read to its end; the file is deleted
-    from staging once its object is complete. `written` collects every key as its upload starts."""
+    from staging once its object is complete. `written` collects every key as its upload starts; `tallies`, the
+    lines of each data file read (file_counts.py)."""
 
     def __init__(self, target: DirectoryTarget, written: list[str], on_progress: Callable[[int], None]) -> None:
         self._target = target
@@ -160,6 +162,7 @@ class FileUploads:
         self._everything_complete = False  # pg_dump exited 0: no file grows any more
         self._grown = threading.Condition()
         self._stop = threading.Event()
+        self.tallies: dict[str, LineTally] = {}
         self.raw = 0
         self.peak_staged = 0  # the most bytes staging held at a poll (what the benchmark reports)
 
@@ -169,7 +172,10 @@ class FileUploads:
         key = self._target.key_of(path.name)
         log.debug("file seen; uploading it as pg_dump writes it", extra={"file": path.name})
         self._written.append(key)
-        self._futures[path.name] = self._pool.submit(self._upload, path, key)
+        tally = tally_for(path.name)
+        if tally is not None:
+            self.tallies[path.name] = tally
+        self._futures[path.name] = self._pool.submit(self._upload, path, key, tally)
 
     def mark_complete(self, paths: list[Path], *, everything: bool = False) -> None:
         """These files are complete (CompletionWatch); `everything`: pg_dump exited 0, so all of them are."""
@@ -182,7 +188,7 @@ class FileUploads:
         with self._grown:
             return self._everything_complete or name in self._complete
 
-    def _upload(self, path: Path, key: str) -> DumpFile:
+    def _upload(self, path: Path, key: str, tally: LineTally | None) -> DumpFile:
         raw = 0
         with compressed_upload(replace(self._sealed, key=key)) as upload, path.open("rb") as source:
             while not self._stop.is_set():
@@ -191,6 +197,8 @@ class FileUploads:
                 if chunk:
                     raw += len(chunk)
                     upload.write(chunk)
+                    if tally is not None:
+                        tally.add(chunk)
                 elif complete:
                     break
                 else:
@@ -239,34 +247,35 @@ def dump_directory(
     written: list[str],
     on_progress: Callable[[int], None],
 ) -> DumpResult:
-    """pg_dump --format=directory --jobs into staging in the run's snapshot; each file uploaded as it is complete.
-    Staging is emptied whatever happens; a failure leaves objects named in `written` for the caller to discard."""
+    """pg_dump --format=directory --jobs into staging in the run's snapshot; each file uploaded as it is complete,
+    its rows counted as it is read. Staging is emptied whatever happens; a failure leaves objects named in `written`
+    for the caller to discard. The counts are those of the dump's files, also on a standby that refused to export
+    a snapshot (a streamed dump's are then taken in a snapshot of their own)."""
     snapshot_conn = connect(source.database)
     try:
         hold_snapshot_open(snapshot_conn)
         snapshot = export_snapshot(snapshot_conn)
-        counter = RowCounter(snapshot_conn, options)
         uploads = FileUploads(target, written, on_progress)
         try:
             with _pg_dump(source, target, options, snapshot) as (process, stderr):
-                _watch(process, target, uploads, counter)
+                _watch(process, target, uploads)
                 code = process.wait()
                 if code != 0:
                     raise _failure(source, target, code, stderr.text(), stderr.error_lines())
+            contents = table_of_contents(source.tools, target.staging)  # before toc.dat's upload deletes it
             uploads.mark_complete([], everything=True)
             for path in sorted(target.staging.iterdir()):  # toc.dat, and whatever the polls had not seen
                 uploads.submit(path)
             files = uploads.results()
-            tables = counter.result()
+            tables = counts_from_files(snapshot_conn, options, contents, uploads.tallies)
         finally:
             uploads.close()
-            counter.stop()
             shutil.rmtree(target.staging, ignore_errors=True)
         log.info(
             "directory dump uploaded",
             extra={"files": len(files), "bytes_raw": uploads.raw, "peak_staged_bytes": uploads.peak_staged},
         )
-        return DumpResult(None, uploads.raw, tables, snapshot is not None, files)
+        return DumpResult(None, uploads.raw, tables, True, files)  # the counts are the files'
     except psycopg.Error as exc:  # the snapshot's session; on a standby, replay may have ended it
         if RECOVERY_CONFLICT in str(exc):
             raise RecoveryConflict(f"the standby ended the dump's snapshot: {' '.join(str(exc).split())}") from exc
@@ -306,9 +315,7 @@ def _pg_dump(
         stop_process(process)
 
 
-def _watch(
-    process: subprocess.Popen[bytes], target: DirectoryTarget, uploads: FileUploads, counter: RowCounter
-) -> None:
+def _watch(process: subprocess.Popen[bytes], target: DirectoryTarget, uploads: FileUploads) -> None:
     """Until pg_dump exits: hand each complete file to the uploads; stop at the first failed upload."""
     watch = CompletionWatch(target.staging, process.pid)
     while process.poll() is None:
@@ -316,8 +323,6 @@ def _watch(
         if error is not None:
             raise error
         uploads.mark_complete(watch.complete())
-        if target.staging.is_dir():
-            counter.start()  # pg_dump made its directory after it imported the snapshot
         uploads.note_staged(target.staging)
         for name in sorted(watch.seen):
             uploads.submit(target.staging / name)

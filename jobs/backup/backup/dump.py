@@ -81,7 +81,7 @@ def server_facts(conn: psycopg.Connection[tuple[object, ...]]) -> ServerFacts:
 
 
 _TABLES = """
-SELECT n.nspname, c.relname
+SELECT n.nspname, c.relname, c.oid
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -98,23 +98,43 @@ def _included(schema: str, table: str, options: DumpOptions) -> bool:
     return not any(fnmatch.fnmatchcase(schema, p) for p in options.exclude_schemas)
 
 
-def count_rows(conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> list[TableCount]:
-    """Rows of every table the dump contains, in the connection's current snapshot."""
-    counts = []
-    for schema, table in conn.execute(_TABLES).fetchall():
+@dataclass(frozen=True)
+class ListedTable:
+    """A table the dump contains, as the manifest lists it; `data_excluded`: its rows are left out
+    (spec.excludeTableData), so the dump holds its definition only."""
+
+    oid: int
+    schema: str
+    name: str
+    data_excluded: bool
+
+
+def listed_tables(conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> list[ListedTable]:
+    """Every table the dump contains, in the manifest's order (schema, name)."""
+    listed = []
+    for schema, table, oid in conn.execute(_TABLES).fetchall():
         schema_name, table_name = str(schema), str(table)
         if not _included(schema_name, table_name, options):
             continue
         qualified = f"{schema_name}.{table_name}"
-        if any(
+        excluded = any(
             fnmatch.fnmatchcase(qualified, p) or fnmatch.fnmatchcase(table_name, p) for p in options.exclude_table_data
-        ):
-            counts.append(TableCount(schema_name, table_name, 0))  # definition only: no rows in the dump
+        )
+        listed.append(ListedTable(int(str(oid)), schema_name, table_name, excluded))
+    return listed
+
+
+def count_rows(conn: psycopg.Connection[tuple[object, ...]], options: DumpOptions) -> list[TableCount]:
+    """Rows of every table the dump contains, in the connection's current snapshot."""
+    counts = []
+    for table in listed_tables(conn, options):
+        if table.data_excluded:
+            counts.append(TableCount(table.schema, table.name, 0))  # definition only: no rows in the dump
             continue
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
         with conn.transaction():  # a savepoint: a failing count must not abort the snapshot's transaction
             row = conn.execute(query).fetchone()
-        counts.append(TableCount(schema_name, table_name, int(str(row[0])) if row else 0))
+        counts.append(TableCount(table.schema, table.name, int(str(row[0])) if row else 0))
     return counts
 
 
