@@ -22,7 +22,8 @@ from common.storage import ObjectStore
 from jobs.backup.backup.preflight import APPLICATION as BACKUP_APPLICATION
 from jobs.backup.backup.preflight import me, open_storage
 from jobs.backup.backup.retention import retention_reasons
-from jobs.backup.catalog import Manifest, take_inventory
+from jobs.backup.catalog import Manifest
+from jobs.backup.inventory import take_inventory
 from jobs.backup.settings import BackupSettings, parse_backup_spec
 from jobs.backup.status import human_size
 

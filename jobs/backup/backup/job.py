@@ -31,9 +31,8 @@ from jobs.backup.catalog import (
     Encryption,
     Manifest,
     backup_id,
-    find_backup,
-    take_inventory,
 )
+from jobs.backup.inventory import find_backup, take_inventory
 from jobs.backup.restore.directory import Staging
 from jobs.backup.restore.plan import BackupSource
 from jobs.backup.settings import BackupSettings, RetentionPolicy, parse_backup_spec

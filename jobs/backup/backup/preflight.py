@@ -22,7 +22,8 @@ from common.storage import ObjectStore, open_store
 from jobs.backup.backup.databases import ChosenDatabase, choose_databases
 from jobs.backup.backup.directory import staging_error
 from jobs.backup.backup.dump import ServerFacts, server_facts
-from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR, Manifest, take_inventory
+from jobs.backup.catalog import DATA_DIR, MANIFEST_DIR, QUARANTINE_DIR, Manifest
+from jobs.backup.inventory import take_inventory
 from jobs.backup.pgtools import ClientTools, tools_for_dump
 from jobs.backup.privileges import RoleFacts, role_facts
 from jobs.backup.settings import BackupSettings

@@ -15,7 +15,8 @@ from datetime import datetime
 
 from common.failpoints import failpoint
 from common.storage import ObjectStore
-from jobs.backup.catalog import DATA_DIR, Inventory, Manifest, take_inventory
+from jobs.backup.catalog import DATA_DIR, Manifest
+from jobs.backup.inventory import Inventory, take_inventory
 from jobs.backup.settings import RetentionPolicy
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from common.conditions import ConditionType, format_time, is_condition_true
-from common.db import connect, drop_database
+from common.db import connect
 from common.encryption import resolve_identities
 from common.errors import CellarError, InsufficientPrivilege, InvalidSpec, NotFound, PermanentError
 from common.kube import DATABASE_BACKUP, DATABASE_RESTORE, ResourceRef
@@ -25,142 +22,29 @@ from common.run_status import RunStatus
 from common.runtime import RunContext
 from common.secrets import DatabaseSettings
 from jobs.backup.backup.preflight import open_storage
-from jobs.backup.backup.verify import scratch_drop_wait
-from jobs.backup.catalog import Manifest, find_backup
+from jobs.backup.catalog import Manifest
+from jobs.backup.inventory import find_backup
 from jobs.backup.privileges import can_become, role_facts
 from jobs.backup.restore.directory import Staging, restore_directory
 from jobs.backup.restore.grants import Skipped, plan_skips
+from jobs.backup.restore.partial import SelectedRestore, check_target, choose_entries
 from jobs.backup.restore.plan import BackupSource, RestorePlan, RestoreTarget, plan_restore
 from jobs.backup.restore.roles import apply_globals
 from jobs.backup.restore.staged import restore_staged
-from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_head, read_toc, restore_from_storage
+from jobs.backup.restore.stream import RestoreResult, check_decryptable, read_head, restore_from_storage
+from jobs.backup.restore.targets import (
+    check_target_databases,
+    create_database,
+    describe_targets,
+    drop_created,
+    restore_targets,
+)
 from jobs.backup.settings import RestoreSettings, parse_backup_spec, parse_restore_spec
 from jobs.backup.status import RESTORE_RUNS, RestoreOutcome
-from jobs.backup.toc import SelectedToc, Selection, missing_names, parse_toc, select_entries
+from jobs.backup.toc import parse_toc
 
 log = logging.getLogger(__name__)
 APPLICATION = "cellar-restore"
-Connection = psycopg.Connection[tuple[object, ...]]
-
-
-def create_database(target: DatabaseSettings, owner: str = "") -> None:
-    """CREATE DATABASE on the target's server, connecting to its `postgres` maintenance database; owned by
-    `owner` when that role exists there (a dump restored without --create does not carry its database's owner)."""
-    maintenance = replace(target, dbname="postgres")
-    with connect(maintenance, autocommit=True) as conn:
-        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname))
-        if owner:
-            why = can_become(conn, {owner}).get(owner)
-            if why is None:
-                statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
-            else:
-                log.warning(
-                    "the database's owner cannot be given the database; it is owned by the connecting role",
-                    extra={"database": target.dbname, "owner": owner, "why": why},
-                )
-        try:
-            conn.execute(statement)
-        except psycopg.errors.DuplicateDatabase:
-            raise PermanentError(
-                f"spec.createDatabase: database {target.dbname!r} already exists; restore into a new name, or "
-                "set createDatabase: false (and clean: true to replace what the dump contains)",
-                reason=Reason.TARGET_EXISTS,
-            ) from None
-
-
-def drop_created(target: DatabaseSettings) -> None:
-    """Drop a database this restore created, after a failure; one that others stay connected to is named in
-    the log and left for a person (the restore failed anyway, and says why)."""
-    why = drop_database(target, target.dbname, wait_seconds=scratch_drop_wait())
-    if why is not None:
-        log.error(
-            "the restore failed and the database it created could not be dropped; drop it by hand",
-            extra={"database": target.dbname, "why": why},
-        )
-
-
-@dataclass(frozen=True)
-class SelectedRestore:
-    """What a partial restore takes from the backup (spec.select), and the foreign keys it leaves out."""
-
-    toc: SelectedToc
-    left_out: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        parts = [f"schema {name}" for name in self.toc.schemas]
-        parts += [f"{schema}.{name}" for schema, name in self.toc.tables if schema not in self.toc.schemas]
-        shown = ", ".join(parts[:10]) + (f" and {len(parts) - 10} more" if len(parts) > 10 else "")
-        note = f"; left out {', '.join(self.left_out)}" if self.left_out else ""
-        return f"{shown} ({len(self.toc.entries)} entries{note})"
-
-    def list_file(self) -> str:
-        return self.toc.list_file()
-
-
-def choose_entries(source: BackupSource, plan: RestorePlan, selection: Selection) -> SelectedRestore:
-    """The entries of the backup's table of contents that restore `selection`; every name must be there."""
-    manifest = source.manifest
-    entries = parse_toc(read_toc(source, plan))
-    missing = missing_names(entries, selection)
-    if missing:
-        raise InvalidSpec(f"spec.select: backup {manifest.backup_id} holds no {', '.join(missing)}")
-    return SelectedRestore(select_entries(entries, selection))
-
-
-def check_target(target: DatabaseSettings, selected: SelectedRestore, *, clean: bool, created: bool) -> SelectedRestore:
-    """What the target already has, asked once on one connection: without `clean`, a table or schema the
-    partial restore creates stops it (refuse_existing); a foreign key to a table that is neither restored
-    nor there is left out (leave_out_dangling_foreign_keys). A database made for the restore has nothing."""
-    if created:
-        return leave_out_dangling_foreign_keys(selected, lambda schema, name: False)
-    with connect(target) as conn:
-        if not clean:
-            refuse_existing(conn, target, selected)
-        return leave_out_dangling_foreign_keys(selected, lambda schema, name: _relation_exists(conn, schema, name))
-
-
-def refuse_existing(conn: Connection, target: DatabaseSettings, selected: SelectedRestore) -> None:
-    """A partial restore into a live database must not meet what it creates: refuse up front, naming each,
-    rather than fail halfway (every name is checked before anything is written)."""
-    found = [
-        f"schema {name}"
-        for name in selected.toc.schemas
-        if _found(conn.execute("SELECT to_regnamespace(quote_ident(%s))", (name,)).fetchone())
-    ]
-    found += [f"table {schema}.{name}" for schema, name in selected.toc.tables if _relation_exists(conn, schema, name)]
-    if found:
-        raise PermanentError(
-            f"{target.describe()} already has {', '.join(found)}: drop or rename them first, or set "
-            "spec.clean: true to replace them with the backup's",
-            reason=Reason.TABLE_EXISTS,
-        )
-
-
-def leave_out_dangling_foreign_keys(selected: SelectedRestore, exists: Callable[[str, str], bool]) -> SelectedRestore:
-    """A restored table's foreign key to a table neither restored nor in the target (`exists`) would fail
-    the whole restore: it is left out, and the message says which (restore that table too to keep it)."""
-    needing = selected.toc.foreign_keys_needing()
-    missing = {t for tables in needing.values() for t in tables if not exists(*t)}
-    dropped = {dump_id for dump_id, tables in needing.items() if any(t in missing for t in tables)}
-    if not dropped:
-        return selected
-    entries = {e.dump_id: e for e in selected.toc.entries}
-    notes = tuple(
-        f"foreign key {entries[i].rest.rsplit(' ', 1)[0]} (it references {', '.join('.'.join(t) for t in needing[i])})"
-        for i in sorted(dropped)
-    )
-    log.warning("foreign keys left out of the partial restore", extra={"left_out": list(notes)})
-    return SelectedRestore(selected.toc.without(dropped), notes)
-
-
-def _relation_exists(conn: Connection, schema: str, name: str) -> bool:
-    return _found(
-        conn.execute("SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s))", (schema, name)).fetchone()
-    )
-
-
-def _found(row: tuple[object, ...] | None) -> bool:
-    return row is not None and row[0] is not None
 
 
 @dataclass(frozen=True)
@@ -233,59 +117,6 @@ def _list_file(scratch: Path, selected: SelectedRestore | None, skipped: Skipped
     path = scratch / "selected.list"
     path.write_text("".join(e.line + "\n" for e in lines if e.dump_id not in leave_out), encoding="utf-8")
     return path
-
-
-def restore_targets(
-    manifest: Manifest, target: DatabaseSettings, settings: RestoreSettings
-) -> list[tuple[Manifest, DatabaseSettings]]:
-    """Which database of the backup goes where: a one-database backup into the target Secret's database; each
-    database of a several-database backup (those spec.databases names) into the one of its own name."""
-    if not manifest.server_wide:
-        if settings.databases and list(settings.databases) != manifest.databases:
-            raise InvalidSpec(
-                f"spec.databases: backup {manifest.backup_id} holds one database ({manifest.databases[0]}), "
-                "restored into the target's database; leave spec.databases out"
-            )
-        return [(manifest, target)]
-    missing = [name for name in settings.databases if name not in manifest.databases]
-    if missing:
-        raise InvalidSpec(
-            f"spec.databases: backup {manifest.backup_id} holds no {', '.join(missing)}; "
-            f"it holds {', '.join(manifest.databases)}"
-        )
-    names = list(settings.databases) or manifest.databases
-    if settings.selection is not None and len(names) != 1:
-        raise InvalidSpec(
-            f"spec.select: backup {manifest.backup_id} holds {len(names)} databases ({', '.join(names)}); name the "
-            "one to take from in spec.databases"
-        )
-    return [(manifest.for_database(name), replace(target, dbname=name)) for name in names]
-
-
-def check_target_databases(server: DatabaseSettings, targets: list[DatabaseSettings], *, created: bool) -> None:
-    """Before anything is written: with createDatabase none of the databases may exist; without it, all must."""
-    with connect(server) as conn:
-        names = [str(row[0]) for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
-    present = [t.dbname for t in targets if t.dbname in names]
-    absent = [t.dbname for t in targets if t.dbname not in names]
-    if created and present:
-        raise PermanentError(
-            f"spec.createDatabase: the target server already has {', '.join(present)}; drop them first, choose the "
-            "others in spec.databases, or set createDatabase: false (and clean: true) to restore into them",
-            reason=Reason.TARGET_EXISTS,
-        )
-    if not created and absent:
-        raise PermanentError(
-            f"the target server has no database {', '.join(absent)}; set spec.createDatabase: true to create them",
-            reason=Reason.DATABASE_NOT_FOUND,
-        )
-
-
-def describe_targets(targets: list[tuple[Manifest, DatabaseSettings]]) -> str:
-    if len(targets) == 1:
-        return targets[0][1].describe()
-    names = [into.dbname for _, into in targets]
-    return f"{len(names)} databases ({', '.join(names)}) on {targets[0][1].describe().rsplit(' on ', 1)[-1]}"
 
 
 def restore_all(request: RestoreRequest, progress: ProgressReporter) -> tuple[int, str]:
