@@ -17,6 +17,7 @@ from tests.integration.archive_helpers import dsn
 from tests.integration.backup_helpers import setup_backup
 from tests.integration.environments import BackupEnv
 from tests.integration.processes import Job, start_job
+from tests.integration.test_parallel_dump import objects_under
 
 ROWS = 600_000
 RETRYING = "the standby cancelled the dump for a conflict with recovery; dumping again"
@@ -273,3 +274,142 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
     assert env.run("list", "-o", "json") == 0
     listed = {b["key"] for b in json.loads(capsys.readouterr().out)["backups"]}
     assert listed == {previous, newest["key"]}
+
+
+def _stock_directory_restore(env: BackupEnv, manifest: dict[str, Any], work: Path, into: dict[str, Any]) -> None:
+    """A directory backup restored with no cellar into `into` (new): its files downloaded, each decompressed with
+    the stock zstd, and the directory restored with the stock `pg_restore -j 2`."""
+    directory = work / "dump"
+    directory.mkdir()
+    for key, body in objects_under(env, manifest["dataKey"]).items():
+        compressed = directory / key.rsplit("/", 1)[-1]
+        compressed.write_bytes(body)
+        subprocess.run(["zstd", "-d", "-q", "--rm", str(compressed)], check=True)
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {into['dbname']}")
+    restored = subprocess.run(
+        ["pg_restore", "-j", "2", "--no-owner", "--exit-on-error", "-d", dsn(into), str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    assert restored.returncode == 0, restored.stderr
+
+
+def _pg_dump_waiting_for_a_lock(standby_dsn: str) -> bool:
+    """Whether the run's pg_dump (its leader: its workers have not started) waits for a table lock on the server."""
+    with psycopg.connect(standby_dsn) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return found == (1,)
+
+
+def _replayed_lock(standby_dsn: str, table: str) -> bool:
+    """Whether the standby's replay holds the primary's ACCESS EXCLUSIVE lock on `table`."""
+    with psycopg.connect(standby_dsn) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND mode = 'AccessExclusiveLock'", (table,)
+        ).fetchone()
+    return found == (1,)
+
+
+def test_a_standby_promoted_mid_directory_dump_ends_as_a_complete_backup_of_its_snapshot(
+    backup_env: BackupEnv, standby: dict[str, Any], churn: Churn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parallel (directory) dump from a standby promoted while pg_dump runs: PostgreSQL keeps the sessions through
+    the promotion (the Hot Standby chapter of its manual), and pg_dump's workers, which connect only once its leader
+    has read the catalogs and locked the tables, import after the promotion the snapshot the run exported on the
+    standby before it (SET TRANSACTION SNAPSHOT needs only the exporting transaction alive; a snapshot taken in
+    recovery stays one after it). So the run succeeds, and the manifest's counts are what the stock `pg_restore -j 2`
+    brings back, exactly the snapshot's rows, none of what the primary wrote after it nor the promoted server since.
+
+    No failpoint of the job can hold pg_dump itself here (it writes its files to staging, not to a pipe the job
+    reads; backup.directory-file-uploaded holds the uploads only, after pg_dump has read the table), so the test
+    holds pg_dump's leader with PostgreSQL: the primary keeps an ACCESS EXCLUSIVE lock on a second table, which
+    the standby replays and holds, and the leader waits for it (after importing the run's snapshot) until the
+    promotion releases every lock replay held. The standby is the test's own (the fixture makes one per test)."""
+    env = backup_env
+    standby_dsn = dsn(standby["database"])
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE gate (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO gate VALUES (1), (2), (3)")
+    wait_for("the standby replaying the tables", lambda: _checksum(standby_dsn)[0] == ROWS, None, timeout=180)
+    wait_for("the standby replaying the gate", lambda: _replayed_gate_rows(standby_dsn) == 3, None, timeout=180)
+    (tmp_path / "staging").mkdir()
+    first = _backup_from(env, standby, parallelism=2, staging={"path": str(tmp_path / "staging")})
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    previous = env.status("DatabaseBackup", "orders")["lastSuccessfulBackup"]
+    assert previous["key"].endswith(".dir/")
+    in_snapshot = _checksum(standby_dsn)
+
+    gate = psycopg.connect(dsn(env.database))  # on the primary: a transaction holding the lock until released
+    job = None
+    try:
+        gate.execute("LOCK TABLE gate IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            conn.execute("SELECT txid_current()")  # a commit: WAL flushed past the lock's record, so it is sent
+        wait_for("the standby holding the gate's lock", lambda: _replayed_lock(standby_dsn, "gate"), None, timeout=180)
+        job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders")
+        wait_for("pg_dump waiting for the gate", lambda: _pg_dump_waiting_for_a_lock(standby["dsn"]), None, timeout=300)
+        # pg_dump's leader has imported the run's snapshot; the primary now changes rows and the standby replays
+        # that, then the standby is promoted and written to itself. None of it may be in the dump.
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            conn.execute("UPDATE events SET payload = 'changed on the primary' WHERE id <= 1000")
+            conn.execute(f"INSERT INTO events SELECT g, 'new' FROM generate_series({ROWS + 1}, {ROWS + 500}) g")
+        wait_for(
+            "the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180
+        )
+        assert _pg_dump_waiting_for_a_lock(standby["dsn"])  # still held: the promotion is what lets it go on
+        with psycopg.connect(standby["dsn"], autocommit=True) as conn:
+            assert conn.execute("SELECT pg_promote(wait => false)").fetchone() == (True,)  # waited for below
+        wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
+        with psycopg.connect(standby_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
+            conn.execute("INSERT INTO gate VALUES (4)")
+    finally:
+        gate.rollback()  # a failed assertion above must not leave the lock held, nor the run waiting for it
+        gate.close()
+
+    assert job is not None
+    out, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-2000:]
+    assert RETRYING not in out  # the workers imported the snapshot: no fresh one was taken after the promotion
+    status = env.status("DatabaseBackup", "orders")
+    assert status["lastRun"]["reason"] == "Completed", status["lastRun"]
+    assert env.conditions("DatabaseBackup", "orders")["Ready"]["status"] == "True"
+    newest = status["lastSuccessfulBackup"]
+    assert newest["key"] != previous["key"]
+    assert newest["key"].endswith(".dir/")
+    manifest = json.loads(env.s3.get_object(Bucket=env.bucket, Key=newest["manifestKey"])["Body"].read())
+    assert manifest["standby"] is True  # where the snapshot was taken
+    counts = {t["name"]: t["rows"] for t in manifest["tables"]}
+    assert counts == {"events": ROWS, "gate": 3}
+    assert _checksum(standby_dsn) != in_snapshot  # the server moved on; the dump did not
+
+    restored = {**env.database, "dbname": f"{env.database['dbname']}_restored"}
+    try:
+        _stock_directory_restore(env, manifest, tmp_path, restored)
+        assert _checksum(dsn(restored)) == in_snapshot
+        with psycopg.connect(dsn(restored)) as conn:
+            assert {name: _count(conn, name) for name in counts} == counts
+    finally:
+        with psycopg.connect(env.stack.pg_dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {restored['dbname']} WITH (FORCE)")
+
+    # The previous backup is kept and listed beside it.
+    capsys.readouterr()
+    assert env.run("list", "-o", "json") == 0
+    listed = {b["key"] for b in json.loads(capsys.readouterr().out)["backups"]}
+    assert listed == {previous["key"], newest["key"]}
+
+
+def _replayed_gate_rows(server_dsn: str) -> int:
+    with psycopg.connect(server_dsn) as conn:
+        return _count(conn, "gate")
+
+
+def _count(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
