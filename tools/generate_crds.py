@@ -1,7 +1,7 @@
 """Generates the chart's CRD YAML (cronjobs/crds), one module a CRD (crd_databasebackup,
 crd_databaserestore, crd_tablearchive, whose spec.iceberg is crd_iceberg's) over the pieces they share
-(crd_schema, and crd_storage's storage block): writing those once keeps the three identical. Run `python -m tools.generate_crds` after an edit; a test fails when the committed YAML and
-these files disagree.
+(crd_schema, and crd_storage's storage block): writing those once keeps the three identical. Run
+`python -m tools.generate_crds` after an edit; a test fails when the committed YAML and these files disagree.
 """
 
 from __future__ import annotations
