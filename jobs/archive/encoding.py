@@ -4,6 +4,7 @@ The batch statement streams its rows as CSV (`COPY (DELETE ... RETURNING ...) TO
 Arrow's C++ CSV reader parses fast; columns whose text form Arrow cannot parse directly (decimals,
 bytea, arrays, timestamptz) are converted afterwards. Every column's PostgreSQL type travels with the
 file (Parquet metadata and the manifest), so a restore casts each value back exactly.
+Each column's Arrow type, and the text it leaves PostgreSQL as, are arrow_types.py's.
 """
 
 from __future__ import annotations
@@ -20,72 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from psycopg import sql
 
 from common.errors import PermanentError
 from common.reasons import Reason
+from jobs.archive.arrow_types import arrow_type, csv_read_type, schema_for
 from jobs.archive.table import Column
-
-_ARROW_SCALARS: dict[str, Any] = {
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "string": pa.string(),
-    "date32": pa.date32(),
-}
-
-
-def arrow_type(column: Column) -> Any:
-    kind = column.arrow_kind
-    if kind.startswith("list:"):
-        nested = _ARROW_SCALARS.get(kind.removeprefix("list:"), pa.string())
-        for _ in range(max(column.dimensions, 1)):
-            nested = pa.list_(nested)
-        return nested
-    if kind == "struct":
-        return pa.struct([pa.field(name, _ARROW_SCALARS[field_kind]) for name, field_kind in column.fields])
-    if kind in ("timestamp", "timestamptz"):
-        return pa.timestamp("us", tz="UTC" if kind == "timestamptz" else None)
-    if kind == "decimal":
-        return pa.decimal128(column.numeric_precision or 38, column.numeric_scale or 0)
-    if kind == "binary":
-        return pa.binary()
-    return _ARROW_SCALARS[kind]
-
-
-def select_list(columns: Sequence[Column]) -> sql.Composed:
-    """How each column leaves PostgreSQL so that its CSV text parses back exactly."""
-    parts = []
-    for column in columns:
-        name = sql.Identifier(column.name)
-        kind = column.arrow_kind
-        expression: sql.Composable
-        if kind == "timestamptz":
-            expression = sql.SQL("({} AT TIME ZONE 'UTC')").format(name)
-        elif kind == "binary":
-            expression = sql.SQL("encode({}, 'hex')").format(name)
-        elif kind.startswith("list:string"):
-            expression = sql.SQL("to_json({}::text[])").format(name)
-        elif kind.startswith("list:") or kind == "struct":
-            expression = sql.SQL("to_json({})").format(name)
-        elif kind == "string" and column.base not in ("text", "varchar", "bpchar", "name"):
-            expression = sql.SQL("{}::text").format(name)
-        else:
-            expression = name
-        parts.append(sql.SQL("{} AS {}").format(expression, name))
-    return sql.SQL(", ").join(parts)
-
-
-def _csv_read_type(column: Column) -> Any:
-    kind = column.arrow_kind
-    if kind in ("timestamp", "timestamptz"):
-        return pa.timestamp("us")
-    if kind in ("decimal", "binary", "struct") or kind.startswith("list:"):
-        return pa.string()
-    return arrow_type(column)
 
 
 def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table:
@@ -101,7 +41,7 @@ def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table
             read_options=pacsv.ReadOptions(column_names=names, block_size=64 * 1024 * 1024, use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                column_types={c.name: _csv_read_type(c) for c in columns},
+                column_types={c.name: csv_read_type(c) for c in columns},
                 true_values=["t"],
                 false_values=["f"],
                 null_values=[""],
@@ -118,7 +58,7 @@ def csv_to_table(data: bytes | bytearray, columns: Sequence[Column]) -> pa.Table
 
 
 def _typed(arrays: Sequence[Any], columns: Sequence[Column]) -> pa.Table:
-    """The columns as read (each of _csv_read_type's type) as an Arrow table typed after `columns`."""
+    """The columns as read (each of csv_read_type's type) as an Arrow table typed after `columns`."""
     finished = [_finish(column, array) for column, array in zip(columns, arrays, strict=True)]
     return pa.Table.from_arrays(finished, schema=schema_for(columns))
 
@@ -142,7 +82,7 @@ def arrow_to_table(table: pa.Table, columns: Sequence[Column]) -> pa.Table:
         array = received
         if isinstance(array.type, pa.BaseExtensionType):
             array = pa.chunked_array([chunk.storage for chunk in array.chunks], type=array.type.storage_type)
-        expected = _csv_read_type(column)
+        expected = csv_read_type(column)
         if array.type != expected:
             raise PermanentError(
                 f"column {column.name!r} ({column.pg_type}) arrived as {array.type} from the server, not as {expected}",
@@ -286,11 +226,6 @@ def _pg_array_element(value: Any) -> str:
         return repr(value) if isinstance(value, float) else str(value)  # repr: the shortest exact float
     text = str(value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def schema_for(columns: Sequence[Column]) -> pa.Schema:
-    metadata = {b"cellar.pg_types": json.dumps({c.name: c.pg_type for c in columns}).encode()}
-    return pa.schema([pa.field(c.name, arrow_type(c)) for c in columns], metadata=metadata)
 
 
 DICTIONARY_SAMPLE_ROWS = 1000

@@ -20,7 +20,7 @@ from common.errors import PermanentError, RetryableError
 from common.failpoints import failpoint
 from common.reasons import Reason
 from common.schema import Partitioning
-from jobs.archive.encoding import schema_for
+from jobs.archive.arrow_types import schema_for
 from jobs.archive.iceberg_catalog import CatalogAccess, catalog_failures, open_catalog, table_location
 from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
@@ -57,7 +57,7 @@ class AppendedSnapshot:
 
 
 def iceberg_schema(info: TableInfo) -> Any:
-    """The Iceberg schema of the archived table's columns: the Arrow types of the Parquet archive (encoding.py),
+    """The Iceberg schema of the archived table's columns: the Arrow types of the Parquet archive (arrow_types.py),
     converted by PyIceberg (int2 widens to int; docs/design.md lists every type)."""
     from pyiceberg.catalog import Catalog
     from pyiceberg.schema import assign_fresh_schema_ids

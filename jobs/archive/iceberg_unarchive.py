@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from common.errors import PermanentError
 from common.reasons import Reason
-from jobs.archive.encoding import schema_for
+from jobs.archive.arrow_types import schema_for
 from jobs.archive.iceberg import IcebergTable
 from jobs.archive.loading import LoadedPiece, LoadProgress, UnarchiveRequest, UnarchiveResult, load_rows, prepare_target
 from jobs.archive.repartition import Repartitioner

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 
@@ -23,15 +21,13 @@ from common.reasons import Reason
 from common.redact import redact
 from common.run_status import RunStatus
 from common.runtime import RunContext
-from jobs.archive import ledger
 from jobs.archive.archiver import Archiver, RunHooks, Stopped
-from jobs.archive.batch_records import RunTotals
 from jobs.archive.batches import Destination, RunScope
 from jobs.archive.cleanup import clean_leftovers
+from jobs.archive.dry_run import report_dry_run
 from jobs.archive.iceberg import PARTITIONINGS_OF, IcebergTable, NothingDue
 from jobs.archive.iceberg_batches import resolve_unrecorded
 from jobs.archive.layout import (
-    DueMeasure,
     LayoutChoice,
     ParquetLayout,
     choose_granularity,
@@ -41,15 +37,15 @@ from jobs.archive.layout import (
 )
 from jobs.archive.ledger_schema import ensure_ledger
 from jobs.archive.lock_waits import CELLAR_TABLES, holders_of, lock_timeout
-from jobs.archive.maintain import Maintained, MaintenanceScope, maintain_after_run, take_archive_lock
+from jobs.archive.maintain import MaintenanceScope, maintain_after_run, take_archive_lock
 from jobs.archive.objects import ObjectLayout
 from jobs.archive.opening import APPLICATION, OpenedTable, open_table
 from jobs.archive.parquet_schema import check_source_schema
-from jobs.archive.partitions import due_partitions
+from jobs.archive.run_end import RunEnd, record_run_end
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.standbys import check_lag_visible
-from jobs.archive.statements import count_due, dry_run_report, oldest_row_time, with_array_dimensions
-from jobs.archive.status import ARCHIVE_RUNS, ArchiveRun, ArchiveTotals, IcebergTableState, SkippedRun
+from jobs.archive.statements import count_due, with_array_dimensions
+from jobs.archive.status import ARCHIVE_RUNS, IcebergTableState, SkippedRun
 from jobs.archive.table import (
     Connection,
     TableInfo,
@@ -63,122 +59,6 @@ NO_TABLE_YET = (
     "no rows of {relation} are older than {cutoff}; the Iceberg table is created (its partitionBy: Auto chosen) by "
     "the first run that has rows due"
 )
-
-
-def layout_advice(
-    partitioning: str, rows: int, days: int, months: int, batch_rows: int, tuning: Tuning = DEFAULT_TUNING
-) -> str | None:
-    """Advice for a dry run when Daily partitions cut every batch into many small files, or None.
-
-    A batch writes one file per day it holds (at most tuning.max_partitions_per_batch): where a day holds a
-    quarter of a batch or less, that is four files or more per batch, each an encode, an upload and a
-    write in the store, and query engines read many small files slower than a few large ones. `days` and
-    `months`: how many of each hold due rows.
-    """
-    if partitioning != "Daily" or rows <= 0 or days <= 0 or months <= 0:
-        return None
-    per_day = rows / days
-    if per_day * 4 > batch_rows:
-        return None
-    daily_files = min(math.ceil(batch_rows / per_day), days, tuning.max_partitions_per_batch)
-    monthly_files = min(math.ceil(batch_rows / (rows / months)), months)
-    monthly = "one or two" if monthly_files <= 1 else f"about {monthly_files}"
-    return (
-        f"a day holds about {round(per_day)} rows, so a batch of {batch_rows} rows writes about {daily_files} "
-        f"files of one day each; with partitioning: Monthly it would write {monthly} "
-        "(fewer uploads, and files that query engines read faster)"
-    )
-
-
-def auto_layout_note(settings: ArchiveSettings, report: dict[str, Any]) -> str:
-    """What partitioning (partitionBy): Auto would choose from the rows a dry run measured, for its message."""
-    iceberg = settings.iceberg
-    field = "partitioning" if iceberg is None else "iceberg.partitionBy"
-    if (settings.partitioning if iceberg is None else iceberg.partition_by) != "Auto" or not report["rows"]:
-        return ""
-    choice = choose_granularity(DueMeasure(report["rows"], report["bytes"], report["days"], report["months"]))
-    return (
-        f" Layout: {field}: Auto chooses {choice.partitioning if iceberg is None else choice.transform} for a new "
-        f"archive ({choice.why}); an archive that exists keeps its own."
-    )
-
-
-@dataclass
-class RunEnd:
-    """How a run's batches went, for its summary, message and status."""
-
-    started: datetime
-    clock: float  # time.monotonic() when the batches' work began
-    totals: RunTotals = field(default_factory=RunTotals)
-    stopped: Stopped = Stopped.DONE
-    duration: float = 0.0
-    cleaned: int = 0  # leftovers of crashed runs removed (Parquet)
-    resolved: int = 0  # Iceberg snapshots of crashed runs recorded (their rows deleted)
-    standby_note: str = ""
-    layout: LayoutChoice | None = None  # partitioning / partitionBy: Auto: the granularity and why
-    maintenance: Maintained | str | None = None  # format: Iceberg: the maintenance at the run's end, or its failure
-    table_state: IcebergTableState | None = None  # format: Iceberg: the table as the run left it
-
-    def finished(self, archiver: Archiver, iceberg: IcebergTable | None) -> None:
-        """The batches are over: the duration, and the run summary in the log."""
-        self.duration = time.monotonic() - self.clock
-        self.standby_note = archiver.standbys.waited_note()
-        totals = self.totals
-        log.info(
-            "archive run summary",
-            extra={
-                "rows": totals.rows,
-                "batches": totals.batches,
-                "objects": totals.objects,
-                "bytes": totals.bytes,
-                "seconds": round(self.duration, 3),
-                "longest_transaction_seconds": round(totals.longest_transaction_seconds, 4),
-                "standby_wait_seconds": round(archiver.standbys.held_seconds, 1),
-                "lock_timeouts": archiver.lock_waits.total,
-                **({"iceberg_commit_retries": iceberg.commit_retries} if iceberg is not None else {}),
-                **({"iceberg_schema_changes": iceberg.schema_changes} if iceberg and iceberg.schema_changes else {}),
-                **({"layout": self.layout.partitioning, "layout_why": self.layout.why} if self.layout else {}),
-            },
-        )
-
-    @property
-    def reason(self) -> Reason:
-        if self.totals.rows:
-            return Reason.COMPLETED
-        # Rows were due, but a standby held every batch until maxRunTime.
-        return Reason.STANDBY_BEHIND if self.stopped is Stopped.MAX_RUN_TIME else Reason.NOTHING_TO_ARCHIVE
-
-    def message(self, relation: str) -> str:
-        totals = self.totals
-        return (
-            f"{totals.rows} rows in {totals.batches} batches ({totals.bytes} bytes) archived from "
-            f"{relation} in {self.duration:.1f}s"
-            + (f", {totals.partitions} of them whole partitions (detached, read once)" if totals.partitions else "")
-            + self.standby_note
-            + ("; stopped at maxRunTime, the rest goes next run" if self.stopped is Stopped.MAX_RUN_TIME else "")
-            + (f"; {self.cleaned} leftovers of crashed runs removed" if self.cleaned else "")
-            + (
-                f"; {self.resolved} Iceberg snapshots of crashed runs recorded, their rows deleted"
-                if self.resolved
-                else ""
-            )
-            + self._maintenance_note()
-        )
-
-    def maintenance_fields(self, settings: ArchiveSettings) -> dict[str, Any]:
-        """`lastMaintenance`, where the run maintained its Iceberg table."""
-        if isinstance(self.maintenance, Maintained) and settings.iceberg is not None:
-            return self.maintenance.record(settings.iceberg.identifier).as_fields()
-        return {}
-
-    def _maintenance_note(self) -> str:
-        if isinstance(self.maintenance, Maintained):
-            c, d = self.maintenance.compacted, self.maintenance.cleaned
-            return (
-                f"; maintenance: {c.files_rewritten} small files rewritten into {c.files_written}, "
-                f"{d.snapshots_expired} snapshots expired, {d.files_deleted} unreferenced files deleted"
-            )
-        return f"; {self.maintenance}" if self.maintenance else ""
 
 
 class ArchiveJob:
@@ -219,7 +99,7 @@ class ArchiveJob:
             log.warning("no index on the timestamp column", extra={"detail": scan_warning})
             ctx.event(Reason.INDEX_MISSING, scan_warning, action="Archive", warning=True)
         if ctx.dry_run or settings.dry_run:
-            return self._dry_run(ctx, conn, settings, info, cutoff, scan_warning)
+            return report_dry_run(ctx, opened, info, cutoff, self.tuning, scan_warning)
         check_privileges(conn, info, settings)
         check_lag_visible(conn, settings.max_replication_lag)
         status = RunStatus.of(ctx, ARCHIVE_RUNS)
@@ -241,7 +121,7 @@ class ArchiveJob:
         )
         if settings.iceberg is not None and iceberg is None:  # partitionBy: Auto with nothing due to choose from
             message = NO_TABLE_YET.format(relation=settings.relation, cutoff=format_time(cutoff))
-            self._finish(ctx, opened, info, end, message)
+            record_run_end(ctx, opened, info, end, message)
             return message
         if iceberg is not None:
             end.resolved = resolve_unrecorded(conn, iceberg, settings, info, cutoff, ctx.run_id)
@@ -265,7 +145,7 @@ class ArchiveJob:
         if iceberg is not None:
             end.table_state = IcebergTableState(*iceberg.state())
         message = end.message(settings.relation)
-        self._finish(ctx, opened, info, end, message)
+        record_run_end(ctx, opened, info, end, message)
         return message
 
     def _hooks(
@@ -382,69 +262,6 @@ class ArchiveJob:
                 conn.cancel_safe()
             counter.join()
             conn.close()
-
-    @staticmethod
-    def _finish(ctx: RunContext, opened: OpenedTable, info: TableInfo, end: RunEnd, message: str) -> None:
-        conn, settings, totals = opened.conn, opened.settings, end.totals
-        all_time = ledger.totals(conn, settings.relation)
-        conn.rollback()
-        last_run = ArchiveRun(
-            ctx.run_id,
-            format_time(end.started),
-            duration_seconds=round(end.duration, 3),
-            rows=totals.rows,
-            bytes=totals.bytes,
-            batches=totals.batches,
-            longest_transaction_seconds=round(totals.longest_transaction_seconds, 3),
-            layout=end.layout.describe() if end.layout else None,
-            files=totals.objects,
-        )
-        RunStatus.of(ctx, ARCHIVE_RUNS).succeeded(
-            end.reason,
-            message,
-            last_run.ended(format_time(datetime.now(UTC)), end.reason, message),
-            fields={
-                **ArchiveTotals(all_time.rows, all_time.bytes, all_time.batches).as_fields(),
-                **end.maintenance_fields(settings),
-                **(end.table_state.as_fields() if end.table_state else {}),
-                "oldestRowTime": oldest_row_time(conn, settings, info),
-            },
-        )
-
-    def _dry_run(
-        self,
-        ctx: RunContext,
-        conn: Connection,
-        settings: ArchiveSettings,
-        info: TableInfo,
-        cutoff: datetime,
-        scan_warning: str | None = None,
-    ) -> str:
-        report = dry_run_report(conn, settings, info, cutoff, self.tuning)
-        whole = [p.name for p in due_partitions(conn, settings, info, cutoff)]
-        log.info(
-            "dry run", extra={"would_move": {k: v for k, v in report.items() if k != "plan"}, "plan": report["plan"]}
-        )
-        advice = layout_advice(
-            settings.partitioning, report["rows"], report["days"], report["months"], settings.batch_rows, self.tuning
-        )
-        message = (
-            f"dry run: {report['rows']} rows ({report['bytes']} bytes, {report['days']} days, "
-            f"{report['oldest']} to {report['newest']}) of {settings.relation} are older than "
-            f"{format_time(cutoff)}; nothing was changed."
-            + (f" Warning: {scan_warning}" if scan_warning else "")
-            + (f" Partitions archived whole (detached, read once, dropped): {', '.join(whole)}." if whole else "")
-            + (f" Layout: {advice}." if advice else "")
-            + auto_layout_note(settings, report)
-            + f" Plan of one batch:\n{report['plan']}"
-        )
-        if settings.dry_run and not ctx.dry_run:  # spec.dryRun reports in status; --dry-run writes nothing
-            RunStatus.of(ctx, ARCHIVE_RUNS).reported(
-                Reason.DRY_RUN_COMPLETED,
-                message,
-                {"cutoff": format_time(cutoff), "oldestRowTime": oldest_row_time(conn, settings, info)},
-            )
-        return message
 
     def record_failure(self, ctx: RunContext, error: CellarError) -> None:
         RunStatus.of(ctx, ARCHIVE_RUNS).failed(error)

@@ -13,7 +13,8 @@ from common.encryption import FORMAT as ENCRYPTION_FORMAT
 from common.encryption import CorruptedCiphertext, Identities, decrypt_bytes, fingerprint
 from common.errors import DecryptionFailed, VerificationFailed
 from common.storage import ObjectStore
-from jobs.archive.encoding import arrow_type, decode
+from jobs.archive.arrow_types import arrow_type
+from jobs.archive.encoding import decode
 from jobs.archive.manifest import ArchivedColumn, ArchivedObject, BatchManifest
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import Column, TableInfo

@@ -40,9 +40,10 @@ from common.failpoints import failpoint
 from common.reasons import Reason
 from jobs.archive import ledger
 from jobs.archive.arrow_reads import ArrowReader, readable
+from jobs.archive.arrow_types import select_list
 from jobs.archive.batch_records import BatchResult, rollback_quietly
 from jobs.archive.batches import BatchWorker, RunScope, read_copy
-from jobs.archive.encoding import arrow_to_table, csv_to_table, select_list
+from jobs.archive.encoding import arrow_to_table, csv_to_table
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import copy_out, table_name

@@ -16,7 +16,7 @@ from psycopg import sql
 from common.conditions import format_time
 from common.errors import PermanentError
 from common.reasons import Reason
-from jobs.archive.encoding import select_list
+from jobs.archive.arrow_types import select_list
 from jobs.archive.lanes import Lane
 from jobs.archive.settings import DEFAULT_TUNING, ArchiveSettings, Tuning
 from jobs.archive.table import Connection, TableInfo, has_timestamp_statistics

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from common.errors import PermanentError
-from jobs.archive.job import auto_layout_note
+from jobs.archive.dry_run import auto_layout_note
 from jobs.archive.layout import (
     TARGET_PARTITION_BYTES,
     DueMeasure,

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from common.errors import InvalidSpec, PermanentError
+from jobs.archive.dry_run import layout_advice
 from jobs.archive.encoding import csv_to_table, decode, encode, table_to_copy_csv
-from jobs.archive.job import layout_advice
 from jobs.archive.lanes import Lane, aligned_batch_end, split_into_lanes
 from jobs.archive.objects import partitions, sort_batch, split_by_size
 from jobs.archive.settings import LiveSettings, Tuning, live_changes, parse_archive_spec

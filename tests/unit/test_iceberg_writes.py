@@ -91,7 +91,7 @@ def test_the_files_written_hold_every_row_once_in_its_partition(tmp_path: Path) 
 
 
 def _every_kind_of_column(count: int) -> pa.Table:
-    """Rows of the Arrow types cellar's encoding gives PostgreSQL's (encoding.py), nulls among them."""
+    """Rows of the Arrow types cellar's encoding gives PostgreSQL's (arrow_types.py), nulls among them."""
     from decimal import Decimal
 
     def some(values: list[Any]) -> list[Any]:
