@@ -25,7 +25,7 @@ import psycopg
 from common.db import RECOVERY_CONFLICT
 from common.errors import PermanentError, RecoveryConflict
 from common.reasons import Reason
-from jobs.backup.backup.dump import ListedTable, listed_tables
+from jobs.backup.backup.row_counts import ListedTable, listed_tables
 from jobs.backup.catalog import TableCount
 from jobs.backup.pgtools import ClientTools
 from jobs.backup.settings import DumpOptions
