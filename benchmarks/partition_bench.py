@@ -39,6 +39,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 from psycopg import sql
 
+from benchmarks.archive_baselines import orders_settings
 from benchmarks.archive_bench import (
     COLUMNS,
     ICEBERG_VARIANTS,
@@ -49,7 +50,6 @@ from benchmarks.archive_bench import (
     fresh_copy,
     iceberg_checks,
     iceberg_ratios,
-    orders_settings,
     print_checks,
 )
 from benchmarks.measure import install_cellar, server_cpu
