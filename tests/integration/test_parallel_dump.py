@@ -61,17 +61,22 @@ def objects_under(env: BackupEnv, prefix: str) -> dict[str, bytes]:
     return {o["Key"]: env.s3.get_object(Bucket=env.bucket, Key=o["Key"])["Body"].read() for o in listed}
 
 
-def stock_directory_restore(env: BackupEnv, manifest: dict[str, Any], identity: Path, work: Path, dsn: str) -> None:
-    """The guide's restore with no cellar: download the folder, `age -d` and `zstd -d` each file,
-    `pg_restore -j 2` the directory. Each tool is the stock one."""
+def stock_directory_restore(
+    env: BackupEnv, manifest: dict[str, Any], identity: Path | None, work: Path, dsn: str
+) -> None:
+    """The guide's restore with no cellar: download the folder, `age -d` (an encrypted backup: `identity` given)
+    and `zstd -d` each file, `pg_restore -j 2` the directory. Each tool is the stock one."""
     downloaded, directory = work / "downloaded", work / "dump"
     downloaded.mkdir()
     directory.mkdir()
     for key, body in objects_under(env, manifest["dataKey"]).items():
         (downloaded / key.rsplit("/", 1)[-1]).write_bytes(body)
-    for encrypted in downloaded.iterdir():
-        compressed = directory / encrypted.name.removesuffix(".age")
-        subprocess.run(["age", "-d", "-i", str(identity), "-o", str(compressed), str(encrypted)], check=True)
+    for file in downloaded.iterdir():
+        compressed = directory / file.name.removesuffix(".age")
+        if identity is None:
+            file.rename(compressed)
+        else:
+            subprocess.run(["age", "-d", "-i", str(identity), "-o", str(compressed), str(file)], check=True)
         subprocess.run(["zstd", "-d", "-q", "--rm", str(compressed)], check=True)
     restored = subprocess.run(
         ["pg_restore", "-j", "2", "--no-owner", "-d", dsn, str(directory)], capture_output=True, text=True

@@ -17,7 +17,7 @@ from tests.integration.archive_helpers import dsn
 from tests.integration.backup_helpers import setup_backup
 from tests.integration.environments import BackupEnv
 from tests.integration.processes import Job, start_job
-from tests.integration.test_parallel_dump import objects_under
+from tests.integration.test_parallel_dump import stock_directory_restore
 
 ROWS = 600_000
 RETRYING = "the standby cancelled the dump for a conflict with recovery; dumping again"
@@ -201,14 +201,19 @@ def _in_recovery(server_dsn: str) -> bool:
     return bool(found and found[0])
 
 
-def _pg_dump_copying_events(standby_dsn: str) -> bool:
-    """Whether the run's pg_dump is in its COPY of the events table on the server (blocked on its full pipe)."""
+def _pg_dump_session(standby_dsn: str, doing: str) -> bool:
+    """Whether exactly one session of the run's pg_dump on the server matches `doing` (a pg_stat_activity condition):
+    its COPY of the events table (blocked on its full pipe), or its leader waiting for a lock (its workers have not
+    started yet)."""
     with psycopg.connect(standby_dsn) as conn:
         found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' "
-            "AND query LIKE 'COPY public.events %'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' AND " + doing
         ).fetchone()
     return found == (1,)
+
+
+COPYING_EVENTS = "query LIKE 'COPY public.events %'"
+WAITING_FOR_A_LOCK = "wait_event_type = 'Lock'"
 
 
 def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
@@ -232,7 +237,7 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
     job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders", failpoint=failpoint)
     try:
         job.wait_for_line("FAILPOINT backup.dump-streaming")  # the first bytes are out: pg_dump's snapshot is set
-        wait_for("pg_dump held in its COPY", lambda: _pg_dump_copying_events(standby["dsn"]), None, timeout=60)
+        wait_for("pg_dump held in its COPY", lambda: _pg_dump_session(standby["dsn"], COPYING_EVENTS), None, timeout=60)
         # After the dump's snapshot the primary changes rows and the standby replays that; then the standby is promoted
         # and written to itself. None of it may be in the dump.
         with psycopg.connect(dsn(env.database), autocommit=True) as conn:
@@ -246,7 +251,7 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
         wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
         with psycopg.connect(standby_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM events WHERE id BETWEEN 2000 AND 2999")  # a write: it is a primary now
-        assert _pg_dump_copying_events(standby["dsn"])  # promotion left the dump's session alone
+        assert _pg_dump_session(standby["dsn"], COPYING_EVENTS)  # promotion left the dump's session alone
     finally:
         release.touch()  # a failed assertion above must not leave the run held for ever
 
@@ -274,35 +279,6 @@ def test_a_standby_promoted_mid_dump_ends_as_a_complete_backup_of_its_snapshot(
     assert env.run("list", "-o", "json") == 0
     listed = {b["key"] for b in json.loads(capsys.readouterr().out)["backups"]}
     assert listed == {previous, newest["key"]}
-
-
-def _stock_directory_restore(env: BackupEnv, manifest: dict[str, Any], work: Path, into: dict[str, Any]) -> None:
-    """A directory backup restored with no cellar into `into` (new): its files downloaded, each decompressed with
-    the stock zstd, and the directory restored with the stock `pg_restore -j 2`."""
-    directory = work / "dump"
-    directory.mkdir()
-    for key, body in objects_under(env, manifest["dataKey"]).items():
-        compressed = directory / key.rsplit("/", 1)[-1]
-        compressed.write_bytes(body)
-        subprocess.run(["zstd", "-d", "-q", "--rm", str(compressed)], check=True)
-    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {into['dbname']}")
-    restored = subprocess.run(
-        ["pg_restore", "-j", "2", "--no-owner", "--exit-on-error", "-d", dsn(into), str(directory)],
-        capture_output=True,
-        text=True,
-    )
-    assert restored.returncode == 0, restored.stderr
-
-
-def _pg_dump_waiting_for_a_lock(standby_dsn: str) -> bool:
-    """Whether the run's pg_dump (its leader: its workers have not started) waits for a table lock on the server."""
-    with psycopg.connect(standby_dsn) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cellar-backup-pg_dump' "
-            "AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return found == (1,)
 
 
 def _replayed_lock(standby_dsn: str, table: str) -> bool:
@@ -351,7 +327,12 @@ def test_a_standby_promoted_mid_directory_dump_ends_as_a_complete_backup_of_its_
             conn.execute("SELECT txid_current()")  # a commit: WAL flushed past the lock's record, so it is sent
         wait_for("the standby holding the gate's lock", lambda: _replayed_lock(standby_dsn, "gate"), None, timeout=180)
         job = start_job("jobs.backup", env.kubeconfig, env.namespace, "orders")
-        wait_for("pg_dump waiting for the gate", lambda: _pg_dump_waiting_for_a_lock(standby["dsn"]), None, timeout=300)
+        wait_for(
+            "pg_dump waiting for the gate",
+            lambda: _pg_dump_session(standby["dsn"], WAITING_FOR_A_LOCK),
+            None,
+            timeout=300,
+        )
         # pg_dump's leader has imported the run's snapshot; the primary now changes rows and the standby replays
         # that, then the standby is promoted and written to itself. None of it may be in the dump.
         with psycopg.connect(dsn(env.database), autocommit=True) as conn:
@@ -360,7 +341,7 @@ def test_a_standby_promoted_mid_directory_dump_ends_as_a_complete_backup_of_its_
         wait_for(
             "the standby replaying the changes", lambda: _checksum(standby_dsn)[0] == ROWS + 500, None, timeout=180
         )
-        assert _pg_dump_waiting_for_a_lock(standby["dsn"])  # still held: the promotion is what lets it go on
+        assert _pg_dump_session(standby["dsn"], WAITING_FOR_A_LOCK)  # still held: the promotion is what lets it go on
         with psycopg.connect(standby["dsn"], autocommit=True) as conn:
             assert conn.execute("SELECT pg_promote(wait => false)").fetchone() == (True,)  # waited for below
         wait_for("the standby promoted", lambda: not _in_recovery(standby["dsn"]), None, timeout=300)
@@ -389,7 +370,9 @@ def test_a_standby_promoted_mid_directory_dump_ends_as_a_complete_backup_of_its_
 
     restored = {**env.database, "dbname": f"{env.database['dbname']}_restored"}
     try:
-        _stock_directory_restore(env, manifest, tmp_path, restored)
+        with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {restored['dbname']}")
+        stock_directory_restore(env, manifest, None, tmp_path, dsn(restored))
         assert _checksum(dsn(restored)) == in_snapshot
         with psycopg.connect(dsn(restored)) as conn:
             assert {name: _count(conn, name) for name in counts} == counts
