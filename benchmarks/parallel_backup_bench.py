@@ -120,8 +120,9 @@ def run_parallel(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[
     ]
     for jobs in (2, 4):
         label = f"(p{jobs // 2 + 1}) pg_dump -Fd -j {jobs} -Z0 to local disk"
-        argv = [pg_dump, "-Fd", f"-j{jobs}", "-Z0", "--no-sync", "-f", str(work / f"floor-{jobs}"), database]
-        results.append(with_server_cpu(stack, partial(floor_dump, label, argv, pg_env)))
+        out = work / f"floor-{jobs}"
+        argv = [pg_dump, "-Fd", f"-j{jobs}", "-Z0", "--no-sync", "-f", str(out), database]
+        results.append(with_server_cpu(stack, partial(floor_dump, label, argv, pg_env, out)))
     secret = f"cellar-database-{database.replace('_', '-')}"
     create_database_secret(admin_client(stack.kubeconfig), stack, secret, database)
     target = BackupTarget(secret, bucket, work / "staging", kubeconfig)
@@ -136,9 +137,8 @@ def run_parallel(stack: LocalStack, kubeconfig: Path, gigabytes: float) -> list[
     return results
 
 
-def floor_dump(label: str, argv: list[str], env: dict[str, str]) -> tuple[Measurement, int]:
-    """pg_dump into the directory its argv names (--file's value, the last but one); its size, then removed."""
-    out = Path(argv[-2])
+def floor_dump(label: str, argv: list[str], env: dict[str, str], out: Path) -> tuple[Measurement, int]:
+    """pg_dump (`argv`) into the directory `out`; its size, then removed."""
     measured = measure(label, argv, env, lambda: 0)
     size = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out)
