@@ -102,8 +102,9 @@ def iceberg() -> dict[str, Any]:
         "<prefix>/<schema>.<table>/iceberg/.",
         {
             "catalog": obj(
-                "Where the table is catalogued: Sql, PyIceberg's SQL catalog, two tables (iceberg_tables, "
-                "iceberg_namespace_properties) in a PostgreSQL schema of cellar's; or Rest, an Iceberg REST "
+                "Where the table is catalogued: Sql, an Iceberg SQL catalog, two tables (iceberg_tables, "
+                "iceberg_namespace_properties, as PyIceberg's SqlCatalog and Iceberg's JDBC catalog keep them) in a "
+                "PostgreSQL schema of cellar's; or Rest, an Iceberg REST "
                 "catalog server (rest).",
                 {
                     "type": string("The catalog's kind.", enum=list(ICEBERG_CATALOG_TYPES), default="Sql"),

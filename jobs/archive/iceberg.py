@@ -3,7 +3,6 @@ batches appended as snapshots that carry cellar's batch id, and what a snapshot 
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import threading
@@ -22,6 +21,7 @@ from common.reasons import Reason
 from common.schema import Partitioning
 from jobs.archive.arrow_types import schema_for
 from jobs.archive.iceberg_catalog import CatalogAccess, catalog_failures, open_catalog, table_location
+from jobs.archive.iceberg_commits import transaction_of
 from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
 from jobs.archive.iceberg_writes import DataFileWriter
@@ -65,37 +65,6 @@ def iceberg_schema(info: TableInfo) -> Any:
     # Converted without field ids, then numbered as create_table numbers them: the partition spec names its
     # source column by id.
     return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema_for(info.columns)))
-
-
-@functools.cache
-def _transaction_class() -> Any:
-    """PyIceberg's Transaction, but the table's metadata as the staged changes leave it is worked out once per
-    change, not at every read. PyIceberg's works it out afresh each time, deep-copying the whole metadata (every
-    snapshot the table keeps), and one fast append reads it about 14 times: a run's commits grew from about 20 to
-    80 ms of CPU each over 80 snapshots. The metadata models are frozen, so the table's own metadata (nothing
-    staged) or the one copy is safe to hand out again; the copy is worked out anew when the table's metadata or the
-    staged updates change (both are replaced, never changed in place)."""
-    from pyiceberg.table import Transaction, update
-
-    class MetadataOnceTransaction(Transaction):
-        _worked_out: tuple[Any, Any, Any] | None = None  # (the table's metadata, the staged updates, the result)
-
-        @property
-        def table_metadata(self) -> Any:
-            worked_out = self._worked_out
-            if not self._updates:  # nothing staged: the table's own metadata, frozen, needs no copy
-                return self._table.metadata
-            if worked_out is None or worked_out[0] is not self._table.metadata or worked_out[1] is not self._updates:
-                result = update.update_table_metadata(self._table.metadata, self._updates)
-                worked_out = self._worked_out = (self._table.metadata, self._updates, result)
-            return worked_out[2]
-
-    return MetadataOnceTransaction
-
-
-def transaction_of(table: Any) -> Any:
-    """A transaction on `table` that reads its staged metadata cheaply (_transaction_class)."""
-    return _transaction_class()(table)
 
 
 def _partition_spec(schema: Any, column: str, transform_name: str) -> Any:

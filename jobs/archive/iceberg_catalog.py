@@ -1,7 +1,7 @@
 """An archive's Iceberg catalog reached through PyIceberg, and the FileIO its table's files go through.
 
-The SQL catalog keeps its two tables in a PostgreSQL schema of cellar's (spec.iceberg.catalog.schema): the
-catalog's connection sets search_path to it. A REST catalog is opened by iceberg_rest.py. Either way the data and
+The SQL catalog (iceberg_sql_catalog.py) keeps its two tables in a PostgreSQL schema of cellar's
+(spec.iceberg.catalog.schema). A REST catalog is opened by iceberg_rest.py. Either way the data and
 metadata files go to the resource's own storage (S3, Azure Blob Storage or GCS), under
 `<prefix>/<schema>.<table>/iceberg/`.
 """
@@ -35,31 +35,6 @@ _ACCESS_REASONS = {
     Reason.DATABASE_ACCESS_DENIED,
     Reason.CERTIFICATE_REJECTED,
 }
-
-
-def catalog_uri(database: DatabaseSettings, schema: str) -> str:
-    """The SQLAlchemy URL of the catalog's database (psycopg 3), its tables looked for in `schema` only."""
-    from sqlalchemy.engine import URL
-
-    query = {
-        "sslmode": database.ssl_mode,
-        "connect_timeout": str(database.connect_timeout),
-        "application_name": database.application_name,
-        "options": f"-csearch_path={schema}",
-    }
-    if database.ssl_root_cert:
-        query["sslrootcert"] = database.ssl_root_cert
-    url = URL.create(
-        "postgresql+psycopg",
-        username=database.user,
-        password=database.password,
-        host=database.host,
-        port=database.port,
-        database=database.dbname,
-        query=query,
-    ).render_as_string(hide_password=False)
-    register_secret(url)
-    return url
 
 
 FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
@@ -177,8 +152,8 @@ def prepare_catalog_schema(database: DatabaseSettings, iceberg: IcebergSettings)
 
 
 def _catalog_failure(exc: Exception, what: str, field: str) -> CellarError:
-    """A failure of the catalog's database (SQLAlchemy's errors) as cellar's error, without the URL's password."""
-    detail = redact(" ".join(str(getattr(exc, "orig", exc) or type(exc).__name__).split()))[:500]
+    """A failure of the catalog's database as cellar's error, without any password."""
+    detail = redact(" ".join(str(exc or type(exc).__name__).split()))[:500]
     if "permission denied" in detail or "password authentication failed" in detail:
         return PermanentError(f"{field}: the Iceberg catalog {what}: {detail}", reason=Reason.CATALOG_ACCESS_DENIED)
     return RetryableError(f"{field}: the Iceberg catalog {what}: {detail}", reason=Reason.CATALOG_UNAVAILABLE)
@@ -197,10 +172,8 @@ class CatalogAccess:
 
 @contextlib.contextmanager
 def catalog_failures(iceberg: IcebergSettings, what: str) -> Iterator[None]:
-    """The catalog's failures within as cellar's errors, naming the field to fix: SQLAlchemy's (SQL catalog) or
+    """The catalog's failures within as cellar's errors, naming the field to fix: PostgreSQL's (SQL catalog) or
     HTTP's (REST catalog). A lost commit race or a missing table passes through to the caller."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     rest = iceberg.catalog.rest
     if rest is not None:
         with rest_failures(rest, what):
@@ -208,21 +181,25 @@ def catalog_failures(iceberg: IcebergSettings, what: str) -> Iterator[None]:
         return
     try:
         yield
-    except SQLAlchemyError as exc:
+    except psycopg.Error as exc:
         raise _catalog_failure(exc, what, _catalog_field(iceberg)) from None
 
 
 def open_catalog(settings: ArchiveSettings, access: CatalogAccess) -> Any:
-    """The archive's catalog, reached: PyIceberg's SqlCatalog (its schema made first) or RestCatalog."""
-    from pyiceberg.catalog.sql import SqlCatalog
-
+    """The archive's catalog, reached: the SQL catalog in PostgreSQL (iceberg_sql_catalog.py; its schema made
+    first) or PyIceberg's RestCatalog."""
     iceberg = settings.iceberg
     assert iceberg is not None
     file_io = file_io_properties(settings, access.credentials)
     rest = iceberg.catalog.rest
     if rest is not None:
         return open_rest_catalog(iceberg.catalog.name, rest, access.rest or RestCredentials(), file_io)
-    assert access.database is not None
-    prepare_catalog_schema(access.database, iceberg)
+    database = access.database
+    assert database is not None
+    prepare_catalog_schema(database, iceberg)
+    from jobs.archive.iceberg_sql_catalog import PostgresCatalog
+
     with catalog_failures(iceberg, "could not be opened"):
-        return SqlCatalog(iceberg.catalog.name, uri=catalog_uri(access.database, iceberg.catalog.schema), **file_io)
+        return PostgresCatalog(
+            iceberg.catalog.name, lambda: connect(database, autocommit=True), iceberg.catalog.schema, **file_io
+        )

@@ -7,7 +7,7 @@ HEAD); and each stream open at once holds about 14 MB, so a pool writing six fil
 mode's uploads of the same files. Here a file is encoded into memory and, when complete, sent by the archive's
 S3 client as one PUT with its SHA-256 (`S3Store.put_verified`: the store checks it; encryption, storage class and
 object lock as for every object cellar writes), and knows its size. A file whose writing fails is never sent.
-Reads stay PyArrow's.
+The metadata files are read the same way, each in one GET; data files are read through PyArrow's filesystem.
 
 The CA: PyIceberg 0.12 has no property for one, though S3FileSystem takes a CA file (`tls_ca_file_path`). PyIceberg
 makes a FileIO from the catalog's properties at every load of the table (archive, unarchive and maintenance alike),
@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -73,8 +74,9 @@ def ca_file(pem: str) -> str:
 
 
 class S3FileIO(PyArrowFileIO):
-    """PyArrowFileIO whose files are written by cellar's S3 client (STORE) and whose S3 filesystem, for reading,
-    trusts `CA_FILE` where set."""
+    """PyArrowFileIO whose files are written, and whose metadata files are read, by cellar's S3 client (STORE), and
+    whose S3 filesystem, for reading data files, trusts `CA_FILE` where set. The filesystem starts only when a data
+    file is read (unarchive, maintenance, a crashed run's snapshot): AWS's SDK under it holds 10 MB once started."""
 
     def _initialize_s3_fs(self, netloc: str | None) -> FileSystem:
         configured = super()._initialize_s3_fs(netloc)
@@ -85,21 +87,61 @@ class S3FileIO(PyArrowFileIO):
         _, (options,) = configured.__reduce__()
         return S3FileSystem(**{**options, "tls_ca_file_path": self.properties[CA_FILE]})
 
-    def new_output(self, location: str) -> PyArrowFile:
+    def _store_file(self, location: str, kind: type[_StoreFile]) -> _StoreFile | None:
         scheme, netloc, path = self.parse_location(location, self.properties)
         store = _stores.get(self.properties.get(STORE, ""))
         if store is None or netloc != store.bucket:  # a table another tool placed in another bucket
-            return super().new_output(location)
-        return UploadedFile(location=location, path=path, fs=self.fs_by_scheme(scheme, netloc), store=store)
+            return None
+        return kind(location, path, lambda: self.fs_by_scheme(scheme, netloc), store)
+
+    def new_output(self, location: str) -> PyArrowFile:
+        file = self._store_file(location, UploadedFile)  # not `or`: a file's truth is its length, a request
+        return super().new_output(location) if file is None else file
+
+    def new_input(self, location: str) -> PyArrowFile:
+        # Metadata files (the table's metadata, manifest lists, manifests) are read whole, as PyIceberg reads them;
+        # data files keep Arrow's ranged reads (a query reads a Parquet file's footer and the columns it needs).
+        file = self._store_file(location, MetadataFile) if location.endswith(METADATA_SUFFIXES) else None
+        return super().new_input(location) if file is None else file
 
 
-class UploadedFile(PyArrowFile):
-    """A PyArrowFile written into memory and sent in one verified PUT once complete; it knows its length."""
+METADATA_SUFFIXES = (".metadata.json", ".avro")
 
-    def __init__(self, location: str, path: str, fs: FileSystem, store: Any) -> None:
-        super().__init__(location=location, path=path, fs=fs)
+
+class _StoreFile(PyArrowFile):
+    """A PyArrowFile in the archive's bucket, with cellar's client at hand and Arrow's filesystem made only when a
+    method of PyArrowFile needs it."""
+
+    def __init__(self, location: str, path: str, filesystem: Callable[[], FileSystem], store: Any) -> None:
+        self._make_filesystem = filesystem
+        self._made: FileSystem | None = None
+        super().__init__(location=location, path=path, fs=None)
         self.store = store
         self.key = path.split("/", 1)[1]  # the path is <bucket>/<key>
+
+    @property
+    def _filesystem(self) -> FileSystem:
+        if self._made is None:
+            self._made = self._make_filesystem()
+        return self._made
+
+    @_filesystem.setter
+    def _filesystem(self, value: FileSystem | None) -> None:
+        self._made = value
+
+
+class MetadataFile(_StoreFile):
+    """A metadata file read whole in one GET by cellar's client."""
+
+    def open(self, seekable: bool = True) -> Any:
+        return io.BytesIO(self.store.get_bytes(self.key))
+
+
+class UploadedFile(_StoreFile):
+    """A PyArrowFile written into memory and sent in one verified PUT once complete; it knows its length."""
+
+    def __init__(self, location: str, path: str, filesystem: Callable[[], FileSystem], store: Any) -> None:
+        super().__init__(location, path, filesystem, store)
         self.written: int | None = None
 
     def create(self, overwrite: bool = False) -> Any:

@@ -1,9 +1,10 @@
 """spec.iceberg, read and checked: where an archive of `format: Iceberg` is catalogued and how its table is laid out.
 
-Two kinds of catalog: `Sql`, PyIceberg's SQL catalog, two tables (iceberg_tables, iceberg_namespace_properties) in
-a PostgreSQL database, by default the archived database itself, in a schema of cellar's (`cellar_iceberg`); and
-`Rest`, a server of the Iceberg REST catalog protocol (spec.iceberg.catalog.rest), reached with a bearer token or
-OAuth2 client credentials from Secrets, over TLS with a private CA where one is named.
+Two kinds of catalog: `Sql`, an Iceberg SQL catalog (iceberg_sql_catalog.py), two tables (iceberg_tables,
+iceberg_namespace_properties) in a PostgreSQL database, by default the archived database itself, in a schema of
+cellar's (`cellar_iceberg`); and `Rest`, a server of the Iceberg REST catalog protocol (spec.iceberg.catalog.rest),
+reached with a bearer token or OAuth2 client credentials from Secrets, over TLS with a private CA where one is
+named.
 """
 
 from __future__ import annotations

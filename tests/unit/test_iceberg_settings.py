@@ -276,3 +276,29 @@ def test_the_s3_file_io_writes_with_cellars_client_and_trusts_the_private_ca_and
     # Files in the archive's bucket are written by cellar's client; a table placed elsewhere keeps PyArrow's.
     assert isinstance(io.new_output("s3://archive/t/data/a.parquet"), UploadedFile)
     assert type(io.new_output("s3://elsewhere/t/data/a.parquet")) is PyArrowFile
+
+
+def test_the_s3_file_io_reads_metadata_with_cellars_client_and_starts_arrows_s3_only_for_data_files() -> None:
+    """Metadata files (the table's, manifest lists, manifests) in the archive's bucket are read by cellar's client
+    and written by it, and neither starts PyArrow's S3 filesystem; a data file's read does, and a table placed in
+    another bucket keeps PyArrow's files."""
+    from pyiceberg.io import load_file_io
+    from pyiceberg.io.pyarrow import PyArrowFile
+
+    from jobs.archive.iceberg_io import MetadataFile, UploadedFile
+
+    spec = parse_archive_spec({**SPEC, "format": "Iceberg"})
+    io = load_file_io(file_io_properties(spec, StorageCredentials("AK", "SK", None, None)), "s3://archive/t")
+    made = io.fs_by_scheme.cache_info  # type: ignore[attr-defined]
+    metadata = [
+        "s3://archive/t/metadata/00001-0c7e.metadata.json",
+        "s3://archive/t/metadata/snap-1-1-0c7e.avro",
+        "s3://archive/t/metadata/0c7e-m0.avro",
+    ]
+    assert all(type(io.new_input(location)) is MetadataFile for location in metadata)
+    assert all(isinstance(io.new_output(location), UploadedFile) for location in metadata)
+    assert type(io.new_input("s3://elsewhere/t/metadata/00001-0c7e.metadata.json")) is PyArrowFile
+    assert made().currsize == 1  # only the other bucket's
+    data = io.new_input("s3://archive/t/data/created_at_day=2024-01-01/00000-0-0c7e.parquet")
+    assert type(data) is PyArrowFile
+    assert made().currsize == 2

@@ -28,14 +28,17 @@ def _rows(count: int, step: timedelta, *, shuffled: bool = False, nulls: bool = 
     )
 
 
-def _table(tmp_path: Path, transform: str) -> Any:
+def _table(tmp_path: Path, transform: str, catalog_class: Any = None) -> Any:
+    """A table in a local catalog: PyIceberg's SqlCatalog, or `catalog_class` (a subclass of it)."""
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.schema import Schema
     from pyiceberg.transforms import parse_transform
     from pyiceberg.types import LongType, NestedField, TimestamptzType
 
-    catalog = SqlCatalog("local", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/warehouse")
+    catalog = (catalog_class or SqlCatalog)(
+        "local", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/warehouse"
+    )
     catalog.create_namespace("archive")
     schema = Schema(
         NestedField(1, "id", LongType(), required=False),
