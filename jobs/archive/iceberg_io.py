@@ -25,6 +25,7 @@ only with string properties: the client is registered in this process (`register
 from __future__ import annotations
 
 import atexit
+import collections
 import hashlib
 import io
 import os
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import pyarrow as pa
 from pyarrow.fs import FileSystem, S3FileSystem
 from pyiceberg.io.pyarrow import PyArrowFile, PyArrowFileIO
 
@@ -46,6 +48,11 @@ _lock = threading.Lock()
 _files: dict[str, str] = {}  # sha256 of a bundle: its file
 _directory: list[str] = []  # made on first use, removed at exit
 _stores: dict[str, Any] = {}  # STORE's value: the S3Store
+# The manifest lists this process wrote last, by location: each commit's fast append reads its parent's, which the
+# run's previous commit wrote (files are never rewritten, so the bytes sent are the bytes stored).
+_written_lists: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+KEPT_LISTS = 4
+MANIFEST_LIST_PREFIX = "snap-"  # a manifest list's file name: snap-<snapshot id>-<attempt>-<uuid>.avro
 
 
 def register_store(store: Any) -> str:
@@ -134,7 +141,9 @@ class MetadataFile(_StoreFile):
     """A metadata file read whole in one GET by cellar's client."""
 
     def open(self, seekable: bool = True) -> Any:
-        return io.BytesIO(self.store.get_bytes(self.key))
+        with _lock:
+            written = _written_lists.get(self.location)
+        return io.BytesIO(self.store.get_bytes(self.key) if written is None else written)
 
 
 class UploadedFile(_StoreFile):
@@ -155,18 +164,23 @@ class UploadedFile(_StoreFile):
 
 class _Upload:
     """The file's bytes as they are written; close() sends them. Leaving a `with` block by an exception sends
-    nothing."""
+    nothing. The pieces are kept as written where they cannot change (bytes, an Arrow buffer: a data file arrives
+    whole as one) and joined once at the end, so a file is held twice at most, not three times."""
 
     def __init__(self, file: UploadedFile) -> None:
         self._file = file
-        self._buffer = io.BytesIO()
+        self._pieces: list[bytes | pa.Buffer] = []
+        self._size = 0
         self._closed = False
 
     def write(self, data: Any) -> int:
-        return self._buffer.write(data)
+        piece = data if isinstance(data, (bytes, pa.Buffer)) else bytes(data)
+        self._pieces.append(piece)
+        self._size += len(piece)
+        return len(piece)
 
     def tell(self) -> int:
-        return self._buffer.tell()
+        return self._size
 
     def flush(self) -> None:
         pass
@@ -185,10 +199,16 @@ class _Upload:
         if self._closed:
             return
         self._closed = True
-        body = self._buffer.getvalue()
-        self._buffer = io.BytesIO()
+        pieces, self._pieces = self._pieces, []
+        body = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+        del pieces
         self._file.store.put_verified(self._file.key, body, hashlib.sha256(body).hexdigest())
         self._file.written = len(body)
+        if self._file.key.rsplit("/", 1)[-1].startswith(MANIFEST_LIST_PREFIX):
+            with _lock:
+                _written_lists[self._file.location] = body
+                while len(_written_lists) > KEPT_LISTS:
+                    _written_lists.popitem(last=False)
 
     def __enter__(self) -> _Upload:
         return self
