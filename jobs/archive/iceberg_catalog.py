@@ -40,10 +40,12 @@ _ACCESS_REASONS = {
 FSSPEC_FILE_IO = "pyiceberg.io.fsspec.FsspecFileIO"
 
 
-def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials) -> dict[str, Any]:
+def file_io_properties(settings: ArchiveSettings, credentials: StorageCredentials, store: Any = None) -> dict[str, Any]:
     """PyIceberg's FileIO over the resource's own storage and credentials: on S3, iceberg_io.py's (cellar's S3
     client writes, PyArrow's S3 filesystem reads, verifying the endpoint with spec.storage.endpointCA where set);
-    fsspec's adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO)."""
+    fsspec's adlfs for Azure Blob Storage and gcsfs for GCS (PyIceberg's FsspecFileIO). `store`: the run's own
+    S3Store, which then writes the table's files too (a client of its own costs a boto3 session, its service model
+    parsed again: a few MB and a tenth of a second)."""
     storage = settings.storage
     if storage.provider == "AzureBlob":
         return _azure_properties(storage, credentials)
@@ -62,7 +64,8 @@ def file_io_properties(settings: ArchiveSettings, credentials: StorageCredential
     from common.storage.s3 import S3Store
     from jobs.archive.iceberg_io import CA_FILE, STORE, ca_file, register_store
 
-    properties[STORE] = register_store(S3Store.connect(storage, credentials))  # writes the files (iceberg_io.py)
+    writer = store if isinstance(store, S3Store) else S3Store.connect(storage, credentials)
+    properties[STORE] = register_store(writer)  # writes the files (iceberg_io.py)
     if storage.endpoint_ca is not None and credentials.ca_bundle_pem:
         # PyIceberg passes PyArrow no CA: cellar's FileIO adds the endpoint's, for reading.
         properties[CA_FILE] = ca_file(credentials.ca_bundle_pem)
@@ -162,12 +165,13 @@ def _catalog_failure(exc: Exception, what: str, field: str) -> CellarError:
 @dataclass(frozen=True)
 class CatalogAccess:
     """How a run reaches its Iceberg table: the SQL catalog's database or the REST catalog's credentials, the
-    store's credentials for the data files (under `prefix_key`, the archive's folder)."""
+    store's credentials for the data files (under `prefix_key`, the archive's folder), and the run's store."""
 
     database: DatabaseSettings | None
     credentials: StorageCredentials
     prefix_key: str
     rest: RestCredentials | None = None
+    store: Any = None  # the run's ObjectStore: on S3 it writes the table's files too
 
 
 @contextlib.contextmanager
@@ -190,7 +194,7 @@ def open_catalog(settings: ArchiveSettings, access: CatalogAccess) -> Any:
     first) or PyIceberg's RestCatalog."""
     iceberg = settings.iceberg
     assert iceberg is not None
-    file_io = file_io_properties(settings, access.credentials)
+    file_io = file_io_properties(settings, access.credentials, access.store)
     rest = iceberg.catalog.rest
     if rest is not None:
         return open_rest_catalog(iceberg.catalog.name, rest, access.rest or RestCredentials(), file_io)

@@ -121,6 +121,6 @@ def _catalog_access(
     catalog = settings.iceberg.catalog
     if catalog.rest is not None:  # a REST catalog keeps its own tables: no database of its own here
         rest_credentials = resolve_rest_credentials(ctx.secrets, catalog.rest)
-        return CatalogAccess(None, credentials, store.key(settings.relation), rest_credentials)
+        return CatalogAccess(None, credentials, store.key(settings.relation), rest_credentials, store)
     catalog_database = database if catalog.database is None else ctx.secrets.database(catalog.database)
-    return CatalogAccess(catalog_database, credentials, store.key(settings.relation))
+    return CatalogAccess(catalog_database, credentials, store.key(settings.relation), store=store)

@@ -92,3 +92,23 @@ def test_only_the_last_manifest_lists_are_kept(file_io: S3FileIO, store: Recordi
         with file_io.new_input(location).open() as read:
             assert read.read() == f"list-{number}".encode()
     assert store.gets == ["t/metadata/snap-0-1-0c7e.avro"]  # the oldest was let go and fetched again
+
+
+def test_the_runs_own_s3_store_writes_the_tables_files() -> None:
+    """The run's S3Store is reused for the table's files rather than a second client made; without one (tools,
+    benchmarks) a client of the resource's storage is made."""
+    from common.secrets import StorageCredentials
+    from common.storage.s3 import S3Store
+    from jobs.archive.iceberg_catalog import file_io_properties
+    from jobs.archive.settings import parse_archive_spec
+    from tests.unit.test_archive_pure import SPEC
+
+    settings = parse_archive_spec({**SPEC, "format": "Iceberg"})
+    credentials = StorageCredentials("AK", "SK", None, None)
+    store = S3Store.connect(settings.storage, credentials)
+    reused = iceberg_io._stores[file_io_properties(settings, credentials, store)[iceberg_io.STORE]]
+    assert reused is store
+    made = iceberg_io._stores[file_io_properties(settings, credentials)[iceberg_io.STORE]]
+    assert isinstance(made, S3Store)
+    assert made is not store
+    assert made.bucket == store.bucket
