@@ -11,9 +11,10 @@ its type widens (int2 to int). Dictionaries are only for the columns whose value
 
 PyIceberg's `append` finds a batch's partitions by filtering the whole batch once per partition, a pass over every
 row for each day a batch spans. A batch arrives sorted by its timestamp (objects.sort_batch), so here a partition
-is a run of equal partition values: the transform is computed once over the column and run-length encoded, and each
-partition is a zero-copy slice. Rows out of order would only make more, smaller files, each still in its own
-partition. A spec of more than one field goes through PyIceberg's own filtering.
+is a run of equal partition values: the transform is computed once over the column (a year, month or day in Arrow's
+kernels, which release the GIL) and run-length encoded, and each partition is a zero-copy slice. Rows out of order
+would only make more, smaller files, each still in its own partition. A spec of more than one field goes through
+PyIceberg's own filtering.
 """
 
 from __future__ import annotations
@@ -260,10 +261,37 @@ def _partitions(spec: Any, schema: Any, rows: pa.Table) -> Iterator[tuple[Any, p
         return
     field = spec.fields[0]
     source = rows.column(schema.find_column_name(field.source_id)).combine_chunks()
-    values = field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(source)
+    values = _time_partitions(field.transform, source)
+    if values is None:
+        values = field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(source)
     runs = pc.run_end_encode(values)
     start = 0
     for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
         key = PartitionKey(field_values=[PartitionFieldValue(field, value)], partition_spec=spec, schema=schema)
         yield key, rows.slice(start, end - start)
         start = end
+
+
+UTC_ZONES = (None, "UTC", "+00:00")
+
+
+def _time_partitions(transform: Any, column: pa.Array) -> pa.Array | None:
+    """Iceberg's year, month or day of each timestamp or date (years, months or days since 1970, in UTC), as
+    PyIceberg's transforms compute them, but in Arrow's kernels, which release the GIL where PyIceberg's hold it
+    (a unit test compares the two). None for any other transform or type."""
+    from pyiceberg.transforms import DayTransform, MonthTransform, YearTransform
+
+    if not isinstance(transform, DayTransform | MonthTransform | YearTransform):
+        return None
+    if pa.types.is_timestamp(column.type):
+        if column.type.tz not in UTC_ZONES:  # not cellar's rows (arrow_types.py): PyIceberg's own
+            return None
+        column = column.cast(pa.timestamp(column.type.unit))  # the instants as UTC wall-clock time
+    elif not pa.types.is_date(column.type):
+        return None
+    if isinstance(transform, DayTransform):
+        return column.cast(pa.date32()).cast(pa.int32())
+    years = pc.subtract(pc.year(column), 1970)
+    if isinstance(transform, YearTransform):
+        return years.cast(pa.int32())
+    return pc.add(pc.multiply(years, 12), pc.subtract(pc.month(column), 1)).cast(pa.int32())

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from jobs.archive.iceberg_writes import DataFileWriter, _partitions
+from jobs.archive.iceberg_writes import DataFileWriter, _partitions, _time_partitions
 
 START = datetime(2024, 12, 30, 22, tzinfo=UTC)
 
@@ -71,6 +71,45 @@ def test_the_partitions_are_those_pyiceberg_finds(tmp_path: Path, transform: str
     assert sum(part.num_rows for _, part in ours) == rows.num_rows
     if not shuffled:  # sorted rows: one slice a partition, as many files as PyIceberg's own append writes
         assert len(ours) == len(theirs)
+
+
+# Instants around the epoch and far from it, on and just beside day, month and year boundaries, and a null.
+EDGE_MICROS = [0, -1, 1, -86_400_000_000, -86_400_000_001, 86_399_999_999]
+EDGE_MICROS += [-2_208_988_800_000_000, 7_258_118_399_999_999]  # 1900-01-01, the last instant of 2199
+
+
+@pytest.mark.parametrize("transform", ["day", "month", "year"])
+@pytest.mark.parametrize(
+    ("arrow_type", "iceberg_type"),
+    [
+        (pa.timestamp("us", tz="UTC"), "timestamptz"),
+        (pa.timestamp("us"), "timestamp"),
+        (pa.timestamp("us", tz="+00:00"), "timestamptz"),
+        (pa.date32(), "date"),
+    ],
+)
+def test_the_time_partitions_are_pyicebergs(transform: str, arrow_type: pa.DataType, iceberg_type: str) -> None:
+    """cellar's year, month and day of a column (Arrow's kernels) equal PyIceberg's transforms, before 1970 too."""
+    import random
+
+    from pyiceberg.transforms import parse_transform
+    from pyiceberg.types import DateType, TimestampType, TimestamptzType
+
+    generator = random.Random(38)
+    micros = EDGE_MICROS + [generator.randint(-4_000_000_000_000_000, 7_000_000_000_000_000) for _ in range(2000)]
+    if pa.types.is_date(arrow_type):
+        column = pa.array([*(m // 86_400_000_000 for m in micros), None], pa.int32()).cast(pa.date32())
+    else:
+        column = pa.array([*micros, None], pa.int64()).cast(arrow_type)
+    source = {"timestamptz": TimestamptzType(), "timestamp": TimestampType(), "date": DateType()}[iceberg_type]
+    parsed = parse_transform(transform)
+    ours = _time_partitions(parsed, column)
+    assert ours is not None
+    assert ours.to_pylist() == parsed.pyarrow_transform(source)(column).to_pylist()
+    # PyIceberg's own for any other transform, or a zone other than UTC (which cellar's rows never carry).
+    assert _time_partitions(parse_transform("hour"), column) is None
+    if not pa.types.is_date(arrow_type):
+        assert _time_partitions(parsed, column.cast(pa.timestamp("us", tz="America/Los_Angeles"))) is None
 
 
 def test_the_files_written_hold_every_row_once_in_its_partition(tmp_path: Path) -> None:
