@@ -396,3 +396,44 @@ def _count(conn: psycopg.Connection[Any], table: str) -> int:
     row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def test_a_session_the_standby_ended_for_a_conflict_is_told_apart_from_a_lost_server(
+    backup_env: BackupEnv, standby: dict[str, Any], churn: Churn
+) -> None:
+    """Replay ends a session that conflicts while idle in a transaction, and pg_dump, busy writing, may then say only
+    "server closed the connection unexpectedly": the standby's count of conflicts in the database tells that from a
+    server that went away, so the dump is tried again as for a cancelled one."""
+    from common.errors import DumpFailed
+    from common.secrets import DatabaseSettings
+    from jobs.backup.backup.dump import DumpSource, ended_by_replay, recovery_conflicts
+    from jobs.backup.pgtools import ClientTools
+
+    _set(standby["dsn"], hot_standby_feedback="off", max_standby_streaming_delay="0")
+    database = standby["database"]
+    settings = DatabaseSettings(
+        "127.0.0.1",
+        int(database["port"]),
+        database["dbname"],
+        database["username"],
+        database["password"],
+        "disable",
+        None,
+        10,
+    )
+    source = DumpSource(settings, ClientTools(0, "", Path("/nonexistent")), "", standby=True)
+    lost = DumpFailed("pg_dump exited with code 1: query failed: server closed the connection unexpectedly")
+    before = recovery_conflicts(source)
+    assert before is not None
+    assert not ended_by_replay(source, lost, before)  # nothing counted yet: a server that went away
+
+    reader = psycopg.connect(dsn(database))  # a transaction whose snapshot replay will have to end
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT count(*) FROM events").fetchone()
+    churn.start()
+    wait_for("the standby to count a conflict", lambda: (recovery_conflicts(source) or 0) > before, None, 120)
+    churn.stop()
+    reader.close()
+    assert ended_by_replay(source, lost, before)
+    assert not ended_by_replay(source, DumpFailed("pg_dump exited with code 1: out of memory"), before)
+    assert not ended_by_replay(DumpSource(settings, source.tools, "", standby=False), lost, before)

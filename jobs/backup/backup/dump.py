@@ -50,6 +50,34 @@ def cancelled_by_replay(source: DumpSource, stderr: str) -> bool:
     return RECOVERY_CONFLICT in stderr or (source.standby and "invalid snapshot identifier" in stderr)
 
 
+# Every kind of conflict with recovery a standby counts per database (PostgreSQL 9.1 and newer).
+CONFLICTS_COUNTED = (
+    "SELECT confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin + confl_deadlock "
+    "FROM pg_stat_database_conflicts WHERE datname = current_database()"
+)
+
+
+def recovery_conflicts(source: DumpSource) -> int | None:
+    """The conflicts with recovery the standby has counted in the dumped database; None where it cannot say."""
+    try:
+        with connect(source.database, autocommit=True) as conn:
+            row = conn.execute(CONFLICTS_COUNTED).fetchone()
+    except psycopg.Error:
+        return None
+    counted = None if row is None else row[0]
+    return counted if isinstance(counted, int) else None
+
+
+def ended_by_replay(source: DumpSource, failed: DumpFailed, conflicts_before: int | None) -> bool:
+    """Whether a dump that failed without saying why was a conflict with recovery all the same: replay ends a
+    session that conflicts while idle in a transaction (FATAL), and pg_dump, busy writing, may then only report
+    "server closed the connection unexpectedly". The standby's count of conflicts in the database says."""
+    if not source.standby or conflicts_before is None or "server closed the connection" not in str(failed):
+        return False
+    after = recovery_conflicts(source)
+    return after is not None and after > conflicts_before
+
+
 def _dump_failure(source: DumpSource, code: int, stderr: StderrTail) -> Exception:
     said = f"{source.tools.describe('pg_dump')} exited with code {code} dumping PostgreSQL {source.server_version}"
     return dump_failure(source, said, stderr.text(), stderr.error_lines())

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from common.db import backoff_seconds
 from common.encryption import EXTENSION as ENCRYPTED_EXTENSION
-from common.errors import CellarError, RecoveryConflict, RetryableError
+from common.errors import CellarError, DumpFailed, RecoveryConflict, RetryableError
 from common.progress import ProgressReporter
 from common.reasons import Reason
 from common.run_status import RunStatus
@@ -22,7 +22,15 @@ from common.runtime import RunContext
 from common.storage import ObjectStore
 from jobs.backup.backup.databases import ChosenDatabase, dump_key_name
 from jobs.backup.backup.directory import DirectoryTarget, dump_directory
-from jobs.backup.backup.dump import DumpResult, DumpSource, SealedObject, dump_globals, dump_to_storage
+from jobs.backup.backup.dump import (
+    DumpResult,
+    DumpSource,
+    SealedObject,
+    dump_globals,
+    dump_to_storage,
+    ended_by_replay,
+    recovery_conflicts,
+)
 from jobs.backup.backup.preflight import Preflight
 from jobs.backup.catalog import DATA_DIR, DatabaseDump, GlobalsObject
 from jobs.backup.settings import BackupSettings
@@ -178,16 +186,23 @@ class DumpAttempt:
 
 
 def _dump_once(attempt: DumpAttempt, settings: BackupSettings, staging: Path | None) -> DumpResult:
-    if staging is None:
-        return dump_to_storage(attempt.source, attempt.into, settings.dump, on_progress=attempt.on_progress)
+    source = attempt.source
+    conflicts_before = recovery_conflicts(source) if source.standby else None
     mine: list[str] = []  # this try's files (other databases' dumps may add to attempt.written meanwhile)
     try:
+        if staging is None:
+            return dump_to_storage(source, attempt.into, settings.dump, on_progress=attempt.on_progress)
         target = DirectoryTarget(staging, attempt.into, settings.parallelism)
-        return dump_directory(attempt.source, target, settings.dump, written=mine, on_progress=attempt.on_progress)
-    except RecoveryConflict:
+        return dump_directory(source, target, settings.dump, written=mine, on_progress=attempt.on_progress)
+    except DumpFailed as failed:
+        conflict = isinstance(failed, RecoveryConflict) or ended_by_replay(source, failed, conflicts_before)
+        if not conflict:
+            raise
         discard(attempt.into.store, mine)  # the next try writes its own files
         mine.clear()
-        raise
+        if isinstance(failed, RecoveryConflict):
+            raise
+        raise RecoveryConflict(f"{failed} (the standby counted a conflict with recovery meanwhile)") from failed
     finally:
         attempt.written.extend(mine)  # for the run's discard, should it fail
 
