@@ -5,8 +5,7 @@ its namespace and table operations answer as PyIceberg's do; and a lost connecti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from jobs.archive.iceberg_commits import transaction_of
 from jobs.archive.iceberg_sql_catalog import PostgresCatalog
 from jobs.archive.iceberg_writes import DataFileWriter
 from tests.integration.archive_helpers import dsn
+from tests.unit.test_iceberg_commits import _counting
 from tests.unit.test_iceberg_writes import _rows
 
 pytestmark = pytest.mark.integration
@@ -76,20 +76,6 @@ def _append(table: Any, batch: int, begin: Callable[[Any], Any] = transaction_of
 
 def _batches(table: Any) -> list[str]:
     return [s.summary["cellar.batch-id"] for s in table.metadata.snapshots]
-
-
-@contextmanager
-def _counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> Iterator[list[int]]:
-    inner = getattr(owner, name)
-    calls = [0]
-
-    def count(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return inner(*args, **kwargs)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(owner, name, count)
-        yield calls
 
 
 def test_pyicebergs_sql_catalog_and_ours_see_each_others_commits(database: dict[str, Any], tmp_path: Path) -> None:
