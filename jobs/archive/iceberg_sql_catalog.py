@@ -33,12 +33,12 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
-from pyiceberg.serializers import FromInputFile, ToOutputFile
+from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import CommitTableResponse, StagedTable, Table
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.sorting import UNSORTED_SORT_ORDER
 
-from jobs.archive.iceberg_commits import staged_metadata
+from jobs.archive.iceberg_commits import metadata_file_bytes, staged_metadata
 
 TABLE_TYPE = "TABLE"  # iceberg_type of a table's row (a view's, written by other catalogs, is skipped)
 MINIMAL_NAMESPACE_PROPERTIES = {"exists": "true"}  # a namespace made without properties still has a row
@@ -248,7 +248,8 @@ class PostgresCatalog(MetastoreCatalog):
     @staticmethod
     def _write_metadata(metadata: Any, io: Any, metadata_path: str) -> None:
         # The file's name carries a fresh UUID: no need to ask the store first whether it exists (a HEAD a commit).
-        ToOutputFile.table_metadata(metadata, io.new_output(metadata_path), overwrite=True)
+        with io.new_output(metadata_path).create(overwrite=True) as stream:
+            stream.write(metadata_file_bytes(metadata, metadata_path))
 
     def drop_table(self, identifier: str | tuple[str, ...]) -> None:
         namespace = Catalog.namespace_to_string(Catalog.namespace_from(identifier))
