@@ -53,26 +53,18 @@ def _pyicebergs_encoding() -> None:
 
 
 def _table(dsn: str, warehouse: Path) -> Any:
-    from pyiceberg.partitioning import PartitionField, PartitionSpec
-    from pyiceberg.schema import Schema
-    from pyiceberg.transforms import DayTransform
-    from pyiceberg.types import LongType, NestedField, TimestamptzType
-
+    """A fresh table of two columns, by day, in cellar's SQL catalog (the one its integration tests make)."""
     from jobs.archive.iceberg_sql_catalog import PostgresCatalog
+    from tests.integration.test_iceberg_sql_catalog import _new_table
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
         conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
-    catalog = PostgresCatalog(
-        "cellar", lambda: psycopg.connect(dsn, autocommit=True), SCHEMA, warehouse=f"file://{warehouse}"
+    return _new_table(
+        PostgresCatalog(
+            "cellar", lambda: psycopg.connect(dsn, autocommit=True), SCHEMA, warehouse=f"file://{warehouse}"
+        )
     )
-    catalog.create_namespace("archive")
-    schema = Schema(
-        NestedField(1, "id", LongType(), required=False),
-        NestedField(2, "created_at", TimestamptzType(), required=False),
-    )
-    spec = PartitionSpec(PartitionField(2, 1000, DayTransform(), "created_at_day"))
-    return catalog.create_table("archive.orders", schema, partition_spec=spec)
 
 
 def run_commits(dsn: str, commits: int, encoding: str) -> dict[str, Any]:
