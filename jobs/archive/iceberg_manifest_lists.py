@@ -7,9 +7,10 @@ commit's cost, and it grows with every batch a run archives.
 
 Here, for tables of format version 2 (the version cellar creates; others go through PyIceberg's own code):
 - an entry whose sequence numbers are assigned is written as it is (PyIceberg's writer would write an unchanged
-  copy of it) from its encoded bytes kept in `_encoded_entries`, so a commit encodes only its own new entry;
-- the entries of the last lists this process wrote are kept (`_written_lists`), so the next commit's read of its
-  parent's list is served from them, not decoded again.
+  copy of it), from the bytes it was encoded to in the last list this process wrote, so a commit encodes only its
+  own new entry (what is kept is one list's bytes, however many commits a run makes);
+- the entries of the last lists this process wrote are kept, so the next commit's read of its parent's list is
+  served from them, not decoded again.
 
 An entry is kept by its path, sequence numbers and the snapshot that added it: a manifest file is never rewritten
 (each has a fresh UUID in its name), and all its other values (length, counts, partition summaries) describe that
@@ -25,12 +26,28 @@ import io
 import threading
 from typing import Any
 
-ENCODED_ENTRIES_KEPT = 50_000  # about 10 MB at most; a table of more manifests encodes each entry every time
 LISTS_KEPT = 4  # a commit reads the list the run's previous commit wrote
 
-_lock = threading.Lock()
-_encoded_entries: dict[tuple[Any, ...], bytes] = {}
-_written_lists: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
+
+class _Written:
+    """What the last manifest lists this process wrote hold: the entries of each (by location), and the encoded
+    bytes of the last one's entries (by _entry_key), which are all the next list needs but its own new entry. So
+    what is kept is as large as one list, however many commits a run makes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lists: collections.OrderedDict[str, tuple[Any, ...]] = collections.OrderedDict()
+        self.encoded: dict[tuple[Any, ...], bytes] = {}
+
+    def wrote(self, location: str, entries: tuple[Any, ...], encoded: dict[tuple[Any, ...], bytes]) -> None:
+        with self.lock:
+            self.encoded = encoded
+            self.lists[location] = entries
+            while len(self.lists) > LISTS_KEPT:
+                self.lists.popitem(last=False)
+
+
+_written = _Written()
 
 
 def _entry_key(manifest: Any) -> tuple[Any, ...]:
@@ -38,24 +55,24 @@ def _entry_key(manifest: Any) -> tuple[Any, ...]:
 
 
 class _KeptEntries:
-    """The Avro writer of a version 2 manifest list's entries, writing an entry encoded before as it was encoded."""
+    """The Avro writer of a version 2 manifest list's entries: an entry the last list held is written as it was
+    encoded then; every entry's bytes are collected for the next list."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, known: dict[tuple[Any, ...], bytes]) -> None:
         self.inner = inner
+        self.known = known
+        self.encoded: dict[tuple[Any, ...], bytes] = {}
 
     def write(self, encoder: Any, manifest: Any) -> None:
         from pyiceberg.avro.encoder import BinaryEncoder
 
         key = _entry_key(manifest)
-        encoded = _encoded_entries.get(key)
+        encoded = self.known.get(key)
         if encoded is None:
             buffer = io.BytesIO()
             self.inner.write(BinaryEncoder(buffer), manifest)
             encoded = buffer.getvalue()
-            with _lock:
-                if len(_encoded_entries) >= ENCODED_ENTRIES_KEPT:
-                    _encoded_entries.clear()
-                _encoded_entries[key] = encoded
+        self.encoded[key] = encoded
         encoder.write(encoded)
 
 
@@ -65,8 +82,10 @@ def _add_manifests(self: Any, manifest_files: list[Any]) -> Any:
     from pyiceberg.manifest import UNASSIGNED_SEQ
 
     writer = self._writer
-    if not isinstance(writer.writer, _KeptEntries):
-        writer.writer = _KeptEntries(writer.writer)
+    inner = writer.writer.inner if isinstance(writer.writer, _KeptEntries) else writer.writer
+    with _written.lock:
+        known = _written.encoded
+    writer.writer = entries_writer = _KeptEntries(inner, known)
     entries = tuple(
         manifest
         if UNASSIGNED_SEQ not in (manifest.sequence_number, manifest.min_sequence_number)
@@ -74,19 +93,16 @@ def _add_manifests(self: Any, manifest_files: list[Any]) -> Any:
         for manifest in manifest_files
     )
     writer.write_block(list(entries))
-    with _lock:
-        _written_lists[self._output_file.location] = entries
-        while len(_written_lists) > LISTS_KEPT:
-            _written_lists.popitem(last=False)
+    _written.wrote(self._output_file.location, entries, entries_writer.encoded)
     return self
 
 
 def _manifests_of(read: Any) -> Any:
-    """PyIceberg's reading of a snapshot's manifest list, served from _written_lists where this process wrote it."""
+    """PyIceberg's reading of a snapshot's manifest list, served from _written where this process wrote it."""
 
     def manifests(file_io: Any, manifest_list: str) -> tuple[Any, ...]:
-        with _lock:
-            entries = _written_lists.get(manifest_list)
+        with _written.lock:
+            entries = _written.lists.get(manifest_list)
         return entries if entries is not None else read(file_io, manifest_list)
 
     return manifests

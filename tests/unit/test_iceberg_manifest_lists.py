@@ -80,9 +80,10 @@ def test_an_entry_kept_encoded_is_the_encoding_of_its_values(tmp_path: Path) -> 
     for entry in _decoded_lists(table)[-1]:
         buffer = io.BytesIO()
         writer.write(BinaryEncoder(buffer), entry)
-        assert iceberg_manifest_lists._encoded_entries[iceberg_manifest_lists._entry_key(entry)] == buffer.getvalue()
+        assert iceberg_manifest_lists._written.encoded[iceberg_manifest_lists._entry_key(entry)] == buffer.getvalue()
         checked += 1
     assert checked == 4
+    assert len(iceberg_manifest_lists._written.encoded) == 4  # the last list's entries, no more
 
 
 def test_the_parents_list_is_served_as_pyiceberg_decodes_it(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_the_parents_list_is_served_as_pyiceberg_decodes_it(tmp_path: Path) -> N
         _append(table, batch, transaction_of)
     current = table.metadata.current_snapshot()
     served = snapshots._manifests(table.io, current.manifest_list)
-    assert served is iceberg_manifest_lists._written_lists[current.manifest_list]  # not read from the file
+    assert served is iceberg_manifest_lists._written.lists[current.manifest_list]  # not read from the file
     assert [tuple(m._data) for m in served] == [tuple(m._data) for m in _decoded_lists(table)[-1]]
 
 
