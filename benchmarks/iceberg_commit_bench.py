@@ -9,8 +9,8 @@ starts (a local directory holds the files), two ways, each in a process of its o
       parent's list read back and decoded)
   (c) cellar's (iceberg_manifest_lists.py, iceberg_commits.metadata_file_bytes)
 
-Both work out the new metadata with iceberg_commits.staged_metadata. Each prints the CPU seconds of all its commits,
-the CPU milliseconds of single commits at a few snapshot counts, and (c)'s over (y)'s. CPU, not wall: on two shared
+Both commit with iceberg_commits.fast_append, the archive's own. Each prints the CPU seconds of all its commits, the
+CPU milliseconds of single commits at a few snapshot counts, and (c)'s over (y)'s. CPU, not wall: on two shared
 cores a busy neighbour stretches the wall time, not the work. Run:
 
     .venv/bin/python -m benchmarks.iceberg_commit_bench            (--commits 1000 by default)
@@ -69,7 +69,7 @@ def _table(dsn: str, warehouse: Path) -> Any:
 
 def run_commits(dsn: str, commits: int, encoding: str) -> dict[str, Any]:
     """`commits` fast appends of a day's file; the CPU of all of them and of the ones at MARKS (milliseconds)."""
-    from jobs.archive.iceberg_commits import transaction_of
+    from jobs.archive.iceberg_commits import fast_append
     from jobs.archive.iceberg_writes import DataFileWriter
 
     if encoding == "pyiceberg":
@@ -87,12 +87,7 @@ def run_commits(dsn: str, commits: int, encoding: str) -> dict[str, Any]:
         for number in range(1, commits + 1):
             commit_began = time.process_time()
             properties = {"cellar.batch-id": f"batch-{number}", "cellar.relation": "public.orders"}
-            with (
-                transaction_of(table) as transaction,
-                transaction.update_snapshot(snapshot_properties=properties).fast_append() as append,
-            ):
-                for data_file in files:
-                    append.append_data_file(data_file)
+            fast_append(table, files, properties)
             if number in MARKS:
                 marks[number] = (time.process_time() - commit_began) * 1000
         total = time.process_time() - began

@@ -21,7 +21,7 @@ from common.reasons import Reason
 from common.schema import Partitioning
 from jobs.archive.arrow_types import schema_for
 from jobs.archive.iceberg_catalog import CatalogAccess, catalog_failures, open_catalog, table_location
-from jobs.archive.iceberg_commits import transaction_of
+from jobs.archive.iceberg_commits import fast_append
 from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
 from jobs.archive.iceberg_writes import DataFileWriter
@@ -276,12 +276,7 @@ class IcebergTable:
             table = self._base or self.load()
             failpoint("archive.iceberg-append")  # a test holds a run here while another writer commits
             try:
-                with (
-                    transaction_of(table) as transaction,
-                    transaction.update_snapshot(snapshot_properties=properties).fast_append() as append,
-                ):
-                    for data_file in data_files:
-                        append.append_data_file(data_file)
+                fast_append(table, data_files, properties)
             except CommitFailedException as exc:
                 self._base = None
                 self.commit_retries += 1

@@ -78,6 +78,17 @@ def transaction_of(table: Any) -> Any:
     return _transaction_class()(table)
 
 
+def fast_append(table: Any, data_files: list[Any], properties: dict[str, str]) -> None:
+    """Commit `data_files` to `table` as one snapshot whose summary carries `properties` (transaction_of's fast
+    append); raises CommitFailedException where another writer committed first."""
+    with (
+        transaction_of(table) as transaction,
+        transaction.update_snapshot(snapshot_properties=properties).fast_append() as append,
+    ):
+        for data_file in data_files:
+            append.append_data_file(data_file)
+
+
 class _SnapshotsJson:
     """The JSON of the snapshots of the metadata file this process wrote last."""
 
