@@ -252,15 +252,18 @@ class BatchWorker:
             except Exception as exc:  # noqa: BLE001 (the rollback stands; clean_leftovers takes what is left)
                 log.warning("could not delete a rolled-back batch's object", extra={"key": key, "error": str(exc)})
 
-    def publish_rows(self, batch_id: str, table: pa.Table) -> list[ledger.LedgerEntry]:
+    def publish_rows(self, batch_id: str, table: pa.Table) -> tuple[list[ledger.LedgerEntry], int]:
         """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction
-        (a whole partition's day: partitions.py records them and commits). Into an Iceberg table: one snapshot."""
+        (a whole partition's day: partitions.py records them and commits): their ledger entries and how many data
+        files hold the rows. Into an Iceberg table: one snapshot (one entry) of its data files."""
         if self.iceberg is not None:
             from jobs.archive.iceberg_batches import snapshot_entry
 
-            return [snapshot_entry(self.iceberg, batch_id, self.iceberg.append(table, batch_id, self.run_id), table)]
+            appended = self.iceberg.append(table, batch_id, self.run_id)
+            return [snapshot_entry(self.iceberg, batch_id, appended, table)], appended.data_files
         dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
-        return self._publish_batch(batch_id, self._pieces(table), dictionary)
+        entries = self._publish_batch(batch_id, self._pieces(table), dictionary)
+        return entries, len(entries)
 
     def _pieces(self, table: pa.Table) -> list[tuple[str | None, pa.Table]]:
         pieces: list[tuple[str | None, pa.Table]] = []

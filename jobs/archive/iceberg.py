@@ -319,8 +319,10 @@ class IcebergTable:
                 yield batch, snapshot
 
     def rows_added_by(self, snapshot: Any, columns: list[str]) -> pa.Table:
-        """The `columns` of the rows `snapshot` added: its own data files, read from its manifests."""
+        """The `columns` of the rows `snapshot` added: its own data files, read from its manifests (each whole)."""
         from pyiceberg.manifest import ManifestEntryStatus
+
+        from jobs.archive.iceberg_io import whole_file_reads
 
         table = self.load()
         io = table.io
@@ -330,7 +332,7 @@ class IcebergTable:
                 continue
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
                 if entry.status == ManifestEntryStatus.ADDED and entry.snapshot_id == snapshot.snapshot_id:
-                    with io.new_input(entry.data_file.file_path).open() as stream:
+                    with whole_file_reads(io).new_input(entry.data_file.file_path).open() as stream:
                         pieces.append(pq.read_table(stream, columns=columns))
         if not pieces:
             return pa.table({name: pa.array([], pa.string()) for name in columns})

@@ -13,7 +13,6 @@ expire, so the exactly-once resolution (iceberg_batches.resolve_unrecorded) can 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any
 
 from common.failpoints import failpoint
 from jobs.archive.iceberg import IcebergTable
+from jobs.archive.iceberg_writes import DataFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +130,17 @@ def partition_filter(table: Any, partition: Any) -> Any:
     )
 
 
-def write_bin(table: Any, tasks: list[Any], write_uuid: uuid.UUID, task_id: int) -> tuple[list[Any], int]:
-    """Read one bin's files (their rows as the table's current schema) and write them as one new data file (a
-    bin holds one partition); the new DataFiles and the number of rows."""
+def write_bin(table: Any, tasks: list[Any], writer: DataFileWriter) -> tuple[list[Any], int]:
+    """Read one bin's files (their rows as the table's current schema, each file whole in one GET) and write them
+    again with the archive's own data-file writer (a bin holds one partition: one file, more where it exceeds the
+    target size); the new DataFiles and the number of rows."""
     from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan, _determine_partitions, write_file
-    from pyiceberg.table import WriteTask
+    from pyiceberg.io.pyarrow import ArrowScan
 
-    metadata, schema = table.metadata, table.schema()
-    rows = ArrowScan(metadata, table.io, schema, AlwaysTrue()).to_table(tasks)
-    # The partition key as PyIceberg's own append derives it from the rows (one partition: one piece).
-    pieces = [
-        WriteTask(write_uuid, task_id + n, schema, piece.arrow_table_partition.to_batches(), None, piece.partition_key)
-        for n, piece in enumerate(_determine_partitions(table.spec(), schema, rows))
-    ]
-    written = list(write_file(table.io, metadata, iter(pieces)))
-    return written, rows.num_rows
+    from jobs.archive.iceberg_io import whole_file_reads
+
+    rows = ArrowScan(table.metadata, whole_file_reads(table.io), table.schema(), AlwaysTrue()).to_table(tasks)
+    return writer.write(table.io, rows), rows.num_rows
 
 
 def _commit_rewrite(table: Any, rewritten: list[Rewritten], run_id: str) -> None:
@@ -179,12 +174,12 @@ class Rewritten:
     rows: int
 
 
-def rewrite_partition(table: Any, part: SmallFiles, target_bytes: int) -> Rewritten:
+def rewrite_partition(table: Any, part: SmallFiles, target_bytes: int, writer: DataFileWriter) -> Rewritten:
     """The partition's small files read and written again, bin by bin (one bin in memory at a time)."""
     written: list[Any] = []
     rows = 0
     for group in bins(part.tasks, target_bytes):
-        files, count = write_bin(table, group, uuid.uuid4(), 0)  # a name of its own: uuid and task id
+        files, count = write_bin(table, group, writer)
         written += files
         rows += count
     log.info(
@@ -242,7 +237,8 @@ def compact(iceberg: IcebergTable, run_id: str, files_per_commit: int = FILES_PE
     target = iceberg.iceberg.target_file_size_bytes
     for parts in rounds(small_files(iceberg.load(), target), files_per_commit):
         table = iceberg.load()
-        rewritten = [rewrite_partition(table, part, target) for part in parts]
+        writer = DataFileWriter(table.metadata)  # the table's current schema, spec and properties
+        rewritten = [rewrite_partition(table, part, target, writer) for part in parts]
         failpoint(BEFORE_COMMIT)
         commit_round(iceberg, rewritten, run_id, done)
     return done

@@ -7,7 +7,9 @@ HEAD); and each stream open at once holds about 14 MB, so a pool writing six fil
 mode's uploads of the same files. Here a file is encoded into memory and, when complete, sent by the archive's
 S3 client as one PUT with its SHA-256 (`S3Store.put_verified`: the store checks it; encryption, storage class and
 object lock as for every object cellar writes), and knows its size. A file whose writing fails is never sent.
-The metadata files are read the same way, each in one GET; data files are read through PyArrow's filesystem.
+The metadata files are read the same way, each in one GET; data files are read through PyArrow's filesystem,
+except by readers of whole files (`whole_file_reads`: compaction, a crashed run's snapshot), which read each in one GET
+too, so that the filesystem (AWS's SDK under it holds 10 MB once started) never starts in an archive run.
 
 The CA: PyIceberg 0.12 has no property for one, though S3FileSystem takes a CA file (`tls_ca_file_path`). PyIceberg
 makes a FileIO from the catalog's properties at every load of the table (archive, unarchive and maintenance alike),
@@ -108,11 +110,31 @@ class S3FileIO(PyArrowFileIO):
     def new_input(self, location: str) -> PyArrowFile:
         # Metadata files (the table's metadata, manifest lists, manifests) are read whole, as PyIceberg reads them;
         # data files keep Arrow's ranged reads (a query reads a Parquet file's footer and the columns it needs).
-        file = self._store_file(location, MetadataFile) if location.endswith(METADATA_SUFFIXES) else None
+        file = self._store_file(location, WholeFile) if location.endswith(METADATA_SUFFIXES) else None
+        return super().new_input(location) if file is None else file
+
+    def whole_input(self, location: str) -> PyArrowFile:
+        """The file at `location`, read whole in one GET by cellar's client where it is in the archive's bucket."""
+        file = self._store_file(location, WholeFile)
         return super().new_input(location) if file is None else file
 
 
 METADATA_SUFFIXES = (".metadata.json", ".avro")
+
+
+class _WholeFileReads:
+    """A FileIO's reading side for a reader of every byte of its files (whole_file_reads)."""
+
+    def __init__(self, io: S3FileIO) -> None:
+        self.properties = io.properties
+        self.new_input = io.whole_input
+
+
+def whole_file_reads(io: Any) -> Any:
+    """`io` for ArrowScan and for reading data files whole: where it is the archive's S3FileIO, each file is read in
+    one GET by cellar's client, not through Arrow's S3 filesystem (which holds 10 MB once started and reads a file
+    in ranges, which pays only for a reader of some of its columns). Any other FileIO is returned as it is."""
+    return _WholeFileReads(io) if isinstance(io, S3FileIO) else io
 
 
 class _StoreFile(PyArrowFile):
@@ -137,8 +159,8 @@ class _StoreFile(PyArrowFile):
         self._made = value
 
 
-class MetadataFile(_StoreFile):
-    """A metadata file read whole in one GET by cellar's client."""
+class WholeFile(_StoreFile):
+    """A file read whole in one GET by cellar's client (a manifest list this process wrote: from memory)."""
 
     def open(self, seekable: bool = True) -> Any:
         with _lock:

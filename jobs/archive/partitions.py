@@ -363,12 +363,12 @@ class PartitionArchiver:
                     table = csv_to_table(read_copy(conn, copy), self.info.columns)
             table = sort_batch(table, self.info)
             if table.num_rows:
-                entries = self.worker.publish_rows(str(uuid.uuid4()), table)
+                entries, files = self.worker.publish_rows(str(uuid.uuid4()), table)
                 ledger.record(
                     conn, entries, relation=self.settings.relation, cutoff=self.cutoff, mode="Move", run_id=self.run_id
                 )
                 result.rows += table.num_rows
-                result.objects += len(entries)
+                result.objects += files
                 result.bytes += sum(e.bytes for e in entries)
             day = following
         return result

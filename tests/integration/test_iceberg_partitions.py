@@ -17,6 +17,7 @@ from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
     duckdb_over_minio,
+    iceberg_catalog,
     metadata_location,
     setup_iceberg_archive,
     spark_reading,
@@ -59,6 +60,14 @@ def test_a_partition_killed_before_its_commit_is_finished_by_the_next_run_once(a
     message = env.conditions("TableArchive", "events")["ArchiveSucceeded"]["message"]
     assert "whole partitions" in message
     assert "Iceberg snapshots of crashed runs recorded" in message
+    # lastRun.files counts the data files the run's snapshots added, not its snapshots.
+    last_run = env.status("TableArchive", "events")["lastRun"]
+    snapshots = iceberg_catalog(env).load_table(("public", "events")).metadata.snapshots
+    added = [
+        int(s.summary["added-data-files"]) for s in snapshots if s.summary.get("cellar.run-id") == last_run["runId"]
+    ]
+    assert added
+    assert last_run["files"] == sum(added)
     with psycopg.connect(dsn(env.database)) as conn:
         left = conn.execute(
             "SELECT count(*) FROM cellar.archive_partitions WHERE relation = 'public.events' AND state <> 'archived'"

@@ -285,7 +285,7 @@ def test_the_s3_file_io_reads_metadata_with_cellars_client_and_starts_arrows_s3_
     from pyiceberg.io import load_file_io
     from pyiceberg.io.pyarrow import PyArrowFile
 
-    from jobs.archive.iceberg_io import MetadataFile, UploadedFile
+    from jobs.archive.iceberg_io import UploadedFile, WholeFile, whole_file_reads
 
     spec = parse_archive_spec({**SPEC, "format": "Iceberg"})
     io = load_file_io(file_io_properties(spec, StorageCredentials("AK", "SK", None, None)), "s3://archive/t")
@@ -295,10 +295,15 @@ def test_the_s3_file_io_reads_metadata_with_cellars_client_and_starts_arrows_s3_
         "s3://archive/t/metadata/snap-1-1-0c7e.avro",
         "s3://archive/t/metadata/0c7e-m0.avro",
     ]
-    assert all(type(io.new_input(location)) is MetadataFile for location in metadata)
+    assert all(type(io.new_input(location)) is WholeFile for location in metadata)
     assert all(isinstance(io.new_output(location), UploadedFile) for location in metadata)
     assert type(io.new_input("s3://elsewhere/t/metadata/00001-0c7e.metadata.json")) is PyArrowFile
     assert made().currsize == 1  # only the other bucket's
-    data = io.new_input("s3://archive/t/data/created_at_day=2024-01-01/00000-0-0c7e.parquet")
+    data_file = "s3://archive/t/data/created_at_day=2024-01-01/00000-0-0c7e.parquet"
+    whole = whole_file_reads(io)  # compaction's, a crashed run's: every byte read, in one GET
+    assert type(whole.new_input(data_file)) is WholeFile
+    assert type(whole.new_input("s3://elsewhere/t/data/00000-0-0c7e.parquet")) is PyArrowFile
+    assert made().currsize == 1
+    data = io.new_input(data_file)
     assert type(data) is PyArrowFile
     assert made().currsize == 2
