@@ -9,9 +9,10 @@ runs on its own copy of the same database (CREATE DATABASE ... TEMPLATE), droppe
       rows a batch, 2 lanes), Daily, Monthly and Auto (the default) partitions (best of 3 each)
   (d) a diagnostic, no target: one lane's capture step alone, one batch at a time (its DELETE, reading
       and parsing the rows, COMMIT; no files)
-  (i) (c) with format: Iceberg (PyIceberg's SQL catalog in the same PostgreSQL, schema cellar_iceberg): as (c)
-      Daily (partitionBy: day, a file a day) once with spec.iceberg.maintenance.enabled: false, once with the
-      maintenance at the run's end (the default); and as (c) Auto (partitionBy: Auto, the default), maintenance off
+  (i) (c) with format: Iceberg (PyIceberg's SQL catalog in the same PostgreSQL, schema cellar_iceberg; its default
+      batches: 100,000 rows, a snapshot each, read and written 25,000 rows at a time): as (c) Daily (partitionBy:
+      day, a file a day) once with spec.iceberg.maintenance.enabled: false, once with the maintenance at the run's
+      end (the default); and as (c) Auto (partitionBy: Auto, the default), maintenance off
 
 (a), (c) and (i) take turns in --rounds rounds (default 3), so that a slow minute on shared cores weighs on all
 alike; each prints its round's ratios. For each: rows per second, peak RSS, the longest single transaction, stored

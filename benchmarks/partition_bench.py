@@ -55,7 +55,7 @@ from benchmarks.archive_bench import (
 from benchmarks.measure import install_cellar, server_cpu
 from jobs.archive.arrow_reads import ArrowReader
 from jobs.archive.arrow_types import select_list
-from jobs.archive.batches import read_copy
+from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import arrow_to_table, csv_to_table
 from jobs.archive.statements import copy_out
 from jobs.archive.table import describe_table

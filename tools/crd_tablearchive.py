@@ -82,7 +82,12 @@ def table_archive() -> dict[str, Any]:
                 "maxRunTime, lockTimeout, statementTimeout) again between batches, at most every 10 seconds: "
                 "a change applies to the run under way.",
                 {
-                    "rows": integer("Most rows per batch.", minimum=1, maximum=1000000, default=25000),
+                    "rows": integer(
+                        "Most rows per batch (one transaction). Default 25000; 100000 with format: Iceberg, where a "
+                        "batch is one snapshot and its rows are read and written 25000 at a time.",
+                        minimum=1,
+                        maximum=1000000,
+                    ),
                     "maxBytesMiB": integer("Most encoded MiB per batch object.", minimum=1, maximum=4096, default=128),
                     "parallelism": integer(
                         "Lanes of batches that run at once, each over its own time range and two connections "

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.archive.table import Connection
 
@@ -38,14 +40,75 @@ class RunTotals:
         self.longest_transaction_seconds = max(self.longest_transaction_seconds, result.transaction_seconds)
 
 
+@dataclass(frozen=True)
+class RowsSummary:
+    """What the ledger records of a batch's rows besides their objects: how many, and their oldest and newest
+    timestamps and smallest and largest (first) key."""
+
+    rows: int = 0
+    min_ts: object = None
+    max_ts: object = None
+    min_key: object = None
+    max_key: object = None
+
+    @classmethod
+    def of(cls, table: pa.Table, timestamp_column: str, key_column: str) -> RowsSummary:
+        if not table.num_rows:
+            return cls()
+        stamps, keys = pc.min_max(table.column(timestamp_column)), pc.min_max(table.column(key_column))
+        return cls(
+            table.num_rows, stamps["min"].as_py(), stamps["max"].as_py(), keys["min"].as_py(), keys["max"].as_py()
+        )
+
+    def merged(self, other: RowsSummary) -> RowsSummary:
+        if not other.rows:
+            return self
+        if not self.rows:
+            return other
+        return RowsSummary(
+            self.rows + other.rows,
+            _lesser(self.min_ts, other.min_ts),
+            _greater(self.max_ts, other.max_ts),
+            _lesser(self.min_key, other.min_key),
+            _greater(self.max_key, other.max_key),
+        )
+
+
+def _lesser(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b < a) else a
+
+
+def _greater(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b > a) else a
+
+
+@dataclass(frozen=True)
+class WrittenRows:
+    """A batch's rows already written as data files of its Iceberg table, in no snapshot yet (a batch read and
+    written in pieces, iceberg_pieces.py); the rows themselves are no longer held."""
+
+    data_files: list[Any]
+    summary: RowsSummary
+    bytes: int
+
+
 @dataclass
 class CapturedBatch:
-    """Rows one open transaction has deleted (not yet committed), in (timestamp, key) order."""
+    """Rows one open transaction has deleted (not yet committed): in (timestamp, key) order, or (`written`)
+    already written as an Iceberg table's data files."""
 
     conn: Connection
     batch_id: str
     began: float
-    table: pa.Table
+    table: pa.Table | None
+    written: WrittenRows | None = None
+
+    @property
+    def rows(self) -> pa.Table:
+        """The rows, where they are held (every batch but one written in pieces)."""
+        if self.table is None:
+            raise AssertionError(f"batch {self.batch_id}'s rows were written in pieces, not held")
+        return self.table
 
 
 def rollback_quietly(conn: Connection) -> None:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 
 from common.encryption import encrypt_bytes
 from common.errors import CommitInDoubt
@@ -28,8 +29,10 @@ from common.failpoints import failpoint
 from common.storage import ObjectStore
 from jobs.archive import ledger
 from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
+from jobs.archive.copy_reads import PieceLimits, read_copy
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
 from jobs.archive.iceberg import IcebergTable
+from jobs.archive.iceberg_pieces import PieceWriter
 from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import (
@@ -47,40 +50,6 @@ from jobs.archive.statements import BatchPlan, batch_query, copy_out, sql_settin
 from jobs.archive.table import Connection, TableInfo
 
 log = logging.getLogger(__name__)
-
-
-def read_copy(conn: Connection, copy: psycopg.Copy) -> bytearray:
-    """All the data of a COPY TO.
-
-    The server sends one message per row. The rows libpq has already received are taken from it
-    directly (get_copy_data without waiting), which costs less CPU per row than psycopg's read; when
-    none is buffered, psycopg's read waits for the next one (and ends the COPY when it is the end).
-    """
-    pgconn = conn.pgconn
-    data = bytearray()
-    while True:
-        size, buffered = pgconn.get_copy_data(1)
-        if size > 0:
-            data += buffered
-            continue
-        if size < 0:  # the end was buffered too: take the COPY's result, as psycopg's read would
-            _finish_copy_out(conn)
-            return data
-        waited = copy.read()  # nothing buffered
-        if not waited:
-            return data
-        data += waited
-
-
-def _finish_copy_out(conn: Connection) -> None:
-    """After get_copy_data reported the end of a COPY TO: read its result; raise the server's error."""
-    results = []
-    while (result := conn.pgconn.get_result()) is not None:
-        results.append(result)
-    if not results:
-        raise psycopg.OperationalError("the COPY ended without a result")
-    if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(results[0], encoding=conn.info.encoding)
 
 
 def _timestamp(text: str | None) -> datetime | None:
@@ -138,6 +107,7 @@ class BatchWorker:
         conn.rollback()
         # A batch's objects (one per partition) upload side by side while its transaction is open.
         self._uploads = ThreadPoolExecutor(max_workers=tuning.upload_concurrency, thread_name_prefix="archive-upload")
+        self._pieces_written = PieceWriter(iceberg, settings.parallelism) if iceberg is not None else None
 
     @property
     def settings(self) -> ArchiveSettings:
@@ -150,6 +120,8 @@ class BatchWorker:
 
     def close(self) -> None:
         self._uploads.shutdown(wait=True)
+        if self._pieces_written is not None:
+            self._pieces_written.close()
 
     def capture(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
         """Open a transaction and delete (Copy mode: read) the lane's next batch; None when none are due.
@@ -174,6 +146,8 @@ class BatchWorker:
             batch_query(BatchPlan(settings, self.info, self.cutoff, self.tuning), batch_rows, self.watermark, lane)
         )
         began = time.monotonic()
+        if self._pieces_written is not None:
+            return self._capture_in_pieces(conn, lane, statement, batch_rows, began)
         try:
             sql_settings(conn, settings, self.info)
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
@@ -194,6 +168,32 @@ class BatchWorker:
             rollback_quietly(conn)
             raise
 
+    def _capture_in_pieces(
+        self, conn: Connection, lane: Lane, statement: sql.Composed, batch_rows: int, began: float
+    ) -> CapturedBatch | None:
+        """An Iceberg batch (Move mode): its rows deleted, read and written as data files piece by piece
+        (iceberg_pieces.py), in the transaction left open for the publisher's commit."""
+        assert self._pieces_written is not None
+        settings = self.live.settings
+        limits = PieceLimits(min(batch_rows, self.tuning.iceberg_piece_rows), self.tuning.iceberg_piece_bytes)
+        batch_id = str(uuid.uuid4())
+        try:
+            sql_settings(conn, settings, self.info)
+            with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                written, raw_bytes = self._pieces_written.capture(conn, copy, limits, batch_id)
+            if written.summary.rows == 0:
+                conn.rollback()
+                return None
+            self.live.shrink_for(raw_bytes)
+            lane.resume_from = written.summary.max_ts
+            lane.until = aligned_batch_end(
+                written.summary.min_ts, lane.resume_from, written.summary.rows, batch_rows, settings.partitioning
+            )
+            return CapturedBatch(conn, batch_id, began, None, written)
+        except BaseException:
+            rollback_quietly(conn)
+            raise
+
     def publish(self, captured: CapturedBatch) -> BatchResult:
         """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""
         if self.iceberg is not None:
@@ -203,10 +203,11 @@ class BatchWorker:
         conn, batch_id = captured.conn, captured.batch_id
         entries: list[ledger.LedgerEntry] = []
         try:
-            result = BatchResult(rows=captured.table.num_rows)
+            rows = captured.rows
+            result = BatchResult(rows=rows.num_rows)
             # Which columns repeat is judged once per batch, not once per object (a day of a Daily batch).
-            dictionary = repeating_columns(captured.table) if self.settings.format == "Parquet" else []
-            entries = self._publish_batch(batch_id, self._pieces(captured.table), dictionary)
+            dictionary = repeating_columns(rows) if self.settings.format == "Parquet" else []
+            entries = self._publish_batch(batch_id, self._pieces(rows), dictionary)
             result.bytes = sum(e.bytes for e in entries)
             result.objects = len(entries)
             ledger.record(
@@ -257,10 +258,12 @@ class BatchWorker:
         (a whole partition's day: partitions.py records them and commits): their ledger entries and how many data
         files hold the rows. Into an Iceberg table: one snapshot (one entry) of its data files."""
         if self.iceberg is not None:
-            from jobs.archive.iceberg_batches import snapshot_entry
+            from jobs.archive.iceberg_batches import snapshot_entry, summary_of
 
             appended = self.iceberg.append(table, batch_id, self.run_id)
-            return [snapshot_entry(self.iceberg, batch_id, appended, table)], appended.data_files
+            return [
+                snapshot_entry(self.iceberg, batch_id, appended, summary_of(self.iceberg, table))
+            ], appended.data_files
         dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
         entries = self._publish_batch(batch_id, self._pieces(table), dictionary)
         return entries, len(entries)

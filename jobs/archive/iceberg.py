@@ -238,9 +238,16 @@ class IcebergTable:
         """Write `rows` as data files, then commit them as one snapshot whose summary names the batch. Lanes write
         their files side by side and take turns only for the commit; a commit that another writer beat is tried
         again, with the same files, on the table as it is then."""
-        properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
+        return self.commit_files(self.write_data_files(rows, batch_id), batch_id, run_id)
+
+    def write_data_files(self, rows: pa.Table, batch_id: str) -> list[Any]:
+        """`rows` written as data files of the table, in no snapshot yet (commit_files adds them to one)."""
         with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
-            data_files = self._write_data_files(rows)
+            return self._write_data_files(rows)
+
+    def commit_files(self, data_files: list[Any], batch_id: str, run_id: str) -> AppendedSnapshot:
+        """Commit `data_files` as one snapshot whose summary names the batch and the run."""
+        properties = {BATCH_PROPERTY: batch_id, RUN_PROPERTY: run_id, RELATION_PROPERTY: self.relation}
         # The catalog's commit may have happened before its connection failed (or a REST catalog's answer was
         # lost): the run stops, and the next one finds the snapshot, if there is one, by its batch id.
         with self._appending, catalog_failures(self.iceberg, f"failed the commit of batch {batch_id}"):

@@ -17,13 +17,12 @@ from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
 from common.errors import CommitInDoubt, SnapshotUnrecorded
 from common.failpoints import failpoint
 from jobs.archive import ledger
-from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
+from jobs.archive.batch_records import BatchResult, CapturedBatch, RowsSummary, rollback_quietly
 from jobs.archive.iceberg import AppendedSnapshot, IcebergTable
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import table_name
@@ -41,25 +40,27 @@ def _when(value: object) -> datetime | None:
 
 
 def snapshot_entry(
-    table: IcebergTable, batch_id: str, snapshot: AppendedSnapshot, rows: pa.Table
+    table: IcebergTable, batch_id: str, snapshot: AppendedSnapshot, rows: RowsSummary
 ) -> ledger.LedgerEntry:
     """The ledger's row of one snapshot: its key names the table and snapshot; its manifest is the metadata file."""
-    info = table.info
-    stamps = pc.min_max(rows.column(info.timestamp_column.name)) if rows.num_rows else None
-    keys = pc.min_max(rows.column(info.primary_key[0])) if rows.num_rows else None
     return ledger.LedgerEntry(
         object_key=f"iceberg:{table.iceberg.identifier}:snapshot:{snapshot.snapshot_id}",
         batch_id=batch_id,
         manifest_key=snapshot.metadata_location,
-        rows=rows.num_rows,
+        rows=rows.rows,
         bytes=snapshot.bytes,
         sha256="",  # Iceberg's files are its own: their list and sizes are in the snapshot's manifests
-        min_ts=_when(stamps["min"].as_py()) if stamps else None,
-        max_ts=_when(stamps["max"].as_py()) if stamps else None,
-        min_key=None if keys is None else str(keys["min"].as_py()),
-        max_key=None if keys is None else str(keys["max"].as_py()),
+        min_ts=_when(rows.min_ts),
+        max_ts=_when(rows.max_ts),
+        min_key=None if rows.min_key is None else str(rows.min_key),
+        max_key=None if rows.max_key is None else str(rows.max_key),
         last_row=None,
     )
+
+
+def summary_of(table: IcebergTable, rows: pa.Table) -> RowsSummary:
+    info = table.info
+    return RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0])
 
 
 def publish_to_iceberg(
@@ -68,9 +69,14 @@ def publish_to_iceberg(
     """Append the captured rows as one snapshot, record it, COMMIT (the order the module doc gives)."""
     conn, batch_id = captured.conn, captured.batch_id
     appended: AppendedSnapshot | None = None
+    written = captured.written
+    summary = written.summary if written is not None else summary_of(table, captured.rows)
     try:
-        appended = table.append(captured.table, batch_id, run_id)
-        entry = snapshot_entry(table, batch_id, appended, captured.table)
+        if written is not None:  # read and written in pieces while the transaction was open
+            appended = table.commit_files(written.data_files, batch_id, run_id)
+        else:
+            appended = table.append(captured.rows, batch_id, run_id)
+        entry = snapshot_entry(table, batch_id, appended, summary)
         ledger.record(conn, [entry], relation=settings.relation, cutoff=cutoff, mode=settings.mode, run_id=run_id)
         failpoint(BETWEEN_COMMITS)
     except Exception as error:
@@ -89,7 +95,7 @@ def publish_to_iceberg(
         conn.commit()
     except psycopg.OperationalError as exc:
         raise CommitInDoubt(batch_id, str(exc)) from exc
-    result = BatchResult(rows=captured.table.num_rows, bytes=appended.bytes, objects=appended.data_files)
+    result = BatchResult(rows=summary.rows, bytes=appended.bytes, objects=appended.data_files)
     result.transaction_seconds = time.monotonic() - captured.began
     log.info(
         "batch committed",
@@ -164,7 +170,7 @@ def resolve_unrecorded(
             deleted = _delete_keys(conn, settings, info, rows)
             ledger.record(
                 conn,
-                [snapshot_entry(table, batch_id, appended, rows)],
+                [snapshot_entry(table, batch_id, appended, summary_of(table, rows))],
                 relation=settings.relation,
                 cutoff=cutoff,
                 mode=settings.mode,

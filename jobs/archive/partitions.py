@@ -42,7 +42,8 @@ from jobs.archive import ledger
 from jobs.archive.arrow_reads import ArrowReader, readable
 from jobs.archive.arrow_types import select_list
 from jobs.archive.batch_records import BatchResult, rollback_quietly
-from jobs.archive.batches import BatchWorker, RunScope, read_copy
+from jobs.archive.batches import BatchWorker, RunScope
+from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import arrow_to_table, csv_to_table
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings

@@ -26,6 +26,10 @@ from jobs.archive.iceberg_settings import IcebergSettings, parse_iceberg_spec
 # edges), so bigger batches move rows faster, and transactions get longer. This keeps them well under
 # a second on the benchmark's table (`benchmarks/archive_bench.py --batch-rows N` compares sizes).
 DEFAULT_BATCH_ROWS = 25_000
+# Into an Iceberg table a batch is a snapshot, whose manifest, manifest list, metadata file and catalog commit cost
+# the same whatever its rows: larger batches make fewer, larger snapshots. Their rows are read and written in
+# pieces of DEFAULT_BATCH_ROWS (iceberg_pieces.py), so they hold no more memory than Parquet mode's batches.
+ICEBERG_BATCH_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,12 @@ def parse_archive_spec(spec: Mapping[str, Any]) -> ArchiveSettings:
         timestamp_column=_identifier(reader, "timestampColumn", required=True),
         older_than=older_than,
         filter_sql=filter_sql,
-        batch_rows=batch.integer("rows", DEFAULT_BATCH_ROWS, minimum=1, maximum=1_000_000),
+        batch_rows=batch.integer(
+            "rows",
+            ICEBERG_BATCH_ROWS if archive_format == "Iceberg" else DEFAULT_BATCH_ROWS,
+            minimum=1,
+            maximum=1_000_000,
+        ),
         batch_max_bytes=(batch.integer("maxBytesMiB", 128, minimum=1, maximum=4096)) * 1024 * 1024,
         pause=batch.duration("pause", "0s"),
         max_replication_lag=batch.duration("maxReplicationLag"),
@@ -257,6 +266,9 @@ class Tuning:
     # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.
     arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
     progress_log_seconds: float = 10.0  # unarchive: at most one progress line this often, not one per object
+    # An Iceberg batch is read and written in pieces of at most this many rows or raw bytes (iceberg_pieces.py).
+    iceberg_piece_rows: int = DEFAULT_BATCH_ROWS
+    iceberg_piece_bytes: int = 32 * 1024 * 1024
 
 
 DEFAULT_TUNING = Tuning()

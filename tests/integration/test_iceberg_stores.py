@@ -195,7 +195,8 @@ def test_an_iceberg_archive_through_an_s3_endpoint_with_a_private_ca_is_written_
         written = _iceberg_requests(proxy, ("PUT", "POST"))
         assert any("/iceberg/data/" in path and ".parquet" in path for path in written)
         assert any(path.split("?")[0].endswith(".metadata.json") for path in written)
-        assert _iceberg_requests(proxy, ("GET", "HEAD"), "aws-sdk-cpp")  # PyArrow's reads trust the CA too
+        # The run (its compaction too) reads whole files with cellar's client: PyArrow's filesystem never starts.
+        assert not _iceberg_requests(proxy, ("GET", "HEAD"), "aws-sdk-cpp")
         # DuckDB reads the table from MinIO itself: what went through the proxy is the table.
         assert figures_in_duckdb(duckdb_over_minio(env), metadata_location(env)) == expected
 
@@ -203,6 +204,7 @@ def test_an_iceberg_archive_through_an_s3_endpoint_with_a_private_ca_is_written_
         assert env.run("maintain") == 0
         assert len(proxy.seen) > before  # maintenance read the table through the endpoint
         assert env.run("unarchive", "--from", "2025-02-01", "--to", "2025-03-01") == 0
+        assert _iceberg_requests(proxy, ("GET", "HEAD"), "aws-sdk-cpp")  # unarchive's reads, PyArrow's, trust the CA
         with psycopg.connect(dsn(env.database)) as conn:
             back = conn.execute("SELECT t::text FROM orders_unarchived t ORDER BY id").fetchall()
         assert back == february

@@ -1,0 +1,70 @@
+"""A batch into an Iceberg table, read and written in pieces while its transaction is open.
+
+Each batch is one snapshot, and each snapshot costs the same whatever its rows: a manifest, a manifest list and a
+metadata file written, and the catalog's commit. So an Iceberg batch is larger than a Parquet one (settings.py:
+100,000 rows by default), and to hold no more memory for it, its rows are not held whole: the batch's one DELETE
+... RETURNING streams them, and every `piece_rows` rows (or `piece_bytes` of them) become a piece that is parsed,
+sorted and written as the table's data files on a thread of its own while the next piece arrives. What the batch
+keeps is its data files' descriptions and what the ledger records of its rows (RowsSummary); the publisher then
+commits the files as one snapshot (iceberg_batches.publish_to_iceberg), in the same order as for a batch held
+whole. A failure or a kill before that COMMIT rolls the rows back and leaves the written files in no snapshot:
+orphans, which maintenance deletes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+
+from common.failpoints import failpoint
+from jobs.archive.batch_records import RowsSummary, WrittenRows
+from jobs.archive.copy_reads import PieceLimits, read_copy_pieces
+from jobs.archive.encoding import csv_to_table
+from jobs.archive.iceberg import IcebergTable
+from jobs.archive.objects import sort_batch
+from jobs.archive.table import Connection
+
+BETWEEN_PIECES = "archive.iceberg-between-pieces"
+
+
+class PieceWriter:
+    """Writes the pieces of the batches of one run (the lanes share it), each lane's pieces one at a time on its
+    own thread, beside the lane's reading of the next."""
+
+    def __init__(self, table: IcebergTable, lanes: int) -> None:
+        self.table = table
+        self._threads = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="archive-iceberg-write")
+
+    def capture(
+        self, conn: Connection, copy: psycopg.Copy, limits: PieceLimits, batch_id: str
+    ) -> tuple[WrittenRows, int]:
+        """Read the COPY's rows in pieces and write each as data files; what was written, and the rows' raw bytes.
+        At most two pieces are held at once: the one being written and the one arriving."""
+        info = self.table.info
+        data_files: list[Any] = []
+        summary, raw_bytes, written_bytes = RowsSummary(), 0, 0
+        writing: Future[list[Any]] | None = None
+        try:
+            for piece in read_copy_pieces(conn, copy, limits):
+                raw_bytes += len(piece)
+                rows = sort_batch(csv_to_table(piece, info.columns), info)
+                del piece
+                summary = summary.merged(RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0]))
+                if writing is not None:
+                    data_files += writing.result()
+                    failpoint(BETWEEN_PIECES)
+                writing = self._threads.submit(self.table.write_data_files, rows, batch_id)
+                del rows
+            if writing is not None:
+                data_files += writing.result()
+                writing = None
+        finally:
+            if writing is not None:  # leaving on an error: the piece in flight ends (its files are orphans)
+                writing.exception()
+        written_bytes = sum(int(f.file_size_in_bytes) for f in data_files)
+        return WrittenRows(data_files, summary, written_bytes), raw_bytes
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)

@@ -1,0 +1,78 @@
+"""An Iceberg batch read and written in pieces (iceberg_pieces.py): one snapshot per batch, its pieces' data files
+in it, and a run killed between two pieces of a batch leaves every one of its rows in PostgreSQL and none in the
+table, counted by DuckDB's iceberg extension."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import psycopg
+
+from jobs.archive.settings import Tuning
+from tests.integration.archive_helpers import dsn, ids_in_table
+from tests.integration.environments import ArchiveEnv
+from tests.integration.iceberg_helpers import (
+    duckdb_over_minio,
+    iceberg_catalog,
+    metadata_location,
+    setup_iceberg_archive,
+)
+from tests.integration.processes import run_until_failpoint
+from tests.integration.test_archive_crash import make_old_orders
+
+
+def counted(env: ArchiveEnv) -> tuple[int, int]:
+    found = (
+        duckdb_over_minio(env)
+        .execute(f"SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{metadata_location(env)}')")
+        .fetchone()
+    )
+    assert found is not None
+    return int(found[0]), int(found[1])
+
+
+def batch_snapshots(env: ArchiveEnv) -> list[dict[str, str]]:
+    snapshots = iceberg_catalog(env).load_table(("public", "orders")).snapshots()
+    return [dict(s.summary.additional_properties) | {"operation": str(s.summary.operation)} for s in snapshots]
+
+
+def test_a_batch_is_one_snapshot_of_its_pieces_files(archive_env: ArchiveEnv) -> None:
+    env = archive_env
+    make_old_orders(env.database, 330)
+    # A year partition: each piece of a batch writes one file, so a batch's snapshot adds a file per piece.
+    setup_iceberg_archive(env, batch={"rows": 50}, iceberg={"partitionBy": "year", "maintenance": {"enabled": False}})
+    assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
+    assert not ids_in_table(env.database)
+    assert counted(env) == (330, 330)
+
+    batches = [s for s in batch_snapshots(env) if s.get("cellar.batch-id")]
+    records = [int(s["added-records"]) for s in batches]
+    files = [int(s["added-data-files"]) for s in batches]
+    assert sum(records) == 330
+    assert max(records) == 50  # a whole batch: one snapshot, not one per piece
+    assert files == [math.ceil(r / 20) for r in records]
+    with psycopg.connect(dsn(env.database)) as conn:
+        ledger = conn.execute("SELECT sum(rows), count(*) FROM cellar.archive_ledger").fetchone()
+    assert ledger == (330, len(batches))  # one ledger row per snapshot, with the rows of all its pieces
+    last_run = env.status("TableArchive", "orders")["lastRun"]
+    assert (last_run["rows"], last_run["batches"], last_run["files"]) == (330, len(batches), sum(files))
+
+
+def test_a_run_killed_between_two_pieces_moves_nothing_and_the_next_moves_each_row_once(
+    archive_env: ArchiveEnv,
+) -> None:
+    env = archive_env
+    due = 30_000  # one lane, one batch of the default 100,000 rows: pieces of 25,000 and 5,000
+    make_old_orders(env.database, due)
+    setup_iceberg_archive(env, batch={"parallelism": 1})
+    job = run_until_failpoint("jobs.archive", env.kubeconfig, env.namespace, "orders", "archive.iceberg-between-pieces")
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    # The first piece's files are written, in no snapshot: its rows rolled back with the transaction.
+    assert len(ids_in_table(env.database)) == due
+    assert not [s for s in batch_snapshots(env) if s.get("cellar.batch-id")]
+
+    assert env.run() == 0
+    assert not ids_in_table(env.database)
+    assert counted(env) == (due, due)
