@@ -5,6 +5,7 @@ its figures (BatchResult) and a run's (RunTotals). Shared by the batches of rows
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +83,26 @@ def _greater(a: Any, b: Any) -> Any:
     return b if a is None or (b is not None and b > a) else a
 
 
-@dataclass(frozen=True)
 class WrittenRows:
-    """A batch's rows already written as data files of its Iceberg table, in no snapshot yet (a batch read and
-    written in pieces, iceberg_pieces.py); the rows themselves are no longer held."""
+    """A batch's rows written as data files of its Iceberg table, in no snapshot yet (a batch read and written in
+    pieces, iceberg_pieces.py); the rows themselves are no longer held. The last piece may still be being written
+    when the batch is handed to its publisher: data_files() waits for it."""
 
-    data_files: list[Any]
-    summary: RowsSummary
-    bytes: int
+    def __init__(
+        self, written: list[Any], last: Future[list[Any]] | None, summary: RowsSummary, pieces: int, interleaved: bool
+    ) -> None:
+        self._written = written
+        self._last = last
+        self.summary = summary
+        self.pieces = pieces
+        self.interleaved = interleaved  # a piece held rows of a partition an earlier piece had passed
+
+    def data_files(self) -> list[Any]:
+        """Every piece's data files, once the last piece's are written (raises the failure of its writing)."""
+        if self._last is not None:
+            last, self._last = self._last, None
+            self._written = self._written + last.result()
+        return self._written
 
 
 @dataclass

@@ -28,7 +28,7 @@ from common.errors import CommitInDoubt
 from common.failpoints import failpoint
 from common.storage import ObjectStore
 from jobs.archive import ledger
-from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
+from jobs.archive.batch_records import BatchResult, CapturedBatch, WrittenRows, rollback_quietly
 from jobs.archive.copy_reads import PieceLimits, read_copy
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
 from jobs.archive.iceberg import IcebergTable
@@ -180,11 +180,13 @@ class BatchWorker:
         try:
             sql_settings(conn, settings, self.info)
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                written, raw_bytes = self._pieces_written.capture(conn, copy, limits, batch_id)
+                written, raw_bytes = self._pieces_written.capture(conn, copy, limits, batch_id, settings.partitioning)
             if written.summary.rows == 0:
                 conn.rollback()
                 return None
             self.live.shrink_for(raw_bytes)
+            if written.interleaved:
+                self._one_piece_a_batch(limits.rows, written)
             lane.resume_from = written.summary.max_ts
             lane.until = aligned_batch_end(
                 written.summary.min_ts, lane.resume_from, written.summary.rows, batch_rows, settings.partitioning
@@ -193,6 +195,17 @@ class BatchWorker:
         except BaseException:
             rollback_quietly(conn)
             raise
+
+    def _one_piece_a_batch(self, rows: int, written: WrittenRows) -> None:
+        """The table returned a batch's rows out of time order (a partitioned table's rows come by key), so its
+        pieces wrote files of the same partitions again: from here on a batch is one piece, its files one per
+        partition, as Parquet mode's are."""
+        if self.live.batch_rows > rows:
+            log.info(
+                "the table returns a batch's rows out of time order: Iceberg batches of one piece from here on",
+                extra={"batch_rows": rows, "pieces": written.pieces},
+            )
+        self.live.limit_rows(rows)
 
     def publish(self, captured: CapturedBatch) -> BatchResult:
         """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""

@@ -73,7 +73,7 @@ def publish_to_iceberg(
     summary = written.summary if written is not None else summary_of(table, captured.rows)
     try:
         if written is not None:  # read and written in pieces while the transaction was open
-            appended = table.commit_files(written.data_files, batch_id, run_id)
+            appended = table.commit_files(written.data_files(), batch_id, run_id)
         else:
             appended = table.append(captured.rows, batch_id, run_id)
         entry = snapshot_entry(table, batch_id, appended, summary)

@@ -23,6 +23,7 @@ from jobs.archive.batch_records import RowsSummary, WrittenRows
 from jobs.archive.copy_reads import PieceLimits, read_copy_pieces
 from jobs.archive.encoding import csv_to_table
 from jobs.archive.iceberg import IcebergTable
+from jobs.archive.lanes import as_utc, period_start
 from jobs.archive.objects import sort_batch
 from jobs.archive.table import Connection
 
@@ -35,36 +36,50 @@ class PieceWriter:
 
     def __init__(self, table: IcebergTable, lanes: int) -> None:
         self.table = table
-        self._threads = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="archive-iceberg-write")
+        # Two a lane: a batch's last piece may still be written while the lane's next batch writes its first.
+        self._threads = ThreadPoolExecutor(max_workers=2 * max(1, lanes), thread_name_prefix="archive-iceberg-write")
 
     def capture(
-        self, conn: Connection, copy: psycopg.Copy, limits: PieceLimits, batch_id: str
+        self, conn: Connection, copy: psycopg.Copy, limits: PieceLimits, batch_id: str, partitioning: str
     ) -> tuple[WrittenRows, int]:
-        """Read the COPY's rows in pieces and write each as data files; what was written, and the rows' raw bytes.
-        At most two pieces are held at once: the one being written and the one arriving."""
+        """Read the COPY's rows in pieces and write each as data files; what was written (its last piece possibly
+        still being written: the lane goes on to its next batch meanwhile), and the rows' raw bytes. A lane holds
+        at most two pieces at once besides a last piece being written: the one being written and the one
+        arriving."""
         info = self.table.info
         data_files: list[Any] = []
-        summary, raw_bytes, written_bytes = RowsSummary(), 0, 0
+        summary, raw_bytes, pieces, interleaved = RowsSummary(), 0, 0, False
         writing: Future[list[Any]] | None = None
         try:
             for piece in read_copy_pieces(conn, copy, limits):
                 raw_bytes += len(piece)
+                pieces += 1
                 rows = sort_batch(csv_to_table(piece, info.columns), info)
                 del piece
-                summary = summary.merged(RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0]))
+                rows_summary = RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0])
+                interleaved = interleaved or _interleaved(summary, rows_summary, partitioning)
+                summary = summary.merged(rows_summary)
                 if writing is not None:
                     data_files += writing.result()
                     failpoint(BETWEEN_PIECES)
                 writing = self._threads.submit(self.table.write_data_files, rows, batch_id)
                 del rows
-            if writing is not None:
-                data_files += writing.result()
-                writing = None
-        finally:
-            if writing is not None:  # leaving on an error: the piece in flight ends (its files are orphans)
+        except BaseException:
+            if writing is not None:  # the piece in flight ends (its files are orphans) before the rollback
                 writing.exception()
-        written_bytes = sum(int(f.file_size_in_bytes) for f in data_files)
-        return WrittenRows(data_files, summary, written_bytes), raw_bytes
+            raise
+        return WrittenRows(data_files, writing, summary, pieces, interleaved), raw_bytes
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
+
+
+def _interleaved(before: RowsSummary, piece: RowsSummary, partitioning: str) -> bool:
+    """Whether `piece` holds rows of a partition older than the newest one the pieces `before` it reached: rows
+    that arrive in time order (a table's rows as they lie on disk, mostly) split at most the partition at the edge
+    between two pieces; rows out of order (a partitioned table's come by key) would have each piece write files of
+    the same partitions again."""
+    newest, oldest = as_utc(before.max_ts), as_utc(piece.min_ts)
+    if not before.rows or newest is None or oldest is None or partitioning == "None":
+        return False
+    return period_start(oldest, partitioning) < period_start(newest, partitioning)

@@ -76,3 +76,24 @@ def test_a_run_killed_between_two_pieces_moves_nothing_and_the_next_moves_each_r
     assert env.run() == 0
     assert not ids_in_table(env.database)
     assert counted(env) == (due, due)
+
+
+def test_rows_returned_out_of_time_order_make_batches_of_one_piece(archive_env: ArchiveEnv) -> None:
+    """Rows whose order on disk interleaves ten days: a batch's pieces would each write files of the same days, so
+    after the first batch the run takes batches of one piece (files one per day and batch, as in Parquet mode)."""
+    env = archive_env
+    with psycopg.connect(dsn(env.database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
+        conn.execute(
+            "INSERT INTO orders SELECT g, now() - interval '400 days' + (g % 10) * interval '1 day' "
+            "+ g * interval '1 second', 'old' FROM generate_series(1, 300) g"
+        )
+    setup_iceberg_archive(
+        env, batch={"rows": 50, "parallelism": 1}, iceberg={"partitionBy": "day", "maintenance": {"enabled": False}}
+    )
+    assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
+    assert counted(env) == (300, 300)
+    records = [int(s["added-records"]) for s in batch_snapshots(env) if s.get("cellar.batch-id")]
+    assert records[0] == 50  # the first batch, in three pieces, found the rows out of order
+    assert sum(records) == 300
+    assert max(records[1:]) <= 20  # from then on, a piece a batch

@@ -11,7 +11,7 @@ from common.errors import InvalidSpec
 from common.secrets import StorageCredentials
 from jobs.archive.iceberg_catalog import file_io_properties, table_location
 from jobs.archive.iceberg_rest import RestCredentials, rest_catalog_properties
-from jobs.archive.settings import parse_archive_spec
+from jobs.archive.settings import DEFAULT_TUNING, parse_archive_spec
 from tests.unit.test_archive_pure import SPEC
 
 
@@ -307,3 +307,12 @@ def test_the_s3_file_io_reads_metadata_with_cellars_client_and_starts_arrows_s3_
     data = io.new_input(data_file)
     assert type(data) is PyArrowFile
     assert made().currsize == 2
+
+
+def test_an_iceberg_batch_defaults_to_a_snapshot_of_100000_rows_and_a_set_size_is_kept() -> None:
+    """A batch is a snapshot: Iceberg batches default larger (read in pieces of Parquet's 25,000 rows)."""
+    assert parse_archive_spec(SPEC).batch_rows == 25_000
+    iceberg = parse_archive_spec({**SPEC, "format": "Iceberg"})
+    assert iceberg.batch_rows == 100_000
+    assert DEFAULT_TUNING.iceberg_piece_rows == 25_000
+    assert parse_archive_spec({**SPEC, "format": "Iceberg", "batch": {"rows": 500}}).batch_rows == 500
