@@ -55,7 +55,7 @@ def read_copy_pieces(conn: Connection, copy: psycopg.Copy, limits: PieceLimits) 
     """The data of a COPY TO in pieces of whole rows: a piece ends once it holds `limits.rows` rows or
     `limits.bytes` bytes. The server sends one message per row, so a piece never cuts a row (a CSV row may hold
     line breaks); rows libpq has buffered are taken directly, as read_copy takes them."""
-    pgconn = conn.pgconn
+    pgconn, most_rows, most_bytes = conn.pgconn, limits.rows, limits.bytes
     piece, rows = bytearray(), 0
     while True:
         size, buffered = pgconn.get_copy_data(1)
@@ -70,8 +70,9 @@ def read_copy_pieces(conn: Connection, copy: psycopg.Copy, limits: PieceLimits) 
                 break
             piece += waited
         rows += 1
-        if rows >= limits.rows or len(piece) >= limits.bytes:
-            yield piece
-            piece, rows = bytearray(), 0
+        if rows < most_rows and len(piece) < most_bytes:
+            continue
+        yield piece
+        piece, rows = bytearray(), 0
     if piece:
         yield piece

@@ -4,11 +4,16 @@ Each batch is one snapshot, and each snapshot costs the same whatever its rows: 
 metadata file written, and the catalog's commit. So an Iceberg batch is larger than a Parquet one (settings.py:
 100,000 rows by default), and to hold no more memory for it, its rows are not held whole: the batch's one DELETE
 ... RETURNING streams them, and every `piece_rows` rows (or `piece_bytes` of them) become a piece that is parsed,
-sorted and written as the table's data files on a thread of its own while the next piece arrives. What the batch
-keeps is its data files' descriptions and what the ledger records of its rows (RowsSummary); the publisher then
-commits the files as one snapshot (iceberg_batches.publish_to_iceberg), in the same order as for a batch held
-whole. A failure or a kill before that COMMIT rolls the rows back and leaves the written files in no snapshot:
-orphans, which maintenance deletes.
+sorted and written as the table's data files on a thread of its own while the next piece arrives. The last piece
+is still being written when the lane hands the batch to its publisher and takes its next batch; the publisher
+waits for it, then commits the files as one snapshot (iceberg_batches.publish_to_iceberg), in the same order as
+for a batch held whole. A failure or a kill before that COMMIT rolls the rows back and leaves the written files
+in no snapshot: orphans, which maintenance deletes.
+
+Pieces pay only when the rows arrive in time order (a table's rows mostly lie on disk in the order they were
+written): rows out of order would have each piece write files of the same partitions again. A piece that reaches
+back before a partition an earlier piece passed marks its batch interleaved, and the run's later batches are one
+piece each (batches.BatchWorker._one_piece_a_batch).
 """
 
 from __future__ import annotations
