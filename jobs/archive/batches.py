@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
-from psycopg import sql
 
 from common.encryption import encrypt_bytes
 from common.errors import CommitInDoubt
@@ -145,53 +144,38 @@ class BatchWorker:
         statement = copy_out(
             batch_query(BatchPlan(settings, self.info, self.cutoff, self.tuning), batch_rows, self.watermark, lane)
         )
-        began = time.monotonic()
-        if self._pieces_written is not None:
-            return self._capture_in_pieces(conn, lane, statement, batch_rows, began)
+        began, batch_id = time.monotonic(), str(uuid.uuid4())
         try:
             sql_settings(conn, settings, self.info)
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                data = read_copy(conn, copy)
-            table = sort_batch(csv_to_table(data, self.info.columns), self.info)
-            if table.num_rows == 0:
-                conn.rollback()
-                return None
-            self.live.shrink_for(len(data))
-            if settings.mode == "Move":
+                if self._pieces_written is None:
+                    data = read_copy(conn, copy)
+                else:  # an Iceberg batch: read and written as data files piece by piece (iceberg_pieces.py)
+                    limits = PieceLimits(
+                        min(batch_rows, self.tuning.iceberg_piece_rows), self.tuning.iceberg_piece_bytes
+                    )
+                    written, raw_bytes = self._pieces_written.capture(
+                        conn, copy, limits, batch_id, settings.partitioning
+                    )
+            if self._pieces_written is None:
+                table = sort_batch(csv_to_table(data, self.info.columns), self.info)
                 stamps = table.column(self.info.timestamp_column.name)
-                lane.resume_from = stamps[-1].as_py()
-                lane.until = aligned_batch_end(
-                    stamps[0].as_py(), lane.resume_from, table.num_rows, batch_rows, settings.partitioning
-                )
-            return CapturedBatch(conn, str(uuid.uuid4()), began, table)
-        except BaseException:
-            rollback_quietly(conn)
-            raise
-
-    def _capture_in_pieces(
-        self, conn: Connection, lane: Lane, statement: sql.Composed, batch_rows: int, began: float
-    ) -> CapturedBatch | None:
-        """An Iceberg batch (Move mode): its rows deleted, read and written as data files piece by piece
-        (iceberg_pieces.py), in the transaction left open for the publisher's commit."""
-        assert self._pieces_written is not None
-        settings = self.live.settings
-        limits = PieceLimits(min(batch_rows, self.tuning.iceberg_piece_rows), self.tuning.iceberg_piece_bytes)
-        batch_id = str(uuid.uuid4())
-        try:
-            sql_settings(conn, settings, self.info)
-            with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                written, raw_bytes = self._pieces_written.capture(conn, copy, limits, batch_id, settings.partitioning)
-            if written.summary.rows == 0:
+                captured = CapturedBatch(conn, batch_id, began, table)
+                rows, raw_bytes = table.num_rows, len(data)
+                first, last = (stamps[0].as_py(), stamps[-1].as_py()) if rows else (None, None)
+            else:
+                captured = CapturedBatch(conn, batch_id, began, None, written)
+                rows, first, last = written.summary.rows, written.summary.min_ts, written.summary.max_ts
+                if written.interleaved:
+                    self._one_piece_a_batch(limits.rows, written)
+            if rows == 0:
                 conn.rollback()
                 return None
             self.live.shrink_for(raw_bytes)
-            if written.interleaved:
-                self._one_piece_a_batch(limits.rows, written)
-            lane.resume_from = written.summary.max_ts
-            lane.until = aligned_batch_end(
-                written.summary.min_ts, lane.resume_from, written.summary.rows, batch_rows, settings.partitioning
-            )
-            return CapturedBatch(conn, batch_id, began, None, written)
+            if settings.mode == "Move":
+                lane.resume_from = last
+                lane.until = aligned_batch_end(first, last, rows, batch_rows, settings.partitioning)
+            return captured
         except BaseException:
             rollback_quietly(conn)
             raise

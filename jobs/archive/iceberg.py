@@ -332,14 +332,14 @@ class IcebergTable:
         from jobs.archive.iceberg_io import whole_file_reads
 
         table = self.load()
-        io = table.io
+        io, reads = table.io, whole_file_reads(table.io)
         pieces = []
         for manifest in snapshot.manifests(io):
             if manifest.added_snapshot_id != snapshot.snapshot_id:
                 continue
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
                 if entry.status == ManifestEntryStatus.ADDED and entry.snapshot_id == snapshot.snapshot_id:
-                    with whole_file_reads(io).new_input(entry.data_file.file_path).open() as stream:
+                    with reads.new_input(entry.data_file.file_path).open() as stream:
                         pieces.append(pq.read_table(stream, columns=columns))
         if not pieces:
             return pa.table({name: pa.array([], pa.string()) for name in columns})

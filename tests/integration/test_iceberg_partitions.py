@@ -29,10 +29,11 @@ BEFORE_COMMIT = "FAILPOINT archive.partition-before-commit"
 KILLS = 54  # the issue asks for at least 50 per mode
 
 
-def counted_in_duckdb(env: ArchiveEnv) -> tuple[int, int]:
+def counted_in_duckdb(env: ArchiveEnv, table: str = "events") -> tuple[int, int]:
+    """(rows, distinct ids) of the Iceberg table, counted by DuckDB."""
     found = (
         duckdb_over_minio(env)
-        .execute(f"SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{metadata_location(env, table='events')}')")
+        .execute(f"SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{metadata_location(env, table=table)}')")
         .fetchone()
     )
     assert found is not None

@@ -12,24 +12,10 @@ import psycopg
 from jobs.archive.settings import Tuning
 from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
-from tests.integration.iceberg_helpers import (
-    duckdb_over_minio,
-    iceberg_catalog,
-    metadata_location,
-    setup_iceberg_archive,
-)
+from tests.integration.iceberg_helpers import iceberg_catalog, setup_iceberg_archive
 from tests.integration.processes import run_until_failpoint
 from tests.integration.test_archive_crash import make_old_orders
-
-
-def counted(env: ArchiveEnv) -> tuple[int, int]:
-    found = (
-        duckdb_over_minio(env)
-        .execute(f"SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{metadata_location(env)}')")
-        .fetchone()
-    )
-    assert found is not None
-    return int(found[0]), int(found[1])
+from tests.integration.test_iceberg_partitions import counted_in_duckdb
 
 
 def batch_snapshots(env: ArchiveEnv) -> list[dict[str, str]]:
@@ -44,7 +30,7 @@ def test_a_batch_is_one_snapshot_of_its_pieces_files(archive_env: ArchiveEnv) ->
     setup_iceberg_archive(env, batch={"rows": 50}, iceberg={"partitionBy": "year", "maintenance": {"enabled": False}})
     assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
     assert not ids_in_table(env.database)
-    assert counted(env) == (330, 330)
+    assert counted_in_duckdb(env, "orders") == (330, 330)
 
     batches = [s for s in batch_snapshots(env) if s.get("cellar.batch-id")]
     records = [int(s["added-records"]) for s in batches]
@@ -75,7 +61,7 @@ def test_a_run_killed_between_two_pieces_moves_nothing_and_the_next_moves_each_r
 
     assert env.run() == 0
     assert not ids_in_table(env.database)
-    assert counted(env) == (due, due)
+    assert counted_in_duckdb(env, "orders") == (due, due)
 
 
 def test_rows_returned_out_of_time_order_make_batches_of_one_piece(archive_env: ArchiveEnv) -> None:
@@ -92,7 +78,7 @@ def test_rows_returned_out_of_time_order_make_batches_of_one_piece(archive_env: 
         env, batch={"rows": 50, "parallelism": 1}, iceberg={"partitionBy": "day", "maintenance": {"enabled": False}}
     )
     assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
-    assert counted(env) == (300, 300)
+    assert counted_in_duckdb(env, "orders") == (300, 300)
     records = [int(s["added-records"]) for s in batch_snapshots(env) if s.get("cellar.batch-id")]
     assert records[0] == 50  # the first batch, in three pieces, found the rows out of order
     assert sum(records) == 300
