@@ -85,20 +85,17 @@ def _greater(a: Any, b: Any) -> Any:
 
 class WrittenRows:
     """A batch's rows written as data files of its Iceberg table, in no snapshot yet (a batch read and written in
-    pieces, iceberg_pieces.py); the rows themselves are no longer held. The last piece may still be being written
+    pieces, iceberg_pieces.py); the rows themselves are no longer held. The last file may still be being finished
     when the batch is handed to its publisher: data_files() waits for it."""
 
-    def __init__(
-        self, written: list[Any], last: Future[list[Any]] | None, summary: RowsSummary, pieces: int, interleaved: bool
-    ) -> None:
+    def __init__(self, written: list[Any], last: Future[list[Any]] | None, summary: RowsSummary, pieces: int) -> None:
         self._written = written
         self._last = last
         self.summary = summary
         self.pieces = pieces
-        self.interleaved = interleaved  # a piece held rows of a partition an earlier piece had passed
 
     def data_files(self) -> list[Any]:
-        """Every piece's data files, once the last piece's are written (raises the failure of its writing)."""
+        """Every data file of the batch, once the last is finished (raises the failure of its writing)."""
         if self._last is not None:
             last, self._last = self._last, None
             self._written = self._written + last.result()

@@ -16,22 +16,23 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 
 from common.encryption import encrypt_bytes
 from common.errors import CommitInDoubt
 from common.failpoints import failpoint
 from common.storage import ObjectStore
 from jobs.archive import ledger
-from jobs.archive.batch_records import BatchResult, CapturedBatch, WrittenRows, rollback_quietly
-from jobs.archive.copy_reads import PieceLimits, read_copy
+from jobs.archive.batch_records import BatchResult, CapturedBatch, rollback_quietly
+from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import csv_to_table, encode, key_range, repeating_columns
 from jobs.archive.iceberg import IcebergTable
-from jobs.archive.iceberg_pieces import PieceWriter
+from jobs.archive.iceberg_pieces import PieceLimits, PieceWriter
 from jobs.archive.lanes import Lane, aligned_batch_end, jsonable
 from jobs.archive.manifest import ArchivedObject, BatchManifest
 from jobs.archive.objects import (
@@ -141,33 +142,31 @@ class BatchWorker:
 
     def _capture_once(self, conn: Connection, lane: Lane) -> CapturedBatch | None:
         settings, batch_rows = self.live.snapshot()  # one batch, one version of the settings
-        statement = copy_out(
-            batch_query(BatchPlan(settings, self.info, self.cutoff, self.tuning), batch_rows, self.watermark, lane)
-        )
+        plan = BatchPlan(settings, self.info, self.cutoff, self.tuning)
         began, batch_id = time.monotonic(), str(uuid.uuid4())
         try:
             sql_settings(conn, settings, self.info)
-            with conn.cursor() as cursor, cursor.copy(statement) as copy:
-                if self._pieces_written is None:
-                    data = read_copy(conn, copy)
-                else:  # an Iceberg batch: read and written as data files piece by piece (iceberg_pieces.py)
-                    limits = PieceLimits(
-                        min(batch_rows, self.tuning.iceberg_piece_rows), self.tuning.iceberg_piece_bytes
-                    )
-                    written, raw_bytes = self._pieces_written.capture(
-                        conn, copy, limits, batch_id, settings.partitioning
-                    )
             if self._pieces_written is None:
+                with (
+                    conn.cursor() as cursor,
+                    cursor.copy(copy_out(batch_query(plan, batch_rows, self.watermark, lane))) as copy,
+                ):
+                    data = read_copy(conn, copy)
                 table = sort_batch(csv_to_table(data, self.info.columns), self.info)
                 stamps = table.column(self.info.timestamp_column.name)
                 captured = CapturedBatch(conn, batch_id, began, table)
                 rows, raw_bytes = table.num_rows, len(data)
                 first, last = (stamps[0].as_py(), stamps[-1].as_py()) if rows else (None, None)
-            else:
+            else:  # an Iceberg batch: deleted and written as data files piece by piece (iceberg_pieces.py)
+
+                def piece(resume_from: object, rows: int) -> sql.Composed:
+                    from_there = replace(lane, resume_from=resume_from) if resume_from is not None else lane
+                    return copy_out(batch_query(plan, rows, self.watermark, from_there))
+
+                limits = PieceLimits(self.tuning.iceberg_piece_rows, self.tuning.iceberg_piece_bytes)
+                written, raw_bytes = self._pieces_written.capture(conn, piece, batch_rows, limits, batch_id)
                 captured = CapturedBatch(conn, batch_id, began, None, written)
                 rows, first, last = written.summary.rows, written.summary.min_ts, written.summary.max_ts
-                if written.interleaved:
-                    self._one_piece_a_batch(limits.rows, written)
             if rows == 0:
                 conn.rollback()
                 return None
@@ -179,17 +178,6 @@ class BatchWorker:
         except BaseException:
             rollback_quietly(conn)
             raise
-
-    def _one_piece_a_batch(self, rows: int, written: WrittenRows) -> None:
-        """The table returned a batch's rows out of time order (a partitioned table's rows come by key), so its
-        pieces wrote files of the same partitions again: from here on a batch is one piece, its files one per
-        partition, as Parquet mode's are."""
-        if self.live.batch_rows > rows:
-            log.info(
-                "the table returns a batch's rows out of time order: Iceberg batches of one piece from here on",
-                extra={"batch_rows": rows, "pieces": written.pieces},
-            )
-        self.live.limit_rows(rows)
 
     def publish(self, captured: CapturedBatch) -> BatchResult:
         """Encode, upload and verify the batch's objects, record them in the ledger, COMMIT."""

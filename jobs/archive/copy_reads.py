@@ -1,10 +1,6 @@
-"""The rows of a COPY TO, read from libpq as they arrive: all of them (read_copy), or in pieces of whole rows
-(read_copy_pieces, for a batch written as it is read)."""
+"""The rows of a COPY TO, read from libpq as they arrive."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg
 
@@ -43,36 +39,3 @@ def finish_copy_out(conn: Connection) -> None:
         raise psycopg.OperationalError("the COPY ended without a result")
     if results[0].status != psycopg.pq.ExecStatus.COMMAND_OK:
         raise psycopg.errors.error_from_result(results[0], encoding=conn.info.encoding)
-
-
-@dataclass(frozen=True)
-class PieceLimits:
-    rows: int
-    bytes: int
-
-
-def read_copy_pieces(conn: Connection, copy: psycopg.Copy, limits: PieceLimits) -> Iterator[bytearray]:
-    """The data of a COPY TO in pieces of whole rows: a piece ends once it holds `limits.rows` rows or
-    `limits.bytes` bytes. The server sends one message per row, so a piece never cuts a row (a CSV row may hold
-    line breaks); rows libpq has buffered are taken directly, as read_copy takes them."""
-    pgconn, most_rows, most_bytes = conn.pgconn, limits.rows, limits.bytes
-    piece, rows = bytearray(), 0
-    while True:
-        size, buffered = pgconn.get_copy_data(1)
-        if size > 0:
-            piece += buffered
-        elif size < 0:  # the end was buffered too: take the COPY's result, as psycopg's read would
-            finish_copy_out(conn)
-            break
-        else:
-            waited = copy.read()  # nothing buffered
-            if not waited:
-                break
-            piece += waited
-        rows += 1
-        if rows < most_rows and len(piece) < most_bytes:
-            continue
-        yield piece
-        piece, rows = bytearray(), 0
-    if piece:
-        yield piece

@@ -24,7 +24,7 @@ from jobs.archive.iceberg_catalog import CatalogAccess, catalog_failures, open_c
 from jobs.archive.iceberg_commits import fast_append
 from jobs.archive.iceberg_schema import evolve, plan_changes, refusal
 from jobs.archive.iceberg_settings import IcebergSettings
-from jobs.archive.iceberg_writes import DataFileWriter
+from jobs.archive.iceberg_writes import DataFileWriter, PieceFiles
 from jobs.archive.layout import TRANSFORMS, LayoutChoice
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.table import TableInfo
@@ -241,9 +241,27 @@ class IcebergTable:
         return self.commit_files(self.write_data_files(rows, batch_id), batch_id, run_id)
 
     def write_data_files(self, rows: pa.Table, batch_id: str) -> list[Any]:
-        """`rows` written as data files of the table, in no snapshot yet (commit_files adds them to one)."""
+        """`rows` written as data files of the table, in no snapshot yet (commit_files adds them to one). Written
+        once; each commit attempt commits the same list (the two-stage write PyIceberg's Transaction.append
+        documents for retried commits)."""
         with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
-            return self._write_data_files(rows)
+            table = self._writing_table()
+            return self._writing.writer.write(table.io, rows)  # type: ignore[no-any-return]
+
+    def piece_files(self) -> PieceFiles:
+        """The data files of a batch whose rows come a piece at a time (write_piece, finish_pieces)."""
+        table = self._writing_table()
+        return PieceFiles(self._writing.writer, table.io)
+
+    def write_piece(self, files: PieceFiles, rows: pa.Table, batch_id: str) -> list[Any]:
+        """A piece of a batch's rows added to its data files; the files the piece finished, in no snapshot yet."""
+        with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
+            return files.write(rows)
+
+    def finish_pieces(self, files: PieceFiles, batch_id: str) -> list[Any]:
+        """The batch's last data file, finished after its last piece."""
+        with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
+            return files.close()
 
     def commit_files(self, data_files: list[Any], batch_id: str, run_id: str) -> AppendedSnapshot:
         """Commit `data_files` as one snapshot whose summary names the batch and the run."""
@@ -253,26 +271,18 @@ class IcebergTable:
         with self._appending, catalog_failures(self.iceberg, f"failed the commit of batch {batch_id}"):
             return self._commit(data_files, batch_id, properties)
 
-    def _write_data_files(self, rows: pa.Table) -> list[Any]:
-        """The batch's Parquet data files, written under the table's location (iceberg_writes.py), not yet in any
-        snapshot: files of a batch whose commit never happens are orphans, which maintenance removes."""
-        from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible
-
-        # Only the table's schema, partition spec, location and properties matter here, so each lane writes with
-        # the table as it first loaded it. Its own copy: PyIceberg caches in the metadata object as it reads it,
-        # and a commit copies the committing table's metadata, which must not change meanwhile.
+    def _writing_table(self) -> Any:
+        """The table as this thread's writes see it. Data files are written under the table's location
+        (iceberg_writes.py), in no snapshot until a commit: files of a batch whose commit never happens are
+        orphans, which maintenance removes. Only the table's schema, partition spec, location and properties
+        matter to them, so each thread writes with the table as it first loaded it. Its own copy: PyIceberg caches
+        in the metadata object as it reads it, and a commit copies the committing table's metadata, which must not
+        change meanwhile."""
         table = getattr(self._writing, "table", None)
         if table is None:
             table = self._writing.table = self.load()
             self._writing.writer = DataFileWriter(table.metadata)
-        metadata = table.metadata
-        _check_pyarrow_schema_compatible(
-            metadata.schema(), provided_schema=rows.schema, format_version=metadata.format_version
-        )
-        # Written once; each commit attempt commits the same list (the two-stage write PyIceberg's
-        # Transaction.append documents for retried commits).
-        writer: DataFileWriter = self._writing.writer
-        return writer.write(table.io, rows)
+        return table
 
     def _commit(self, data_files: list[Any], batch_id: str, properties: dict[str, str]) -> AppendedSnapshot:
         from pyiceberg.exceptions import CommitFailedException

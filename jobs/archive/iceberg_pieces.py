@@ -2,89 +2,110 @@
 
 Each batch is one snapshot, and each snapshot costs the same whatever its rows: a manifest, a manifest list and a
 metadata file written, and the catalog's commit. So an Iceberg batch is larger than a Parquet one (settings.py:
-100,000 rows by default), and to hold no more memory for it, its rows are not held whole: the batch's one DELETE
-... RETURNING streams them, and every `piece_rows` rows (or `piece_bytes` of them) become a piece that is parsed,
-sorted and written as the table's data files on a thread of its own while the next piece arrives. The last piece
-is still being written when the lane hands the batch to its publisher and takes its next batch; the publisher
-waits for it, then commits the files as one snapshot (iceberg_batches.publish_to_iceberg), in the same order as
-for a batch held whole. A failure or a kill before that COMMIT rolls the rows back and leaves the written files
-in no snapshot: orphans, which maintenance deletes.
+100,000 rows by default), and to hold no more memory for it, its rows are not held whole. The batch's transaction
+deletes them a piece at a time (`piece_rows` each), one DELETE ... RETURNING after another, each taking the oldest
+rows due from where the one before ended (the newest timestamp it took), as a lane's batches follow each other. A
+statement returns its rows in the order it deleted them, which is the order of their pages on disk, not time (rows
+archived leave room that later rows fill; a partitioned table's come by key); one statement per piece keeps the
+pieces themselves in time order, so a partition splits at most at the edge between two pieces, and its data file
+goes on across that edge (iceberg_writes.PieceFiles). A batch of four pieces within one month is one file.
 
-Pieces pay only when the rows arrive in time order (a table's rows mostly lie on disk in the order they were
-written): rows out of order would have each piece write files of the same partitions again. A piece that reaches
-back before a partition an earlier piece passed marks its batch interleaved, and the run's later batches are one
-piece each (batches.BatchWorker._one_piece_a_batch).
+Each piece is parsed, sorted and added to the batch's files on a thread of its own while the next is deleted and
+read. The last file is still being finished when the lane hands the batch to its publisher and takes its next
+batch; the publisher waits for it, then commits the files as one snapshot (iceberg_batches.publish_to_iceberg), in
+the same order as for a batch held whole. A failure or a kill before that COMMIT rolls the rows back and leaves
+the files sent so far in no snapshot: orphans, which maintenance deletes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import psycopg
+from psycopg import sql
 
 from common.failpoints import failpoint
 from jobs.archive.batch_records import RowsSummary, WrittenRows
-from jobs.archive.copy_reads import PieceLimits, read_copy_pieces
+from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import csv_to_table
 from jobs.archive.iceberg import IcebergTable
-from jobs.archive.lanes import as_utc, period_start
+from jobs.archive.iceberg_writes import PieceFiles
 from jobs.archive.objects import sort_batch
 from jobs.archive.table import Connection
 
 BETWEEN_PIECES = "archive.iceberg-between-pieces"
 
+# The statement that deletes a piece: up to `rows` of the rows due from `resume_from` (a timestamp; None: from
+# where the lane stands), returning them as CSV.
+PieceStatement = Callable[[object, int], sql.Composed]
+
+
+@dataclass(frozen=True)
+class PieceLimits:
+    rows: int  # a piece's rows (tuning.iceberg_piece_rows)
+    bytes: int  # pieces whose raw rows exceed this make the next ones smaller
+
 
 class PieceWriter:
-    """Writes the pieces of the batches of one run (the lanes share it), each lane's pieces one at a time on its
-    own thread, beside the lane's reading of the next."""
+    """Writes the pieces of the batches of one run (the lanes share it), each lane's pieces one at a time on a
+    thread of their own, beside the lane's reading of the next."""
 
     def __init__(self, table: IcebergTable, lanes: int) -> None:
         self.table = table
-        # Two a lane: a batch's last piece may still be written while the lane's next batch writes its first.
-        self._threads = ThreadPoolExecutor(max_workers=2 * max(1, lanes), thread_name_prefix="archive-iceberg-write")
+        # Three a lane: a batch's last piece may still be written (and its last file wait to be finished after
+        # it) while the lane's next batch writes its first.
+        self._threads = ThreadPoolExecutor(max_workers=3 * max(1, lanes), thread_name_prefix="archive-iceberg-write")
 
     def capture(
-        self, conn: Connection, copy: psycopg.Copy, limits: PieceLimits, batch_id: str, partitioning: str
+        self, conn: Connection, statement: PieceStatement, batch_rows: int, limits: PieceLimits, batch_id: str
     ) -> tuple[WrittenRows, int]:
-        """Read the COPY's rows in pieces and write each as data files; what was written (its last piece possibly
-        still being written: the lane goes on to its next batch meanwhile), and the rows' raw bytes. A lane holds
-        at most two pieces at once besides a last piece being written: the one being written and the one
+        """Delete the batch's rows a piece at a time and write them as data files; what was written (its last file
+        possibly still being finished: the lane goes on to its next batch meanwhile), and the rows' raw bytes. A
+        lane holds at most two pieces at once besides the batch's open file: the one being written and the one
         arriving."""
         info = self.table.info
+        files = self.table.piece_files()
         data_files: list[Any] = []
-        summary, raw_bytes, pieces, interleaved = RowsSummary(), 0, 0, False
+        summary, raw_bytes, pieces, piece_rows = RowsSummary(), 0, 0, limits.rows
         writing: Future[list[Any]] | None = None
         try:
-            for piece in read_copy_pieces(conn, copy, limits):
+            while summary.rows < batch_rows:
+                wanted = min(piece_rows, batch_rows - summary.rows)
+                with conn.cursor() as cursor, cursor.copy(statement(summary.max_ts, wanted)) as copy:
+                    piece = read_copy(conn, copy)
+                if not piece:
+                    break
                 raw_bytes += len(piece)
                 pieces += 1
+                if len(piece) > limits.bytes:  # wide rows: the next pieces take fewer
+                    piece_rows = max(1, piece_rows * limits.bytes // len(piece))
                 rows = sort_batch(csv_to_table(piece, info.columns), info)
                 del piece
-                rows_summary = RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0])
-                interleaved = interleaved or _interleaved(summary, rows_summary, partitioning)
-                summary = summary.merged(rows_summary)
+                summary = summary.merged(RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0]))
                 if writing is not None:
                     data_files += writing.result()
                     failpoint(BETWEEN_PIECES)
-                writing = self._threads.submit(self.table.write_data_files, rows, batch_id)
+                writing = self._threads.submit(self.table.write_piece, files, rows, batch_id)
+                if rows.num_rows < wanted:  # no more due in the lane (or the rest held locked)
+                    break
                 del rows
+            # The batch's last file is finished after its last piece, on a thread of its own: the lane goes on.
+            writing = self._threads.submit(self._finished, files, writing, batch_id)
         except BaseException:
-            if writing is not None:  # the piece in flight ends (its files are orphans) before the rollback
+            if writing is not None:  # the piece in flight ends before the rollback; the open file is dropped
                 writing.exception()
+            files.discard()
             raise
-        return WrittenRows(data_files, writing, summary, pieces, interleaved), raw_bytes
+        return WrittenRows(data_files, writing, summary, pieces), raw_bytes
+
+    def _finished(self, files: PieceFiles, last_piece: Future[list[Any]] | None, batch_id: str) -> list[Any]:
+        """The files of the batch's last piece, and its last file, finished once that piece is written. (It waits
+        for a task submitted before it, so it never holds a thread that task needs: the pool takes tasks in
+        order.)"""
+        written = last_piece.result() if last_piece is not None else []
+        return written + self.table.finish_pieces(files, batch_id)
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
-
-
-def _interleaved(before: RowsSummary, piece: RowsSummary, partitioning: str) -> bool:
-    """Whether `piece` holds rows of a partition older than the newest one the pieces `before` it reached: rows
-    that arrive in time order (a table's rows as they lie on disk, mostly) split at most the partition at the edge
-    between two pieces; rows out of order (a partitioned table's come by key) would have each piece write files of
-    the same partitions again."""
-    newest, oldest = as_utc(before.max_ts), as_utc(piece.min_ts)
-    if not before.rows or newest is None or oldest is None or partitioning == "None":
-        return False
-    return period_start(oldest, partitioning) < period_start(newest, partitioning)

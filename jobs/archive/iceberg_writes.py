@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.archive.encoding import DICTIONARY_SAMPLE_ROWS, repeating_columns
+from jobs.archive.iceberg_statistics import FileStatistics
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ class DataFileWriter:
         self.spec_id = metadata.default_spec_id
         # Names Avro cannot hold are written sanitized, as PyIceberg writes them; readers match columns by field id.
         self.file_schema = sanitize_column_names(self.schema)
-        self.statistics_plan = compute_statistics_plan(self.file_schema, properties)
-        self.column_ids = parquet_path_to_id_mapping(self.file_schema)
+        self.statistics = FileStatistics(
+            compute_statistics_plan(self.file_schema, properties), parquet_path_to_id_mapping(self.file_schema)
+        )
         self.parquet_options = _get_parquet_writer_kwargs(properties)
         self.row_group_rows = property_as_int(
             properties, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT
@@ -92,6 +94,7 @@ class DataFileWriter:
             property_as_int(properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, default_size) or default_size
         )
         self.locations = load_location_provider(table_location=metadata.location, table_properties=properties)
+        self.format_version = metadata.format_version
         self._layouts: dict[pa.Schema, _FileLayout] = {}
 
     def write(self, io: Any, rows: pa.Table) -> list[Any]:
@@ -115,6 +118,12 @@ class DataFileWriter:
         PyIceberg's writer converts them."""
         known = self._layouts.get(rows_schema)
         if known is None:
+            from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible
+
+            # Checked once for each schema: a run's batches and pieces mostly share one.
+            _check_pyarrow_schema_compatible(
+                self.schema, provided_schema=rows_schema, format_version=self.format_version
+            )
             indexes = [rows_schema.get_field_index(field.name) for field in self.schema.fields]
             sources = tuple(index if index >= 0 else None for index in indexes)
             types = [rows_schema.field(source).type if source is not None else None for source in sources]
@@ -147,43 +156,134 @@ class DataFileWriter:
             yield pa.Table.from_batches(batches, schema=part.schema)
 
     def _write_file(self, io: Any, layout: _FileLayout, task: _FileTask) -> Any:
-        from pyiceberg.io.pyarrow import data_file_statistics_from_parquet_metadata
-        from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-        from pyiceberg.typedef import Record
+        file = self.open_file(layout, task.partition_key, task.name)
+        file.append(task.rows)
+        return self.finish(io, file)
 
-        location = self.locations.new_data_location(data_file_name=task.name, partition_key=task.partition_key)
-        file_rows = layout.file_rows(task.rows)
+    def open_file(self, layout: _FileLayout, partition_key: Any, name: str) -> _OpenFile:
+        """A data file of the partition `partition_key` whose rows are still to come (_OpenFile.append)."""
         # Encoded into an Arrow buffer, then sent in one write: each write to a Python file object takes the GIL,
         # which the other lanes and uploads contend for.
         sink = pa.BufferOutputStream()
-        with pq.ParquetWriter(
+        out = pq.ParquetWriter(
             sink,
             schema=layout.schema,
             store_decimal_as_integer=True,
             use_dictionary=list(layout.dictionary_columns),
             **self.parquet_options,
-        ) as out:
-            out.write_table(file_rows, row_group_size=self.row_group_rows)
-        body = sink.getvalue()
+        )
+        return _OpenFile(layout, partition_key, name, out, sink, self.row_group_rows)
+
+    def finish(self, io: Any, file: _OpenFile) -> Any:
+        """`file` closed and sent through `io`; its DataFile, with the column statistics its footer holds."""
+        from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+        from pyiceberg.typedef import Record
+
+        file.out.close()
+        body = file.sink.getvalue()
+        location = self.locations.new_data_location(data_file_name=file.name, partition_key=file.partition_key)
         with io.new_output(location).create(overwrite=True) as stream:
             stream.write(body)
-        statistics = data_file_statistics_from_parquet_metadata(
-            parquet_metadata=out.writer.metadata,
-            stats_columns=self.statistics_plan,
-            parquet_column_mapping=self.column_ids,
-        )
         return DataFile.from_args(
             content=DataFileContent.DATA,
             file_path=location,
             file_format=FileFormat.PARQUET,
-            partition=task.partition_key.partition if task.partition_key else Record(),
+            partition=file.partition_key.partition if file.partition_key else Record(),
             file_size_in_bytes=body.size,
             sort_order_id=None,
             spec_id=self.spec_id,
             equality_ids=None,
             key_metadata=None,
-            **statistics.to_serialized_dict(),
+            **self.statistics.of(file.out.writer.metadata),
         )
+
+
+@dataclass
+class _OpenFile:
+    """A data file being written: its rows so far encoded in `sink`, its footer not yet."""
+
+    layout: _FileLayout
+    partition_key: Any
+    name: str
+    out: pq.ParquetWriter
+    sink: pa.BufferOutputStream
+    row_group_rows: int | None
+    rows_bytes: int = 0  # the Arrow buffers of the rows appended, the measure of the target file size
+
+    def append(self, rows: pa.Table) -> None:
+        self.out.write_table(self.layout.file_rows(rows), row_group_size=self.row_group_rows)
+        self.rows_bytes += rows.get_total_buffer_size()
+
+    def holds(self, partition_key: Any, layout: _FileLayout) -> bool:
+        """Whether rows of `partition_key`, as `layout` lays them out, belong in this file."""
+        if layout is not self.layout:
+            return False
+        if partition_key is None or self.partition_key is None:
+            return partition_key is None and self.partition_key is None
+        return bool(partition_key.partition == self.partition_key.partition)
+
+
+class PieceFiles:
+    """A batch's data files written a piece of its rows at a time (iceberg_pieces.py). A batch's rows arrive in
+    time order, so the partition a piece ends in mostly goes on in the next piece: that partition's file stays
+    open for the next piece's rows, and every other file is finished (sent, its statistics read) as soon as the
+    piece is written. A batch of four pieces within one month is one file, not four, as in Parquet mode, where a
+    batch is held whole. A file is finished too when its rows reach the table's target file size. Pieces are
+    written one after another (by any thread); close() finishes the last file."""
+
+    def __init__(self, writer: DataFileWriter, io: Any) -> None:
+        self._writer = writer
+        self._io = io
+        self._layout: _FileLayout | None = None
+        self._layout_base: _FileLayout | None = None
+        self._open: _OpenFile | None = None
+        self._write_uuid, self._file_numbers = uuid.uuid4(), itertools.count()
+
+    def write(self, rows: pa.Table) -> list[Any]:
+        """Append a piece's rows to the batch's files; the DataFiles of the files this piece finished."""
+        from pyiceberg.utils.concurrent import ExecutorFactory
+
+        if rows.num_rows == 0:
+            return []
+        layout = self._layout_of(rows)
+        target = self._writer.target_file_size
+        finished: list[_OpenFile] = []
+        for partition_key, part in _partitions(self._writer.spec, self._writer.schema, rows):
+            for file_rows in [part] if part.get_total_buffer_size() <= target else self._writer._packed(part):
+                open_file = self._open
+                if open_file is not None and (
+                    not open_file.holds(partition_key, layout)
+                    or open_file.rows_bytes + file_rows.get_total_buffer_size() > target
+                ):
+                    finished.append(open_file)
+                    open_file = None
+                if open_file is None:
+                    name = f"00000-{next(self._file_numbers)}-{self._write_uuid}.parquet"
+                    open_file = self._writer.open_file(layout, partition_key, name)
+                open_file.append(file_rows)
+                self._open = open_file
+        return list(ExecutorFactory.get_or_create().map(lambda file: self._writer.finish(self._io, file), finished))
+
+    def close(self) -> list[Any]:
+        """Finish the file still open; its DataFile (none where the batch had no rows)."""
+        open_file, self._open = self._open, None
+        return [] if open_file is None else [self._writer.finish(self._io, open_file)]
+
+    def discard(self) -> None:
+        """Drop the file still open, unsent (the batch failed: its rows roll back)."""
+        open_file, self._open = self._open, None
+        if open_file is not None:
+            open_file.out.close()
+
+    def _layout_of(self, rows: pa.Table) -> _FileLayout:
+        """The batch's layout, its dictionary columns judged on its first piece (as DataFileWriter.write judges
+        them on a batch's first rows); a piece of other columns (never cellar's) gets a layout of its own."""
+        base = self._writer.layout(rows.schema)
+        if self._layout is None or base is not self._layout_base:
+            sample = base.file_rows(rows.slice(0, DICTIONARY_SAMPLE_ROWS))
+            self._layout = replace(base, dictionary_columns=tuple(repeating_columns(sample)))
+            self._layout_base = base
+        return self._layout
 
 
 def _field_type(arrow_type: pa.Schema | pa.StructType | None, name: str) -> pa.DataType | None:

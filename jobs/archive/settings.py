@@ -239,11 +239,6 @@ class LiveSettings:
             if raw_bytes > limit and self._batch_rows > 1:
                 self._batch_rows = max(1, int(self._batch_rows * limit / raw_bytes))
 
-    def limit_rows(self, rows: int) -> None:
-        """At most `rows` rows per batch from here on (until the spec's size changes)."""
-        with self._lock:
-            self._batch_rows = min(self._batch_rows, rows)
-
     def apply(self, updated: ArchiveSettings) -> None:
         """The live fields of a spec read again (settings.live_changes); a new batch size or byte limit starts
         the adapted size over from the spec's."""

@@ -1,6 +1,7 @@
-"""An Iceberg batch read and written in pieces (iceberg_pieces.py): one snapshot per batch, its pieces' data files
-in it, and a run killed between two pieces of a batch leaves every one of its rows in PostgreSQL and none in the
-table, counted by DuckDB's iceberg extension."""
+"""An Iceberg batch deleted and written in pieces (iceberg_pieces.py): one snapshot per batch, a data file per
+partition its rows reach (not per piece: a partition's file goes on from one piece to the next), whatever the order
+of the rows on disk; and a run killed between two pieces of a batch leaves every one of its rows in PostgreSQL and
+none in the table, counted by DuckDB's iceberg extension."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def batch_snapshots(env: ArchiveEnv) -> list[dict[str, str]]:
 def test_a_batch_is_one_snapshot_of_its_pieces_files(archive_env: ArchiveEnv) -> None:
     env = archive_env
     make_old_orders(env.database, 330)
-    # A year partition: each piece of a batch writes one file, so a batch's snapshot adds a file per piece.
+    # A year partition: a batch's three pieces all go on in one year's file, whatever the pieces.
     setup_iceberg_archive(env, batch={"rows": 50}, iceberg={"partitionBy": "year", "maintenance": {"enabled": False}})
     assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
     assert not ids_in_table(env.database)
@@ -37,7 +38,8 @@ def test_a_batch_is_one_snapshot_of_its_pieces_files(archive_env: ArchiveEnv) ->
     files = [int(s["added-data-files"]) for s in batches]
     assert sum(records) == 330
     assert max(records) == 50  # a whole batch: one snapshot, not one per piece
-    assert files == [math.ceil(r / 20) for r in records]
+    assert files == [int(s["changed-partition-count"]) for s in batches]  # a file per partition, not per piece
+    assert sum(files) < sum(math.ceil(r / 20) for r in records)
     with psycopg.connect(dsn(env.database)) as conn:
         ledger = conn.execute("SELECT sum(rows), count(*) FROM cellar.archive_ledger").fetchone()
     assert ledger == (330, len(batches))  # one ledger row per snapshot, with the rows of all its pieces
@@ -64,9 +66,9 @@ def test_a_run_killed_between_two_pieces_moves_nothing_and_the_next_moves_each_r
     assert counted_in_duckdb(env, "orders") == (due, due)
 
 
-def test_rows_returned_out_of_time_order_make_batches_of_one_piece(archive_env: ArchiveEnv) -> None:
-    """Rows whose order on disk interleaves ten days: a batch's pieces would each write files of the same days, so
-    after the first batch the run takes batches of one piece (files one per day and batch, as in Parquet mode)."""
+def test_rows_stored_out_of_time_order_still_make_a_file_per_partition_and_batch(archive_env: ArchiveEnv) -> None:
+    """Rows whose order on disk interleaves ten days: one DELETE for a whole batch would return its days mixed, and
+    each piece would write files of the same days again. A statement per piece takes the next rows by time."""
     env = archive_env
     with psycopg.connect(dsn(env.database), autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, note text)")
@@ -78,8 +80,11 @@ def test_rows_returned_out_of_time_order_make_batches_of_one_piece(archive_env: 
         env, batch={"rows": 50, "parallelism": 1}, iceberg={"partitionBy": "day", "maintenance": {"enabled": False}}
     )
     assert env.run(tuning=Tuning(iceberg_piece_rows=20)) == 0
+    assert not ids_in_table(env.database)
     assert counted_in_duckdb(env, "orders") == (300, 300)
-    records = [int(s["added-records"]) for s in batch_snapshots(env) if s.get("cellar.batch-id")]
-    assert records[0] == 50  # the first batch, in three pieces, found the rows out of order
+    batches = [s for s in batch_snapshots(env) if s.get("cellar.batch-id")]
+    records = [int(s["added-records"]) for s in batches]
     assert sum(records) == 300
-    assert max(records[1:]) <= 20  # from then on, a piece a batch
+    assert max(records) == 50  # batches of three pieces
+    files = [int(s["added-data-files"]) for s in batches]
+    assert files == [int(s["changed-partition-count"]) for s in batches]  # no day written twice by one batch

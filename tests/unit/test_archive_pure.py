@@ -297,17 +297,3 @@ def test_a_batch_written_in_pieces_sums_up_as_if_held_whole() -> None:
         summary = summary.merged(RowsSummary.of(piece, "ts", "id"))
     assert summary == RowsSummary.of(whole, "ts", "id")
     assert summary == RowsSummary(5, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 9, tzinfo=UTC), 5, 90)
-
-
-def test_a_piece_is_interleaved_when_it_reaches_back_before_the_partition_the_pieces_before_it_reached() -> None:
-    from jobs.archive.batch_records import RowsSummary
-    from jobs.archive.iceberg_pieces import _interleaved
-
-    def day(d: int, hour: int = 0) -> datetime:
-        return datetime(2024, 1, d, hour, tzinfo=UTC)
-
-    before = RowsSummary(20, day(1), day(2, 6), 1, 20)
-    assert not _interleaved(before, RowsSummary(20, day(2, 1), day(3), 21, 40), "Daily")  # the edge's day: in order
-    assert _interleaved(before, RowsSummary(20, day(1, 5), day(3), 21, 40), "Daily")  # back to a day passed
-    assert not _interleaved(before, RowsSummary(20, day(1, 5), day(3), 21, 40), "Monthly")  # the same month
-    assert not _interleaved(RowsSummary(), RowsSummary(20, day(1), day(3), 1, 20), "Daily")  # the first piece

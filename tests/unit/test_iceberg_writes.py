@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from jobs.archive.iceberg_writes import DataFileWriter, _partitions, _time_partitions
+from jobs.archive.iceberg_writes import DataFileWriter, PieceFiles, _partitions, _time_partitions
 
 START = datetime(2024, 12, 30, 22, tzinfo=UTC)
 
@@ -231,3 +231,75 @@ def test_a_partition_larger_than_the_target_file_size_is_split_and_every_row_kep
         for data_file in data_files:
             append.append_data_file(data_file)
     assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(3000))
+
+
+def _append(table: Any, data_files: list[Any]) -> None:
+    with table.transaction() as transaction, transaction.update_snapshot().fast_append() as append:
+        for data_file in data_files:
+            append.append_data_file(data_file)
+
+
+def _written_in_pieces(table: Any, rows: pa.Table, piece_rows: int) -> tuple[list[Any], list[int]]:
+    """`rows` written as PieceFiles a piece of `piece_rows` at a time: every DataFile, and how many each piece
+    finished."""
+    files = PieceFiles(DataFileWriter(table.metadata), table.io)
+    finished_by_piece = []
+    data_files: list[Any] = []
+    for start in range(0, rows.num_rows, piece_rows):
+        finished = files.write(rows.slice(start, piece_rows))
+        finished_by_piece.append(len(finished))
+        data_files += finished
+    return data_files + files.close(), finished_by_piece
+
+
+def _warehouse_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "warehouse").rglob("*.parquet"))
+
+
+def test_pieces_in_time_order_make_a_file_per_partition_not_per_piece(tmp_path: Path) -> None:
+    table = _table(tmp_path, "month")
+    rows = _rows(3000, timedelta(hours=1))  # 30 Dec to 4 May: six months, 3,000 rows in ten pieces
+    data_files, finished_by_piece = _written_in_pieces(table, rows, 300)
+    months = {(stamp.year, stamp.month) for stamp in rows.column("created_at").to_pylist()}
+    assert len(data_files) == len({data_file.partition for data_file in data_files}) == len(months) == 6
+    assert len(_warehouse_files(tmp_path)) == 6
+    assert 0 in finished_by_piece  # a piece within one month finished no file: its month went on
+    assert sum(data_file.record_count for data_file in data_files) == 3000
+    _append(table, data_files)
+    read = table.scan().to_arrow().sort_by("id")
+    assert read.column("id").to_pylist() == list(range(3000))
+    assert read.column("created_at").to_pylist() == rows.column("created_at").to_pylist()
+    january = table.scan(
+        row_filter="created_at >= '2025-01-01T00:00:00+00:00' AND created_at < '2025-02-01T00:00:00+00:00'"
+    )
+    assert len(list(january.plan_files())) == 1
+    assert january.to_arrow().num_rows == 31 * 24
+
+
+def test_pieces_files_end_at_the_target_file_size_and_out_of_order_rows_start_new_files(tmp_path: Path) -> None:
+    from pyiceberg.table import TableProperties
+
+    table = _table(tmp_path, "year")
+    with table.transaction() as transaction:
+        transaction.set_properties({TableProperties.WRITE_TARGET_FILE_SIZE_BYTES: "4096"})
+    rows = _rows(2000, timedelta(minutes=10))  # 2024 and 2025, 32 KB of buffers
+    data_files, _ = _written_in_pieces(table, rows, 250)
+    assert len(data_files) > 4
+    assert all(data_file.record_count * 16 <= 4096 for data_file in data_files)
+    # Rows that go back to a year a piece had left start a file of it again, and no row is lost.
+    shuffled = _rows(2000, timedelta(days=1), shuffled=True)
+    (tmp_path / "second").mkdir()
+    more, _ = _written_in_pieces(_table(tmp_path / "second", "year"), shuffled, 400)
+    assert len({data_file.partition for data_file in more}) < len(more)
+    assert sum(data_file.record_count for data_file in data_files + more) == 4000
+    _append(table, data_files)
+    assert sorted(table.scan().to_arrow().column("id").to_pylist()) == list(range(2000))
+
+
+def test_a_discarded_batch_of_pieces_sends_its_open_file_nowhere(tmp_path: Path) -> None:
+    table = _table(tmp_path, "year")
+    files = PieceFiles(DataFileWriter(table.metadata), table.io)
+    assert files.write(_rows(100, timedelta(minutes=1))) == []  # one year: its file stays open
+    files.discard()
+    assert _warehouse_files(tmp_path) == []
+    assert files.close() == []
