@@ -4,10 +4,11 @@ a half times Parquet mode's memory for no gain in speed on two cores).
 
 The files hold what PyIceberg's own writer (`write_file`) writes, with less work per file: the table's schema with
 its field ids, its Parquet options, its file names and locations, and each file's column statistics read from its
-footer, as PyIceberg reads them (a unit test compares the two writers' files column for column). PyIceberg works all
-of that out again for every file (and reads its configuration files again) and converts each file's rows column by
-column; here it is worked out once per table and batch schema (DataFileWriter), and a column is converted only where
-its type widens (int2 to int). Dictionaries are only for the columns whose values repeat, as in Parquet mode.
+footer, as PyIceberg reads them (iceberg_statistics.py; a unit test compares the two writers' files column for
+column). PyIceberg works all of that out again for every file (and reads its configuration files again) and
+converts each file's rows column by column; here it is worked out once per table and batch schema
+(DataFileWriter), and a column is converted only where its type widens (int2 to int). Dictionaries are only for the
+columns whose values repeat, as in Parquet mode.
 
 PyIceberg's `append` finds a batch's partitions by filtering the whole batch once per partition, a pass over every
 row for each day a batch spans. A batch arrives sorted by its timestamp (objects.sort_batch), so here a partition
@@ -15,6 +16,9 @@ is a run of equal partition values: the transform is computed once over the colu
 kernels, which release the GIL) and run-length encoded, and each partition is a zero-copy slice. Rows out of order
 would only make more, smaller files, each still in its own partition. A spec of more than one field goes through
 PyIceberg's own filtering.
+
+A batch read in pieces (iceberg_pieces.py) is written by PieceFiles: the file of the partition a piece ends in stays
+open for the next piece's rows, so a batch's files are one per partition it reaches, as for a batch held whole.
 """
 
 from __future__ import annotations
