@@ -98,12 +98,14 @@ def referenced_files(table: Any) -> set[str]:
     paths |= {str(s.statistics_path) for s in metadata.statistics}
     paths |= {str(s.statistics_path) for s in getattr(metadata, "partition_statistics", [])}
     manifests: dict[str, Any] = {}
-    for snapshot in metadata.snapshots:
-        paths.add(str(snapshot.manifest_list))
-        for manifest in snapshot.manifests(io):
-            manifests.setdefault(str(manifest.manifest_path), manifest)
-    paths |= set(manifests)
+    # Each snapshot's manifest list and each manifest is a GET: read side by side, not one after another.
     with ThreadPoolExecutor(MANIFEST_READERS, thread_name_prefix="iceberg-manifests") as pool:
+        lists = pool.map(lambda snapshot: snapshot.manifests(io), metadata.snapshots)
+        for snapshot, listed in zip(metadata.snapshots, lists, strict=True):
+            paths.add(str(snapshot.manifest_list))
+            for manifest in listed:
+                manifests.setdefault(str(manifest.manifest_path), manifest)
+        paths |= set(manifests)
         for files in pool.map(lambda m: _manifest_files(io, m), manifests.values()):
             paths.update(files)
     return paths
