@@ -246,12 +246,14 @@ class IcebergTable:
         documents for retried commits)."""
         with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
             table = self._writing_table()
-            return self._writing.writer.write(table.io, rows)  # type: ignore[no-any-return]
+            writer: DataFileWriter = self._writing.writer
+            return writer.write(table.io, rows)
 
-    def piece_files(self) -> PieceFiles:
+    def piece_files(self, batch_id: str) -> PieceFiles:
         """The data files of a batch whose rows come a piece at a time (write_piece, finish_pieces)."""
-        table = self._writing_table()
-        return PieceFiles(self._writing.writer, table.io)
+        with catalog_failures(self.iceberg, f"failed to write batch {batch_id}'s data files"):
+            table = self._writing_table()
+            return PieceFiles(self._writing.writer, table.io)
 
     def write_piece(self, files: PieceFiles, rows: pa.Table, batch_id: str) -> list[Any]:
         """A piece of a batch's rows added to its data files; the files the piece finished, in no snapshot yet."""

@@ -47,6 +47,11 @@ class PieceLimits:
     rows: int  # a piece's rows (tuning.iceberg_piece_rows)
     bytes: int  # pieces whose raw rows exceed this make the next ones smaller
 
+    def next_rows(self, planned: int, taken: int, raw_bytes: int) -> int:
+        """The rows of a batch's next piece, where pieces of `planned` rows were asked for and the last one took
+        `taken` rows of `raw_bytes`: fewer, in proportion, where those exceeded the byte limit (wide rows)."""
+        return max(1, taken * self.bytes // raw_bytes) if raw_bytes > self.bytes else planned
+
 
 class PieceWriter:
     """Writes the pieces of the batches of one run (the lanes share it), each lane's pieces one at a time on a
@@ -66,7 +71,7 @@ class PieceWriter:
         lane holds at most two pieces at once besides the batch's open file: the one being written and the one
         arriving."""
         info = self.table.info
-        files = self.table.piece_files()
+        files = self.table.piece_files(batch_id)
         data_files: list[Any] = []
         summary, raw_bytes, pieces, piece_rows = RowsSummary(), 0, 0, limits.rows
         writing: Future[list[Any]] | None = None
@@ -79,9 +84,8 @@ class PieceWriter:
                     break
                 raw_bytes += len(piece)
                 pieces += 1
-                if len(piece) > limits.bytes:  # wide rows: the next pieces take fewer
-                    piece_rows = max(1, piece_rows * limits.bytes // len(piece))
                 rows = sort_batch(csv_to_table(piece, info.columns), info)
+                piece_rows = limits.next_rows(piece_rows, rows.num_rows, len(piece))
                 del piece
                 summary = summary.merged(RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0]))
                 if writing is not None:

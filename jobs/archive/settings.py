@@ -27,8 +27,8 @@ from jobs.archive.iceberg_settings import IcebergSettings, parse_iceberg_spec
 # a second on the benchmark's table (`benchmarks/archive_bench.py --batch-rows N` compares sizes).
 DEFAULT_BATCH_ROWS = 25_000
 # Into an Iceberg table a batch is a snapshot, whose manifest, manifest list, metadata file and catalog commit cost
-# the same whatever its rows: larger batches make fewer, larger snapshots. Their rows are read and written in
-# pieces of DEFAULT_BATCH_ROWS (iceberg_pieces.py), so they hold no more memory than Parquet mode's batches.
+# the same whatever its rows: larger batches make fewer, larger snapshots. Their rows are deleted and written in
+# pieces of DEFAULT_BATCH_ROWS (iceberg_pieces.py), so they hold about as much memory as Parquet mode's batches.
 ICEBERG_BATCH_ROWS = 100_000
 
 
@@ -266,7 +266,8 @@ class Tuning:
     # Off in tests and benchmarks to compare; production falls back to COPY CSV only where ADBC cannot connect.
     arrow_reads: bool = True  # whole partitions read in binary through ADBC (arrow_reads.py), not as COPY CSV
     progress_log_seconds: float = 10.0  # unarchive: at most one progress line this often, not one per object
-    # An Iceberg batch is read and written in pieces of at most this many rows or raw bytes (iceberg_pieces.py).
+    # An Iceberg batch is deleted and written in pieces of this many rows (iceberg_pieces.py); a piece whose raw
+    # rows exceed iceberg_piece_bytes makes the batch's next pieces smaller in proportion.
     iceberg_piece_rows: int = DEFAULT_BATCH_ROWS
     iceberg_piece_bytes: int = 32 * 1024 * 1024
 

@@ -297,3 +297,13 @@ def test_a_batch_written_in_pieces_sums_up_as_if_held_whole() -> None:
         summary = summary.merged(RowsSummary.of(piece, "ts", "id"))
     assert summary == RowsSummary.of(whole, "ts", "id")
     assert summary == RowsSummary(5, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 9, tzinfo=UTC), 5, 90)
+
+
+def test_pieces_of_wide_rows_get_fewer_rows_in_proportion() -> None:
+    from jobs.archive.iceberg_pieces import PieceLimits
+
+    limits = PieceLimits(rows=25_000, bytes=32 * 1024 * 1024)
+    assert limits.next_rows(25_000, 25_000, 5_000_000) == 25_000  # narrow rows: unchanged
+    assert limits.next_rows(25_000, 25_000, 128 * 1024 * 1024) == 6_250  # four times the limit: a quarter
+    assert limits.next_rows(6_250, 100, 64 * 1024 * 1024) == 50  # a short last piece is measured by its own rows
+    assert limits.next_rows(10, 1, 10**12) == 1  # never below one row
