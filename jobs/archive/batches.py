@@ -241,14 +241,7 @@ class BatchWorker:
     def publish_rows(self, batch_id: str, table: pa.Table) -> tuple[list[ledger.LedgerEntry], int]:
         """Encode, upload and verify `table`'s objects and write their manifest, in the caller's transaction
         (a whole partition's day: partitions.py records them and commits): their ledger entries and how many data
-        files hold the rows. Into an Iceberg table: one snapshot (one entry) of its data files."""
-        if self.iceberg is not None:
-            from jobs.archive.iceberg_batches import snapshot_entry, summary_of
-
-            appended = self.iceberg.append(table, batch_id, self.run_id)
-            return [
-                snapshot_entry(self.iceberg, batch_id, appended, summary_of(self.iceberg, table))
-            ], appended.data_files
+        files hold the rows. (Whole partitions into an Iceberg table go through iceberg_partitions.py.)"""
         dictionary = repeating_columns(table) if self.settings.format == "Parquet" else []
         entries = self._publish_batch(batch_id, self._pieces(table), dictionary)
         return entries, len(entries)

@@ -13,7 +13,8 @@ ledger row describes) at every step:
    a batch does (encode, upload and verify, manifest, ledger rows), check that the ledger rows add up to its
    count, DROP it (or keep it, with spec.partitions.keepDetached), mark it `archived`, COMMIT. A crash before
    the COMMIT leaves the table with every row, and objects no ledger row describes, which cleanup removes
-   after finding their rows in that table; after the COMMIT the rows are in recorded objects only.
+   after finding their rows in that table; after the COMMIT the rows are in recorded objects only. Into an Iceberg
+   table, several partitions share that transaction and one snapshot (iceberg_partitions.py).
 A run first finishes what a crashed one left `detaching`: FINALIZE a concurrent detach the crash cut short,
 detach one still attached, then step 3. Rows a writer sends through the parent into a detached range fail, or
 land in the default partition, which row batches archive.
@@ -26,12 +27,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -45,6 +47,7 @@ from jobs.archive.batch_records import BatchResult, rollback_quietly
 from jobs.archive.batches import BatchWorker, RunScope
 from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import arrow_to_table, csv_to_table
+from jobs.archive.iceberg_partitions import PartitionGroup
 from jobs.archive.objects import sort_batch
 from jobs.archive.settings import ArchiveSettings
 from jobs.archive.statements import copy_out, table_name
@@ -196,14 +199,18 @@ class PartitionArchiver:
             return []
         queue, guard = list(detached), threading.Lock()
 
+        def take() -> str | None:
+            with guard:
+                return None if not queue or should_stop() else queue.pop(0)
+
         def work(conn: Connection, reader: ArrowReader | None) -> list[PartitionResult]:
             results: list[PartitionResult] = []
-            while True:
-                with guard:
-                    if not queue or should_stop():
-                        return results
-                    name = queue.pop(0)
-                results.append(self._archive(conn, name, reader))
+            while (name := take()) is not None:
+                if self.worker.iceberg is not None:
+                    results.extend(self._archive_into_iceberg(conn, name, take, reader))
+                else:
+                    results.append(self._archive(conn, name, reader))
+            return results
 
         extra = [self.open_connection() for _ in range(min(self.settings.parallelism, len(detached)) - 1)]
         readers: list[ArrowReader] = []
@@ -286,41 +293,99 @@ class PartitionArchiver:
         return max(1, min(days, budget // per_day))
 
     def _archive(self, conn: Connection, name: str, reader: ArrowReader | None) -> PartitionResult:
+        """A partition into objects: each read published and recorded, the partition dropped, in one transaction."""
         began = time.monotonic()
         try:
-            bounds = self._locked_bounds(conn, name)
-            result = self._read_and_publish(conn, name, reader, bounds)
-            if result.rows != int(str(bounds[2])):
-                raise PermanentError(
-                    f"partition {name}: {result.rows} rows read, {bounds[2]} in it; nothing was dropped",
-                    reason=Reason.VERIFICATION_FAILED,
-                )
-            if not self.keep_detached:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(name)))
-            conn.execute(
-                "UPDATE cellar.archive_partitions SET state = %s, rows = %s, updated_at = now() "
-                "WHERE relation = %s AND partition = %s",
-                ("kept" if self.keep_detached else "archived", result.rows, self.settings.relation, name),
-            )
+            result = self._read_whole(conn, name, reader, lambda rows: self._publish(conn, rows))
+            self._drop_and_mark(conn, result)
             failpoint("archive.partition-before-commit")
         except BaseException:
             rollback_quietly(conn)
             raise
         conn.commit()
         result.seconds = time.monotonic() - began
+        self._log_archived(result, reader, objects=result.objects, bytes=result.bytes)
+        return result
+
+    def _archive_into_iceberg(
+        self, conn: Connection, first: str, take: Callable[[], str | None], reader: ArrowReader | None
+    ) -> list[PartitionResult]:
+        """`first` and the partitions `take` gives after it, while the group has room, into one snapshot, all in
+        one transaction (iceberg_partitions.py)."""
+        assert self.worker.iceberg is not None
+        began = time.monotonic()
+        group = PartitionGroup(self.worker.iceberg, self.settings, str(uuid.uuid4()))
+        results: list[PartitionResult] = []
+        try:
+            name: str | None = first
+            while name is not None:
+                results.append(self._read_whole(conn, name, reader, group.add))
+                group.partitions += 1
+                name = None if group.full() else take()
+            appended = group.publish(conn, self.cutoff, self.run_id)
+            for result in results:
+                self._drop_and_mark(conn, result)
+            failpoint("archive.partition-before-commit")
+        except BaseException:
+            group.discard()
+            rollback_quietly(conn)
+            raise
+        conn.commit()
+        seconds = time.monotonic() - began
+        if appended is not None:  # the group's files and bytes, counted once (a file may span partitions)
+            results[-1].objects, results[-1].bytes = appended.data_files, appended.bytes
+        for result in results:
+            result.seconds = seconds
+            self._log_archived(result, reader, snapshot_id=appended.snapshot_id if appended else None)
+        return results
+
+    def _publish(self, conn: Connection, rows: pa.Table) -> tuple[int, int]:
+        entries, files = self.worker.publish_rows(str(uuid.uuid4()), rows)
+        ledger.record(
+            conn, entries, relation=self.settings.relation, cutoff=self.cutoff, mode="Move", run_id=self.run_id
+        )
+        return files, sum(e.bytes for e in entries)
+
+    def _read_whole(
+        self, conn: Connection, name: str, reader: ArrowReader | None, consume: Callable[[pa.Table], tuple[int, int]]
+    ) -> PartitionResult:
+        """Lock the detached partition, hand each read of its rows to `consume` (which returns the files and bytes it
+        wrote), and check that the reads hold every row it has."""
+        bounds = self._locked_bounds(conn, name)
+        result = PartitionResult(name, 0, 0, 0, 0.0)
+        for rows in self._reads(conn, name, reader, bounds):
+            files, size = consume(rows)
+            result.rows += rows.num_rows
+            result.objects += files
+            result.bytes += size
+        if result.rows != int(str(bounds[2])):
+            raise PermanentError(
+                f"partition {name}: {result.rows} rows read, {bounds[2]} in it; nothing was dropped",
+                reason=Reason.VERIFICATION_FAILED,
+            )
+        return result
+
+    def _drop_and_mark(self, conn: Connection, result: PartitionResult) -> None:
+        if not self.keep_detached:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(result.name)))
+        conn.execute(
+            "UPDATE cellar.archive_partitions SET state = %s, rows = %s, updated_at = now() "
+            "WHERE relation = %s AND partition = %s",
+            ("kept" if self.keep_detached else "archived", result.rows, self.settings.relation, result.name),
+        )
+
+    def _log_archived(self, result: PartitionResult, reader: ArrowReader | None, **details: object) -> None:
         log.info(
             "partition archived whole",
             extra={
-                "partition": name,
+                "partition": result.name,
                 "rows": result.rows,
-                "objects": result.objects,
-                "bytes": result.bytes,
+                **details,
                 "seconds": round(result.seconds, 3),
                 "dropped": not self.keep_detached,
                 "read": "binary" if reader is not None else "csv",
             },
         )
-        return result
 
     def _locked_bounds(self, conn: Connection, name: str) -> tuple[object, ...]:
         """Lock the detached partition (EXCLUSIVE, under lockTimeout) and read its oldest and newest timestamp, its
@@ -342,13 +407,11 @@ class PartitionArchiver:
             )
         return tuple(bounds)
 
-    def _read_and_publish(
+    def _reads(
         self, conn: Connection, name: str, reader: ArrowReader | None, bounds: tuple[object, ...]
-    ) -> PartitionResult:
-        """Read the locked partition a few days at a time (in binary where `reader` is given), publish each read and
-        record it in the ledger, in the transaction that then drops the partition."""
+    ) -> Iterator[pa.Table]:
+        """The locked partition's rows a few days at a time (in binary where `reader` is given), each read sorted."""
         child, ts = sql.SQL(name), sql.Identifier(self.info.timestamp_column.name)
-        result = PartitionResult(name, 0, 0, 0, 0.0)
         oldest, newest = bounds[0], bounds[1]
         day = _utc_day(oldest) if isinstance(oldest, datetime) else None
         span = self._days_per_read(conn, name, oldest, newest)
@@ -362,17 +425,9 @@ class PartitionArchiver:
             else:
                 with conn.cursor() as cursor, cursor.copy(copy_out(query)) as copy:
                     table = csv_to_table(read_copy(conn, copy), self.info.columns)
-            table = sort_batch(table, self.info)
             if table.num_rows:
-                entries, files = self.worker.publish_rows(str(uuid.uuid4()), table)
-                ledger.record(
-                    conn, entries, relation=self.settings.relation, cutoff=self.cutoff, mode="Move", run_id=self.run_id
-                )
-                result.rows += table.num_rows
-                result.objects += files
-                result.bytes += sum(e.bytes for e in entries)
+                yield sort_batch(table, self.info)
             day = following
-        return result
 
 
 def as_batch_result(result: PartitionResult) -> BatchResult:

@@ -23,7 +23,7 @@ from tests.integration.iceberg_helpers import (
 from tests.integration.processes import KillStorm, start_job
 from tests.integration.test_archive_crash import LiveTraffic, make_old_orders
 
-OLD_ROWS = 100_000  # enough that no storm drains them: every run, to the last, has batches to commit
+OLD_ROWS = 160_000  # enough that no storm drains them: every run, to the last, has batches to commit
 KILLS = 81  # the issue asks for at least 50 per mode; these take about three minutes
 BETWEEN_COMMITS = "FAILPOINT archive.iceberg-between-commits"
 

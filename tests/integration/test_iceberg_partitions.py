@@ -1,8 +1,8 @@
-"""Whole partitions into an Iceberg table: a partition wholly before the cutoff is detached, read once, appended
-(one snapshot per read) and dropped in one transaction. A run killed before that COMMIT leaves snapshots no
-ledger row records and the partition detached with every row; the next run deletes those snapshots' rows from
-the detached partition (recording the snapshots) and finishes it. DuckDB counts every due row once, and so does
-Spark after the kill storm."""
+"""Whole partitions into an Iceberg table: partitions wholly before the cutoff are detached, read once, appended
+(several partitions to a snapshot) and dropped in one transaction. A run killed before that COMMIT leaves a
+snapshot no ledger row records and the partitions detached with every row; the next run deletes that snapshot's
+rows from the detached partitions (recording the snapshot) and finishes them. DuckDB counts every due row once,
+and so does Spark after the kill storm."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from jobs.archive.iceberg_partitions import MAX_PARTITIONS_A_SNAPSHOT
 from tests.integration.archive_helpers import dsn, ids_in_table
 from tests.integration.environments import ArchiveEnv
 from tests.integration.iceberg_helpers import (
@@ -40,9 +41,9 @@ def counted_in_duckdb(env: ArchiveEnv, table: str = "events") -> tuple[int, int]
     return int(found[0]), int(found[1])
 
 
-def archive_events(env: ArchiveEnv) -> None:
+def archive_events(env: ArchiveEnv, **spec: Any) -> None:
     setup_iceberg_archive(
-        env, table="events", name="events", primaryKey=["id", "created_at"], iceberg={"partitionBy": "day"}
+        env, table="events", name="events", primaryKey=["id", "created_at"], iceberg={"partitionBy": "day"}, **spec
     )
 
 
@@ -87,14 +88,40 @@ def test_a_partition_killed_before_its_commit_is_finished_by_the_next_run_once(a
     assert partitions[0] >= 40  # every day's partition again
 
 
+def test_whole_partitions_share_snapshots_a_dozen_at_a_time(archive_env: ArchiveEnv) -> None:
+    env = archive_env
+    due = make_events(env.database, days=70, per_day=30, default=False)
+    archive_events(env)
+    assert env.run(name="events") == 0
+    assert counted_in_duckdb(env) == (len(due), len(due))
+    with psycopg.connect(dsn(env.database)) as conn:
+        states = conn.execute(
+            "SELECT state, count(*), sum(rows) FROM cellar.archive_partitions WHERE relation = 'public.events' "
+            "GROUP BY state"
+        ).fetchall()
+    assert [(state, rows) for state, _, rows in states] == [("archived", len(due))]
+    partitions = int(states[0][1])
+    assert partitions >= 36
+    snapshots = [
+        s
+        for s in iceberg_catalog(env).load_table(("public", "events")).metadata.snapshots
+        if "cellar.batch-id" in (s.summary or {})
+    ]
+    # Groups of MAX_PARTITIONS_A_SNAPSHOT, and at most one smaller group a worker (two) at the end.
+    most = partitions // MAX_PARTITIONS_A_SNAPSHOT + 2
+    assert partitions // MAX_PARTITIONS_A_SNAPSHOT <= len(snapshots) <= most, [s.summary for s in snapshots]
+    assert sum(int(s.summary["added-records"]) for s in snapshots) == len(due)
+
+
 # A storm's length is its kills' start-ups: on a loaded machine it outlasts pytest's default 600 s.
 @pytest.mark.timeout(1800)
 def test_a_kill_storm_over_whole_partitions_never_loses_or_doubles_a_row(archive_env: ArchiveEnv, spark: Any) -> None:
     env = archive_env
     # Enough partitions that runs still find work at the storm's last kill: a run that ends before its kill
     # lands no kill mid-work.
-    due = make_events(env.database, days=300, per_day=40, default=True)
-    archive_events(env)
+    # Three partitions to a snapshot (batch.rows 120 over 40 rows each): commits as often as kills need.
+    due = make_events(env.database, days=800, per_day=40, default=True)
+    archive_events(env, batch={"rows": 120})
     storm = KillStorm(work=('"partition detached"', '"partition archived whole"', BEFORE_COMMIT), seed=20261207)
     before_commit = resolved = 0
     started = time.monotonic()
