@@ -23,6 +23,7 @@ transaction held an ACCESS EXCLUSIVE lock on the parent table while (c) ran, sam
 at least 0.9, at most 1.2). Run:
 
     .venv/bin/python -m benchmarks.partition_bench              (--rows 1000000 for a quicker look)
+    .venv/bin/python -m benchmarks.partition_bench --pair bi    (only (bi) and (b), taking turns)
 """
 
 from __future__ import annotations
@@ -228,6 +229,14 @@ def cellar_run(
     }
 
 
+# --pair: each Iceberg variant's cellar_run arguments, then its Parquet variant's.
+PAIRS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "bi": ({"whole": False, "iceberg": "iceberg"}, {"whole": False}),
+    "ci": ({"iceberg": "iceberg"}, {}),
+    "cm": ({"iceberg": "iceberg-maintained"}, {}),
+}
+
+
 def report_iceberg(runs: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
     """Each Iceberg variant against its Parquet variant: (bi) against (b), (ci) and (cm) against (c)."""
     for name, (iceberg, parquet) in runs.items():
@@ -244,6 +253,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--pair",
+        choices=sorted(PAIRS),
+        help="only this Iceberg variant and its Parquet variant, taking turns (a closer look at one ratio)",
+    )
     args = parser.parse_args()
     stack = LocalStack().start()
     try:
@@ -253,6 +267,14 @@ def main() -> int:
         generate(stack, args.rows)
         print(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s", file=sys.stderr)
         for attempt in range(1, args.rounds + 1):
+            if args.pair:
+                parquet_run = cellar_run(stack, kubeconfig, api, attempt, **PAIRS[args.pair][1])
+                iceberg_run = cellar_run(stack, kubeconfig, api, attempt, **PAIRS[args.pair][0])
+                print(
+                    json.dumps({"round": attempt, args.pair: rounded(iceberg_run), args.pair[0]: rounded(parquet_run)})
+                )
+                report_iceberg({args.pair: (iceberg_run, parquet_run)})
+                continue
             a = floor(stack, attempt)
             r = reads_only(stack, attempt)
             b = cellar_run(stack, kubeconfig, api, attempt, whole=False)
