@@ -35,7 +35,6 @@ class PartitionGroup:
 
     def __init__(self, table: IcebergTable, settings: ArchiveSettings, batch_id: str) -> None:
         self.table, self.settings, self.batch_id = table, settings, batch_id
-        self.partitions = 0
         self.summary = RowsSummary()
         self._raw_bytes = 0
         self._data_files: list[Any] = []
@@ -49,9 +48,10 @@ class PartitionGroup:
         self._raw_bytes += rows.nbytes
         return 0, 0
 
-    def full(self) -> bool:
+    def full(self, partitions: int) -> bool:
+        """Whether a group of `partitions` partitions, with the rows added so far, takes no more."""
         return (
-            self.partitions >= MAX_PARTITIONS_A_SNAPSHOT
+            partitions >= MAX_PARTITIONS_A_SNAPSHOT
             or self.summary.rows >= self.settings.batch_rows
             or self._raw_bytes >= self.settings.batch_max_bytes
         )

@@ -31,6 +31,7 @@ from jobs.archive.batch_records import RowsSummary, WrittenRows
 from jobs.archive.copy_reads import read_copy
 from jobs.archive.encoding import csv_to_table
 from jobs.archive.iceberg import IcebergTable
+from jobs.archive.iceberg_batches import summary_of
 from jobs.archive.iceberg_writes import PieceFiles
 from jobs.archive.objects import sort_batch
 from jobs.archive.table import Connection
@@ -87,7 +88,7 @@ class PieceWriter:
                 rows = sort_batch(csv_to_table(piece, info.columns), info)
                 piece_rows = limits.next_rows(piece_rows, rows.num_rows, len(piece))
                 del piece
-                summary = summary.merged(RowsSummary.of(rows, info.timestamp_column.name, info.primary_key[0]))
+                summary = summary.merged(summary_of(self.table, rows))
                 if writing is not None:
                     data_files += writing.result()
                     failpoint(BETWEEN_PIECES)

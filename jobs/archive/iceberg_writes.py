@@ -107,14 +107,18 @@ class DataFileWriter:
 
         if rows.num_rows == 0:
             return []
-        layout = self.layout(rows.schema)
-        # Dictionaries only for columns whose values repeat, as Parquet mode encodes its files, judged once for the
-        # batch on its first rows (encoding.repeating_columns): on distinct values they cost time and bytes.
-        sample = layout.file_rows(rows.slice(0, DICTIONARY_SAMPLE_ROWS))
-        layout = replace(layout, dictionary_columns=tuple(repeating_columns(sample)))
+        layout = self.batch_layout(rows)
         return list(
             ExecutorFactory.get_or_create().map(lambda task: self._write_file(io, layout, task), self._tasks(rows))
         )
+
+    def batch_layout(self, rows: pa.Table) -> _FileLayout:
+        """The layout of a batch's files: `rows`' schema laid out (layout), with dictionaries only for the columns
+        whose values repeat, as Parquet mode encodes its files, judged once for the batch on its first rows
+        (encoding.repeating_columns): on distinct values they cost time and bytes."""
+        layout = self.layout(rows.schema)
+        sample = layout.file_rows(rows.slice(0, DICTIONARY_SAMPLE_ROWS))
+        return replace(layout, dictionary_columns=tuple(repeating_columns(sample)))
 
     def layout(self, rows_schema: pa.Schema) -> _FileLayout:
         """How rows of `rows_schema` become files: the table's columns, names, field ids and nullability, with the
@@ -148,9 +152,7 @@ class DataFileWriter:
         whole = rows.get_total_buffer_size() <= self.target_file_size
         for partition_key, part in _partitions(self.spec, self.schema, rows):
             for file_rows in [part] if whole else self._packed(part):
-                # Named as Iceberg's Java writer names its files (OutputFileFactory), as PyIceberg's WriteTask does.
-                name = f"00000-{next(task_ids)}-{write_uuid}.parquet"
-                yield _FileTask(name, partition_key, file_rows)
+                yield _FileTask(_file_name(write_uuid, next(task_ids)), partition_key, file_rows)
 
     def _packed(self, part: pa.Table) -> Iterator[pa.Table]:
         """A partition's rows in files of about the table's target size (PyIceberg's bin packing)."""
@@ -262,7 +264,7 @@ class PieceFiles:
                     finished.append(open_file)
                     open_file = None
                 if open_file is None:
-                    name = f"00000-{next(self._file_numbers)}-{self._write_uuid}.parquet"
+                    name = _file_name(self._write_uuid, next(self._file_numbers))
                     open_file = self._writer.open_file(layout, partition_key, name)
                 open_file.append(file_rows)
                 self._open = open_file
@@ -280,14 +282,18 @@ class PieceFiles:
             open_file.out.close()
 
     def _layout_of(self, rows: pa.Table) -> _FileLayout:
-        """The batch's layout, its dictionary columns judged on its first piece (as DataFileWriter.write judges
-        them on a batch's first rows); a piece of other columns (never cellar's) gets a layout of its own."""
+        """The batch's layout, its dictionary columns judged on its first piece (DataFileWriter.batch_layout); a
+        piece of other columns (never cellar's) gets a layout of its own."""
         base = self._writer.layout(rows.schema)
         if self._layout is None or base is not self._layout_base:
-            sample = base.file_rows(rows.slice(0, DICTIONARY_SAMPLE_ROWS))
-            self._layout = replace(base, dictionary_columns=tuple(repeating_columns(sample)))
+            self._layout = self._writer.batch_layout(rows)
             self._layout_base = base
         return self._layout
+
+
+def _file_name(write_uuid: uuid.UUID, number: int) -> str:
+    """Named as Iceberg's Java writer names its files (OutputFileFactory), as PyIceberg's WriteTask does."""
+    return f"00000-{number}-{write_uuid}.parquet"
 
 
 def _field_type(arrow_type: pa.Schema | pa.StructType | None, name: str) -> pa.DataType | None:

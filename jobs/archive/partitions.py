@@ -320,8 +320,7 @@ class PartitionArchiver:
             name: str | None = first
             while name is not None:
                 results.append(self._read_whole(conn, name, reader, group.add))
-                group.partitions += 1
-                name = None if group.full() else take()
+                name = None if group.full(len(results)) else take()
             appended = group.publish(conn, self.cutoff, self.run_id)
             for result in results:
                 self._drop_and_mark(conn, result)
